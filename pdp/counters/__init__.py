@@ -1,1 +1,31 @@
+"""Counter stores: atomic reservations for DAILY_CAP, COOLDOWN, VELOCITY, ROLLBACK_RATE and
+MIN_STEP_DURATION rules, in process (default) or in Redis / Redis Cluster.
+"""
 
+from pdp.counters.base import CounterStore
+from pdp.counters.clock import Clock, ManualClock, SystemClock
+from pdp.counters.memory import MemoryCounterStore
+from pdp.counters.model import (
+    CODE_UNAVAILABLE,
+    CounterEventKind,
+    CounterKind,
+    CounterRule,
+    CounterStoreUnavailable,
+    ReserveResult,
+)
+from pdp.counters.settings import CounterSettings
+
+__all__ = [
+    "CODE_UNAVAILABLE",
+    "Clock",
+    "CounterEventKind",
+    "CounterKind",
+    "CounterRule",
+    "CounterSettings",
+    "CounterStore",
+    "CounterStoreUnavailable",
+    "ManualClock",
+    "MemoryCounterStore",
+    "ReserveResult",
+    "SystemClock",
+]

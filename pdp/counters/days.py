@@ -1,0 +1,62 @@
+"""Local-day boundaries for DAILY_CAP, computed with zoneinfo (DST-correct).
+
+Lua has no timezone database, so Python hands the script a short table: the UTC instants
+of the local midnights around the sidecar's "now" and the dates they open. The script
+picks the day that contains *its* time (Redis ``TIME``), so a sidecar whose clock is a few
+minutes (up to about a day) off still lands on the same day key as every other sidecar.
+A day starts at the first instant whose local date is that day (if midnight does not
+exist, at the end of the DST gap), so days are 23, 24 or 25 hours long.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass
+
+from pdp.counters.model import zone
+
+_DAYS_BEFORE = 1
+_DAYS_AFTER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class DayTable:
+    """``labels[i]`` is the local date that runs from ``bounds_ms[i]`` to ``bounds_ms[i+1]``."""
+
+    tz: str
+    bounds_ms: tuple[int, ...]
+    labels: tuple[str, ...]
+
+    def locate(self, t_ms: int) -> tuple[str, int] | None:
+        """The local date containing ``t_ms`` and the instant it ends, if in the table."""
+        b = self.bounds_ms
+        for i, label in enumerate(self.labels):
+            if b[i] <= t_ms < b[i + 1]:
+                return label, b[i + 1]
+        return None
+
+
+def local_midnight_ms(tz: str, day: dt.date) -> int:
+    """UTC instant (ms) at which local date ``day`` starts in ``tz``."""
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=zone(tz))  # fold=0: first / gap end
+    return int(start.timestamp() * 1000)
+
+
+@functools.lru_cache(maxsize=1024)
+def _table(tz: str, center: dt.date) -> DayTable:
+    days = [center + dt.timedelta(days=d) for d in range(-_DAYS_BEFORE, _DAYS_AFTER + 2)]
+    bounds = tuple(local_midnight_ms(tz, d) for d in days)
+    labels = tuple(d.isoformat() for d in days[:-1])
+    return DayTable(tz, bounds, labels)
+
+
+def day_table(tz: str, around: float) -> DayTable:
+    """Days from yesterday to the day after tomorrow, local to ``tz``, around ``around``."""
+    center = dt.datetime.fromtimestamp(around, zone(tz)).date()
+    return _table(tz, center)
+
+
+def format_instant(t_ms: int, tz: str) -> str:
+    """An operator-readable local time with its offset, e.g. ``2026-11-24T00:00+01:00``."""
+    return dt.datetime.fromtimestamp(t_ms / 1000, zone(tz)).isoformat(timespec="minutes")

@@ -1,0 +1,48 @@
+"""Redis key layout, shared by both stores so they hold the same shape of state.
+
+Every key starts with ``pdp:{<tenant>}``: the braces are a Redis Cluster hash tag, so all
+keys of one tenant land in one slot and one Lua call may touch them all. Components are
+escaped so that a ``:``, ``{`` or ``}`` inside a tenant, counter or scope name can neither
+collide with another key nor break the hash tag.
+
+* ``pdp:{t}:cap:<counter>:<scope>:<YYYY-MM-DD>``  DAILY_CAP count of one local day
+* ``pdp:{t}:cool:<counter>:<scope>``             COOLDOWN: time of the last allowed reserve
+* ``pdp:{t}:vel:<counter>:<scope>``              VELOCITY: sorted set of reserve times
+* ``pdp:{t}:ev:<scope>``                         ROLLBACK_RATE: hash of bucketed event counts
+* ``pdp:{t}:step:<scope>``                       MIN_STEP_DURATION: time of the last advance
+"""
+
+from __future__ import annotations
+
+_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
+
+
+def esc(part: str) -> str:
+    """Escape one key component (reversible, keeps ordinary names readable)."""
+    return part.translate(_ESCAPES)
+
+
+def tenant_prefix(tenant: str) -> str:
+    if not tenant:
+        raise ValueError("tenant must not be empty")
+    return f"pdp:{{{esc(tenant)}}}"
+
+
+def cap_key(prefix: str, counter: str, scope: str, day: str) -> str:
+    return f"{prefix}:cap:{esc(counter)}:{esc(scope)}:{day}"
+
+
+def cooldown_key(prefix: str, counter: str, scope: str) -> str:
+    return f"{prefix}:cool:{esc(counter)}:{esc(scope)}"
+
+
+def velocity_key(prefix: str, counter: str, scope: str) -> str:
+    return f"{prefix}:vel:{esc(counter)}:{esc(scope)}"
+
+
+def events_key(prefix: str, scope: str) -> str:
+    return f"{prefix}:ev:{esc(scope)}"
+
+
+def step_key(prefix: str, scope: str) -> str:
+    return f"{prefix}:step:{esc(scope)}"

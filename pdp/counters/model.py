@@ -1,0 +1,148 @@
+"""Plain data types shared by the counter stores and their callers.
+
+Kept free of gRPC/protobuf and of any backend so the engine, both stores and the tests
+can speak the same small vocabulary.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class CounterKind(enum.Enum):
+    """The stateful typed rules; each maps to one algorithm in the stores."""
+
+    DAILY_CAP = "DAILY_CAP"
+    COOLDOWN = "COOLDOWN"
+    VELOCITY = "VELOCITY"
+    ROLLBACK_RATE = "ROLLBACK_RATE"
+    MIN_STEP_DURATION = "MIN_STEP_DURATION"
+
+
+class CounterEventKind(enum.Enum):
+    """Outcomes reported by the rollout engine (``RecordEvent``)."""
+
+    DEPLOY = "DEPLOY"
+    ROLLBACK = "ROLLBACK"
+    STEP_ADVANCE = "STEP_ADVANCE"
+
+
+# Reason codes echoed in a deny. The engine copies them into the decision verbatim.
+CODE_DAILY_CAP = "DAILY_CAP_EXCEEDED"
+CODE_COOLDOWN = "COOLDOWN_ACTIVE"
+CODE_VELOCITY = "VELOCITY_EXCEEDED"
+CODE_ROLLBACK_RATE = "ROLLBACK_RATE_EXCEEDED"
+CODE_MIN_STEP = "MIN_STEP_DURATION"
+CODE_UNAVAILABLE = "COUNTER_STORE_UNAVAILABLE"
+
+CODE_BY_KIND: dict[CounterKind, str] = {
+    CounterKind.DAILY_CAP: CODE_DAILY_CAP,
+    CounterKind.COOLDOWN: CODE_COOLDOWN,
+    CounterKind.VELOCITY: CODE_VELOCITY,
+    CounterKind.ROLLBACK_RATE: CODE_ROLLBACK_RATE,
+    CounterKind.MIN_STEP_DURATION: CODE_MIN_STEP,
+}
+
+
+class CounterStoreUnavailable(Exception):
+    """The backend could not answer in time (down, slow, restarting, misconfigured).
+
+    The engine turns this into a deny ``COUNTER_STORE_UNAVAILABLE``: counters fail closed.
+    """
+
+    code = CODE_UNAVAILABLE
+
+
+@functools.lru_cache(maxsize=512)
+def zone(name: str) -> ZoneInfo:
+    """Load (and cache) an IANA zone; a bad name is a rule error, not a runtime surprise."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"unknown IANA timezone {name!r}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class CounterRule:
+    """One counter rule of one policy, with its scope already resolved by the engine.
+
+    ``rule_id`` is echoed back on deny (e.g. ``"max-daily@v3"``). ``counter_id`` names the
+    stored counter; it defaults to ``rule_id``, but the engine should pass something stable
+    across policy versions (e.g. the policy name) so that editing a policy does not reset
+    its daily cap. Two rules with different ``counter_id`` never share state, so "3 pushes
+    per agent per hour" and "20 rollouts per tenant per day" stay independent.
+
+    Parameters per kind (others are ignored):
+
+    * DAILY_CAP: ``max_count`` per local day in ``timezone``.
+    * COOLDOWN: ``min_interval_seconds`` since the previous allowed reservation.
+    * VELOCITY: ``max_count`` in an exact sliding ``window_seconds``.
+    * ROLLBACK_RATE: deny when ``rollbacks * 100 > threshold_percent * deploys`` over
+      ``window_seconds``, but only once at least ``min_deployments`` deploys were recorded
+      in the window (the minimum sample: never deny on zero deployments).
+    * MIN_STEP_DURATION: ``min_interval_seconds`` since the last ``STEP_ADVANCE`` event
+      recorded for ``scope_key`` (normally the rollout). Read-only: reserving does not
+      consume it, the rollout engine reports the advance itself.
+    """
+
+    rule_id: str
+    kind: CounterKind
+    scope_key: str
+    max_count: int = 0
+    window_seconds: float = 0.0
+    min_interval_seconds: float = 0.0
+    timezone: str = "UTC"
+    threshold_percent: float = 0.0
+    min_deployments: int = 1
+    counter_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.rule_id:
+            raise ValueError("counter rule needs a rule_id")
+        if not self.scope_key:
+            raise ValueError(f"{self.rule_id}: empty scope key")
+        k = self.kind
+        if k in (CounterKind.DAILY_CAP, CounterKind.VELOCITY) and self.max_count < 0:
+            raise ValueError(f"{self.rule_id}: max_count must be >= 0")
+        if k is CounterKind.DAILY_CAP:
+            zone(self.timezone)
+        if k in (CounterKind.VELOCITY, CounterKind.ROLLBACK_RATE) and not (
+            math.isfinite(self.window_seconds) and self.window_seconds >= 0.001
+        ):
+            raise ValueError(f"{self.rule_id}: window_seconds must be > 0")
+        if k in (CounterKind.COOLDOWN, CounterKind.MIN_STEP_DURATION) and not (
+            math.isfinite(self.min_interval_seconds) and self.min_interval_seconds >= 0.001
+        ):
+            raise ValueError(f"{self.rule_id}: min_interval_seconds must be > 0")
+        if k is CounterKind.ROLLBACK_RATE:
+            if not (math.isfinite(self.threshold_percent) and self.threshold_percent >= 0):
+                raise ValueError(f"{self.rule_id}: threshold_percent must be >= 0")
+            if self.min_deployments < 1:
+                raise ValueError(f"{self.rule_id}: min_deployments must be >= 1")
+
+    @property
+    def counter(self) -> str:
+        """The identity of the stored counter (``counter_id`` or else ``rule_id``)."""
+        return self.counter_id or self.rule_id
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    """Outcome of one reservation: allowed (and consumed), or the first rule that denied."""
+
+    allowed: bool
+    denied_rule_id: str | None = None
+    code: str = ""
+    message: str = ""
+    retry_after_seconds: float | None = None
+
+    @staticmethod
+    def allow() -> ReserveResult:
+        return _ALLOW
+
+
+_ALLOW = ReserveResult(allowed=True)

@@ -1,0 +1,39 @@
+"""Memory-store specifics: state disappears once every window has passed."""
+
+from __future__ import annotations
+
+from pdp.counters import CounterEventKind, CounterKind, CounterRule, ManualClock
+from pdp.counters.memory import MemoryCounterStore
+
+T0 = 1_795_428_000.0
+
+
+async def test_nothing_is_left_behind_once_windows_pass() -> None:
+    clock = ManualClock(T0)
+    store = MemoryCounterStore(clock, event_bucket_seconds=60, event_retention_seconds=3600)
+    rules = [
+        CounterRule("c", CounterKind.DAILY_CAP, "tenant:t", max_count=5, timezone="Asia/Tokyo"),
+        CounterRule("d", CounterKind.COOLDOWN, "agent:a", min_interval_seconds=600),
+        CounterRule("v", CounterKind.VELOCITY, "agent:a", max_count=3, window_seconds=120),
+    ]
+    for i in range(50):
+        await store.reserve(f"t{i % 5}", rules, timeout=1)
+        for kind in CounterEventKind:
+            await store.record_event(f"t{i % 5}", kind, ["tenant:t", "rollout:r"], timeout=1)
+        clock.advance(30)
+    assert store.keys()
+    clock.advance(86400 + 3600 + 60)
+    assert store.keys() == []
+    assert store.sweep() == 0
+
+
+async def test_periodic_sweep_bounds_memory_without_explicit_calls() -> None:
+    clock = ManualClock(T0)
+    store = MemoryCounterStore(clock, sweep_interval=60)
+    for i in range(1000):
+        rule = CounterRule("d", CounterKind.COOLDOWN, f"agent:{i}", min_interval_seconds=10)
+        await store.reserve("t", [rule], timeout=1)
+    assert len(store._data) == 1000
+    clock.advance(120)
+    await store.reserve("t", [], timeout=1)  # any call past the sweep interval sweeps
+    assert len(store._data) == 0
