@@ -1,1 +1,41 @@
+"""Audit pipeline: decision and lifecycle events, hash-chained to JSON-lines files, forwarded
+to Redis Streams / stdout, watchable live. Start at :class:`AuditLog` and :mod:`.events`."""
 
+from pdp.audit.chain import GENESIS, ChainHead, Entry, Record
+from pdp.audit.events import (
+    BUILTIN_RELAXED,
+    DECISION,
+    EVENT_TYPES,
+    POLICY_ACTIVATED,
+    POLICY_APPROVED,
+    POLICY_CREATED,
+    POLICY_REACTIVATED,
+    POLICY_RETIRED,
+    PUSH_DENIED,
+    WOULD_DENY,
+    DecisionInput,
+    Event,
+    builtin_relaxed,
+    decision_event,
+    events_for_decision,
+    policy_activated,
+    policy_approved,
+    policy_created,
+    policy_reactivated,
+    policy_retired,
+)
+from pdp.audit.files import AuditFileError
+from pdp.audit.log import AuditClosedError, AuditLog, AuditStats, AuditWriteError
+from pdp.audit.masking import Masker
+from pdp.audit.settings import AuditSettings
+from pdp.audit.watch import AuditHistoryUnavailableError, WatchError, WatchOverflowError
+
+__all__ = [
+    "BUILTIN_RELAXED", "DECISION", "EVENT_TYPES", "GENESIS", "POLICY_ACTIVATED",
+    "POLICY_APPROVED", "POLICY_CREATED", "POLICY_REACTIVATED", "POLICY_RETIRED", "PUSH_DENIED",
+    "WOULD_DENY", "AuditClosedError", "AuditFileError", "AuditHistoryUnavailableError",
+    "AuditLog", "AuditSettings", "AuditStats", "AuditWriteError", "ChainHead", "DecisionInput",
+    "Entry", "Event", "Masker", "Record", "WatchError", "WatchOverflowError", "builtin_relaxed",
+    "decision_event", "events_for_decision", "policy_activated", "policy_approved",
+    "policy_created", "policy_reactivated", "policy_retired",
+]

@@ -1,0 +1,260 @@
+"""Audit events as plain JSON data.
+
+Events are ``dict``\\s with a ``type`` field (and ``time`` / ``tenant``) so every sink, the hash
+chain and a future "replay" feature see exactly what was written, with no protobuf or class
+hierarchy to version. The constructors below only fix the field names in one place.
+
+The decision dict (built by the engine, passed to :func:`decision_event` /
+:func:`events_for_decision`)::
+
+    {
+      "decision_id": str,
+      "time": str (RFC 3339) | datetime | float (unix seconds)   # optional, default now
+      "tenant": str,
+      "checkpoint": "ROLLOUT" | "PUSH" | "AUTO_APPLY" | "DEVICE",  # "CHECKPOINT_" prefix ok
+      "caller": str | {...},                       # authenticated identity
+      "subject": {"agent_id": str|None, "device_id": str|None, "rollout_id": str|None},
+      "allowed": bool,
+      "reasons": [{"policy", "version", "rule", "code", "message"}],   # why (deny) reasons
+      "shadow_denies": [same shape],               # would-denies of draft policies
+      "override": {...} | None,                    # who / why, when honoured
+      "policies": [{"name", "version", "content_hash"}],   # everything evaluated
+      "elapsed_ms": float,
+      "request": {...},                            # masked before it leaves the process
+    }
+
+Derived events: a denied ``PUSH`` / ``AUTO_APPLY`` decision (a per-agent push) also yields a
+``Rollout.PushDenied``; every shadow deny yields a ``Policy.WouldDeny``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import enum
+import math
+from collections.abc import Mapping
+from typing import Any, NotRequired, TypedDict
+
+Event = dict[str, Any]
+
+DECISION = "Decision"
+PUSH_DENIED = "Rollout.PushDenied"
+WOULD_DENY = "Policy.WouldDeny"
+POLICY_CREATED = "Policy.Created"
+POLICY_APPROVED = "Policy.Approved"
+POLICY_ACTIVATED = "Policy.Activated"
+POLICY_RETIRED = "Policy.Retired"
+POLICY_REACTIVATED = "Policy.Reactivated"
+BUILTIN_RELAXED = "Tenant.BuiltinRelaxed"
+
+EVENT_TYPES = frozenset({
+    DECISION, PUSH_DENIED, WOULD_DENY, POLICY_CREATED, POLICY_APPROVED, POLICY_ACTIVATED,
+    POLICY_RETIRED, POLICY_REACTIVATED, BUILTIN_RELAXED,
+})
+
+#: Checkpoints whose deny is a per-agent push deny (see module docstring).
+PER_AGENT_CHECKPOINTS = frozenset({"PUSH", "AUTO_APPLY"})
+
+
+class Reason(TypedDict):
+    policy: str
+    version: NotRequired[int | str | None]
+    rule: NotRequired[str]
+    code: str
+    message: NotRequired[str]
+
+
+class PolicyRef(TypedDict):
+    name: str
+    version: int | str
+    content_hash: str
+
+
+class Subject(TypedDict, total=False):
+    agent_id: str | None
+    device_id: str | None
+    rollout_id: str | None
+
+
+class DecisionInput(TypedDict):
+    decision_id: str
+    time: NotRequired[str | dt.datetime | float | None]
+    tenant: str
+    checkpoint: str
+    caller: Any
+    subject: Subject
+    allowed: bool
+    reasons: list[Reason]
+    shadow_denies: NotRequired[list[Reason]]
+    override: NotRequired[Mapping[str, Any] | None]
+    policies: NotRequired[list[PolicyRef]]
+    elapsed_ms: NotRequired[float]
+    request: NotRequired[Mapping[str, Any] | None]
+
+
+def now_rfc3339() -> str:
+    return format_time(dt.datetime.now(dt.UTC))
+
+
+def format_time(value: str | dt.datetime | float | None) -> str:
+    """One time format (UTC, microseconds, ``Z``) so records sort and compare as text."""
+    if value is None:
+        return now_rfc3339()
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return format_time(dt.datetime.fromtimestamp(float(value), dt.UTC))
+
+
+def normalize_checkpoint(checkpoint: str) -> str:
+    """Accept the proto enum name (``CHECKPOINT_PUSH``) as well as the bare name."""
+    cp = str(checkpoint).upper()
+    return cp.removeprefix("CHECKPOINT_")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Turn ``value`` into pure JSON data (str keys, no NaN), once, before hashing.
+
+    The hash chain re-serializes what it reads back, so only values that survive a JSON round
+    trip unchanged may enter a record.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((to_jsonable(v) for v in value), key=repr)
+    if isinstance(value, dt.datetime):
+        return format_time(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "base64:" + base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    return str(value)
+
+
+def _reason(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "policy": r.get("policy"),
+        "version": r.get("version"),
+        "rule": r.get("rule"),
+        "code": r.get("code"),
+        "message": r.get("message", ""),
+    }
+
+
+def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
+    """The ``Decision`` event: the decision dict with its field set fixed and time filled."""
+    subject = d.get("subject") or {}
+    return {
+        "type": DECISION,
+        "time": format_time(d.get("time")),
+        "tenant": d["tenant"],
+        "decision_id": d["decision_id"],
+        "checkpoint": normalize_checkpoint(d["checkpoint"]),
+        "caller": d.get("caller"),
+        "subject": {
+            "agent_id": subject.get("agent_id"),
+            "device_id": subject.get("device_id"),
+            "rollout_id": subject.get("rollout_id"),
+        },
+        "allowed": bool(d["allowed"]),
+        "reasons": [_reason(r) for r in d.get("reasons") or ()],
+        "shadow_denies": [_reason(r) for r in d.get("shadow_denies") or ()],
+        "override": d.get("override"),
+        "policies": [dict(p) for p in d.get("policies") or ()],
+        "elapsed_ms": d.get("elapsed_ms"),
+        "request": d.get("request"),
+    }
+
+
+def events_for_decision(d: DecisionInput | Mapping[str, Any]) -> list[Event]:
+    """The ``Decision`` event followed by the ``PushDenied`` / ``WouldDeny`` events it implies.
+
+    Derived events carry the ``decision_id`` (not the request) so they stay small and the
+    request is masked in one place only.
+    """
+    decision = decision_event(d)
+    out = [decision]
+    base = {
+        "time": decision["time"],
+        "tenant": decision["tenant"],
+        "decision_id": decision["decision_id"],
+        "checkpoint": decision["checkpoint"],
+        "caller": decision["caller"],
+    }
+    if not decision["allowed"] and decision["checkpoint"] in PER_AGENT_CHECKPOINTS:
+        out.append({
+            "type": PUSH_DENIED, **base, **decision["subject"],
+            "reasons": decision["reasons"],
+        })
+    for r in decision["shadow_denies"]:
+        out.append({"type": WOULD_DENY, **base, "subject": decision["subject"], **r})
+    return out
+
+
+def _lifecycle(type_: str, tenant: str, policy: str, version: int | str | None,
+               actor: str, time: str | dt.datetime | float | None,
+               extra: Mapping[str, Any]) -> Event:
+    return {
+        "type": type_, "time": format_time(time), "tenant": tenant,
+        "policy": policy, "version": version, "actor": actor, **extra,
+    }
+
+
+def policy_created(tenant: str, policy: str, version: int | str, actor: str, *,
+                   content_hash: str | None = None,
+                   time: str | dt.datetime | float | None = None) -> Event:
+    return _lifecycle(POLICY_CREATED, tenant, policy, version, actor, time,
+                      {"content_hash": content_hash})
+
+
+def policy_approved(tenant: str, policy: str, version: int | str, actor: str, *,
+                    author: str | None = None, content_hash: str | None = None,
+                    time: str | dt.datetime | float | None = None) -> Event:
+    return _lifecycle(POLICY_APPROVED, tenant, policy, version, actor, time,
+                      {"author": author, "content_hash": content_hash})
+
+
+def policy_activated(tenant: str, policy: str, version: int | str, actor: str, *,
+                     content_hash: str,
+                     time: str | dt.datetime | float | None = None) -> Event:
+    """Activation must name the content hash: it is what later decisions are tied to."""
+    return _lifecycle(POLICY_ACTIVATED, tenant, policy, version, actor, time,
+                      {"content_hash": content_hash})
+
+
+def policy_retired(tenant: str, policy: str, version: int | str, actor: str, *,
+                   reason: str = "",
+                   time: str | dt.datetime | float | None = None) -> Event:
+    return _lifecycle(POLICY_RETIRED, tenant, policy, version, actor, time, {"reason": reason})
+
+
+def policy_reactivated(tenant: str, policy: str, version: int | str, actor: str, *,
+                       content_hash: str | None = None, reason: str = "",
+                       time: str | dt.datetime | float | None = None) -> Event:
+    return _lifecycle(POLICY_REACTIVATED, tenant, policy, version, actor, time,
+                      {"content_hash": content_hash, "reason": reason})
+
+
+def builtin_relaxed(tenant: str, builtin: str, actor: str, *, reason: str = "",
+                    time: str | dt.datetime | float | None = None) -> Event:
+    return {
+        "type": BUILTIN_RELAXED, "time": format_time(time), "tenant": tenant,
+        "builtin": builtin, "actor": actor, "reason": reason,
+    }

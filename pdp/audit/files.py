@@ -1,0 +1,149 @@
+"""Layout of the audit files on disk, shared by the writer, ``watch`` and ``verify``.
+
+``audit.jsonl`` is the file being written. On rotation it is renamed to
+``audit.jsonl.<first seq, 12 digits>``: the name orders the files, tells a reader which file
+holds a given seq without opening them all, and a rename keeps the inode, so a reader that
+has the file open keeps reading it undisturbed.
+
+Torn tails: after ``kill -9`` (or a crash) the last line may be cut short. Such a record was
+never acknowledged (acknowledgement follows the fsync of complete lines). On restart the
+writer moves the fragment to ``audit.jsonl.torn-<unix time>`` (kept as evidence, never read as
+part of the chain) and truncates; ``verify`` reports an incomplete final line as a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pdp.audit.chain import ChainHead, Record, hash_ok, parse_line
+
+_ROTATED = re.compile(r"\.(\d{12,})$")
+
+
+class AuditFileError(Exception):
+    """The audit files are in a state the writer must not build on (operator needed)."""
+
+
+@dataclass(frozen=True)
+class LedgerFile:
+    path: Path
+    #: First seq from the file name (rotated files); None for the active file.
+    first_seq: int | None
+
+
+def rotated_path(active: Path, first_seq: int) -> Path:
+    return active.with_name(f"{active.name}.{first_seq:012d}")
+
+
+def ledger_files(active: Path) -> list[LedgerFile]:
+    """Rotated files in seq order, then the active file (if it exists)."""
+    out: list[LedgerFile] = []
+    parent = active.parent
+    if parent.is_dir():
+        prefix = active.name + "."
+        for p in parent.iterdir():
+            if not p.name.startswith(prefix):
+                continue
+            m = _ROTATED.search(p.name)
+            if m and p.name == f"{active.name}.{m.group(1)}":
+                out.append(LedgerFile(p, int(m.group(1))))
+    out.sort(key=lambda f: f.first_seq or 0)
+    if active.exists():
+        out.append(LedgerFile(active, None))
+    return out
+
+
+def last_line(path: Path) -> tuple[int, bytes]:
+    """The file's last line (complete or not, newline kept) and its byte offset."""
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return 0, b""
+        chunk = 64 * 1024
+        pos = end
+        buf = b""
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            buf = f.read(step) + buf
+            # Ignore the final byte: if it is the newline ending the last line, it is not a
+            # separator before it.
+            idx = buf.rfind(b"\n", 0, len(buf) - 1)
+            if idx >= 0:
+                return pos + idx + 1, buf[idx + 1:]
+            chunk *= 2
+        return 0, buf
+
+
+def first_record(path: Path) -> Record | None:
+    with open(path, "rb") as f:
+        line = f.readline()
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        return parse_line(line)
+    except ValueError:
+        return None
+
+
+def repair_tail(path: Path) -> int:
+    """Cut an incomplete final line off ``path`` (moved aside as evidence); bytes removed.
+
+    A final line that is a complete, self-consistent record missing only its newline gets the
+    newline instead.
+    """
+    if not path.exists():
+        return 0
+    off, line = last_line(path)
+    if not line or line.endswith(b"\n"):
+        return 0
+    try:
+        rec = parse_line(line)
+        complete = hash_ok(rec)
+    except ValueError:
+        complete = False
+    if complete:
+        with open(path, "ab") as f:
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return 0
+    torn = path.with_name(f"{path.name}.torn-{int(time.time() * 1000)}")
+    with open(torn, "wb") as t:
+        t.write(line)
+        t.flush()
+        os.fsync(t.fileno())
+    with open(path, "r+b") as f:
+        f.truncate(off)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(line)
+
+
+def find_head(active: Path) -> ChainHead:
+    """Seq and hash of the last record in the files (after ``repair_tail`` of the active one)."""
+    for lf in reversed(ledger_files(active)):
+        _, line = last_line(lf.path)
+        if not line:
+            continue
+        try:
+            rec = parse_line(line)
+        except ValueError as e:
+            raise AuditFileError(
+                f"{lf.path}: last record is unreadable ({e}); refusing to continue the chain "
+                "on top of it - inspect it with `pdp audit verify`") from e
+        return ChainHead(rec["seq"], rec["hash"])
+    return ChainHead()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

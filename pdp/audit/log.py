@@ -1,0 +1,377 @@
+"""The audit pipeline: bounded queue -> batching writer -> ledger file -> sinks and watchers.
+
+Why this shape:
+
+* The decision path calls ``emit`` (a non-blocking put) and moves on. A single writer task
+  takes whatever is queued (up to ``batch_size``), chains and writes it in a worker thread,
+  then hands the written records to the forwarded sinks and live watchers.
+* The queue is bounded so memory is. When it is full, ``emit`` does not drop the event (OPA's
+  decision logger drops the oldest; an audit log must not): it appends the event, masked, to
+  ``<spool_dir>/overflow.jsonl`` synchronously and counts it (``stats().spilled``). From then
+  on every ``emit`` goes to that file until the writer has drained it, so order is kept. A
+  crash leaves the file behind; the next ``start`` writes its events first.
+* ``emit_durable`` (``durability = "sync"``) returns only after the record is fsync'd. All
+  waiters whose events sit in the same batch share one fsync (group commit): events arriving
+  while a batch is being fsync'd form the next batch.
+* A failing ledger write is retried (the file is cut back to the last whole record first);
+  a failed fsync fails the durable waiters of that batch with ``AuditWriteError`` rather than
+  pretend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pdp.audit.chain import Entry, Record
+from pdp.audit.delivery import Forwarder
+from pdp.audit.events import DecisionInput, Event, events_for_decision, to_jsonable
+from pdp.audit.masking import Masker
+from pdp.audit.settings import AuditSettings
+from pdp.audit.sinks import Sink
+from pdp.audit.sinks.file import Ledger
+from pdp.audit.spool import Spool
+from pdp.audit.watch import WatchHub
+
+log = structlog.get_logger("pdp.audit")
+
+
+class AuditWriteError(Exception):
+    """The record could not be made durable (e.g. fsync failed); fail closed."""
+
+
+class AuditClosedError(Exception):
+    """The audit log is not running (not started, or closed)."""
+
+
+@dataclass
+class AuditStats:
+    """Counters for metrics."""
+
+    queue_depth: int
+    written: int
+    last_seq: int
+    #: Events ``emit`` spilled to the overflow spool because the queue was full (ever).
+    spilled: int
+    overflow_pending: int
+    #: Records sinks had to spool because they were down or slow (ever), and still pending.
+    sink_spooled: int
+    sink_pending: dict[str, int] = field(default_factory=dict)
+    sink_healthy: dict[str, bool] = field(default_factory=dict)
+    fsyncs: int = 0
+    write_errors: int = 0
+    watchers: int = 0
+
+
+@dataclass
+class _Item:
+    event: Any
+    waiter: asyncio.Future[int] | None = None
+    prepared: bool = False
+
+
+@dataclass
+class _Barrier:
+    waiter: asyncio.Future[int]
+
+
+class _Stop:
+    pass
+
+
+_QueueItem = _Item | _Barrier | _Stop
+
+
+class AuditLog:
+    def __init__(self, settings: AuditSettings | None = None, *,
+                 sinks: Sequence[Sink] = ()) -> None:
+        self.settings = settings or AuditSettings()
+        s = self.settings
+        self._masker = Masker(s.mask_paths, s.mask_mode,
+                              s.mask_hmac_key.encode() if s.mask_hmac_key else None)
+        self._ledger = Ledger(s.path, s.rotate_bytes)
+        spool_dir = Path(s.spool_path)
+        self._overflow = Spool(spool_dir / "overflow.jsonl")
+        self._overflow_active = False
+        self._queue: asyncio.Queue[_QueueItem] | None = None
+        self._extra_sinks = list(sinks)
+        self._forwarders: list[Forwarder] = []
+        self._hub = WatchHub(Path(s.path), s.watch_buffer)
+        self._writer: asyncio.Task[None] | None = None
+        self._state = "new"  # new -> running -> closing -> closed
+        self._written = 0
+        self._fsyncs = 0
+        self._write_errors = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the ledger (continuing its chain), replay spools, start the writer and sinks."""
+        if self._state != "new":
+            raise AuditClosedError(f"audit log already {self._state}")
+        s = self.settings
+        head = await asyncio.to_thread(self._ledger.open)
+        if self._ledger.torn_bytes_repaired:
+            log.warning("audit file had a torn final line (crash mid-write); moved aside",
+                        path=s.path, bytes=self._ledger.torn_bytes_repaired)
+        self._hub.set_head(head.seq)
+        self._overflow.open()
+        self._overflow_active = self._overflow.pending > 0
+        self._queue = asyncio.Queue(maxsize=s.queue_size)
+        sinks: list[Sink] = []
+        if s.redis_url:
+            from pdp.audit.sinks.redis_stream import RedisStreamSink
+            sinks.append(RedisStreamSink(s.redis_url, s.redis_stream, maxlen=s.redis_maxlen,
+                                         instance=s.instance, timeout=s.sink_timeout))
+        if s.stdout:
+            from pdp.audit.sinks.stdout import StdoutSink
+            sinks.append(StdoutSink())
+        sinks.extend(self._extra_sinks)
+        spool_dir = Path(s.spool_path)
+        for sink in sinks:
+            fw = Forwarder(sink, spool_dir / f"{_safe(sink.name)}.spool",
+                           batch_size=s.batch_size, memory_limit=s.sink_memory_limit,
+                           timeout=s.sink_timeout, retry_initial=s.sink_retry_initial,
+                           retry_max=s.sink_retry_max)
+            fw.start()
+            self._forwarders.append(fw)
+        self._state = "running"
+        self._writer = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def __aenter__(self) -> AuditLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Drain the queue and the overflow spool into the file, fsync, then give the sinks
+        ``close_timeout`` to catch up (what they cannot take stays in their spools)."""
+        if self._state in ("closing", "closed"):
+            return
+        if self._state == "new":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        assert self._queue is not None and self._writer is not None
+        await self._queue.put(_Stop())
+        try:
+            await self._writer
+        finally:
+            await asyncio.to_thread(self._ledger.close)
+            self._overflow.close()
+            self._hub.close()
+            await asyncio.gather(*(fw.close(self.settings.close_timeout)
+                                   for fw in self._forwarders))
+            self._state = "closed"
+
+    # -- the decision path -----------------------------------------------------------------
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        """Queue ``event`` without waiting. Never drops it: a full queue spills to disk.
+
+        The log owns ``event`` from here on; do not mutate it afterwards.
+        """
+        if self._state == "running" and not self._overflow_active:
+            assert self._queue is not None
+            try:
+                self._queue.put_nowait(_Item(event))
+                return
+            except asyncio.QueueFull:
+                pass
+        self._spill(event)
+
+    def _spill(self, event: Mapping[str, Any]) -> None:
+        line = json.dumps(self._prepare(event), separators=(",", ":"),
+                          ensure_ascii=False).encode() + b"\n"
+        try:
+            self._overflow.append([line])
+        except OSError as e:
+            # Nothing left to put it in. Say so loudly with the event itself, never silently.
+            log.critical("audit event lost: overflow spool unwritable", error=str(e),
+                         event=line.decode(errors="replace"))
+            return
+        if self._state in ("running", "closing") and not self._overflow_active:
+            self._overflow_active = True
+            log.warning("audit queue full; spilling events to the overflow spool",
+                        queue_size=self.settings.queue_size)
+
+    async def emit_durable(self, event: Mapping[str, Any]) -> int:
+        """Queue ``event`` and return its seq once it is fsync'd to the audit file.
+
+        Waits for queue space instead of spilling (the caller is waiting for the disk
+        anyway). Bound it with the decision deadline; raises ``AuditWriteError`` if the
+        fsync failed, ``AuditClosedError`` if the log is not running.
+        """
+        if self._state != "running":
+            raise AuditClosedError(f"audit log is {self._state}")
+        assert self._queue is not None
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Item(event, fut))
+        return await fut
+
+    async def log_decision(self, decision: DecisionInput | Mapping[str, Any]) -> None:
+        """Audit one decision (Decision + derived events), honouring ``durability``.
+
+        What the decision path calls: in ``async`` mode it returns at once, in ``sync`` mode
+        after the events are fsync'd (one fsync covers them and concurrent decisions).
+        """
+        events = events_for_decision(decision)
+        if self.settings.durability == "sync":
+            # FIFO queue: the fsync that covers the last event covers the earlier ones.
+            for ev in events[:-1]:
+                await self._put(ev)
+            await self.emit_durable(events[-1])
+        else:
+            for ev in events:
+                self.emit(ev)
+
+    async def _put(self, event: Event) -> None:
+        assert self._queue is not None
+        await self._queue.put(_Item(event))
+
+    async def flush(self) -> None:
+        """Return once everything emitted before the call is written and fsync'd."""
+        if self._state != "running":
+            return
+        assert self._queue is not None
+        while True:
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            await self._queue.put(_Barrier(fut))
+            await fut
+            if not self._overflow_active:
+                return
+
+    async def drain_sinks(self, timeout: float | None = None) -> bool:
+        """Flush, then wait until every sink has everything (False if one did not in time)."""
+        await self.flush()
+        results = await asyncio.gather(*(fw.wait_idle(timeout) for fw in self._forwarders))
+        return all(results)
+
+    # -- watch -----------------------------------------------------------------------------
+
+    def watch(self, tenant: str | None = None, types: set[str] | None = None,
+              from_seq: int | None = None) -> AsyncIterator[Record]:
+        """Records matching ``tenant`` / ``types``, history first, then live. See watch.py."""
+        return self._hub.watch(tenant, types, from_seq)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    def stats(self) -> AuditStats:
+        return AuditStats(
+            queue_depth=self._queue.qsize() if self._queue is not None else 0,
+            written=self._written,
+            last_seq=self._ledger.head.seq,
+            spilled=self._overflow.appended,
+            overflow_pending=self._overflow.pending,
+            sink_spooled=sum(fw.spool.appended for fw in self._forwarders),
+            sink_pending={fw.name: fw.pending for fw in self._forwarders},
+            sink_healthy={fw.name: fw.healthy for fw in self._forwarders},
+            fsyncs=self._fsyncs,
+            write_errors=self._write_errors,
+            watchers=self._hub.count,
+        )
+
+    # -- the writer ------------------------------------------------------------------------
+
+    def _prepare(self, event: Mapping[str, Any]) -> Any:
+        """Mask and reduce to pure JSON data (done once; the result is what gets hashed)."""
+        try:
+            return to_jsonable(self._masker.apply(event))
+        except Exception as e:  # keep a trace rather than lose the event
+            return {"type": "Audit.Unserializable", "error": repr(e),
+                    "event_type": str(event.get("type")) if isinstance(event, Mapping) else None}
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        stopping = False
+        while True:
+            if self._overflow_active and (self._queue.empty() or stopping):
+                await self._drain_overflow_chunk()
+                continue
+            if stopping and self._queue.empty():
+                return
+            item = await self._queue.get()
+            batch: list[_QueueItem] = [item]
+            while len(batch) < self.settings.batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            items = [b for b in batch if isinstance(b, _Item)]
+            barriers = [b.waiter for b in batch if isinstance(b, _Barrier)]
+            if any(isinstance(b, _Stop) for b in batch):
+                stopping = True
+            await self._write(items, sync=bool(barriers) or any(i.waiter for i in items))
+            for w in barriers:
+                if not w.done():
+                    w.set_result(self._ledger.head.seq)
+
+    async def _drain_overflow_chunk(self) -> None:
+        lines = self._overflow.peek(self.settings.batch_size)
+        if not lines:
+            self._overflow.reset()
+            self._overflow_active = False
+            return
+        items: list[_Item] = []
+        for ln in lines:
+            try:
+                items.append(_Item(json.loads(ln), prepared=True))
+            except ValueError:
+                items.append(_Item({"type": "Audit.Unreadable",
+                                    "line": ln.decode(errors="replace")}, prepared=True))
+        await self._write(items, sync=True)  # fsync before consuming from the spool
+        self._overflow.consume(lines)
+        if self._overflow.pending == 0:
+            self._overflow_active = False
+
+    def _prepare_and_append(self, items: list[_Item], sync: bool) -> tuple[list[Any], Any]:
+        events = [it.event if it.prepared else self._prepare(it.event) for it in items]
+        return events, self._ledger.append(events, sync)
+
+    async def _write(self, items: list[_Item], sync: bool) -> None:
+        """Write ``items`` to the ledger, retrying until they are in; then fan out."""
+        backoff = 0.05
+        while items:
+            prepared, res = await asyncio.to_thread(self._prepare_and_append, items, sync)
+            for it, ev in zip(items, prepared, strict=True):
+                it.event, it.prepared = ev, True
+            n = len(res.entries)
+            if res.synced:
+                self._fsyncs += 1
+            failed_sync = res.error if sync and not res.synced else None
+            self._after_write(res.entries, items[:n], failed_sync)
+            if res.error is None:
+                return
+            self._write_errors += 1
+            log.error("audit file write failed; retrying", error=str(res.error),
+                      written=n, remaining=len(items) - n)
+            items = items[n:]
+            if items:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _after_write(self, entries: list[Entry], items: list[_Item],
+                     sync_error: BaseException | None) -> None:
+        if not entries:
+            return
+        self._written += len(entries)
+        for it, e in zip(items, entries, strict=True):
+            w = it.waiter
+            if w is None or w.done():
+                continue
+            if sync_error is not None:
+                w.set_exception(AuditWriteError(f"audit record {e.seq} not durable: {sync_error}"))
+            else:
+                w.set_result(e.seq)
+        self._hub.publish(entries)
+        for fw in self._forwarders:
+            fw.offer(entries)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

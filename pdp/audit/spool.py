@@ -1,0 +1,104 @@
+"""A spool: an append-only local file of lines, consumed in order from the front.
+
+Used for two things: the overflow spool (events ``emit`` could not queue because the bounded
+queue was full) and one spool per forwarded sink (records the sink could not take while it
+was down). Lines are read without being consumed, and consumed only after they were handled,
+so a crash in between replays them (at-least-once; the Redis sink de-duplicates). When
+everything is consumed the file is truncated, so a healthy spool costs nothing on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class Spool:
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._fd: int | None = None
+        self._size = 0
+        self._read_off = 0
+        self.pending = 0
+        #: Lines ever appended by this process (a counter for metrics).
+        self.appended = 0
+
+    def open(self) -> None:
+        """Open (creating it) and count what a previous run left behind."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size
+        self._read_off = 0
+        self.pending = 0
+        if self._size:
+            valid = 0
+            with open(self.path, "rb") as f:
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # torn by a crash mid-append: drop the fragment
+                    valid += len(line)
+                    self.pending += 1
+            if valid != self._size:
+                os.ftruncate(self._fd, valid)
+                self._size = valid
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def append(self, lines: Sequence[bytes]) -> None:
+        if not lines:
+            return
+        if self._fd is None:
+            self.open()
+        assert self._fd is not None
+        data = b"".join(ln if ln.endswith(b"\n") else ln + b"\n" for ln in lines)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except BaseException:
+            os.ftruncate(self._fd, self._size)
+            raise
+        if self.fsync:
+            os.fsync(self._fd)
+        self._size += len(data)
+        self.pending += len(lines)
+        self.appended += len(lines)
+
+    def peek(self, max_lines: int) -> list[bytes]:
+        """Up to ``max_lines`` lines from the front, not consumed."""
+        if self.pending == 0 or self._fd is None:
+            return []
+        out: list[bytes] = []
+        with open(self.path, "rb") as f:
+            f.seek(self._read_off)
+            while len(out) < max_lines:
+                line = f.readline()
+                if not line.endswith(b"\n"):
+                    break
+                out.append(line)
+        return out
+
+    def consume(self, lines: Sequence[bytes]) -> None:
+        """Drop ``lines`` (as returned by ``peek``) from the front."""
+        self._read_off += sum(len(ln) for ln in lines)
+        self.pending -= len(lines)
+        if self.pending <= 0 or self._read_off >= self._size:
+            self.reset()
+
+    def take_all(self) -> list[bytes]:
+        """Everything pending, consumed at once (the caller owns it from here)."""
+        lines = self.peek(self.pending)
+        self.reset()
+        return lines
+
+    def reset(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+        self._size = 0
+        self._read_off = 0
+        self.pending = 0

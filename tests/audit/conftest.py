@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pdp.audit import AuditSettings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> AuditSettings:
+    return AuditSettings(path=str(tmp_path / "audit" / "audit.jsonl"),
+                         spool_dir=str(tmp_path / "spool"), instance="test")
+
+
+def decision(i: int, *, tenant: str = "acme", allowed: bool = True, checkpoint: str = "PUSH",
+             shadow: int = 0) -> dict[str, object]:
+    return {
+        "decision_id": f"d-{i}",
+        "time": 1_700_000_000.0 + i,
+        "tenant": tenant,
+        "checkpoint": checkpoint,
+        "caller": {"subject": "rollout-engine", "roles": ["engine"]},
+        "subject": {"agent_id": f"agent-{i}", "device_id": None, "rollout_id": "r-1"},
+        "allowed": allowed,
+        "reasons": [] if allowed else [{"policy": "p", "version": 1, "rule": "cel",
+                                        "code": "POLICY_DENY", "message": "no"}],
+        "shadow_denies": [{"policy": f"draft-{k}", "version": 2, "rule": "cel",
+                           "code": "POLICY_DENY", "message": "would deny"}
+                          for k in range(shadow)],
+        "override": None,
+        "policies": [{"name": "p", "version": 1, "content_hash": "sha256:abc"}],
+        "elapsed_ms": 0.25,
+        "request": {"config": {"exporters": {"otlp": {"headers": {"authorization": "secret"}}}}},
+    }
