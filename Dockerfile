@@ -1,0 +1,26 @@
+# syntax=docker/dockerfile:1
+# Build stage: wheels for pdp and its dependencies.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY pdp ./pdp
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Runtime stage: slim, non-root, policies and audit as volumes.
+FROM python:3.11-slim
+RUN useradd --system --uid 10001 --home-dir /var/lib/pdp --create-home pdp
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
+COPY examples/policies /policies
+ENV PDP_LISTEN=0.0.0.0:50051 \
+    PDP_POLICY_DIR=/policies \
+    PDP_AUDIT_FILE=/var/lib/pdp/audit/audit.jsonl
+VOLUME ["/policies", "/var/lib/pdp/audit"]
+USER pdp
+WORKDIR /var/lib/pdp
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["pdp", "health", "--address", "127.0.0.1:50051", "--timeout", "2"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["pdp"]
+CMD ["serve"]

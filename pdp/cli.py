@@ -1,0 +1,135 @@
+"""The `pdp` command: serve, check, health, audit verify.
+
+Exit codes of `pdp check` are made for pipelines: 0 allow, 1 deny, 2 error.
+Every flag also reads a PDP_* environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+from pdp.settings import FIELDS, SettingsError, describe, load_settings
+
+
+def _serve_parser(sub: Any) -> None:
+    rows = describe()
+    epilog = "settings (flag / environment variable / default):\n" + "\n".join(
+        f"  {flag:<26} {env:<28} {default}" for flag, env, default, _ in rows)
+    p = sub.add_parser("serve", help="run the decision point",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+                       description="Run the gRPC decision point. Settings come from --config"
+                                   " FILE (YAML), PDP_* environment variables and these flags"
+                                   " (later wins).")
+    p.add_argument("--config", help="YAML settings file (env PDP_CONFIG)")
+    for (flag, env, default, help_), name in zip(rows, FIELDS, strict=True):
+        p.add_argument(flag, dest=name, default=None, metavar="VALUE",
+                       help=f"{help_} [env {env}; default {default}]")
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=os.environ.get("PDP_ADDRESS", "127.0.0.1:50051"),
+                   help="server address HOST:PORT or unix:PATH (env PDP_ADDRESS)")
+    p.add_argument("--timeout", type=float, default=float(os.environ.get("PDP_TIMEOUT", "5")),
+                   help="seconds to wait for the answer (env PDP_TIMEOUT)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdp", description="policy decision point")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    check = sub.add_parser("check", help="ask a running server about a request file;"
+                                         " exit 0 allow, 1 deny, 2 error")
+    _client_args(check)
+    check.add_argument("file", help="request YAML (see examples/requests)")
+    check.add_argument("--json", action="store_true", help="print the decision as JSON")
+    health = sub.add_parser("health", help="print the server's health status")
+    _client_args(health)
+    audit = sub.add_parser("audit", help="audit file tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain of audit files")
+    verify.add_argument("paths", nargs="+")
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pdp.logging import configure_logging
+
+    overrides = {name: getattr(args, name) for name in FIELDS}
+    try:
+        settings = load_settings(config_file=args.config, overrides=overrides)
+    except SettingsError as exc:
+        print(f"pdp serve: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    from pdp.server.app import StartupError, serve
+
+    try:
+        return asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"pdp serve: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf import json_format
+
+    from pdp.client import PdpClient, request_from_file
+
+    try:
+        method, req = request_from_file(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"pdp check: bad request file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with PdpClient(args.address, timeout=args.timeout) as client:
+            d = client.call(method, req)
+    except grpc.RpcError as exc:
+        print(f"pdp check: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json_format.MessageToJson(d.raw))
+    else:
+        print(f"{'ALLOW' if d.allowed else 'DENY'} decision {d.decision_id}"
+              + (" (overridden)" if d.overridden else ""))
+        for r in d.reasons:
+            print(f"  deny: [{r.policy or 'system'} v{r.policy_version}] {r.code}: {r.message}")
+        for r in d.shadow_denies:
+            print(f"  would deny (draft): [{r.policy} v{r.policy_version}] {r.code}: {r.message}")
+    return 0 if d.allowed else 1
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    import grpc
+
+    from pdp.client import PdpClient
+
+    try:
+        with PdpClient(args.address, timeout=args.timeout) as client:
+            status = client.health()
+    except grpc.RpcError as exc:
+        print(f"UNAVAILABLE: {exc.code().name}: {exc.details()}")
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pdp.audit.verify import main as verify_main
+
+    return verify_main(list(args.paths))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": cmd_serve, "check": cmd_check, "health": cmd_health,
+                "audit": cmd_audit}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

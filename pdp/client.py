@@ -1,0 +1,191 @@
+"""Python client for rollout engines: sync and asyncio, typed results.
+
+    with PdpClient("127.0.0.1:50051") as pdp:
+        d = pdp.check_push("acme", "agent-1", config_yaml=text)
+        if not d.allowed: print(d.reasons[0].message)
+
+A transport error is raised (``grpc.RpcError``), never turned into an allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from pdp.v1 import common_pb2 as cpb
+from pdp.v1 import decision_pb2 as dpb
+from pdp.v1 import decision_pb2_grpc as dgrpc
+
+
+@dataclass(frozen=True)
+class ReasonInfo:
+    policy: str
+    policy_version: int
+    rule: str
+    code: str  # e.g. "POLICY_DENIED"
+    message: str
+    builtin: bool = False
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    """A decision as plain Python; ``raw`` keeps the protobuf for anything else."""
+
+    decision_id: str
+    allowed: bool
+    reasons: list[ReasonInfo]
+    shadow_denies: list[ReasonInfo]
+    overridden: bool
+    elapsed_s: float
+    raw: cpb.Decision = field(repr=False)
+
+    @classmethod
+    def from_pb(cls, pb: cpb.Decision) -> DecisionResult:
+        return cls(pb.decision_id, pb.outcome == cpb.OUTCOME_ALLOW,
+                   [_reason(r) for r in pb.reasons], [_reason(r) for r in pb.shadow_denies],
+                   pb.overridden, pb.elapsed.ToNanoseconds() / 1e9, pb)
+
+
+def _reason(r: cpb.Reason) -> ReasonInfo:
+    return ReasonInfo(r.policy, r.policy_version, r.rule,
+                      cpb.ReasonCode.Name(r.code).removeprefix("REASON_CODE_"), r.message,
+                      r.builtin,
+                      r.retry_after.ToNanoseconds() / 1e9 if r.HasField("retry_after") else None)
+
+
+def push_request(tenant: str, agent_id: str, *, config_yaml: str | None = None,
+                 previous_config_yaml: str | None = None,
+                 agent_labels: Mapping[str, str] | None = None, agent_group: str = "",
+                 rollout: Mapping[str, Any] | None = None,
+                 change: Mapping[str, str] | None = None, auto_apply: bool = False,
+                 override: tuple[str, str] | None = None,
+                 request_id: str = "") -> dpb.CheckPushRequest:
+    req = dpb.CheckPushRequest(
+        tenant=tenant,
+        checkpoint=cpb.CHECKPOINT_AUTO_APPLY if auto_apply else cpb.CHECKPOINT_PUSH,
+        agent=cpb.Agent(id=agent_id, labels=dict(agent_labels or {}), group=agent_group),
+        request_id=request_id)
+    if config_yaml is not None:
+        req.config.yaml = config_yaml
+    if previous_config_yaml is not None:
+        req.previous_config.yaml = previous_config_yaml
+    if rollout:
+        json_format.ParseDict(dict(rollout), req.rollout)
+    if change:
+        json_format.ParseDict(dict(change), req.change)
+    if override is not None:
+        req.override.actor, req.override.justification = override
+    return req
+
+
+# -- request files (pdp check) ------------------------------------------------------------
+
+KINDS = {
+    "push": ("CheckPush", dpb.CheckPushRequest),
+    "auto_apply": ("CheckPush", dpb.CheckPushRequest),
+    "device": ("CheckDevice", dpb.CheckDeviceRequest),
+    "rollout": ("CheckRollout", dpb.CheckRolloutRequest),
+}
+
+
+def request_from_file(path: str | Path) -> tuple[str, Any]:
+    """Read a request YAML: ``kind`` (push, auto_apply, device, rollout), then the request's
+    fields; ``config`` / ``previous_config`` may be YAML text or a mapping, or use
+    ``config_file`` / ``previous_config_file`` relative to the request file."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping")
+    kind = str(data.pop("kind", "push"))
+    if kind not in KINDS:
+        raise ValueError(f"{path}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    method, cls = KINDS[kind]
+    for key in ("config", "previous_config"):
+        if f"{key}_file" in data:
+            data[key] = (path.parent / str(data.pop(f"{key}_file"))).read_text()
+        value = data.get(key)
+        if isinstance(value, dict | list) and not (isinstance(value, dict) and "yaml" in value):
+            data[key] = {"yaml": yaml.safe_dump(value, sort_keys=False)}
+        elif isinstance(value, str):
+            data[key] = {"yaml": value}
+    if kind == "auto_apply":
+        data["checkpoint"] = "CHECKPOINT_AUTO_APPLY"
+    msg = json_format.ParseDict(data, cls())
+    return method, msg
+
+
+_RESPONSE_DECISION = "decision"
+
+
+class PdpClient:
+    """Blocking client. ``timeout`` is the gRPC deadline of each call, in seconds."""
+
+    def __init__(self, address: str, *, timeout: float = 2.0,
+                 channel: grpc.Channel | None = None) -> None:
+        self.channel = channel or grpc.insecure_channel(address)
+        self.timeout = timeout
+        self.stub = dgrpc.DecisionServiceStub(self.channel)
+
+    def __enter__(self) -> PdpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def check_push(self, tenant: str, agent_id: str, **kw: Any) -> DecisionResult:
+        return self.check_push_request(push_request(tenant, agent_id, **kw))
+
+    def check_push_request(self, req: dpb.CheckPushRequest) -> DecisionResult:
+        return DecisionResult.from_pb(self.stub.CheckPush(req, timeout=self.timeout).decision)
+
+    def call(self, method: str, req: Any) -> DecisionResult:
+        """Call a Check* method by name (as `pdp check` does) and return its decision."""
+        resp = getattr(self.stub, method)(req, timeout=self.timeout)
+        return DecisionResult.from_pb(getattr(resp, _RESPONSE_DECISION))
+
+    def health(self, service: str = "") -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+class AsyncPdpClient:
+    """asyncio client (grpc.aio); same helpers as PdpClient."""
+
+    def __init__(self, address: str, *, timeout: float = 2.0) -> None:
+        self.channel = grpc.aio.insecure_channel(address)
+        self.timeout = timeout
+        self.stub = dgrpc.DecisionServiceStub(self.channel)
+
+    async def __aenter__(self) -> AsyncPdpClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def check_push(self, tenant: str, agent_id: str, **kw: Any) -> DecisionResult:
+        return await self.check_push_request(push_request(tenant, agent_id, **kw))
+
+    async def check_push_request(self, req: dpb.CheckPushRequest) -> DecisionResult:
+        resp = await self.stub.CheckPush(req, timeout=self.timeout)
+        return DecisionResult.from_pb(resp.decision)
+
+    async def health(self, service: str = "") -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service),
+                                timeout=self.timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))

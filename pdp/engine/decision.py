@@ -1,0 +1,52 @@
+"""The engine's answer, as plain data (the server turns it into protobuf, audit into JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Reason:
+    policy: str
+    version: int
+    rule: str
+    code: str  # ReasonCode name without prefix, e.g. "POLICY_DENIED"
+    message: str
+    retry_after_s: float | None = None
+    builtin: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    name: str
+    version: int
+    content_hash: str
+    status: str
+    builtin: bool = False
+
+
+@dataclass
+class Decision:
+    decision_id: str
+    allowed: bool
+    checkpoint: str
+    decided_at: datetime
+    reasons: list[Reason] = field(default_factory=list)
+    shadow_denies: list[Reason] = field(default_factory=list)
+    evaluated: list[PolicyRef] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    overridden: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "allowed": self.allowed,
+            "checkpoint": self.checkpoint,
+            "reasons": [asdict(r) for r in self.reasons],
+            "shadow_denies": [asdict(r) for r in self.shadow_denies],
+            "policies": [asdict(p) for p in self.evaluated],
+            "elapsed_ms": round(self.elapsed_s * 1000, 3),
+            "overridden": self.overridden,
+        }

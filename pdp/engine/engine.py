@@ -1,0 +1,254 @@
+"""The decision path: context -> select -> evaluate -> reserve counters -> decide -> audit.
+
+Fail-closed everywhere: an error, a timeout or an unreadable input in any applicable policy is
+a deny with a reason an operator can act on. Counters are reserved only when every stateless
+policy allowed, in one store call, so a denied decision never consumes a slot.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import structlog
+
+from pdp.cel import Budget, DeadlineExceeded
+from pdp.counters import (
+    CounterEventKind,
+    CounterKind,
+    CounterRule,
+    CounterStore,
+    CounterStoreUnavailable,
+)
+from pdp.engine.context import ConfigCache, build_context
+from pdp.engine.deadline import Deadline
+from pdp.engine.decision import Decision, PolicyRef, Reason
+from pdp.engine.request import CheckRequest
+from pdp.policy.compiled import CompiledPolicy
+from pdp.policy.evalctx import EvalContext
+from pdp.policy.model import Checkpoint
+from pdp.policy.policyset import PolicySet
+from pdp.policy.rules import AutoRollback, Deny
+
+log = structlog.get_logger("pdp.engine")
+
+_COUNTER_KINDS = {
+    "daily_cap": CounterKind.DAILY_CAP,
+    "cooldown": CounterKind.COOLDOWN,
+    "velocity": CounterKind.VELOCITY,
+    "rollback_rate": CounterKind.ROLLBACK_RATE,
+    "min_step_duration": CounterKind.MIN_STEP_DURATION,
+}
+
+
+class AuditSink(Protocol):
+    """What the engine needs of the audit pipeline."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Queue an event; never blocks the decision."""
+
+    async def log_decision(self, decision: dict[str, Any]) -> None:
+        """Audit a decision (and its derived events); waits for fsync in sync mode only."""
+
+
+@dataclass
+class EngineOptions:
+    cost_limit: int = 1_000_000
+    counter_timeout_s: float = 0.02
+
+
+@dataclass
+class HealthVerdict:
+    decision_id: str
+    rollback: bool
+    reasons: list[Reason]
+    evaluated: list[PolicyRef]
+
+
+def new_decision_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _ref(p: CompiledPolicy) -> PolicyRef:
+    return PolicyRef(p.name, p.policy.version, p.content_hash, p.policy.status.value,
+                     p.policy.builtin)
+
+
+def _reason(p: CompiledPolicy, deny: Deny) -> Reason:
+    return Reason(p.name, p.policy.version, p.rule_kind, deny.code, deny.message,
+                  deny.retry_after_s, p.policy.builtin)
+
+
+def _system(code: str, message: str, retry_after_s: float | None = None) -> Reason:
+    return Reason("", 0, "system", code, message, retry_after_s)
+
+
+class Engine:
+    """Holds the policies in force, the counter store, the audit sink and the caches."""
+
+    def __init__(self, policies: PolicySet, counters: CounterStore, audit: AuditSink,
+                 configs: ConfigCache, options: EngineOptions | None = None) -> None:
+        self.policies = policies
+        self.counters = counters
+        self.audit = audit
+        self.configs = configs
+        self.options = options or EngineOptions()
+
+    def replace_policies(self, policies: PolicySet) -> None:
+        """Swap the policy set atomically (decisions in flight keep the one they started with)."""
+        self.policies = policies
+
+    async def check(self, req: CheckRequest, deadline: Deadline) -> Decision:
+        """Decide one request. Raises InvalidRequest for requests that cannot be decided."""
+        started = time.perf_counter()
+        ctx = build_context(req, self.configs)
+        decision = await self._decide(req, ctx, deadline)
+        decision.elapsed_s = time.perf_counter() - started
+        await self._record(req, decision)
+        return decision
+
+    async def _decide(self, req: CheckRequest, ctx: EvalContext, deadline: Deadline) -> Decision:
+        agent_labels = (req.agent or {}).get("labels")
+        device_labels = (req.device or {}).get("labels")
+        selected = self.policies.select(req.tenant, req.checkpoint, req.change,
+                                        agent_labels, device_labels)
+        budget = Budget(deadline=deadline.expires_at, cost_limit=self.options.cost_limit)
+        decision = Decision(new_decision_id(), False, req.checkpoint.value, ctx.now)
+        counted: list[CompiledPolicy] = []
+        for p in selected:
+            decision.evaluated.append(_ref(p))
+            deny = self._evaluate_one(p, ctx, budget, deadline)
+            if deny is not None:
+                (decision.shadow_denies if p.shadow else decision.reasons).append(_reason(p, deny))
+                if deny.code == "DEADLINE_EXCEEDED" and not p.shadow:
+                    break
+            elif p.counter is not None and not p.shadow:
+                counted.append(p)
+        if not decision.reasons and counted:
+            decision.reasons.extend(await self._reserve(req.tenant, counted, ctx, budget,
+                                                        deadline))
+        if decision.reasons and req.override is not None and req.caller.is_admin:
+            decision.overridden = True
+        decision.allowed = not decision.reasons or decision.overridden
+        return decision
+
+    def _evaluate_one(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
+                      deadline: Deadline) -> Deny | None:
+        if deadline.expired():
+            return Deny("DEADLINE_EXCEEDED",
+                        "the decision deadline ran out before this policy was evaluated")
+        try:
+            return p.evaluate(ctx, budget)
+        except DeadlineExceeded:
+            return Deny("DEADLINE_EXCEEDED",
+                        "the decision deadline ran out while this policy was evaluated")
+        except Exception as exc:  # fail-closed on any defect, and say so
+            log.error("policy_evaluation_failed", policy=p.name, error=repr(exc))
+            return Deny("POLICY_ERROR", f"internal error while evaluating: {type(exc).__name__}")
+
+    async def _reserve(self, tenant: str, counted: Sequence[CompiledPolicy], ctx: EvalContext,
+                       budget: Budget, deadline: Deadline) -> list[Reason]:
+        rules: list[CounterRule] = []
+        by_id: dict[str, CompiledPolicy] = {}
+        for p in counted:
+            spec = p.counter
+            assert spec is not None
+            scope = p.scope_key(ctx, budget)
+            if scope is None:
+                return [_reason(p, Deny("INVALID_INPUT",
+                                        f"counter scope {spec.scope!r} needs a value the request"
+                                        " does not carry (e.g. rollout.id, agent.id)"))]
+            rule_id = f"{p.name}@v{p.policy.version}"
+            by_id[rule_id] = p
+            rules.append(CounterRule(
+                rule_id=rule_id, kind=_COUNTER_KINDS[spec.kind], scope_key=scope,
+                max_count=spec.max_count, window_seconds=float(spec.window_seconds),
+                min_interval_seconds=float(spec.min_interval_seconds), timezone=spec.timezone,
+                threshold_percent=spec.threshold_percent,
+                min_deployments=max(1, spec.min_deployments), counter_id=p.name))
+        timeout = min(deadline.remaining(), self.options.counter_timeout_s)
+        if timeout <= 0:
+            return [_system("DEADLINE_EXCEEDED",
+                            "the decision deadline ran out before counters were reserved")]
+        try:
+            result = await self.counters.reserve(tenant, rules, timeout=timeout)
+        except CounterStoreUnavailable as exc:
+            return [_system("COUNTER_STORE_UNAVAILABLE",
+                            f"counter store unavailable, so counter rules deny: {exc}")]
+        if result.allowed:
+            return []
+        p = by_id.get(result.denied_rule_id or "")
+        deny = Deny(result.code, result.message, result.retry_after_seconds)
+        return [_reason(p, deny) if p is not None else _system(result.code, result.message)]
+
+    async def _record(self, req: CheckRequest, decision: Decision) -> None:
+        event = decision_event(req, decision)
+        log.debug("decision", decision_id=decision.decision_id, tenant=req.tenant,
+                  allowed=decision.allowed, reasons=[r.code for r in decision.reasons],
+                  elapsed_ms=round(decision.elapsed_s * 1000, 3))
+        await self.audit.log_decision(event)
+
+    async def record_event(self, tenant: str, kind: CounterEventKind, scope_keys: Sequence[str],
+                           deadline: Deadline) -> str:
+        """A deploy / rollback / step advance happened: feed the counters, audit it."""
+        event_id = new_decision_id()
+        await self.counters.record_event(tenant, kind, scope_keys,
+                                         timeout=max(0.001, deadline.remaining()))
+        self.audit.emit({"type": "Rollout.Event", "event_id": event_id, "tenant": tenant,
+                         "kind": kind.value, "scope_keys": list(scope_keys),
+                         "time": datetime.now(UTC).isoformat()})
+        return event_id
+
+    async def evaluate_health(self, tenant: str, activation: dict[str, Any],
+                              change: dict[str, str]) -> HealthVerdict:
+        """Auto-rollback thresholds of the tenant's policies against live metrics."""
+        now = datetime.now(UTC)
+        ctx = EvalContext(tenant, Checkpoint.ROLLOUT_PRECONDITION, now,
+                          {**activation, "now": now})
+        verdict = HealthVerdict(new_decision_id(), False, [], [])
+        seen = set()
+        for cp in Checkpoint:
+            for p in self.policies.select(tenant, cp, change, None, None):
+                if not isinstance(p.stateless, AutoRollback) or p.shadow or p.name in seen:
+                    continue
+                seen.add(p.name)
+                verdict.evaluated.append(_ref(p))
+                deny = p.stateless.evaluate(ctx)
+                if deny is not None:
+                    verdict.reasons.append(_reason(p, deny))
+        verdict.rollback = bool(verdict.reasons)
+        self.audit.emit({"type": "Rollout.HealthEvaluated", "decision_id": verdict.decision_id,
+                         "tenant": tenant, "time": now.isoformat(), "rollback": verdict.rollback,
+                         "reasons": [r.message for r in verdict.reasons],
+                         "metrics": activation.get("metrics", {})})
+        return verdict
+
+
+def decision_event(req: CheckRequest, decision: Decision) -> dict[str, Any]:
+    """The audit record of one decision: enough of the request to replay it later."""
+    event = decision.to_dict()
+    event.update({
+        "type": "Decision",
+        "time": decision.decided_at.isoformat(),
+        "tenant": req.tenant,
+        "caller": req.caller.identity,
+        "request_id": req.request_id,
+        "subject": {
+            "agent_id": (req.agent or {}).get("id", ""),
+            "device_id": (req.device or {}).get("id", ""),
+            "rollout_id": (req.rollout or {}).get("id", ""),
+        },
+        "override": None if req.override is None else {
+            "actor": req.override.actor, "justification": req.override.justification,
+            "honoured": decision.overridden, "caller_is_admin": req.caller.is_admin},
+        "request": {
+            "change": req.change, "agent": req.agent, "device": req.device,
+            "rollout": req.rollout, "metrics": req.metrics,
+            "config": req.config_yaml, "previous_config": req.previous_config_yaml,
+        },
+    })
+    return event

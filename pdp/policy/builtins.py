@@ -1,0 +1,103 @@
+"""Built-in policies: on for every tenant unless that tenant relaxes them.
+
+They are typed rules written in Python (not CEL) because they guard the common, costly
+mistakes with exact messages that name the exporter at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pdp.policy.endpoints import endpoint_host, is_localhost
+from pdp.policy.evalctx import EvalContext
+from pdp.policy.model import Checkpoint, Policy, Status
+from pdp.policy.rules import Deny, StatelessRule
+
+CONFIG_CHECKPOINTS = frozenset({Checkpoint.PUSH, Checkpoint.AUTO_APPLY, Checkpoint.DEVICE,
+                                Checkpoint.ROLLOUT_PRECONDITION})
+
+
+def _exporters(config: Any) -> Mapping[str, Any]:
+    if isinstance(config, Mapping):
+        exporters = config.get("exporters")
+        if isinstance(exporters, Mapping):
+            return exporters
+    return {}
+
+
+def _used_exporters(config: Any) -> Iterator[tuple[str, str]]:
+    """(pipeline, exporter) for every exporter a pipeline of ``config`` sends through."""
+    if not isinstance(config, Mapping):
+        return
+    service = config.get("service")
+    pipelines = service.get("pipelines") if isinstance(service, Mapping) else None
+    if not isinstance(pipelines, Mapping):
+        return
+    for pname, pipeline in pipelines.items():
+        if isinstance(pipeline, Mapping) and isinstance(pipeline.get("exporters"), list):
+            for e in pipeline["exporters"]:
+                yield str(pname), str(e)
+
+
+@dataclass(frozen=True)
+class ExporterRemoval(StatelessRule):
+    """Deny removing an exporter that the running config's pipelines still send through."""
+
+    kind: ClassVar[str] = "builtin_exporter_removal"
+
+    def evaluate(self, ctx: EvalContext) -> Deny | None:
+        previous = ctx.activation.get("previous_config")
+        current = ctx.activation.get("config")
+        if previous is None or current is None:
+            return None
+        remaining = _exporters(current)
+        for pipeline, exporter in _used_exporters(previous):
+            if exporter not in remaining:
+                return Deny("POLICY_DENIED",
+                            f"exporter {exporter!r} is removed but pipeline {pipeline!r} of the"
+                            " running config still sends through it; ask an admin for an"
+                            " override if this is intended")
+        return None
+
+
+@dataclass(frozen=True)
+class TlsInsecureRemote(StatelessRule):
+    """Deny ``tls.insecure: true`` on an exporter whose endpoint is not this host."""
+
+    kind: ClassVar[str] = "builtin_tls_insecure"
+
+    def evaluate(self, ctx: EvalContext) -> Deny | None:
+        for name, exporter in _exporters(ctx.activation.get("config")).items():
+            if not isinstance(exporter, Mapping):
+                continue
+            tls = exporter.get("tls")
+            if not (isinstance(tls, Mapping) and tls.get("insecure") is True):
+                continue
+            endpoint = str(exporter.get("endpoint", ""))
+            if not endpoint or not is_localhost(endpoint):
+                host = endpoint_host(endpoint) or "(no endpoint)"
+                return Deny("POLICY_DENIED",
+                            f"exporter {name!r} disables TLS (tls.insecure: true) towards"
+                            f" {host}; insecure TLS is allowed only for localhost endpoints")
+        return None
+
+
+def builtin_policies() -> list[Policy]:
+    """The built-ins, tenant "" = every tenant."""
+    return [
+        Policy(tenant="", name="default-deny-exporter-removal", rule=ExporterRemoval(),
+               description="Removing an exporter that running pipelines still use needs an"
+                           " override.",
+               checkpoints=CONFIG_CHECKPOINTS, builtin=True, status=Status.ACTIVE,
+               spec={"builtin": "default-deny-exporter-removal", "version": 1}),
+        Policy(tenant="", name="default-deny-tls-insecure-on-non-localhost",
+               rule=TlsInsecureRemote(),
+               description="tls.insecure is allowed only towards localhost.",
+               checkpoints=CONFIG_CHECKPOINTS, builtin=True, status=Status.ACTIVE,
+               spec={"builtin": "default-deny-tls-insecure-on-non-localhost", "version": 1}),
+    ]
+
+
+BUILTIN_NAMES = frozenset(p.name for p in builtin_policies())

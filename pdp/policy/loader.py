@@ -1,0 +1,170 @@
+"""Policies from YAML: parse, validate, and say exactly where a problem is.
+
+One file may hold several policies (``---``). Errors name the file, line, column and field path,
+because the people reading them are editing YAML by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pdp.policy.model import (
+    CelRule,
+    Checkpoint,
+    LabelRequirement,
+    LabelSelector,
+    MatchFilter,
+    Policy,
+    PolicyError,
+    Status,
+    validate_name,
+)
+from pdp.policy.params import Params
+from pdp.policy.rules import TYPED_KINDS, parse_typed
+from pdp.policy.yamlpos import Located, Path_, format_path, load_documents
+
+TOP_KEYS = {"tenant", "name", "description", "checkpoints", "match", "enabled", "status",
+            "rule", "version", "author", "approver", "apiVersion", "kind"}
+OPERATORS = {"in", "not_in", "notin", "exists", "does_not_exist", "doesnotexist"}
+
+
+def load_text(text: str, source: str = "<policy>", *,
+              default_status: Status = Status.ACTIVE) -> list[Policy]:
+    """Parse every policy document in ``text``; raises PolicyError on the first problem."""
+    try:
+        docs = load_documents(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(f"invalid YAML: {problem}", source=source,
+                          line=mark.line + 1 if mark else 0,
+                          column=mark.column + 1 if mark else 0) from None
+    return [parse_document(d, source, default_status=default_status)
+            for d in docs if d.value is not None]
+
+
+def load_file(path: Path, *, default_status: Status = Status.ACTIVE) -> list[Policy]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read: {exc}", source=str(path)) from None
+    return load_text(text, str(path), default_status=default_status)
+
+
+def load_directory(directory: Path) -> list[Policy]:
+    """Every ``*.yaml`` / ``*.yml`` below ``directory``, sorted for a stable order."""
+    files = sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and
+                   p.is_file() and not p.name.endswith((".test.yaml", ".test.yml")))
+    policies: list[Policy] = []
+    seen: dict[tuple[str, str], str] = {}
+    for f in files:
+        for p in load_file(f):
+            key = (p.tenant, p.name)
+            if key in seen:
+                raise PolicyError(f"policy {p.name!r} of tenant {p.tenant!r} is already defined"
+                                  f" at {seen[key]}", source=p.source, field_path="name")
+            seen[key] = p.source
+            policies.append(p)
+    return policies
+
+
+def parse_document(doc: Located, source: str, *,
+                   default_status: Status = Status.ACTIVE) -> Policy:
+    def fail(path: Path_, problem: str) -> PolicyError:
+        line, col = doc.where(path)
+        return PolicyError(problem, field_path=format_path(path), source=source,
+                           line=line, column=col)
+
+    data = doc.value
+    if not isinstance(data, Mapping):
+        raise fail((), "a policy must be a mapping")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise fail((str(key),), "unknown field")
+    top = Params(data, fail)
+    tenant = top.string("tenant")
+    if (problem := validate_name(tenant)) is not None:
+        raise fail(("tenant",), problem)
+    name = top.string("name")
+    if (problem := validate_name(name)) is not None:
+        raise fail(("name",), problem)
+    checkpoints = set()
+    for i, cp in enumerate(top.strings("checkpoints")):
+        try:
+            checkpoints.add(Checkpoint(cp.lower()))
+        except ValueError:
+            raise fail(("checkpoints", i), f"unknown checkpoint {cp!r}; expected one of "
+                       + ", ".join(c.value for c in Checkpoint)) from None
+    status_raw = top.string("status", default_status.value)
+    try:
+        status = Status(status_raw.lower())
+    except ValueError:
+        raise fail(("status",), f"unknown status {status_raw!r}") from None
+    rule = _parse_rule(top.mapping("rule"))
+    spec = {k: v for k, v in data.items() if k not in ("status", "version", "author", "approver")}
+    return Policy(
+        tenant=tenant, name=name, rule=rule,
+        description=top.string("description", ""),
+        checkpoints=frozenset(checkpoints),
+        match=_parse_match(top.mapping("match")),
+        enabled=top.boolean("enabled", True),
+        status=status,
+        version=top.int("version", 1, minimum=1),
+        author=top.string("author", ""),
+        approver=top.string("approver", ""),
+        source=f"{source}:{doc.start_line}",
+        spec=spec,
+    )
+
+
+def _parse_rule(p: Params) -> Any:
+    kinds = [str(k) for k in p.data]
+    if len(kinds) != 1:
+        raise p.fail(p.path, "exactly one rule is required: cel or one of "
+                     + ", ".join(TYPED_KINDS) + (f"; got {', '.join(kinds)}" if kinds else ""))
+    kind = kinds[0]
+    if kind == "cel":
+        c = p.mapping("cel")
+        rule = CelRule(deny=c.string("deny"), message=c.data.get("message"))
+        c.seen.add("message")
+        if rule.message is not None and not isinstance(rule.message, str):
+            raise c.error("message", "expected a CEL expression string")
+        c.reject_unknown()
+        return rule
+    if kind not in TYPED_KINDS:
+        raise p.error(kind, "unknown rule kind; expected cel or one of " + ", ".join(TYPED_KINDS))
+    return parse_typed(kind, p.mapping(kind))
+
+
+def _parse_selector(p: Params) -> LabelSelector:
+    labels = p.mapping("match_labels")
+    pairs = tuple(sorted((str(k), labels.string(str(k))) for k in labels.data))
+    reqs = []
+    for r in p.list("match_expressions"):
+        op = r.string("operator").lower()
+        if op not in OPERATORS:
+            raise r.error("operator", "expected In, NotIn, Exists or DoesNotExist")
+        op = {"notin": "not_in", "doesnotexist": "does_not_exist"}.get(op, op)
+        values = r.strings("values")
+        if op in ("in", "not_in") and not values:
+            raise r.error("values", f"required for operator {op}")
+        reqs.append(LabelRequirement(r.string("key"), op, frozenset(values)))
+        r.reject_unknown()
+    p.reject_unknown()
+    return LabelSelector(pairs, tuple(reqs))
+
+
+def _parse_match(p: Params) -> MatchFilter:
+    m = MatchFilter(
+        subjects=frozenset(p.strings("subjects")),
+        sources=frozenset(p.strings("sources")),
+        types=frozenset(p.strings("types")),
+        agent_selector=_parse_selector(p.mapping("agent_selector")),
+        device_selector=_parse_selector(p.mapping("device_selector")),
+    )
+    p.reject_unknown()
+    return m

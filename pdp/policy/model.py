@@ -1,0 +1,159 @@
+"""The one validated policy model between YAML (humans) and protobuf (the wire).
+
+A policy is tenant-scoped, applies to some checkpoints, matches requests by filters, and holds
+exactly one rule: a CEL deny expression or one typed rule (see ``pdp.policy.rules``).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+NAME_MAX = 250
+
+
+class Checkpoint(enum.StrEnum):
+    ROLLOUT_PRECONDITION = "rollout_precondition"
+    PUSH = "push"
+    AUTO_APPLY = "auto_apply"
+    DEVICE = "device"
+
+
+class Status(enum.StrEnum):
+    DRAFT = "draft"
+    APPROVED = "approved"
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+class PolicyError(ValueError):
+    """A policy is invalid. ``str()`` reads ``file:line:column: field.path: problem``."""
+
+    def __init__(self, problem: str, *, field_path: str = "", source: str = "",
+                 line: int = 0, column: int = 0) -> None:
+        self.problem = problem
+        self.field_path = field_path
+        self.source = source
+        self.line = line
+        self.column = column
+        where = source
+        if line:
+            where += f":{line}:{column}" if column else f":{line}"
+        parts = [p for p in (where, field_path) if p]
+        super().__init__(": ".join([*parts, problem]))
+
+
+@dataclass(frozen=True)
+class LabelRequirement:
+    key: str
+    operator: str  # in | not_in | exists | does_not_exist
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "exists":
+            return self.key in labels
+        if self.operator == "does_not_exist":
+            return self.key not in labels
+        if self.operator == "in":
+            return labels.get(self.key) in self.values
+        # not_in: absent keys match, as in Kubernetes
+        return labels.get(self.key) not in self.values
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """Kubernetes-style selector; empty selects everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[LabelRequirement, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.match_labels and not self.match_expressions
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            r.matches(labels) for r in self.match_expressions)
+
+
+@dataclass(frozen=True)
+class MatchFilter:
+    """Which requests a policy applies to; every empty field matches all values."""
+
+    subjects: frozenset[str] = frozenset()
+    sources: frozenset[str] = frozenset()
+    types: frozenset[str] = frozenset()
+    agent_selector: LabelSelector = field(default_factory=LabelSelector)
+    device_selector: LabelSelector = field(default_factory=LabelSelector)
+
+    def matches(self, change: Mapping[str, str], agent_labels: Mapping[str, str] | None,
+                device_labels: Mapping[str, str] | None) -> bool:
+        if self.subjects and change.get("subject", "") not in self.subjects:
+            return False
+        if self.sources and change.get("source", "") not in self.sources:
+            return False
+        if self.types and change.get("type", "") not in self.types:
+            return False
+        if not self.agent_selector.empty and (
+            agent_labels is None or not self.agent_selector.matches(agent_labels)
+        ):
+            return False
+        return self.device_selector.empty or (
+            device_labels is not None and self.device_selector.matches(device_labels))
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """Deny when ``deny`` evaluates to true; ``message`` (CEL, optional) explains why."""
+
+    deny: str
+    message: str | None = None
+    kind: str = "cel"
+
+
+@dataclass(frozen=True)
+class Policy:
+    tenant: str
+    name: str
+    rule: Any  # CelRule or a typed rule from pdp.policy.rules
+    description: str = ""
+    checkpoints: frozenset[Checkpoint] = frozenset()  # empty = all
+    match: MatchFilter = field(default_factory=MatchFilter)
+    enabled: bool = True
+    status: Status = Status.ACTIVE
+    version: int = 1
+    builtin: bool = False
+    author: str = ""
+    approver: str = ""
+    source: str = ""  # file:line it was loaded from, for messages
+    spec: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical policy content (what activation records)."""
+        return content_hash(self.spec)
+
+    def applies_to(self, checkpoint: Checkpoint) -> bool:
+        return not self.checkpoints or checkpoint in self.checkpoints
+
+
+def content_hash(spec: Mapping[str, Any]) -> str:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def validate_name(name: Any) -> str | None:
+    """The problem with a policy name, or None if it is fine."""
+    if not isinstance(name, str) or not name:
+        return "required: a non-empty string"
+    if len(name) > NAME_MAX:
+        return f"at most {NAME_MAX} characters, got {len(name)}"
+    if not NAME_RE.match(name):
+        return "may contain only letters, digits, '_' and '-'"
+    return None

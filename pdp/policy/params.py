@@ -1,0 +1,142 @@
+"""Typed access to a rule's YAML parameters, with errors that name the field path.
+
+Every typed rule parses its parameters through this, so a bad value anywhere reads the same:
+``policies/caps.yaml:12:7: rule.daily_cap.max_count: expected an integer >= 1, got 'ten'``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pdp.policy.model import PolicyError
+
+# Raise a PolicyError for a field path (relative to the rule's parameters).
+Fail = Callable[[tuple[str | int, ...], str], PolicyError]
+
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5,
+          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4, "PI": 1024**5}
+
+
+class Params:
+    """A mapping of parameters plus the path prefix used in error messages."""
+
+    def __init__(self, data: Any, fail: Fail, path: tuple[str | int, ...] = ()) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise fail(path, f"expected a mapping, got {type(data).__name__}")
+        self.data = data
+        self.fail = fail
+        self.path = path
+        self.seen: set[str] = set()
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.seen.add(key)
+        return self.data.get(key, default)
+
+    def error(self, key: str | int, problem: str) -> PolicyError:
+        return self.fail((*self.path, key), problem)
+
+    def int(self, key: str, default: int | None = None, *, minimum: int = 0,
+            maximum: int | None = None) -> int:
+        raw = self._get(key, default)
+        if raw is None:
+            raise self.error(key, "required")
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum or (
+                maximum is not None and raw > maximum):
+            bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+            raise self.error(key, f"expected an integer {bound}, got {raw!r}")
+        return raw
+
+    def number(self, key: str, default: float | None = None, *, minimum: float = 0.0,
+               maximum: float | None = None) -> float:
+        raw = self._get(key, default)
+        if raw is None:
+            raise self.error(key, "required")
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < minimum or (
+                maximum is not None and raw > maximum):
+            bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+            raise self.error(key, f"expected a number {bound}, got {raw!r}")
+        return float(raw)
+
+    def optional_number(self, key: str) -> float | None:
+        return None if self.data.get(key) is None else self.number(key)
+
+    def string(self, key: str, default: str | None = None) -> str:
+        raw = self._get(key, default)
+        if raw is None:
+            raise self.error(key, "required")
+        if not isinstance(raw, str):
+            raise self.error(key, f"expected a string, got {raw!r}")
+        return raw
+
+    def boolean(self, key: str, default: bool = False) -> bool:
+        raw = self._get(key, default)
+        if not isinstance(raw, bool):
+            raise self.error(key, f"expected true or false, got {raw!r}")
+        return raw
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        raw = self._get(key, [])
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise self.error(key, f"expected a list of strings, got {raw!r}")
+        return tuple(raw)
+
+    def list(self, key: str) -> list[Params]:
+        raw = self._get(key, [])
+        if not isinstance(raw, list):
+            raise self.error(key, f"expected a list, got {raw!r}")
+        return [Params(item, self.fail, (*self.path, key, i)) for i, item in enumerate(raw)]
+
+    def mapping(self, key: str) -> Params:
+        return Params(self._get(key, {}), self.fail, (*self.path, key))
+
+    def timezone(self, key: str = "timezone") -> ZoneInfo:
+        name = self.string(key, "UTC")
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise self.error(key, f"unknown IANA time zone {name!r}") from None
+
+    def timestamp(self, key: str) -> datetime:
+        raw = self._get(key, None)
+        if isinstance(raw, str):
+            try:
+                raw = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError:
+                raise self.error(key, f"expected an ISO 8601 timestamp, got {raw!r}") from None
+        if not isinstance(raw, datetime):
+            raise self.error(key, f"expected an ISO 8601 timestamp with offset, got {raw!r}")
+        if raw.tzinfo is None:
+            raise self.error(key, "timestamp needs a UTC offset, e.g. 2026-12-20T00:00:00Z")
+        return raw
+
+    def quantity(self, key: str, default: int | None = None) -> int:
+        """Byte quantity: an integer, or a string like "4GB" / "512MiB"."""
+        raw = self._get(key, default)
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            return raw
+        if isinstance(raw, str):
+            parsed = parse_quantity(raw)
+            if parsed is not None:
+                return parsed
+        raise self.error(key, f"expected a byte quantity like 4GB or 512MiB, got {raw!r}")
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(str(k) for k in self.data if k not in self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown field")
+
+
+def parse_quantity(text: str) -> int | None:
+    m = _QUANTITY.match(text)
+    if not m:
+        return None
+    unit = (m.group(2) or "").upper().removesuffix("B")
+    factor = _UNITS.get(unit if unit else "")
+    return None if factor is None else int(float(m.group(1)) * factor)

@@ -1,0 +1,52 @@
+"""The policies in force, indexed for selection per request.
+
+Selection is by tenant and checkpoint (pre-indexed, so decision cost does not grow with the
+number of tenants) and then by each policy's match filter. Built-ins apply to every tenant
+unless that tenant relaxed them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pdp.policy.compiled import CompiledPolicy
+from pdp.policy.model import Checkpoint, Status
+
+
+@dataclass
+class PolicySet:
+    policies: list[CompiledPolicy]
+    builtins: list[CompiledPolicy]
+    relaxed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    _index: dict[tuple[str, Checkpoint], list[CompiledPolicy]] = field(
+        default_factory=dict, init=False, repr=False)
+    _tenants: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        live = [p for p in self.policies
+                if p.policy.enabled and p.policy.status is not Status.RETIRED]
+        self._tenants = {p.policy.tenant for p in live} | set(self.relaxed)
+        for tenant in [*self._tenants, ""]:
+            relaxed = self.relaxed.get(tenant, frozenset())
+            own = [p for p in live if p.policy.tenant == tenant]
+            mine = [b for b in self.builtins if b.name not in relaxed] + own
+            for cp in Checkpoint:
+                self._index[(tenant, cp)] = [p for p in mine if p.policy.applies_to(cp)]
+
+    def tenants(self) -> set[str]:
+        return set(self._tenants)
+
+    def for_tenant(self, tenant: str, checkpoint: Checkpoint) -> list[CompiledPolicy]:
+        """Every enabled, non-retired policy of ``tenant`` at ``checkpoint`` (built-ins first)."""
+        found = self._index.get((tenant, checkpoint))
+        return found if found is not None else self._index[("", checkpoint)]
+
+    def select(self, tenant: str, checkpoint: Checkpoint, change: Mapping[str, str],
+               agent_labels: Mapping[str, str] | None,
+               device_labels: Mapping[str, str] | None) -> list[CompiledPolicy]:
+        return [p for p in self.for_tenant(tenant, checkpoint)
+                if p.policy.match.matches(change, agent_labels, device_labels)]
+
+    def all(self) -> Iterable[CompiledPolicy]:
+        return [*self.builtins, *self.policies]

@@ -1,0 +1,177 @@
+"""Assemble and run the sidecar: settings -> stores -> engine -> grpc.aio server.
+
+Shutdown order on SIGTERM/SIGINT: report NOT_SERVING, stop taking new calls and let the ones
+in flight finish (``shutdown_grace_s``), then drain and flush the audit log, then close the
+counter store. Exit code 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pdp.audit.log import AuditLog
+from pdp.audit.settings import AuditSettings
+from pdp.cel import ProgramCache, pdp_environment
+from pdp.counters import CounterSettings, CounterStore, MemoryCounterStore
+from pdp.engine.context import ConfigCache
+from pdp.engine.engine import Engine, EngineOptions
+from pdp.policy.builtins import builtin_policies
+from pdp.policy.compiled import compile_or_broken
+from pdp.policy.loader import load_directory
+from pdp.policy.model import PolicyError
+from pdp.policy.policyset import PolicySet
+from pdp.server.services import DecisionService, PolicyAdminService
+from pdp.settings import Settings
+from pdp.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, decision_pb2
+from pdp.v1 import decision_pb2_grpc as dgrpc
+
+log = structlog.get_logger("pdp.server")
+
+SERVICE_NAMES = (
+    decision_pb2.DESCRIPTOR.services_by_name["DecisionService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+)
+
+
+class StartupError(RuntimeError):
+    """The server cannot start as configured; the message says what to fix."""
+
+
+def load_policies(settings: Settings, cache: ProgramCache) -> PolicySet:
+    """Built-ins plus the policy directory, compiled. Unreadable or invalid YAML stops start-up;
+    a policy that parses but does not compile is kept and denies (fail-closed)."""
+    env = pdp_environment()
+    directory = Path(settings.policy_dir)
+    loaded = []
+    if directory.is_dir():
+        try:
+            loaded = load_directory(directory)
+        except PolicyError as exc:
+            raise StartupError(f"policy_dir: {exc}") from None
+    elif settings.policy_dir != Settings.policy_dir:
+        raise StartupError(f"policy_dir: {settings.policy_dir} is not a directory")
+    else:
+        log.warning("policy_dir_missing", policy_dir=settings.policy_dir,
+                    note="only built-in policies apply")
+    compiled = [compile_or_broken(p, env, cache, max_cost=settings.cel_max_cost_estimate)
+                for p in loaded]
+    for c in compiled:
+        if c.broken:
+            log.error("policy_does_not_compile", policy=c.name, tenant=c.policy.tenant,
+                      error=c.broken, effect="denies every request it applies to")
+    builtins = [compile_or_broken(p, env, cache) for p in builtin_policies()]
+    return PolicySet(compiled, builtins)
+
+
+def open_counters(settings: Settings) -> CounterStore:
+    if settings.redis_url is None:
+        return MemoryCounterStore()
+    from pdp.counters import open_counter_store
+
+    return open_counter_store(CounterSettings(
+        url=settings.redis_url, cluster=settings.redis_cluster,
+        op_timeout=max(0.05, settings.redis_timeout_ms / 1000),
+        pool_size=settings.redis_pool_size))
+
+
+def audit_settings(settings: Settings) -> AuditSettings:
+    return AuditSettings(
+        path=settings.audit_file, rotate_bytes=settings.audit_rotate_bytes,
+        queue_size=settings.audit_queue_size, durability=settings.audit_durability,
+        redis_url=settings.redis_url if settings.audit_redis_stream else None,
+        redis_stream=settings.audit_redis_stream or "pdp:audit",
+        stdout=settings.audit_stdout, mask_paths=list(settings.audit_mask_paths))
+
+
+@dataclass
+class Running:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    engine: Engine
+    audit: AuditLog
+    counters: CounterStore
+    ports: list[str]
+
+
+async def start(settings: Settings) -> Running:
+    cache = ProgramCache(maxsize=settings.cel_cache_size)
+    policies = load_policies(settings, cache)
+    audit = AuditLog(audit_settings(settings))
+    await audit.start()
+    counters = open_counters(settings)
+    engine = Engine(policies, counters, audit,
+                    ConfigCache(settings.config_cache_size, settings.max_config_bytes),
+                    EngineOptions(cost_limit=settings.cel_cost_limit,
+                                  counter_timeout_s=settings.redis_timeout_ms / 1000))
+    options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
+                                      ("grpc.max_receive_message_length",
+                                       settings.max_config_bytes * 3 + 1024 * 1024)]
+    server = grpc.aio.server(options=options)
+    dgrpc.add_DecisionServiceServicer_to_server(
+        DecisionService(engine, settings.deadline_ms / 1000, settings.max_batch_agents), server)
+    admin_pb2_grpc.add_PolicyAdminServiceServicer_to_server(PolicyAdminService(), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(_audit_service(audit), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), server)
+    ports = []
+    try:
+        if settings.listen:
+            server.add_insecure_port(settings.listen)
+            ports.append(settings.listen)
+        if settings.unix_socket:
+            with contextlib.suppress(FileNotFoundError):
+                Path(settings.unix_socket).unlink()
+            server.add_insecure_port(f"unix:{settings.unix_socket}")
+            ports.append(f"unix:{settings.unix_socket}")
+    except RuntimeError as exc:
+        await audit.close()
+        raise StartupError(f"listen: cannot bind {ports[-1] if ports else settings.listen}:"
+                           f" {exc}") from None
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("started", listen=ports, policies=len(policies.policies),
+             tenants=len(policies.tenants()), counters="redis" if settings.redis_url else
+             "in-process", audit_file=settings.audit_file, deadline_ms=settings.deadline_ms)
+    return Running(server, health_servicer, engine, audit, counters, ports)
+
+
+def _audit_service(audit: AuditLog) -> audit_pb2_grpc.AuditServiceServicer:
+    from pdp.server.watch import AuditService
+
+    return AuditService(audit)
+
+
+async def stop(running: Running, grace_s: float) -> None:
+    await running.health.enter_graceful_shutdown()
+    await running.server.stop(grace_s)
+    await running.audit.close()
+    await running.counters.close()
+    log.info("stopped")
+
+
+async def serve(settings: Settings) -> int:
+    running = await start(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("stopping", grace_s=settings.shutdown_grace_s)
+    await stop(running, settings.shutdown_grace_s)
+    return 0

@@ -1,0 +1,171 @@
+"""Protobuf <-> engine values. The only place that knows both shapes.
+
+Validation of required fields happens here, so every INVALID_ARGUMENT names the field the
+caller must fix (``tenant``, ``agent.id``, ``config.yaml``, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from pdp.engine.decision import Decision, PolicyRef, Reason
+from pdp.engine.request import Caller, CheckRequest, InvalidRequest, Override
+from pdp.policy.model import NAME_RE, Checkpoint
+from pdp.v1 import common_pb2 as cpb
+from pdp.v1 import decision_pb2 as dpb
+
+CHECKPOINT_FROM_PB = {
+    cpb.CHECKPOINT_ROLLOUT_PRECONDITION: Checkpoint.ROLLOUT_PRECONDITION,
+    cpb.CHECKPOINT_PUSH: Checkpoint.PUSH,
+    cpb.CHECKPOINT_AUTO_APPLY: Checkpoint.AUTO_APPLY,
+    cpb.CHECKPOINT_DEVICE: Checkpoint.DEVICE,
+}
+CHECKPOINT_TO_PB = {v.value: k for k, v in CHECKPOINT_FROM_PB.items()}
+STATUS_TO_PB = {"draft": cpb.POLICY_STATUS_DRAFT, "approved": cpb.POLICY_STATUS_APPROVED,
+                "active": cpb.POLICY_STATUS_ACTIVE, "retired": cpb.POLICY_STATUS_RETIRED}
+
+
+def reason_code(code: str) -> int:
+    try:
+        return int(cpb.ReasonCode.Value("REASON_CODE_" + code))
+    except ValueError:
+        return int(cpb.REASON_CODE_POLICY_DENIED)
+
+
+def tenant_of(tenant: str) -> str:
+    if not tenant:
+        raise InvalidRequest("tenant", "required")
+    if len(tenant) > 250 or not NAME_RE.match(tenant):
+        raise InvalidRequest("tenant", "may contain only letters, digits, '_' and '-'"
+                                       " (at most 250 characters)")
+    return tenant
+
+
+def _timestamp(ts: timestamp_pb2.Timestamp) -> str | None:
+    return ts.ToJsonString() if ts.seconds or ts.nanos else None
+
+
+def agent_dict(agent: cpb.Agent, field: str = "agent") -> dict[str, Any]:
+    if not agent.id:
+        raise InvalidRequest(f"{field}.id", "required")
+    return {"id": agent.id, "labels": dict(agent.labels), "group": agent.group,
+            "version": agent.version, "hostname": agent.hostname}
+
+
+def device_dict(device: cpb.Device) -> dict[str, Any]:
+    if not device.id:
+        raise InvalidRequest("device.id", "required")
+    return {"id": device.id, "platform": device.platform, "os_version": device.os_version,
+            "memory_bytes": device.memory_bytes, "groups": list(device.groups),
+            "labels": dict(device.labels), "model": device.model}
+
+
+def rollout_dict(rollout: cpb.Rollout) -> dict[str, Any]:
+    if rollout.step_percent < 0 or rollout.step_percent > 100:
+        raise InvalidRequest("rollout.step_percent", "must be between 0 and 100")
+    return {
+        "id": rollout.id, "step": rollout.step, "total_steps": rollout.total_steps,
+        "step_percent": rollout.step_percent, "created_by": rollout.created_by,
+        "created_at": _timestamp(rollout.created_at),
+        "approvals": [{"actor": a.actor, "step": a.step, "time": _timestamp(a.time)}
+                      for a in rollout.approvals],
+    }
+
+
+def change_dict(change: cpb.Change) -> dict[str, str]:
+    return {"subject": change.subject, "source": change.source, "type": change.type}
+
+
+def override_of(msg: Any) -> Override | None:
+    if not msg.HasField("override"):
+        return None
+    o = msg.override
+    if not o.actor:
+        raise InvalidRequest("override.actor", "required when an override is sent")
+    if not o.justification.strip():
+        raise InvalidRequest("override.justification", "required when an override is sent")
+    return Override(o.actor, o.justification)
+
+
+def push_checkpoint(cp: int) -> Checkpoint:
+    if cp == cpb.CHECKPOINT_UNSPECIFIED:
+        return Checkpoint.PUSH
+    if cp in (cpb.CHECKPOINT_PUSH, cpb.CHECKPOINT_AUTO_APPLY):
+        return CHECKPOINT_FROM_PB[cp]
+    raise InvalidRequest("checkpoint", "CheckPush takes CHECKPOINT_PUSH or CHECKPOINT_AUTO_APPLY")
+
+
+def check_push_request(msg: dpb.CheckPushRequest, caller: Caller) -> CheckRequest:
+    tenant = tenant_of(msg.tenant)
+    checkpoint = push_checkpoint(msg.checkpoint)
+    if not msg.HasField("agent"):
+        raise InvalidRequest("agent.id", "required")
+    return CheckRequest(
+        tenant=tenant, checkpoint=checkpoint, change=change_dict(msg.change),
+        agent=agent_dict(msg.agent), rollout=rollout_dict(msg.rollout),
+        config_yaml=msg.config.yaml or None,
+        previous_config_yaml=msg.previous_config.yaml or None,
+        override=override_of(msg), caller=caller, explain=msg.explain,
+        request_id=msg.request_id)
+
+
+def check_device_request(msg: dpb.CheckDeviceRequest, caller: Caller) -> CheckRequest:
+    tenant = tenant_of(msg.tenant)
+    if not msg.HasField("device"):
+        raise InvalidRequest("device.id", "required")
+    return CheckRequest(
+        tenant=tenant, checkpoint=Checkpoint.DEVICE, change=change_dict(msg.change),
+        device=device_dict(msg.device), rollout=rollout_dict(msg.rollout),
+        config_yaml=msg.config.yaml or None, override=override_of(msg), caller=caller,
+        explain=msg.explain, request_id=msg.request_id)
+
+
+def check_rollout_request(msg: dpb.CheckRolloutRequest, caller: Caller) -> CheckRequest:
+    tenant = tenant_of(msg.tenant)
+    if not msg.rollout.id:
+        raise InvalidRequest("rollout.id", "required")
+    return CheckRequest(
+        tenant=tenant, checkpoint=Checkpoint.ROLLOUT_PRECONDITION,
+        change=change_dict(msg.change), rollout=rollout_dict(msg.rollout),
+        config_yaml=msg.config.yaml or None,
+        previous_config_yaml=msg.previous_config.yaml or None,
+        metrics=dict(msg.metrics), override=override_of(msg), caller=caller,
+        explain=msg.explain, request_id=msg.request_id)
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def reason_pb(r: Reason) -> cpb.Reason:
+    pb = cpb.Reason(policy=r.policy, policy_version=r.version, rule=r.rule,
+                    code=reason_code(r.code),  # type: ignore[arg-type]
+                    message=r.message, builtin=r.builtin)
+    if r.retry_after_s is not None:
+        pb.retry_after.CopyFrom(_duration(r.retry_after_s))
+    return pb
+
+
+def policy_ref_pb(p: PolicyRef) -> cpb.PolicyRef:
+    return cpb.PolicyRef(name=p.name, version=p.version, content_hash=p.content_hash,
+                         status=STATUS_TO_PB.get(p.status, cpb.POLICY_STATUS_UNSPECIFIED),
+                         builtin=p.builtin)
+
+
+def decision_pb(d: Decision) -> cpb.Decision:
+    pb = cpb.Decision(
+        decision_id=d.decision_id,
+        outcome=cpb.OUTCOME_ALLOW if d.allowed else cpb.OUTCOME_DENY,
+        reasons=[reason_pb(r) for r in d.reasons],
+        shadow_denies=[reason_pb(r) for r in d.shadow_denies],
+        evaluated_policies=[policy_ref_pb(p) for p in d.evaluated],
+        overridden=d.overridden,
+        checkpoint=CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED),  # type: ignore[arg-type]
+        elapsed=_duration(d.elapsed_s),
+    )
+    pb.decided_at.FromDatetime(d.decided_at)
+    return pb

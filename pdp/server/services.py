@@ -1,0 +1,186 @@
+"""gRPC servicers: map protobuf to the engine and back; nothing else.
+
+Every request gets one deadline: the configured budget, or less if the caller's own gRPC
+deadline is shorter. Requests that cannot be decided get INVALID_ARGUMENT naming the field;
+anything unexpected is an error status, never an allow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from pdp.counters import CounterEventKind, CounterStoreUnavailable
+from pdp.engine.deadline import Deadline
+from pdp.engine.engine import Engine
+from pdp.engine.request import Caller, CheckRequest, InvalidRequest
+from pdp.server import convert
+from pdp.v1 import admin_pb2_grpc
+from pdp.v1 import decision_pb2 as dpb
+from pdp.v1 import decision_pb2_grpc as dgrpc
+
+log = structlog.get_logger("pdp.server")
+T = TypeVar("T")
+
+EVENT_KINDS = {
+    dpb.EVENT_KIND_DEPLOY: CounterEventKind.DEPLOY,
+    dpb.EVENT_KIND_ROLLBACK: CounterEventKind.ROLLBACK,
+    dpb.EVENT_KIND_STEP_ADVANCE: CounterEventKind.STEP_ADVANCE,
+}
+
+
+def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+    """Identity and roles of the caller. Until authentication lands: anonymous checker."""
+    return Caller()
+
+
+def deadline_for(context: grpc.aio.ServicerContext[Any, Any], budget_s: float) -> Deadline:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining < budget_s:
+        budget_s = max(0.0, remaining)
+    return Deadline.after(budget_s)
+
+
+async def guarded(context: grpc.aio.ServicerContext[Any, Any],
+                  call: Callable[[], Awaitable[T]]) -> T:
+    """Run ``call``; bad input -> INVALID_ARGUMENT, store down -> UNAVAILABLE, bugs -> INTERNAL."""
+    try:
+        return await call()
+    except InvalidRequest as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except CounterStoreUnavailable as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"counter store unavailable: {exc}")
+    except Exception as exc:
+        log.exception("request_failed", error=repr(exc))
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+class DecisionService(dgrpc.DecisionServiceServicer):
+    def __init__(self, engine: Engine, deadline_s: float, max_batch: int) -> None:
+        self.engine = engine
+        self.deadline_s = deadline_s
+        self.max_batch = max_batch
+
+    async def _check(self, context: grpc.aio.ServicerContext[Any, Any],
+                     build: Callable[[Caller], CheckRequest]) -> Any:
+        async def run() -> Any:
+            req = build(caller_of(context))
+            decision = await self.engine.check(req, deadline_for(context, self.deadline_s))
+            return convert.decision_pb(decision)
+        return await guarded(context, run)
+
+    async def CheckPush(self, request: dpb.CheckPushRequest,
+                        context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushResponse:
+        decision = await self._check(context,
+                                     lambda c: convert.check_push_request(request, c))
+        return dpb.CheckPushResponse(decision=decision)
+
+    async def CheckDevice(self, request: dpb.CheckDeviceRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckDeviceResponse:
+        decision = await self._check(context,
+                                     lambda c: convert.check_device_request(request, c))
+        return dpb.CheckDeviceResponse(decision=decision)
+
+    async def CheckRollout(self, request: dpb.CheckRolloutRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> dpb.CheckRolloutResponse:
+        decision = await self._check(context,
+                                     lambda c: convert.check_rollout_request(request, c))
+        return dpb.CheckRolloutResponse(decision=decision)
+
+    async def _batch(self, request: dpb.CheckPushBatchRequest,
+                     context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushBatchResponse:
+        async def run() -> dpb.CheckPushBatchResponse:
+            if len(request.agents) > self.max_batch:
+                raise InvalidRequest("agents", f"{len(request.agents)} agents is more than the"
+                                               f" limit of {self.max_batch} per batch")
+            if not request.agents:
+                raise InvalidRequest("agents", "required: at least one agent")
+            caller = caller_of(context)
+            single = dpb.CheckPushRequest(
+                tenant=request.tenant, checkpoint=request.checkpoint, rollout=request.rollout,
+                change=request.change, config=request.config,
+                previous_config=request.previous_config, explain=request.explain,
+                request_id=request.request_id)
+            if request.HasField("override"):
+                single.override.CopyFrom(request.override)
+            out = dpb.CheckPushBatchResponse()
+            for i, agent in enumerate(request.agents):
+                single.agent.CopyFrom(agent)
+                try:
+                    req = convert.check_push_request(single, caller)
+                except InvalidRequest as exc:
+                    raise InvalidRequest(f"agents[{i}].{exc.field.removeprefix('agent.')}",
+                                         exc.problem) from None
+                decision = await self.engine.check(req, deadline_for(context, self.deadline_s))
+                out.decisions.add(agent_id=agent.id, decision=convert.decision_pb(decision))
+                if decision.allowed:
+                    out.allowed_count += 1
+                else:
+                    out.denied_count += 1
+            return out
+        return await guarded(context, run)
+
+    async def CheckPushBatch(self, request: dpb.CheckPushBatchRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]
+                             ) -> dpb.CheckPushBatchResponse:
+        return await self._batch(request, context)
+
+    async def CheckPushStream(self, request_iterator: AsyncIterator[dpb.CheckPushStreamRequest],
+                              context: grpc.aio.ServicerContext[Any, Any]
+                              ) -> AsyncIterator[dpb.CheckPushStreamResponse]:
+        async for item in request_iterator:
+            yield dpb.CheckPushStreamResponse(batch=await self._batch(item.batch, context))
+
+    async def RecordEvent(self, request: dpb.RecordEventRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> dpb.RecordEventResponse:
+        async def run() -> dpb.RecordEventResponse:
+            tenant = convert.tenant_of(request.tenant)
+            kind = EVENT_KINDS.get(request.kind)
+            if kind is None:
+                raise InvalidRequest("kind", "required: DEPLOY, ROLLBACK or STEP_ADVANCE")
+            if kind is CounterEventKind.STEP_ADVANCE and not request.rollout.id:
+                raise InvalidRequest("rollout.id", "required for STEP_ADVANCE")
+            keys = ["tenant"]
+            for scope, value in (("rollout", request.rollout.id), ("agent", request.agent_id),
+                                 ("device", request.device_id), ("group", request.group)):
+                if value:
+                    keys.append(f"{scope}:{value}")
+            event_id = await self.engine.record_event(tenant, kind, keys,
+                                                      deadline_for(context, self.deadline_s))
+            return dpb.RecordEventResponse(event_id=event_id)
+        return await guarded(context, run)
+
+    async def EvaluateHealth(self, request: dpb.EvaluateHealthRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]
+                             ) -> dpb.EvaluateHealthResponse:
+        async def run() -> dpb.EvaluateHealthResponse:
+            tenant = convert.tenant_of(request.tenant)
+            if not request.metrics:
+                raise InvalidRequest("metrics", "required: at least one metric")
+            verdict = await self.engine.evaluate_health(
+                tenant, {"rollout": convert.rollout_dict(request.rollout),
+                         "metrics": dict(request.metrics)}, convert.change_dict(request.change))
+            return dpb.EvaluateHealthResponse(
+                rollback=verdict.rollback, decision_id=verdict.decision_id,
+                reasons=[convert.reason_pb(r) for r in verdict.reasons],
+                evaluated_policies=[convert.policy_ref_pb(p) for p in verdict.evaluated])
+        return await guarded(context, run)
+
+
+class PolicyAdminService(admin_pb2_grpc.PolicyAdminServiceServicer):
+    """Lifecycle RPCs arrive with the policy-store work; until then they say so plainly."""
+
+    async def _unimplemented(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "policy administration is not available yet: policies are read from"
+                            " the policy directory (setting policy_dir)")
+
+    PutDraft = ApprovePolicy = ActivatePolicy = RetirePolicy = ReactivatePolicy = (
+        lambda self, request, context: self._unimplemented(context))
+    GetPolicy = ListPolicies = GetPolicyHistory = ValidatePolicy = SetBuiltinRelaxed = (
+        lambda self, request, context: self._unimplemented(context))

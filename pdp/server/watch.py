@@ -1,0 +1,50 @@
+"""AuditService.Watch: the audit log's records as a gRPC server stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+
+from pdp.audit.log import AuditLog
+from pdp.server.convert import tenant_of
+from pdp.v1 import audit_pb2 as apb
+from pdp.v1 import audit_pb2_grpc
+
+
+def record_pb(record: dict[str, Any]) -> apb.AuditRecord:
+    event = record.get("event") or {}
+    data = struct_pb2.Struct()
+    data.update(event)
+    pb = apb.AuditRecord(sequence=int(record["seq"]), type=str(event.get("type", "")),
+                         tenant=str(event.get("tenant", "")),
+                         decision_id=str(event.get("decision_id", "")), data=data,
+                         prev_hash=str(record.get("prev", "")), hash=str(record.get("hash", "")))
+    if isinstance(event.get("time"), str):
+        try:
+            pb.time.FromJsonString(event["time"])
+        except ValueError:
+            pass
+    return pb
+
+
+class AuditService(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(self, audit: AuditLog) -> None:
+        self.audit = audit
+
+    async def Watch(self, request: apb.WatchRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]
+                    ) -> AsyncIterator[apb.WatchResponse]:
+        try:
+            tenant = tenant_of(request.tenant)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        from_seq: int | None = request.from_sequence
+        if not request.from_sequence and not request.from_beginning:
+            from_seq = None
+        types = set(request.event_types) or None
+        async for record in self.audit.watch(tenant, types, from_seq):
+            yield apb.WatchResponse(record=record_pb(record))

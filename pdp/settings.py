@@ -1,0 +1,198 @@
+"""One typed settings object, read once at start-up.
+
+Sources, later wins: defaults < YAML file (``--config`` / ``PDP_CONFIG``) < ``PDP_*``
+environment variables < command-line flags. Anything unknown or invalid stops start-up with a
+message naming the setting: a typo in a sidecar's environment must not silently fall back to a
+default (the envoyproxy/ratelimit lesson: read settings once, fail loudly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+ENV_PREFIX = "PDP_"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or has an invalid value; the message names it."""
+
+
+def _s(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads at start-up. Field names are the YAML keys."""
+
+    listen: str = _s("127.0.0.1:50051", "TCP address to listen on, HOST:PORT ('' = none)")
+    unix_socket: str | None = _s(None, "also listen on this unix socket path (sidecars)")
+    policy_dir: str = _s("policies", "directory of policy YAML files (*.yaml, *.yml)")
+    audit_file: str = _s("var/audit/audit.jsonl", "JSON-lines audit file")
+    audit_durability: Literal["async", "sync"] = _s(
+        "async", "sync = every answered decision is fsync'd to the audit file first")
+    audit_queue_size: int = _s(100_000, "bounded audit queue (events)")
+    audit_rotate_bytes: int = _s(256 * 1024 * 1024, "rotate the audit file at this size")
+    audit_redis_stream: str | None = _s(None, "also write audit events to this Redis stream")
+    audit_stdout: bool = _s(False, "also write audit events to stdout")
+    audit_mask_paths: tuple[str, ...] = _s(
+        (), "request paths removed from audit events, e.g. config.exporters.*.headers")
+    redis_url: str | None = _s(
+        None, "Redis for counters (redis://, rediss://, unix://); unset = in-process counters")
+    redis_cluster: bool = _s(False, "the Redis URL points at a Redis Cluster")
+    redis_timeout_ms: int = _s(20, "per-call Redis timeout (capped by the decision deadline)")
+    redis_pool_size: int = _s(32, "Redis connection pool size")
+    deadline_ms: int = _s(50, "decision budget; shorter if the caller's gRPC deadline is shorter")
+    cel_cost_limit: int = _s(1_000_000, "runtime cost budget per CEL evaluation")
+    cel_max_cost_estimate: int = _s(
+        100_000_000, "policies whose static worst-case cost estimate exceeds this are rejected")
+    cel_cache_size: int = _s(10_000, "compiled CEL programs kept (LRU)")
+    config_cache_size: int = _s(1_024, "parsed configs kept by content hash (LRU)")
+    max_batch_agents: int = _s(5_000, "most agents in one CheckPushBatch request")
+    max_config_bytes: int = _s(4 * 1024 * 1024, "largest config document accepted")
+    shutdown_grace_s: float = _s(5.0, "on SIGTERM, time allowed for calls in flight")
+    log_level: Literal["debug", "info", "warning", "error"] = _s("info", "log level")
+    log_format: Literal["json", "console"] = _s("json", "log line format")
+    reflection: bool = _s(True, "serve gRPC server reflection")
+    workers: int = _s(1, "server processes sharing the port (SO_REUSEPORT)")
+
+    def validate(self) -> Settings:
+        """Cross-field and range checks; raise SettingsError naming the setting."""
+        if not self.listen and not self.unix_socket:
+            raise SettingsError("listen: empty and no unix_socket set: nothing to listen on")
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"listen: {self.listen!r} is not HOST:PORT")
+        for name in ("deadline_ms", "cel_cost_limit", "cel_cache_size", "config_cache_size",
+                     "max_batch_agents", "max_config_bytes", "audit_queue_size",
+                     "audit_rotate_bytes", "redis_timeout_ms", "redis_pool_size", "workers"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise SettingsError(
+                f"redis_url: {self.redis_url!r} must start with redis://, rediss:// or unix://")
+        if self.audit_redis_stream and not self.redis_url:
+            raise SettingsError("audit_redis_stream: needs redis_url")
+        return self
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
+_HINTS = typing.get_type_hints(Settings)
+
+# Environment variables of the client commands (pdp check / health): known, not server settings.
+CLIENT_ENV = {"PDP_ADDRESS", "PDP_TIMEOUT", "PDP_CONFIG", "PDP_TENANT"}
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _convert(name: str, raw: Any) -> Any:
+    """Convert a raw value (YAML scalar or env string) to the field's declared type."""
+    hint = _HINTS[name]
+    args = get_args(hint)
+    optional = get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if raw not in choices:
+            raise SettingsError(f"{name}: {raw!r} is not one of {', '.join(choices)}")
+        return raw
+    if origin is tuple:
+        if isinstance(raw, str):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if isinstance(raw, list | tuple) and all(isinstance(x, str) for x in raw):
+            return tuple(raw)
+        raise SettingsError(f"{name}: expected a list of strings, got {raw!r}")
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+    if hint is int:
+        if isinstance(raw, bool):
+            raise SettingsError(f"{name}: expected an integer, got {raw!r}")
+        try:
+            return int(str(raw).replace("_", ""))
+        except ValueError:
+            raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+    if hint is float:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
+    if hint is str:
+        if not isinstance(raw, str | int | float) or isinstance(raw, bool):
+            raise SettingsError(f"{name}: expected a string, got {raw!r}")
+        return str(raw)
+    raise SettingsError(f"{name}: unsupported setting type {hint}")  # pragma: no cover
+
+
+def load_settings(
+    *,
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from file, environment and explicit overrides (CLI flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_file = config_file or env.get("PDP_CONFIG") or None
+    if config_file:
+        path = Path(config_file)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise SettingsError(f"config: cannot read {config_file}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config: {config_file} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"config: {config_file} must hold a mapping of settings")
+        for key, raw in data.items():
+            if key not in FIELDS:
+                raise SettingsError(f"{key}: unknown setting (in {config_file})")
+            values[key] = _convert(key, raw)
+    known_env = {env_name(n): n for n in FIELDS}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var in CLIENT_ENV:
+            continue
+        if var not in known_env:
+            raise SettingsError(f"{var}: unknown setting (environment variable)")
+        values[known_env[var]] = _convert(known_env[var], raw)
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if key not in FIELDS:
+            raise SettingsError(f"{key}: unknown setting")
+        values[key] = _convert(key, raw)
+    return Settings(**values).validate()
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(flag, env var, default, help) for every setting: the `pdp serve --help` table."""
+    rows = []
+    for name, f in FIELDS.items():
+        default = f.default
+        shown = "unset" if default is None else (",".join(default) or "none") if isinstance(
+            default, list | tuple) else str(default)
+        rows.append(("--" + name.replace("_", "-"), env_name(name), shown, f.metadata["help"]))
+    return rows

@@ -1,0 +1,76 @@
+"""Start the real `pdp serve` as a subprocess on a free port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.procs import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class PdpServer:
+    def __init__(self, workdir: Path, *, policy_dir: Path | None = None,
+                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.audit_file = workdir / "audit" / "audit.jsonl"
+        self.log_file = workdir / "server.log"
+        self.policy_dir = policy_dir or ROOT / "examples" / "policies"
+        self.env = env or {}
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> PdpServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+        env.update(self.env)
+        cmd = [sys.executable, "-m", "pdp.cli", "serve", "--listen", self.address,
+               "--policy-dir", str(self.policy_dir), "--audit-file", str(self.audit_file),
+               "--log-level", "debug", *self.args]
+        self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        if wait:
+            self.wait_serving()
+        return self
+
+    def wait_serving(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.address) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log()}")
+                try:
+                    r = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.05)
+        raise TimeoutError(f"server not serving after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if hasattr(self, "_log"):
+            self._log.close()
