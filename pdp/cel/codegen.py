@@ -1,0 +1,567 @@
+"""Compile a checked CEL tree to one Python function via the ``ast`` module.
+
+The generated function is ``def cel(_act, _bud)``.  Every value that comes from the policy
+text is an ``ast.Constant`` (or a namespace slot for non-literal constants); identifiers in
+generated code are synthetic (``_t3``, ``_l1``), never taken from user text.  Errors are
+Python exceptions; ``&&``, ``||`` and the macros catch them where CEL says errors are
+absorbed.  Comprehension loops charge the budget on every iteration and check the deadline
+every 16 iterations.
+"""
+
+from __future__ import annotations
+
+import ast as py
+import itertools
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import ast as A
+from . import runtime as R
+from . import stdlib as S
+from .checker import TYPE_VALUE_NAMES, CheckResult
+from .errors import CelCompileError
+from .functions import Registry
+from .types import T
+from .values import INT64_MAX, INT64_MIN, TYPE_VALUES, Optional
+
+_BASE_NS: dict[str, Any] = {
+    "_type": type, "_dict": dict, "_list": list, "_int": int, "_float": float, "_str": str,
+    "_len": len, "_mono": time.monotonic, "_Exc": Exception,
+    "_absorb": R.absorb, "_lerr": R.logic_err, "_rcond": R.raise_cond, "_iter": R.iter_range,
+    "_pairs": R.iter_pairs, "_undeclared": R.undeclared, "_costx": R.cost_exceeded,
+    "_dlx": R.deadline_exceeded, "_ovf": R.overflow, "_csz": R.size_cost,
+    "_eq": S.cel_eq, "_ne": S.cel_ne, "_lt": S.lt, "_le": S.le, "_gt": S.gt, "_ge": S.ge,
+    "_add": S.add, "_sub": S.sub, "_mul": S.mul, "_div": S.div, "_mod": S.mod,
+    "_neg": S.neg, "_not": S.logical_not, "_index": S.index, "_sel": S.select,
+    "_has": S.has_field, "_in": S.contains_in, "_size": S.size, "_mkmap": S.make_map,
+    "_Opt": Optional, "_noov": S.raise_no_overload, "_merge": None,
+}
+
+_CMP_OPS = {"_<_": (py.Lt, "_lt"), "_<=_": (py.LtE, "_le"), "_>_": (py.Gt, "_gt"),
+            "_>=_": (py.GtE, "_ge")}
+_ARITH = {"_+_": (py.Add, "_add"), "_-_": (py.Sub, "_sub"), "_*_": (py.Mult, "_mul"),
+          "_/_": (py.Div, "_div"), "_%_": (py.Mod, "_mod")}
+MAX_BLOCK_DEPTH = 17  # CPython allows 20 statically nested blocks
+
+
+def _name(n: str) -> py.Name:
+    return py.Name(id=n, ctx=py.Load())
+
+
+def _store(n: str) -> py.Name:
+    return py.Name(id=n, ctx=py.Store())
+
+
+def _const(v: Any) -> py.expr:
+    return py.Constant(value=v)
+
+
+def _call(fn: str, *args: py.expr) -> py.Call:
+    return py.Call(func=_name(fn), args=list(args), keywords=[])
+
+
+def _assign(n: str, v: py.expr) -> py.Assign:
+    return py.Assign(targets=[_store(n)], value=v, lineno=0)
+
+
+def _is(a: py.expr, b: py.expr) -> py.Compare:
+    return py.Compare(left=a, ops=[py.Is()], comparators=[b])
+
+
+def _is_not(a: py.expr, b: py.expr) -> py.Compare:
+    return py.Compare(left=a, ops=[py.IsNot()], comparators=[b])
+
+
+def _raise(e: py.expr) -> py.Raise:
+    return py.Raise(exc=e, cause=None)
+
+
+class CodeGen:
+    """Generates the Python function for one checked expression."""
+
+    def __init__(self, source: str, check: CheckResult, registry: Registry) -> None:
+        self.src = source
+        self.chk = check
+        self.reg = registry
+        self.ns: dict[str, Any] = dict(_BASE_NS)
+        self.stmts: list[py.stmt] = []
+        self.counter = itertools.count()
+        self.locals: list[dict[str, str]] = []  # CEL macro var -> python local
+        self.uses_budget = False
+        self.block_depth = 1  # the try/finally around the body
+
+    # -- helpers -------------------------------------------------------------------------
+    def tmp(self, prefix: str = "_t") -> str:
+        return f"{prefix}{next(self.counter)}"
+
+    def slot(self, value: Any, prefix: str = "_k") -> py.expr:
+        """A namespace slot holding a constant that has no Python literal form."""
+        n = self.tmp(prefix)
+        self.ns[n] = value
+        return _name(n)
+
+    def constant(self, v: Any) -> py.expr:
+        if v is None or type(v) in (bool, int, float, str, bytes):
+            if type(v) is float and (math.isnan(v) or math.isinf(v)):
+                return self.slot(v)
+            return _const(v)
+        return self.slot(v)
+
+    def typ(self, e: A.Expr) -> T:
+        return self.chk.types.get(id(e), T("dyn"))
+
+    def block(self, fn: Callable[[], py.expr], target: str) -> list[py.stmt]:
+        """Run ``fn`` collecting statements into a fresh block that ends assigning target."""
+        saved = self.stmts
+        self.stmts = []
+        try:
+            v = fn()
+            self.stmts.append(_assign(target, v))
+            return self.stmts
+        finally:
+            self.stmts = saved
+
+    def guarded(self, e: A.Expr, target: str) -> list[py.stmt]:
+        """Statements evaluating ``e`` into ``target``, errors captured as values."""
+        if isinstance(e, A.Const):
+            return [_assign(target, self.constant(e.value))]
+        self.block_depth += 1
+        self._depth_check(e)
+        try:
+            body = self.block(lambda: self.expr(e), target)
+        finally:
+            self.block_depth -= 1
+        return [py.Try(
+            body=body,
+            handlers=[py.ExceptHandler(type=_name("_Exc"), name="_x", body=[
+                _assign(target, _call("_absorb", _name("_x")))])],
+            orelse=[], finalbody=[])]
+
+    def _depth_check(self, e: A.Expr) -> None:
+        if self.block_depth > MAX_BLOCK_DEPTH:
+            raise CelCompileError("expression nests too many comprehensions / logical "
+                                  "operators", self.src, e.offset)
+
+    def tick(self, extra: py.expr | None = None) -> list[py.stmt]:
+        """Charge cost (1, or ``extra``) and check limit and (every 16 units) deadline."""
+        self.uses_budget = True
+        inc = extra if extra is not None else _const(1)
+        out: list[py.stmt] = [
+            py.AugAssign(target=_store("_cost"), op=py.Add(), value=inc),
+            py.If(test=py.Compare(left=_name("_cost"), ops=[py.Gt()],
+                                  comparators=[_name("_lim")]),
+                  body=[py.Expr(_call("_costx", _name("_cost"), _name("_lim")))], orelse=[]),
+        ]
+        clock = py.Compare(left=_call("_mono"), ops=[py.Gt()], comparators=[_name("_dl")])
+        if extra is None:
+            test: py.expr = py.BoolOp(op=py.And(), values=[
+                py.UnaryOp(op=py.Not(), operand=py.BinOp(
+                    left=_name("_cost"), op=py.BitAnd(), right=_const(15))), clock])
+        else:
+            test = clock
+        out.append(py.If(test=test, body=[py.Expr(_call("_dlx"))], orelse=[]))
+        return out
+
+    # -- entry ---------------------------------------------------------------------------
+    def generate(self, root: A.Expr) -> Callable[[Any, Any], Any]:
+        result = self.expr(root)
+        body = self.stmts + [py.Return(value=result)]
+        if self.uses_budget:
+            prologue: list[py.stmt] = [
+                _assign("_cost", py.Attribute(value=_name("_bud"), attr="cost", ctx=py.Load())),
+                _assign("_lim", py.Attribute(value=_name("_bud"), attr="limit", ctx=py.Load())),
+                _assign("_dl", py.Attribute(value=_name("_bud"), attr="deadline_at",
+                                            ctx=py.Load())),
+            ]
+            body = prologue + [py.Try(body=body, handlers=[], orelse=[], finalbody=[
+                py.Assign(targets=[py.Attribute(value=_name("_bud"), attr="cost",
+                                                ctx=py.Store())],
+                          value=_name("_cost"), lineno=0)])]
+        fn = py.FunctionDef(
+            name="cel", args=py.arguments(
+                posonlyargs=[], args=[py.arg(arg="_act"), py.arg(arg="_bud")],
+                kwonlyargs=[], kw_defaults=[], defaults=[]),
+            body=body, decorator_list=[], returns=None, type_params=[], lineno=0)
+        mod = py.Module(body=[fn], type_ignores=[])
+        py.fix_missing_locations(mod)
+        try:
+            code = compile(mod, "<cel>", "exec")
+        except (SyntaxError, RecursionError) as e:
+            raise CelCompileError(f"expression too complex to compile: {e}", self.src,
+                                  0) from None
+        ns = self.ns
+        exec(code, ns)
+        compiled: Callable[[Any, Any], Any] = ns["cel"]
+        return compiled
+
+    # -- expressions ---------------------------------------------------------------------
+    def expr(self, e: A.Expr) -> py.expr:
+        if isinstance(e, A.Const):
+            return self.constant(e.value)
+        if isinstance(e, A.Ident):
+            return self.ident(e)
+        if isinstance(e, A.Select):
+            return self.select(e)
+        if isinstance(e, A.Call):
+            return self.call(e)
+        if isinstance(e, A.ListExpr):
+            return py.List(elts=[self.expr(x) for x in e.elements], ctx=py.Load())
+        if isinstance(e, A.MapExpr):
+            return self.map_expr(e)
+        if isinstance(e, A.Comprehension):
+            return self.comprehension(e)
+        if isinstance(e, A.StructExpr):
+            return _call("_undeclared", _const(e.type_name))
+        raise AssertionError(type(e))
+
+    def ident(self, e: A.Expr) -> py.expr:
+        r = self.chk.refs.get(id(e))
+        if r is None:
+            name = e.name if isinstance(e, A.Ident) else "?"
+            return _call("_undeclared", _const(name))
+        if r.kind == "local":
+            for sc in reversed(self.locals):
+                if r.name in sc:
+                    return _name(sc[r.name])
+            raise AssertionError(r.name)
+        if r.kind == "var":
+            return py.Subscript(value=_name("_act"), slice=_const(r.name), ctx=py.Load())
+        if r.kind == "type":
+            return self.slot(TYPE_VALUES[TYPE_VALUE_NAMES[r.name]], "_ty")
+        return _call("_undeclared", _const(r.name))
+
+    def select(self, e: A.Select) -> py.expr:
+        if id(e) in self.chk.refs:
+            return self.ident(e)
+        operand = self.expr(e.operand)
+        f = _const(e.field)
+        t = self.tmp()
+        if e.test_only:
+            fast: py.expr = py.Compare(left=f, ops=[py.In()], comparators=[_name(t)])
+            slow = _call("_has", _name(t), f)
+        else:
+            fast = py.Subscript(value=_name(t), slice=f, ctx=py.Load())
+            slow = _call("_sel", _name(t), f)
+        test = _is(_call("_type", py.NamedExpr(target=_store(t), value=operand)),
+                   _name("_dict"))
+        return py.IfExp(test=test, body=fast, orelse=slow)
+
+    def map_expr(self, e: A.MapExpr) -> py.expr:
+        keys = [k.value for k, _ in e.entries if isinstance(k, A.Const)]
+        if (len(keys) == len(e.entries) and all(type(k) is str for k in keys)
+                and len(set(keys)) == len(keys)):
+            return py.Dict(keys=[_const(k) for k in keys],
+                           values=[self.expr(v) for _, v in e.entries])
+        pairs = [py.Tuple(elts=[self.expr(k), self.expr(v)], ctx=py.Load())
+                 for k, v in e.entries]
+        return _call("_mkmap", py.Tuple(elts=pairs, ctx=py.Load()))
+
+    # -- calls ---------------------------------------------------------------------------
+    def call(self, e: A.Call) -> py.expr:
+        fn = e.function
+        if fn in ("_&&_", "_||_"):
+            return self.logical(e)
+        if fn == "_?_:_":
+            return self.conditional(e)
+        args = e.args
+        if fn in ("_==_", "_!=_"):
+            return self.equality(e, fn == "_!=_")
+        if fn in _CMP_OPS:
+            return self.compare(e)
+        if fn in _ARITH:
+            return self.arith(e)
+        if fn == "!_":
+            if self.typ(args[0]).kind == "bool":
+                return py.UnaryOp(op=py.Not(), operand=self.expr(args[0]))
+            return _call("_not", self.expr(args[0]))
+        if fn == "-_":
+            return _call("_neg", self.expr(args[0]))
+        if fn == "_[_]":
+            return self.index(e)
+        if fn == "@in":
+            return _call("_in", self.expr(args[0]), self.expr(args[1]))
+        name, member = self.chk.calls.get(id(e), (fn.lstrip("."), e.target is not None))
+        f = self.reg.get(name)
+        impl = None
+        if f is not None:
+            impl = f.member_impl if member else f.impl
+        all_args = ([e.target] if member and e.target is not None else []) + list(args)
+        if name == "size" and len(all_args) == 1:
+            k = self.typ(all_args[0]).kind
+            if k in ("string", "list", "map", "bytes"):
+                return _call("_len", self.expr(all_args[0]))
+            return _call("_size", self.expr(all_args[0]))
+        if impl is None:
+            for a in all_args:  # evaluate arguments so their errors win, as the reference
+                self.stmts.append(py.Expr(self.expr(a)))
+            return _call("_undeclared", _const(name))
+        py_args = [self.expr(a) for a in all_args]
+        assert f is not None
+        if f.cost and py_args:
+            t = self.tmp()
+            self.stmts.append(_assign(t, py_args[0]))
+            py_args[0] = _name(t)
+            self.stmts.extend(self.tick(py.BinOp(left=_const(f.cost), op=py.Add(),
+                                                 right=_call("_csz", _name(t)))))
+        fslot = self.slot(impl, "_f")
+        return py.Call(func=fslot, args=py_args, keywords=[])
+
+    def index(self, e: A.Call) -> py.expr:
+        c, k = e.args
+        if isinstance(k, A.Const) and type(k.value) is str:
+            t = self.tmp()
+            test = _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(c))),
+                       _name("_dict"))
+            return py.IfExp(test=test, body=py.Subscript(value=_name(t), slice=_const(k.value),
+                                                          ctx=py.Load()),
+                            orelse=_call("_index", _name(t), _const(k.value)))
+        return _call("_index", self.expr(c), self.expr(k))
+
+    def equality(self, e: A.Call, negate: bool) -> py.expr:
+        a, b = e.args
+        if isinstance(a, A.Const) and not isinstance(b, A.Const):
+            a, b = b, a
+        ta, tb = self.typ(a).kind, self.typ(b).kind
+        plain = False
+        if isinstance(b, A.Const):
+            v = b.value
+            if v is None:
+                return (_is_not if negate else _is)(self.expr(a), _const(None))
+            if type(v) is bool:
+                return (_is_not if negate else _is)(self.expr(a), _const(v))
+            if type(v) in (str, bytes) or (type(v) in (int, float) and v not in (0, 1)):
+                plain = True
+        if ta == tb and ta in ("int", "uint", "double", "string", "bytes", "bool"):
+            plain = True
+        if plain:
+            op = py.NotEq() if negate else py.Eq()
+            return py.Compare(left=self.expr(a), ops=[op], comparators=[self.expr(b)])
+        return _call("_ne" if negate else "_eq", self.expr(a), self.expr(b))
+
+    def compare(self, e: A.Call) -> py.expr:
+        op, helper = _CMP_OPS[e.function]
+        a, b = e.args
+        ta, tb = self.typ(a).kind, self.typ(b).kind
+        if ta == tb and ta in ("int", "uint", "double", "string", "bytes"):
+            return py.Compare(left=self.expr(a), ops=[op()], comparators=[self.expr(b)])
+        if isinstance(b, A.Const) and type(b.value) in (int, float) and ta != "bool":
+            t = self.tmp()
+            test = _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(a))),
+                       _name("_int" if type(b.value) is int else "_float"))
+            return py.IfExp(test=test, body=py.Compare(left=_name(t), ops=[op()],
+                                                       comparators=[self.expr(b)]),
+                            orelse=_call(helper, _name(t), self.expr(b)))
+        return _call(helper, self.expr(a), self.expr(b))
+
+    def arith(self, e: A.Call) -> py.expr:
+        op, helper = _ARITH[e.function]
+        a, b = e.args
+        ta, tb = self.typ(a).kind, self.typ(b).kind
+        if ta == tb and e.function in ("_+_", "_-_", "_*_"):
+            if ta == "double" or (ta in ("string", "bytes") and e.function == "_+_"):
+                return py.BinOp(left=self.expr(a), op=op(), right=self.expr(b))
+            if ta == "int":
+                t = self.tmp()
+                val = py.BinOp(left=self.expr(a), op=op(), right=self.expr(b))
+                rng = py.Compare(left=_const(INT64_MIN),
+                                 ops=[py.LtE(), py.LtE()],
+                                 comparators=[py.NamedExpr(target=_store(t), value=val),
+                                              _const(INT64_MAX)])
+                return py.IfExp(test=rng, body=_name(t), orelse=_call("_ovf"))
+        return _call(helper, self.expr(a), self.expr(b))
+
+    # -- logic ---------------------------------------------------------------------------
+    def _flatten(self, e: A.Expr, fn: str, out: list[A.Expr]) -> None:
+        if isinstance(e, A.Call) and e.function == fn and e.target is None:
+            for a in e.args:
+                self._flatten(a, fn, out)
+        else:
+            out.append(e)
+
+    def logical(self, e: A.Call) -> py.expr:
+        is_and = e.function == "_&&_"
+        ops: list[A.Expr] = []
+        self._flatten(e, e.function, ops)
+        short = _const(not is_and)  # the value that decides the result
+        r, err, v = self.tmp("_r"), self.tmp("_e"), self.tmp("_v")
+        self.stmts.append(_assign(r, _const(is_and)))
+        self.stmts.append(_assign(err, _const(None)))
+        for i, op in enumerate(ops):
+            step = self.guarded(op, v)
+            step.append(py.If(
+                test=_is(_name(v), short),
+                body=[_assign(r, short)],
+                orelse=[py.If(test=_is_not(_name(v), _const(is_and)), body=[
+                    py.If(test=_is(_name(err), _const(None)),
+                          body=[_assign(err, _call("_lerr", _name(v), _const(e.function)))],
+                          orelse=[])], orelse=[])]))
+            if i == 0:
+                self.stmts.extend(step)
+            else:
+                self.stmts.append(py.If(test=_is_not(_name(r), short), body=step, orelse=[]))
+        self.stmts.append(py.If(
+            test=py.BoolOp(op=py.And(), values=[_is_not(_name(r), short),
+                                                _is_not(_name(err), _const(None))]),
+            body=[_raise(_name(err))], orelse=[]))
+        return _name(r)
+
+    def conditional(self, e: A.Call) -> py.expr:
+        c, a, b = e.args
+        ct = self.tmp("_c")
+        r = self.tmp("_r")
+        self.stmts.append(_assign(ct, self.expr(c)))
+        body_a = self.block(lambda: self.expr(a), r)
+        body_b = self.block(lambda: self.expr(b), r)
+        self.stmts.append(py.If(
+            test=_is(_name(ct), _const(True)), body=body_a,
+            orelse=[py.If(test=_is(_name(ct), _const(False)), body=body_b,
+                          orelse=[py.Expr(_call("_rcond", _name(ct)))])]))
+        return _name(r)
+
+    # -- comprehensions ------------------------------------------------------------------
+    def comprehension(self, e: A.Comprehension) -> py.expr:
+        k = e.kind
+        rng = self.expr(e.range)
+        if k == "bind":
+            lv = self.tmp("_l")
+            self.stmts.append(_assign(lv, rng))
+            self.locals.append({e.var: lv})
+            try:
+                return self.expr(e.args[0])
+            finally:
+                self.locals.pop()
+        if k in ("optMap", "optFlatMap"):
+            return self.opt_map(e, rng)
+        l1 = self.tmp("_l")
+        l2 = self.tmp("_l") if e.var2 else None
+        scope = {e.var: l1}
+        if e.var2 and l2:
+            scope[e.var2] = l2
+        r = self.tmp("_r")
+        self.locals.append(scope)
+        self.block_depth += 1
+        self._depth_check(e)
+        try:
+            if l2 is None:
+                target: py.expr = _store(l1)
+                it = _call("_iter", rng)
+            else:
+                target = py.Tuple(elts=[_store(l1), _store(l2)], ctx=py.Store())
+                it = _call("_pairs", rng)
+            body = self.tick()
+            pre, post = self._comp_body(e, r, l1, l2, body)
+        finally:
+            self.block_depth -= 1
+            self.locals.pop()
+        self.stmts.extend(pre)
+        self.stmts.append(py.For(target=target, iter=it, body=body, orelse=[], lineno=0))
+        self.stmts.extend(post)
+        return _name(r)
+
+    def _comp_body(self, e: A.Comprehension, r: str, l1: str, l2: str | None,
+                   body: list[py.stmt]) -> tuple[list[py.stmt], list[py.stmt]]:
+        k = e.kind
+        v = self.tmp("_v")
+        if k in ("all", "exists"):
+            decide = k == "exists"  # the predicate value that ends the loop
+            err = self.tmp("_e")
+            body.extend(self.guarded(e.args[0], v))
+            body.append(py.If(test=_is(_name(v), _const(decide)),
+                              body=[_assign(r, _const(decide)), py.Break()],
+                              orelse=[py.If(
+                                  test=py.BoolOp(op=py.And(), values=[
+                                      _is_not(_name(v), _const(not decide)),
+                                      _is(_name(err), _const(None))]),
+                                  body=[_assign(err, _call("_lerr", _name(v),
+                                                           _const(k)))], orelse=[])]))
+            pre = [_assign(r, _const(not decide)), _assign(err, _const(None))]
+            post: list[py.stmt] = [py.If(
+                test=py.BoolOp(op=py.And(), values=[_is(_name(r), _const(not decide)),
+                                                    _is_not(_name(err), _const(None))]),
+                body=[_raise(_name(err))], orelse=[])]
+            return pre, post
+        if k == "exists_one":
+            n = self.tmp("_n")
+            body.extend(self.block(lambda: self.expr(e.args[0]), v))
+            body.append(py.If(
+                test=_is(_name(v), _const(True)),
+                body=[py.AugAssign(target=_store(n), op=py.Add(), value=_const(1))],
+                orelse=[py.If(test=_is_not(_name(v), _const(False)),
+                              body=[py.Expr(_call("_noov", _const("exists_one"), _name(v)))],
+                              orelse=[])]))
+            return ([_assign(n, _const(0))],
+                    [_assign(r, py.Compare(left=_name(n), ops=[py.Eq()],
+                                           comparators=[_const(1)]))])
+        # collecting macros
+        elem_var = l1 if l2 is None else l2
+        if k in ("map", "transformList"):
+            init: py.expr = py.List(elts=[], ctx=py.Load())
+        else:
+            init = py.Dict(keys=[], values=[])
+        if k == "filter":
+            filt: A.Expr | None = e.args[0]
+            value_fn: Callable[[], py.expr] = lambda: _name(elem_var)  # noqa: E731
+        else:
+            filt = e.args[0] if len(e.args) == 2 else None
+            last = e.args[-1]
+            value_fn = lambda: self.expr(last)  # noqa: E731
+        produce: list[py.stmt]
+        if k in ("map", "transformList", "filter"):
+            produce = self.block(value_fn, v)
+            produce.append(py.Expr(py.Call(func=py.Attribute(value=_name(r), attr="append",
+                                                             ctx=py.Load()),
+                                           args=[_name(v)], keywords=[])))
+        elif k == "transformMap":
+            produce = self.block(value_fn, v)
+            produce.append(py.Assign(targets=[py.Subscript(value=_name(r), slice=_name(l1),
+                                                           ctx=py.Store())],
+                                     value=_name(v), lineno=0))
+        else:  # transformMapEntry
+            produce = self.block(value_fn, v)
+            self.ns["_merge"] = _merge_entry
+            produce.append(py.Expr(_call("_merge", _name(r), _name(v))))
+        if filt is not None:
+            fv = self.tmp("_f")
+            body.extend(self.block(lambda: self.expr(filt), fv))
+            body.append(py.If(test=_is(_name(fv), _const(True)), body=produce, orelse=[
+                py.If(test=_is_not(_name(fv), _const(False)),
+                      body=[py.Expr(_call("_noov", _const("filter"), _name(fv)))],
+                      orelse=[])]))
+        else:
+            body.extend(produce)
+        return [_assign(r, init)], []
+
+    def opt_map(self, e: A.Comprehension, rng: py.expr) -> py.expr:
+        o, lv, r = self.tmp(), self.tmp("_l"), self.tmp("_r")
+        self.stmts.append(_assign(o, rng))
+        self.locals.append({e.var: lv})
+        try:
+            body = [_assign(lv, py.Attribute(value=_name(o), attr="value", ctx=py.Load()))]
+            inner = self.block(lambda: self.expr(e.args[0]), r)
+        finally:
+            self.locals.pop()
+        body.extend(inner)
+        if e.kind == "optMap":
+            body.append(_assign(r, _call("_Opt", _const(True), _name(r))))
+        self.ns["_optchk"] = _opt_check
+        self.stmts.append(py.Expr(_call("_optchk", _name(o), _const(e.kind))))
+        self.stmts.append(py.If(
+            test=py.Attribute(value=_name(o), attr="has", ctx=py.Load()),
+            body=body, orelse=[_assign(r, _name(o))]))
+        return _name(r)
+
+
+def _merge_entry(acc: dict[Any, Any], entry: Any) -> None:
+    if not isinstance(entry, dict):
+        raise S.no_overload("transformMapEntry", entry)
+    for k, v in entry.items():
+        if S.map_get(acc, k)[0]:
+            raise S.err(f"insert failed: key {k!r} already exists")
+        acc[k] = v
+
+
+def _opt_check(o: Any, fn: str) -> None:
+    if type(o) is not Optional:
+        raise S.no_overload(fn, o)

@@ -1,0 +1,130 @@
+"""Public entry points: Environment (declarations + functions), Program, Budget."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from . import ast as A
+from .checker import Checker
+from .codegen import CodeGen
+from .core import register_core
+from .cost import DEFAULT_ASSUMED_SIZE, estimate
+from .errors import CelCompileError, CelError, DeadlineExceeded
+from .functions import Registry
+from .parser import parse
+from .runtime import to_cel_error
+from .types import T, parse_type
+
+
+class Budget:
+    """Per-decision evaluation budget: a cost limit and a ``time.monotonic()`` deadline.
+
+    One Budget may be shared by several evaluations of the same decision; ``cost`` is the
+    total charged so far."""
+
+    __slots__ = ("cost", "cost_limit", "deadline", "deadline_at", "limit")
+
+    def __init__(self, deadline: float | None = None, cost_limit: int | None = None) -> None:
+        self.deadline = deadline
+        self.cost_limit = cost_limit
+        self.cost = 0
+        self.limit: float = math.inf if cost_limit is None else cost_limit
+        self.deadline_at: float = math.inf if deadline is None else deadline
+
+
+class Program:
+    """A compiled expression: call :meth:`evaluate` with an activation (name -> value)."""
+
+    __slots__ = ("_fn", "check_errors", "cost_estimate", "result_type", "source",
+                 "source_hash")
+
+    def __init__(self, source: str, fn: Callable[[Any, Any], Any], cost_estimate: int,
+                 result_type: T, check_errors: list[CelCompileError]) -> None:
+        self.source = source
+        self.source_hash = hashlib.sha256(source.encode("utf-8")).hexdigest()
+        self._fn = fn
+        self.cost_estimate = cost_estimate
+        self.result_type = result_type
+        self.check_errors = check_errors
+
+    def evaluate(self, activation: Mapping[str, Any], budget: Budget | None = None) -> Any:
+        """Evaluate; raises CelEvalError, or DeadlineExceeded / CostLimitExceeded."""
+        if budget is None:
+            budget = Budget()
+        elif budget.deadline is not None and time.monotonic() > budget.deadline:
+            raise DeadlineExceeded("evaluation deadline exceeded before start")
+        try:
+            return self._fn(activation, budget)
+        except CelError:
+            raise
+        except Exception as e:
+            raise to_cel_error(e) from None
+
+
+class Environment:
+    """Variable declarations and the function library that expressions compile against."""
+
+    def __init__(self, variables: Mapping[str, T | str] | None = None, container: str = "",
+                 extensions: Iterable[str] = ("strings", "math", "encoders", "optionals",
+                                              "domain"),
+                 assumed_size: int = DEFAULT_ASSUMED_SIZE) -> None:
+        self.decls: dict[str, T] = {}
+        self.container = container
+        self.assumed_size = assumed_size
+        self.registry = Registry()
+        register_core(self.registry)
+        from .extensions import register_extensions
+        register_extensions(self.registry, tuple(extensions))
+        for k, v in (variables or {}).items():
+            self.declare(k, v)
+
+    def declare(self, name: str, typ: T | str) -> None:
+        """Declare a variable (``typ`` as a T or in the compact syntax: ``map(string, dyn)``)."""
+        self.decls[name] = parse_type(typ) if isinstance(typ, str) else typ
+
+    def declare_function(self, name: str, sigs: str | Iterable[str],
+                         impl: Callable[..., Any], cost: int = 0) -> None:
+        """Add a custom function (signatures as in functions.parse_sig)."""
+        self.registry.add(name, sigs, impl, cost=cost)
+
+    def parse(self, source: str) -> A.Expr:
+        return _with_recursion(lambda: parse(source))
+
+    def compile(self, source: str, max_cost: int | None = None, check: bool = True) -> Program:
+        """Parse, check and generate code; raises CelCompileError.
+
+        ``check=False`` evaluates without rejecting type errors (they surface at runtime)."""
+        tree = self.parse(source)
+        chk = _with_recursion(lambda: Checker(source, self.decls, self.registry,
+                                              self.container, strict=check).check(tree))
+        cost = estimate(tree, self.registry, self.assumed_size)
+        if max_cost is not None and cost > max_cost:
+            raise CelCompileError(f"estimated worst-case cost {cost} exceeds the limit "
+                                  f"{max_cost}", source, 0)
+        fn = _with_recursion(lambda: CodeGen(source, chk, self.registry).generate(tree))
+        return Program(source, fn, cost, chk.result, chk.errors)
+
+    def cache_key(self) -> str:
+        """Identity of this environment for the program cache."""
+        parts = [self.container] + [f"{k}:{v}" for k, v in sorted(self.decls.items())]
+        parts += sorted(self.registry.funcs)
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _with_recursion(fn: Callable[[], Any]) -> Any:
+    """Deep (but bounded by the parser) trees need more than Python's default stack."""
+    old = sys.getrecursionlimit()
+    if old < 10000:
+        sys.setrecursionlimit(10000)
+    try:
+        return fn()
+    except RecursionError:
+        raise CelCompileError("expression too deeply nested", "", -1) from None
+    finally:
+        if old < 10000:
+            sys.setrecursionlimit(old)

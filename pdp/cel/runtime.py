@@ -1,0 +1,93 @@
+"""Helpers that generated code calls besides the standard functions: error conversion,
+iteration, budget failures."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from .errors import BudgetExceeded, CelError, CelEvalError, CostLimitExceeded, DeadlineExceeded
+from .stdlib import no_overload, type_name
+
+
+def to_cel_error(e: BaseException) -> CelError:
+    """Map any exception raised while evaluating into a CelError (never leak Python ones)."""
+    if isinstance(e, CelError):
+        return e
+    if isinstance(e, KeyError):
+        k = e.args[0] if e.args else "?"
+        return CelEvalError(f"no such key: {k!r}")
+    if isinstance(e, IndexError):
+        return CelEvalError("index out of bounds")
+    if isinstance(e, ZeroDivisionError):
+        return CelEvalError("division by zero")
+    if isinstance(e, OverflowError):
+        return CelEvalError("numeric overflow")
+    if isinstance(e, RecursionError):
+        return CelEvalError("value nested too deeply")
+    if isinstance(e, TypeError):
+        return CelEvalError("no such overload")
+    if isinstance(e, MemoryError):
+        return CelEvalError("out of memory")
+    return CelEvalError(f"evaluation error: {type(e).__name__}")
+
+
+def absorb(e: BaseException) -> CelError:
+    """Turn an exception into an error *value* that ``&&``/``||`` may absorb; budget
+    exhaustion is never absorbed."""
+    if isinstance(e, BudgetExceeded):
+        raise e
+    return to_cel_error(e)
+
+
+def logic_err(v: Any, op: str) -> CelError:
+    """The error to report when a logical operand was neither true nor false."""
+    if isinstance(v, CelError):
+        return v
+    return no_overload(op, v)
+
+
+def raise_cond(v: Any) -> NoReturn:
+    if isinstance(v, CelError):
+        raise v
+    raise no_overload("_?_:_", v)
+
+
+def iter_range(v: Any) -> Any:
+    """The iteration range of a comprehension: a list's elements or a map's keys."""
+    if isinstance(v, list | tuple | dict):
+        return v
+    raise CelEvalError(f"expression of type '{type_name(v)}' cannot be the range of a "
+                       "comprehension")
+
+
+def iter_pairs(v: Any) -> Any:
+    """(index, element) for lists, (key, value) for maps: two-variable comprehensions."""
+    if isinstance(v, list | tuple):
+        return enumerate(v)
+    if isinstance(v, dict):
+        return v.items()
+    raise CelEvalError(f"expression of type '{type_name(v)}' cannot be the range of a "
+                       "comprehension")
+
+
+def undeclared(name: str) -> NoReturn:
+    raise CelEvalError(f"undeclared reference to '{name}'")
+
+
+def cost_exceeded(used: int, limit: float) -> NoReturn:
+    raise CostLimitExceeded(f"cost limit exceeded: {used} > {int(limit)}")
+
+
+def deadline_exceeded() -> NoReturn:
+    raise DeadlineExceeded("evaluation deadline exceeded")
+
+
+def overflow() -> NoReturn:
+    raise CelEvalError("integer overflow")
+
+
+def size_cost(v: Any) -> int:
+    """Cost units for a costly built-in working on ``v`` (1 per 64 elements/characters)."""
+    if isinstance(v, str | bytes | list | tuple | dict):
+        return 1 + len(v) // 64
+    return 1

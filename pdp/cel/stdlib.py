@@ -1,0 +1,751 @@
+"""Runtime implementations of CEL's standard operators and functions.
+
+Each function takes plain runtime values, dispatches on their exact types (``type(x) is``,
+so ``bool`` never passes for ``int``) and raises :class:`CelEvalError` when CEL has no
+matching overload.  Generated code calls these when the static types are not known.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import re
+from collections.abc import Callable
+from typing import Any, NoReturn
+from zoneinfo import ZoneInfo
+
+from .errors import CelEvalError
+from .values import (
+    INT64_MAX,
+    INT64_MIN,
+    TS_MAX_NS,
+    TS_MIN_NS,
+    TYPE_VALUES,
+    UINT64_MAX,
+    Duration,
+    Optional,
+    Timestamp,
+    TypeValue,
+    UInt,
+    format_duration,
+    format_timestamp,
+)
+
+_NUM = (int, float, UInt)
+
+
+def err(msg: str) -> CelEvalError:
+    return CelEvalError(msg)
+
+
+def type_name(v: Any) -> str:
+    """CEL type name of a runtime value, for error messages and ``type()``."""
+    t = type(v)
+    if t is bool:
+        return "bool"
+    if t is int:
+        return "int"
+    if t is UInt:
+        return "uint"
+    if t is float:
+        return "double"
+    if t is str:
+        return "string"
+    if t is bytes:
+        return "bytes"
+    if v is None:
+        return "null_type"
+    if isinstance(v, list | tuple):
+        return "list"
+    if isinstance(v, dict):
+        return "map"
+    if isinstance(v, Timestamp | _dt.datetime):
+        return "google.protobuf.Timestamp"
+    if isinstance(v, Duration | _dt.timedelta):
+        return "google.protobuf.Duration"
+    if t is TypeValue:
+        return "type"
+    if t is Optional:
+        return "optional_type"
+    if isinstance(v, _dt.date):
+        return "string"  # YAML dates are exposed as strings, see normalize_date
+    return "unknown"
+
+
+def no_overload(fn: str, *args: Any) -> CelEvalError:
+    types = ", ".join(type_name(a) for a in args)
+    return CelEvalError(f"no such overload: {fn}({types})")
+
+
+def raise_no_overload(fn: str, *args: Any) -> NoReturn:
+    raise no_overload(fn, *args)
+
+
+def check_int(v: int) -> int:
+    if INT64_MIN <= v <= INT64_MAX:
+        return v
+    raise CelEvalError("integer overflow")
+
+
+def check_uint(v: int) -> UInt:
+    if 0 <= v <= UINT64_MAX:
+        return UInt(v)
+    raise CelEvalError("unsigned integer overflow")
+
+
+def as_ts(v: Any) -> Timestamp | None:
+    if type(v) is Timestamp:
+        return v
+    if isinstance(v, _dt.datetime):
+        return Timestamp.from_datetime(v)
+    return None
+
+
+def as_dur(v: Any) -> Duration | None:
+    if type(v) is Duration:
+        return v
+    if isinstance(v, _dt.timedelta):
+        return Duration.from_timedelta(v)
+    return None
+
+
+def check_ts(ns: int) -> Timestamp:
+    if TS_MIN_NS <= ns <= TS_MAX_NS:
+        return Timestamp(ns)
+    raise CelEvalError("timestamp out of range")
+
+
+def check_dur(ns: int) -> Duration:
+    if INT64_MIN <= ns <= INT64_MAX:
+        return Duration(ns)
+    raise CelEvalError("duration out of range")
+
+
+# -- equality ------------------------------------------------------------------------------
+
+def cel_eq(a: Any, b: Any) -> bool:
+    """Heterogeneous equality: numbers compare by value across int/uint/double, lists and
+    maps element-wise, values of different types are simply unequal."""
+    ta = type(a)
+    tb = type(b)
+    if ta is tb:
+        if ta is list:
+            return len(a) == len(b) and all(cel_eq(x, y) for x, y in zip(a, b, strict=True))
+        if ta is dict:
+            return _map_eq(a, b)
+        if ta is float or ta in (str, int, bool, bytes, UInt, type(None)):
+            return bool(a == b)
+    if ta is bool or tb is bool:
+        return ta is tb and a == b
+    if ta in _NUM and tb in _NUM:
+        return bool(a == b)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(cel_eq(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return _map_eq(a, b)
+    x, y = as_ts(a), as_ts(b)
+    if x is not None and y is not None:
+        return x.ns == y.ns
+    d1, d2 = as_dur(a), as_dur(b)
+    if d1 is not None and d2 is not None:
+        return d1.ns == d2.ns
+    if ta is tb and ta in (TypeValue, Optional):
+        return bool(a == b)
+    return False
+
+
+def _map_eq(a: dict[Any, Any], b: dict[Any, Any]) -> bool:
+    if len(a) != len(b):
+        return False
+    for k, v in a.items():
+        found, w = map_get(b, k)
+        if not found or not cel_eq(v, w):
+            return False
+    return True
+
+
+def cel_ne(a: Any, b: Any) -> bool:
+    return not cel_eq(a, b)
+
+
+def map_get(m: dict[Any, Any], k: Any) -> tuple[bool, Any]:
+    """Look up ``k`` with CEL key semantics (numeric keys match across int/uint/double,
+    bool keys never match numbers)."""
+    tk = type(k)
+    if tk is str:
+        if k in m:
+            return True, m[k]
+        return False, None
+    if tk is bool:
+        for kk, v in m.items():
+            if type(kk) is bool and kk == k:
+                return True, v
+        return False, None
+    if tk in _NUM:
+        if tk is float and not (k == k and k % 1 == 0):
+            return False, None
+        for kk, v in m.items():
+            if type(kk) in _NUM and kk == k:
+                return True, v
+        return False, None
+    try:
+        if k in m:
+            return True, m[k]
+    except TypeError:
+        pass
+    return False, None
+
+
+# -- ordering ------------------------------------------------------------------------------
+
+def _cmp(fn: str, a: Any, b: Any) -> int:
+    ta, tb = type(a), type(b)
+    if ta is tb and ta in (int, float, str, bytes, bool, UInt):
+        return (a > b) - (a < b)
+    if ta in _NUM and tb in _NUM:
+        if a != a or b != b:  # NaN: every comparison is false
+            return 2
+        return (a > b) - (a < b)
+    x, y = as_ts(a), as_ts(b)
+    if x is not None and y is not None:
+        return (x.ns > y.ns) - (x.ns < y.ns)
+    d1, d2 = as_dur(a), as_dur(b)
+    if d1 is not None and d2 is not None:
+        return (d1.ns > d2.ns) - (d1.ns < d2.ns)
+    raise no_overload(fn, a, b)
+
+
+def lt(a: Any, b: Any) -> bool:
+    return _cmp("_<_", a, b) == -1
+
+
+def le(a: Any, b: Any) -> bool:
+    return _cmp("_<=_", a, b) in (-1, 0)
+
+
+def gt(a: Any, b: Any) -> bool:
+    return _cmp("_>_", a, b) == 1
+
+
+def ge(a: Any, b: Any) -> bool:
+    return _cmp("_>=_", a, b) in (0, 1)
+
+
+# -- arithmetic ----------------------------------------------------------------------------
+
+def add(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is int:
+            r = a + b
+            if INT64_MIN <= r <= INT64_MAX:
+                return r
+            raise CelEvalError("integer overflow")
+        if ta is float or ta is str or ta is bytes:
+            return a + b
+        if ta is list:
+            return a + b
+        if ta is UInt:
+            return check_uint(a + b)
+        if ta is Duration:
+            return check_dur(a.ns + b.ns)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return list(a) + list(b)
+    x, y = as_ts(a), as_dur(b)
+    if x is not None and y is not None:
+        return check_ts(x.ns + y.ns)
+    x, y = as_ts(b), as_dur(a)
+    if x is not None and y is not None:
+        return check_ts(x.ns + y.ns)
+    d1, d2 = as_dur(a), as_dur(b)
+    if d1 is not None and d2 is not None:
+        return check_dur(d1.ns + d2.ns)
+    raise no_overload("_+_", a, b)
+
+
+def sub(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is int:
+            return check_int(a - b)
+        if ta is float:
+            return a - b
+        if ta is UInt:
+            return check_uint(a - b)
+    x = as_ts(a)
+    if x is not None:
+        y = as_ts(b)
+        if y is not None:
+            return check_dur(x.ns - y.ns)
+        d = as_dur(b)
+        if d is not None:
+            return check_ts(x.ns - d.ns)
+    d1, d2 = as_dur(a), as_dur(b)
+    if d1 is not None and d2 is not None:
+        return check_dur(d1.ns - d2.ns)
+    raise no_overload("_-_", a, b)
+
+
+def mul(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is int:
+            return check_int(a * b)
+        if ta is float:
+            return a * b
+        if ta is UInt:
+            return check_uint(a * b)
+    raise no_overload("_*_", a, b)
+
+
+def div(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is int:
+            if b == 0:
+                raise CelEvalError("division by zero")
+            q = abs(a) // abs(b)
+            return check_int(q if (a < 0) == (b < 0) else -q)
+        if ta is float:
+            if b == 0.0:
+                if a != a or a == 0.0:
+                    return math.nan
+                return math.copysign(math.inf, a) * math.copysign(1.0, b)
+            return a / b
+        if ta is UInt:
+            if b == 0:
+                raise CelEvalError("division by zero")
+            return UInt(a // b)
+    raise no_overload("_/_", a, b)
+
+
+def mod(a: Any, b: Any) -> Any:
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is int:
+            if b == 0:
+                raise CelEvalError("modulus by zero")
+            r = abs(a) % abs(b)
+            return -r if a < 0 else r
+        if ta is UInt:
+            if b == 0:
+                raise CelEvalError("modulus by zero")
+            return UInt(a % b)
+    raise no_overload("_%_", a, b)
+
+
+def neg(a: Any) -> Any:
+    ta = type(a)
+    if ta is int:
+        return check_int(-a)
+    if ta is float:
+        return -a
+    d = as_dur(a)
+    if d is not None:
+        return check_dur(-d.ns)
+    raise no_overload("-_", a)
+
+
+def logical_not(a: Any) -> bool:
+    if a is True:
+        return False
+    if a is False:
+        return True
+    raise no_overload("!_", a)
+
+
+# -- containers ----------------------------------------------------------------------------
+
+def index(c: Any, k: Any) -> Any:
+    tc = type(c)
+    if tc is list or tc is tuple:
+        tk = type(k)
+        if tk is int or tk is UInt:
+            i = k
+        elif tk is float and k == k and k % 1 == 0:
+            i = int(k)
+        else:
+            raise no_overload("_[_]", c, k)
+        if 0 <= i < len(c):
+            return c[i]
+        raise CelEvalError(f"index out of bounds: {k}")
+    if isinstance(c, dict):
+        tk = type(k)
+        if tk not in (str, int, UInt, bool, float):
+            raise no_overload("_[_]", c, k)
+        found, v = map_get(c, k)
+        if found:
+            return v
+        raise CelEvalError(f"no such key: {k!r}" if tk is str else f"no such key: {k}")
+    if tc is Optional:
+        return opt_index(c, k)
+    raise no_overload("_[_]", c, k)
+
+
+def opt_index(o: Optional, k: Any) -> Optional:
+    if not o.has:
+        return o
+    try:
+        return Optional(True, index(o.value, k))
+    except CelEvalError:
+        return Optional(False)
+
+
+def select(c: Any, field: str) -> Any:
+    """``c.field`` for a non-dict ``c`` (the dict case is inlined by codegen)."""
+    if isinstance(c, dict):
+        if field in c:
+            return c[field]
+        raise CelEvalError(f"no such key: {field!r}")
+    if type(c) is Optional:
+        if not c.has:
+            return c
+        v = c.value
+        if isinstance(v, dict) and field in v:
+            return Optional(True, v[field])
+        if isinstance(v, dict):
+            return Optional(False)
+        raise CelEvalError(f"type '{type_name(v)}' does not support field selection")
+    raise CelEvalError(f"type '{type_name(c)}' does not support field selection")
+
+
+def has_field(c: Any, field: str) -> bool:
+    if isinstance(c, dict):
+        return field in c
+    if type(c) is Optional:
+        if not c.has:
+            return False
+        return has_field(c.value, field)
+    raise CelEvalError(f"type '{type_name(c)}' does not support field selection")
+
+
+def contains_in(x: Any, c: Any) -> bool:
+    """``x in c``: list membership uses CEL equality, map membership tests keys."""
+    tc = type(c)
+    if tc is list or tc is tuple:
+        tx = type(x)
+        if tx is str or tx is bytes:
+            for e in c:
+                if type(e) is tx and e == x:
+                    return True
+            return False
+        return any(cel_eq(x, e) for e in c)
+    if isinstance(c, dict):
+        if type(x) not in (str, int, UInt, bool, float):
+            return False
+        return map_get(c, x)[0]
+    raise no_overload("@in", x, c)
+
+
+def size(v: Any) -> int:
+    t = type(v)
+    if t is str or t is bytes or t is list or t is tuple or isinstance(v, dict):
+        return len(v)
+    raise no_overload("size", v)
+
+
+def make_map(pairs: tuple[tuple[Any, Any], ...]) -> dict[Any, Any]:
+    """Build a map literal, rejecting unsupported key types and repeated keys."""
+    out: dict[Any, Any] = {}
+    for k, v in pairs:
+        if type(k) not in (str, int, UInt, bool):
+            raise CelEvalError(f"unsupported key type: {type_name(k)}")
+        if map_get(out, k)[0]:
+            raise CelEvalError(f"Failed with repeated key: {k!r}")
+        out[k] = v
+    return out
+
+
+# -- conversions ---------------------------------------------------------------------------
+
+def to_int(v: Any) -> int:
+    t = type(v)
+    if t is int:
+        return v
+    if t is UInt:
+        return check_int(int(v))
+    if t is float:
+        if v != v or v in (math.inf, -math.inf):
+            raise CelEvalError("int conversion: range error")
+        if not (-9.223372036854775e18 <= v < 9.223372036854775e18):
+            raise CelEvalError("int conversion: range error")
+        return check_int(int(v))
+    if t is str:
+        try:
+            return check_int(int(v, 10)) if _INT_RE.fullmatch(v) else _bad_int(v)
+        except ValueError:
+            _bad_int(v)
+    ts = as_ts(v)
+    if ts is not None:
+        return ts.ns // 10**9
+    raise no_overload("int", v)
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+
+
+def _bad_int(v: str) -> NoReturn:
+    raise CelEvalError(f"cannot convert {v!r} to int")
+
+
+def to_uint(v: Any) -> UInt:
+    t = type(v)
+    if t is UInt:
+        return v  # type: ignore[no-any-return]
+    if t is int:
+        return check_uint(v)
+    if t is float:
+        if v != v or not (-1 < v < 1.8446744073709552e19):
+            raise CelEvalError("uint conversion: range error")
+        return check_uint(int(v))
+    if t is str:
+        if not re.fullmatch(r"\+?[0-9]+", v):
+            raise CelEvalError(f"cannot convert {v!r} to uint")
+        return check_uint(int(v))
+    raise no_overload("uint", v)
+
+
+def to_double(v: Any) -> float:
+    t = type(v)
+    if t is float:
+        return v  # type: ignore[no-any-return]
+    if t is int or t is UInt:
+        return float(v)
+    if t is str:
+        try:
+            return float(v)
+        except ValueError:
+            raise CelEvalError(f"cannot convert {v!r} to double") from None
+    raise no_overload("double", v)
+
+
+def format_double(f: float) -> str:
+    """Shortest round-trip representation, in Go's %g style used by the reference."""
+    if f != f:
+        return "NaN"
+    if f in (math.inf, -math.inf):
+        return "+Inf" if f > 0 else "-Inf"
+    if f == int(f) and abs(f) < 1e21:
+        return str(int(f)) if f != 0 or math.copysign(1, f) > 0 else "-0"
+    r = repr(f)
+    if "e" in r:
+        mant, exp = r.split("e")
+        sign = exp[0] if exp[0] in "+-" else "+"
+        digits = exp.lstrip("+-").rjust(2, "0")
+        return f"{mant}e{sign}{digits}"
+    return r
+
+
+def to_string(v: Any) -> str:
+    t = type(v)
+    if t is str:
+        return v  # type: ignore[no-any-return]
+    if t is bool:
+        return "true" if v else "false"
+    if t is int or t is UInt:
+        return str(int(v))
+    if t is float:
+        return format_double(v)
+    if t is bytes:
+        try:
+            return v.decode("utf-8")  # type: ignore[no-any-return]
+        except UnicodeDecodeError:
+            raise CelEvalError("invalid UTF-8 in bytes") from None
+    ts = as_ts(v)
+    if ts is not None:
+        return format_timestamp(ts)
+    d = as_dur(v)
+    if d is not None:
+        return format_duration(d)
+    raise no_overload("string", v)
+
+
+def to_bytes(v: Any) -> bytes:
+    t = type(v)
+    if t is bytes:
+        return v  # type: ignore[no-any-return]
+    if t is str:
+        return v.encode("utf-8")  # type: ignore[no-any-return]
+    raise no_overload("bytes", v)
+
+
+_BOOL_STR = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+             "0": False, "f": False, "F": False, "FALSE": False, "false": False,
+             "False": False}
+
+
+def to_bool(v: Any) -> bool:
+    if type(v) is bool:
+        return v  # type: ignore[no-any-return]
+    if type(v) is str:
+        if v in _BOOL_STR:
+            return _BOOL_STR[v]
+        raise CelEvalError(f"cannot convert {v!r} to bool")
+    raise no_overload("bool", v)
+
+
+def to_dyn(v: Any) -> Any:
+    return v
+
+
+def type_of(v: Any) -> TypeValue:
+    n = type_name(v)
+    if n == "unknown":
+        raise CelEvalError("value of unsupported type")
+    return TYPE_VALUES[n]
+
+
+_TS_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
+def parse_timestamp(s: str) -> Timestamp:
+    m = _TS_RE.fullmatch(s)
+    if not m:
+        raise CelEvalError(f"cannot parse timestamp {s!r}")
+    y, mo, d, h, mi, sec = (int(m.group(i)) for i in range(1, 7))
+    frac = m.group(7) or ""
+    try:
+        base = _dt.datetime(y, mo, d, h, mi, sec, tzinfo=_dt.UTC)
+    except ValueError:
+        raise CelEvalError(f"cannot parse timestamp {s!r}") from None
+    ns = Timestamp.from_datetime(base).ns + int(frac.ljust(9, "0") or "0")
+    if m.group(9):
+        off = (int(m.group(10)) * 60 + int(m.group(11))) * 60 * 10**9
+        ns += -off if m.group(9) == "+" else off
+    return check_ts(ns)
+
+
+def to_timestamp(v: Any) -> Timestamp:
+    if type(v) is str:
+        return parse_timestamp(v)
+    if type(v) is int:
+        return check_ts(v * 10**9)
+    ts = as_ts(v)
+    if ts is not None:
+        return ts
+    raise no_overload("timestamp", v)
+
+
+_DUR_RE = re.compile(r"([0-9]*(?:\.[0-9]*)?)(ns|us|µs|μs|ms|s|m|h)")
+_DUR_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9,
+              "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def parse_duration(s: str) -> Duration:
+    """Go ``time.ParseDuration`` syntax: ``-1h30m``, ``1.5s``, ``100ms``."""
+    text = s
+    neg = False
+    if text[:1] in "+-":
+        neg = text[0] == "-"
+        text = text[1:]
+    if text == "0":
+        return Duration(0)
+    if not text:
+        raise CelEvalError(f"cannot parse duration {s!r}")
+    total = 0
+    pos = 0
+    while pos < len(text):
+        m = _DUR_RE.match(text, pos)
+        if not m or m.group(1) in ("", "."):
+            raise CelEvalError(f"cannot parse duration {s!r}")
+        num, unit = m.group(1), m.group(2)
+        whole, _, frac = num.partition(".")
+        scale = _DUR_UNITS[unit]
+        total += int(whole or "0") * scale
+        if frac:
+            total += int(frac) * scale // 10 ** len(frac)
+        pos = m.end()
+    return check_dur(-total if neg else total)
+
+
+def to_duration(v: Any) -> Duration:
+    if type(v) is str:
+        return parse_duration(v)
+    d = as_dur(v)
+    if d is not None:
+        return d
+    raise no_overload("duration", v)
+
+
+# -- strings -------------------------------------------------------------------------------
+
+def _str2(fn: str, a: Any, b: Any) -> None:
+    if type(a) is not str or type(b) is not str:
+        raise no_overload(fn, a, b)
+
+
+def contains(a: Any, b: Any) -> bool:
+    _str2("contains", a, b)
+    return b in a
+
+
+def starts_with(a: Any, b: Any) -> bool:
+    _str2("startsWith", a, b)
+    return bool(a.startswith(b))
+
+
+def ends_with(a: Any, b: Any) -> bool:
+    _str2("endsWith", a, b)
+    return bool(a.endswith(b))
+
+
+# -- timestamps ----------------------------------------------------------------------------
+
+def _zone(tz: Any) -> _dt.tzinfo:
+    if type(tz) is not str:
+        raise no_overload("timezone", tz)
+    m = re.fullmatch(r"([+-]?)(\d{2}):(\d{2})", tz)
+    if m:
+        off = _dt.timedelta(hours=int(m.group(2)), minutes=int(m.group(3)))
+        return _dt.timezone(-off if m.group(1) == "-" else off)
+    try:
+        return ZoneInfo(tz)
+    except Exception:
+        raise CelEvalError(f"unknown time zone {tz!r}") from None
+
+
+def _local(ts: Any, tz: Any, fn: str) -> tuple[_dt.datetime, int]:
+    t = as_ts(ts)
+    if t is None:
+        raise no_overload(fn, ts)
+    zone = _dt.UTC if tz is None else _zone(tz)
+    return t.to_datetime(zone), t.ns % 10**9
+
+
+def _ts_getter(fn: str, get: Callable[[_dt.datetime, int], int]) -> Callable[..., int]:
+    def f(ts: Any, tz: Any = None) -> int:
+        if type(ts) is Duration or isinstance(ts, _dt.timedelta):
+            return _dur_getter(fn, ts)
+        d, ns = _local(ts, tz, fn)
+        return get(d, ns)
+    f.__name__ = fn
+    return f
+
+
+def _dur_getter(fn: str, v: Any) -> int:
+    d = as_dur(v)
+    assert d is not None
+    secs = int(d.ns / 10**9)
+    table = {"getHours": secs // 3600 if secs >= 0 else -((-secs) // 3600),
+             "getMinutes": int(secs / 60), "getSeconds": secs,
+             "getMilliseconds": int(d.ns / 10**6) % 1000 if d.ns >= 0
+             else -((-d.ns // 10**6) % 1000)}
+    if fn not in table:
+        raise no_overload(fn, v)
+    return table[fn]
+
+
+TS_GETTERS: dict[str, Callable[..., int]] = {
+    "getFullYear": _ts_getter("getFullYear", lambda d, ns: d.year),
+    "getMonth": _ts_getter("getMonth", lambda d, ns: d.month - 1),
+    "getDayOfYear": _ts_getter("getDayOfYear", lambda d, ns: d.timetuple().tm_yday - 1),
+    "getDayOfMonth": _ts_getter("getDayOfMonth", lambda d, ns: d.day - 1),
+    "getDate": _ts_getter("getDate", lambda d, ns: d.day),
+    "getDayOfWeek": _ts_getter("getDayOfWeek", lambda d, ns: (d.weekday() + 1) % 7),
+    "getHours": _ts_getter("getHours", lambda d, ns: d.hour),
+    "getMinutes": _ts_getter("getMinutes", lambda d, ns: d.minute),
+    "getSeconds": _ts_getter("getSeconds", lambda d, ns: d.second),
+    "getMilliseconds": _ts_getter("getMilliseconds", lambda d, ns: ns // 10**6),
+}

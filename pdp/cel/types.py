@@ -1,0 +1,197 @@
+"""Static types for the checker (gradual typing: ``dyn`` is assignable both ways)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class T:
+    """A CEL type.  ``kind`` is a primitive name, ``list``, ``map``, ``type``, ``optional``,
+    ``param`` (a type parameter, named by ``name``) or ``abstract`` (named, with params)."""
+
+    kind: str
+    params: tuple[T, ...] = ()
+    name: str = ""
+
+    def __str__(self) -> str:
+        k = self.kind
+        if k == "list":
+            return f"list({self.params[0]})"
+        if k == "map":
+            return f"map({self.params[0]}, {self.params[1]})"
+        if k == "type":
+            return f"type({self.params[0]})" if self.params else "type"
+        if k == "optional":
+            return f"optional_type({self.params[0]})"
+        if k == "param":
+            return self.name
+        if k == "abstract":
+            inner = ", ".join(str(p) for p in self.params)
+            return f"{self.name}({inner})" if self.params else self.name
+        return k
+
+
+INT, UINT, DOUBLE, BOOL = T("int"), T("uint"), T("double"), T("bool")
+STRING, BYTES, NULL = T("string"), T("bytes"), T("null")
+TIMESTAMP, DURATION = T("timestamp"), T("duration")
+DYN, ERROR = T("dyn"), T("error")
+PRIMITIVES = {t.kind: t for t in (INT, UINT, DOUBLE, BOOL, STRING, BYTES, NULL, TIMESTAMP,
+                                  DURATION, DYN, ERROR)}
+
+
+def list_of(e: T) -> T:
+    return T("list", (e,))
+
+
+def map_of(k: T, v: T) -> T:
+    return T("map", (k, v))
+
+
+def type_of(t: T) -> T:
+    return T("type", (t,))
+
+
+def optional_of(t: T) -> T:
+    return T("optional", (t,))
+
+
+_fresh = itertools.count()
+
+
+def fresh_param() -> T:
+    return T("param", name=f"_T{next(_fresh)}")
+
+
+def parse_type(text: str) -> T:
+    """Parse the compact type syntax used in declarations: ``map(K, list(int))``."""
+    pos = 0
+
+    def parse() -> T:
+        nonlocal pos
+        start = pos
+        while pos < len(text) and (text[pos].isalnum() or text[pos] in "_."):
+            pos += 1
+        name = text[start:pos]
+        params: list[T] = []
+        if pos < len(text) and text[pos] == "(":
+            pos += 1
+            while True:
+                while text[pos] == " ":
+                    pos += 1
+                params.append(parse())
+                while text[pos] == " ":
+                    pos += 1
+                if text[pos] == ")":
+                    pos += 1
+                    break
+                assert text[pos] == ","
+                pos += 1
+        if name in ("list", "map", "type", "optional"):
+            return T(name, tuple(params))
+        if name in PRIMITIVES:
+            return PRIMITIVES[name]
+        if len(name) <= 2 and name[0].isupper():
+            return T("param", name=name)
+        return T("abstract", tuple(params), name)
+
+    return parse()
+
+
+class Subst:
+    """Type-parameter bindings accumulated while checking one expression."""
+
+    def __init__(self) -> None:
+        self.m: dict[str, T] = {}
+
+    def resolve(self, t: T) -> T:
+        """Apply bindings deeply; unbound parameters stay parameters."""
+        if t.kind == "param":
+            b = self.m.get(t.name)
+            return t if b is None else self.resolve(b)
+        if t.params:
+            return T(t.kind, tuple(self.resolve(p) for p in t.params), t.name)
+        return t
+
+    def finalize(self, t: T) -> T:
+        """Resolve and turn still-unbound parameters into dyn (for reporting)."""
+        t = self.resolve(t)
+        if t.kind == "param":
+            return DYN
+        if t.params:
+            return T(t.kind, tuple(self.finalize(p) for p in t.params), t.name)
+        return t
+
+    def _occurs(self, name: str, t: T) -> bool:
+        t = self.resolve(t)
+        if t.kind == "param":
+            return t.name == name
+        return any(self._occurs(name, p) for p in t.params)
+
+    def assignable(self, target: T, src: T) -> bool:
+        """Can a value of type ``src`` flow where ``target`` is expected?  Binds params.
+
+        Bindings are only committed when the whole check succeeds."""
+        saved = dict(self.m)
+        ok = self._assign(target, src)
+        if not ok:
+            self.m = saved
+        return ok
+
+    def _assign(self, a: T, b: T) -> bool:
+        a, b = self.resolve(a), self.resolve(b)
+        if a == b:
+            return True
+        if a.kind == "param":
+            if b.kind == "param" or not self._occurs(a.name, b):
+                self.m[a.name] = b
+                return True
+            return False
+        if b.kind == "param":
+            if not self._occurs(b.name, a):
+                self.m[b.name] = a
+                return True
+            return False
+        if a.kind in ("dyn", "error") or b.kind in ("dyn", "error"):
+            return True
+        if a.kind == "null" and b.kind in ("optional", "abstract", "timestamp", "duration"):
+            return True
+        if b.kind == "null" and a.kind in ("optional", "abstract", "timestamp", "duration"):
+            return True
+        if a.kind != b.kind or a.name != b.name or len(a.params) != len(b.params):
+            return False
+        return all(self._assign(x, y) for x, y in zip(a.params, b.params, strict=True))
+
+    def join(self, a: T, b: T) -> T:
+        """Common type of two branches / list elements (dyn when they differ)."""
+        a, b = self.resolve(a), self.resolve(b)
+        if a == b:
+            return a
+        if a.kind == "dyn" or b.kind == "dyn":
+            # dyn wins over everything except for nested parameterised types
+            return DYN
+        if a.kind == "null" and b.kind in ("optional", "abstract"):
+            return b
+        if b.kind == "null" and a.kind in ("optional", "abstract"):
+            return a
+        if a.kind == b.kind and a.name == b.name and len(a.params) == len(b.params) and a.params:
+            saved = dict(self.m)
+            params = []
+            for x, y in zip(a.params, b.params, strict=True):
+                rx, ry = self.resolve(x), self.resolve(y)
+                if rx.kind == "param" or ry.kind == "param":
+                    if not self._assign(rx, ry):
+                        self.m = saved
+                        return DYN
+                    params.append(self.resolve(rx))
+                else:
+                    params.append(self.join(rx, ry))
+            return T(a.kind, tuple(params), a.name)
+        if self.assignable(a, b) and b.kind != "dyn":
+            return self.resolve(a)
+        return DYN
+
+
+def is_dynish(t: T) -> bool:
+    return t.kind in ("dyn", "param", "error")
