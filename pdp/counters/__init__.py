@@ -4,6 +4,7 @@ MIN_STEP_DURATION rules, in process (default) or in Redis / Redis Cluster.
 
 from pdp.counters.base import CounterStore
 from pdp.counters.clock import Clock, ManualClock, SystemClock
+from pdp.counters.factory import open_counter_store
 from pdp.counters.memory import MemoryCounterStore
 from pdp.counters.model import (
     CODE_UNAVAILABLE,
@@ -13,6 +14,7 @@ from pdp.counters.model import (
     CounterStoreUnavailable,
     ReserveResult,
 )
+from pdp.counters.redis_store import RedisCounterStore
 from pdp.counters.settings import CounterSettings
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "CounterStoreUnavailable",
     "ManualClock",
     "MemoryCounterStore",
+    "RedisCounterStore",
     "ReserveResult",
     "SystemClock",
+    "open_counter_store",
 ]

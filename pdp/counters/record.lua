@@ -1,0 +1,36 @@
+-- pdp outcome events: deploy / rollback counts in time buckets (ROLLBACK_RATE) and the
+-- instant of the last step advance (MIN_STEP_DURATION), under each scope given.
+--
+-- KEYS[1] = "pdp:{tenant}" (all keys are built from it and share its hash slot).
+-- ARGV: offset_ms, kind ('d' deploy, 'r' rollback, 's' step advance), bucket_ms,
+--       retention_ms, scope...
+-- Time is the Redis server's clock (TIME) plus offset_ms (0 in production).
+
+local prefix = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+local kind = ARGV[2]
+local bucket = tonumber(ARGV[3])
+local retention = tonumber(ARGV[4])
+local b = math.floor(now / bucket)
+local function int(x) return string.format('%d', x) end
+local max_fields = 2 * (math.floor(retention / bucket) + 2)
+
+for i = 5, #ARGV do
+  local scope = ARGV[i]
+  if kind == 's' then
+    redis.call('SET', prefix .. ':step:' .. scope, int(now), 'PX', int(retention))
+  else
+    local key = prefix .. ':ev:' .. scope
+    redis.call('HINCRBY', key, kind .. int(b), 1)
+    redis.call('PEXPIRE', key, int(retention + bucket))
+    if redis.call('HLEN', key) > max_fields then
+      -- drop buckets older than the retention so the hash stays bounded
+      local oldest = math.floor((now - retention) / bucket)
+      for _, f in ipairs(redis.call('HKEYS', key)) do
+        if tonumber(string.sub(f, 2)) < oldest then redis.call('HDEL', key, f) end
+      end
+    end
+  end
+end
+return now

@@ -1,0 +1,325 @@
+"""Redis / Redis Cluster counter store: one Lua call per decision, fail-closed.
+
+Whose clock counts
+    The Redis server's. The scripts read ``TIME`` and use it for every comparison and
+    every TTL, so cooldowns, sliding windows and day boundaries are judged on one clock
+    for the whole fleet: a sidecar whose clock is minutes off can neither skip a cooldown
+    nor open tomorrow's daily cap early. Lua has no timezone database, so for DAILY_CAP
+    the sidecar passes a table of the local midnights around *its* now (computed with
+    zoneinfo, DST-correct); the script picks the day containing the server's now. Only a
+    sidecar more than a day off fails, and it fails closed (``CounterStoreUnavailable``).
+
+One round trip
+    ``reserve`` and ``reserve_batch`` are one ``EVALSHA`` of ``reserve.lua``: every rule of
+    every item is checked and, per item, consumed only if all pass; Redis runs a script
+    atomically, so racing sidecars cannot both take the last slot. Scripts are loaded with
+    ``SCRIPT LOAD`` on first use (or :meth:`load_scripts`) and reloaded on ``NOSCRIPT``
+    (a restarted or failed-over server has an empty script cache).
+
+Cluster
+    Keys are ``pdp:{tenant}:...``; the script receives ``pdp:{tenant}`` as its only
+    declared key and derives the rest, all in the same hash slot, so the client routes the
+    call to the node that owns the tenant and the same script works on a Cluster.
+
+Failure
+    Every call runs under the caller's ``timeout`` (from the decision deadline). A refused
+    connection, a hung or slow server, a failover or a script error all surface as
+    :class:`CounterStoreUnavailable` within that timeout. Broken connections are dropped
+    and the pool reconnects on later calls, so the store heals by itself. A call that timed
+    out may still have been executed by the server; that can only consume a slot that was
+    reported as denied (stricter, never looser).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib.resources
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from pdp.counters import keys, messages
+from pdp.counters.clock import Clock, SystemClock
+from pdp.counters.common import distinct, to_ms, validate_items
+from pdp.counters.days import day_table
+from pdp.counters.model import (
+    CounterEventKind,
+    CounterKind,
+    CounterRule,
+    CounterStoreUnavailable,
+    ReserveResult,
+)
+from pdp.counters.settings import (
+    DEFAULT_EVENT_BUCKET_SECONDS,
+    DEFAULT_EVENT_RETENTION_SECONDS,
+    CounterSettings,
+)
+
+_KIND_CODE = {
+    CounterKind.DAILY_CAP: 1,
+    CounterKind.COOLDOWN: 2,
+    CounterKind.VELOCITY: 3,
+    CounterKind.ROLLBACK_RATE: 4,
+    CounterKind.MIN_STEP_DURATION: 5,
+}
+_EVENT_CODE = {
+    CounterEventKind.DEPLOY: "d",
+    CounterEventKind.ROLLBACK: "r",
+    CounterEventKind.STEP_ADVANCE: "s",
+}
+
+RedisClient = aioredis.Redis | RedisCluster
+
+
+class _Script:
+    """A Lua script shipped as package data, addressed by its SHA1."""
+
+    def __init__(self, name: str) -> None:
+        self.text = importlib.resources.files("pdp.counters").joinpath(name).read_text()
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+
+RESERVE = _Script("reserve.lua")
+RECORD = _Script("record.lua")
+
+
+class RedisCounterStore:
+    """The :class:`~pdp.counters.base.CounterStore` shared by a fleet through Redis."""
+
+    def __init__(
+        self,
+        client: RedisClient,
+        *,
+        clock: Clock | None = None,
+        event_bucket_seconds: int = DEFAULT_EVENT_BUCKET_SECONDS,
+        event_retention_seconds: int = DEFAULT_EVENT_RETENTION_SECONDS,
+        max_concurrency: int = 50,
+        server_time_offset: Callable[[], float] | None = None,
+    ) -> None:
+        """``clock`` is the sidecar's clock: used only to centre DAILY_CAP day tables.
+
+        ``server_time_offset`` shifts the Redis clock as the scripts see it (seconds);
+        it exists for tests, which cannot move a real server's time. ``max_concurrency``
+        caps calls in flight so a burst waits (within its timeout) for a pooled connection
+        instead of failing because the pool is exhausted.
+        """
+        self.client = client
+        self.clock: Clock = clock or SystemClock()
+        self.event_bucket_seconds = event_bucket_seconds
+        self.event_retention_seconds = event_retention_seconds
+        self._bucket_ms = event_bucket_seconds * 1000
+        self._retention_ms = event_retention_seconds * 1000
+        self._offset = server_time_offset
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._loaded = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: CounterSettings, *, clock: Clock | None = None
+    ) -> RedisCounterStore:
+        if not settings.url:
+            raise ValueError("RedisCounterStore needs settings.url")
+        return cls(
+            make_client(settings),
+            clock=clock,
+            event_bucket_seconds=settings.event_bucket_seconds,
+            event_retention_seconds=settings.event_retention_seconds,
+            max_concurrency=settings.pool_size,
+        )
+
+    # -- the interface ---------------------------------------------------------------
+
+    async def reserve(
+        self, tenant: str, rules: Sequence[CounterRule], *, timeout: float
+    ) -> ReserveResult:
+        return (await self.reserve_batch(tenant, [rules], timeout=timeout))[0]
+
+    async def reserve_batch(
+        self, tenant: str, items: Sequence[Sequence[CounterRule]], *, timeout: float
+    ) -> list[ReserveResult]:
+        validate_items(items, self.event_retention_seconds)
+        if not items:
+            return []
+        prefix = keys.tenant_prefix(tenant)
+        args = self._encode(items)
+        reply = await self._run(RESERVE, prefix, args, timeout)
+        return self._decode(items, reply)
+
+    async def record_event(
+        self,
+        tenant: str,
+        kind: CounterEventKind,
+        scope_keys: Sequence[str],
+        *,
+        timeout: float,
+    ) -> None:
+        scopes = [keys.esc(s) for s in distinct(scope_keys)]
+        if not scopes:
+            return
+        prefix = keys.tenant_prefix(tenant)
+        args: list[str | int] = [
+            self._offset_ms(), _EVENT_CODE[kind], self._bucket_ms, self._retention_ms, *scopes
+        ]
+        await self._run(RECORD, prefix, args, timeout)
+
+    async def ping(self, *, timeout: float = 1.0) -> bool:
+        """True when Redis answers (and the scripts are loaded); never raises."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.client.ping()
+                if not self._loaded:
+                    await self._load()
+            return True
+        except (TimeoutError, RedisError, OSError):
+            return False
+
+    async def load_scripts(self, *, timeout: float) -> None:
+        """Load the scripts now (at start-up) instead of on the first decision."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._load()
+        except (TimeoutError, RedisError, OSError) as e:
+            raise CounterStoreUnavailable(f"counter store: cannot load scripts: {e}") from e
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- encoding -----------------------------------------------------------------------
+
+    def _offset_ms(self) -> int:
+        return round(self._offset() * 1000) if self._offset else 0
+
+    def _encode(self, items: Sequence[Sequence[CounterRule]]) -> list[str | int]:
+        """Flatten the rules: distinct definitions once, then (definition, scope) pairs."""
+        tz_index: dict[str, int] = {}
+        def_index: dict[tuple[Any, ...], int] = {}
+        defs: list[str | int] = []
+        body: list[str | int] = [len(items)]
+        for rules in items:
+            body.append(len(rules))
+            for r in rules:
+                tz = 0
+                if r.kind is CounterKind.DAILY_CAP:
+                    tz = tz_index.setdefault(r.timezone, len(tz_index) + 1)
+                dur = r.window_seconds if r.kind in _WINDOWED else r.min_interval_seconds
+                d = (
+                    _KIND_CODE[r.kind], keys.esc(r.counter), r.max_count, to_ms(dur),
+                    repr(float(r.threshold_percent)), r.min_deployments, tz,
+                )
+                i = def_index.get(d)
+                if i is None:
+                    i = def_index[d] = len(def_index) + 1
+                    defs.extend(d)
+                body.append(i)
+                body.append(keys.esc(r.scope_key))
+        around = self.clock.now()
+        head: list[str | int] = [self._offset_ms(), self._bucket_ms, len(tz_index)]
+        for zone_name in tz_index:
+            table = day_table(zone_name, around)
+            head.append(len(table.bounds_ms))
+            head.extend(table.bounds_ms)
+            head.extend(table.labels)
+        return [*head, len(def_index), *defs, *body]
+
+    def _decode(self, items: Sequence[Sequence[CounterRule]], reply: Any) -> list[ReserveResult]:
+        now = int(reply[0])
+        out: list[ReserveResult] = []
+        for rules, r in zip(items, reply[1:], strict=True):
+            if int(r[0]) == 1:
+                out.append(ReserveResult.allow())
+                continue
+            rule = rules[int(r[1]) - 1]
+            retry = int(r[2])
+            label = r[5].decode() if isinstance(r[5], bytes) else str(r[5])
+            out.append(
+                messages.deny(rule, now, None if retry < 0 else retry, int(r[3]), int(r[4]), label)
+            )
+        return out
+
+    # -- calling Redis --------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        for s in (RESERVE, RECORD):
+            await self.client.execute_command("SCRIPT LOAD", s.text)
+        self._loaded = True
+
+    async def _evalsha(self, script: _Script, key: str, args: list[str | int]) -> Any:
+        if not self._loaded:
+            await self._load()
+        try:
+            return await self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
+        except NoScriptError:
+            self._loaded = False
+            await self._load()
+            return await self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
+
+    async def _run(self, script: _Script, key: str, args: list[str | int], timeout: float) -> Any:
+        """One script call, bounded by ``timeout``; every failure is CounterStoreUnavailable."""
+        if timeout <= 0:
+            raise CounterStoreUnavailable("counter store: no time left in the decision deadline")
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._slots:
+                    return await self._evalsha(script, key, args)
+        except TimeoutError as e:
+            raise CounterStoreUnavailable(
+                f"counter store: Redis did not answer within {timeout * 1000:.0f} ms"
+            ) from e
+        except RedisError as e:
+            text = str(e)
+            if text.startswith("PDPSKEW"):
+                text = text.removeprefix("PDPSKEW ")
+            raise CounterStoreUnavailable(
+                f"counter store: Redis unavailable: {type(e).__name__}: {text}"
+            ) from e
+        except OSError as e:
+            raise CounterStoreUnavailable(f"counter store: Redis unreachable: {e}") from e
+
+
+_WINDOWED = (CounterKind.VELOCITY, CounterKind.ROLLBACK_RATE)
+
+
+def make_client(settings: CounterSettings) -> RedisClient:
+    """A redis-py asyncio client (standalone or cluster) for ``settings``.
+
+    No client-side retries beyond one immediate reconnect: the decision deadline is short,
+    and a stale pooled connection (after a Redis restart) should cost one fast retry,
+    not a failed decision.
+    """
+    url = settings.url
+    assert url is not None
+    common: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.op_timeout,
+        "socket_keepalive": True,
+    }
+    if url.startswith("rediss://"):
+        if settings.tls_ca_file:
+            common["ssl_ca_certs"] = settings.tls_ca_file
+        if settings.tls_cert_file:
+            common["ssl_certfile"] = settings.tls_cert_file
+        if settings.tls_key_file:
+            common["ssl_keyfile"] = settings.tls_key_file
+    if settings.cluster:
+        if url.startswith("unix://"):
+            raise ValueError("Redis Cluster cannot be reached over a unix socket URL")
+        return RedisCluster.from_url(
+            url,
+            max_connections=settings.pool_size,
+            retry=Retry(NoBackoff(), 1),
+            **common,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.pool_size,
+        timeout=settings.op_timeout,
+        retry=Retry(NoBackoff(), 1),
+        **common,
+    )
+    return aioredis.Redis(connection_pool=pool)
