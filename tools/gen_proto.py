@@ -36,7 +36,8 @@ def generate(out_root: Path) -> Path:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     pkg = out_root / "pdp" / "v1"
-    (pkg / "__init__.py").write_text('"""Generated from proto/pdp/v1 by tools/gen_proto.py; do not edit."""\n')
+    (pkg / "__init__.py").write_text(
+        '"""Generated from proto/pdp/v1 by tools/gen_proto.py; do not edit."""\n')
     return pkg
 
 
