@@ -270,6 +270,8 @@ class Checker:
             return self.error(f"found no matching overload for '{name}' applied to '{sig}'", e)
         self.out.overloads[id(e)] = matched
         res = results[0]
+        if not any(TY.is_dynish(self.s.resolve(t)) for t in arg_types):
+            return res  # concrete arguments: the first matching overload decides
         for r in results[1:]:
             if self.s.resolve(r) != self.s.resolve(res):
                 return DYN

@@ -496,7 +496,7 @@ class CodeGen:
                                            comparators=[_const(1)]))])
         # collecting macros
         elem_var = l1 if l2 is None else l2
-        if k in ("map", "transformList"):
+        if k in ("map", "transformList", "filter"):
             init: py.expr = py.List(elts=[], ctx=py.Load())
         else:
             init = py.Dict(keys=[], values=[])

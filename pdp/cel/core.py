@@ -32,7 +32,8 @@ def register_core(r: Registry) -> None:
     for op, fn in (("_<_", S.lt), ("_<=_", S.le), ("_>_", S.gt), ("_>=_", S.ge)):
         r.add(op, [f"{p}->bool" for p in _ORD], fn)
     r.add("@in", "A,list(A)->bool; A,map(A,B)->bool", S.contains_in)
-    r.add("_[_]", "list(A),int->A; map(A,B),A->B", S.index)
+    r.add("_[_]", "list(A),int->A; map(A,B),A->B; optional(list(A)),int->optional(A); "
+          "optional(map(A,B)),A->optional(B)", S.index)
     r.add("size", "string->int; bytes->int; list(A)->int; map(A,B)->int; "
           "string.()->int; bytes.()->int; list(A).()->int; map(A,B).()->int", S.size)
     r.add("contains", "string.(string)->bool", S.contains, cost=1)

@@ -205,6 +205,8 @@ def _cmp(fn: str, a: Any, b: Any) -> int:
     if ta in _NUM and tb in _NUM:
         if a != a or b != b:  # NaN: every comparison is false
             return 2
+        if ta is float or tb is float:  # int vs double compares as doubles (reference)
+            a, b = float(a), float(b)
         return (a > b) - (a < b)
     x, y = as_ts(a), as_ts(b)
     if x is not None and y is not None:

@@ -159,6 +159,8 @@ class Subst:
             return True
         if b.kind == "null" and a.kind in ("optional", "abstract", "timestamp", "duration"):
             return True
+        if a.kind == "type" and b.kind == "type":
+            return True  # type values compare at runtime regardless of parameters
         if a.kind != b.kind or a.name != b.name or len(a.params) != len(b.params):
             return False
         return all(self._assign(x, y) for x, y in zip(a.params, b.params, strict=True))
@@ -194,4 +196,5 @@ class Subst:
 
 
 def is_dynish(t: T) -> bool:
-    return t.kind in ("dyn", "param", "error")
+    """True when ``t`` is or contains dyn / an unbound parameter."""
+    return t.kind in ("dyn", "param", "error") or any(is_dynish(p) for p in t.params)
