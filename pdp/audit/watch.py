@@ -55,6 +55,7 @@ class HistoryReader:
         self.active = active
         self._f: BinaryIO | None = None
         self._last = -1  # seq of the last record read from _f; -1 = not positioned
+        self._skip_until = 0  # while not positioned: skip records up to this seq
 
     def close(self) -> None:
         if self._f is not None:
@@ -62,18 +63,24 @@ class HistoryReader:
             self._f = None
 
     def _files(self) -> list[tuple[Path, int | None]]:
-        out: list[tuple[Path, int | None]] = []
-        for lf in ledger_files(self.active):
-            if lf.first_seq is not None:
-                out.append((lf.path, lf.first_seq))
-            else:
-                rec = first_record(lf.path)
-                out.append((lf.path, rec["seq"] if rec else None))
-        return out
+        for _ in range(100):
+            try:
+                out: list[tuple[Path, int | None]] = []
+                for lf in ledger_files(self.active):
+                    if lf.first_seq is not None:
+                        out.append((lf.path, lf.first_seq))
+                    else:
+                        rec = first_record(lf.path)
+                        out.append((lf.path, rec["seq"] if rec else None))
+                return out
+            except FileNotFoundError:
+                continue  # the active file was rotated while we listed: list again
+        raise AuditHistoryUnavailableError("audit files keep changing under the reader", 0)
 
     def _open(self, path: Path, last: int) -> None:
+        f = open(path, "rb")  # noqa: SIM115 - kept open across calls on purpose
         self.close()
-        self._f = open(path, "rb")  # noqa: SIM115 - kept open across calls on purpose
+        self._f = f
         self._last = last
 
     def _position(self, after: int) -> None:
@@ -93,14 +100,24 @@ class HistoryReader:
             if first is not None and first <= after + 1:
                 chosen = p
         # Lines up to `after` are skipped while reading.
-        self._open(chosen, -1)
+        try:
+            self._open(chosen, -1)
+        except FileNotFoundError:  # rotated just now: its new name is in the next listing
+            self._position(after)
+            return
         self._skip_until = after
 
     def _next_file(self) -> bool:
-        for p, first in self._files():
-            if first == self._last + 1:
-                self._open(p, self._last)
-                return True
+        for _ in range(100):
+            for p, first in self._files():
+                if first == self._last + 1:
+                    try:
+                        self._open(p, self._last)
+                    except FileNotFoundError:
+                        break  # rotated between listing and opening: list again
+                    return True
+            else:
+                return False
         return False
 
     def read(self, after: int, upto: int, max_n: int = HISTORY_CHUNK) -> list[Record]:
@@ -140,8 +157,6 @@ class HistoryReader:
             if seq == upto:
                 break
         return out
-
-    _skip_until = 0
 
 
 class _Subscriber:
