@@ -297,8 +297,9 @@ def make_client(settings: CounterSettings) -> RedisClient:
     common: dict[str, Any] = {
         "socket_connect_timeout": settings.connect_timeout,
         "socket_timeout": settings.op_timeout,
-        "socket_keepalive": True,
     }
+    if not url.startswith("unix://"):
+        common["socket_keepalive"] = True  # notice a silently dead peer (TCP only)
     if url.startswith("rediss://"):
         if settings.tls_ca_file:
             common["ssl_ca_certs"] = settings.tls_ca_file

@@ -1,0 +1,123 @@
+"""Fail-closed under load: Redis killed, restarted, or hung while callers keep reserving.
+
+During the outage every call must raise CounterStoreUnavailable (nothing else) within its
+timeout plus a small margin; once Redis is back, the same store instance allows again
+within 2 seconds, with no help from the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+
+from pdp.counters import (
+    CounterKind,
+    CounterRule,
+    CounterSettings,
+    CounterStore,
+    CounterStoreUnavailable,
+    open_counter_store,
+)
+from tests.support.procs import RedisServer
+
+TIMEOUT = 0.15
+MARGIN = 0.1  # event-loop scheduling on a busy 2-core CI box
+CALLERS = 24
+
+
+@dataclass
+class Load:
+    """Concurrent callers reserving in a loop; every call's start, duration and outcome."""
+
+    store: CounterStore
+    calls: list[tuple[float, float, str]] = field(default_factory=list)
+    stop: bool = False
+    t_down: float = 0.0  # outage starts
+    t_up: float = 0.0  # restart / resume requested
+    t_ready: float = 0.0  # Redis accepts connections again
+
+    async def caller(self, i: int) -> None:
+        rule = CounterRule("v", CounterKind.VELOCITY, f"agent:{i}", max_count=10**6,
+                           window_seconds=60)
+        while not self.stop:
+            t0 = time.monotonic()
+            try:
+                r = await self.store.reserve("t", [rule], timeout=TIMEOUT)
+                outcome = "allow" if r.allowed else "deny"
+            except CounterStoreUnavailable:
+                outcome = "unavailable"
+            except Exception as e:  # anything else is a bug: record it, never hide it
+                outcome = f"error:{type(e).__name__}:{e}"
+            t1 = time.monotonic()
+            self.calls.append((t0, t1 - t0, outcome))
+            await asyncio.sleep(0.005)
+
+    def between(self, a: float, b: float) -> list[tuple[float, float, str]]:
+        return [c for c in self.calls if a <= c[0] and c[0] + c[1] <= b]
+
+
+async def _run_outage(srv: RedisServer, outage: str) -> Load:
+    store = open_counter_store(
+        CounterSettings(url=srv.url, connect_timeout=0.1, op_timeout=0.5, pool_size=CALLERS)
+    )
+    load = Load(store)
+    tasks = [asyncio.create_task(load.caller(i)) for i in range(CALLERS)]
+    try:
+        await asyncio.sleep(0.5)
+        load.t_down = time.monotonic()
+        if outage == "kill":
+            srv.kill()
+        else:
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(1.0)
+        load.t_up = time.monotonic()
+        if outage == "kill":
+            await asyncio.to_thread(srv.start)
+        else:
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGCONT)
+        load.t_ready = time.monotonic()
+        await asyncio.sleep(2.5)
+    finally:
+        load.stop = True
+        await asyncio.gather(*tasks)
+        await store.close()
+    return load
+
+
+def _check(load: Load) -> None:
+    t_down, t_up, t_ready = load.t_down, load.t_up, load.t_ready
+    errors = [c for c in load.calls if c[2].startswith("error")]
+    assert not errors, errors[:5]
+    slow = [c for c in load.calls if c[1] > TIMEOUT + MARGIN]
+    assert not slow, slow[:5]
+    before = load.between(0, t_down)
+    assert before and all(c[2] == "allow" for c in before)
+    during = load.between(t_down + 0.01, t_up)
+    assert len(during) > CALLERS, "the load kept calling during the outage"
+    assert all(c[2] == "unavailable" for c in during), {c[2] for c in during}
+    first_ok = min(c[0] + c[1] for c in load.calls if c[0] >= t_up and c[2] == "allow")
+    assert first_ok - t_ready < 2.0
+    tail = load.between(t_ready + 2.0, float("inf"))
+    assert tail and all(c[2] == "allow" for c in tail), {c[2] for c in tail}
+
+
+async def test_redis_killed_and_restarted_under_load() -> None:
+    srv = RedisServer().start()
+    try:
+        _check(await _run_outage(srv, "kill"))
+    finally:
+        srv.close()
+
+
+async def test_redis_hung_then_resumed_under_load() -> None:
+    srv = RedisServer().start()
+    try:
+        _check(await _run_outage(srv, "hang"))
+    finally:
+        if srv.proc is not None:
+            srv.proc.send_signal(signal.SIGCONT)
+        srv.close()
