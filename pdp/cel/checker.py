@@ -14,7 +14,7 @@ from . import ast as A
 from . import types as TY
 from .errors import CelCompileError
 from .functions import Overload, Registry
-from .types import DYN, T, Subst
+from .types import DYN, Subst, T
 
 TYPE_NAMES: dict[str, T] = {
     "int": TY.INT, "uint": TY.UINT, "double": TY.DOUBLE, "bool": TY.BOOL,
@@ -92,8 +92,8 @@ class Checker:
         if leading_dot or not self.container:
             return [name]
         parts = self.container.split(".")
-        out = [".".join(parts[:i] + [name]) for i in range(len(parts), 0, -1)]
-        return out + [name]
+        out = [".".join([*parts[:i], name]) for i in range(len(parts), 0, -1)]
+        return [*out, name]
 
     def _local(self, name: str) -> T | None:
         for sc in reversed(self.scopes):
@@ -225,8 +225,8 @@ class Checker:
             ct = self.visit(e.args[0])
             if not self.s.assignable(TY.BOOL, ct):
                 self.error(f"expected type 'bool' but found '{self.s.finalize(ct)}'", e.args[0])
-            a, b = self.visit(e.args[1]), self.visit(e.args[2])
-            return self.s.join(a, b)
+            ta, tb = self.visit(e.args[1]), self.visit(e.args[2])
+            return self.s.join(ta, tb)
         member = e.target is not None
         name = fn.lstrip(".")
         if e.target is not None:

@@ -167,7 +167,7 @@ class CodeGen:
     # -- entry ---------------------------------------------------------------------------
     def generate(self, root: A.Expr) -> Callable[[Any, Any], Any]:
         result = self.expr(root)
-        body = self.stmts + [py.Return(value=result)]
+        body = [*self.stmts, py.Return(value=result)]
         if self.uses_budget:
             prologue: list[py.stmt] = [
                 _assign("_cost", py.Attribute(value=_name("_bud"), attr="cost", ctx=py.Load())),
@@ -175,15 +175,15 @@ class CodeGen:
                 _assign("_dl", py.Attribute(value=_name("_bud"), attr="deadline_at",
                                             ctx=py.Load())),
             ]
-            body = prologue + [py.Try(body=body, handlers=[], orelse=[], finalbody=[
-                py.Assign(targets=[py.Attribute(value=_name("_bud"), attr="cost",
-                                                ctx=py.Store())],
-                          value=_name("_cost"), lineno=0)])]
+            save = py.Assign(targets=[py.Attribute(value=_name("_bud"), attr="cost",
+                                                   ctx=py.Store())],
+                             value=_name("_cost"), lineno=0)
+            body = [*prologue, py.Try(body=body, handlers=[], orelse=[], finalbody=[save])]
         fn = py.FunctionDef(
             name="cel", args=py.arguments(
                 posonlyargs=[], args=[py.arg(arg="_act"), py.arg(arg="_bud")],
                 kwonlyargs=[], kw_defaults=[], defaults=[]),
-            body=body, decorator_list=[], returns=None, type_params=[], lineno=0)
+            body=body, decorator_list=[], returns=None, lineno=0)
         mod = py.Module(body=[fn], type_ignores=[])
         py.fix_missing_locations(mod)
         try:
@@ -254,7 +254,7 @@ class CodeGen:
                 and len(set(keys)) == len(keys)):
             return py.Dict(keys=[_const(k) for k in keys],
                            values=[self.expr(v) for _, v in e.entries])
-        pairs = [py.Tuple(elts=[self.expr(k), self.expr(v)], ctx=py.Load())
+        pairs: list[py.expr] = [py.Tuple(elts=[self.expr(k), self.expr(v)], ctx=py.Load())
                  for k, v in e.entries]
         return _call("_mkmap", py.Tuple(elts=pairs, ctx=py.Load()))
 
@@ -476,7 +476,7 @@ class CodeGen:
                                       _is(_name(err), _const(None))]),
                                   body=[_assign(err, _call("_lerr", _name(v),
                                                            _const(k)))], orelse=[])]))
-            pre = [_assign(r, _const(not decide)), _assign(err, _const(None))]
+            pre: list[py.stmt] = [_assign(r, _const(not decide)), _assign(err, _const(None))]
             post: list[py.stmt] = [py.If(
                 test=py.BoolOp(op=py.And(), values=[_is(_name(r), _const(not decide)),
                                                     _is_not(_name(err), _const(None))]),
@@ -538,7 +538,8 @@ class CodeGen:
         self.stmts.append(_assign(o, rng))
         self.locals.append({e.var: lv})
         try:
-            body = [_assign(lv, py.Attribute(value=_name(o), attr="value", ctx=py.Load()))]
+            body: list[py.stmt] = [
+                _assign(lv, py.Attribute(value=_name(o), attr="value", ctx=py.Load()))]
             inner = self.block(lambda: self.expr(e.args[0]), r)
         finally:
             self.locals.pop()

@@ -103,9 +103,9 @@ def proto_value(j: dict[str, Any]) -> Any:
 def same(expected: Any, actual: Any) -> bool:
     """Strict equality: same CEL type and value (NaN equals NaN here)."""
     if type(expected) is not type(actual):
-        if isinstance(expected, list) and isinstance(actual, list | tuple):
-            pass
-        elif isinstance(expected, dict) and isinstance(actual, dict):
+        containers = (isinstance(expected, list) and isinstance(actual, list | tuple)) or (
+            isinstance(expected, dict) and isinstance(actual, dict))
+        if not containers:
             pass
         else:
             return False

@@ -29,8 +29,8 @@ def register_core(r: Registry) -> None:
     r.add("!_", "bool->bool", S.logical_not)
     r.add("_==_", "A,A->bool", S.cel_eq)
     r.add("_!=_", "A,A->bool", S.cel_ne)
-    for op, fn in (("_<_", S.lt), ("_<=_", S.le), ("_>_", S.gt), ("_>=_", S.ge)):
-        r.add(op, [f"{p}->bool" for p in _ORD], fn)
+    for op, cmp in (("_<_", S.lt), ("_<=_", S.le), ("_>_", S.gt), ("_>=_", S.ge)):
+        r.add(op, [f"{p}->bool" for p in _ORD], cmp)
     r.add("@in", "A,list(A)->bool; A,map(A,B)->bool", S.contains_in)
     r.add("_[_]", "list(A),int->A; map(A,B),A->B; optional(list(A)),int->optional(A); "
           "optional(map(A,B)),A->optional(B)", S.index)

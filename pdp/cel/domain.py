@@ -76,7 +76,7 @@ def endpoint_host(ep: Any) -> str:
 def endpoint_port(ep: Any) -> int:
     """Port of an endpoint; a URL without a port gets its scheme's default (http 80,
     https 443); otherwise 0 when no port is given."""
-    host, port, scheme = _split_endpoint(ep, "endpointPort")
+    _host, port, scheme = _split_endpoint(ep, "endpointPort")
     if port is not None:
         return port
     return _DEFAULT_PORTS.get(scheme, 0)
@@ -169,7 +169,7 @@ _UNITS = {
 def quantity(q: Any) -> int:
     """``quantity("4GB")`` -> 4000000000; ``quantity("1.5GiB")`` -> 1610612736."""
     if type(q) is int:
-        return q  # type: ignore[no-any-return]
+        return q
     if type(q) is not str:
         raise no_overload("quantity", q)
     m = _QTY_RE.match(q)

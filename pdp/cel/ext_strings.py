@@ -78,7 +78,7 @@ def split(s: Any, sep: Any, n: Any = -1) -> list[str]:
     if sep == "":
         chars = list(s)
         if n > 0 and len(chars) > n:
-            chars = chars[:n - 1] + ["".join(chars[n - 1:])]
+            chars = [*chars[:n - 1], "".join(chars[n - 1:])]
         return chars
     if n < 0:
         return s.split(sep)  # type: ignore[no-any-return]
@@ -109,7 +109,7 @@ def join(lst: Any, sep: Any = "") -> str:
         raise no_overload("join", lst, sep)
     if any(type(x) is not str for x in lst):
         raise CelEvalError("join: list must contain only strings")
-    return sep.join(lst)  # type: ignore[no-any-return]
+    return sep.join(lst)
 
 
 def reverse(s: Any) -> str:

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 from .errors import CelCompileError
 
-RESERVED = frozenset(
-    "as break const continue else for function if import let loop package namespace "
-    "return var void while".split()
-)
+RESERVED = frozenset({
+    "as", "break", "const", "continue", "else", "for", "function", "if", "import", "let",
+    "loop", "package", "namespace", "return", "var", "void", "while"})
 
 PUNCT3: tuple[str, ...] = ()
 PUNCT2 = ("==", "!=", "<=", ">=", "&&", "||")
@@ -85,7 +84,7 @@ class Lexer:
             if word in ("true", "false", "null", "in"):
                 return Token(word, None, start, p)
             return Token("IDENT", word, start, p)
-        if c.isascii() and c.isdigit() or (c == "." and start + 1 < self.n
+        if (c.isascii() and c.isdigit()) or (c == "." and start + 1 < self.n
                                           and src[start + 1].isascii()
                                           and src[start + 1].isdigit()):
             return self._number()

@@ -8,6 +8,8 @@ exhaust the Python stack.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import ast as A
 from .errors import CelCompileError
 from .lexer import RESERVED, Lexer, Token
@@ -94,7 +96,8 @@ class Parser:
             self.depth -= 1
 
     def logical(self, op: str) -> A.Expr:
-        sub = (lambda: self.logical("&&")) if op == "||" else (lambda: self.binary(0))
+        sub: Callable[[], A.Expr] = ((lambda: self.logical("&&")) if op == "||"
+                                     else (lambda: self.binary(0)))
         e = sub()
         while (t := self.accept(op)) is not None:
             rhs = sub()
@@ -118,10 +121,10 @@ class Parser:
             ops = []
             while self.peek().kind == "!":
                 ops.append(self.advance())
-            e = self.member()
+            neg = self.member()
             for o in reversed(ops):
-                e = A.Call(o.offset, "!_", [e])
-            return e
+                neg = A.Call(o.offset, "!_", [neg])
+            return neg
         if t.kind == "-":
             ops = []
             while self.peek().kind == "-":
@@ -298,9 +301,8 @@ class Parser:
             kind = "filter"
         elif name == "transformList" and n in (3, 4):
             kind = "transformList"
-        elif name in ("transformMap", "transformMapEntry") and n in (3, 4):
-            kind = name
-        elif name in ("optMap", "optFlatMap") and n == 2:
+        elif (name in ("transformMap", "transformMapEntry") and n in (3, 4)) or (
+                name in ("optMap", "optFlatMap") and n == 2):
             kind = name
         if kind is None:
             return A.Call(offset, name, args, target)

@@ -93,7 +93,8 @@ class Environment:
         self.registry.add(name, sigs, impl, cost=cost)
 
     def parse(self, source: str) -> A.Expr:
-        return _with_recursion(lambda: parse(source))
+        tree: A.Expr = _with_recursion(lambda: parse(source))
+        return tree
 
     def compile(self, source: str, max_cost: int | None = None, check: bool = True) -> Program:
         """Parse, check and generate code; raises CelCompileError.

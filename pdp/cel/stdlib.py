@@ -201,13 +201,13 @@ def map_get(m: dict[Any, Any], k: Any) -> tuple[bool, Any]:
 def _cmp(fn: str, a: Any, b: Any) -> int:
     ta, tb = type(a), type(b)
     if ta is tb and ta in (int, float, str, bytes, bool, UInt):
-        return (a > b) - (a < b)
+        return (a > b) - (a < b)  # type: ignore[no-any-return]
     if ta in _NUM and tb in _NUM:
         if a != a or b != b:  # NaN: every comparison is false
             return 2
         if ta is float or tb is float:  # int vs double compares as doubles (reference)
             a, b = float(a), float(b)
-        return (a > b) - (a < b)
+        return (a > b) - (a < b)  # type: ignore[no-any-return]
     x, y = as_ts(a), as_ts(b)
     if x is not None and y is not None:
         return (x.ns > y.ns) - (x.ns < y.ns)
@@ -427,10 +427,7 @@ def contains_in(x: Any, c: Any) -> bool:
     if tc is list or tc is tuple:
         tx = type(x)
         if tx is str or tx is bytes:
-            for e in c:
-                if type(e) is tx and e == x:
-                    return True
-            return False
+            return any(type(e) is tx and e == x for e in c)
         return any(cel_eq(x, e) for e in c)
     if isinstance(c, dict):
         if type(x) not in (str, int, UInt, bool, float):
@@ -463,7 +460,7 @@ def make_map(pairs: tuple[tuple[Any, Any], ...]) -> dict[Any, Any]:
 def to_int(v: Any) -> int:
     t = type(v)
     if t is int:
-        return v
+        return v  # type: ignore[no-any-return]
     if t is UInt:
         return check_int(int(v))
     if t is float:
@@ -578,7 +575,7 @@ _BOOL_STR = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True"
 
 def to_bool(v: Any) -> bool:
     if type(v) is bool:
-        return v  # type: ignore[no-any-return]
+        return v
     if type(v) is str:
         if v in _BOOL_STR:
             return _BOOL_STR[v]
