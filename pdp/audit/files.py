@@ -40,19 +40,26 @@ def rotated_path(active: Path, first_seq: int) -> Path:
 
 
 def ledger_files(active: Path) -> list[LedgerFile]:
-    """Rotated files in seq order, then the active file (if it exists)."""
+    """Rotated files in seq order, then the active file (if it exists).
+
+    One directory listing, so a concurrent rotation shows the file under one name or the
+    other; readers that race with a rotation still re-list (see watch.py).
+    """
     out: list[LedgerFile] = []
-    parent = active.parent
-    if parent.is_dir():
-        prefix = active.name + "."
-        for p in parent.iterdir():
-            if not p.name.startswith(prefix):
-                continue
-            m = _ROTATED.search(p.name)
-            if m and p.name == f"{active.name}.{m.group(1)}":
-                out.append(LedgerFile(p, int(m.group(1))))
+    try:
+        names = os.listdir(active.parent)
+    except FileNotFoundError:
+        return out
+    has_active = False
+    for name in names:
+        if name == active.name:
+            has_active = True
+            continue
+        m = _ROTATED.search(name)
+        if m and name == f"{active.name}.{m.group(1)}":
+            out.append(LedgerFile(active.parent / name, int(m.group(1))))
     out.sort(key=lambda f: f.first_seq or 0)
-    if active.exists():
+    if has_active:
         out.append(LedgerFile(active, None))
     return out
 

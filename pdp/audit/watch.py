@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -29,6 +30,7 @@ from pdp.audit.chain import Entry, Record, parse_line
 from pdp.audit.files import first_record, ledger_files
 
 HISTORY_CHUNK = 1000
+RACE_RETRIES = 20
 
 
 class WatchError(Exception):
@@ -121,6 +123,23 @@ class HistoryReader:
         return False
 
     def read(self, after: int, upto: int, max_n: int = HISTORY_CHUNK) -> list[Record]:
+        """Records ``after < seq <= upto`` (at most ``max_n``); raises if the files lack any.
+
+        A rotation can race with listing the directory (the file moves between the listing
+        and the open); such a miss is retried a few times before it counts as missing.
+        """
+        for attempt in range(RACE_RETRIES):
+            try:
+                return self._read(after, upto, max_n)
+            except AuditHistoryUnavailableError:
+                if attempt == RACE_RETRIES - 1:
+                    raise
+                self.close()
+                self._last = -1
+                time.sleep(0.002)
+        raise AssertionError("unreachable")
+
+    def _read(self, after: int, upto: int, max_n: int) -> list[Record]:
         if self._f is None or self._last != after:
             self._position(after)
         assert self._f is not None
