@@ -36,7 +36,8 @@ _BASE_NS: dict[str, Any] = {
     "_add": S.add, "_sub": S.sub, "_mul": S.mul, "_div": S.div, "_mod": S.mod,
     "_neg": S.neg, "_not": S.logical_not, "_index": S.index, "_sel": S.select,
     "_has": S.has_field, "_in": S.contains_in, "_size": S.size, "_mkmap": S.make_map,
-    "_Opt": Optional, "_noov": S.raise_no_overload, "_merge": None,
+    "_Opt": Optional, "_noov": S.raise_no_overload, "_merge": None, "_UNSET": object(),
+    "_startswith": str.startswith, "_endswith": str.endswith,
 }
 
 _CMP_OPS = {"_<_": (py.Lt, "_lt"), "_<=_": (py.LtE, "_le"), "_>_": (py.Gt, "_gt"),
@@ -90,6 +91,10 @@ class CodeGen:
         self.counter = itertools.count()
         self.locals: list[dict[str, str]] = []  # CEL macro var -> python local
         self.uses_budget = False
+        # loop-invariant path caching: one entry per enclosing comprehension loop
+        self.loop_vars: list[set[str]] = []
+        self.loop_inits: list[list[py.stmt]] = []
+        self.in_cached = False
         self.block_depth = 1  # the try/finally around the body
 
     # -- helpers -------------------------------------------------------------------------
@@ -232,9 +237,55 @@ class CodeGen:
             return self.slot(TYPE_VALUES[TYPE_VALUE_NAMES[r.name]], "_ty")
         return _call("_undeclared", _const(r.name))
 
+    def _path_root(self, e: A.Expr) -> A.Expr | None:
+        """Root identifier of a select / constant-index chain (``a.b["c"].d``)."""
+        while True:
+            if isinstance(e, A.Select) and not e.test_only and id(e) not in self.chk.refs:
+                e = e.operand
+            elif (isinstance(e, A.Call) and e.function == "_[_]" and e.target is None
+                  and isinstance(e.args[1], A.Const)):
+                e = e.args[0]
+            else:
+                break
+        return e if isinstance(e, A.Ident | A.Select) else None
+
+    def cached(self, e: A.Expr, gen: Callable[[], py.expr]) -> py.expr:
+        """Evaluate a loop-invariant path once per loop (lazily, so errors and short
+        circuits behave exactly as without caching)."""
+        if self.in_cached or not self.loop_vars:
+            return gen()
+        root = self._path_root(e)
+        if root is None:
+            return gen()
+        r = self.chk.refs.get(id(root))
+        if r is None or r.kind not in ("var", "local"):
+            return gen()
+        if r.kind == "local":
+            pyname = None
+            for sc in reversed(self.locals):
+                if r.name in sc:
+                    pyname = sc[r.name]
+                    break
+            if pyname is None or pyname in self.loop_vars[-1]:
+                return gen()
+        h = self.tmp("_h")
+        self.loop_inits[-1].append(_assign(h, _name("_UNSET")))
+        self.in_cached = True
+        try:
+            inner = gen()
+        finally:
+            self.in_cached = False
+        return py.IfExp(test=_is_not(_name(h), _name("_UNSET")), body=_name(h),
+                        orelse=py.NamedExpr(target=_store(h), value=inner))
+
     def select(self, e: A.Select) -> py.expr:
         if id(e) in self.chk.refs:
             return self.ident(e)
+        if not e.test_only:
+            return self.cached(e, lambda: self._select(e))
+        return self._select(e)
+
+    def _select(self, e: A.Select) -> py.expr:
         operand = self.expr(e.operand)
         f = _const(e.field)
         t = self.tmp()
@@ -281,7 +332,7 @@ class CodeGen:
         if fn == "_[_]":
             return self.index(e)
         if fn == "@in":
-            return _call("_in", self.expr(args[0]), self.expr(args[1]))
+            return self.in_op(e)
         name, member = self.chk.calls.get(id(e), (fn.lstrip("."), e.target is not None))
         f = self.reg.get(name)
         impl = None
@@ -297,8 +348,12 @@ class CodeGen:
             for a in all_args:  # evaluate arguments so their errors win, as the reference
                 self.stmts.append(py.Expr(self.expr(a)))
             return _call("_undeclared", _const(name))
-        py_args = [self.expr(a) for a in all_args]
         assert f is not None
+        if (member and name in ("startsWith", "endsWith", "contains") and len(all_args) == 2
+                and isinstance(all_args[1], A.Const) and type(all_args[1].value) is str):
+            return self.string_method(name, self.expr(all_args[0]), all_args[1],
+                                      self.slot(impl, "_f"))
+        py_args = [self.expr(a) for a in all_args]
         if f.cost and py_args:
             t = self.tmp()
             self.stmts.append(_assign(t, py_args[0]))
@@ -310,6 +365,22 @@ class CodeGen:
 
     def index(self, e: A.Call) -> py.expr:
         c, k = e.args
+        if isinstance(k, A.Const):
+            return self.cached(e, lambda: self._index(e))
+        return self._index(e)
+
+    def _index(self, e: A.Call) -> py.expr:
+        c, k = e.args
+        if not isinstance(k, A.Const):
+            tc, tk = self.tmp(), self.tmp()
+            self.stmts.append(_assign(tc, self.expr(c)))
+            self.stmts.append(_assign(tk, self.expr(k)))
+            test = py.BoolOp(op=py.And(), values=[
+                _is(_call("_type", _name(tc)), _name("_dict")),
+                _is(_call("_type", _name(tk)), _name("_str"))])
+            return py.IfExp(test=test, body=py.Subscript(value=_name(tc), slice=_name(tk),
+                                                          ctx=py.Load()),
+                            orelse=_call("_index", _name(tc), _name(tk)))
         if isinstance(k, A.Const) and type(k.value) is str:
             t = self.tmp()
             test = _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(c))),
@@ -318,6 +389,32 @@ class CodeGen:
                                                           ctx=py.Load()),
                             orelse=_call("_index", _name(t), _const(k.value)))
         return _call("_index", self.expr(c), self.expr(k))
+
+    def in_op(self, e: A.Call) -> py.expr:
+        x, c = e.args
+        tx, tc = self.tmp(), self.tmp()
+        self.stmts.append(_assign(tx, self.expr(x)))
+        self.stmts.append(_assign(tc, self.expr(c)))
+        test = py.BoolOp(op=py.And(), values=[
+            _is(_call("_type", _name(tc)), _name("_dict")),
+            _is(_call("_type", _name(tx)), _name("_str"))])
+        return py.IfExp(test=test, body=py.Compare(left=_name(tx), ops=[py.In()],
+                                                   comparators=[_name(tc)]),
+                        orelse=_call("_in", _name(tx), _name(tc)))
+
+    def string_method(self, name: str, recv: py.expr, arg: A.Const,
+                      impl_slot: py.expr) -> py.expr:
+        """Inline ``s.startsWith("lit")`` (and friends) when ``s`` is a string."""
+        t = self.tmp()
+        test = _is(_call("_type", py.NamedExpr(target=_store(t), value=recv)), _name("_str"))
+        lit = _const(arg.value)
+        fast: py.expr
+        if name == "contains":
+            fast = py.Compare(left=lit, ops=[py.In()], comparators=[_name(t)])
+        else:
+            fast = _call("_startswith" if name == "startsWith" else "_endswith", _name(t), lit)
+        return py.IfExp(test=test, body=fast,
+                        orelse=py.Call(func=impl_slot, args=[_name(t), lit], keywords=[]))
 
     def equality(self, e: A.Call, negate: bool) -> py.expr:
         a, b = e.args
@@ -443,6 +540,9 @@ class CodeGen:
         self.locals.append(scope)
         self.block_depth += 1
         self._depth_check(e)
+        self.loop_vars.append({l1} | ({l2} if l2 else set()))
+        self.loop_inits.append([])
+        saved_cached, self.in_cached = self.in_cached, False
         try:
             if l2 is None:
                 target: py.expr = _store(l1)
@@ -455,6 +555,10 @@ class CodeGen:
         finally:
             self.block_depth -= 1
             self.locals.pop()
+            self.loop_vars.pop()
+            inits = self.loop_inits.pop()
+            self.in_cached = saved_cached
+        self.stmts.extend(inits)
         self.stmts.extend(pre)
         self.stmts.append(py.For(target=target, iter=it, body=body, orelse=[], lineno=0))
         self.stmts.extend(post)
