@@ -364,7 +364,7 @@ class CodeGen:
         return py.Call(func=fslot, args=py_args, keywords=[])
 
     def index(self, e: A.Call) -> py.expr:
-        c, k = e.args
+        k = e.args[1]
         if isinstance(k, A.Const):
             return self.cached(e, lambda: self._index(e))
         return self._index(e)
@@ -375,7 +375,7 @@ class CodeGen:
             tc, tk = self.tmp(), self.tmp()
             self.stmts.append(_assign(tc, self.expr(c)))
             self.stmts.append(_assign(tk, self.expr(k)))
-            test = py.BoolOp(op=py.And(), values=[
+            test: py.expr = py.BoolOp(op=py.And(), values=[
                 _is(_call("_type", _name(tc)), _name("_dict")),
                 _is(_call("_type", _name(tk)), _name("_str"))])
             return py.IfExp(test=test, body=py.Subscript(value=_name(tc), slice=_name(tk),
