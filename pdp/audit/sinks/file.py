@@ -152,20 +152,23 @@ class Ledger:
             self.head = ChainHead(last.seq, last.record["hash"])
 
     def _write(self, data: bytes) -> None:
-        assert self._fd is not None
         start = self._size
-        view = memoryview(data)
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            self._raw_write(data)
         except BaseException:
-            try:
+            try:  # cut back to the last whole record so a retry does not duplicate
+                assert self._fd is not None
                 os.ftruncate(self._fd, start)
-            except OSError:
+            except (OSError, AssertionError):
                 self.close_active_quietly()
             raise
         self._size += len(data)
+
+    def _raw_write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
 
     def close_active_quietly(self) -> None:
         if self._fd is not None:

@@ -1,0 +1,170 @@
+"""Pipeline behaviour: overflow spill, several sinks, masking on every path, write faults."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pdp.audit import AuditLog, AuditSettings, AuditWriteError, Entry
+from pdp.audit.sinks.file import Ledger
+from pdp.audit.sinks.stdout import StdoutSink
+from pdp.audit.verify import verify_paths
+from tests.audit.conftest import decision
+
+
+def file_events(settings: AuditSettings) -> list[dict[str, Any]]:
+    res = verify_paths([Path(settings.path).parent])
+    assert res.ok, str(res)
+    out = []
+    for f in res.files:
+        out.extend(json.loads(x)["event"] for x in Path(f).read_bytes().splitlines())
+    return out
+
+
+class FlakySink:
+    """Fails while ``down`` is set; records what it received."""
+
+    def __init__(self, name: str = "flaky") -> None:
+        self.name = name
+        self.down = False
+        self.got: list[int] = []
+
+    async def send(self, entries: Sequence[Entry]) -> None:
+        if self.down:
+            raise ConnectionError("sink down")
+        self.got.extend(e.seq for e in entries)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_full_queue_spills_in_order_and_loses_nothing(settings: AuditSettings) -> None:
+    s = replace(settings, queue_size=10, batch_size=4)
+    async with AuditLog(s) as log:
+        for i in range(500):  # no await: the writer cannot run, the queue fills
+            log.emit({"type": "T", "i": i})
+        st = log.stats()
+        assert st.queue_depth == 10 and st.spilled == 490 and st.overflow_pending == 490
+        await log.flush()
+        for i in range(500, 600):
+            log.emit({"type": "T", "i": i})
+        await log.flush()
+        assert log.stats().overflow_pending == 0
+    assert [e["i"] for e in file_events(s)] == list(range(600))
+
+
+async def test_events_emitted_before_start_or_left_in_overflow_are_written(
+        settings: AuditSettings) -> None:
+    log = AuditLog(settings)
+    log.emit({"type": "T", "i": 0})  # before start: spooled, written on start
+    await log.start()
+    log.emit({"type": "T", "i": 1})
+    await log.close()
+    log.emit({"type": "T", "i": 2})  # after close: spooled for the next run
+    async with AuditLog(settings) as log2:
+        await log2.flush()
+    assert [e["i"] for e in file_events(settings)] == [0, 1, 2]
+
+
+async def test_several_sinks_one_down(settings: AuditSettings) -> None:
+    out = io.BytesIO()
+    flaky = FlakySink()
+    s = replace(settings, sink_retry_initial=0.01, sink_retry_max=0.02, batch_size=16)
+    async with AuditLog(s, sinks=[StdoutSink(out), flaky]) as log:
+        flaky.down = True
+        for i in range(100):
+            log.emit({"type": "T", "i": i})
+            if i % 10 == 0:
+                await asyncio.sleep(0.005)
+        await log.flush()
+        await asyncio.sleep(0.05)
+        assert log.stats().sink_healthy == {"stdout": True, "flaky": False}
+        assert log.stats().sink_pending["flaky"] > 0
+        flaky.down = False
+        assert await log.drain_sinks(timeout=5)
+    assert flaky.got == list(range(1, 101))
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [r["seq"] for r in lines] == list(range(1, 101))
+
+
+async def test_request_is_masked_in_file_sinks_and_overflow(settings: AuditSettings) -> None:
+    out = io.BytesIO()
+    s = replace(settings, queue_size=1,
+                mask_paths=["request.config.exporters.*.headers.authorization"])
+    async with AuditLog(s, sinks=[StdoutSink(out)]) as log:
+        for i in range(5):  # queue of 1: most of these go through the overflow spool
+            await log.log_decision(decision(i))
+        assert log.stats().spilled > 0
+        overflow = (Path(s.spool_path) / "overflow.jsonl").read_bytes()
+        assert b"secret" not in overflow
+        assert await log.drain_sinks(timeout=5)
+    raw = b"".join(Path(f).read_bytes() for f in verify_paths([Path(s.path)]).files)
+    assert b"secret" not in raw and b"secret" not in out.getvalue()
+    evs = file_events(s)
+    assert len(evs) == 5
+    auth = evs[0]["request"]["config"]["exporters"]["otlp"]["headers"]["authorization"]
+    assert auth.startswith("sha256:")
+
+
+async def test_write_error_is_retried_without_duplicates(
+        settings: AuditSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = Ledger._raw_write
+    calls = {"n": 0}
+
+    def flaky_write(self: Ledger, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            real(self, data[: len(data) // 2])  # half a batch hits the disk, then ENOSPC
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(Ledger, "_raw_write", flaky_write)
+    async with AuditLog(replace(settings, batch_size=8, rotate_bytes=1500)) as log:
+        for i in range(100):
+            log.emit({"type": "T", "i": i})
+            if i % 8 == 0:
+                await asyncio.sleep(0)
+        await log.flush()
+        assert log.stats().write_errors == 1
+    assert [e["i"] for e in file_events(settings)] == list(range(100))
+
+
+async def test_failed_fsync_fails_the_durable_waiter(
+        settings: AuditSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AuditLog(settings) as log:
+        assert await log.emit_durable({"type": "T", "i": 0}) == 1
+
+        def bad_sync(self: Ledger) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(Ledger, "sync", bad_sync)
+        with pytest.raises(AuditWriteError):
+            await log.emit_durable({"type": "T", "i": 1})
+        monkeypatch.undo()
+        assert await log.emit_durable({"type": "T", "i": 2}) == 3
+
+
+async def test_sync_durability_log_decision(settings: AuditSettings) -> None:
+    s = replace(settings, durability="sync")
+    async with AuditLog(s) as log:
+        await asyncio.gather(*(log.log_decision(decision(i, allowed=False, shadow=1))
+                               for i in range(50)))
+        st = log.stats()
+        assert st.written == 150 and st.fsyncs < 50
+    types = [e["type"] for e in file_events(s)]
+    assert types.count("Rollout.PushDenied") == 50 and types.count("Policy.WouldDeny") == 50
+
+
+async def test_second_writer_on_same_file_is_refused(settings: AuditSettings) -> None:
+    from pdp.audit import AuditFileError
+
+    async with AuditLog(settings):
+        with pytest.raises(AuditFileError, match="another process"):
+            await AuditLog(settings).start()
