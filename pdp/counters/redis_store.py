@@ -33,8 +33,10 @@ Failure
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.resources
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,6 +77,7 @@ _EVENT_CODE = {
 }
 
 RedisClient = aioredis.Redis | RedisCluster
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 class _Script:
@@ -118,6 +121,7 @@ class RedisCounterStore:
         self._offset = server_time_offset
         self._slots = asyncio.Semaphore(max_concurrency)
         self._loaded = False
+        self._day_cache: dict[str, tuple[int, int, list[int | str]]] = {}
 
     @classmethod
     def from_settings(
@@ -196,36 +200,41 @@ class RedisCounterStore:
         return round(self._offset() * 1000) if self._offset else 0
 
     def _encode(self, items: Sequence[Sequence[CounterRule]]) -> list[str | int]:
-        """Flatten the rules: distinct definitions once, then (definition, scope) pairs."""
+        """``[offset_ms, json]``: distinct rule definitions once, then (definition, scope)."""
         tz_index: dict[str, int] = {}
         def_index: dict[tuple[Any, ...], int] = {}
-        defs: list[str | int] = []
-        body: list[str | int] = [len(items)]
+        defs: list[tuple[Any, ...]] = []
+        body: list[list[Any]] = []
         for rules in items:
-            body.append(len(rules))
+            flat: list[Any] = []
             for r in rules:
-                tz = 0
+                d = _definition(r)
                 if r.kind is CounterKind.DAILY_CAP:
-                    tz = tz_index.setdefault(r.timezone, len(tz_index) + 1)
-                dur = r.window_seconds if r.kind in _WINDOWED else r.min_interval_seconds
-                d = (
-                    _KIND_CODE[r.kind], keys.esc(r.counter), r.max_count, to_ms(dur),
-                    repr(float(r.threshold_percent)), r.min_deployments, tz,
-                )
+                    d = (*d[:-1], tz_index.setdefault(r.timezone, len(tz_index) + 1))
                 i = def_index.get(d)
                 if i is None:
                     i = def_index[d] = len(def_index) + 1
-                    defs.extend(d)
-                body.append(i)
-                body.append(keys.esc(r.scope_key))
-        around = self.clock.now()
-        head: list[str | int] = [self._offset_ms(), self._bucket_ms, len(tz_index)]
-        for zone_name in tz_index:
-            table = day_table(zone_name, around)
-            head.append(len(table.bounds_ms))
-            head.extend(table.bounds_ms)
-            head.extend(table.labels)
-        return [*head, len(def_index), *defs, *body]
+                    defs.append(d)
+                flat.append(i)
+                flat.append(keys.esc(r.scope_key))
+            body.append(flat)
+        tzs = [self._days(name) for name in tz_index]
+        payload = _JSON.encode([self._bucket_ms, tzs, defs, body])
+        return [self._offset_ms(), payload]
+
+    def _days(self, tz: str) -> list[int | str]:
+        """The day table for ``tz`` as the script wants it, cached until the day ends."""
+        now_ms = int(self.clock.now() * 1000)
+        hit = self._day_cache.get(tz)
+        if hit is not None and hit[0] <= now_ms < hit[1]:
+            return hit[2]
+        table = day_table(tz, now_ms / 1000)
+        located = table.locate(now_ms)
+        assert located is not None
+        start = table.bounds_ms[table.labels.index(located[0])]
+        flat: list[int | str] = [*table.bounds_ms, *table.labels]
+        self._day_cache[tz] = (start, located[1], flat)
+        return flat
 
     def _decode(self, items: Sequence[Sequence[CounterRule]], reply: Any) -> list[ReserveResult]:
         now = int(reply[0])
@@ -283,6 +292,16 @@ class RedisCounterStore:
 
 
 _WINDOWED = (CounterKind.VELOCITY, CounterKind.ROLLBACK_RATE)
+
+
+@functools.lru_cache(maxsize=4096)
+def _definition(r: CounterRule) -> tuple[Any, ...]:
+    """What the script needs of a rule (its scope aside); rules repeat, so cache it."""
+    dur = r.window_seconds if r.kind in _WINDOWED else r.min_interval_seconds
+    return (
+        _KIND_CODE[r.kind], keys.esc(r.counter), r.max_count, to_ms(dur),
+        float(r.threshold_percent), r.min_deployments, 0,
+    )
 
 
 def make_client(settings: CounterSettings) -> RedisClient:

@@ -5,10 +5,12 @@
 -- is 0 in production (tests shift it). Keys are built here from KEYS[1] = "pdp:{tenant}";
 -- the hash tag keeps every one of them in the slot of KEYS[1] (works on Redis Cluster).
 --
--- ARGV: offset_ms, bucket_ms, n_tz,
---   per tz: n_bounds, bounds_ms..., labels... (n_bounds - 1 of them)
---   n_defs, per def: kind, counter, max_count, duration_ms, threshold, min_deployments, tz
---   n_items, per item: n_rules, then n_rules pairs of (def index, scope)
+-- ARGV[1] = offset_ms, ARGV[2] = JSON [bucket_ms, tzs, defs, items] where
+--   tzs:   per timezone in use, [bounds_ms..., labels...] (labels: one fewer than bounds)
+--   defs:  per distinct rule, [kind, counter, max_count, duration_ms, threshold,
+--          min_deployments, tz index]
+--   items: per item, [def index, scope, def index, scope, ...]
+-- (one JSON string: far cheaper to ship and decode than thousands of ARGV entries)
 -- kinds: 1 DAILY_CAP, 2 COOLDOWN, 3 VELOCITY, 4 ROLLBACK_RATE, 5 MIN_STEP_DURATION
 -- Returns { now_ms, item... }; an item is {1} (allowed, consumed) or
 --   {0, rule position in item, retry_ms (-1: never), a, b, day label}.
@@ -16,30 +18,20 @@
 local prefix = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local bucket = tonumber(ARGV[2])
-local p = 3
+local req = cjson.decode(ARGV[2])
+local bucket = req[1]
 
 -- numbers handed to redis.call must be plain integers ("1e+12" is not a valid TTL)
 local function int(x) return string.format('%d', x) end
 
-local function arg()
-  local v = ARGV[p]
-  p = p + 1
-  return v
-end
-
 -- the local day (of each timezone in use) that contains the server's now
 local days = {}
-local n_tz = tonumber(arg())
-for i = 1, n_tz do
-  local n = tonumber(arg())
-  local bounds = {}
-  for j = 1, n do bounds[j] = tonumber(arg()) end
+for i, tz in ipairs(req[2]) do
+  local n = (#tz + 1) / 2
   local found = nil
   for j = 1, n - 1 do
-    local label = arg()
-    if bounds[j] <= now and now < bounds[j + 1] then
-      found = { label = label, ends = bounds[j + 1] }
+    if tz[j] <= now and now < tz[j + 1] then
+      found = { label = tz[n + j], ends = tz[j + 1] }
     end
   end
   if not found then
@@ -49,11 +41,9 @@ for i = 1, n_tz do
 end
 
 local defs = {}
-local n_defs = tonumber(arg())
-for i = 1, n_defs do
+for i, d in ipairs(req[3]) do
   defs[i] = {
-    kind = tonumber(arg()), counter = arg(), max = tonumber(arg()), dur = tonumber(arg()),
-    thr = tonumber(arg()), min_dep = tonumber(arg()), tz = tonumber(arg()),
+    kind = d[1], counter = d[2], max = d[3], dur = d[4], thr = d[5], min_dep = d[6], tz = d[7],
   }
 end
 
@@ -158,8 +148,7 @@ local seq = 0
 local function commit(c)
   local k, key, ttl = c[1], c[2], c[3]
   if k == 1 then
-    redis.call('INCR', key)
-    redis.call('PEXPIRE', key, int(ttl))
+    if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, int(ttl)) end
   elseif k == 2 then
     redis.call('SET', key, int(now), 'PX', int(ttl))
   else
@@ -171,17 +160,14 @@ local function commit(c)
 end
 
 local out = { now }
-local n_items = tonumber(arg())
-for i = 1, n_items do
-  local n_rules = tonumber(arg())
+for _, item in ipairs(req[4]) do
   local commits = {}
   local denied = nil
-  for j = 1, n_rules do
-    local d = defs[tonumber(arg())]
-    local scope = arg()
-    if not denied then
-      local v = check(d, scope, commits)
-      if v then denied = { 0, j, v[1], v[2], v[3], v[4] } end
+  for j = 1, #item / 2 do
+    local v = check(defs[item[2 * j - 1]], item[2 * j], commits)
+    if v then
+      denied = { 0, j, v[1], v[2], v[3], v[4] }
+      break
     end
   end
   if denied then
