@@ -6,6 +6,7 @@ parsed (never mutated) value is the single biggest saving on the decision path.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -17,6 +18,10 @@ from pdp.engine.request import CheckRequest, InvalidRequest
 from pdp.policy.evalctx import EvalContext
 
 _BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# Configs larger than this are parsed on a worker thread so the event loop keeps accepting
+# and answering other calls meanwhile.
+THREAD_PARSE_BYTES = 64 * 1024
 
 
 class ConfigLoader(_BaseLoader):  # type: ignore[misc]
@@ -38,6 +43,17 @@ class ConfigCache:
         self.hits = 0
         self.misses = 0
 
+    async def load(self, text: str | None, field: str) -> Any:
+        """Parsed value of ``text`` (None stays None); large misses parse off the loop."""
+        if not text:
+            return None
+        if len(text) > THREAD_PARSE_BYTES and self._peek(text) is None:
+            return await asyncio.to_thread(self.parse, text, field)
+        return self.parse(text, field)
+
+    def _peek(self, text: str) -> Any:
+        return self._items.get(hashlib.sha256(text.encode()).digest())
+
     def parse(self, text: str, field: str) -> Any:
         raw = text.encode()
         if len(raw) > self.max_bytes:
@@ -54,7 +70,7 @@ class ConfigCache:
             return value
         self.misses += 1
         try:
-            value = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - a safe loader subclass
+            value = yaml.load(text, Loader=ConfigLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -68,13 +84,12 @@ class ConfigCache:
         return value
 
 
-def build_context(req: CheckRequest, configs: ConfigCache,
-                  now: datetime | None = None) -> EvalContext:
+async def build_context(req: CheckRequest, configs: ConfigCache,
+                        now: datetime | None = None) -> EvalContext:
     """The CEL activation and typed-rule input for ``req``; raises InvalidRequest."""
     now = now or datetime.now(UTC)
-    config = configs.parse(req.config_yaml, "config.yaml") if req.config_yaml else None
-    previous = (configs.parse(req.previous_config_yaml, "previous_config.yaml")
-                if req.previous_config_yaml else None)
+    config = await configs.load(req.config_yaml, "config.yaml")
+    previous = await configs.load(req.previous_config_yaml, "previous_config.yaml")
     activation: dict[str, Any] = {
         "request": {
             "tenant": req.tenant,

@@ -102,10 +102,18 @@ class Engine:
         """Swap the policy set atomically (decisions in flight keep the one they started with)."""
         self.policies = policies
 
-    async def check(self, req: CheckRequest, deadline: Deadline) -> Decision:
-        """Decide one request. Raises InvalidRequest for requests that cannot be decided."""
+    async def check(self, req: CheckRequest, budget_s: float,
+                    outer: Deadline | None = None) -> Decision:
+        """Decide one request. Raises InvalidRequest for requests that cannot be decided.
+
+        The budget (``budget_s``) covers evaluation and the counter call, as the design says;
+        parsing the config comes before it. ``outer`` (the caller's gRPC deadline) caps it.
+        """
         started = time.perf_counter()
-        ctx = build_context(req, self.configs)
+        ctx = await build_context(req, self.configs)
+        deadline = Deadline.after(budget_s)
+        if outer is not None and outer.expires_at < deadline.expires_at:
+            deadline = outer
         decision = await self._decide(req, ctx, deadline)
         decision.elapsed_s = time.perf_counter() - started
         await self._record(req, decision)
@@ -181,9 +189,10 @@ class Engine:
                             f"counter store unavailable, so counter rules deny: {exc}")]
         if result.allowed:
             return []
-        p = by_id.get(result.denied_rule_id or "")
+        denier = by_id.get(result.denied_rule_id or "")
         deny = Deny(result.code, result.message, result.retry_after_seconds)
-        return [_reason(p, deny) if p is not None else _system(result.code, result.message)]
+        return [_reason(denier, deny) if denier is not None
+                else _system(result.code, result.message)]
 
     async def _record(self, req: CheckRequest, decision: Decision) -> None:
         event = decision_event(req, decision)

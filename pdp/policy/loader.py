@@ -113,7 +113,7 @@ def parse_document(doc: Located, source: str, *,
         match=_parse_match(top.mapping("match")),
         enabled=top.boolean("enabled", True),
         status=status,
-        version=top.int("version", 1, minimum=1),
+        version=top.integer("version", 1, minimum=1),
         author=top.string("author", ""),
         approver=top.string("approver", ""),
         source=f"{source}:{doc.start_line}",
@@ -144,7 +144,7 @@ def _parse_selector(p: Params) -> LabelSelector:
     labels = p.mapping("match_labels")
     pairs = tuple(sorted((str(k), labels.string(str(k))) for k in labels.data))
     reqs = []
-    for r in p.list("match_expressions"):
+    for r in p.items("match_expressions"):
         op = r.string("operator").lower()
         if op not in OPERATORS:
             raise r.error("operator", "expected In, NotIn, Exists or DoesNotExist")

@@ -42,7 +42,7 @@ class Params:
     def error(self, key: str | int, problem: str) -> PolicyError:
         return self.fail((*self.path, key), problem)
 
-    def int(self, key: str, default: int | None = None, *, minimum: int = 0,
+    def integer(self, key: str, default: int | None = None, *, minimum: int = 0,
             maximum: int | None = None) -> int:
         raw = self._get(key, default)
         if raw is None:
@@ -87,7 +87,7 @@ class Params:
             raise self.error(key, f"expected a list of strings, got {raw!r}")
         return tuple(raw)
 
-    def list(self, key: str) -> list[Params]:
+    def items(self, key: str) -> list[Params]:
         raw = self._get(key, [])
         if not isinstance(raw, list):
             raise self.error(key, f"expected a list, got {raw!r}")

@@ -75,8 +75,8 @@ class AllowedHours(StatelessRule):
 
     @classmethod
     def parse(cls, p: Params) -> AllowedHours:
-        start = p.int("start_hour", minimum=0, maximum=23)
-        end = p.int("end_hour", minimum=0, maximum=24)
+        start = p.integer("start_hour", minimum=0, maximum=23)
+        end = p.integer("end_hour", minimum=0, maximum=24)
         if start == end % 24:
             raise p.error("end_hour", "must differ from start_hour (the window would be empty)")
         return cls(start, end, p.timezone())
@@ -101,7 +101,7 @@ class FreezeWindows(StatelessRule):
     @classmethod
     def parse(cls, p: Params) -> FreezeWindows:
         windows = []
-        for w in p.list("windows"):
+        for w in p.items("windows"):
             start, end = w.timestamp("start"), w.timestamp("end")
             if end <= start:
                 raise w.error("end", "must be after start")
@@ -150,7 +150,7 @@ class RequireApproval(StatelessRule):
 
     @classmethod
     def parse(cls, p: Params) -> RequireApproval:
-        return cls(p.boolean("per_step"), p.int("min_approvals", 1, minimum=1))
+        return cls(p.boolean("per_step"), p.integer("min_approvals", 1, minimum=1))
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
         rollout = ctx.section("rollout")
@@ -223,7 +223,7 @@ class QualityGate(StatelessRule):
         if scope not in ("all_latest", "fine_grained"):
             raise p.error("scope", "expected all_latest or fine_grained")
         conds: list[tuple[str, str, float]] = []
-        for c in p.list("conditions"):
+        for c in p.items("conditions"):
             op = c.string("op", ">=")
             if op not in (*_OPS, "exists"):
                 raise c.error("op", f"expected one of >=, <=, >, <, exists; got {op!r}")
@@ -320,25 +320,25 @@ class CounterSpec:
 def _parse_counter(kind: str, p: Params) -> CounterSpec:
     if kind == "daily_cap":
         scope, expr = CounterSpec.parse_scope(p, "tenant")
-        return CounterSpec(kind, scope, expr, max_count=p.int("max_count", minimum=1),
+        return CounterSpec(kind, scope, expr, max_count=p.integer("max_count", minimum=1),
                            timezone=p.timezone().key)
     if kind == "cooldown":
         scope, expr = CounterSpec.parse_scope(p, "agent")
         return CounterSpec(kind, scope, expr,
-                           min_interval_seconds=60 * p.int("minutes", minimum=1))
+                           min_interval_seconds=60 * p.integer("minutes", minimum=1))
     if kind == "velocity":
         scope, expr = CounterSpec.parse_scope(p, "tenant")
-        return CounterSpec(kind, scope, expr, max_count=p.int("max_count", minimum=1),
-                           window_seconds=60 * p.int("window_minutes", minimum=1))
+        return CounterSpec(kind, scope, expr, max_count=p.integer("max_count", minimum=1),
+                           window_seconds=60 * p.integer("window_minutes", minimum=1))
     if kind == "rollback_rate":
         scope, expr = CounterSpec.parse_scope(p, "tenant")
         return CounterSpec(kind, scope, expr,
                            threshold_percent=p.number("threshold_percent", maximum=100.0),
-                           window_seconds=3600 * p.int("window_hours", minimum=1),
-                           min_deployments=p.int("min_deployments", 1, minimum=1))
+                           window_seconds=3600 * p.integer("window_hours", minimum=1),
+                           min_deployments=p.integer("min_deployments", 1, minimum=1))
     # min_step_duration: always per rollout
     return CounterSpec(kind, "rollout", None,
-                       min_interval_seconds=60 * p.int("minutes", minimum=1))
+                       min_interval_seconds=60 * p.integer("minutes", minimum=1))
 
 
 STATELESS: dict[str, Any] = {r.kind: r for r in (

@@ -12,7 +12,7 @@ import contextlib
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import structlog
@@ -120,7 +120,8 @@ async def start(settings: Settings) -> Running:
     server = grpc.aio.server(options=options)
     dgrpc.add_DecisionServiceServicer_to_server(
         DecisionService(engine, settings.deadline_ms / 1000, settings.max_batch_agents), server)
-    admin_pb2_grpc.add_PolicyAdminServiceServicer_to_server(PolicyAdminService(), server)
+    admin_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
+        cast(Any, PolicyAdminService()), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(_audit_service(audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

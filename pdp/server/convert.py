@@ -27,11 +27,11 @@ STATUS_TO_PB = {"draft": cpb.POLICY_STATUS_DRAFT, "approved": cpb.POLICY_STATUS_
                 "active": cpb.POLICY_STATUS_ACTIVE, "retired": cpb.POLICY_STATUS_RETIRED}
 
 
-def reason_code(code: str) -> int:
+def reason_code(code: str) -> cpb.ReasonCode.ValueType:
     try:
-        return int(cpb.ReasonCode.Value("REASON_CODE_" + code))
+        return cpb.ReasonCode.Value("REASON_CODE_" + code)
     except ValueError:
-        return int(cpb.REASON_CODE_POLICY_DENIED)
+        return cpb.REASON_CODE_POLICY_DENIED
 
 
 def tenant_of(tenant: str) -> str:
@@ -92,8 +92,10 @@ def override_of(msg: Any) -> Override | None:
 def push_checkpoint(cp: int) -> Checkpoint:
     if cp == cpb.CHECKPOINT_UNSPECIFIED:
         return Checkpoint.PUSH
-    if cp in (cpb.CHECKPOINT_PUSH, cpb.CHECKPOINT_AUTO_APPLY):
-        return CHECKPOINT_FROM_PB[cp]
+    if cp == cpb.CHECKPOINT_PUSH:
+        return Checkpoint.PUSH
+    if cp == cpb.CHECKPOINT_AUTO_APPLY:
+        return Checkpoint.AUTO_APPLY
     raise InvalidRequest("checkpoint", "CheckPush takes CHECKPOINT_PUSH or CHECKPOINT_AUTO_APPLY")
 
 
@@ -143,7 +145,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 def reason_pb(r: Reason) -> cpb.Reason:
     pb = cpb.Reason(policy=r.policy, policy_version=r.version, rule=r.rule,
-                    code=reason_code(r.code),  # type: ignore[arg-type]
+                    code=reason_code(r.code),
                     message=r.message, builtin=r.builtin)
     if r.retry_after_s is not None:
         pb.retry_after.CopyFrom(_duration(r.retry_after_s))
@@ -164,7 +166,7 @@ def decision_pb(d: Decision) -> cpb.Decision:
         shadow_denies=[reason_pb(r) for r in d.shadow_denies],
         evaluated_policies=[policy_ref_pb(p) for p in d.evaluated],
         overridden=d.overridden,
-        checkpoint=CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED),  # type: ignore[arg-type]
+        checkpoint=CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED),
         elapsed=_duration(d.elapsed_s),
     )
     pb.decided_at.FromDatetime(d.decided_at)

@@ -18,7 +18,7 @@ from pdp.engine.deadline import Deadline
 from pdp.engine.engine import Engine
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server import convert
-from pdp.v1 import admin_pb2_grpc
+from pdp.v1 import admin_pb2
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -42,6 +42,12 @@ def deadline_for(context: grpc.aio.ServicerContext[Any, Any], budget_s: float) -
     if remaining is not None and remaining < budget_s:
         budget_s = max(0.0, remaining)
     return Deadline.after(budget_s)
+
+
+def caller_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> Deadline | None:
+    """The caller's own gRPC deadline, less a little time to send the answer back."""
+    remaining = context.time_remaining()
+    return None if remaining is None else Deadline.after(max(0.0, remaining - 0.002))
 
 
 async def guarded(context: grpc.aio.ServicerContext[Any, Any],
@@ -69,7 +75,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                      build: Callable[[Caller], CheckRequest]) -> Any:
         async def run() -> Any:
             req = build(caller_of(context))
-            decision = await self.engine.check(req, deadline_for(context, self.deadline_s))
+            decision = await self.engine.check(req, self.deadline_s, caller_deadline(context))
             return convert.decision_pb(decision)
         return await guarded(context, run)
 
@@ -116,7 +122,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 except InvalidRequest as exc:
                     raise InvalidRequest(f"agents[{i}].{exc.field.removeprefix('agent.')}",
                                          exc.problem) from None
-                decision = await self.engine.check(req, deadline_for(context, self.deadline_s))
+                decision = await self.engine.check(req, self.deadline_s, caller_deadline(context))
                 out.decisions.add(agent_id=agent.id, decision=convert.decision_pb(decision))
                 if decision.allowed:
                     out.allowed_count += 1
@@ -172,15 +178,15 @@ class DecisionService(dgrpc.DecisionServiceServicer):
         return await guarded(context, run)
 
 
-class PolicyAdminService(admin_pb2_grpc.PolicyAdminServiceServicer):
+class PolicyAdminService:
     """Lifecycle RPCs arrive with the policy-store work; until then they say so plainly."""
 
-    async def _unimplemented(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def _unimplemented(self, request: Any,
+                             context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                             "policy administration is not available yet: policies are read from"
                             " the policy directory (setting policy_dir)")
 
-    PutDraft = ApprovePolicy = ActivatePolicy = RetirePolicy = ReactivatePolicy = (
-        lambda self, request, context: self._unimplemented(context))
-    GetPolicy = ListPolicies = GetPolicyHistory = ValidatePolicy = SetBuiltinRelaxed = (
-        lambda self, request, context: self._unimplemented(context))
+
+for _method in admin_pb2.DESCRIPTOR.services_by_name["PolicyAdminService"].methods_by_name:
+    setattr(PolicyAdminService, _method, PolicyAdminService._unimplemented)

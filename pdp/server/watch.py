@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,10 +24,8 @@ def record_pb(record: dict[str, Any]) -> apb.AuditRecord:
                          decision_id=str(event.get("decision_id", "")), data=data,
                          prev_hash=str(record.get("prev", "")), hash=str(record.get("hash", "")))
     if isinstance(event.get("time"), str):
-        try:
+        with contextlib.suppress(ValueError):
             pb.time.FromJsonString(event["time"])
-        except ValueError:
-            pass
     return pb
 
 

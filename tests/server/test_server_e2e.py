@@ -149,15 +149,17 @@ def test_async_client(pdp_server: PdpServer) -> None:
 
 def test_sigterm_finishes_calls_in_flight(tmp_path: Path) -> None:
     """Slow calls (large configs) are in flight at SIGTERM: all answered, exit 0, all audited."""
-    server = PdpServer(tmp_path, args=["--max-config-bytes", str(16 * 1024 * 1024)]).start()
+    server = PdpServer(tmp_path, args=["--max-config-bytes", str(16 * 1024 * 1024),
+                                      "--shutdown-grace-s", "20"]).start()
     try:
+        # Four ~0.7 MB configs: parsing them (off the event loop) takes seconds in all.
         configs = [
             "items:\n" + "".join(f"  - {{name: item-{i}-{j}, value: {j}}}\n"
                                  for j in range(20_000))
-            for i in range(12)
+            for i in range(4)
         ]
 
-        async def main() -> list[cpb.Decision]:
+        async def main() -> tuple[list[cpb.Decision], int]:
             async with grpc.aio.insecure_channel(
                     server.address,
                     options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as ch:
@@ -165,21 +167,34 @@ def test_sigterm_finishes_calls_in_flight(tmp_path: Path) -> None:
                 calls = [asyncio.ensure_future(stub.CheckPush(
                     push_request("acme", f"agent-{i}", config_yaml=c), timeout=60))
                     for i, c in enumerate(configs)]
-                await asyncio.sleep(0.3)  # all requests sent; the server is parsing
+                await asyncio.sleep(1.0)  # every request has reached the server by now
                 assert server.proc is not None
                 server.proc.send_signal(15)
+                pending_at_sigterm = sum(not c.done() for c in calls)
                 responses = await asyncio.gather(*calls)
-                return [r.decision for r in responses]
+                return [r.decision for r in responses], pending_at_sigterm
 
         started = time.monotonic()
-        decisions = asyncio.run(main())
+        decisions, pending_at_sigterm = asyncio.run(main())
+        assert pending_at_sigterm >= 1  # calls really were in flight at SIGTERM
         assert server.proc is not None
-        assert server.proc.wait(timeout=20) == 0
-        assert time.monotonic() - started < 20
+        assert server.proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 30
         assert len(decisions) == len(configs)
         ids = {d.decision_id for d in decisions}
         audited = {e["decision_id"] for e in decision_events(server.audit_file)}
         assert ids <= audited
         assert '"stopped"' in server.log()
+    finally:
+        server.stop()
+
+
+def test_unix_socket_listener(tmp_path: Path) -> None:
+    sock = tmp_path / "pdp.sock"
+    server = PdpServer(tmp_path, args=["--unix-socket", str(sock)]).start()
+    try:
+        with PdpClient(f"unix:{sock}") as client:
+            assert client.health() == "SERVING"
+            assert client.check_push("acme", "agent-1", config_yaml=SAFE_CONFIG).allowed
     finally:
         server.stop()

@@ -1,0 +1,79 @@
+"""Settings: read once, typed, unknown or invalid ones stop start-up naming the setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pdp.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_are_the_embedded_default() -> None:
+    s = load_settings(env={})
+    assert s == Settings()
+    assert s.listen == "127.0.0.1:50051" and s.redis_url is None and s.deadline_ms == 50
+
+
+def test_precedence_file_then_env_then_flags(tmp_path: Path) -> None:
+    f = tmp_path / "pdp.yaml"
+    f.write_text("deadline_ms: 10\nlog_level: debug\naudit_mask_paths: [config.secret]\n")
+    s = load_settings(config_file=str(f), env={"PDP_DEADLINE_MS": "20"}, overrides={})
+    assert (s.deadline_ms, s.log_level, s.audit_mask_paths) == (20, "debug", ("config.secret",))
+    s = load_settings(config_file=str(f), env={"PDP_DEADLINE_MS": "20"},
+                      overrides={"deadline_ms": "30"})
+    assert s.deadline_ms == 30
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"PDP_DEADLINE": "5"}, "PDP_DEADLINE: unknown setting"),
+    ({"PDP_DEADLINE_MS": "soon"}, "deadline_ms: expected an integer"),
+    ({"PDP_DEADLINE_MS": "0"}, "deadline_ms: must be > 0"),
+    ({"PDP_AUDIT_DURABILITY": "maybe"}, "audit_durability: 'maybe' is not one of async, sync"),
+    ({"PDP_REDIS_URL": "http://x"}, "redis_url:"),
+    ({"PDP_LISTEN": "nowhere"}, "listen:"),
+    ({"PDP_REFLECTION": "perhaps"}, "reflection: expected true or false"),
+])
+def test_invalid_settings_name_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(env=env)
+    assert str(err.value).startswith(message)
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    f = tmp_path / "pdp.yaml"
+    f.write_text("deadline_msec: 10\n")
+    with pytest.raises(SettingsError, match="deadline_msec: unknown setting"):
+        load_settings(config_file=str(f), env={})
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+    return subprocess.run([sys.executable, "-m", "pdp.cli", "serve", *args],
+                          env={**base, **(env or {})}, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_serve_refuses_to_start_on_a_bad_setting() -> None:
+    out = _serve(env={"PDP_DEADLINE_MSS": "5"})
+    assert out.returncode == 2
+    assert "PDP_DEADLINE_MSS: unknown setting" in out.stderr
+
+
+def test_serve_refuses_to_start_on_an_invalid_policy(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text("tenant: t\nname: a\nrule: {daily_cap: {max_count: x}}\n")
+    out = _serve("--policy-dir", str(tmp_path), "--listen", "127.0.0.1:1")
+    assert out.returncode == 2
+    assert "p.yaml:3:" in out.stderr and "rule.daily_cap.max_count" in out.stderr
+
+
+def test_serve_help_lists_settings_with_defaults() -> None:
+    out = subprocess.run([sys.executable, "-m", "pdp.cli", "serve", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for needle in ("--listen", "PDP_LISTEN", "127.0.0.1:50051", "--deadline-ms",
+                   "PDP_DEADLINE_MS", "PDP_REDIS_URL", "--unix-socket"):
+        assert needle in out.stdout
