@@ -1,0 +1,170 @@
+"""The decision path in-process: combining, fail-closed reasons, counters, overrides, audit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from pdp.cel import ProgramCache, pdp_environment
+from pdp.counters import CounterSettings, MemoryCounterStore
+from pdp.counters import open_counter_store as open_store
+from pdp.engine.context import ConfigCache
+from pdp.engine.engine import Engine, EngineOptions
+from pdp.engine.request import Caller, CheckRequest, InvalidRequest, Override
+from pdp.policy.builtins import builtin_policies
+from pdp.policy.compiled import compile_or_broken
+from pdp.policy.loader import load_text
+from pdp.policy.model import Checkpoint
+from pdp.policy.policyset import PolicySet
+from tests.support.procs import free_port
+
+
+class Collected:
+    """An audit sink that keeps what it is given, so tests can read it back."""
+
+    def __init__(self) -> None:
+        self.decisions: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    async def log_decision(self, decision: dict[str, Any]) -> None:
+        self.decisions.append(decision)
+
+
+def engine_for(policies_yaml: str, counters: Any = None, relaxed: dict[str, frozenset[str]]
+               | None = None) -> tuple[Engine, Collected]:
+    env, cache = pdp_environment(), ProgramCache(100)
+    compiled = [compile_or_broken(p, env, cache) for p in load_text(policies_yaml)]
+    builtins = [compile_or_broken(p, env, cache) for p in builtin_policies()]
+    audit = Collected()
+    engine = Engine(PolicySet(compiled, builtins, relaxed or {}),
+                    counters or MemoryCounterStore(), audit, ConfigCache(10, 8 << 20),
+                    EngineOptions(counter_timeout_s=0.2))
+    return engine, audit
+
+
+def push(config: str | None = "a: 1", tenant: str = "t", agent: str = "a1", **kw: Any
+         ) -> CheckRequest:
+    return CheckRequest(tenant=tenant, checkpoint=Checkpoint.PUSH, agent={"id": agent,
+                        "labels": kw.pop("labels", {})}, config_yaml=config, **kw)
+
+
+CEL = "tenant: t\nname: {name}\n{extra}rule:\n  cel:\n    deny: {deny!r}\n"
+
+
+async def test_any_active_deny_denies_and_drafts_only_shadow() -> None:
+    engine, audit = engine_for(
+        CEL.format(name="active", extra="", deny="config.a == 1") + "---\n"
+        + CEL.format(name="draft", extra="status: draft\n", deny="true") + "---\n"
+        + CEL.format(name="quiet", extra="", deny="false"))
+    d = await engine.check(push(), 1.0)
+    assert not d.allowed
+    assert [(r.policy, r.code) for r in d.reasons] == [("active", "POLICY_DENIED")]
+    assert [r.policy for r in d.shadow_denies] == ["draft"]
+    assert {p.name for p in d.evaluated} >= {"active", "draft", "quiet"}
+    ok = await engine.check(push("a: 2"), 1.0)
+    assert ok.allowed and [r.policy for r in ok.shadow_denies] == ["draft"]
+    assert [x["decision_id"] for x in audit.decisions] == [d.decision_id, ok.decision_id]
+
+
+@pytest.mark.parametrize(("deny", "code"), [
+    ("config.missing == 1", "POLICY_ERROR"),      # no such key: fail-closed
+    ("1 / 0 == 1", "POLICY_ERROR"),
+    ("'not a bool'", "POLICY_ERROR"),
+    ("config.a +", "POLICY_INVALID"),             # does not compile: denies until fixed
+])
+async def test_errors_deny_with_a_reason(deny: str, code: str) -> None:
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny=deny))
+    d = await engine.check(push(), 1.0)
+    assert not d.allowed and d.reasons[0].code == code and d.reasons[0].policy == "p"
+
+
+async def test_invalid_config_is_invalid_request() -> None:
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
+    with pytest.raises(InvalidRequest) as err:
+        await engine.check(push("a: [1, 2"), 1.0)
+    assert err.value.field == "config.yaml"
+
+
+async def test_runaway_expression_is_denied_at_the_deadline() -> None:
+    big = "items: [" + ",".join(str(i) for i in range(200_000)) + "]"
+    engine, _ = engine_for(CEL.format(
+        name="slow", extra="",
+        deny="config.items.all(x, config.items.exists(y, y == x + 1000000))"))
+    engine.configs.parse(big, "config.yaml")  # parse outside the timed part
+    started = time.monotonic()
+    d = await engine.check(push(big), 0.05)
+    # Quadratic over 200k items would run for hours: it stopped itself near the deadline.
+    assert time.monotonic() - started < 1.0
+    assert not d.allowed and d.reasons[0].code in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
+
+
+async def test_match_filters_select_policies() -> None:
+    engine, _ = engine_for(
+        "tenant: t\nname: prod-only\nmatch:\n  subjects: [otel]\n  agent_selector:\n"
+        "    match_labels: {env: prod}\nrule: {cel: {deny: 'true'}}\n")
+    assert (await engine.check(push(labels={"env": "dev"}, change={"subject": "otel"}),
+                               1.0)).allowed
+    assert (await engine.check(push(labels={"env": "prod"}, change={"subject": "x"}),
+                               1.0)).allowed
+    assert not (await engine.check(push(labels={"env": "prod"}, change={"subject": "otel"}),
+                                   1.0)).allowed
+
+
+async def test_builtins_apply_to_every_tenant_unless_relaxed() -> None:
+    insecure = "exporters:\n  o: {endpoint: 'collector.example:4317', tls: {insecure: true}}\n"
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"),
+                           relaxed={"relaxed-tenant": frozenset(
+                               {"default-deny-tls-insecure-on-non-localhost"})})
+    d = await engine.check(push(insecure, tenant="other"), 1.0)
+    assert not d.allowed and d.reasons[0].builtin
+    assert d.reasons[0].policy == "default-deny-tls-insecure-on-non-localhost"
+    assert (await engine.check(push(insecure, tenant="relaxed-tenant"), 1.0)).allowed
+
+
+async def test_override_only_for_admins_and_audited() -> None:
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="true"))
+    o = Override("alice", "incident 42")
+    checker = await engine.check(push(override=o), 1.0)
+    assert not checker.allowed and not checker.overridden
+    admin = await engine.check(push(override=o, caller=Caller("alice", frozenset({"admin"}))),
+                               1.0)
+    assert admin.allowed and admin.overridden and admin.reasons  # the overridden denies stay
+    assert audit.decisions[0]["override"]["honoured"] is False
+    assert audit.decisions[1]["override"] == {"actor": "alice", "justification": "incident 42",
+                                              "honoured": True, "caller_is_admin": True}
+
+
+async def test_counters_consumed_only_when_the_whole_decision_allows() -> None:
+    engine, _ = engine_for(
+        "tenant: t\nname: cap\nrule: {daily_cap: {max_count: 2, scope: agent}}\n---\n"
+        + CEL.format(name="p", extra="", deny="config.a == 0"))
+    assert not (await engine.check(push("a: 0"), 1.0)).allowed  # denied: consumes nothing
+    assert (await engine.check(push(), 1.0)).allowed
+    assert (await engine.check(push(), 1.0)).allowed
+    third = await engine.check(push(), 1.0)
+    assert not third.allowed
+    assert (third.reasons[0].policy, third.reasons[0].code) == ("cap", "DAILY_CAP_EXCEEDED")
+    assert (await engine.check(push(agent="a2"), 1.0)).allowed  # per-agent scope
+
+
+async def test_counter_scope_missing_in_request_denies() -> None:
+    engine, _ = engine_for("tenant: t\nname: per-rollout\nrule:\n"
+                           "  velocity: {max_count: 5, window_minutes: 60, scope: rollout}\n")
+    d = await engine.check(push(), 1.0)
+    assert not d.allowed and d.reasons[0].code == "INVALID_INPUT"
+
+
+async def test_counter_store_unreachable_denies_within_the_deadline() -> None:
+    store = open_store(CounterSettings(url=f"redis://127.0.0.1:{free_port()}/0",
+                                       connect_timeout=0.05, op_timeout=0.05))
+    engine, _ = engine_for("tenant: t\nname: cap\nrule: {daily_cap: {max_count: 5}}\n", store)
+    started = time.monotonic()
+    d = await engine.check(push(), 0.05)
+    assert time.monotonic() - started < 1.0
+    assert not d.allowed and d.reasons[0].code == "COUNTER_STORE_UNAVAILABLE"
+    await store.close()
