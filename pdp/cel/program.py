@@ -41,21 +41,24 @@ class Program:
     """A compiled expression: call :meth:`evaluate` with an activation (name -> value)."""
 
     __slots__ = ("_fn", "check_errors", "cost_estimate", "result_type", "source",
-                 "source_hash")
+                 "source_hash", "uses_budget")
 
     def __init__(self, source: str, fn: Callable[[Any, Any], Any], cost_estimate: int,
-                 result_type: T, check_errors: list[CelCompileError]) -> None:
+                 result_type: T, check_errors: list[CelCompileError],
+                 uses_budget: bool = True) -> None:
         self.source = source
         self.source_hash = hashlib.sha256(source.encode("utf-8")).hexdigest()
         self._fn = fn
         self.cost_estimate = cost_estimate
         self.result_type = result_type
         self.check_errors = check_errors
+        self.uses_budget = uses_budget
 
     def evaluate(self, activation: Mapping[str, Any], budget: Budget | None = None) -> Any:
         """Evaluate; raises CelEvalError, or DeadlineExceeded / CostLimitExceeded."""
         if budget is None:
-            budget = Budget()
+            if self.uses_budget:
+                budget = Budget()
         elif budget.deadline is not None and time.monotonic() > budget.deadline:
             raise DeadlineExceeded("evaluation deadline exceeded before start")
         try:
@@ -107,8 +110,9 @@ class Environment:
         if max_cost is not None and cost > max_cost:
             raise CelCompileError(f"estimated worst-case cost {cost} exceeds the limit "
                                   f"{max_cost}", source, 0)
-        fn = _with_recursion(lambda: CodeGen(source, chk, self.registry).generate(tree))
-        return Program(source, fn, cost, chk.result, chk.errors)
+        gen = CodeGen(source, chk, self.registry)
+        fn = _with_recursion(lambda: gen.generate(tree))
+        return Program(source, fn, cost, chk.result, chk.errors, gen.uses_budget)
 
     def cache_key(self) -> str:
         """Identity of this environment for the program cache."""
