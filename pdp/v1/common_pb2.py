@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pdp/v1/common.proto\x12\x06pdp.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n\x06Reason\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12 \n\x04\x63ode\x18\x04 \x01(\x0e\x32\x12.pdp.v1.ReasonCode\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x62uiltin\x18\x07 \x01(\x08\"w\n\tPolicyRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.pdp.v1.PolicyStatus\x12\x0f\n\x07\x62uiltin\x18\x05 \x01(\x08\"0\n\x08Override\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x15\n\rjustification\x18\x02 \x01(\t\"\xfb\x02\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12 \n\x07outcome\x18\x02 \x01(\x0e\x32\x0f.pdp.v1.Outcome\x12\x1f\n\x07reasons\x18\x03 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12%\n\rshadow_denies\x18\x04 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12-\n\x12\x65valuated_policies\x18\x05 \x03(\x0b\x32\x11.pdp.v1.PolicyRef\x12*\n\x07\x65lapsed\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\noverridden\x18\x08 \x01(\x08\x12&\n\ncheckpoint\x18\t \x01(\x0e\x32\x12.pdp.v1.Checkpoint\x12)\n\x0c\x65xplanations\x18\n \x03(\x0b\x32\x13.pdp.v1.Explanation\"}\n\x0b\x45xplanation\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12/\n\x06values\x18\x02 \x03(\x0b\x32\x1f.pdp.v1.Explanation.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06labels\x18\x02 \x03(\x0b\x32\x19.pdp.v1.Agent.LabelsEntry\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x01\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x12\n\nos_version\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06groups\x18\x05 \x03(\t\x12*\n\x06labels\x18\x06 \x03(\x0b\x32\x1a.pdp.v1.Device.LabelsEntry\x12\r\n\x05model\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x01\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x05\x12\x14\n\x0cstep_percent\x18\x04 \x01(\x01\x12#\n\tapprovals\x18\x05 \x03(\x0b\x32\x10.pdp.v1.Approval\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x07 \x01(\t\"Q\n\x08\x41pproval\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x06\x43hange\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\"3\n\x06\x43onfig\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t*\x94\x01\n\nCheckpoint\x12\x1a\n\x16\x43HECKPOINT_UNSPECIFIED\x10\x00\x12#\n\x1f\x43HECKPOINT_ROLLOUT_PRECONDITION\x10\x01\x12\x13\n\x0f\x43HECKPOINT_PUSH\x10\x02\x12\x19\n\x15\x43HECKPOINT_AUTO_APPLY\x10\x03\x12\x15\n\x11\x43HECKPOINT_DEVICE\x10\x04*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n\rOUTCOME_ALLOW\x10\x01\x12\x10\n\x0cOUTCOME_DENY\x10\x02*\x8e\x06\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19REASON_CODE_POLICY_DENIED\x10\x01\x12\x1c\n\x18REASON_CODE_POLICY_ERROR\x10\x02\x12!\n\x1dREASON_CODE_DEADLINE_EXCEEDED\x10\x03\x12#\n\x1fREASON_CODE_COST_LIMIT_EXCEEDED\x10\x04\x12)\n%REASON_CODE_COUNTER_STORE_UNAVAILABLE\x10\x05\x12(\n$REASON_CODE_POLICY_STORE_UNAVAILABLE\x10\x06\x12\x1e\n\x1aREASON_CODE_POLICY_INVALID\x10\x07\x12\x1d\n\x19REASON_CODE_INVALID_INPUT\x10\x08\x12\x1b\n\x17REASON_CODE_BLOCKED_DAY\x10\n\x12%\n!REASON_CODE_OUTSIDE_ALLOWED_HOURS\x10\x0b\x12\x1d\n\x19REASON_CODE_CHANGE_FREEZE\x10\x0c\x12\"\n\x1eREASON_CODE_DAILY_CAP_EXCEEDED\x10\r\x12\x1f\n\x1bREASON_CODE_COOLDOWN_ACTIVE\x10\x0e\x12!\n\x1dREASON_CODE_VELOCITY_EXCEEDED\x10\x0f\x12&\n\"REASON_CODE_ROLLBACK_RATE_EXCEEDED\x10\x10\x12!\n\x1dREASON_CODE_MIN_STEP_DURATION\x10\x11\x12\x1e\n\x1aREASON_CODE_STEP_TOO_LARGE\x10\x12\x12!\n\x1dREASON_CODE_APPROVAL_REQUIRED\x10\x13\x12!\n\x1dREASON_CODE_DEVICE_CONSTRAINT\x10\x14\x12#\n\x1fREASON_CODE_QUALITY_GATE_FAILED\x10\x15\x12)\n%REASON_CODE_HEALTH_THRESHOLD_EXCEEDED\x10\x16*\x97\x01\n\x0cPolicyStatus\x12\x1d\n\x19POLICY_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13POLICY_STATUS_DRAFT\x10\x01\x12\x1a\n\x16POLICY_STATUS_APPROVED\x10\x02\x12\x18\n\x14POLICY_STATUS_ACTIVE\x10\x03\x12\x19\n\x15POLICY_STATUS_RETIRED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13pdp/v1/common.proto\x12\x06pdp.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb2\x01\n\x06Reason\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x16\n\x0epolicy_version\x18\x02 \x01(\x03\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12 \n\x04\x63ode\x18\x04 \x01(\x0e\x32\x12.pdp.v1.ReasonCode\x12\x0f\n\x07message\x18\x05 \x01(\t\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07\x62uiltin\x18\x07 \x01(\x08\"w\n\tPolicyRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\x12$\n\x06status\x18\x04 \x01(\x0e\x32\x14.pdp.v1.PolicyStatus\x12\x0f\n\x07\x62uiltin\x18\x05 \x01(\x08\"0\n\x08Override\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x15\n\rjustification\x18\x02 \x01(\t\"\xfb\x02\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12 \n\x07outcome\x18\x02 \x01(\x0e\x32\x0f.pdp.v1.Outcome\x12\x1f\n\x07reasons\x18\x03 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12%\n\rshadow_denies\x18\x04 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12-\n\x12\x65valuated_policies\x18\x05 \x03(\x0b\x32\x11.pdp.v1.PolicyRef\x12*\n\x07\x65lapsed\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\ndecided_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\noverridden\x18\x08 \x01(\x08\x12&\n\ncheckpoint\x18\t \x01(\x0e\x32\x12.pdp.v1.Checkpoint\x12)\n\x0c\x65xplanations\x18\n \x03(\x0b\x32\x13.pdp.v1.Explanation\"}\n\x0b\x45xplanation\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12/\n\x06values\x18\x02 \x03(\x0b\x32\x1f.pdp.v1.Explanation.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb9\x01\n\x05\x41gent\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06labels\x18\x02 \x03(\x0b\x32\x19.pdp.v1.Agent.LabelsEntry\x12\r\n\x05group\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\x18\n\x10\x61\x63tive_exporters\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xca\x01\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08platform\x18\x02 \x01(\t\x12\x12\n\nos_version\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06groups\x18\x05 \x03(\t\x12*\n\x06labels\x18\x06 \x03(\x0b\x32\x1a.pdp.v1.Device.LabelsEntry\x12\r\n\x05model\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd6\x01\n\x07Rollout\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x03 \x01(\x05\x12\x14\n\x0cstep_percent\x18\x04 \x01(\x01\x12#\n\tapprovals\x18\x05 \x03(\x0b\x32\x10.pdp.v1.Approval\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x1d\n\x15previous_step_percent\x18\x08 \x01(\x01\"Q\n\x08\x41pproval\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x06\x43hange\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\"3\n\x06\x43onfig\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t*\x94\x01\n\nCheckpoint\x12\x1a\n\x16\x43HECKPOINT_UNSPECIFIED\x10\x00\x12#\n\x1f\x43HECKPOINT_ROLLOUT_PRECONDITION\x10\x01\x12\x13\n\x0f\x43HECKPOINT_PUSH\x10\x02\x12\x19\n\x15\x43HECKPOINT_AUTO_APPLY\x10\x03\x12\x15\n\x11\x43HECKPOINT_DEVICE\x10\x04*G\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x11\n\rOUTCOME_ALLOW\x10\x01\x12\x10\n\x0cOUTCOME_DENY\x10\x02*\xae\x06\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19REASON_CODE_POLICY_DENIED\x10\x01\x12\x1c\n\x18REASON_CODE_POLICY_ERROR\x10\x02\x12!\n\x1dREASON_CODE_DEADLINE_EXCEEDED\x10\x03\x12#\n\x1fREASON_CODE_COST_LIMIT_EXCEEDED\x10\x04\x12)\n%REASON_CODE_COUNTER_STORE_UNAVAILABLE\x10\x05\x12(\n$REASON_CODE_POLICY_STORE_UNAVAILABLE\x10\x06\x12\x1e\n\x1aREASON_CODE_POLICY_INVALID\x10\x07\x12\x1d\n\x19REASON_CODE_INVALID_INPUT\x10\x08\x12\x1e\n\x1aREASON_CODE_INVALID_CONFIG\x10\t\x12\x1b\n\x17REASON_CODE_BLOCKED_DAY\x10\n\x12%\n!REASON_CODE_OUTSIDE_ALLOWED_HOURS\x10\x0b\x12\x1d\n\x19REASON_CODE_CHANGE_FREEZE\x10\x0c\x12\"\n\x1eREASON_CODE_DAILY_CAP_EXCEEDED\x10\r\x12\x1f\n\x1bREASON_CODE_COOLDOWN_ACTIVE\x10\x0e\x12!\n\x1dREASON_CODE_VELOCITY_EXCEEDED\x10\x0f\x12&\n\"REASON_CODE_ROLLBACK_RATE_EXCEEDED\x10\x10\x12!\n\x1dREASON_CODE_MIN_STEP_DURATION\x10\x11\x12\x1e\n\x1aREASON_CODE_STEP_TOO_LARGE\x10\x12\x12!\n\x1dREASON_CODE_APPROVAL_REQUIRED\x10\x13\x12!\n\x1dREASON_CODE_DEVICE_CONSTRAINT\x10\x14\x12#\n\x1fREASON_CODE_QUALITY_GATE_FAILED\x10\x15\x12)\n%REASON_CODE_HEALTH_THRESHOLD_EXCEEDED\x10\x16*\x97\x01\n\x0cPolicyStatus\x12\x1d\n\x19POLICY_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13POLICY_STATUS_DRAFT\x10\x01\x12\x1a\n\x16POLICY_STATUS_APPROVED\x10\x02\x12\x18\n\x14POLICY_STATUS_ACTIVE\x10\x03\x12\x19\n\x15POLICY_STATUS_RETIRED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,14 +39,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DEVICE_LABELSENTRY']._loaded_options = None
   _globals['_DEVICE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_CHECKPOINT']._serialized_start=1704
-  _globals['_CHECKPOINT']._serialized_end=1852
-  _globals['_OUTCOME']._serialized_start=1854
-  _globals['_OUTCOME']._serialized_end=1925
-  _globals['_REASONCODE']._serialized_start=1928
-  _globals['_REASONCODE']._serialized_end=2710
-  _globals['_POLICYSTATUS']._serialized_start=2713
-  _globals['_POLICYSTATUS']._serialized_end=2864
+  _globals['_CHECKPOINT']._serialized_start=1761
+  _globals['_CHECKPOINT']._serialized_end=1909
+  _globals['_OUTCOME']._serialized_start=1911
+  _globals['_OUTCOME']._serialized_end=1982
+  _globals['_REASONCODE']._serialized_start=1985
+  _globals['_REASONCODE']._serialized_end=2799
+  _globals['_POLICYSTATUS']._serialized_start=2802
+  _globals['_POLICYSTATUS']._serialized_end=2953
   _globals['_REASON']._serialized_start=97
   _globals['_REASON']._serialized_end=275
   _globals['_POLICYREF']._serialized_start=277
@@ -60,19 +60,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPLANATION_VALUESENTRY']._serialized_start=910
   _globals['_EXPLANATION_VALUESENTRY']._serialized_end=955
   _globals['_AGENT']._serialized_start=958
-  _globals['_AGENT']._serialized_end=1117
-  _globals['_AGENT_LABELSENTRY']._serialized_start=1072
-  _globals['_AGENT_LABELSENTRY']._serialized_end=1117
-  _globals['_DEVICE']._serialized_start=1120
-  _globals['_DEVICE']._serialized_end=1322
-  _globals['_DEVICE_LABELSENTRY']._serialized_start=1072
-  _globals['_DEVICE_LABELSENTRY']._serialized_end=1117
-  _globals['_ROLLOUT']._serialized_start=1325
-  _globals['_ROLLOUT']._serialized_end=1508
-  _globals['_APPROVAL']._serialized_start=1510
-  _globals['_APPROVAL']._serialized_end=1591
-  _globals['_CHANGE']._serialized_start=1593
-  _globals['_CHANGE']._serialized_end=1648
-  _globals['_CONFIG']._serialized_start=1650
-  _globals['_CONFIG']._serialized_end=1701
+  _globals['_AGENT']._serialized_end=1143
+  _globals['_AGENT_LABELSENTRY']._serialized_start=1098
+  _globals['_AGENT_LABELSENTRY']._serialized_end=1143
+  _globals['_DEVICE']._serialized_start=1146
+  _globals['_DEVICE']._serialized_end=1348
+  _globals['_DEVICE_LABELSENTRY']._serialized_start=1098
+  _globals['_DEVICE_LABELSENTRY']._serialized_end=1143
+  _globals['_ROLLOUT']._serialized_start=1351
+  _globals['_ROLLOUT']._serialized_end=1565
+  _globals['_APPROVAL']._serialized_start=1567
+  _globals['_APPROVAL']._serialized_end=1648
+  _globals['_CHANGE']._serialized_start=1650
+  _globals['_CHANGE']._serialized_end=1705
+  _globals['_CONFIG']._serialized_start=1707
+  _globals['_CONFIG']._serialized_end=1758
 # @@protoc_insertion_point(module_scope)

@@ -92,6 +92,8 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     """A policy that applies does not compile; it denies until fixed."""
     REASON_CODE_INVALID_INPUT: _ReasonCode.ValueType  # 8
     """The request's content (e.g. the config) could not be read by a policy."""
+    REASON_CODE_INVALID_CONFIG: _ReasonCode.ValueType  # 9
+    """The config is well-formed YAML but over a safety limit (size, depth, alias expansion)."""
     REASON_CODE_BLOCKED_DAY: _ReasonCode.ValueType  # 10
     REASON_CODE_OUTSIDE_ALLOWED_HOURS: _ReasonCode.ValueType  # 11
     REASON_CODE_CHANGE_FREEZE: _ReasonCode.ValueType  # 12
@@ -126,6 +128,8 @@ REASON_CODE_POLICY_INVALID: ReasonCode.ValueType  # 7
 """A policy that applies does not compile; it denies until fixed."""
 REASON_CODE_INVALID_INPUT: ReasonCode.ValueType  # 8
 """The request's content (e.g. the config) could not be read by a policy."""
+REASON_CODE_INVALID_CONFIG: ReasonCode.ValueType  # 9
+"""The config is well-formed YAML but over a safety limit (size, depth, alias expansion)."""
 REASON_CODE_BLOCKED_DAY: ReasonCode.ValueType  # 10
 REASON_CODE_OUTSIDE_ALLOWED_HOURS: ReasonCode.ValueType  # 11
 REASON_CODE_CHANGE_FREEZE: ReasonCode.ValueType  # 12
@@ -422,6 +426,7 @@ class Agent(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    ACTIVE_EXPORTERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     group: _builtins.str
     """Fleet group the agent belongs to."""
@@ -430,6 +435,13 @@ class Agent(_message.Message):
     hostname: _builtins.str
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def active_exporters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Exporters this agent currently sends data through (names as in the config's `exporters`).
+        When set, the exporter-removal built-in checks these; when empty it falls back to the
+        pipelines of the previous config.
+        """
+
     def __init__(
         self,
         *,
@@ -438,10 +450,11 @@ class Agent(_message.Message):
         group: _builtins.str = ...,
         version: _builtins.str = ...,
         hostname: _builtins.str = ...,
+        active_exporters: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "hostname", b"hostname", "id", b"id", "labels", b"labels", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_exporters", b"active_exporters", "group", b"group", "hostname", b"hostname", "id", b"id", "labels", b"labels", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -522,6 +535,7 @@ class Rollout(_message.Message):
     APPROVALS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STEP_PERCENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     step: _builtins.int
     """Step number, starting at 1."""
@@ -529,6 +543,10 @@ class Rollout(_message.Message):
     step_percent: _builtins.float
     """Share of the fleet this step covers, 0-100."""
     created_by: _builtins.str
+    previous_step_percent: _builtins.float
+    """Share of the fleet the previous step covered, 0-100 (0 for the first step). The step's
+    increase is step_percent - previous_step_percent.
+    """
     @_builtins.property
     def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Approval]:
         """Approvals recorded for this rollout."""
@@ -545,10 +563,11 @@ class Rollout(_message.Message):
         approvals: _abc.Iterable[Global___Approval] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         created_by: _builtins.str = ...,
+        previous_step_percent: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "created_at", b"created_at", "created_by", b"created_by", "id", b"id", "step", b"step", "step_percent", b"step_percent", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "created_at", b"created_at", "created_by", b"created_by", "id", b"id", "previous_step_percent", b"previous_step_percent", "step", b"step", "step_percent", b"step_percent", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
