@@ -14,6 +14,7 @@ import ast as py
 import itertools
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,16 @@ def _raise(e: py.expr) -> py.Raise:
     return py.Raise(exc=e, cause=None)
 
 
+class _Level:
+    """Caching scope: the function body or one comprehension loop."""
+
+    def __init__(self) -> None:
+        self.vars: set[str] = set()      # python locals (re)bound on every iteration
+        self.pre: list[py.stmt] = []     # cache resets before the loop
+        self.per_iter: list[py.stmt] = []  # cache resets at the top of each iteration
+        self.keys: dict[tuple[Any, ...], str] = {}
+
+
 class CodeGen:
     """Generates the Python function for one checked expression."""
 
@@ -91,10 +102,10 @@ class CodeGen:
         self.counter = itertools.count()
         self.locals: list[dict[str, str]] = []  # CEL macro var -> python local
         self.uses_budget = False
-        # loop-invariant path caching: one entry per enclosing comprehension loop
-        self.loop_vars: list[set[str]] = []
-        self.loop_inits: list[list[py.stmt]] = []
-        self.in_cached = False
+        # lazy path caching (loop-invariant hoisting + common subexpressions); levels[0] is
+        # the function, one more level per enclosing comprehension loop
+        self.levels: list[_Level] = [_Level()]
+        self.path_counts: Counter[tuple[Any, ...]] = Counter()
         self.block_depth = 1  # the try/finally around the body
 
     # -- helpers -------------------------------------------------------------------------
@@ -171,8 +182,9 @@ class CodeGen:
 
     # -- entry ---------------------------------------------------------------------------
     def generate(self, root: A.Expr) -> Callable[[Any, Any], Any]:
+        self.count_paths(root)
         result = self.expr(root)
-        body = [*self.stmts, py.Return(value=result)]
+        body = [*self.levels[0].pre, *self.stmts, py.Return(value=result)]
         if self.uses_budget:
             prologue: list[py.stmt] = [
                 _assign("_cost", py.Attribute(value=_name("_bud"), attr="cost", ctx=py.Load())),
@@ -249,32 +261,63 @@ class CodeGen:
                 break
         return e if isinstance(e, A.Ident | A.Select) else None
 
+    def _path_key(self, e: A.Expr) -> tuple[Any, ...] | None:
+        """Structural key of a path expression (CEL names), for counting repeats."""
+        steps: list[Any] = []
+        while True:
+            if isinstance(e, A.Select) and not e.test_only and id(e) not in self.chk.refs:
+                steps.append(e.field)
+                e = e.operand
+            elif (isinstance(e, A.Call) and e.function == "_[_]" and e.target is None
+                  and isinstance(e.args[1], A.Const)):
+                v = e.args[1].value
+                steps.append((type(v).__name__, v))
+                e = e.args[0]
+            else:
+                break
+        r = self.chk.refs.get(id(e))
+        if not steps or r is None or r.kind not in ("var", "local"):
+            return None
+        return (r.kind, r.name, *reversed(steps))
+
+    def count_paths(self, e: A.Expr) -> None:
+        key = self._path_key(e)
+        if key is not None:
+            self.path_counts[key] += 1
+        for c in A.children(e):
+            self.count_paths(c)
+
     def cached(self, e: A.Expr, gen: Callable[[], py.expr]) -> py.expr:
-        """Evaluate a loop-invariant path once per loop (lazily, so errors and short
-        circuits behave exactly as without caching)."""
-        if self.in_cached or not self.loop_vars:
+        """Evaluate a path (``a.b["c"]``) once per scope, lazily: loop-invariant paths once
+        per loop, repeated paths once per iteration / evaluation.  A failing evaluation is
+        not cached, so errors and short circuits behave exactly as without caching."""
+        key = self._path_key(e)
+        if key is None:
             return gen()
-        root = self._path_root(e)
-        if root is None:
-            return gen()
-        r = self.chk.refs.get(id(root))
-        if r is None or r.kind not in ("var", "local"):
-            return gen()
-        if r.kind == "local":
-            pyname = None
+        pyroot = key[1]
+        if key[0] == "local":
             for sc in reversed(self.locals):
-                if r.name in sc:
-                    pyname = sc[r.name]
+                if key[1] in sc:
+                    pyroot = sc[key[1]]
                     break
-            if pyname is None or pyname in self.loop_vars[-1]:
+        level = self.levels[-1]
+        repeated = self.path_counts[key] >= 2
+        if len(self.levels) > 1 and pyroot in level.vars:
+            if not repeated:
                 return gen()
-        h = self.tmp("_h")
-        self.loop_inits[-1].append(_assign(h, _name("_UNSET")))
-        self.in_cached = True
-        try:
-            inner = gen()
-        finally:
-            self.in_cached = False
+            inits = level.per_iter
+        elif len(self.levels) > 1:
+            inits = level.pre
+        else:
+            if not repeated:
+                return gen()
+            inits = level.pre
+        full = (key[0], pyroot, *key[2:])
+        h = level.keys.get(full)
+        if h is None:
+            h = level.keys[full] = self.tmp("_h")
+            inits.append(_assign(h, _name("_UNSET")))
+        inner = gen()
         return py.IfExp(test=_is_not(_name(h), _name("_UNSET")), body=_name(h),
                         orelse=py.NamedExpr(target=_store(h), value=inner))
 
@@ -524,6 +567,7 @@ class CodeGen:
         if k == "bind":
             lv = self.tmp("_l")
             self.stmts.append(_assign(lv, rng))
+            self.levels[-1].vars.add(lv)
             self.locals.append({e.var: lv})
             try:
                 return self.expr(e.args[0])
@@ -540,9 +584,9 @@ class CodeGen:
         self.locals.append(scope)
         self.block_depth += 1
         self._depth_check(e)
-        self.loop_vars.append({l1} | ({l2} if l2 else set()))
-        self.loop_inits.append([])
-        saved_cached, self.in_cached = self.in_cached, False
+        level = _Level()
+        level.vars = {l1} | ({l2} if l2 else set())
+        self.levels.append(level)
         try:
             if l2 is None:
                 target: py.expr = _store(l1)
@@ -551,14 +595,14 @@ class CodeGen:
                 target = py.Tuple(elts=[_store(l1), _store(l2)], ctx=py.Store())
                 it = _call("_pairs", rng)
             body = self.tick()
+            ntick = len(body)
             pre, post = self._comp_body(e, r, l1, l2, body)
+            body[ntick:ntick] = level.per_iter
         finally:
             self.block_depth -= 1
             self.locals.pop()
-            self.loop_vars.pop()
-            inits = self.loop_inits.pop()
-            self.in_cached = saved_cached
-        self.stmts.extend(inits)
+            self.levels.pop()
+        self.stmts.extend(level.pre)
         self.stmts.extend(pre)
         self.stmts.append(py.For(target=target, iter=it, body=body, orelse=[], lineno=0))
         self.stmts.extend(post)
@@ -639,6 +683,7 @@ class CodeGen:
 
     def opt_map(self, e: A.Comprehension, rng: py.expr) -> py.expr:
         o, lv, r = self.tmp(), self.tmp("_l"), self.tmp("_r")
+        self.levels[-1].vars.add(lv)
         self.stmts.append(_assign(o, rng))
         self.locals.append({e.var: lv})
         try:

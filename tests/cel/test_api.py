@@ -167,3 +167,24 @@ def test_every_exception_is_a_cel_error() -> None:
                 "config.w in [1]", "config.w + 1", "string(config.w)"]:
         with contextlib.suppress(CelError):
             env.compile(src).evaluate({"config": {"w": Weird()}})
+
+
+@pytest.mark.parametrize(("src", "want"), [
+    ("config.l.all(x, cel.bind(y, x.v, y > 0 && y < 10))", True),
+    ("config.l.map(x, cel.bind(y, x.v, y + x.v))", [2, 4, 6]),
+    ("config.l.all(x, config.l.exists(y, y.v == x.v))", True),
+    ("config.l.filter(x, config.l.exists(y, y.v > x.v)).map(x, x.v)", [1, 2]),
+    ("config.m.a || config.m.a || true", True),
+    ("config.l.exists(x, x.v == config.l[2].v && config.l[2].v == 3)", True),
+    ("[config.l[0].v, config.l[0].v, config.l[1].v]", [1, 1, 2]),
+])
+def test_path_caching_preserves_semantics(src: str, want: object) -> None:
+    act = {"config": {"l": [{"v": 1}, {"v": 2}, {"v": 3}], "m": {}}}
+    assert pdp_environment().compile(src).evaluate(act) == want
+
+
+def test_cached_path_errors_are_not_cached() -> None:
+    prog = pdp_environment().compile("config.l.all(x, config.m.a == 1 || x > 0)")
+    assert prog.evaluate({"config": {"l": [1, 2], "m": {}}}) is True
+    with pytest.raises(CelEvalError):
+        prog.evaluate({"config": {"l": [0], "m": {}}})
