@@ -33,6 +33,54 @@ class ConfigLoader(_BaseLoader):  # type: ignore[misc]
     }
 
 
+MAX_DEPTH = 64
+MAX_NODES = 1_000_000  # after alias expansion
+
+
+class ConfigRejected(ValueError):
+    """Well-formed YAML over a safety limit (a YAML bomb): the engine denies INVALID_CONFIG."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+def check_limits(text: str, field: str) -> None:
+    """Reject YAML whose nesting or alias-expanded size is over the limits, before building it.
+
+    One pass over the event stream (C speed): sizes of anchored nodes are remembered so that an
+    alias counts as the whole subtree it expands to. Billion-laughs fails here in milliseconds.
+    """
+    anchors: dict[str, int] = {}
+    stack: list[list[Any]] = []  # [anchor, node count]
+    total = 0
+    for event in yaml.parse(text, Loader=_BaseLoader):
+        size = -1
+        if isinstance(event, yaml.ScalarEvent):
+            size, anchor = 1, event.anchor
+        elif isinstance(event, yaml.AliasEvent):
+            size, anchor = anchors.get(event.anchor or "", 1), None
+        elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            stack.append([event.anchor, 1])
+            if len(stack) > MAX_DEPTH:
+                raise ConfigRejected(field, f"nesting deeper than {MAX_DEPTH} levels")
+            continue
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            anchor, size = stack.pop()
+        else:
+            continue
+        if anchor:
+            anchors[anchor] = size
+        if stack:
+            stack[-1][1] += size
+        else:
+            total += size
+        if total + sum(s[1] for s in stack[-1:]) > MAX_NODES or size > MAX_NODES:
+            raise ConfigRejected(field, f"more than {MAX_NODES} values after alias expansion"
+                                        " (a YAML bomb?)")
+
+
 class ConfigCache:
     """Bounded LRU of parsed configs by SHA-256 of their text."""
 
@@ -70,6 +118,7 @@ class ConfigCache:
             return value
         self.misses += 1
         try:
+            check_limits(text, field)
             value = yaml.load(text, Loader=ConfigLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

@@ -24,7 +24,7 @@ from pdp.counters import (
     CounterStore,
     CounterStoreUnavailable,
 )
-from pdp.engine.context import ConfigCache, build_context
+from pdp.engine.context import ConfigCache, ConfigRejected, build_context
 from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, PolicyRef, Reason
 from pdp.engine.request import CheckRequest
@@ -110,7 +110,14 @@ class Engine:
         parsing the config comes before it. ``outer`` (the caller's gRPC deadline) caps it.
         """
         started = time.perf_counter()
-        ctx = await build_context(req, self.configs)
+        try:
+            ctx = await build_context(req, self.configs)
+        except ConfigRejected as exc:
+            decision = Decision(new_decision_id(), False, req.checkpoint.value, datetime.now(UTC))
+            decision.reasons.append(_system("INVALID_CONFIG", str(exc)))
+            decision.elapsed_s = time.perf_counter() - started
+            await self._record(req, decision)
+            return decision
         deadline = Deadline.after(budget_s)
         if outer is not None and outer.expires_at < deadline.expires_at:
             deadline = outer
@@ -213,7 +220,8 @@ class Engine:
         return event_id
 
     async def evaluate_health(self, tenant: str, activation: dict[str, Any],
-                              change: dict[str, str]) -> HealthVerdict:
+                              change: dict[str, str],
+                              deadline: Deadline | None = None) -> HealthVerdict:
         """Auto-rollback thresholds of the tenant's policies against live metrics."""
         now = datetime.now(UTC)
         ctx = EvalContext(tenant, Checkpoint.ROLLOUT_PRECONDITION, now,
@@ -226,10 +234,17 @@ class Engine:
                     continue
                 seen.add(p.name)
                 verdict.evaluated.append(_ref(p))
-                deny = p.stateless.evaluate(ctx)
-                if deny is not None:
-                    verdict.reasons.append(_reason(p, deny))
+                verdict.reasons.extend(_reason(p, d) for d in p.stateless.breaches(ctx))
         verdict.rollback = bool(verdict.reasons)
+        if verdict.rollback:
+            # Feeds ROLLBACK_RATE: the same scope keys RecordEvent(ROLLBACK) would use.
+            rollout_id = (activation.get("rollout") or {}).get("id")
+            keys = ["tenant", *([f"rollout:{rollout_id}"] if rollout_id else [])]
+            try:
+                await self.record_event(tenant, CounterEventKind.ROLLBACK, keys,
+                                        deadline or Deadline.after(self.options.counter_timeout_s))
+            except CounterStoreUnavailable as exc:  # the verdict stands; say it was not counted
+                log.error("rollback_event_not_recorded", tenant=tenant, error=repr(exc))
         self.audit.emit({"type": "Rollout.HealthEvaluated", "decision_id": verdict.decision_id,
                          "tenant": tenant, "time": now.isoformat(), "rollback": verdict.rollback,
                          "reasons": [r.message for r in verdict.reasons],

@@ -168,3 +168,28 @@ async def test_counter_store_unreachable_denies_within_the_deadline() -> None:
     assert time.monotonic() - started < 1.0
     assert not d.allowed and d.reasons[0].code == "COUNTER_STORE_UNAVAILABLE"
     await store.close()
+
+
+def _laughs(levels: int) -> str:
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("config", "problem"), [
+    (_laughs(9), "alias expansion"),
+    ("a: " + "[" * 100 + "]" * 100 + "\n", "nesting deeper"),
+])
+async def test_yaml_bomb_is_denied_invalid_config_and_audited(config: str, problem: str) -> None:
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+    started = time.monotonic()
+    d = await engine.check(push(config), 1.0)
+    assert time.monotonic() - started < 1.0
+    assert not d.allowed and d.reasons[0].code == "INVALID_CONFIG"
+    assert problem in d.reasons[0].message and "config.yaml" in d.reasons[0].message
+    assert audit.decisions[-1]["decision_id"] == d.decision_id
+
+
+async def test_anchors_within_limits_are_fine() -> None:
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="config.c.b == 2"))
+    assert (await engine.check(push("a: &x {b: 1}\nc: *x\n"), 1.0)).allowed
