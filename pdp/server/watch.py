@@ -10,6 +10,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from pdp.audit.log import AuditLog
+from pdp.audit.watch import AuditHistoryUnavailableError, WatchError, WatchOverflowError
 from pdp.server.convert import tenant_of
 from pdp.v1 import audit_pb2 as apb
 from pdp.v1 import audit_pb2_grpc
@@ -45,5 +46,13 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         if not request.from_sequence and not request.from_beginning:
             from_seq = None
         types = set(request.event_types) or None
-        async for record in self.audit.watch(tenant, types, from_seq):
-            yield apb.WatchResponse(record=record_pb(record))
+        try:
+            async for record in self.audit.watch(tenant, types, from_seq):
+                yield apb.WatchResponse(record=record_pb(record))
+        except WatchOverflowError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"watcher fell too far behind: {exc}")
+        except AuditHistoryUnavailableError as exc:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        except WatchError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
