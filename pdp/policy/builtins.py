@@ -41,18 +41,47 @@ def _used_exporters(config: Any) -> Iterator[tuple[str, str]]:
                 yield str(pname), str(e)
 
 
+def _active_exporters(ctx: EvalContext) -> list[str] | None:
+    """``agent.active_exporters`` from the request, or None when the request does not say."""
+    active = ctx.section("agent").get("active_exporters")
+    if isinstance(active, list) and active:
+        return [str(e) for e in active]
+    return None
+
+
 @dataclass(frozen=True)
 class ExporterRemoval(StatelessRule):
-    """Deny removing an exporter that the running config's pipelines still send through."""
+    """Deny removing an exporter that agents are currently sending data through.
+
+    Which exporters carry traffic: the request's ``agent.active_exporters`` when present (it
+    wins); otherwise every exporter the previous (running) config's pipelines send through.
+    Removed = no longer defined under the new config's ``exporters``.
+    """
 
     kind: ClassVar[str] = "builtin_exporter_removal"
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
         previous = ctx.activation.get("previous_config")
         current = ctx.activation.get("config")
-        if previous is None or current is None:
+        if current is None:
             return None
         remaining = _exporters(current)
+        active = _active_exporters(ctx)
+        if active is not None:
+            pipelines: dict[str, str] = {}
+            for pipeline, exporter in _used_exporters(previous):
+                pipelines.setdefault(exporter, pipeline)
+            for exporter in active:
+                if exporter not in remaining:
+                    where = (f"pipeline {pipelines[exporter]!r}" if exporter in pipelines
+                             else "a pipeline of the running config")
+                    return Deny("POLICY_DENIED",
+                                f"exporter {exporter!r} is removed but the agent reports it"
+                                f" carries traffic ({where}); ask an admin for an override if"
+                                " this is intended")
+            return None
+        if previous is None:
+            return None
         for pipeline, exporter in _used_exporters(previous):
             if exporter not in remaining:
                 return Deny("POLICY_DENIED",

@@ -126,19 +126,33 @@ class FreezeWindows(StatelessRule):
 
 @dataclass(frozen=True)
 class MaxStepPercent(StatelessRule):
+    """Largest *increase* of fleet coverage per step advance (default 100%).
+
+    The increase is ``rollout.step_percent - rollout.previous_step_percent`` (previous defaults
+    to 0, so a first step of 30% is an increase of 30 points).
+    """
+
     kind: ClassVar[str] = "max_step_percent"
-    max_percent: float
+    max_percent: float = 100.0
 
     @classmethod
     def parse(cls, p: Params) -> MaxStepPercent:
-        return cls(p.number("max_percent", minimum=0.0, maximum=100.0))
+        return cls(p.number("max_percent", 100.0, minimum=0.0, maximum=100.0))
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
-        pct = ctx.section("rollout").get("step_percent", 0.0)
-        if isinstance(pct, int | float) and pct > self.max_percent:
+        rollout = ctx.section("rollout")
+        pct = rollout.get("step_percent", 0.0)
+        prev = rollout.get("previous_step_percent", 0.0)
+        if not isinstance(pct, int | float) or isinstance(pct, bool):
+            return None
+        if not isinstance(prev, int | float) or isinstance(prev, bool):
+            prev = 0.0
+        increase = pct - prev
+        if increase > self.max_percent + 1e-9:
             return Deny("STEP_TOO_LARGE",
-                        f"rollout step covers {pct:g}% of the fleet; at most {self.max_percent:g}%"
-                        " per step is allowed")
+                        f"rollout step goes from {prev:g}% to {pct:g}% of the fleet, an increase"
+                        f" of {increase:g} points; at most {self.max_percent:g}% per step is"
+                        " allowed")
         return None
 
 
@@ -207,83 +221,156 @@ class DeviceConstraints(StatelessRule):
         return None
 
 
-_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b,
-        ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+_OPS: dict[str, Any] = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b, "=": lambda a, b: a == b, "==": lambda a, b: a == b}
+BASELINE_PREFIX = "baseline/"
+
+
+@dataclass(frozen=True)
+class QualityCondition:
+    metric: str
+    op: str  # one of _OPS or "exists"
+    threshold: float = 0.0
+    keys: tuple[str, ...] = ()  # fine_grained: only these qualifiers (metric/<key>); () = all
 
 
 @dataclass(frozen=True)
 class QualityGate(StatelessRule):
+    """Quality gates over the request's metrics (``CheckRollout.metrics``).
+
+    Metric keys: ``<metric>`` for the latest value of an evaluation, ``<metric>/<qualifier>``
+    for finer-grained values (evaluation / task / scorer keys, e.g. ``accuracy/eval-7/qa``),
+    and ``baseline/<metric>`` for the baseline the change is compared against.
+
+    * scope ``all_latest``: a condition on ``accuracy`` covers ``accuracy`` and every
+      ``accuracy/...`` value; ``fine_grained``: a condition may list ``keys`` (qualifier
+      prefixes) to cover only ``accuracy/<key>...``.
+    * every value in scope must meet the threshold and at least one must exist.
+    * ``min_accuracy: x`` = condition ``accuracy >= x``; ``max_quality_drop: {metric: accuracy,
+      max: 0.02}`` (or a number, meaning accuracy) denies when ``baseline/<metric> - <metric>``
+      is larger than max, and when either value is missing.
+    """
+
     kind: ClassVar[str] = "quality_gate"
     scope: str  # all_latest | fine_grained
-    conditions: tuple[tuple[str, str, float], ...]  # (metric, op, threshold); op "exists" too
+    conditions: tuple[QualityCondition, ...]
+    max_drop: tuple[tuple[str, float], ...] = ()  # (metric, max drop vs baseline)
 
     @classmethod
     def parse(cls, p: Params) -> QualityGate:
         scope = p.string("scope", "all_latest")
         if scope not in ("all_latest", "fine_grained"):
             raise p.error("scope", "expected all_latest or fine_grained")
-        conds: list[tuple[str, str, float]] = []
+        conds: list[QualityCondition] = []
         for c in p.items("conditions"):
             op = c.string("op", ">=")
             if op not in (*_OPS, "exists"):
-                raise c.error("op", f"expected one of >=, <=, >, <, exists; got {op!r}")
-            conds.append((c.string("metric"), op,
-                          0.0 if op == "exists" else c.number("threshold", minimum=-1e300)))
+                raise c.error("op", f"expected one of >, >=, =, <, <=, exists; got {op!r}")
+            keys = c.strings("keys")
+            if keys and scope != "fine_grained":
+                raise c.error("keys", "keys need scope: fine_grained")
+            conds.append(QualityCondition(
+                c.string("metric"), "=" if op == "==" else op,
+                0.0 if op == "exists" else c.number("threshold", minimum=-1e300), keys))
             c.reject_unknown()
         acc = p.optional_number("min_accuracy")
         if acc is not None:
-            conds.append(("accuracy", ">=", acc))
-        delta = p.optional_number("max_quality_delta")
-        if delta is not None:
-            conds.append(("quality_delta", "<=", delta))
-        if not conds:
+            conds.append(QualityCondition("accuracy", ">=", acc))
+        drops: list[tuple[str, float]] = []
+        raw = p._get("max_quality_drop", None)
+        if isinstance(raw, Mapping):
+            dp = p.mapping("max_quality_drop")
+            drops.append((dp.string("metric", "accuracy"), dp.number("max")))
+            dp.reject_unknown()
+        elif raw is not None:
+            drops.append(("accuracy", p.number("max_quality_drop")))
+        if not conds and not drops:
             raise p.error("conditions", "required: at least one condition")
-        return cls(scope, tuple(conds))
+        return cls(scope, tuple(conds), tuple(drops))
+
+    def _in_scope(self, metrics: Mapping[str, Any], c: QualityCondition) -> list[str]:
+        out = []
+        for k in metrics:
+            if k == c.metric and not c.keys:
+                out.append(k)
+            elif k.startswith(c.metric + "/"):
+                qualifier = k[len(c.metric) + 1:]
+                if not c.keys or any(qualifier == q or qualifier.startswith(q + "/")
+                                     for q in c.keys):
+                    out.append(k)
+        return sorted(out)
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
         metrics = ctx.section("metrics")
-        for metric, op, threshold in self.conditions:
-            keys = [k for k in metrics if k == metric or (
-                self.scope == "fine_grained" and k.startswith(metric + "/"))]
+        for c in self.conditions:
+            keys = self._in_scope(metrics, c)
             if not keys:
-                return Deny("QUALITY_GATE_FAILED", f"metric {metric!r} is missing")
-            if op == "exists":
+                where = f" (keys {list(c.keys)})" if c.keys else ""
+                return Deny("QUALITY_GATE_FAILED",
+                            f"quality gate failed: metric {c.metric!r}{where} was not measured")
+            if c.op == "exists":
                 continue
             for k in keys:
                 v = metrics[k]
-                if not isinstance(v, int | float) or not _OPS[op](v, threshold):
+                if not isinstance(v, int | float) or not _OPS[c.op](v, c.threshold):
                     return Deny("QUALITY_GATE_FAILED",
-                                f"quality gate failed: {k} = {v} (required {op} {threshold:g})")
+                                f"quality gate failed: metric {k!r} = {v} (required {c.op}"
+                                f" {c.threshold:g})")
+        for metric, max_drop in self.max_drop:
+            base, cur = metrics.get(BASELINE_PREFIX + metric), metrics.get(metric)
+            if not isinstance(base, int | float) or not isinstance(cur, int | float):
+                missing = metric if not isinstance(cur, int | float) else BASELINE_PREFIX + metric
+                return Deny("QUALITY_GATE_FAILED",
+                            f"quality gate failed: metric {missing!r} was not measured (needed"
+                            f" for the max quality drop of {metric!r})")
+            if base - cur > max_drop + 1e-12:
+                return Deny("QUALITY_GATE_FAILED",
+                            f"quality gate failed: metric {metric!r} = {cur:g} dropped"
+                            f" {base - cur:g} below its baseline {base:g} (at most {max_drop:g})")
         return None
+
+
+DEFAULT_MAX_ERROR_RATE = 0.05
+DEFAULT_MAX_CRASH_RATE = 0.01
 
 
 @dataclass(frozen=True)
 class AutoRollback(StatelessRule):
-    """Thresholds on live metrics; used by EvaluateHealth (a deny = roll back)."""
+    """Thresholds on live metrics; used by EvaluateHealth (any breach = roll back).
+
+    Rates are fractions (0.05 = 5%): ``max_error_rate`` (default 0.05), ``max_crash_rate``
+    (default 0.01) and optionally ``max_p95_latency_ms``. A metric the request does not carry
+    is not a breach.
+    """
 
     kind: ClassVar[str] = "auto_rollback"
-    thresholds: tuple[tuple[str, float], ...]
+    thresholds: tuple[tuple[str, float], ...] = (
+        ("error_rate", DEFAULT_MAX_ERROR_RATE), ("crash_rate", DEFAULT_MAX_CRASH_RATE))
 
     @classmethod
     def parse(cls, p: Params) -> AutoRollback:
-        pairs = []
-        for key, metric in (("max_error_rate", "error_rate"), ("max_crash_rate", "crash_rate"),
-                            ("max_p95_latency_ms", "p95_latency_ms")):
-            v = p.optional_number(key)
-            if v is not None:
-                pairs.append((metric, v))
-            p.seen.add(key)
-        if not pairs:
-            raise p.error("max_error_rate", "set at least one threshold")
+        pairs = [("error_rate", p.number("max_error_rate", DEFAULT_MAX_ERROR_RATE, maximum=1.0)),
+                 ("crash_rate", p.number("max_crash_rate", DEFAULT_MAX_CRASH_RATE, maximum=1.0))]
+        latency = p.optional_number("max_p95_latency_ms")
+        p.seen.add("max_p95_latency_ms")
+        if latency is not None:
+            pairs.append(("p95_latency_ms", latency))
         return cls(tuple(pairs))
 
-    def evaluate(self, ctx: EvalContext) -> Deny | None:
+    def breaches(self, ctx: EvalContext) -> list[Deny]:
         metrics = ctx.section("metrics")
+        out = []
         for metric, limit in self.thresholds:
             v = metrics.get(metric)
-            if isinstance(v, int | float) and v > limit:
-                return Deny("HEALTH_THRESHOLD_EXCEEDED", f"{metric} = {v:g} exceeds {limit:g}")
-        return None
+            if isinstance(v, int | float) and not isinstance(v, bool) and v > limit:
+                out.append(Deny("HEALTH_THRESHOLD_EXCEEDED",
+                                f"metric {metric!r} = {v:g} exceeds the threshold {limit:g}"))
+        return out
+
+    def evaluate(self, ctx: EvalContext) -> Deny | None:
+        found = self.breaches(ctx)
+        return found[0] if found else None
 
 
 # ---------------------------------------------------------------- counter rules

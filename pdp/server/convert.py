@@ -51,7 +51,8 @@ def agent_dict(agent: cpb.Agent, field: str = "agent") -> dict[str, Any]:
     if not agent.id:
         raise InvalidRequest(f"{field}.id", "required")
     return {"id": agent.id, "labels": dict(agent.labels), "group": agent.group,
-            "version": agent.version, "hostname": agent.hostname}
+            "version": agent.version, "hostname": agent.hostname,
+            "active_exporters": list(agent.active_exporters)}
 
 
 def device_dict(device: cpb.Device) -> dict[str, Any]:
@@ -65,9 +66,12 @@ def device_dict(device: cpb.Device) -> dict[str, Any]:
 def rollout_dict(rollout: cpb.Rollout) -> dict[str, Any]:
     if rollout.step_percent < 0 or rollout.step_percent > 100:
         raise InvalidRequest("rollout.step_percent", "must be between 0 and 100")
+    if rollout.previous_step_percent < 0 or rollout.previous_step_percent > 100:
+        raise InvalidRequest("rollout.previous_step_percent", "must be between 0 and 100")
     return {
         "id": rollout.id, "step": rollout.step, "total_steps": rollout.total_steps,
-        "step_percent": rollout.step_percent, "created_by": rollout.created_by,
+        "step_percent": rollout.step_percent,
+        "previous_step_percent": rollout.previous_step_percent, "created_by": rollout.created_by,
         "created_at": _timestamp(rollout.created_at),
         "approvals": [{"actor": a.actor, "step": a.step, "time": _timestamp(a.time)}
                       for a in rollout.approvals],

@@ -170,7 +170,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 raise InvalidRequest("metrics", "required: at least one metric")
             verdict = await self.engine.evaluate_health(
                 tenant, {"rollout": convert.rollout_dict(request.rollout),
-                         "metrics": dict(request.metrics)}, convert.change_dict(request.change))
+                         "metrics": dict(request.metrics)}, convert.change_dict(request.change),
+                deadline_for(context, self.deadline_s))
             return dpb.EvaluateHealthResponse(
                 rollback=verdict.rollback, decision_id=verdict.decision_id,
                 reasons=[convert.reason_pb(r) for r in verdict.reasons],

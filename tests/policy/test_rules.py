@@ -69,11 +69,24 @@ def test_freeze_window_with_retry_after() -> None:
     assert r.evaluate(ctx(datetime(2026, 12, 19, 23, 59, tzinfo=UTC))) is None
 
 
-def test_max_step_percent() -> None:
-    r = rule("  max_step_percent: {max_percent: 25}\n")
-    assert r.evaluate(ctx(rollout={"step_percent": 25.0})) is None
-    assert code(r.evaluate(ctx(rollout={"step_percent": 25.5}))) == "STEP_TOO_LARGE"
-    assert r.evaluate(ctx(rollout={})) is None
+@pytest.mark.parametrize(("max_yaml", "rollout", "denied"), [
+    ("{max_percent: 25}", {"step_percent": 25.0}, False),
+    ("{max_percent: 25}", {"step_percent": 25.5}, True),
+    ("{max_percent: 25}", {"step_percent": 50.0, "previous_step_percent": 25.0}, False),
+    ("{max_percent: 25}", {"step_percent": 60.0, "previous_step_percent": 30.0}, True),
+    ("{max_percent: 25}", {"step_percent": 10.0, "previous_step_percent": 40.0}, False),
+    ("{max_percent: 25}", {}, False),
+    ("{}", {"step_percent": 100.0}, False),  # default max 100%
+    ("{max_percent: 0}", {"step_percent": 1.0}, True),
+])
+def test_max_step_percent_is_the_increase_per_advance(max_yaml: str, rollout: dict[str, Any],
+                                                       denied: bool) -> None:
+    r = rule(f"  max_step_percent: {max_yaml}\n")
+    d = r.evaluate(ctx(rollout=rollout))
+    assert code(d) == ("STEP_TOO_LARGE" if denied else None)
+    if d is not None:
+        assert f"{rollout['step_percent']:g}%" in d.message
+        assert f"{r.max_percent:g}%" in d.message
 
 
 def test_require_approval_four_eyes_and_per_step() -> None:
@@ -114,6 +127,89 @@ def test_quality_gate_scopes() -> None:
         "QUALITY_GATE_FAILED"
 
 
+GATE = "  quality_gate:\n    scope: {scope}\n    conditions:\n      - {cond}\n"
+
+
+@pytest.mark.parametrize(("scope", "cond", "metrics", "denied_metric"), [
+    ("all_latest", "{metric: f1, op: '>', threshold: 0.5}", {"f1": 0.6}, None),
+    ("all_latest", "{metric: f1, op: '>', threshold: 0.5}", {"f1": 0.5}, "f1"),
+    ("all_latest", "{metric: f1, op: '>=', threshold: 0.5}", {"f1": 0.5}, None),
+    ("all_latest", "{metric: f1, op: '=', threshold: 1}", {"f1": 1.0}, None),
+    ("all_latest", "{metric: f1, op: '=', threshold: 1}", {"f1": 0.99}, "f1"),
+    ("all_latest", "{metric: loss, op: '<', threshold: 0.2}", {"loss": 0.2}, "loss"),
+    ("all_latest", "{metric: loss, op: '<=', threshold: 0.2}", {"loss": 0.2}, None),
+    ("all_latest", "{metric: toxicity, op: exists}", {"toxicity": 0.0}, None),
+    ("all_latest", "{metric: toxicity, op: exists}", {"f1": 1.0}, "toxicity"),
+    # every value in scope must pass: one failing evaluation fails the gate
+    ("all_latest", "{metric: f1, op: '>=', threshold: 0.5}",
+     {"f1/eval-1": 0.9, "f1/eval-2": 0.4}, "f1/eval-2"),
+    # at least one must exist
+    ("all_latest", "{metric: f1, op: '>=', threshold: 0.5}", {}, "f1"),
+    # fine-grained keys: only the listed evaluation / task keys count
+    ("fine_grained", "{metric: f1, op: '>=', threshold: 0.5, keys: [eval-1]}",
+     {"f1/eval-1/qa": 0.9, "f1/eval-2/qa": 0.1}, None),
+    ("fine_grained", "{metric: f1, op: '>=', threshold: 0.5, keys: [eval-1/qa]}",
+     {"f1/eval-1/qa": 0.4, "f1/eval-1/chat": 0.9}, "f1/eval-1/qa"),
+    ("fine_grained", "{metric: f1, op: '>=', threshold: 0.5, keys: [eval-3]}",
+     {"f1/eval-1": 0.9}, "f1"),
+])
+def test_quality_gate_operators_and_scopes(scope: str, cond: str, metrics: dict[str, float],
+                                           denied_metric: str | None) -> None:
+    d = rule(GATE.format(scope=scope, cond=cond)).evaluate(ctx(metrics=metrics))
+    if denied_metric is None:
+        assert d is None
+    else:
+        assert d is not None and d.code == "QUALITY_GATE_FAILED"
+        assert repr(denied_metric) in d.message
+
+
+@pytest.mark.parametrize(("params", "metrics", "denied"), [
+    ("max_quality_drop: 0.02", {"accuracy": 0.90, "baseline/accuracy": 0.91}, None),
+    ("max_quality_drop: 0.02", {"accuracy": 0.85, "baseline/accuracy": 0.91}, "accuracy"),
+    ("max_quality_drop: 0.02", {"accuracy": 0.95, "baseline/accuracy": 0.91}, None),
+    ("max_quality_drop: 0.02", {"accuracy": 0.95}, "baseline/accuracy"),
+    ("max_quality_drop: {metric: f1, max: 0.1}", {"f1": 0.7, "baseline/f1": 0.9}, "f1"),
+    ("min_accuracy: 0.9", {"accuracy": 0.89, "baseline/accuracy": 0.1}, "accuracy"),
+])
+def test_quality_gate_shorthands(params: str, metrics: dict[str, float],
+                                 denied: str | None) -> None:
+    d = rule(f"  quality_gate:\n    {params}\n").evaluate(ctx(metrics=metrics))
+    assert (d is None) == (denied is None)
+    if d is not None:
+        assert repr(denied) in d.message
+
+
+@pytest.mark.parametrize("bad", [
+    "  quality_gate: {conditions: [{metric: a, op: '!=', threshold: 1}]}\n",
+    "  quality_gate: {conditions: [{metric: a, op: '>', threshold: 1, keys: [x]}]}\n",
+    "  quality_gate: {}\n",
+    "  auto_rollback: {max_error_rate: 5}\n",  # rates are fractions
+])
+def test_invalid_typed_parameters_are_rejected(bad: str) -> None:
+    from pdp.policy.model import PolicyError
+    with pytest.raises(PolicyError):
+        rule(bad)
+
+
+@pytest.mark.parametrize(("params", "metrics", "breached"), [
+    ("{}", {"error_rate": 0.05, "crash_rate": 0.01}, []),
+    ("{}", {"error_rate": 0.051}, ["error_rate"]),
+    ("{}", {"crash_rate": 0.02, "error_rate": 0.2}, ["error_rate", "crash_rate"]),
+    ("{}", {"p95_latency_ms": 10_000}, []),  # no latency max by default
+    ("{max_p95_latency_ms: 300}", {"p95_latency_ms": 301}, ["p95_latency_ms"]),
+    ("{max_error_rate: 0.1, max_crash_rate: 0.001}", {"error_rate": 0.07, "crash_rate": 0.002},
+     ["crash_rate"]),
+])
+def test_auto_rollback_defaults_and_breaches(params: str, metrics: dict[str, float],
+                                             breached: list[str]) -> None:
+    r = rule(f"  auto_rollback: {params}\n")
+    found = r.breaches(ctx(metrics=metrics))
+    assert [m for m in breached] == [d.message.split("'")[1] for d in found]
+    assert all(d.code == "HEALTH_THRESHOLD_EXCEEDED" for d in found)
+    assert code(r.evaluate(ctx(metrics=metrics))) == ("HEALTH_THRESHOLD_EXCEEDED" if breached
+                                                      else None)
+
+
 def test_builtin_tls_insecure_only_towards_localhost() -> None:
     r = TlsInsecureRemote()
     local = {"exporters": {"otlp": {"endpoint": "localhost:4317", "tls": {"insecure": True}},
@@ -139,6 +235,34 @@ def test_builtin_exporter_removal() -> None:
                    "service": {"pipelines": {"traces": {"exporters": ["a"]}}}}
     assert r.evaluate(ctx(config=removed, previous_config=unused_prev)) is None
     assert r.evaluate(ctx(config=removed, previous_config=None)) is None
+
+
+PREV = {"exporters": {"a": {}, "b": {}},
+        "service": {"pipelines": {"traces": {"exporters": ["a"]}, "logs": {"exporters": ["b"]}}}}
+ONLY_A = {"exporters": {"a": {}}, "service": {"pipelines": {"traces": {"exporters": ["a"]}}}}
+
+
+@pytest.mark.parametrize(("active", "config", "previous", "denied"), [
+    # the request says which exporters carry traffic: it wins over the previous config
+    (["a"], ONLY_A, PREV, None),
+    (["a", "b"], ONLY_A, PREV, ("'b'", "'logs'")),
+    (["b"], ONLY_A, None, ("'b'", "pipeline")),
+    (["c"], ONLY_A, PREV, ("'c'",)),
+    # not said: fall back to the previous config's pipelines
+    ([], ONLY_A, PREV, ("'b'", "'logs'")),
+    (None, ONLY_A, PREV, ("'b'", "'logs'")),
+    (None, PREV, PREV, None),
+    (None, ONLY_A, None, None),
+])
+def test_builtin_exporter_removal_with_active_exporters(
+        active: list[str] | None, config: Any, previous: Any,
+        denied: tuple[str, ...] | None) -> None:
+    agent = {} if active is None else {"id": "a1", "active_exporters": active}
+    d = ExporterRemoval().evaluate(ctx(config=config, previous_config=previous, agent=agent))
+    if denied is None:
+        assert d is None
+    else:
+        assert d is not None and all(part in d.message for part in denied), d
 
 
 @pytest.mark.parametrize(("text", "expected"), [("4GB", 4 * 10**9), ("512MiB", 512 * 2**20),
