@@ -20,14 +20,18 @@ import structlog
 from pdp.audit.chain import Entry, entry_from_line
 from pdp.audit.sinks import Sink
 from pdp.audit.spool import Spool
+from pdp.audit.watch import HistoryReader, WatchError
 
 log = structlog.get_logger("pdp.audit")
 
 
 class Forwarder:
     def __init__(self, sink: Sink, spool_path: Path, *, batch_size: int, memory_limit: int,
-                 timeout: float, retry_initial: float, retry_max: float) -> None:
+                 timeout: float, retry_initial: float, retry_max: float,
+                 history: Path | None = None) -> None:
         self.sink = sink
+        self.history = history
+        self._caught_up = False
         self.spool = Spool(spool_path)
         self.batch_size = batch_size
         self.memory_limit = memory_limit
@@ -103,6 +107,8 @@ class Forwarder:
                 batch = [self._mem.popleft() for _ in range(min(self.batch_size, len(self._mem)))]
                 self._inflight = batch
             try:
+                if not self._caught_up:
+                    await self._catch_up(batch[0].seq)
                 async with asyncio.timeout(self.timeout):
                     await self.sink.send(batch)
             except Exception as e:  # any sink failure: spool and retry later
@@ -138,6 +144,44 @@ class Forwarder:
             if not from_spool and len(self._mem) > self.memory_limit:
                 with contextlib.suppress(OSError):
                     self._spill()
+
+    async def _catch_up(self, next_seq: int) -> None:
+        """Once per start: send from the audit files what the sink missed before ``next_seq``.
+
+        Memory is not a spool: after a crash (kill -9) the records a sink had in memory are
+        only in the audit files. Sinks that know what they have (``delivered_seq``, Redis)
+        get the missing range back-filled from there before anything newer.
+        """
+        getter = getattr(self.sink, "delivered_seq", None)
+        if getter is None or self.history is None:
+            self._caught_up = True
+            return
+        async with asyncio.timeout(self.timeout):
+            cursor = await getter()
+        if cursor is None or cursor >= next_seq - 1:
+            self._caught_up = True
+            return
+        log.warning("audit sink is missing records; back-filling from the audit files",
+                    sink=self.name, first=cursor + 1, last=next_seq - 1)
+        reader = HistoryReader(self.history)
+        try:
+            pos = cursor
+            while pos < next_seq - 1:
+                try:
+                    chunk = await asyncio.to_thread(reader.read, pos, next_seq - 1,
+                                                    self.batch_size)
+                except WatchError as e:
+                    log.error("audit sink back-fill impossible", sink=self.name, error=str(e))
+                    break
+                if not chunk:
+                    break
+                async with asyncio.timeout(self.timeout):
+                    await self.sink.send(chunk)
+                self.delivered += len(chunk)
+                pos = chunk[-1].seq
+        finally:
+            reader.close()
+        self._caught_up = True
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until everything offered so far is delivered; False on timeout."""

@@ -108,6 +108,7 @@ class AuditLog:
         self._written = 0
         self._fsyncs = 0
         self._write_errors = 0
+        self._unsynced = False  # records written since the last fsync
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -138,7 +139,7 @@ class AuditLog:
             fw = Forwarder(sink, spool_dir / f"{_safe(sink.name)}.spool",
                            batch_size=s.batch_size, memory_limit=s.sink_memory_limit,
                            timeout=s.sink_timeout, retry_initial=s.sink_retry_initial,
-                           retry_max=s.sink_retry_max)
+                           retry_max=s.sink_retry_max, history=Path(s.path))
             fw.start()
             self._forwarders.append(fw)
         self._state = "running"
@@ -307,6 +308,15 @@ class AuditLog:
             if any(isinstance(b, _Stop) for b in batch):
                 stopping = True
             await self._write(items, sync=bool(barriers) or any(i.waiter for i in items))
+            if barriers and self._unsynced:
+                try:
+                    await asyncio.to_thread(self._ledger.sync)
+                    self._fsyncs += 1
+                    self._unsynced = False
+                except OSError as e:
+                    for w in barriers:
+                        if not w.done():
+                            w.set_exception(AuditWriteError(f"audit flush failed: {e}"))
             for w in barriers:
                 if not w.done():
                     w.set_result(self._ledger.head.seq)
@@ -343,6 +353,9 @@ class AuditLog:
             n = len(res.entries)
             if res.synced:
                 self._fsyncs += 1
+                self._unsynced = False
+            elif n:
+                self._unsynced = True
             failed_sync = res.error if sync and not res.synced else None
             self._after_write(res.entries, items[:n], failed_sync)
             if res.error is None:

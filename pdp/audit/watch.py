@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from pdp.audit.chain import Entry, Record, parse_line
+from pdp.audit.chain import Entry, Record, entry_from_line
 from pdp.audit.files import first_record, ledger_files
 
 HISTORY_CHUNK = 1000
@@ -122,7 +122,7 @@ class HistoryReader:
                 return False
         return False
 
-    def read(self, after: int, upto: int, max_n: int = HISTORY_CHUNK) -> list[Record]:
+    def read(self, after: int, upto: int, max_n: int = HISTORY_CHUNK) -> list[Entry]:
         """Records ``after < seq <= upto`` (at most ``max_n``); raises if the files lack any.
 
         A rotation can race with listing the directory (the file moves between the listing
@@ -139,11 +139,11 @@ class HistoryReader:
                 time.sleep(0.002)
         raise AssertionError("unreachable")
 
-    def _read(self, after: int, upto: int, max_n: int) -> list[Record]:
+    def _read(self, after: int, upto: int, max_n: int) -> list[Entry]:
         if self._f is None or self._last != after:
             self._position(after)
         assert self._f is not None
-        out: list[Record] = []
+        out: list[Entry] = []
         while len(out) < max_n:
             f = self._f
             off = f.tell()
@@ -157,8 +157,8 @@ class HistoryReader:
                         f"audit files end at seq {self._last}, expected records up to {upto}",
                         max(after, self._last))
                 continue
-            rec = parse_line(line)
-            seq = rec["seq"]
+            entry = entry_from_line(line)
+            seq = entry.seq
             if self._last < 0:
                 if seq <= self._skip_until:
                     continue
@@ -171,7 +171,7 @@ class HistoryReader:
             if seq != self._last + 1:
                 raise AuditHistoryUnavailableError(
                     f"audit files jump from seq {self._last} to {seq}", self._last)
-            out.append(rec)
+            out.append(entry)
             self._last = seq
             if seq == upto:
                 break
@@ -258,10 +258,10 @@ class WatchHub:
                 chunk = await asyncio.to_thread(reader.read, pos, upto)
                 if not chunk:
                     break
-                for rec in chunk:
-                    pos = rec["seq"]
-                    if _matches(rec, tenant, ftypes):
-                        yield rec
+                for e in chunk:
+                    pos = e.seq
+                    if _matches(e.record, tenant, ftypes):
+                        yield e.record
         finally:
             reader.close()
         if self._closed:

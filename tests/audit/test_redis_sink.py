@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from pdp.audit import AuditLog, AuditSettings
 from pdp.audit.chain import ChainHead, make_entry
+from pdp.audit.sinks.file import Ledger
 from pdp.audit.sinks.redis_stream import RedisStreamSink, cursor_key
 from tests.audit.conftest import decision
 from tests.support.procs import RedisServer
@@ -141,3 +142,22 @@ async def test_maxlen_trims_approximately(durable_redis: RedisServer) -> None:
 def test_cursor_key_shares_the_stream_slot() -> None:
     assert cursor_key("pdp:audit", "h1") == "{pdp:audit}:cursor:h1"
     assert cursor_key("{t1}:audit", "h1") == "{t1}:audit:cursor:h1"
+
+
+async def test_records_lost_from_memory_by_a_crash_are_backfilled(
+        settings: AuditSettings, durable_redis: RedisServer) -> None:
+    s = redis_settings(settings, durable_redis.url)
+    async with AuditLog(s) as log:
+        for j in range(100):
+            log.emit({"type": "Test", "tenant": "t", "i": j})
+        assert await log.drain_sinks(timeout=10)
+    # A process that wrote 50 more records and was killed before Redis got them.
+    ledger = Ledger(s.path, s.rotate_bytes)
+    ledger.open()
+    ledger.append([{"type": "Test", "tenant": "t", "i": j} for j in range(100, 150)], True)
+    ledger.close()
+    async with AuditLog(s) as log:
+        log.emit({"type": "Test", "tenant": "t", "i": 150})
+        assert await log.drain_sinks(timeout=10)
+    recs = await stream_records(durable_redis.url, "audit-test")
+    assert [r["event"]["i"] for r in recs] == list(range(151))

@@ -57,6 +57,15 @@ class RedisStreamSink:
         seq, _, h = text.partition(":")
         return (int(seq), h)
 
+    async def delivered_seq(self) -> int | None:
+        """Last seq of ours the stream has (None if it never had any): for back-fill."""
+        try:
+            self._cursor = await self._read_cursor()
+        except BaseException:
+            self._cursor = None
+            raise
+        return self._cursor[0] or None
+
     def _undelivered(self, entries: Sequence[Entry], cursor: tuple[int, str]) -> list[Entry]:
         cseq, chash = cursor
         for e in entries:
