@@ -123,8 +123,15 @@ def to_jsonable(value: Any) -> Any:
     The hash chain re-serializes what it reads back, so only values that survive a JSON round
     trip unchanged may enter a record.
     """
-    if value is None or isinstance(value, bool | int | str):
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
         return value
+    if t is dict:
+        return {k if type(k) is str else str(k): to_jsonable(v) for k, v in value.items()}
+    if t is list:
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, bool | int | str):  # subclasses (e.g. IntEnum) keep their value
+        return value.value if isinstance(value, enum.Enum) else value
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, Mapping):

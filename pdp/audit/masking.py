@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -91,10 +91,16 @@ class Masker:
 
     def _mask(self, value: Any, nodes: list[_Node]) -> Any:
         if isinstance(value, Mapping):
-            out: dict[Any, Any] = {}
-            for k, v in value.items():
-                new = self._child(str(k), v, nodes)
-                if new is not _REMOVE:
+            out: dict[Any, Any] = dict(value)
+            if any("*" in n.children for n in nodes):
+                keys: Iterable[Any] = list(value)
+            else:  # only the named keys can match: skip the rest of a big map
+                keys = [k for n in nodes for k in n.children if k in value]
+            for k in keys:
+                new = self._child(str(k), value[k], nodes)
+                if new is _REMOVE:
+                    out.pop(k, None)
+                else:
                     out[k] = new
             return out
         if isinstance(value, list | tuple):
