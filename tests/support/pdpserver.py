@@ -32,6 +32,8 @@ class PdpServer:
 
     def start(self, wait: bool = True) -> PdpServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout's pdp
         env.update(self.env)
         cmd = [sys.executable, "-m", "pdp.cli", "serve", "--listen", self.address,
                "--policy-dir", str(self.policy_dir), "--audit-file", str(self.audit_file),
