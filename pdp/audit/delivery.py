@@ -62,7 +62,13 @@ class Forwarder:
         if self.spool.pending:
             log.info("audit sink spool replay", sink=self.name, records=self.spool.pending)
         self._task = asyncio.create_task(self._run(), name=f"audit-sink-{self.name}")
+        self._task.add_done_callback(self._task_done)
         self._wake.set()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("audit sink forwarder died; records stay in memory/spool",
+                         sink=self.name, error=repr(task.exception()))
 
     def offer(self, entries: list[Entry]) -> None:
         """Hand over freshly written records (called from the writer; never blocks on I/O
@@ -101,8 +107,22 @@ class Forwarder:
                 continue
             from_spool = self.spool.pending > 0
             if from_spool:
-                lines = self.spool.peek(self.batch_size)
-                batch = [entry_from_line(ln) for ln in lines]
+                try:
+                    lines = self.spool.peek(self.batch_size)
+                except OSError as e:
+                    log.error("audit sink spool unreadable", sink=self.name, error=str(e))
+                    await asyncio.sleep(self.retry_max)
+                    continue
+                batch = []
+                for ln in lines:
+                    try:
+                        batch.append(entry_from_line(ln))
+                    except ValueError:
+                        log.error("audit sink spool: skipping unreadable line", sink=self.name,
+                                  line=ln[:200].decode(errors="replace"))
+                if not batch:
+                    self.spool.consume(lines)
+                    continue
             else:
                 batch = [self._mem.popleft() for _ in range(min(self.batch_size, len(self._mem)))]
                 self._inflight = batch

@@ -144,6 +144,13 @@ class AuditLog:
             self._forwarders.append(fw)
         self._state = "running"
         self._writer = asyncio.create_task(self._run(), name="audit-writer")
+        self._writer.add_done_callback(self._writer_done)
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("audit writer died; events now go to the overflow spool",
+                         error=repr(task.exception()))
+            self._overflow_active = True  # keep them on disk rather than in a dead queue
 
     async def __aenter__(self) -> AuditLog:
         await self.start()
@@ -226,6 +233,8 @@ class AuditLog:
         """
         events = events_for_decision(decision)
         if self.settings.durability == "sync":
+            if self._state != "running":
+                raise AuditClosedError(f"audit log is {self._state}")
             # FIFO queue: the fsync that covers the last event covers the earlier ones.
             for ev in events[:-1]:
                 await self._put(ev)
@@ -295,7 +304,11 @@ class AuditLog:
         stopping = False
         while True:
             if self._overflow_active and (self._queue.empty() or stopping):
-                await self._drain_overflow_chunk()
+                try:
+                    await self._drain_overflow_chunk()
+                except OSError as e:
+                    log.error("audit overflow spool unreadable; retrying", error=str(e))
+                    await asyncio.sleep(1.0)
                 continue
             if stopping and self._queue.empty():
                 return

@@ -27,6 +27,7 @@ class Spool:
 
     def open(self) -> None:
         """Open (creating it) and count what a previous run left behind."""
+        self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = os.fstat(self._fd).st_size
