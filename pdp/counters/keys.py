@@ -14,12 +14,14 @@ collide with another key nor break the hash tag.
 
 from __future__ import annotations
 
-_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
-
 
 def esc(part: str) -> str:
-    """Escape one key component (reversible, keeps ordinary names readable)."""
-    return part.translate(_ESCAPES)
+    """Escape one key component (reversible, keeps ordinary names readable).
+
+    ``%`` first, so the escapes themselves stay unambiguous; chained ``replace`` is several
+    times faster than ``str.translate`` with a dict on these short strings (hot path).
+    """
+    return part.replace("%", "%25").replace(":", "%3A").replace("{", "%7B").replace("}", "%7D")
 
 
 def tenant_prefix(tenant: str) -> str:

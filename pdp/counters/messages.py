@@ -14,9 +14,9 @@ from pdp.counters.model import CODE_BY_KIND, CounterKind, CounterRule, ReserveRe
 
 def human_duration(seconds: float) -> str:
     """``5400`` -> ``"1h30m"``; sub-minute values keep their seconds."""
+    if seconds < 60:
+        return f"{round(seconds, 3):g}s"
     s = round(seconds)
-    if s < 60:
-        return f"{seconds:g}s" if seconds < 1 else f"{s}s"
     d, rem = divmod(s, 86400)
     h, rem = divmod(rem, 3600)
     m, sec = divmod(rem, 60)

@@ -2,8 +2,9 @@
 
 Hypothesis draws sequences of reserves, batches, events and clock steps. Event times sit
 on whole seconds (plus T0's quarter second) and every rule duration ends on a half second,
-so no comparison lands within a millisecond of an edge, where the Redis store's shifted
-server clock could legitimately differ from the memory store's frozen one.
+so no comparison lands within a quarter second of an edge, where the Redis store's shifted
+server clock (which also runs on by each call's real latency) could legitimately differ
+from the memory store's frozen one.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def same(a: ReserveResult, b: ReserveResult) -> bool:
         return False
     if a.retry_after_seconds is None or b.retry_after_seconds is None:
         return a.retry_after_seconds == b.retry_after_seconds
-    return abs(a.retry_after_seconds - b.retry_after_seconds) < 0.05
+    # Redis time runs on by each call's real latency (ms, more on a loaded CI box)
+    return abs(a.retry_after_seconds - b.retry_after_seconds) < 0.3
 
 
 async def _run(url: str, program: list[tuple]) -> None:  # type: ignore[type-arg]
