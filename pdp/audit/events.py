@@ -11,7 +11,7 @@ The decision dict (built by the engine, passed to :func:`decision_event` /
       "decision_id": str,
       "time": str (RFC 3339) | datetime | float (unix seconds)   # optional, default now
       "tenant": str,
-      "checkpoint": "ROLLOUT" | "PUSH" | "AUTO_APPLY" | "DEVICE",  # "CHECKPOINT_" prefix ok
+      "checkpoint": "rollout" | "push" | "auto_apply" | "device",  # any case, "CHECKPOINT_" ok
       "caller": str | {...},                       # authenticated identity
       "subject": {"agent_id": str|None, "device_id": str|None, "rollout_id": str|None},
       "allowed": bool,
@@ -21,7 +21,10 @@ The decision dict (built by the engine, passed to :func:`decision_event` /
       "policies": [{"name", "version", "content_hash"}],   # everything evaluated
       "elapsed_ms": float,
       "request": {...},                            # masked before it leaves the process
+      ...                                          # any extra fields are kept as given
     }
+
+Reasons may carry extra fields too (``retry_after_s``, ``builtin``); they are kept.
 
 Derived events: a denied ``PUSH`` / ``AUTO_APPLY`` decision (a per-agent push) also yields a
 ``Rollout.PushDenied``; every shadow deny yields a ``Policy.WouldDeny``.
@@ -112,7 +115,8 @@ def format_time(value: str | dt.datetime | float | None) -> str:
 
 
 def normalize_checkpoint(checkpoint: str) -> str:
-    """Accept the proto enum name (``CHECKPOINT_PUSH``) as well as the bare name."""
+    """Compare checkpoints case-insensitively, with or without the proto ``CHECKPOINT_``
+    prefix (``push``, ``PUSH``, ``CHECKPOINT_PUSH``). Events keep the value as given."""
     cp = str(checkpoint).upper()
     return cp.removeprefix("CHECKPOINT_")
 
@@ -156,29 +160,29 @@ def to_jsonable(value: Any) -> Any:
 
 
 def _reason(r: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "policy": r.get("policy"),
-        "version": r.get("version"),
-        "rule": r.get("rule"),
-        "code": r.get("code"),
-        "message": r.get("message", ""),
-    }
+    """The documented reason fields always present; anything else the engine adds is kept."""
+    return {"policy": r.get("policy"), "version": r.get("version"), "rule": r.get("rule"),
+            "code": r.get("code"), "message": r.get("message", ""), **r}
 
 
 def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
-    """The ``Decision`` event: the decision dict with its field set fixed and time filled."""
+    """The ``Decision`` event: the decision dict with the documented fields present and time
+    filled in. Extra fields the engine adds (request ids, flags) are kept, not dropped: the
+    audit record is the evidence, and replay may need them."""
     subject = d.get("subject") or {}
-    return {
+    ev: Event = dict(d)
+    ev.update({
         "type": DECISION,
         "time": format_time(d.get("time")),
         "tenant": d["tenant"],
         "decision_id": d["decision_id"],
-        "checkpoint": normalize_checkpoint(d["checkpoint"]),
+        "checkpoint": d["checkpoint"],
         "caller": d.get("caller"),
         "subject": {
             "agent_id": subject.get("agent_id"),
             "device_id": subject.get("device_id"),
             "rollout_id": subject.get("rollout_id"),
+            **subject,
         },
         "allowed": bool(d["allowed"]),
         "reasons": [_reason(r) for r in d.get("reasons") or ()],
@@ -187,7 +191,8 @@ def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
         "policies": [dict(p) for p in d.get("policies") or ()],
         "elapsed_ms": d.get("elapsed_ms"),
         "request": d.get("request"),
-    }
+    })
+    return ev
 
 
 def events_for_decision(d: DecisionInput | Mapping[str, Any]) -> list[Event]:
@@ -205,7 +210,8 @@ def events_for_decision(d: DecisionInput | Mapping[str, Any]) -> list[Event]:
         "checkpoint": decision["checkpoint"],
         "caller": decision["caller"],
     }
-    if not decision["allowed"] and decision["checkpoint"] in PER_AGENT_CHECKPOINTS:
+    per_agent = normalize_checkpoint(decision["checkpoint"]) in PER_AGENT_CHECKPOINTS
+    if not decision["allowed"] and per_agent:
         out.append({
             "type": PUSH_DENIED, **base, **decision["subject"],
             "reasons": decision["reasons"],

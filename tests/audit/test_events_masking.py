@@ -49,7 +49,22 @@ def test_per_agent_deny_adds_push_denied(cp: str) -> None:
     assert all(e["decision_id"] == "d-2" and e["tenant"] == "acme" for e in evs)
 
 
-@pytest.mark.parametrize("cp", ["ROLLOUT", "DEVICE"])
+def test_extra_fields_are_kept() -> None:
+    d = decision(4, allowed=False)
+    d["request_id"] = "req-9"
+    d["overridden"] = False
+    d["reasons"] = [{"policy": "p", "version": 1, "rule": "cap", "code": "DAILY_CAP",
+                     "message": "cap", "retry_after_s": 30.0, "builtin": False}]
+    d["checkpoint"] = "auto_apply"
+    evs = events_for_decision(d)
+    assert evs[0]["request_id"] == "req-9" and evs[0]["overridden"] is False
+    assert evs[0]["checkpoint"] == "auto_apply"
+    assert evs[0]["reasons"][0]["retry_after_s"] == 30.0
+    assert evs[1]["type"] == "Rollout.PushDenied"
+    assert evs[1]["reasons"][0]["retry_after_s"] == 30.0
+
+
+@pytest.mark.parametrize("cp", ["ROLLOUT", "DEVICE", "device"])
 def test_other_denies_are_not_push_denied(cp: str) -> None:
     evs = events_for_decision(decision(3, allowed=False, checkpoint=cp, shadow=1))
     assert [e["type"] for e in evs] == ["Decision", "Policy.WouldDeny"]
