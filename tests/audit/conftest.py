@@ -31,5 +31,9 @@ def decision(i: int, *, tenant: str = "acme", allowed: bool = True, checkpoint: 
         "override": None,
         "policies": [{"name": "p", "version": 1, "content_hash": "sha256:abc"}],
         "elapsed_ms": 0.25,
-        "request": {"config": {"exporters": {"otlp": {"headers": {"authorization": "secret"}}}}},
+        "request": {
+            "config": {"exporters": {"otlp": {"headers": {"authorization": "secret"}}}},
+            # As the engine sends it: the config as YAML text.
+            "previous_config": "exporters:\n  otlp:\n    headers:\n      authorization: secret\n",
+        },
     }

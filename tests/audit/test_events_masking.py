@@ -153,6 +153,8 @@ def test_mask_everything_leaves_no_leaf(value: Any, mode: str) -> None:
             if mode == "hash" else out == {}
     elif isinstance(value, list):
         assert len(out) == len(value)
+    elif isinstance(value, str):  # a string is parsed as a document; unparseable = masked
+        assert out == value or out is None or out.startswith("sha256:")
     else:
         assert out == value
 
@@ -166,3 +168,53 @@ def test_settings_validation() -> None:
         AuditSettings.from_mapping({"nope": 1})
     s = AuditSettings.from_mapping({"path": "/x/a.jsonl", "mask_paths": ("a.b",)})
     assert s.mask_paths == ["a.b"] and s.spool_path == "/x/spool"
+
+
+CONFIG_YAML = """\
+receivers:
+  otlp: {protocols: {grpc: {}}}
+exporters:
+  otlphttp:
+    endpoint: https://collector.example:4318
+    headers:
+      authorization: Bearer top-secret
+      x-tenant: acme
+  debug: {}
+"""
+
+
+def test_mask_inside_yaml_string() -> None:
+    m = Masker(["request.config.exporters.*.headers.authorization"], "hash")
+    out = m.apply({"type": "Decision", "request": {"config": CONFIG_YAML}})
+    text = out["request"]["config"]
+    assert isinstance(text, str) and "top-secret" not in text
+    import yaml
+    doc = yaml.safe_load(text)
+    assert doc["exporters"]["otlphttp"]["headers"]["authorization"] == m.digest(
+        "Bearer top-secret")
+    assert doc["exporters"]["otlphttp"]["headers"]["x-tenant"] == "acme"
+    assert doc["receivers"] == {"otlp": {"protocols": {"grpc": {}}}}
+
+
+def test_yaml_string_without_the_key_is_kept_verbatim() -> None:
+    m = Masker(["config.exporters.*.headers.authorization"], "remove")
+    cfg = CONFIG_YAML.replace("authorization: Bearer top-secret\n      ", "")
+    assert m.mask_value({"config": cfg})["config"] == cfg
+    # Key text present but not at the path: parsed, nothing masked, still verbatim.
+    cfg2 = "authorization: at-top-level\n"
+    assert m.mask_value({"config": cfg2})["config"] == cfg2
+
+
+def test_unparseable_or_bomb_document_is_masked_whole() -> None:
+    m = Masker(["config.exporters.*.headers.authorization"], "remove")
+    bad = "exporters: {otlp: {headers: {authorization: secret}\n  - ["
+    assert "config" not in m.mask_value({"config": bad})
+    lol = ["a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]"]
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        lol.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    bomb = "\n".join(lol) + "\nexporters: {x: {headers: {authorization: s}}, y: *i}\n"
+    hm = Masker(["config.*.*.*.*.*.*.*"], "hash")
+    out = hm.mask_value({"config": bomb})["config"]
+    assert out.startswith("sha256:")  # too big to walk: masked whole, quickly
+    assert "authorization: s" not in str(m.mask_value({"config": bomb}))

@@ -97,7 +97,8 @@ async def test_several_sinks_one_down(settings: AuditSettings) -> None:
 async def test_request_is_masked_in_file_sinks_and_overflow(settings: AuditSettings) -> None:
     out = io.BytesIO()
     s = replace(settings, queue_size=1,
-                mask_paths=["request.config.exporters.*.headers.authorization"])
+                mask_paths=["request.config.exporters.*.headers.authorization",
+                            "request.previous_config.exporters.*.headers.authorization"])
     async with AuditLog(s, sinks=[StdoutSink(out)]) as log:
         for i in range(5):  # queue of 1: most of these go through the overflow spool
             await log.log_decision(decision(i))
