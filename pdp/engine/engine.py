@@ -62,6 +62,18 @@ class EngineOptions:
 
 
 @dataclass
+class _Pending:
+    """One request between its stateless phase and its counter reservation."""
+
+    req: CheckRequest
+    decision: Decision
+    started: float
+    deadline: Deadline | None
+    rules: list[CounterRule]
+    by_id: dict[str, CompiledPolicy]
+
+
+@dataclass
 class HealthVerdict:
     decision_id: str
     rollback: bool
@@ -109,30 +121,54 @@ class Engine:
         The budget (``budget_s``) covers evaluation and the counter call, as the design says;
         parsing the config comes before it. ``outer`` (the caller's gRPC deadline) caps it.
         """
-        started = time.perf_counter()
-        try:
-            ctx = await build_context(req, self.configs)
-        except ConfigRejected as exc:
-            decision = Decision(new_decision_id(), False, req.checkpoint.value, datetime.now(UTC))
-            decision.reasons.append(_system("INVALID_CONFIG", str(exc)))
-            decision.elapsed_s = time.perf_counter() - started
-            await self._record(req, decision)
-            return decision
-        deadline = Deadline.after(budget_s)
-        if outer is not None and outer.expires_at < deadline.expires_at:
-            deadline = outer
-        decision = await self._decide(req, ctx, deadline)
-        decision.elapsed_s = time.perf_counter() - started
-        await self._record(req, decision)
+        [decision] = await self.check_batch([req], budget_s, outer)
         return decision
 
-    async def _decide(self, req: CheckRequest, ctx: EvalContext, deadline: Deadline) -> Decision:
+    async def check_batch(self, reqs: Sequence[CheckRequest], budget_s: float,
+                          outer: Deadline | None = None) -> list[Decision]:
+        """Decide many requests of one tenant (a rollout step) with ONE counter-store call.
+
+        The config is parsed once (content-hash cache); each request's policies run under
+        their own ``budget_s``; every counter reservation of the step goes to the store in a
+        single ``reserve_batch``, in request order, under the caller's deadline.
+        """
+        pending: list[_Pending] = []
+        for req in reqs:
+            started = time.perf_counter()
+            try:
+                ctx = await build_context(req, self.configs)
+            except ConfigRejected as exc:
+                decision = Decision(new_decision_id(), False, req.checkpoint.value,
+                                    datetime.now(UTC))
+                decision.reasons.append(_system("INVALID_CONFIG", str(exc)))
+                pending.append(_Pending(req, decision, started, None, [], {}))
+                continue
+            deadline = Deadline.after(budget_s)
+            if outer is not None and outer.expires_at < deadline.expires_at:
+                deadline = outer
+            pending.append(self._evaluate(req, ctx, deadline, started))
+        await self._reserve_all(reqs[0].tenant if reqs else "", pending, outer)
+        out = []
+        for item in pending:
+            d = item.decision
+            if d.reasons and item.req.override is not None and item.req.caller.is_admin:
+                d.overridden = True
+            d.allowed = not d.reasons or d.overridden
+            d.elapsed_s = time.perf_counter() - item.started
+            await self._record(item.req, d)
+            out.append(d)
+        return out
+
+    def _evaluate(self, req: CheckRequest, ctx: EvalContext, deadline: Deadline,
+                  started: float) -> _Pending:
+        """The stateless phase; returns the counter rules still to reserve (if all allowed)."""
         agent_labels = (req.agent or {}).get("labels")
         device_labels = (req.device or {}).get("labels")
         selected = self.policies.select(req.tenant, req.checkpoint, req.change,
                                         agent_labels, device_labels)
         budget = Budget(deadline=deadline.expires_at, cost_limit=self.options.cost_limit)
         decision = Decision(new_decision_id(), False, req.checkpoint.value, ctx.now)
+        item = _Pending(req, decision, started, deadline, [], {})
         counted: list[CompiledPolicy] = []
         for p in selected:
             decision.evaluated.append(_ref(p))
@@ -144,12 +180,8 @@ class Engine:
             elif p.counter is not None and not p.shadow:
                 counted.append(p)
         if not decision.reasons and counted:
-            decision.reasons.extend(await self._reserve(req.tenant, counted, ctx, budget,
-                                                        deadline))
-        if decision.reasons and req.override is not None and req.caller.is_admin:
-            decision.overridden = True
-        decision.allowed = not decision.reasons or decision.overridden
-        return decision
+            self._counter_rules(item, counted, ctx, budget)
+        return item
 
     def _evaluate_one(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
                       deadline: Deadline) -> Deny | None:
@@ -165,41 +197,68 @@ class Engine:
             log.error("policy_evaluation_failed", policy=p.name, error=repr(exc))
             return Deny("POLICY_ERROR", f"internal error while evaluating: {type(exc).__name__}")
 
-    async def _reserve(self, tenant: str, counted: Sequence[CompiledPolicy], ctx: EvalContext,
-                       budget: Budget, deadline: Deadline) -> list[Reason]:
-        rules: list[CounterRule] = []
-        by_id: dict[str, CompiledPolicy] = {}
+    def _counter_rules(self, item: _Pending, counted: Sequence[CompiledPolicy],
+                       ctx: EvalContext, budget: Budget) -> None:
         for p in counted:
             spec = p.counter
             assert spec is not None
             scope = p.scope_key(ctx, budget)
             if scope is None:
-                return [_reason(p, Deny("INVALID_INPUT",
-                                        f"counter scope {spec.scope!r} needs a value the request"
-                                        " does not carry (e.g. rollout.id, agent.id)"))]
+                item.decision.reasons.append(_reason(p, Deny(
+                    "INVALID_INPUT", f"counter scope {spec.scope!r} needs a value the request"
+                                     " does not carry (e.g. rollout.id, agent.id)")))
+                item.rules.clear()
+                return
             rule_id = f"{p.name}@v{p.policy.version}"
-            by_id[rule_id] = p
-            rules.append(CounterRule(
-                rule_id=rule_id, kind=_COUNTER_KINDS[spec.kind], scope_key=scope,
-                max_count=spec.max_count, window_seconds=float(spec.window_seconds),
-                min_interval_seconds=float(spec.min_interval_seconds), timezone=spec.timezone,
-                threshold_percent=spec.threshold_percent,
-                min_deployments=max(1, spec.min_deployments), counter_id=p.name))
-        timeout = min(deadline.remaining(), self.options.counter_timeout_s)
+            try:
+                rule = CounterRule(
+                    rule_id=rule_id, kind=_COUNTER_KINDS[spec.kind], scope_key=scope,
+                    max_count=spec.max_count, window_seconds=float(spec.window_seconds),
+                    min_interval_seconds=float(spec.min_interval_seconds),
+                    timezone=spec.timezone, threshold_percent=spec.threshold_percent,
+                    min_deployments=max(1, spec.min_deployments), counter_id=p.name)
+            except ValueError as exc:
+                item.decision.reasons.append(_reason(p, Deny(
+                    "POLICY_INVALID", f"counter rule is invalid: {exc}")))
+                item.rules.clear()
+                return
+            item.by_id[rule_id] = p
+            item.rules.append(rule)
+
+    async def _reserve_all(self, tenant: str, pending: Sequence[_Pending],
+                           outer: Deadline | None) -> None:
+        todo = [i for i in pending if i.rules and not i.decision.reasons]
+        if not todo:
+            return
+        remaining = min(i.deadline.remaining() for i in todo if i.deadline is not None)
+        if outer is not None:
+            remaining = min(remaining, outer.remaining())
+        timeout = min(remaining, self.options.counter_timeout_s * (1 if len(todo) == 1 else 4))
         if timeout <= 0:
-            return [_system("DEADLINE_EXCEEDED",
-                            "the decision deadline ran out before counters were reserved")]
+            for i in todo:
+                i.decision.reasons.append(_system(
+                    "DEADLINE_EXCEEDED", "the decision deadline ran out before counters were"
+                                         " reserved"))
+            return
         try:
-            result = await self.counters.reserve(tenant, rules, timeout=timeout)
-        except CounterStoreUnavailable as exc:
-            return [_system("COUNTER_STORE_UNAVAILABLE",
-                            f"counter store unavailable, so counter rules deny: {exc}")]
-        if result.allowed:
-            return []
-        denier = by_id.get(result.denied_rule_id or "")
-        deny = Deny(result.code, result.message, result.retry_after_seconds)
-        return [_reason(denier, deny) if denier is not None
-                else _system(result.code, result.message)]
+            if len(todo) == 1:
+                results = [await self.counters.reserve(tenant, todo[0].rules, timeout=timeout)]
+            else:
+                results = await self.counters.reserve_batch(tenant, [i.rules for i in todo],
+                                                            timeout=timeout)
+        except (CounterStoreUnavailable, ValueError) as exc:
+            for i in todo:
+                i.decision.reasons.append(_system(
+                    "COUNTER_STORE_UNAVAILABLE",
+                    f"counter store unavailable, so counter rules deny: {exc}"))
+            return
+        for i, result in zip(todo, results, strict=True):
+            if result.allowed:
+                continue
+            denier = i.by_id.get(result.denied_rule_id or "")
+            deny = Deny(result.code, result.message, result.retry_after_seconds)
+            i.decision.reasons.append(_reason(denier, deny) if denier is not None
+                                      else _system(result.code, result.message))
 
     async def _record(self, req: CheckRequest, decision: Decision) -> None:
         event = decision_event(req, decision)

@@ -101,6 +101,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
     async def _batch(self, request: dpb.CheckPushBatchRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushBatchResponse:
         async def run() -> dpb.CheckPushBatchResponse:
+            convert.tenant_of(request.tenant)
             if len(request.agents) > self.max_batch:
                 raise InvalidRequest("agents", f"{len(request.agents)} agents is more than the"
                                                f" limit of {self.max_batch} per batch")
@@ -114,15 +115,18 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 request_id=request.request_id)
             if request.HasField("override"):
                 single.override.CopyFrom(request.override)
-            out = dpb.CheckPushBatchResponse()
+            reqs = []
             for i, agent in enumerate(request.agents):
                 single.agent.CopyFrom(agent)
                 try:
-                    req = convert.check_push_request(single, caller)
+                    reqs.append(convert.check_push_request(single, caller))
                 except InvalidRequest as exc:
                     raise InvalidRequest(f"agents[{i}].{exc.field.removeprefix('agent.')}",
                                          exc.problem) from None
-                decision = await self.engine.check(req, self.deadline_s, caller_deadline(context))
+            decisions = await self.engine.check_batch(reqs, self.deadline_s,
+                                                      caller_deadline(context))
+            out = dpb.CheckPushBatchResponse()
+            for agent, decision in zip(request.agents, decisions, strict=True):
                 out.decisions.add(agent_id=agent.id, decision=convert.decision_pb(decision))
                 if decision.allowed:
                     out.allowed_count += 1

@@ -193,3 +193,31 @@ async def test_yaml_bomb_is_denied_invalid_config_and_audited(config: str, probl
 async def test_anchors_within_limits_are_fine() -> None:
     engine, _ = engine_for(CEL.format(name="p", extra="", deny="config.c.b == 2"))
     assert (await engine.check(push("a: &x {b: 1}\nc: *x\n"), 1.0)).allowed
+
+
+class CountingStore(MemoryCounterStore):
+    """The real in-process store, counting how often the engine calls it."""
+
+    calls = 0
+
+    async def reserve(self, *a: Any, **kw: Any) -> Any:
+        self.calls += 1
+        return await super().reserve(*a, **kw)
+
+    async def reserve_batch(self, *a: Any, **kw: Any) -> Any:
+        self.calls += 1
+        return await super().reserve_batch(*a, **kw)
+
+
+async def test_batch_reserves_the_whole_step_in_one_store_call() -> None:
+    store = CountingStore()
+    engine, audit = engine_for(
+        "tenant: t\nname: cap\nrule: {daily_cap: {max_count: 3}}\n---\n"
+        + CEL.format(name="odd", extra="", deny="agent.id.endsWith('-odd')"), store)
+    reqs = [push(agent=f"a{i}" + ("-odd" if i == 1 else "")) for i in range(6)]
+    decisions = await engine.check_batch(reqs, 1.0)
+    assert store.calls == 1
+    assert [d.allowed for d in decisions] == [True, False, True, True, False, False]
+    assert decisions[1].reasons[0].policy == "odd"            # denied: consumed nothing
+    assert decisions[4].reasons[0].code == "DAILY_CAP_EXCEEDED"
+    assert [x["decision_id"] for x in audit.decisions] == [d.decision_id for d in decisions]
