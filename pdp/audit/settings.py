@@ -31,6 +31,8 @@ class AuditSettings:
     #: ``sync``: the decision path should use ``emit_durable`` / ``log_decision`` awaits fsync.
     durability: Durability = "async"
     redis_url: str | None = None
+    #: ``redis_url`` names a node of a Redis Cluster.
+    redis_cluster: bool = False
     redis_stream: str = "pdp:audit"
     #: Approximate ``MAXLEN ~`` trimming of the stream; None = never trim.
     redis_maxlen: int | None = None

@@ -11,13 +11,14 @@ from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from pdp.audit import AuditLog, AuditSettings
 from pdp.audit.chain import ChainHead, make_entry
 from pdp.audit.sinks.file import Ledger
 from pdp.audit.sinks.redis_stream import RedisStreamSink, cursor_key
 from tests.audit.conftest import decision
-from tests.support.procs import RedisServer
+from tests.support.procs import RedisCluster, RedisServer
 
 # A real outage, shortened from the ~10 s of the acceptance criterion to keep the suite fast;
 # set PDP_AUDIT_OUTAGE_S=10 to run the full-length one.
@@ -161,3 +162,23 @@ async def test_records_lost_from_memory_by_a_crash_are_backfilled(
         assert await log.drain_sinks(timeout=10)
     recs = await stream_records(durable_redis.url, "audit-test")
     assert [r["event"]["i"] for r in recs] == list(range(151))
+
+
+async def test_redis_cluster_stream(settings: AuditSettings) -> None:
+    cluster = RedisCluster().start()
+    try:
+        s = replace(settings, redis_url=cluster.url, redis_cluster=True, redis_stream="audit")
+        async with AuditLog(s) as log:
+            for j in range(200):
+                log.emit({"type": "Test", "tenant": "t", "i": j})
+            assert await log.drain_sinks(timeout=10)
+        client = ClusterClient.from_url(cluster.url)
+        try:
+            entries = await client.xrange("audit", "-", "+")
+            cursor = await client.get("{audit}:cursor:test")
+        finally:
+            await client.aclose()
+        assert [int(f[b"seq"]) for _, f in entries] == list(range(1, 201))
+        assert cursor is not None and cursor.startswith(b"200:")
+    finally:
+        cluster.close()

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -38,15 +39,22 @@ def cursor_key(stream: str, instance: str) -> str:
 
 class RedisStreamSink:
     def __init__(self, url: str, stream: str, *, maxlen: int | None = None,
-                 instance: str = "pdp", timeout: float = 5.0,
-                 client: aioredis.Redis | None = None) -> None:
+                 instance: str = "pdp", timeout: float = 5.0, cluster: bool = False,
+                 client: aioredis.Redis | RedisCluster | None = None) -> None:
         self.name = f"redis-{stream}"
         self.stream = stream
         self.maxlen = maxlen
         self.cursor_key = cursor_key(stream, instance)
-        self._client = client or aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0))
+        self._client: aioredis.Redis | RedisCluster
+        if client is not None:
+            self._client = client
+        elif cluster:
+            self._client = RedisCluster.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        else:
+            self._client = aioredis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0))
         self._cursor: tuple[int, str] | None = None
 
     async def _read_cursor(self) -> tuple[int, str]:
