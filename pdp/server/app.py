@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from pdp.audit.log import AuditLog
 from pdp.audit.settings import AuditSettings
 from pdp.cel import ProgramCache, pdp_environment
-from pdp.counters import CounterSettings, CounterStore, MemoryCounterStore
+from pdp.counters import CounterSettings, CounterStore, open_counter_store
 from pdp.engine.context import ConfigCache
 from pdp.engine.engine import Engine, EngineOptions
 from pdp.policy.builtins import builtin_policies
@@ -75,14 +75,11 @@ def load_policies(settings: Settings, cache: ProgramCache) -> PolicySet:
 
 
 def open_counters(settings: Settings) -> CounterStore:
-    if settings.redis_url is None:
-        return MemoryCounterStore()
-    from pdp.counters import open_counter_store
-
+    """In-process without a Redis URL; otherwise Redis (it connects lazily, fails closed)."""
+    timeout = max(0.05, settings.redis_timeout_ms / 1000)
     return open_counter_store(CounterSettings(
-        url=settings.redis_url, cluster=settings.redis_cluster,
-        op_timeout=max(0.05, settings.redis_timeout_ms / 1000),
-        pool_size=settings.redis_pool_size))
+        url=settings.redis_url, cluster=settings.redis_cluster, connect_timeout=timeout,
+        op_timeout=timeout, pool_size=settings.redis_pool_size))
 
 
 def audit_settings(settings: Settings) -> AuditSettings:
@@ -110,6 +107,9 @@ async def start(settings: Settings) -> Running:
     audit = AuditLog(audit_settings(settings))
     await audit.start()
     counters = open_counters(settings)
+    if settings.redis_url and not await counters.ping():
+        log.warning("counter_store_unreachable", redis_url=settings.redis_url,
+                    effect="counter rules deny COUNTER_STORE_UNAVAILABLE until it is back")
     engine = Engine(policies, counters, audit,
                     ConfigCache(settings.config_cache_size, settings.max_config_bytes),
                     EngineOptions(cost_limit=settings.cel_cost_limit,
