@@ -1,0 +1,75 @@
+"""Observability: OpenTelemetry spans and metrics for the decision path, OTLP/gRPC and
+Prometheus exporters, and trace ids on log lines.
+
+No gRPC imports here: incoming metadata reaches us as a plain ``Mapping[str, str]``.
+
+Seams (how the server / engine wire it in)
+------------------------------------------
+Build once at start-up, share everywhere::
+
+    tel = create_telemetry(TelemetrySettings(enabled=True, otlp_endpoint="http://collector:4317",
+                                             prometheus_port=9464))
+    tel.observe_cache(lambda: (cache.hits, cache.misses))           # CEL compiled-program cache
+    tel.observe_audit(lambda: audit.queue_depth, lambda: audit.spooled_count)
+    tel.observe_notifications(notifier.counts)                      # pdp.notify
+    tel.start()             # exporters + scrape endpoint; tel.shutdown() at exit
+
+``create_telemetry`` returns :class:`NoTelemetry` when ``enabled`` is False: same methods,
+all no-ops, span managers are one shared ``nullcontext`` (see ``bench/telemetry_bench.py``).
+Type the field as :class:`DecisionTelemetry`.
+
+Per decision (engine / servicer)::
+
+    carrier = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+    attrs = {"pdp.tenant": tenant, "pdp.checkpoint": checkpoint}
+    with tel.decision_span("pdp.CheckPush", carrier, attrs) as span:
+        for policy in selected:
+            with tel.policy_span(policy.name):
+                ...
+        with tel.counter_span():
+            try: await store.reserve(...)
+            except CounterStoreUnavailable: tel.record_counter_error(tenant); raise
+        span.set_attribute("pdp.outcome", "deny")
+    tel.record_decision("deny", tenant, checkpoint, elapsed_s)
+    if deadline_exceeded: tel.record_deadline_exceeded(tenant, checkpoint)
+
+The span context is taken from the W3C ``traceparent`` (and ``tracestate``) entries of the
+carrier; without them the span joins the current context (or starts a new trace).
+
+Logs: add :func:`add_trace_ids` to the structlog processors (after ``merge_contextvars``,
+before the renderer) in ``pdp/logging.py``; every event logged inside a decision span then
+carries ``trace_id`` and ``span_id`` next to the bound ``decision_id``.
+
+Metric names (Prometheus form): ``pdp_decisions_total{outcome,tenant,checkpoint}``,
+``pdp_decision_duration_seconds_*{tenant,checkpoint}``,
+``pdp_deadline_exceeded_total{tenant,checkpoint}``, ``pdp_counter_store_errors_total{code,tenant}``,
+``pdp_cel_cache_hit_ratio``, ``pdp_cel_cache_lookups_total{result}``, ``pdp_audit_queue_depth``,
+``pdp_audit_spooled_events``, ``pdp_notifications_total{channel,result}``.
+"""
+
+from pdp.telemetry.base import DecisionTelemetry
+from pdp.telemetry.core import Telemetry
+from pdp.telemetry.logs import add_trace_ids
+from pdp.telemetry.noop import NO_TELEMETRY, NoTelemetry
+from pdp.telemetry.settings import TelemetrySettings
+
+
+def create_telemetry(settings: TelemetrySettings) -> Telemetry | NoTelemetry:
+    """:class:`Telemetry` when ``settings.enabled``, else the shared :class:`NoTelemetry`.
+
+    Does not start anything; call ``start()``.
+    """
+    if not settings.enabled:
+        return NO_TELEMETRY
+    return Telemetry(settings)
+
+
+__all__ = [
+    "NO_TELEMETRY",
+    "DecisionTelemetry",
+    "NoTelemetry",
+    "Telemetry",
+    "TelemetrySettings",
+    "add_trace_ids",
+    "create_telemetry",
+]
