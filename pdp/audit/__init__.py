@@ -1,5 +1,22 @@
 """Audit pipeline: decision and lifecycle events, hash-chained to JSON-lines files, forwarded
-to Redis Streams / stdout, watchable live. Start at :class:`AuditLog` and :mod:`.events`."""
+to Redis Streams / stdout, watchable live.
+
+Use::
+
+    audit = AuditLog(AuditSettings(path="var/audit/audit.jsonl", durability="async"))
+    await audit.start()
+    await audit.log_decision(decision_dict)   # Decision + PushDenied + WouldDeny events;
+                                              # returns at once (async) / after fsync (sync)
+    audit.emit(policy_activated(tenant, name, version, actor, content_hash=h))
+    async for record in audit.watch(tenant="acme", types={"Decision"}, from_seq=41): ...
+    await audit.close()                       # drains the queue (SIGTERM path)
+
+    pdp.audit.verify.main(["var/audit/"])     # 0 ok, 1 tampered, 2 error
+
+Modules: events (model), chain (hashing), masking, settings, files (on-disk layout),
+sinks/file (the ledger), sinks/redis_stream, sinks/stdout, spool, delivery (per-sink
+forwarding with spool), watch, log (the pipeline), verify.
+"""
 
 from pdp.audit.chain import GENESIS, ChainHead, Entry, Record
 from pdp.audit.events import (

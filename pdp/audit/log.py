@@ -67,6 +67,9 @@ class AuditStats:
     fsyncs: int = 0
     write_errors: int = 0
     watchers: int = 0
+    #: Events that could be neither queued nor spilled (disk unwritable); logged in full at
+    #: CRITICAL level. Should stay 0; alert on it.
+    lost: int = 0
 
 
 @dataclass
@@ -109,6 +112,7 @@ class AuditLog:
         self._fsyncs = 0
         self._write_errors = 0
         self._unsynced = False  # records written since the last fsync
+        self._lost = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -204,6 +208,7 @@ class AuditLog:
             self._overflow.append([line])
         except OSError as e:
             # Nothing left to put it in. Say so loudly with the event itself, never silently.
+            self._lost += 1
             log.critical("audit event lost: overflow spool unwritable", error=str(e),
                          event=line.decode(errors="replace"))
             return
@@ -288,6 +293,7 @@ class AuditLog:
             fsyncs=self._fsyncs,
             write_errors=self._write_errors,
             watchers=self._hub.count,
+            lost=self._lost,
         )
 
     # -- the writer ------------------------------------------------------------------------

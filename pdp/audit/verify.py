@@ -196,7 +196,8 @@ def verify_paths(paths: Sequence[str | Path]) -> VerifyResult:
                 return fail("edited", rec.loc, rec.seq, "first record does not start the chain")
             if rec.seq != 1:
                 result.warnings.append(
-                    f"chain starts at seq {rec.seq} (earlier files not given or archived)")
+                    f"chain starts at seq {rec.seq} (earlier files archived, or not given: "
+                    "pass the directory to include rotated files)")
         else:
             expected = prev.seq + 1
             if rec.seq != expected or rec.prev != prev.hash:
