@@ -65,6 +65,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"pdp serve: invalid setting: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from pdp.server.workers import serve_workers
+
+        try:
+            return serve_workers(settings)
+        except SettingsError as exc:
+            print(f"pdp serve: invalid setting: {exc}", file=sys.stderr)
+            return 2
     from pdp.server.app import StartupError, serve
 
     try:

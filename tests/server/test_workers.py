@@ -1,0 +1,39 @@
+"""`pdp serve --workers N`: several processes on one port, clean shutdown of all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pdp.client import PdpClient
+from tests.support.pdpserver import PdpServer
+from tests.support.procs import redis_server
+
+
+def test_two_workers_share_the_port_and_stop_cleanly(tmp_path: Path) -> None:
+    with redis_server() as redis:
+        server = PdpServer(tmp_path, args=["--workers", "2", "--redis-url", redis.url]).start()
+        try:
+            for i in range(60):  # a new connection each time: the kernel spreads them
+                with PdpClient(server.address) as client:
+                    assert client.check_push("acme", f"a{i}", config_yaml="a: 1").allowed
+            assert server.terminate(timeout=30) == 0
+        finally:
+            server.stop()
+    per_worker = {}
+    for f in sorted(server.audit_file.parent.glob("audit-w*.jsonl")):
+        per_worker[f.name] = sum(json.loads(line)["event"]["type"] == "Decision"
+                                 for line in f.read_text().splitlines())
+    assert sum(per_worker.values()) == 60
+    assert len([n for n in per_worker.values() if n]) == 2, per_worker  # both answered
+
+
+def test_workers_without_redis_refuse_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+    out = subprocess.run([sys.executable, "-m", "pdp.cli", "serve", "--workers", "2"],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "workers: more than one worker needs redis_url" in out.stderr
