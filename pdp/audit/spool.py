@@ -34,16 +34,21 @@ class Spool:
         self._read_off = 0
         self.pending = 0
         if self._size:
+            start = self._load_offset()
             valid = 0
             with open(self.path, "rb") as f:
                 for line in f:
                     if not line.endswith(b"\n"):
                         break  # torn by a crash mid-append: drop the fragment
+                    if valid >= start:
+                        self.pending += 1
                     valid += len(line)
-                    self.pending += 1
             if valid != self._size:
                 os.ftruncate(self._fd, valid)
                 self._size = valid
+            self._read_off = min(start, valid)
+            if self.pending == 0:
+                self.reset()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -85,11 +90,35 @@ class Spool:
         return out
 
     def consume(self, lines: Sequence[bytes]) -> None:
-        """Drop ``lines`` (as returned by ``peek``) from the front."""
+        """Drop ``lines`` (as returned by ``peek``) from the front.
+
+        The new front is recorded in ``<spool>.offset`` (atomically, fsync'd), so a crash
+        while a long backlog is being replayed does not replay what was already handled.
+        """
         self._read_off += sum(len(ln) for ln in lines)
         self.pending -= len(lines)
         if self.pending <= 0 or self._read_off >= self._size:
             self.reset()
+        else:
+            self._store_offset(self._read_off)
+
+    @property
+    def _offset_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".offset")
+
+    def _load_offset(self) -> int:
+        try:
+            return int(self._offset_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _store_offset(self, off: int) -> None:
+        tmp = self.path.with_name(self.path.name + ".offset.tmp")
+        with open(tmp, "w") as f:
+            f.write(str(off))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._offset_path)
 
     def take_all(self) -> list[bytes]:
         """Everything pending, consumed at once (the caller owns it from here)."""
@@ -103,3 +132,4 @@ class Spool:
         self._size = 0
         self._read_off = 0
         self.pending = 0
+        self._offset_path.unlink(missing_ok=True)
