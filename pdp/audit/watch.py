@@ -157,7 +157,12 @@ class HistoryReader:
                         f"audit files end at seq {self._last}, expected records up to {upto}",
                         max(after, self._last))
                 continue
-            entry = entry_from_line(line)
+            try:
+                entry = entry_from_line(line)
+            except ValueError as e:
+                raise AuditHistoryUnavailableError(
+                    f"unreadable audit record after seq {self._last} in {f.name!r}: {e}; "
+                    "run `pdp audit verify`", max(after, self._last)) from e
             seq = entry.seq
             if self._last < 0:
                 if seq <= self._skip_until:
@@ -165,12 +170,12 @@ class HistoryReader:
                 self._last = self._skip_until
             if seq <= self._last:
                 continue
-            if seq > upto:
-                f.seek(off)
-                break
             if seq != self._last + 1:
                 raise AuditHistoryUnavailableError(
                     f"audit files jump from seq {self._last} to {seq}", self._last)
+            if seq > upto:
+                f.seek(off)
+                break
             out.append(entry)
             self._last = seq
             if seq == upto:
@@ -256,8 +261,9 @@ class WatchHub:
             while pos < self.head and not self._closed:
                 upto = self.head
                 chunk = await asyncio.to_thread(reader.read, pos, upto)
-                if not chunk:
-                    break
+                if not chunk:  # cannot happen (read raises on a gap); never skip silently
+                    raise AuditHistoryUnavailableError(
+                        f"no audit records after seq {pos}", pos)
                 for e in chunk:
                     pos = e.seq
                     if _matches(e.record, tenant, ftypes):
