@@ -1,0 +1,244 @@
+"""SQLite policy store: the embedded default (one file, no setup).
+
+All SQLite work runs on one worker thread with one connection (WAL mode, ``busy_timeout``), so
+the event loop never blocks on disk. Every change is one ``BEGIN IMMEDIATE`` transaction that
+reads the policy's rows, applies the lifecycle rule, writes, and bumps the ``revision`` row;
+an error rolls it back, so nothing is half-written. Several processes may share the file:
+``BEGIN IMMEDIATE`` serializes their writers, and ``watch_revisions`` polls the revision row
+(a one-row primary-key read, every 0.2 s) so each sees the others' changes well within a
+second. Changes made through this instance wake its watchers at once.
+
+Tables (records stored as the same JSON both backends use)::
+
+    meta(key, value)                       -- 'revision', 'schema'
+    tenants(tenant)
+    versions(tenant, name, version, status, data)
+    transitions(id, tenant, name, data)    -- append-only, id orders them
+    relaxed(tenant, builtin)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pdp.policy.store.base import MutateFn, PolicyStore, TenantState
+from pdp.policy.store.errors import StoreUnavailable
+from pdp.policy.store.records import Mutation, PolicyRecord, Transition, VersionRecord
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0), ('schema', 1);
+CREATE TABLE IF NOT EXISTS tenants (tenant TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS versions (
+    tenant TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL,
+    status TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (tenant, name, version)
+);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL, name TEXT NOT NULL, data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_by_name ON transitions (tenant, name, id);
+CREATE TABLE IF NOT EXISTS relaxed (
+    tenant TEXT NOT NULL, builtin TEXT NOT NULL, PRIMARY KEY (tenant, builtin)
+);
+"""
+
+POLL_INTERVAL = 0.2
+
+
+class SqlitePolicyStore(PolicyStore):
+    def __init__(self, path: str | Path, *, poll_interval: float = POLL_INTERVAL,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path = str(path)
+        self.poll_interval = poll_interval
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdp-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        self._waiters: set[asyncio.Event] = set()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            try:
+                conn.executescript(SCHEMA)  # idempotent
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("the policy store is closed")
+
+        def call() -> T:
+            return fn(self._connection())
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"policy store {self.path}: {exc}") from exc
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def tx(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        result = await self._run(tx)
+        for waiter in self._waiters:
+            waiter.set()
+        return result
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection, tenant: str) -> None:
+        conn.execute("INSERT OR IGNORE INTO tenants (tenant) VALUES (?)", (tenant,))
+        conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+
+    @staticmethod
+    def _record(conn: sqlite3.Connection, tenant: str, name: str,
+                transitions: bool = True) -> PolicyRecord:
+        versions = tuple(VersionRecord.from_json(row[0]) for row in conn.execute(
+            "SELECT data FROM versions WHERE tenant = ? AND name = ? ORDER BY version",
+            (tenant, name)))
+        trans: tuple[Transition, ...] = ()
+        if transitions:
+            trans = tuple(Transition.from_json(row[0]) for row in conn.execute(
+                "SELECT data FROM transitions WHERE tenant = ? AND name = ? ORDER BY id",
+                (tenant, name)))
+        return PolicyRecord(tenant, name, versions, trans)
+
+    @staticmethod
+    def _tenant(conn: sqlite3.Connection, tenant: str) -> TenantState:
+        by_name: dict[str, list[VersionRecord]] = {}
+        for (data,) in conn.execute(
+                "SELECT data FROM versions WHERE tenant = ? ORDER BY name, version", (tenant,)):
+            v = VersionRecord.from_json(data)
+            by_name.setdefault(v.name, []).append(v)
+        relaxed = frozenset(row[0] for row in conn.execute(
+            "SELECT builtin FROM relaxed WHERE tenant = ?", (tenant,)))
+        return TenantState({n: PolicyRecord(tenant, n, tuple(vs)) for n, vs in by_name.items()},
+                           relaxed)
+
+    # ------------------------------------------------------------------ primitives
+
+    async def _mutate(self, tenant: str, name: str, fn: MutateFn) -> Mutation | None:
+        def tx(conn: sqlite3.Connection) -> Mutation | None:
+            mutation = fn(self._record(conn, tenant, name))
+            if mutation is None:
+                return None
+            for v in mutation.versions:
+                conn.execute(
+                    "INSERT INTO versions (tenant, name, version, status, data)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, name, version)"
+                    " DO UPDATE SET status = excluded.status, data = excluded.data",
+                    (v.tenant, v.name, v.version, v.status.value, v.to_json()))
+            for t in mutation.transitions:
+                conn.execute("INSERT INTO transitions (tenant, name, data) VALUES (?, ?, ?)",
+                             (t.tenant, t.name, t.to_json()))
+            self._bump(conn, tenant)
+            return mutation
+
+        return await self._write(tx)
+
+    async def _set_relaxed(self, tenant: str, builtin: str, relaxed: bool,
+                           transition: Transition) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            if relaxed:
+                cur = conn.execute("INSERT OR IGNORE INTO relaxed (tenant, builtin)"
+                                   " VALUES (?, ?)", (tenant, builtin))
+            else:
+                cur = conn.execute("DELETE FROM relaxed WHERE tenant = ? AND builtin = ?",
+                                   (tenant, builtin))
+            if cur.rowcount == 0:
+                return False
+            conn.execute("INSERT INTO transitions (tenant, name, data) VALUES (?, ?, ?)",
+                         (tenant, builtin, transition.to_json()))
+            self._bump(conn, tenant)
+            return True
+
+        return await self._write(tx)
+
+    async def _read_record(self, tenant: str, name: str) -> PolicyRecord:
+        return await self._run(lambda conn: self._record(conn, tenant, name))
+
+    async def _read_tenant(self, tenant: str) -> TenantState:
+        return await self._run(lambda conn: self._tenant(conn, tenant))
+
+    async def _read_all(self) -> tuple[int, dict[str, TenantState]]:
+        def read(conn: sqlite3.Connection) -> tuple[int, dict[str, TenantState]]:
+            conn.execute("BEGIN")  # one read transaction: a consistent view
+            try:
+                revision = self._revision(conn)
+                tenants = [row[0] for row in conn.execute(
+                    "SELECT tenant FROM tenants ORDER BY tenant")]
+                return revision, {t: self._tenant(conn, t) for t in tenants}
+            finally:
+                conn.execute("COMMIT")
+
+        return await self._run(read)
+
+    @staticmethod
+    def _revision(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+        return int(row[0])
+
+    async def revision(self) -> int:
+        return await self._run(self._revision)
+
+    async def tenants(self) -> list[str]:
+        return await self._run(lambda conn: [row[0] for row in conn.execute(
+            "SELECT tenant FROM tenants ORDER BY tenant")])
+
+    async def watch_revisions(self, since: int | None = None) -> AsyncIterator[int]:
+        wake = asyncio.Event()
+        self._waiters.add(wake)
+        try:
+            last = await self.revision() if since is None else since
+            while not self._closed:
+                current = await self.revision()
+                if current != last:
+                    last = current
+                    yield current
+                    continue
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.poll_interval)
+        finally:
+            self._waiters.discard(wake)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for waiter in self._waiters:
+            waiter.set()
+
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)
