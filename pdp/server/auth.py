@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -197,7 +198,8 @@ def authorize(principal: Principal, method: str, tenant: str) -> None:
     if principal.has_role(tenant, role):
         return
     need = "any role" if role == READ else f"role {role!r}"
-    where = f"tenant {tenant!r}" if tenant else "all tenants (empty tenant)"
+    where = (f"tenant {tenant!r}" if tenant
+             else "every tenant (the request names no tenant)")
     raise PermissionDenied(
         f"{principal.identity!r} needs {need} on {where} for {short_method(method)};"
         f" has {principal.describe_roles()}")
@@ -466,18 +468,68 @@ def _auth_context(context: grpc.aio.ServicerContext[Any, Any]) -> Mapping[str, A
 
 # --- request tenant -----------------------------------------------------------------------
 
+_TENANT_LINE = re.compile(r"^tenant[ \t]*:[ \t]*['\"]?([^'\"#\s]*)", re.MULTILINE)
 
-def tenant_of(request: Any) -> str:
-    """The tenant a request message is about (``CheckPushStreamRequest``: its batch's)."""
-    tenant = getattr(request, "tenant", None)
-    if isinstance(tenant, str):
-        return tenant
-    batch = getattr(request, "batch", None)
-    if batch is not None:
+
+def _yaml_tenants(text: str) -> set[str]:
+    """Every top-level ``tenant:`` value of every document, duplicates and ``<<`` merges
+    included (a parser that kept another duplicate than ours must not pick an unchecked
+    tenant). Unparsable YAML: the ``tenant:`` lines, best effort -- the request is refused
+    later for its syntax anyway; this only decides who may see that error."""
+    found: set[str] = set()
+
+    def visit(node: yaml.Node) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == "tenant":
+                found.add(str(value.value) if isinstance(value, yaml.ScalarNode) else "")
+            elif isinstance(key, yaml.ScalarNode) and key.value == "<<":
+                for merged in (value.value if isinstance(value, yaml.SequenceNode)
+                               else [value]):
+                    visit(merged)
+
+    try:
+        for doc in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            if doc is not None:
+                visit(doc)
+    except yaml.YAMLError:
+        found = {m.group(1) for m in _TENANT_LINE.finditer(text)}
+    return found
+
+
+def tenants_of(request: Any) -> frozenset[str]:
+    """The tenants a request message is about. Usually one: its ``tenant`` field;
+    ``CheckPushStreamRequest``: its batch's; ``PutDraft`` / ``ValidatePolicy``: the policy's
+    tenant and every ``tenant:`` of its YAML. ``{""}`` when none is named."""
+    tenants: set[str] = set()
+    text = getattr(request, "yaml", None)
+    if isinstance(text, str) and text:
+        tenants |= _yaml_tenants(text)
+    policy = getattr(request, "policy", None)
+    if policy is not None:
+        tenant = getattr(policy, "tenant", None)
+        if isinstance(tenant, str) and (tenant or not tenants):
+            tenants.add(tenant)
+    elif isinstance(tenant := getattr(request, "tenant", None), str):
+        tenants.add(tenant)
+    elif (batch := getattr(request, "batch", None)) is not None:
         inner = getattr(batch, "tenant", None)
         if isinstance(inner, str):
-            return inner
-    return ""
+            tenants.add(inner)
+    return frozenset(tenants or {""})
+
+
+def tenant_of(request: Any) -> str:
+    """The single tenant of a request ("" if none, or if it names several)."""
+    tenants = tenants_of(request)
+    return next(iter(tenants)) if len(tenants) == 1 else ""
+
+
+def authorize_request(principal: Principal, method: str, request: Any) -> None:
+    """:func:`authorize` on every tenant the request names."""
+    for tenant in sorted(tenants_of(request)):
+        authorize(principal, method, tenant)
 
 
 # --- server wiring ------------------------------------------------------------------------
@@ -539,7 +591,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str,
     async def check(principal: Principal, request: Any,
                     context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
-            authorize(principal, method, tenant_of(request))
+            authorize_request(principal, method, request)
         except AuthError as exc:
             await _abort(context, exc)
             raise

@@ -19,7 +19,7 @@ from pdp.server.auth import (
     Principal,
     authorize,
 )
-from pdp.v1 import admin_pb2, audit_pb2, decision_pb2
+from pdp.v1 import admin_pb2, audit_pb2, decision_pb2, policy_pb2
 
 SERVICES = [
     decision_pb2.DESCRIPTOR.services_by_name["DecisionService"],
@@ -47,7 +47,7 @@ def test_table_covers_exactly_the_proto_rpcs() -> None:
 
 
 def allowed(required: str, held: str) -> bool:
-    return held == ADMIN or required == READ or required == held
+    return held == ADMIN or required in (READ, held)
 
 
 @pytest.mark.parametrize(("method", "role"), list(itertools.product(ALL_METHODS, sorted(ROLES))))
@@ -133,3 +133,35 @@ def test_tenant_of_messages() -> None:
     assert auth.tenant_of(stream) == "b"
     assert auth.tenant_of(audit_pb2.WatchRequest(tenant="c")) == "c"
     assert auth.tenant_of(object()) == ""
+
+
+def test_tenants_of_policy_requests() -> None:
+    put = admin_pb2.PutDraftRequest
+    assert auth.tenants_of(put(yaml="tenant: acme\nname: p\n")) == {"acme"}
+    assert auth.tenants_of(put(policy=policy_pb2.Policy(tenant="acme", name="p"))) == {"acme"}
+    assert auth.tenants_of(put()) == {""}
+    # Every document, every duplicate key, merges, and the policy message too.
+    two_docs = "tenant: acme\nname: a\n---\ntenant: beta\nname: b\n"
+    assert auth.tenants_of(put(yaml=two_docs)) == {"acme", "beta"}
+    assert auth.tenants_of(put(yaml="tenant: acme\ntenant: beta\n")) == {"acme", "beta"}
+    merged = "base: &b {tenant: beta}\n<<: *b\nname: x\n"
+    assert auth.tenants_of(put(yaml=merged)) == {"beta"}
+    both = put(yaml="tenant: acme\n", policy=policy_pb2.Policy(tenant="beta"))
+    assert auth.tenants_of(both) == {"acme", "beta"}
+    # Unparsable YAML: the tenant lines, so a tenant-bound author still sees the syntax error.
+    assert auth.tenants_of(admin_pb2.ValidatePolicyRequest(yaml="tenant: acme\nrule: [\n")) == {
+        "acme"}
+    assert auth.tenants_of(admin_pb2.ValidatePolicyRequest(yaml="name: x\n")) == {""}
+    assert auth.tenant_of(put(yaml=two_docs)) == ""
+
+
+def test_policy_yaml_for_another_tenant_denied() -> None:
+    author = Principal("alice", {"acme": frozenset({AUTHOR})})
+    method = "/pdp.v1.PolicyAdminService/PutDraft"
+    auth.authorize_request(author, method, admin_pb2.PutDraftRequest(yaml="tenant: acme\n"))
+    for yaml_text in ("tenant: beta\n", "tenant: acme\n---\ntenant: beta\n",
+                      "tenant: acme\ntenant: beta\n", "name: no-tenant\n"):
+        with pytest.raises(PermissionDenied):
+            auth.authorize_request(author, method, admin_pb2.PutDraftRequest(yaml=yaml_text))
+    with pytest.raises(PermissionDenied, match="names no tenant"):
+        auth.authorize_request(author, method, admin_pb2.ValidatePolicyRequest())
