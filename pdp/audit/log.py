@@ -133,7 +133,7 @@ class AuditLog:
         if s.redis_url:
             from pdp.audit.sinks.redis_stream import RedisStreamSink
             sinks.append(RedisStreamSink(s.redis_url, s.redis_stream, maxlen=s.redis_maxlen,
-                                         instance=s.instance, timeout=s.sink_timeout,
+                                         instance=s.instance_name, timeout=s.sink_timeout,
                                          cluster=s.redis_cluster))
         if s.stdout:
             from pdp.audit.sinks.stdout import StdoutSink

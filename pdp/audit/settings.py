@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os.path
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,10 +37,12 @@ class AuditSettings:
     redis_stream: str = "pdp:audit"
     #: Approximate ``MAXLEN ~`` trimming of the stream; None = never trim.
     redis_maxlen: int | None = None
-    #: Names this process's delivery cursor in Redis (several sidecars may share a stream).
-    instance: str = field(default_factory=socket.gethostname)
+    #: Names this chain's delivery cursor in Redis (several sidecars / workers may share a
+    #: stream, each with its own chain). None = ``<hostname>:<absolute audit file path>``.
+    instance: str | None = None
     stdout: bool = False
-    #: Where sink spools and the overflow spool live; None = ``<dir of path>/spool``.
+    #: Where sink spools and the overflow spool live; None = ``<path>.spool/`` (per audit
+    #: file, so workers with their own audit files never share a spool).
     spool_dir: str | None = None
     mask_paths: list[str] = field(default_factory=list)
     mask_mode: MaskMode = "hash"
@@ -74,8 +77,13 @@ class AuditSettings:
     def spool_path(self) -> str:
         if self.spool_dir is not None:
             return self.spool_dir
-        import os.path
-        return os.path.join(os.path.dirname(os.path.abspath(self.path)), "spool")
+        return os.path.abspath(self.path) + ".spool"
+
+    @property
+    def instance_name(self) -> str:
+        if self.instance:
+            return self.instance
+        return f"{socket.gethostname()}:{os.path.abspath(self.path)}"
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AuditSettings:

@@ -167,7 +167,8 @@ def test_settings_validation() -> None:
     with pytest.raises(ValueError, match="unknown audit settings: nope"):
         AuditSettings.from_mapping({"nope": 1})
     s = AuditSettings.from_mapping({"path": "/x/a.jsonl", "mask_paths": ("a.b",)})
-    assert s.mask_paths == ["a.b"] and s.spool_path == "/x/spool"
+    assert s.mask_paths == ["a.b"] and s.spool_path == "/x/a.jsonl.spool"
+    assert s.instance_name.endswith(":/x/a.jsonl")
 
 
 CONFIG_YAML = """\

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -182,3 +183,21 @@ async def test_redis_cluster_stream(settings: AuditSettings) -> None:
         assert cursor is not None and cursor.startswith(b"200:")
     finally:
         cluster.close()
+
+
+async def test_two_chains_share_a_stream(tmp_path: Path, durable_redis: RedisServer) -> None:
+    # Like `pdp serve --workers 2`: one audit file per worker, one stream, default instance.
+    logs = [AuditLog(AuditSettings(path=str(tmp_path / f"audit-w{w}.jsonl"),
+                                   redis_url=durable_redis.url, redis_stream="shared"))
+            for w in range(2)]
+    for lg in logs:
+        await lg.start()
+    for j in range(300):
+        logs[j % 2].emit({"type": "Test", "tenant": "t", "i": j})
+    for lg in logs:
+        assert await lg.drain_sinks(timeout=10)
+        await lg.close()
+    recs = await stream_records(durable_redis.url, "shared")
+    assert sorted(r["event"]["i"] for r in recs) == list(range(300))
+    assert {Path(p).name for p in os.listdir(tmp_path)} >= {
+        "audit-w0.jsonl.spool", "audit-w1.jsonl.spool"}
