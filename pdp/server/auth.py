@@ -48,6 +48,7 @@ PERMISSION_DENIED, and makes the principal available to the servicer through
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import hmac
 import re
@@ -323,13 +324,19 @@ def certificate_identities(auth_context: Mapping[str, Iterable[bytes | str]]) ->
 
 
 def _identities_from_pem(pem: str) -> list[str]:
+    return list(_parse_pem_identities(pem))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_pem_identities(pem: str) -> tuple[str, ...]:
+    """Parsed once per distinct certificate (a connection sends the same one every call)."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
     try:
         cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
     except ValueError:
-        return []
+        return ()
     names: list[str] = []
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -341,7 +348,7 @@ def _identities_from_pem(pem: str) -> list[str]:
     for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
         value = attr.value
         names.append(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
-    return list(dict.fromkeys(n for n in names if n))
+    return tuple(dict.fromkeys(n for n in names if n))
 
 
 # --- the authenticator --------------------------------------------------------------------
