@@ -217,6 +217,10 @@ async def test_unreachable_at_start_is_unavailable_not_a_crash() -> None:
 async def test_unix_socket(tmp_path: Path) -> None:
     sock = tmp_path / "r.sock"
     srv = RedisServer(None, "--unixsocket", str(sock), "--unixsocketperm", "700").start()
+    for _ in range(500):  # the TCP port answers first; the socket file may come a bit later
+        if sock.exists():
+            break
+        await asyncio.sleep(0.01)
     store = open_counter_store(CounterSettings(url=f"unix://{sock}?db=0"))
     rule = CounterRule("cap", CounterKind.DAILY_CAP, "tenant:t", max_count=1)
     try:
