@@ -106,6 +106,7 @@ class Notifier:
         self._counts_lock = threading.Lock()
         # (tenant, policy) -> UTC date (YYYY-MM-DD) for which this sidecar knows a mail went
         self._emailed: dict[tuple[str, str], str] = {}
+        self._email_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- public ----------------------------------------------------------------------------
 
@@ -341,23 +342,31 @@ class Notifier:
     async def _email_allowed(self, v: Violation) -> bool:
         """Claim today's mail for (tenant, policy): shared store first, local memory as the
         shortcut (already claimed here today) and the fallback (store unreachable)."""
-        today = datetime.now(UTC).date().isoformat()
         key = (v.tenant, v.policy)
-        if self._emailed.get(key) == today:
-            return False
-        if self.counter_store is not None:
-            try:
-                res = await self.counter_store.reserve(
-                    v.tenant, [email_rule(v.policy)],
-                    timeout=self.settings.email_counter_timeout_s)
-            except CounterStoreUnavailable as e:
-                log.warning("email limit: counter store unavailable, using local limit",
-                            policy=v.policy, tenant=v.tenant, error=str(e))
-            else:
-                self._emailed[key] = today
-                return res.allowed
-        self._emailed[key] = today
-        return True
+        lock = self._email_locks.get(key)
+        if lock is None:
+            lock = self._email_locks[key] = asyncio.Lock()
+        async with lock:  # workers of this sidecar claim one at a time per policy
+            today = datetime.now(UTC).date().isoformat()
+            if self._emailed.get(key) == today:
+                return False
+            allowed = True
+            if self.counter_store is not None:
+                try:
+                    res = await self.counter_store.reserve(
+                        v.tenant, [email_rule(v.policy)],
+                        timeout=self.settings.email_counter_timeout_s)
+                except CounterStoreUnavailable as e:
+                    log.warning("email limit: counter store unavailable, using local limit",
+                                policy=v.policy, tenant=v.tenant, error=str(e))
+                else:
+                    allowed = res.allowed
+            if len(self._emailed) > 10_000:  # forget earlier days
+                self._emailed = {k: d for k, d in self._emailed.items() if d == today}
+                self._email_locks = {k: lk for k, lk in self._email_locks.items()
+                                     if k in self._emailed or k == key}
+            self._emailed[key] = today
+            return allowed
 
 
 def _dump(obj: object) -> bytes:
