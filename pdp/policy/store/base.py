@@ -213,14 +213,15 @@ class PolicyStore(abc.ABC):
         policy of that name exists already (then None: seeding never adds versions)."""
         self._check_tenant(policy.tenant)
         actor = _check_actor(actor)
+        given = policy
         policy, text = self._parse_source(policy.tenant,
                                           yaml_text if yaml_text is not None else policy)
         self.validate(policy)
         now = self.clock()
 
         def fn(rec: PolicyRecord) -> Mutation | None:
-            return lifecycle.seed(rec, text, policy.content_hash, policy.status, policy.author,
-                                  policy.approver, actor, now)
+            return lifecycle.seed(rec, text, policy.content_hash, given.status, given.author,
+                                  given.approver, actor, now)
 
         mutation = await self._mutate(policy.tenant, policy.name, fn)
         if mutation is None:
