@@ -43,9 +43,15 @@ class Settings:
     audit_queue_size: int = _s(100_000, "bounded audit queue (events)")
     audit_rotate_bytes: int = _s(256 * 1024 * 1024, "rotate the audit file at this size")
     audit_redis_stream: str | None = _s(None, "also write audit events to this Redis stream")
+    audit_redis_maxlen: int | None = _s(
+        None, "approximate MAXLEN trimming of the audit Redis stream; unset = never trim")
+    audit_spool_dir: str | None = _s(None, "spool directory for failed sinks (default beside"
+                                           " the audit file)")
     audit_stdout: bool = _s(False, "also write audit events to stdout")
     audit_mask_paths: tuple[str, ...] = _s(
-        (), "request paths removed from audit events, e.g. config.exporters.*.headers")
+        (), "request paths masked in audit events, e.g. config.exporters.*.headers")
+    audit_mask_mode: Literal["hash", "remove"] = _s(
+        "hash", "masked values are replaced by their hash, or removed")
     redis_url: str | None = _s(
         None, "Redis for counters (redis://, rediss://, unix://); unset = in-process counters")
     redis_cluster: bool = _s(False, "the Redis URL points at a Redis Cluster")

@@ -87,8 +87,11 @@ def audit_settings(settings: Settings) -> AuditSettings:
         path=settings.audit_file, rotate_bytes=settings.audit_rotate_bytes,
         queue_size=settings.audit_queue_size, durability=settings.audit_durability,
         redis_url=settings.redis_url if settings.audit_redis_stream else None,
+        redis_cluster=settings.redis_cluster,
         redis_stream=settings.audit_redis_stream or "pdp:audit",
-        stdout=settings.audit_stdout, mask_paths=list(settings.audit_mask_paths))
+        redis_maxlen=settings.audit_redis_maxlen, spool_dir=settings.audit_spool_dir,
+        stdout=settings.audit_stdout, mask_paths=list(settings.audit_mask_paths),
+        mask_mode=settings.audit_mask_mode)
 
 
 @dataclass

@@ -88,3 +88,32 @@ def test_pdp_audit_verify_detects_an_edited_record(pdp_server: PdpServer) -> Non
     out = verify(path)
     assert out.returncode == 1
     assert "3" in out.stdout  # names the record (line / seq 3)
+
+
+def test_redis_stream_sink_and_masking_through_the_server(tmp_path: Path) -> None:
+    import redis as redis_py
+
+    from tests.support.procs import redis_server
+
+    secret = "Bearer s3cr3t-token"
+    config = ("exporters:\n  otlp:\n    endpoint: localhost:4317\n"
+              f"    headers: {{authorization: '{secret}'}}\n")
+    with redis_server() as rs:
+        server = PdpServer(tmp_path, args=[
+            "--redis-url", rs.url, "--audit-redis-stream", "pdp:audit",
+            "--audit-mask-paths", "config.exporters.*.headers"]).start()
+        try:
+            with grpc.insecure_channel(server.address) as ch:
+                stub = dgrpc.DecisionServiceStub(ch)
+                ids = [stub.CheckPush(push_request("acme", f"a{i}", config_yaml=config),
+                                      timeout=5).decision.decision_id for i in range(3)]
+            assert server.terminate() == 0
+        finally:
+            server.stop()
+        entries = redis_py.Redis.from_url(rs.url).xrange("pdp:audit")
+    streamed = b"".join(v for _, fields in entries for v in fields.values())
+    for decision_id in ids:
+        assert decision_id.encode() in streamed
+    assert secret.encode() not in streamed
+    assert all(secret not in f.read_text() for f in audit_files(server))
+    assert ids[0] in audit_files(server)[0].read_text()
