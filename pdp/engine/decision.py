@@ -27,6 +27,14 @@ class PolicyRef:
     builtin: bool = False
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """Values behind one policy's deny (only when the request asked: ``explain``)."""
+
+    policy: str
+    values: dict[str, str]
+
+
 @dataclass
 class Decision:
     decision_id: str
@@ -38,6 +46,8 @@ class Decision:
     evaluated: list[PolicyRef] = field(default_factory=list)
     elapsed_s: float = 0.0
     overridden: bool = False
+    # Not part of to_dict (the audit record): values may hold config data audit masks.
+    explanations: list[Explanation] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -26,7 +26,7 @@ from pdp.counters import (
 )
 from pdp.engine.context import ConfigCache, ConfigRejected, build_context
 from pdp.engine.deadline import Deadline
-from pdp.engine.decision import Decision, PolicyRef, Reason
+from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
 from pdp.engine.request import CheckRequest
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
@@ -93,6 +93,13 @@ def _ref(p: CompiledPolicy) -> PolicyRef:
 def _reason(p: CompiledPolicy, deny: Deny) -> Reason:
     return Reason(p.name, p.policy.version, p.rule_kind, deny.code, deny.message,
                   deny.retry_after_s, p.policy.builtin)
+
+
+def _explain(p: CompiledPolicy, ctx: EvalContext, code: str) -> Explanation:
+    """Only for requests that asked (``explain``), only for denying policies."""
+    from pdp.authoring.explain import explain_policy
+
+    return Explanation(p.name, explain_policy(p, ctx, code))
 
 
 def _system(code: str, message: str, retry_after_s: float | None = None) -> Reason:
@@ -175,6 +182,8 @@ class Engine:
             deny = self._evaluate_one(p, ctx, budget, deadline)
             if deny is not None:
                 (decision.shadow_denies if p.shadow else decision.reasons).append(_reason(p, deny))
+                if req.explain:
+                    decision.explanations.append(_explain(p, ctx, deny.code))
                 if deny.code == "DEADLINE_EXCEEDED" and not p.shadow:
                     break
             elif p.counter is not None and not p.shadow:
@@ -259,6 +268,11 @@ class Engine:
             deny = Deny(result.code, result.message, result.retry_after_seconds)
             i.decision.reasons.append(_reason(denier, deny) if denier is not None
                                       else _system(result.code, result.message))
+            if i.req.explain and denier is not None and denier.counter is not None:
+                from pdp.authoring.explain import explain_counter
+
+                i.decision.explanations.append(Explanation(
+                    denier.name, explain_counter(denier.counter, result.retry_after_seconds)))
 
     async def _record(self, req: CheckRequest, decision: Decision) -> None:
         event = decision_event(req, decision)

@@ -172,6 +172,8 @@ def decision_pb(d: Decision) -> cpb.Decision:
         overridden=d.overridden,
         checkpoint=CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED),
         elapsed=_duration(d.elapsed_s),
+        explanations=[cpb.Explanation(policy=x.policy, values=x.values)
+                      for x in d.explanations],
     )
     pb.decided_at.FromDatetime(d.decided_at)
     return pb
