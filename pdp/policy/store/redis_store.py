@@ -74,6 +74,8 @@ class RedisPolicyStore(PolicyStore):
 
     async def _guard(self, call: Awaitable[T]) -> T:
         if self._closed:
+            if asyncio.iscoroutine(call):
+                call.close()
             raise StoreUnavailable("the policy store is closed")
         try:
             return await call
