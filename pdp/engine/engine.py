@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -59,6 +59,8 @@ class AuditSink(Protocol):
 class EngineOptions:
     cost_limit: int = 1_000_000
     counter_timeout_s: float = 0.02
+    # Decision time source (policy tests and replay pin it); None = the wall clock.
+    now: Callable[[], datetime] | None = None
 
 
 @dataclass
@@ -143,7 +145,8 @@ class Engine:
         for req in reqs:
             started = time.perf_counter()
             try:
-                ctx = await build_context(req, self.configs)
+                ctx = await build_context(req, self.configs,
+                                          self.options.now() if self.options.now else None)
             except ConfigRejected as exc:
                 decision = Decision(new_decision_id(), False, req.checkpoint.value,
                                     datetime.now(UTC))
