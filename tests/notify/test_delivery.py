@@ -17,6 +17,7 @@ from pdp.notify import (
     FAILED,
     RETRIED,
     SENT,
+    Channel,
     EmailChannel,
     GoogleChatChannel,
     Notifier,
@@ -45,7 +46,7 @@ def fast(**kw: Any) -> NotifySettings:
 
 async def test_all_http_channels(http_receiver: HttpReceiver) -> None:
     rec = http_receiver
-    chans = [
+    chans: list[Channel] = [
         WebhookChannel(url=rec.url("/hook"), secret="topsecret", headers={"X-Team": "infra"}),
         PagerDutyChannel(routing_key="R0UTING", url=rec.url("/pd"), severity="critical"),
         OpsgenieChannel(api_key="GK-1", url=rec.url("/og"), tags=("prod",)),
