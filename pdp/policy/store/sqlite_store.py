@@ -217,7 +217,13 @@ class SqlitePolicyStore(PolicyStore):
         try:
             last = await self.revision() if since is None else since
             while not self._closed:
-                current = await self.revision()
+                try:
+                    current = await self.revision()
+                except StoreUnavailable:  # e.g. locked for long: keep watching
+                    if self._closed:
+                        return
+                    await asyncio.sleep(self.poll_interval)
+                    continue
                 if current != last:
                     last = current
                     yield current
