@@ -69,6 +69,21 @@ class Settings:
     log_level: Literal["debug", "info", "warning", "error"] = _s("info", "log level")
     log_format: Literal["json", "console"] = _s("json", "log line format")
     reflection: bool = _s(True, "serve gRPC server reflection")
+    tls_cert_file: str | None = _s(None, "serve TLS on --listen with this certificate (PEM)")
+    tls_key_file: str | None = _s(None, "private key of tls_cert_file (PEM)")
+    tls_client_ca_file: str | None = _s(
+        None, "require client certificates signed by this CA (mTLS; identity from the cert)")
+    auth_tokens_file: str | None = _s(
+        None, "YAML file of bearer tokens, stored as sha256 (tokens: [{sha256, identity, roles}])")
+    auth_roles_file: str | None = _s(
+        None, "YAML file mapping certificate identities to roles per tenant")
+    auth_required: bool | None = _s(
+        None, "refuse callers without credentials (default: on when a tokens/roles file is set)")
+    auth_anonymous_roles: tuple[str, ...] = _s(
+        ("*:checker",), "roles of callers without credentials when auth is not required,"
+                        " as TENANT:ROLE ('*' = every tenant)")
+    auth_unix_socket_roles: tuple[str, ...] = _s(
+        (), "roles granted to callers on the unix socket, as TENANT:ROLE")
     workers: int = _s(1, "server processes sharing the port (SO_REUSEPORT)")
 
     def validate(self) -> Settings:
@@ -89,6 +104,17 @@ class Settings:
         ):
             raise SettingsError(
                 f"redis_url: {self.redis_url!r} must start with redis://, rediss:// or unix://")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("tls_cert_file: tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise SettingsError("tls_client_ca_file: needs tls_cert_file and tls_key_file")
+        for name in ("auth_anonymous_roles", "auth_unix_socket_roles"):
+            for entry in getattr(self, name):
+                tenant, sep, role = entry.partition(":")
+                if not sep or not tenant or role not in ("checker", "author", "approver",
+                                                         "admin"):
+                    raise SettingsError(f"{name}: {entry!r} is not TENANT:ROLE with ROLE one"
+                                        " of checker, author, approver, admin")
         if self.audit_redis_stream and not self.redis_url:
             raise SettingsError("audit_redis_stream: needs redis_url")
         return self

@@ -30,7 +30,9 @@ from pdp.policy.compiled import compile_or_broken
 from pdp.policy.loader import load_directory
 from pdp.policy.model import PolicyError
 from pdp.policy.policyset import PolicySet
+from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
 from pdp.server.services import DecisionService, PolicyAdminService
+from pdp.server.tls import TLSConfigError, server_credentials
 from pdp.settings import Settings
 from pdp.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, decision_pb2
 from pdp.v1 import decision_pb2_grpc as dgrpc
@@ -94,6 +96,25 @@ def audit_settings(settings: Settings) -> AuditSettings:
         mask_mode=settings.audit_mask_mode)
 
 
+def _roles(entries: tuple[str, ...]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        tenant, _, role = entry.partition(":")
+        out.setdefault(tenant, []).append(role)
+    return out
+
+
+def authenticator(settings: Settings) -> Authenticator:
+    try:
+        return Authenticator(
+            tokens_file=settings.auth_tokens_file, roles_file=settings.auth_roles_file,
+            unix_socket_roles=_roles(settings.auth_unix_socket_roles) or None,
+            anonymous_roles=_roles(settings.auth_anonymous_roles),
+            require_auth=settings.auth_required)
+    except AuthConfigError as exc:
+        raise StartupError(f"auth: {exc}") from None
+
+
 @dataclass
 class Running:
     server: grpc.aio.Server
@@ -106,6 +127,15 @@ class Running:
 
 async def start(settings: Settings) -> Running:
     cache = ProgramCache(maxsize=settings.cel_cache_size)
+    auth = authenticator(settings)
+    credentials = None
+    if settings.tls_cert_file and settings.tls_key_file:
+        try:
+            credentials = server_credentials(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file,
+                "require" if settings.tls_client_ca_file else "none")
+        except TLSConfigError as exc:
+            raise StartupError(str(exc)) from None
     policies = load_policies(settings, cache)
     audit = AuditLog(audit_settings(settings))
     await audit.start()
@@ -120,7 +150,7 @@ async def start(settings: Settings) -> Running:
     options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                                       ("grpc.max_receive_message_length",
                                        settings.max_config_bytes * 3 + 1024 * 1024)]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, interceptors=[AuthInterceptor(auth)])
     dgrpc.add_DecisionServiceServicer_to_server(
         DecisionService(engine, settings.deadline_ms / 1000, settings.max_batch_agents), server)
     admin_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
@@ -134,7 +164,10 @@ async def start(settings: Settings) -> Running:
              reflection.SERVICE_NAME), server)
     ports = []
     try:
-        if settings.listen:
+        if settings.listen and credentials is not None:
+            server.add_secure_port(settings.listen, credentials)
+            ports.append(f"tls:{settings.listen}")
+        elif settings.listen:
             server.add_insecure_port(settings.listen)
             ports.append(settings.listen)
         if settings.unix_socket:

@@ -18,6 +18,7 @@ from pdp.engine.deadline import Deadline
 from pdp.engine.engine import Engine
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server import convert
+from pdp.server.auth import current_caller
 from pdp.v1 import admin_pb2
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
@@ -32,9 +33,9 @@ EVENT_KINDS = {
 }
 
 
-def caller_of(context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-    """Identity and roles of the caller. Until authentication lands: anonymous checker."""
-    return Caller()
+def caller_of(tenant: str) -> Caller:
+    """The authenticated caller (set by the auth interceptor), with its roles on ``tenant``."""
+    return current_caller(tenant)
 
 
 def deadline_for(context: grpc.aio.ServicerContext[Any, Any], budget_s: float) -> Deadline:
@@ -71,30 +72,30 @@ class DecisionService(dgrpc.DecisionServiceServicer):
         self.deadline_s = deadline_s
         self.max_batch = max_batch
 
-    async def _check(self, context: grpc.aio.ServicerContext[Any, Any],
+    async def _check(self, context: grpc.aio.ServicerContext[Any, Any], tenant: str,
                      build: Callable[[Caller], CheckRequest]) -> Any:
         async def run() -> Any:
-            req = build(caller_of(context))
+            req = build(caller_of(tenant))
             decision = await self.engine.check(req, self.deadline_s, caller_deadline(context))
             return convert.decision_pb(decision)
         return await guarded(context, run)
 
     async def CheckPush(self, request: dpb.CheckPushRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushResponse:
-        decision = await self._check(context,
+        decision = await self._check(context, request.tenant,
                                      lambda c: convert.check_push_request(request, c))
         return dpb.CheckPushResponse(decision=decision)
 
     async def CheckDevice(self, request: dpb.CheckDeviceRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckDeviceResponse:
-        decision = await self._check(context,
+        decision = await self._check(context, request.tenant,
                                      lambda c: convert.check_device_request(request, c))
         return dpb.CheckDeviceResponse(decision=decision)
 
     async def CheckRollout(self, request: dpb.CheckRolloutRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> dpb.CheckRolloutResponse:
-        decision = await self._check(context,
+        decision = await self._check(context, request.tenant,
                                      lambda c: convert.check_rollout_request(request, c))
         return dpb.CheckRolloutResponse(decision=decision)
 
@@ -107,7 +108,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                                                f" limit of {self.max_batch} per batch")
             if not request.agents:
                 raise InvalidRequest("agents", "required: at least one agent")
-            caller = caller_of(context)
+            caller = caller_of(request.tenant)
             single = dpb.CheckPushRequest(
                 tenant=request.tenant, checkpoint=request.checkpoint, rollout=request.rollout,
                 change=request.change, config=request.config,

@@ -28,7 +28,8 @@ def redis() -> Iterator[RedisServer]:
         server.close()
 
 
-def start_servers(tmp_path: Path, redis: RedisServer, n: int) -> list[PdpServer]:
+def start_servers(tmp_path: Path, redis: RedisServer, n: int,
+                  *extra: str) -> list[PdpServer]:
     policies = tmp_path / "policies"
     policies.mkdir(exist_ok=True)
     (policies / "cap.yaml").write_text(POLICY)
@@ -37,7 +38,7 @@ def start_servers(tmp_path: Path, redis: RedisServer, n: int) -> list[PdpServer]
         work = tmp_path / f"s{i}"
         work.mkdir()
         servers.append(PdpServer(work, policy_dir=policies,
-                                 args=["--redis-url", redis.url]).start(wait=False))
+                                 args=["--redis-url", redis.url, *extra]).start(wait=False))
     for s in servers:
         s.wait_serving()
     return servers
@@ -45,7 +46,9 @@ def start_servers(tmp_path: Path, redis: RedisServer, n: int) -> list[PdpServer]
 
 def test_four_servers_64_callers_race_for_a_cap_of_10(tmp_path: Path,
                                                       redis: RedisServer) -> None:
-    servers = start_servers(tmp_path, redis, 4)
+    # Generous budgets: this test is about atomicity on a loaded 2-core machine, not latency.
+    servers = start_servers(tmp_path, redis, 4, "--deadline-ms", "2000",
+                            "--redis-timeout-ms", "1000")
     try:
         async def round_(rollout: str) -> int:
             channels = [grpc.aio.insecure_channel(s.address) for s in servers]
@@ -59,7 +62,8 @@ def test_four_servers_64_callers_race_for_a_cap_of_10(tmp_path: Path,
                 for ch in channels:
                     await ch.close()
             denied = [r.decision for r in resps if r.decision.outcome != cpb.OUTCOME_ALLOW]
-            assert all(d.reasons[0].code == cpb.REASON_CODE_DAILY_CAP_EXCEEDED for d in denied)
+            codes = {cpb.ReasonCode.Name(d.reasons[0].code) for d in denied}
+            assert codes == {"REASON_CODE_DAILY_CAP_EXCEEDED"}, codes
             return 64 - len(denied)
 
         for n in range(20):

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class PdpServer:
     def __init__(self, workdir: Path, *, policy_dir: Path | None = None,
-                 env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+                 env: dict[str, str] | None = None, args: list[str] | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -29,6 +30,13 @@ class PdpServer:
         self.env = env or {}
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.credentials = credentials  # TLS servers: how the health probe connects
+
+    def channel(self) -> grpc.Channel:
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.credentials,
+                                   options=[("grpc.ssl_target_name_override", "localhost")])
 
     def start(self, wait: bool = True) -> PdpServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
@@ -47,7 +55,7 @@ class PdpServer:
 
     def wait_serving(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as ch:
+        with self.channel() as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.monotonic() < deadline:
                 assert self.proc is not None
