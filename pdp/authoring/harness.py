@@ -1,0 +1,183 @@
+"""An in-process engine for authoring tools: policies from files, in-memory counters on a
+pinned clock, audit discarded. Nothing here touches a live server, counter store or audit file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from pdp.cel import ProgramCache, pdp_environment
+from pdp.counters import ManualClock, MemoryCounterStore
+from pdp.engine.context import ConfigCache
+from pdp.engine.engine import Engine, EngineOptions
+from pdp.engine.request import Caller, CheckRequest, InvalidRequest, Override
+from pdp.policy.builtins import builtin_policies
+from pdp.policy.compiled import CompiledPolicy, compile_or_broken
+from pdp.policy.loader import load_directory, load_file
+from pdp.policy.model import Checkpoint, Policy
+from pdp.policy.policyset import PolicySet
+from pdp.server import convert
+from pdp.v1 import decision_pb2 as dpb
+
+DEFAULT_BUDGET_S = 1.0  # generous: authoring tools must not deny on a slow CI machine
+
+
+class NullAudit:
+    """Audit sink that drops everything (authoring tools never write the audit trail)."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        pass
+
+    async def log_decision(self, decision: dict[str, Any]) -> None:
+        pass
+
+
+def load_policies(path: Path) -> list[Policy]:
+    """Policies of a directory (``*.test.yaml`` skipped) or of one file; PolicyError."""
+    return load_directory(path) if path.is_dir() else load_file(path)
+
+
+def compile_all(policies: Iterable[Policy], cache: ProgramCache | None = None
+                ) -> list[CompiledPolicy]:
+    env, cache = pdp_environment(), cache or ProgramCache(1000)
+    return [compile_or_broken(p, env, cache) for p in policies]
+
+
+@dataclass
+class Sandbox:
+    """An engine on fresh in-memory counters whose clock the caller moves."""
+
+    policies: PolicySet
+    clock: ManualClock = field(default_factory=ManualClock)
+    config_cache_size: int = 10_000
+    engine: Engine = field(init=False)
+    _now: datetime = field(default_factory=lambda: datetime.now(UTC), init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = Engine(self.policies, MemoryCounterStore(self.clock), NullAudit(),
+                             ConfigCache(self.config_cache_size, 64 << 20),
+                             EngineOptions(counter_timeout_s=DEFAULT_BUDGET_S,
+                                           now=lambda: self._now))
+        self.set_time(self._now)
+
+    @classmethod
+    def of(cls, policies: Iterable[Policy], *, builtins: bool = True,
+           config_cache_size: int = 10_000) -> Sandbox:
+        cache = ProgramCache(1000)
+        compiled = compile_all(policies, cache)
+        b = compile_all(builtin_policies(), cache) if builtins else []
+        return cls(PolicySet(compiled, b), config_cache_size=config_cache_size)
+
+    def set_time(self, now: datetime) -> None:
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        self._now = now
+        self.clock.set(now.timestamp())
+
+
+# ---------------------------------------------------------------- requests from YAML
+
+KINDS = {
+    "push": (dpb.CheckPushRequest, convert.check_push_request),
+    "auto_apply": (dpb.CheckPushRequest, convert.check_push_request),
+    "device": (dpb.CheckDeviceRequest, convert.check_device_request),
+    "rollout": (dpb.CheckRolloutRequest, convert.check_rollout_request),
+}
+
+
+class RequestError(ValueError):
+    """A request in a test or replay cannot be turned into a CheckRequest."""
+
+
+def request_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> CheckRequest:
+    """The request-file shape (``pdp check``, examples/requests) to an engine request, through
+    the same protobuf conversion the server uses. Extra keys for tests: ``caller``
+    ({identity, roles}) and ``explain``."""
+    data = dict(data)
+    kind = str(data.pop("kind", "push"))
+    if kind not in KINDS:
+        raise RequestError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    cls, conv = KINDS[kind]
+    caller_raw = data.pop("caller", None) or {}
+    if not isinstance(caller_raw, Mapping):
+        raise RequestError("caller: expected {identity, roles}")
+    caller = Caller(str(caller_raw.get("identity", "pdp-test")),
+                    frozenset(caller_raw.get("roles") or ["checker"]))
+    for key in ("config", "previous_config"):
+        if f"{key}_file" in data:
+            name = str(data.pop(f"{key}_file"))
+            try:
+                data[key] = ((base or Path.cwd()) / name).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise RequestError(f"{key}_file: {exc}") from None
+        value = data.get(key)
+        if isinstance(value, dict | list) and not (isinstance(value, dict) and "yaml" in value):
+            data[key] = {"yaml": yaml.safe_dump(value, sort_keys=False)}
+        elif isinstance(value, str):
+            data[key] = {"yaml": value}
+    if kind == "auto_apply":
+        data["checkpoint"] = "CHECKPOINT_AUTO_APPLY"
+    try:
+        msg = json_format.ParseDict(data, cls())
+        req: CheckRequest = conv(msg, caller)  # type: ignore[operator]
+    except (json_format.ParseError, InvalidRequest) as exc:
+        raise RequestError(str(exc)) from None
+    return req
+
+
+def request_from_event(event: Mapping[str, Any]) -> CheckRequest:
+    """Rebuild the engine request of an audited ``Decision`` event (see decision_event)."""
+    raw = event.get("request")
+    if not isinstance(raw, Mapping):
+        raise RequestError("the event carries no request")
+    try:
+        checkpoint = Checkpoint(str(event.get("checkpoint", "")).lower())
+    except ValueError:
+        raise RequestError(f"unknown checkpoint {event.get('checkpoint')!r}") from None
+    override = event.get("override")
+    return CheckRequest(
+        tenant=str(event.get("tenant", "")), checkpoint=checkpoint,
+        change=dict(raw.get("change") or {}), agent=_opt_dict(raw.get("agent")),
+        device=_opt_dict(raw.get("device")), rollout=_opt_dict(raw.get("rollout")),
+        config_yaml=_opt_text(raw.get("config")),
+        previous_config_yaml=_opt_text(raw.get("previous_config")),
+        metrics=dict(raw.get("metrics") or {}),
+        override=Override(str(override.get("actor", "")), str(override.get("justification", "")))
+        if isinstance(override, Mapping) else None,
+        caller=Caller(str(event.get("caller") or "anonymous"),
+                      frozenset({"checker", "admin"}) if isinstance(override, Mapping)
+                      and override.get("caller_is_admin") else frozenset({"checker"})),
+        request_id=str(event.get("request_id") or ""))
+
+
+def _opt_dict(v: Any) -> dict[str, Any] | None:
+    return dict(v) if isinstance(v, Mapping) else None
+
+
+def _opt_text(v: Any) -> str | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, str):
+        return v
+    return yaml.safe_dump(v, sort_keys=False)  # a masked / structured value: keep its shape
+
+
+def parse_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = str(value).strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    dt = datetime.fromisoformat(text)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+__all__ = ["CompiledPolicy", "NullAudit", "RequestError", "Sandbox", "compile_all",
+           "load_policies", "parse_time", "request_from_event", "request_from_mapping"]
