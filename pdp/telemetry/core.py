@@ -18,10 +18,12 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from pdp.telemetry.base import Attributes, CacheStatsFn, IntFn, NotifyStatsFn
+from pdp.telemetry.noop import _NULL_SPAN
 from pdp.telemetry.settings import TelemetrySettings
 
 log = structlog.get_logger("pdp.telemetry")
@@ -58,6 +60,7 @@ class Telemetry:
 
     def __init__(self, settings: TelemetrySettings) -> None:
         self.settings = settings
+        self._policy_spans = settings.policy_spans
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -77,7 +80,10 @@ class Telemetry:
             "service.instance.id": settings.service_instance_id
             or f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         })
-        self.tracer_provider = TracerProvider(resource=self.resource)
+        sampler = (ALWAYS_ON if settings.sample_ratio >= 1.0
+                   else TraceIdRatioBased(settings.sample_ratio))
+        self.tracer_provider = TracerProvider(resource=self.resource,
+                                              sampler=ParentBased(sampler))
         self._tracer = self.tracer_provider.get_tracer("pdp")
         # Readers must be known when the MeterProvider is built, so it is built in start();
         # until then instruments come from a reader-less provider (records go nowhere).
@@ -86,9 +92,7 @@ class Telemetry:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    @property
-    def enabled(self) -> bool:
-        return True
+    enabled = True  # a plain attribute: ``if tel.enabled`` is the cheapest possible test
 
     def start(self) -> None:
         """Create exporters, the scrape endpoint and the metric readers. Idempotent."""
@@ -177,6 +181,8 @@ class Telemetry:
             name, context=ctx, kind=SpanKind.SERVER, attributes=attributes)
 
     def policy_span(self, policy_name: str) -> AbstractContextManager[Span]:
+        if not self._policy_spans:
+            return _NULL_SPAN
         return self._tracer.start_as_current_span(
             SPAN_POLICY, attributes={"pdp.policy": policy_name})
 

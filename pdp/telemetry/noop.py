@@ -18,10 +18,7 @@ class NoTelemetry:
     """The disabled implementation of :class:`~pdp.telemetry.base.DecisionTelemetry`."""
 
     __slots__ = ()
-
-    @property
-    def enabled(self) -> bool:
-        return False
+    enabled = False
 
     def start(self) -> None:
         pass

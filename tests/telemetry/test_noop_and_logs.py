@@ -83,3 +83,41 @@ def test_existing_ids_are_kept() -> None:
         ev = add_trace_ids(None, "info", {"trace_id": "given"})
     assert ev["trace_id"] == "given" and len(ev["span_id"]) == 16
     tel.shutdown()
+
+
+def test_policy_spans_can_be_turned_off() -> None:
+    tel = Telemetry(TelemetrySettings(enabled=True, policy_spans=False))
+    with tel.decision_span("d", {"traceparent": TRACEPARENT}) as span:
+        assert span.is_recording()
+        with tel.policy_span("p") as p:
+            assert p is INVALID_SPAN
+        with tel.counter_span() as c:
+            assert c.is_recording()
+    tel.shutdown()
+
+
+def test_sampling_honours_caller_and_ratio() -> None:
+    tel = Telemetry(TelemetrySettings(enabled=True, sample_ratio=0.0))
+    with tel.decision_span("d", {}) as span:
+        assert not span.is_recording()  # new trace, ratio 0
+    with tel.decision_span("d", {"traceparent": TRACEPARENT}) as span:
+        assert span.is_recording()  # the caller sampled it
+    unsampled = TRACEPARENT[:-2] + "00"
+    full = Telemetry(TelemetrySettings(enabled=True))
+    with full.decision_span("d", {"traceparent": unsampled}) as span:
+        assert not span.is_recording()  # the caller did not
+        # ...but logs still carry the caller's trace id
+        assert add_trace_ids(None, "info", {})["trace_id"] == TRACEPARENT[3:35]
+    tel.shutdown()
+    full.shutdown()
+
+
+def test_bench_runs() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import telemetry_bench  # type: ignore[import-not-found]
+
+    r = telemetry_bench.run(n=250, policies=2, block=50)
+    assert set(r) == set(telemetry_bench.LABELS) and all(v > 0 for v in r.values())
