@@ -23,7 +23,7 @@ from pdp.counters import (
 from tests.support.procs import RedisCluster, RedisServer
 
 TIMEOUT = 0.15
-MARGIN = 0.1  # event-loop scheduling on a busy 2-core CI box
+MARGIN = 0.3  # event-loop scheduling on a busy 2-core CI box (several test processes)
 CALLERS = 24
 
 
