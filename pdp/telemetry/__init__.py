@@ -33,6 +33,14 @@ Per decision (engine / servicer)::
     tel.record_decision("deny", tenant, checkpoint, elapsed_s)
     if deadline_exceeded: tel.record_deadline_exceeded(tenant, checkpoint)
 
+Cost (``python bench/telemetry_bench.py``, this 2-core box): a NoTelemetry call site costs
+~0.25-0.35 us (a method call + a ``with`` on the shared nullcontext), i.e. ~1 us for a
+decision with 3 policies, ~3.5 us with 10. To make it zero in the per-policy loop, test
+the plain attribute ``tel.enabled`` once per decision and use an uninstrumented loop when
+it is False. Enabled, each recorded span costs ~10-20 us in the OpenTelemetry Python SDK:
+use ``policy_spans=False`` (one span per decision + counter span) and/or ``sample_ratio``
+when decisions evaluate many policies.
+
 The span context is taken from the W3C ``traceparent`` (and ``tracestate``) entries of the
 carrier; without them the span joins the current context (or starts a new trace).
 
