@@ -1,4 +1,4 @@
-"""The `pdp` command: serve, check, health, audit verify.
+"""The `pdp` command: serve, check, health, audit verify; authoring: test, policy lint, replay.
 
 Exit codes of `pdp check` are made for pipelines: 0 allow, 1 deny, 2 error.
 Every flag also reads a PDP_* environment variable.
@@ -52,7 +52,79 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain of audit files")
     verify.add_argument("paths", nargs="+")
+    _authoring_parsers(sub)
     return parser
+
+
+def _authoring_parsers(sub: Any) -> None:
+    test = sub.add_parser("test", help="run policy unit tests (*.test.yaml) in-process;"
+                                       " exit 0 pass, 1 fail, 2 error",
+                          description="Policy unit tests: the policies of DIR (or FILE) plus"
+                                      " the built-ins on an in-process engine with in-memory"
+                                      " counters; cases from the *.test.yaml files beside"
+                                      " them (see pdp/authoring/unit_tests.py).")
+    test.add_argument("path", help="policy directory (or one policy file)")
+    test.add_argument("--tests", help="test file or directory (default: PATH)")
+    test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    policy = sub.add_parser("policy", help="policy authoring tools")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    lint = policy_sub.add_parser("lint", help="compile errors, cost warnings, ineffective"
+                                              " match filters; exit 1 on errors")
+    lint.add_argument("paths", nargs="+", help="policy files or directories")
+    lint.add_argument("--strict", action="store_true", help="warnings fail too")
+    lint.add_argument("--max-cost", type=int, default=None,
+                      help="cost estimate the server rejects (default: the server setting"
+                           " cel_max_cost_estimate)")
+    lint.add_argument("--warn-cost", type=int, default=1_000_000,
+                      help="warn above this cost estimate (default 1000000)")
+    replay = sub.add_parser("replay", help="what a draft policy would have denied, from the"
+                                           " audit history (touches nothing live)")
+    replay.add_argument("--policy", required=True, help="policy YAML file (the draft)")
+    replay.add_argument("--since", default="7d", help="window: 7d, 12h, 30m or an ISO time")
+    replay.add_argument("--audit", action="append", default=None, metavar="PATH",
+                        help="audit file or directory, rotated siblings included (repeatable;"
+                             " default: the audit_file setting)")
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _quiet() -> None:
+    from pdp.logging import configure_logging
+
+    configure_logging("warning", "console")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from pdp.authoring.unit_tests import main as test_main
+
+    _quiet()
+    return test_main(args.path, args.tests, verbose=args.verbose)
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    from pdp.authoring.lint import main as lint_main
+
+    max_cost = args.max_cost
+    if max_cost is None:
+        try:
+            max_cost = load_settings().cel_max_cost_estimate
+        except SettingsError:
+            max_cost = 100_000_000
+    return lint_main(args.paths, strict=args.strict, max_cost=max_cost,
+                     warn_cost=args.warn_cost)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pdp.authoring.replay import main as replay_main
+
+    _quiet()
+    audit = args.audit
+    if not audit:
+        try:
+            audit = [load_settings().audit_file]
+        except SettingsError as exc:
+            print(f"pdp replay: invalid setting: {exc}", file=sys.stderr)
+            return 2
+    return replay_main(args.policy, args.since, audit, as_json=args.json)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -135,7 +207,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "check": cmd_check, "health": cmd_health,
-                "audit": cmd_audit}
+                "audit": cmd_audit, "test": cmd_test, "policy": cmd_policy,
+                "replay": cmd_replay}
     return handlers[args.command](args)
 
 
