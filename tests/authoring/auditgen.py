@@ -49,7 +49,7 @@ def generate(path: Path, n: int, *, end: datetime | None = None, tenant: str = "
             variant = i % distinct_configs
             config = CONFIGS[kind] + f"# variant {variant}\n"
             region = "eu" if i % 3 else "us"
-            env = "prod" if i % 2 else "staging"
+            env = "prod" if (i // 4) % 2 else "staging"
             req = CheckRequest(
                 tenant=tenant if i % 10 else "other", checkpoint=Checkpoint.PUSH,
                 change={"subject": "otel-collector", "source": "ui", "type": "config"},
