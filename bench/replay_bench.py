@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's pdp, tests
 
-from pdp.authoring.replay import audit_files, format_report, replay  # noqa: E402
-from pdp.logging import configure_logging  # noqa: E402
-from pdp.policy.loader import load_text  # noqa: E402
-from tests.authoring.auditgen import generate  # noqa: E402
+from pdp.authoring.replay import audit_files, format_report, replay
+from pdp.logging import configure_logging
+from pdp.policy.loader import load_text
+from tests.authoring.auditgen import generate
 
 DRAFT = """
 tenant: acme
