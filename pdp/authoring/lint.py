@@ -250,7 +250,8 @@ def _contradiction(sel: LabelSelector) -> str | None:
 
 
 def main(paths: Iterable[str], *, strict: bool = False, max_cost: int = DEFAULT_MAX_COST,
-         warn_cost: int = DEFAULT_WARN_COST, out: TextIO = sys.stdout) -> int:
+         warn_cost: int = DEFAULT_WARN_COST, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     targets = [Path(p) for p in paths]
     missing = [str(p) for p in targets if not p.exists()]
     if missing:

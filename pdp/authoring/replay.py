@@ -252,8 +252,9 @@ def format_report(report: ReplayReport) -> str:
 
 
 def main(policy: str, since: str, audit: Sequence[str], *, as_json: bool = False,
-         out: TextIO = sys.stdout) -> int:
+         out: TextIO | None = None) -> int:
     """0: report printed (whatever it says); 2: the policy, window or audit files are bad."""
+    out = out or sys.stdout
     try:
         start = parse_since(since)
         policies = load_policies(Path(policy))

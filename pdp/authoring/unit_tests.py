@@ -247,7 +247,8 @@ async def run_all(policy_path: Path, test_path: Path | None = None) -> list[Outc
 
 
 def main(policy_path: str, tests: str | None = None, *, verbose: bool = False,
-         out: TextIO = sys.stdout) -> int:
+         out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     ppath = Path(policy_path)
     if not ppath.exists():
         print(f"pdp test: {ppath} does not exist", file=out)

@@ -1,0 +1,161 @@
+"""pdp test and pdp policy lint on real fixtures (examples/) and on broken ones."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pdp.authoring import lint, unit_tests
+from pdp.cli import main as cli_main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_examples_pass_and_cover_every_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["test", str(EXAMPLES / "policies"), "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "0 failed" in out and "FAIL" not in out
+    # every example policy has at least one allow and one deny (or would-deny) case
+    from pdp.authoring.harness import load_policies
+
+    names = {p.name for p in load_policies(EXAMPLES / "policies")}
+    names |= {"default-deny-exporter-removal", "default-deny-tls-insecure-on-non-localhost"}
+    import asyncio
+
+    outcomes = asyncio.run(unit_tests.run_all(EXAMPLES / "policies"))
+    denied = {r.policy for o in outcomes if o.decision for r in
+              [*o.decision.reasons, *o.decision.shadow_denies]}
+    assert names <= denied
+    assert sum(1 for o in outcomes if o.decision and o.decision.allowed) >= 8
+
+
+def _copy(tmp_path: Path) -> Path:
+    d = tmp_path / "policies"
+    shutil.copytree(EXAMPLES / "policies", d)
+    shutil.copytree(EXAMPLES / "requests", tmp_path / "requests")
+    shutil.copytree(EXAMPLES / "configs", tmp_path / "configs")
+    return d
+
+
+def test_failing_cases_exit_1_with_details(tmp_path: Path) -> None:
+    d = _copy(tmp_path)
+    (d / "wrong.test.yaml").write_text("""
+- name: expects allow but is denied
+  request_file: ../requests/push-deny-tls-insecure.yaml
+  expect: {allowed: true}
+- name: wrong reason and explanation
+  request_file: ../requests/push-deny-non-eu-endpoint.yaml
+  expect:
+    allowed: false
+    reasons: [{policy: eu-endpoints-only, message_contains: nope}]
+    explanations: {eu-endpoints-only: {n: otlp/eu}}
+""")
+    out = io.StringIO()
+    assert unit_tests.main(str(d), out=out) == 1
+    text = out.getvalue()
+    assert "FAIL" in text and "expects allow but is denied" in text
+    assert "expected ALLOW, got DENY" in text and "default-deny-tls-insecure" in text
+    assert "message_contains': 'nope'" in text
+    assert "explanations[eu-endpoints-only]['n'] = 'otlp/us'" in text
+    assert "2 failed" in text
+
+
+@pytest.mark.parametrize(("content", "error"), [
+    ("- {name: x}", "request (a mapping) or request_file is required"),
+    ("- {request: {kind: push}, expect: {}}", "expect with at least `allowed`"),
+    ("- {request: {}, expect: {allowed: true, bogus: 1}}", "unknown field(s) bogus"),
+    ("tests: 3", "expected a list"),
+])
+def test_malformed_test_files_exit_2(tmp_path: Path, content: str, error: str) -> None:
+    d = _copy(tmp_path)
+    (d / "bad.test.yaml").write_text(content)
+    out = io.StringIO()
+    assert unit_tests.main(str(d), out=out) == 2
+    assert error in out.getvalue()
+
+
+def test_invalid_request_is_a_failing_case(tmp_path: Path) -> None:
+    d = _copy(tmp_path)
+    (d / "x.test.yaml").write_text("- {request: {kind: push, tenant: acme},"
+                                   " expect: {allowed: false}}\n")
+    out = io.StringIO()
+    assert unit_tests.main(str(d), str(d / "x.test.yaml"), out=out) == 1
+    assert "invalid request: agent.id: required" in out.getvalue()
+
+
+def test_lint_examples_clean() -> None:
+    out = io.StringIO()
+    assert lint.main([str(EXAMPLES / "policies")], out=out) == 0
+    assert "0 error(s), 0 warning(s)" in out.getvalue()
+
+
+BAD = """\
+tenant: t
+name: syntax
+rule:
+  cel:
+    deny: config.x == (1
+---
+tenant: t
+name: costly
+rule:
+  cel:
+    deny: config.a.exists(x, config.b.exists(y, config.c.exists(z, x == y && y == z)))
+---
+tenant: t
+name: agent-on-device
+checkpoints: [device]
+match:
+  agent_selector: {match_labels: {env: prod}}
+rule:
+  cel: {deny: 'agent.id == "x"'}
+---
+tenant: t
+name: device-on-push
+checkpoints: [push]
+match:
+  device_selector:
+    match_labels: {tier: a}
+    match_expressions: [{key: tier, operator: NotIn, values: [a]}]
+rule:
+  device_constraints: {min_memory: 1GB}
+---
+tenant: t
+name: syntax
+rule:
+  max_step_percent: {max_percent: 10}
+---
+tenant: t
+name: bad-field
+rule:
+  max_step_percent: {max_percent: 1000}
+"""
+
+
+def test_lint_findings(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(BAD)
+    out = io.StringIO()
+    assert lint.main([str(f)], warn_cost=1000, max_cost=100_000_000, out=out) == 1
+    text = out.getvalue()
+    assert f"{f}:5:11: error: policy syntax: rule.cel.deny (expression 1:" in text
+    assert "policy costly: rule.cel.deny: estimated worst-case cost" in text
+    assert "warning: policy agent-on-device: agent_selector never matches" in text
+    assert "rule.cel.deny reads `agent`, which requests at checkpoints device" in text
+    assert "device_selector never matches" in text
+    assert "device_selector can never match: match_labels sets tier=a" in text
+    assert "rule device_constraints reads `device`" in text
+    assert "policy syntax: already defined at" in text
+    assert "bad-field: rule.max_step_percent.max_percent" in text
+    # a cost over the server's limit is an error
+    findings = lint.lint_paths([f], max_cost=1000)
+    assert any(x.severity == "error" and x.policy == "costly" for x in findings)
+    # warnings fail only with --strict
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(BAD.split("---\n")[2])
+    assert lint.main([str(ok)], out=io.StringIO()) == 0
+    assert cli_main(["policy", "lint", "--strict", str(ok)]) == 1
+    assert cli_main(["policy", "lint", str(tmp_path / "missing")]) == 2
