@@ -36,7 +36,11 @@ class Settings:
 
     listen: str = _s("127.0.0.1:50051", "TCP address to listen on, HOST:PORT ('' = none)")
     unix_socket: str | None = _s(None, "also listen on this unix socket path (sidecars)")
-    policy_dir: str = _s("policies", "directory of policy YAML files (*.yaml, *.yml)")
+    policy_dir: str = _s("policies", "directory of policy YAML files (*.yaml, *.yml); seeds the"
+                                     " policy store with the policies it does not have yet")
+    policy_store: str = _s(
+        "sqlite:var/policies.sqlite3",
+        "policy store: sqlite:PATH (embedded) or redis://... (shared by a fleet of sidecars)")
     audit_file: str = _s("var/audit/audit.jsonl", "JSON-lines audit file")
     audit_durability: Literal["async", "sync"] = _s(
         "async", "sync = every answered decision is fsync'd to the audit file first")
@@ -115,6 +119,9 @@ class Settings:
                                                          "admin"):
                     raise SettingsError(f"{name}: {entry!r} is not TENANT:ROLE with ROLE one"
                                         " of checker, author, approver, admin")
+        if not self.policy_store.startswith(("sqlite:", "redis://", "rediss://", "unix://")):
+            raise SettingsError(f"policy_store: {self.policy_store!r} must be sqlite:PATH or a"
+                                " redis:// URL")
         if self.audit_redis_stream and not self.redis_url:
             raise SettingsError("audit_redis_stream: needs redis_url")
         return self

@@ -25,13 +25,12 @@ from pdp.cel import ProgramCache, pdp_environment
 from pdp.counters import CounterSettings, CounterStore, open_counter_store
 from pdp.engine.context import ConfigCache
 from pdp.engine.engine import Engine, EngineOptions
-from pdp.policy.builtins import builtin_policies
-from pdp.policy.compiled import compile_or_broken
-from pdp.policy.loader import load_directory
 from pdp.policy.model import PolicyError
-from pdp.policy.policyset import PolicySet
+from pdp.policy.store import PolicyStore, StoreError
+from pdp.server.admin import PolicyAdminService
 from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
-from pdp.server.services import DecisionService, PolicyAdminService
+from pdp.server.policies import PolicyReloader, open_policy_store, seed
+from pdp.server.services import DecisionService
 from pdp.server.tls import TLSConfigError, server_credentials
 from pdp.settings import Settings
 from pdp.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, decision_pb2
@@ -48,32 +47,6 @@ SERVICE_NAMES = (
 
 class StartupError(RuntimeError):
     """The server cannot start as configured; the message says what to fix."""
-
-
-def load_policies(settings: Settings, cache: ProgramCache) -> PolicySet:
-    """Built-ins plus the policy directory, compiled. Unreadable or invalid YAML stops start-up;
-    a policy that parses but does not compile is kept and denies (fail-closed)."""
-    env = pdp_environment()
-    directory = Path(settings.policy_dir)
-    loaded = []
-    if directory.is_dir():
-        try:
-            loaded = load_directory(directory)
-        except PolicyError as exc:
-            raise StartupError(f"policy_dir: {exc}") from None
-    elif settings.policy_dir != Settings.policy_dir:
-        raise StartupError(f"policy_dir: {settings.policy_dir} is not a directory")
-    else:
-        log.warning("policy_dir_missing", policy_dir=settings.policy_dir,
-                    note="only built-in policies apply")
-    compiled = [compile_or_broken(p, env, cache, max_cost=settings.cel_max_cost_estimate)
-                for p in loaded]
-    for c in compiled:
-        if c.broken:
-            log.error("policy_does_not_compile", policy=c.name, tenant=c.policy.tenant,
-                      error=c.broken, effect="denies every request it applies to")
-    builtins = [compile_or_broken(p, env, cache) for p in builtin_policies()]
-    return PolicySet(compiled, builtins)
 
 
 def open_counters(settings: Settings) -> CounterStore:
@@ -123,6 +96,8 @@ class Running:
     audit: AuditLog
     counters: CounterStore
     ports: list[str]
+    store: PolicyStore
+    reloader: PolicyReloader
 
 
 async def start(settings: Settings) -> Running:
@@ -136,9 +111,22 @@ async def start(settings: Settings) -> Running:
                 "require" if settings.tls_client_ca_file else "none")
         except TLSConfigError as exc:
             raise StartupError(str(exc)) from None
-    policies = load_policies(settings, cache)
     audit = AuditLog(audit_settings(settings))
     await audit.start()
+    store = open_policy_store(settings, audit.emit)
+    try:
+        await seed(store, settings)
+        reloader = PolicyReloader(store, pdp_environment(), cache,
+                                  settings.cel_max_cost_estimate)
+        policies = await reloader.load()
+    except PolicyError as exc:
+        await store.close()
+        await audit.close()
+        raise StartupError(f"policy_dir: {exc}") from None
+    except StoreError as exc:
+        await store.close()
+        await audit.close()
+        raise StartupError(f"policy_store: {exc}") from None
     counters = open_counters(settings)
     if settings.redis_url and not await counters.ping():
         log.warning("counter_store_unreachable", redis_url=settings.redis_url,
@@ -154,7 +142,7 @@ async def start(settings: Settings) -> Running:
     dgrpc.add_DecisionServiceServicer_to_server(
         DecisionService(engine, settings.deadline_ms / 1000, settings.max_batch_agents), server)
     admin_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
-        cast(Any, PolicyAdminService()), server)
+        cast(Any, PolicyAdminService(store, store.validate)), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(_audit_service(audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -180,12 +168,14 @@ async def start(settings: Settings) -> Running:
         raise StartupError(f"listen: cannot bind {ports[-1] if ports else settings.listen}:"
                            f" {exc}") from None
     await server.start()
+    reloader.start(engine.replace_policies)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("started", listen=ports, policies=len(policies.policies),
+             policy_store=settings.policy_store,
              tenants=len(policies.tenants()), counters="redis" if settings.redis_url else
              "in-process", audit_file=settings.audit_file, deadline_ms=settings.deadline_ms)
-    return Running(server, health_servicer, engine, audit, counters, ports)
+    return Running(server, health_servicer, engine, audit, counters, ports, store, reloader)
 
 
 def _audit_service(audit: AuditLog) -> audit_pb2_grpc.AuditServiceServicer:
@@ -197,6 +187,8 @@ def _audit_service(audit: AuditLog) -> audit_pb2_grpc.AuditServiceServicer:
 async def stop(running: Running, grace_s: float) -> None:
     await running.health.enter_graceful_shutdown()
     await running.server.stop(grace_s)
+    await running.reloader.stop()
+    await running.store.close()
     await running.audit.close()
     await running.counters.close()
     log.info("stopped")

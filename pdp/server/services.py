@@ -19,7 +19,6 @@ from pdp.engine.engine import Engine
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server import convert
 from pdp.server.auth import current_caller
-from pdp.v1 import admin_pb2
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -182,17 +181,3 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 reasons=[convert.reason_pb(r) for r in verdict.reasons],
                 evaluated_policies=[convert.policy_ref_pb(p) for p in verdict.evaluated])
         return await guarded(context, run)
-
-
-class PolicyAdminService:
-    """Lifecycle RPCs arrive with the policy-store work; until then they say so plainly."""
-
-    async def _unimplemented(self, request: Any,
-                             context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "policy administration is not available yet: policies are read from"
-                            " the policy directory (setting policy_dir)")
-
-
-for _method in admin_pb2.DESCRIPTOR.services_by_name["PolicyAdminService"].methods_by_name:
-    setattr(PolicyAdminService, _method, PolicyAdminService._unimplemented)

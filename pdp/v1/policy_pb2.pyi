@@ -75,12 +75,15 @@ class Policy(_message.Message):
     QUALITY_GATE_FIELD_NUMBER: _builtins.int
     AUTO_ROLLBACK_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
+    YAML_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     name: _builtins.str
     """^[a-zA-Z0-9_-]+$, at most 250 characters, unique per tenant."""
     description: _builtins.str
     enabled: _builtins.bool
     """Defaults to true when unset."""
+    yaml: _builtins.str
+    """The policy as YAML, as its author wrote it (the form every rule kind round-trips in)."""
     @_builtins.property
     def checkpoints(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.Checkpoint.ValueType]:
         """Checkpoints the policy applies to; empty = all."""
@@ -143,10 +146,11 @@ class Policy(_message.Message):
         quality_gate: Global___QualityGateRule | None = ...,
         auto_rollback: Global___AutoRollbackRule | None = ...,
         meta: Global___PolicyMeta | None = ...,
+        yaml: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "allowed_hours", b"allowed_hours", "auto_rollback", b"auto_rollback", "blocked_days", b"blocked_days", "cel", b"cel", "cooldown", b"cooldown", "daily_cap", b"daily_cap", "device_constraints", b"device_constraints", "enabled", b"enabled", "freeze_windows", b"freeze_windows", "match", b"match", "max_step_percent", b"max_step_percent", "meta", b"meta", "min_step_duration", b"min_step_duration", "quality_gate", b"quality_gate", "require_approval", b"require_approval", "rollback_rate", b"rollback_rate", "rule", b"rule", "velocity", b"velocity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "allowed_hours", b"allowed_hours", "auto_rollback", b"auto_rollback", "blocked_days", b"blocked_days", "cel", b"cel", "checkpoints", b"checkpoints", "cooldown", b"cooldown", "daily_cap", b"daily_cap", "description", b"description", "device_constraints", b"device_constraints", "enabled", b"enabled", "freeze_windows", b"freeze_windows", "match", b"match", "max_step_percent", b"max_step_percent", "meta", b"meta", "min_step_duration", b"min_step_duration", "name", b"name", "quality_gate", b"quality_gate", "require_approval", b"require_approval", "rollback_rate", b"rollback_rate", "rule", b"rule", "tenant", b"tenant", "velocity", b"velocity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "allowed_hours", b"allowed_hours", "auto_rollback", b"auto_rollback", "blocked_days", b"blocked_days", "cel", b"cel", "checkpoints", b"checkpoints", "cooldown", b"cooldown", "daily_cap", b"daily_cap", "description", b"description", "device_constraints", b"device_constraints", "enabled", b"enabled", "freeze_windows", b"freeze_windows", "match", b"match", "max_step_percent", b"max_step_percent", "meta", b"meta", "min_step_duration", b"min_step_duration", "name", b"name", "quality_gate", b"quality_gate", "require_approval", b"require_approval", "rollback_rate", b"rollback_rate", "rule", b"rule", "tenant", b"tenant", "velocity", b"velocity", "yaml", b"yaml"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
@@ -172,12 +176,22 @@ class PolicyMeta(_message.Message):
     AUTHOR_FIELD_NUMBER: _builtins.int
     APPROVER_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RELAXED_FIELD_NUMBER: _builtins.int
+    ACTIVE_VERSION_FIELD_NUMBER: _builtins.int
+    LATEST_VERSION_FIELD_NUMBER: _builtins.int
+    LATEST_STATUS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     status: _common_pb2.PolicyStatus.ValueType
     content_hash: _builtins.str
     builtin: _builtins.bool
     author: _builtins.str
     approver: _builtins.str
+    relaxed: _builtins.bool
+    """Built-ins only: turned off for this tenant."""
+    active_version: _builtins.int
+    """The version in force (0 = none) and the newest version, with its status."""
+    latest_version: _builtins.int
+    latest_status: _common_pb2.PolicyStatus.ValueType
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -190,10 +204,14 @@ class PolicyMeta(_message.Message):
         author: _builtins.str = ...,
         approver: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        relaxed: _builtins.bool = ...,
+        active_version: _builtins.int = ...,
+        latest_version: _builtins.int = ...,
+        latest_status: _common_pb2.PolicyStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "author", b"author", "builtin", b"builtin", "content_hash", b"content_hash", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_version", b"active_version", "approver", b"approver", "author", b"author", "builtin", b"builtin", "content_hash", b"content_hash", "latest_status", b"latest_status", "latest_version", b"latest_version", "relaxed", b"relaxed", "status", b"status", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,119 @@
+"""Keep the engine's policy set in step with the policy store.
+
+At start: open the store, seed it from the YAML directory, compile a snapshot. Then follow the
+store's revisions (change notification, with the store's own polling as a safety net) and swap
+in a freshly compiled set within a second of any change. Compiled policies are re-used by
+(tenant, name, version, status, content hash), so a reload compiles only what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pdp.cel import Environment, ProgramCache
+from pdp.policy.builtins import builtin_policies
+from pdp.policy.compiled import CompiledPolicy, compile_or_broken
+from pdp.policy.model import Policy, PolicyError
+from pdp.policy.policyset import PolicySet
+from pdp.policy.store import (
+    PolicyStore,
+    RedisPolicyStore,
+    SqlitePolicyStore,
+    compile_validator,
+    seed_from_directory,
+)
+from pdp.settings import Settings
+
+log = structlog.get_logger("pdp.policies")
+
+Key = tuple[str, str, int, str, str]
+
+
+def open_policy_store(settings: Settings, on_event: Callable[[dict[str, Any]], None]
+                      ) -> PolicyStore:
+    validate = compile_validator(settings.cel_max_cost_estimate)
+    if settings.policy_store.startswith("sqlite:"):
+        path = Path(settings.policy_store.removeprefix("sqlite:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqlitePolicyStore(path, validate=validate, on_event=on_event)
+    return RedisPolicyStore.from_url(settings.policy_store, validate=validate,
+                                     on_event=on_event)
+
+
+async def seed(store: PolicyStore, settings: Settings) -> None:
+    """Raises PolicyError (file:line:column) if the directory holds an invalid policy."""
+    directory = Path(settings.policy_dir)
+    if not directory.is_dir():
+        if settings.policy_dir != Settings.policy_dir:
+            raise PolicyError(f"{settings.policy_dir} is not a directory", field_path="policy_dir")
+        log.warning("policy_dir_missing", policy_dir=settings.policy_dir,
+                    note="the policy store and the built-ins apply")
+        return
+    result = await seed_from_directory(store, directory)
+    if result.created:
+        log.info("policies_seeded", created=len(result.created), skipped=len(result.skipped))
+
+
+class PolicyReloader:
+    def __init__(self, store: PolicyStore, env: Environment, cache: ProgramCache,
+                 max_cost: int | None) -> None:
+        self.store = store
+        self.env = env
+        self.cache = cache
+        self.max_cost = max_cost
+        self.revision = -1
+        self._compiled: dict[Key, CompiledPolicy] = {}
+        self._builtins = [compile_or_broken(p, env, cache) for p in builtin_policies()]
+        self._task: asyncio.Task[None] | None = None
+
+    def _compile(self, p: Policy) -> CompiledPolicy:
+        key = (p.tenant, p.name, p.version, p.status.value, p.content_hash)
+        found = self._compiled.get(key)
+        if found is None:
+            found = compile_or_broken(p, self.env, self.cache, max_cost=self.max_cost)
+            if found.broken:
+                log.error("policy_does_not_compile", policy=p.name, tenant=p.tenant,
+                          error=found.broken, effect="denies every request it applies to")
+        return found
+
+    async def load(self) -> PolicySet:
+        snap = await self.store.snapshot()
+        compiled = {}
+        for p in snap.policies():
+            c = self._compile(p)
+            compiled[(p.tenant, p.name, p.version, p.status.value, p.content_hash)] = c
+        self._compiled = compiled
+        self.revision = snap.revision
+        return PolicySet(list(compiled.values()), self._builtins, snap.relaxed())
+
+    def start(self, apply: Callable[[PolicySet], None]) -> None:
+        self._task = asyncio.create_task(self._follow(apply), name="pdp-policy-reload")
+
+    async def _follow(self, apply: Callable[[PolicySet], None]) -> None:
+        while True:
+            try:
+                async for revision in self.store.watch_revisions(since=self.revision):
+                    if revision == self.revision:
+                        continue
+                    policies = await self.load()
+                    apply(policies)
+                    log.info("policies_reloaded", revision=self.revision,
+                             policies=len(policies.policies))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the last good set; try again shortly
+                log.error("policy_reload_failed", error=repr(exc),
+                          effect="the previous policy set stays in force")
+                await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,214 @@
+"""Policy lifecycle through the real server: four eyes, shadow drafts, hot reload, restart."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from pdp.client import push_request
+from pdp.server.auth import new_token
+from pdp.v1 import admin_pb2 as apb
+from pdp.v1 import admin_pb2_grpc
+from pdp.v1 import common_pb2 as cpb
+from pdp.v1 import decision_pb2_grpc as dgrpc
+from tests.support.pdpserver import PdpServer
+from tests.support.procs import RedisServer
+
+NO_DEBUG = """\
+tenant: acme
+name: no-debug
+description: no debug exporter
+rule:
+  cel:
+    deny: '"debug" in config.exporters'
+    message: '"debug exporter on " + agent.id'
+"""
+DEBUG_CONFIG = "exporters: {debug: {}}\n"
+
+
+class People:
+    """Bearer tokens for an author, an approver, an admin and a checker of tenant acme."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        roles = {"alice": ["author", "checker"], "bob": ["approver", "checker"],
+                 "carol": ["admin"], "engine": ["checker"], "beta-admin": []}
+        entries, self.tokens = [], {}
+        for who, rs in roles.items():
+            token, digest = new_token()
+            self.tokens[who] = token
+            tenant_roles = {"beta": ["admin"]} if who == "beta-admin" else {"acme": rs}
+            entries.append({"sha256": digest, "identity": who, "roles": tenant_roles})
+        self.file = tmp_path / "tokens.yaml"
+        self.file.write_text(yaml.safe_dump({"tokens": entries}))
+
+    def md(self, who: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.tokens[who]}"),)
+
+
+def start(tmp_path: Path, people: People, *extra: str, name: str = "s") -> PdpServer:
+    work = tmp_path / name
+    work.mkdir(exist_ok=True)
+    (tmp_path / "no-policies").mkdir(exist_ok=True)
+    return PdpServer(work, policy_dir=tmp_path / "no-policies",
+                     args=["--auth-tokens-file", str(people.file), *extra]).start()
+
+
+@pytest.fixture
+def people(tmp_path: Path) -> People:
+    return People(tmp_path)
+
+
+def admin(server: PdpServer) -> admin_pb2_grpc.PolicyAdminServiceStub:
+    return admin_pb2_grpc.PolicyAdminServiceStub(grpc.insecure_channel(server.address))
+
+
+def check(server: PdpServer, people: People, config: str = DEBUG_CONFIG) -> cpb.Decision:
+    stub = dgrpc.DecisionServiceStub(grpc.insecure_channel(server.address))
+    return stub.CheckPush(push_request("acme", "agent-1", config_yaml=config), timeout=5,
+                          metadata=people.md("engine")).decision
+
+
+def activate_no_debug(stub: admin_pb2_grpc.PolicyAdminServiceStub, people: People) -> int:
+    draft = stub.PutDraft(apb.PutDraftRequest(yaml=NO_DEBUG, expected_version=0), timeout=5,
+                          metadata=people.md("alice")).policy
+    stub.ApprovePolicy(apb.ApprovePolicyRequest(tenant="acme", name="no-debug",
+                                                version=draft.meta.version),
+                       timeout=5, metadata=people.md("bob"))
+    stub.ActivatePolicy(apb.ActivatePolicyRequest(tenant="acme", name="no-debug",
+                                                  version=draft.meta.version),
+                        timeout=5, metadata=people.md("carol"))
+    return int(draft.meta.version)
+
+
+def code_of(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()  # type: ignore[operator]
+    return err.value.code()
+
+
+def test_lifecycle_four_eyes_shadow_and_enforcement(tmp_path: Path, people: People) -> None:
+    server = start(tmp_path, people)
+    try:
+        stub = admin(server)
+        draft = stub.PutDraft(apb.PutDraftRequest(yaml=NO_DEBUG), timeout=5,
+                              metadata=people.md("alice")).policy
+        assert (draft.meta.version, draft.meta.status, draft.meta.author) == (
+            1, cpb.POLICY_STATUS_DRAFT, "alice")
+        time.sleep(1.2)  # the reload follows within a second
+        d = check(server, people)
+        assert d.outcome == cpb.OUTCOME_ALLOW
+        assert [r.policy for r in d.shadow_denies] == ["no-debug"]  # drafts only shadow
+        # four eyes: the author may not approve (even with the approver role elsewhere)
+        approve = apb.ApprovePolicyRequest(tenant="acme", name="no-debug", version=1)
+        assert code_of(lambda: stub.ApprovePolicy(approve, timeout=5,
+                                                  metadata=people.md("alice"))) in (
+            grpc.StatusCode.PERMISSION_DENIED,)
+        stub.ApprovePolicy(approve, timeout=5, metadata=people.md("bob"))
+        activate = apb.ActivatePolicyRequest(tenant="acme", name="no-debug", version=1)
+        assert code_of(lambda: stub.ActivatePolicy(activate, timeout=5,
+                                                   metadata=people.md("bob"))) == \
+            grpc.StatusCode.PERMISSION_DENIED  # activation needs admin
+        active = stub.ActivatePolicy(activate, timeout=5, metadata=people.md("carol")).policy
+        assert active.meta.status == cpb.POLICY_STATUS_ACTIVE and active.meta.content_hash
+        time.sleep(1.2)
+        d = check(server, people)
+        assert d.outcome == cpb.OUTCOME_DENY and d.reasons[0].policy == "no-debug"
+        # stale update is refused (optimistic concurrency), nothing written
+        assert code_of(lambda: stub.PutDraft(apb.PutDraftRequest(yaml=NO_DEBUG,
+                                                                 expected_version=0),
+                                             timeout=5, metadata=people.md("alice"))) == \
+            grpc.StatusCode.ABORTED
+        # a policy that does not compile: INVALID_ARGUMENT with line:column
+        bad = NO_DEBUG.replace('"debug" in config.exporters', "config.exporters +")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PutDraft(apb.PutDraftRequest(yaml=bad, expected_version=1), timeout=5,
+                          metadata=people.md("alice"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "rule.cel.deny" in err.value.details()
+        stub.RetirePolicy(apb.RetirePolicyRequest(tenant="acme", name="no-debug"), timeout=5,
+                          metadata=people.md("carol"))
+        time.sleep(1.2)
+        assert check(server, people).outcome == cpb.OUTCOME_ALLOW  # retired: not evaluated
+        listed = stub.ListPolicies(apb.ListPoliciesRequest(tenant="acme", include_builtins=True),
+                                   timeout=5, metadata=people.md("engine")).policies
+        assert {p.name for p in listed} >= {"no-debug", "default-deny-exporter-removal"}
+        history = stub.GetPolicyHistory(apb.GetPolicyHistoryRequest(tenant="acme",
+                                                                    name="no-debug"),
+                                        timeout=5, metadata=people.md("engine"))
+        assert [t.actor for t in history.transitions] == ["alice", "bob", "carol", "carol"]
+    finally:
+        server.stop()
+
+
+def test_tenant_isolation_on_admin_rpcs(tmp_path: Path, people: People) -> None:
+    server = start(tmp_path, people)
+    try:
+        stub = admin(server)
+        beta = people.md("beta-admin")
+        calls = [
+            lambda: stub.PutDraft(apb.PutDraftRequest(yaml=NO_DEBUG), timeout=5, metadata=beta),
+            lambda: stub.ListPolicies(apb.ListPoliciesRequest(tenant="acme"), timeout=5,
+                                      metadata=beta),
+            lambda: stub.ActivatePolicy(apb.ActivatePolicyRequest(tenant="acme", name="x",
+                                                                  version=1),
+                                        timeout=5, metadata=beta),
+            lambda: stub.SetBuiltinRelaxed(apb.SetBuiltinRelaxedRequest(
+                tenant="acme", builtin="default-deny-exporter-removal", relaxed=True,
+                justification="x"), timeout=5, metadata=beta),
+        ]
+        for call in calls:
+            assert code_of(call) == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        server.stop()
+
+
+def test_restart_on_the_same_sqlite_file_keeps_the_lifecycle(tmp_path: Path,
+                                                             people: People) -> None:
+    db = f"sqlite:{tmp_path / 'policies.sqlite3'}"
+    server = start(tmp_path, people, "--policy-store", db)
+    try:
+        activate_no_debug(admin(server), people)
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+    again = start(tmp_path, people, "--policy-store", db, name="again")
+    try:
+        d = check(again, people)
+        assert d.outcome == cpb.OUTCOME_DENY and d.reasons[0].policy == "no-debug"
+        got = admin(again).GetPolicy(apb.GetPolicyRequest(tenant="acme", name="no-debug"),
+                                     timeout=5, metadata=people.md("engine")).policy
+        assert (got.meta.status, got.meta.author, got.meta.approver) == (
+            cpb.POLICY_STATUS_ACTIVE, "alice", "bob")
+    finally:
+        again.stop()
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_hot_reload_across_two_servers_sharing_redis(tmp_path: Path, people: People,
+                                                     redis: RedisServer) -> None:
+    args = ("--policy-store", redis.url, "--redis-url", redis.url)
+    one = start(tmp_path, people, *args, name="one")
+    two = start(tmp_path, people, *args, name="two")
+    try:
+        assert check(two, people).outcome == cpb.OUTCOME_ALLOW
+        activate_no_debug(admin(one), people)
+        activated = time.monotonic()
+        while check(two, people).outcome != cpb.OUTCOME_DENY:
+            assert time.monotonic() - activated < 1.0, "not enforced by the other server in 1 s"
+            time.sleep(0.02)
+    finally:
+        one.stop()
+        two.stop()
