@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+from pdp.admin_cli import add_policy_admin_commands
 from pdp.settings import FIELDS, SettingsError, describe, load_settings
 
 
@@ -71,6 +72,7 @@ def _authoring_parsers(sub: Any) -> None:
     lint = policy_sub.add_parser("lint", help="compile errors, cost warnings, ineffective"
                                               " match filters; exit 1 on errors")
     lint.add_argument("paths", nargs="+", help="policy files or directories")
+    add_policy_admin_commands(policy_sub)
     lint.add_argument("--strict", action="store_true", help="warnings fail too")
     lint.add_argument("--max-cost", type=int, default=None,
                       help="cost estimate the server rejects (default: the server setting"
@@ -101,6 +103,10 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    if args.policy_command != "lint":
+        from pdp.admin_cli import run
+
+        return run(args)
     from pdp.authoring.lint import main as lint_main
 
     max_cost = args.max_cost

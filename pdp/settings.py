@@ -131,7 +131,8 @@ FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fiel
 _HINTS = typing.get_type_hints(Settings)
 
 # Environment variables of the client commands (pdp check / health): known, not server settings.
-CLIENT_ENV = {"PDP_ADDRESS", "PDP_TIMEOUT", "PDP_CONFIG", "PDP_TENANT"}
+CLIENT_ENV = {"PDP_ADDRESS", "PDP_TIMEOUT", "PDP_CONFIG", "PDP_TENANT", "PDP_TOKEN",
+              "PDP_CA_FILE", "PDP_CERT_FILE", "PDP_KEY_FILE"}
 
 
 def env_name(name: str) -> str:

@@ -212,3 +212,50 @@ def test_hot_reload_across_two_servers_sharing_redis(tmp_path: Path, people: Peo
     finally:
         one.stop()
         two.stop()
+
+
+def test_pdp_policy_command_walks_the_lifecycle(tmp_path: Path, people: People) -> None:
+    import os
+    import subprocess
+    import sys
+
+    server = start(tmp_path, people)
+    policy = tmp_path / "no-debug.yaml"
+    policy.write_text(NO_DEBUG)
+    cap = tmp_path / "cap.yaml"
+    cap.write_text("tenant: acme\nname: cap\nrule: {daily_cap: {max_count: 20,"
+                   " timezone: Europe/Berlin}}\n")
+
+    def pdp(who: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+        env.update(PDP_ADDRESS=server.address, PDP_TOKEN=people.tokens[who])
+        return subprocess.run([sys.executable, "-m", "pdp.cli", "policy", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        assert pdp("alice", "put", str(policy)).returncode == 0
+        assert pdp("alice", "put", str(cap)).returncode == 0
+        refused = pdp("alice", "approve", "--tenant", "acme", "no-debug", "1")
+        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+        for name in ("no-debug", "cap"):
+            assert pdp("bob", "approve", "--tenant", "acme", name, "1").returncode == 0
+            assert pdp("carol", "activate", "--tenant", "acme", name, "1").returncode == 0
+        assert pdp("carol", "relax", "--tenant", "acme", "default-deny-exporter-removal",
+                   "--why", "migration").returncode == 0
+        listed = pdp("engine", "list", "--tenant", "acme")
+        assert listed.returncode == 0
+        rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
+        assert "Active" in rows["no-debug"] and "alice" in rows["no-debug"]
+        assert "bob" in rows["no-debug"] and "Custom" in rows["no-debug"]
+        assert "Relaxed" in rows["default-deny-exporter-removal"]
+        summary = pdp("engine", "summary", "--tenant", "acme")
+        assert summary.returncode == 0
+        assert "no debug exporter" in summary.stdout
+        assert "at most 20 per day (Europe/Berlin) per tenant" in summary.stdout
+        assert "default-deny-exporter-removal: relaxed" in summary.stdout
+        got = pdp("engine", "get", "--tenant", "acme", "no-debug")
+        assert got.stdout == NO_DEBUG
+        history = pdp("engine", "history", "--tenant", "acme", "no-debug")
+        assert "-> Active by carol" in history.stdout
+    finally:
+        server.stop()

@@ -1,0 +1,197 @@
+"""`pdp policy ...`: the policy lifecycle from a terminal or a CI job, over PolicyAdminService.
+
+Credentials: a bearer token (``--token`` / ``PDP_TOKEN``) and/or TLS files (``--ca-file``,
+``--cert-file``, ``--key-file``). Exit 0 on success, 1 when the server refused, 2 on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from pdp.v1 import admin_pb2 as apb
+from pdp.v1 import admin_pb2_grpc
+from pdp.v1 import common_pb2 as cpb
+
+
+def _status(value: int) -> str:
+    return cpb.PolicyStatus.Name(value).removeprefix("POLICY_STATUS_").capitalize()  # type: ignore[arg-type]
+
+
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=os.environ.get("PDP_ADDRESS", "127.0.0.1:50051"),
+                   help="server HOST:PORT or unix:PATH (env PDP_ADDRESS)")
+    p.add_argument("--token", default=os.environ.get("PDP_TOKEN"),
+                   help="bearer token (env PDP_TOKEN)")
+    p.add_argument("--ca-file", default=os.environ.get("PDP_CA_FILE"),
+                   help="CA that signed the server certificate: use TLS (env PDP_CA_FILE)")
+    p.add_argument("--cert-file", default=os.environ.get("PDP_CERT_FILE"),
+                   help="client certificate for mTLS (env PDP_CERT_FILE)")
+    p.add_argument("--key-file", default=os.environ.get("PDP_KEY_FILE"),
+                   help="client key for mTLS (env PDP_KEY_FILE)")
+    p.add_argument("--timeout", type=float, default=float(os.environ.get("PDP_TIMEOUT", "5")))
+
+
+def channel(args: argparse.Namespace) -> grpc.Channel:
+    if not args.ca_file:
+        return grpc.insecure_channel(args.address)
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(read(args.ca_file), read(args.key_file),
+                                         read(args.cert_file))
+    return grpc.secure_channel(args.address, creds)
+
+
+def add_policy_admin_commands(sub: Any) -> None:
+    """Add the lifecycle subcommands to the `pdp policy` subparsers."""
+    def cmd(name: str, help_: str, *, tenant: bool = True) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_)
+        add_connection_args(p)
+        if tenant:
+            p.add_argument("--tenant", required=True, default=os.environ.get("PDP_TENANT"))
+        p.set_defaults(handler=_handlers[name])
+        return p
+
+    put = cmd("put", "create a policy or a new draft version of it from a YAML file",
+              tenant=False)
+    put.add_argument("file")
+    put.add_argument("--expected-version", type=int, default=0,
+                     help="the version you edited (0 to create): refused if it moved on")
+    for name, help_ in (("approve", "approve a draft (not its author)"),
+                        ("activate", "activate an approved version (admin)")):
+        p = cmd(name, help_)
+        p.add_argument("name")
+        p.add_argument("version", type=int)
+    for name, help_ in (("retire", "retire the active version (admin)"),
+                        ("reactivate", "bring back the last retired version (admin)"),
+                        ("history", "versions and transitions")):
+        cmd(name, help_).add_argument("name")
+    get = cmd("get", "print a policy version as YAML")
+    get.add_argument("name")
+    get.add_argument("--version", type=int, default=0)
+    cmd("list", "policies of a tenant with status, author and approver")
+    cmd("summary", "the tenant's active guardrails, readable")
+    for name, help_ in (("relax", "turn a built-in off for the tenant (admin)"),
+                        ("restore", "turn a relaxed built-in back on (admin)")):
+        p = cmd(name, help_)
+        p.add_argument("builtin")
+        p.add_argument("--why", default="", help="justification (required to relax)")
+
+
+def run(args: argparse.Namespace) -> int:
+    handler: Callable[[admin_pb2_grpc.PolicyAdminServiceStub, argparse.Namespace, Any], int]
+    handler = args.handler
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+    try:
+        with channel(args) as ch:
+            return handler(admin_pb2_grpc.PolicyAdminServiceStub(ch), args,
+                           {"timeout": args.timeout, "metadata": metadata})
+    except grpc.RpcError as exc:
+        print(f"pdp policy {args.policy_command}: {exc.code().name}: {exc.details()}",
+              file=sys.stderr)
+        return 1 if exc.code() != grpc.StatusCode.UNAVAILABLE else 2
+    except OSError as exc:
+        print(f"pdp policy {args.policy_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _show(policy: Any) -> int:
+    m = policy.meta
+    print(f"{policy.name} v{m.version} {_status(m.status)}  author={m.author or '-'}"
+          f" approver={m.approver or '-'} {m.content_hash}")
+    return 0
+
+
+def _print(text: str) -> int:
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def _put(stub: Any, args: argparse.Namespace, kw: Any) -> int:
+    with open(args.file, encoding="utf-8") as f:
+        text = f.read()
+    return _show(stub.PutDraft(apb.PutDraftRequest(yaml=text,
+                                                   expected_version=args.expected_version),
+                               **kw).policy)
+
+
+def _list(stub: Any, args: argparse.Namespace, kw: Any) -> int:
+    resp = stub.ListPolicies(apb.ListPoliciesRequest(tenant=args.tenant, include_builtins=True),
+                             **kw)
+    print(f"{'NAME':<44} {'KIND':<8} {'STATUS':<9} {'VERSION':>7}  {'AUTHOR':<14} APPROVER")
+    for p in resp.policies:
+        m = p.meta
+        status = "Relaxed" if m.relaxed else _status(m.status)
+        print(f"{p.name:<44} {'Built-in' if m.builtin else 'Custom':<8} {status:<9}"
+              f" {m.version:>7}  {m.author or '-':<14} {m.approver or '-'}")
+    return 0
+
+
+def _history(stub: Any, args: argparse.Namespace, kw: Any) -> int:
+    h = stub.GetPolicyHistory(apb.GetPolicyHistoryRequest(tenant=args.tenant, name=args.name),
+                              **kw)
+    for v in h.versions:
+        _show(v)
+    for t in h.transitions:
+        before = _status(t.from_status) if t.from_status else "-"
+        print(f"  {t.time.ToJsonString()}  v{t.version} {before} -> {_status(t.to_status)}"
+              f" by {t.actor}")
+    return 0
+
+
+def _summary(stub: Any, args: argparse.Namespace, kw: Any) -> int:
+    from pdp.policy.loader import load_text
+    from pdp.policy.summary import describe_policy
+
+    resp = stub.ListPolicies(apb.ListPoliciesRequest(tenant=args.tenant, include_builtins=True),
+                             **kw)
+    print(f"Active guardrails of tenant {args.tenant}:")
+    for p in resp.policies:
+        m = p.meta
+        if m.builtin:
+            state = "relaxed" if m.relaxed else "on"
+            print(f"  [built-in] {p.name}: {state}")
+            continue
+        if not m.active_version:
+            continue
+        got = stub.GetPolicy(apb.GetPolicyRequest(tenant=args.tenant, name=p.name,
+                                                  version=m.active_version), **kw).policy
+        [policy] = load_text(got.yaml, f"{p.name} v{m.active_version}")
+        print(f"  [{policy.rule.kind}] {p.name} v{m.active_version}: {describe_policy(policy)}")
+    return 0
+
+
+def _relaxed(resp: Any) -> int:
+    return _print(", ".join(resp.relaxed_builtins) or "(none relaxed)")
+
+
+_handlers: dict[str, Callable[..., int]] = {
+    "put": _put,
+    "approve": lambda s, a, kw: _show(s.ApprovePolicy(apb.ApprovePolicyRequest(
+        tenant=a.tenant, name=a.name, version=a.version), **kw).policy),
+    "activate": lambda s, a, kw: _show(s.ActivatePolicy(apb.ActivatePolicyRequest(
+        tenant=a.tenant, name=a.name, version=a.version), **kw).policy),
+    "retire": lambda s, a, kw: _show(s.RetirePolicy(apb.RetirePolicyRequest(
+        tenant=a.tenant, name=a.name), **kw).policy),
+    "reactivate": lambda s, a, kw: _show(s.ReactivatePolicy(apb.ReactivatePolicyRequest(
+        tenant=a.tenant, name=a.name), **kw).policy),
+    "get": lambda s, a, kw: _print(s.GetPolicy(apb.GetPolicyRequest(
+        tenant=a.tenant, name=a.name, version=a.version), **kw).policy.yaml),
+    "list": _list,
+    "history": _history,
+    "summary": _summary,
+    "relax": lambda s, a, kw: _relaxed(s.SetBuiltinRelaxed(apb.SetBuiltinRelaxedRequest(
+        tenant=a.tenant, builtin=a.builtin, relaxed=True, justification=a.why), **kw)),
+    "restore": lambda s, a, kw: _relaxed(s.SetBuiltinRelaxed(apb.SetBuiltinRelaxedRequest(
+        tenant=a.tenant, builtin=a.builtin, relaxed=False, justification=a.why), **kw)),
+}
