@@ -89,6 +89,15 @@ class Settings:
     auth_unix_socket_roles: tuple[str, ...] = _s(
         (), "roles granted to callers on the unix socket, as TENANT:ROLE")
     workers: int = _s(1, "server processes sharing the port (SO_REUSEPORT)")
+    telemetry_enabled: bool = _s(False, "OpenTelemetry spans and metrics (off: no cost)")
+    otlp_endpoint: str | None = _s(None, "OTLP/gRPC collector for spans and metrics,"
+                                         " e.g. http://127.0.0.1:4317")
+    prometheus_port: int | None = _s(None, "serve Prometheus /metrics on this port")
+    telemetry_policy_spans: bool = _s(True, "a child span per evaluated policy")
+    telemetry_sample_ratio: float = _s(1.0, "share of decision traces sampled (0-1)")
+    notify_smtp_host: str = _s("127.0.0.1", "SMTP server for email notifications")
+    notify_smtp_port: int = _s(25, "SMTP port for email notifications")
+    notify_smtp_from: str = _s("pdp@localhost", "sender of email notifications")
 
     def validate(self) -> Settings:
         """Cross-field and range checks; raise SettingsError naming the setting."""

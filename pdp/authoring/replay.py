@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pdp.audit.files import ledger_files
-from pdp.authoring.explain import explain_policy
 from pdp.authoring.harness import (
     DEFAULT_BUDGET_S,
     RequestError,
@@ -37,6 +36,7 @@ from pdp.authoring.harness import (
 )
 from pdp.engine.context import build_context
 from pdp.engine.request import InvalidRequest
+from pdp.policy.explain import explain_policy
 from pdp.policy.model import Policy, PolicyError, Status
 
 EXAMPLES_PER_GROUP = 3

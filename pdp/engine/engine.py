@@ -28,11 +28,13 @@ from pdp.engine.context import ConfigCache, ConfigRejected, build_context
 from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
 from pdp.engine.request import CheckRequest
+from pdp.notify import Notifier
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint
 from pdp.policy.policyset import PolicySet
 from pdp.policy.rules import AutoRollback, Deny
+from pdp.telemetry import NO_TELEMETRY, DecisionTelemetry
 
 log = structlog.get_logger("pdp.engine")
 
@@ -99,7 +101,7 @@ def _reason(p: CompiledPolicy, deny: Deny) -> Reason:
 
 def _explain(p: CompiledPolicy, ctx: EvalContext, code: str) -> Explanation:
     """Only for requests that asked (``explain``), only for denying policies."""
-    from pdp.authoring.explain import explain_policy
+    from pdp.policy.explain import explain_policy
 
     return Explanation(p.name, explain_policy(p, ctx, code))
 
@@ -112,12 +114,16 @@ class Engine:
     """Holds the policies in force, the counter store, the audit sink and the caches."""
 
     def __init__(self, policies: PolicySet, counters: CounterStore, audit: AuditSink,
-                 configs: ConfigCache, options: EngineOptions | None = None) -> None:
+                 configs: ConfigCache, options: EngineOptions | None = None, *,
+                 telemetry: DecisionTelemetry = NO_TELEMETRY,
+                 notifier: Notifier | None = None) -> None:
         self.policies = policies
         self.counters = counters
         self.audit = audit
         self.configs = configs
         self.options = options or EngineOptions()
+        self.telemetry = telemetry
+        self.notifier = notifier
 
     def replace_policies(self, policies: PolicySet) -> None:
         """Swap the policy set atomically (decisions in flight keep the one they started with)."""
@@ -166,8 +172,36 @@ class Engine:
             d.allowed = not d.reasons or d.overridden
             d.elapsed_s = time.perf_counter() - item.started
             await self._record(item.req, d)
+            if self.telemetry.enabled:
+                self._observe(item.req, d)
+            if self.notifier is not None and d.reasons:
+                self._notify(item, d)
             out.append(d)
         return out
+
+    def _observe(self, req: CheckRequest, d: Decision) -> None:
+        tel = self.telemetry
+        tel.record_decision("allow" if d.allowed else "deny", req.tenant, d.checkpoint,
+                            d.elapsed_s)
+        if any(r.code == "DEADLINE_EXCEEDED" for r in d.reasons):
+            tel.record_deadline_exceeded(req.tenant, d.checkpoint)
+
+    def _notify(self, item: _Pending, d: Decision) -> None:
+        """Tell the owners of the active policies that denied (never blocks, never raises)."""
+        assert self.notifier is not None
+        denied = {r.policy for r in d.reasons if r.policy}
+        if not denied:
+            return
+        summary = {"decision_id": d.decision_id, "checkpoint": d.checkpoint,
+                   "tenant": item.req.tenant, "allowed": d.allowed, "overridden": d.overridden,
+                   "reasons": [{"policy": r.policy, "code": r.code, "message": r.message}
+                               for r in d.reasons],
+                   "subject": {"agent_id": (item.req.agent or {}).get("id", ""),
+                               "device_id": (item.req.device or {}).get("id", ""),
+                               "rollout_id": (item.req.rollout or {}).get("id", "")}}
+        for p in self.policies.for_tenant(item.req.tenant, item.req.checkpoint):
+            if p.name in denied and p.policy.notify and not p.shadow:
+                self.notifier.notify(p.name, item.req.tenant, summary, list(p.policy.notify))
 
     def _evaluate(self, req: CheckRequest, ctx: EvalContext, deadline: Deadline,
                   started: float) -> _Pending:
@@ -180,9 +214,14 @@ class Engine:
         decision = Decision(new_decision_id(), False, req.checkpoint.value, ctx.now)
         item = _Pending(req, decision, started, deadline, [], {})
         counted: list[CompiledPolicy] = []
+        traced = self.telemetry.enabled
         for p in selected:
             decision.evaluated.append(_ref(p))
-            deny = self._evaluate_one(p, ctx, budget, deadline)
+            if traced:
+                with self.telemetry.policy_span(p.name):
+                    deny = self._evaluate_one(p, ctx, budget, deadline)
+            else:
+                deny = self._evaluate_one(p, ctx, budget, deadline)
             if deny is not None:
                 (decision.shadow_denies if p.shadow else decision.reasons).append(_reason(p, deny))
                 if req.explain:
@@ -253,12 +292,15 @@ class Engine:
                                          " reserved"))
             return
         try:
-            if len(todo) == 1:
-                results = [await self.counters.reserve(tenant, todo[0].rules, timeout=timeout)]
-            else:
-                results = await self.counters.reserve_batch(tenant, [i.rules for i in todo],
-                                                            timeout=timeout)
+            with self.telemetry.counter_span():
+                if len(todo) == 1:
+                    results = [await self.counters.reserve(tenant, todo[0].rules,
+                                                           timeout=timeout)]
+                else:
+                    results = await self.counters.reserve_batch(
+                        tenant, [i.rules for i in todo], timeout=timeout)
         except (CounterStoreUnavailable, ValueError) as exc:
+            self.telemetry.record_counter_error(tenant)
             for i in todo:
                 i.decision.reasons.append(_system(
                     "COUNTER_STORE_UNAVAILABLE",
@@ -272,7 +314,7 @@ class Engine:
             i.decision.reasons.append(_reason(denier, deny) if denier is not None
                                       else _system(result.code, result.message))
             if i.req.explain and denier is not None and denier.counter is not None:
-                from pdp.authoring.explain import explain_counter
+                from pdp.policy.explain import explain_counter
 
                 i.decision.explanations.append(Explanation(
                     denier.name, explain_counter(denier.counter, result.retry_after_seconds)))

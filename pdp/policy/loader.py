@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pdp.notify import ChannelConfigError, parse_channels
 from pdp.policy.model import (
     CelRule,
     Checkpoint,
@@ -28,7 +29,7 @@ from pdp.policy.rules import TYPED_KINDS, parse_typed
 from pdp.policy.yamlpos import Located, Path_, format_path, load_documents
 
 TOP_KEYS = {"tenant", "name", "description", "checkpoints", "match", "enabled", "status",
-            "rule", "version", "author", "approver", "apiVersion", "kind"}
+            "rule", "version", "author", "approver", "apiVersion", "kind", "notify"}
 OPERATORS = {"in", "not_in", "notin", "exists", "does_not_exist", "doesnotexist"}
 
 
@@ -105,6 +106,11 @@ def parse_document(doc: Located, source: str, *,
     except ValueError:
         raise fail(("status",), f"unknown status {status_raw!r}") from None
     rule = _parse_rule(top.mapping("rule"))
+    try:
+        channels = tuple(parse_channels(data.get("notify"), path="notify"))
+    except ChannelConfigError as exc:
+        raise fail(("notify",), str(exc)) from None
+    top.seen.add("notify")
     spec = {k: v for k, v in data.items() if k not in ("status", "version", "author", "approver")}
     return Policy(
         tenant=tenant, name=name, rule=rule,
@@ -117,6 +123,7 @@ def parse_document(doc: Located, source: str, *,
         author=top.string("author", ""),
         approver=top.string("approver", ""),
         source=f"{source}:{doc.start_line}",
+        notify=channels,
         spec=spec,
     )
 

@@ -132,6 +132,7 @@ class Policy:
     author: str = ""
     approver: str = ""
     source: str = ""  # file:line it was loaded from, for messages
+    notify: tuple[Any, ...] = ()  # pdp.notify channels told when this policy denies
     spec: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property

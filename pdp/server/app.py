@@ -25,6 +25,7 @@ from pdp.cel import ProgramCache, pdp_environment
 from pdp.counters import CounterSettings, CounterStore, open_counter_store
 from pdp.engine.context import ConfigCache
 from pdp.engine.engine import Engine, EngineOptions
+from pdp.notify import Notifier, NotifySettings
 from pdp.policy.model import PolicyError
 from pdp.policy.store import PolicyStore, StoreError
 from pdp.server.admin import PolicyAdminService
@@ -33,6 +34,7 @@ from pdp.server.policies import PolicyReloader, open_policy_store, seed
 from pdp.server.services import DecisionService
 from pdp.server.tls import TLSConfigError, server_credentials
 from pdp.settings import Settings
+from pdp.telemetry import TelemetrySettings, create_telemetry
 from pdp.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, decision_pb2
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -127,14 +129,28 @@ async def start(settings: Settings) -> Running:
         await store.close()
         await audit.close()
         raise StartupError(f"policy_store: {exc}") from None
+    telemetry = create_telemetry(TelemetrySettings(
+        enabled=settings.telemetry_enabled, otlp_endpoint=settings.otlp_endpoint,
+        prometheus_port=settings.prometheus_port, policy_spans=settings.telemetry_policy_spans,
+        sample_ratio=settings.telemetry_sample_ratio))
     counters = open_counters(settings)
+    notifier = Notifier(NotifySettings(smtp_host=settings.notify_smtp_host,
+                                       smtp_port=settings.notify_smtp_port,
+                                       smtp_from=settings.notify_smtp_from), counters)
+    await notifier.start()
+    telemetry.observe_cache(lambda: (cache.hits, cache.misses))
+    telemetry.observe_audit(lambda: audit.stats().queue_depth,
+                            lambda: audit.stats().sink_spooled)
+    telemetry.observe_notifications(notifier.counts)
+    telemetry.start()
     if settings.redis_url and not await counters.ping():
         log.warning("counter_store_unreachable", redis_url=settings.redis_url,
                     effect="counter rules deny COUNTER_STORE_UNAVAILABLE until it is back")
     engine = Engine(policies, counters, audit,
                     ConfigCache(settings.config_cache_size, settings.max_config_bytes),
                     EngineOptions(cost_limit=settings.cel_cost_limit,
-                                  counter_timeout_s=settings.redis_timeout_ms / 1000))
+                                  counter_timeout_s=settings.redis_timeout_ms / 1000),
+                    telemetry=telemetry, notifier=notifier)
     options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                                       ("grpc.max_receive_message_length",
                                        settings.max_config_bytes * 3 + 1024 * 1024)]
@@ -189,6 +205,9 @@ async def stop(running: Running, grace_s: float) -> None:
     await running.server.stop(grace_s)
     await running.reloader.stop()
     await running.store.close()
+    if running.engine.notifier is not None:
+        await running.engine.notifier.close(timeout=grace_s)
+    running.engine.telemetry.shutdown()
     await running.audit.close()
     await running.counters.close()
     log.info("stopped")

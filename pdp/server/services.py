@@ -44,6 +44,11 @@ def deadline_for(context: grpc.aio.ServicerContext[Any, Any], budget_s: float) -
     return Deadline.after(budget_s)
 
 
+def carrier(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
+    """Incoming metadata as a plain mapping (W3C traceparent lives here)."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
 def caller_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> Deadline | None:
     """The caller's own gRPC deadline, less a little time to send the answer back."""
     remaining = context.time_remaining()
@@ -75,7 +80,18 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                      build: Callable[[Caller], CheckRequest]) -> Any:
         async def run() -> Any:
             req = build(caller_of(tenant))
-            decision = await self.engine.check(req, self.deadline_s, caller_deadline(context))
+            tel = self.engine.telemetry
+            if not tel.enabled:
+                decision = await self.engine.check(req, self.deadline_s,
+                                                   caller_deadline(context))
+                return convert.decision_pb(decision)
+            with tel.decision_span(f"pdp.{req.checkpoint.value}", carrier(context),
+                                   {"pdp.tenant": req.tenant,
+                                    "pdp.checkpoint": req.checkpoint.value}) as span:
+                decision = await self.engine.check(req, self.deadline_s,
+                                                   caller_deadline(context))
+                span.set_attribute("pdp.outcome", "allow" if decision.allowed else "deny")
+                span.set_attribute("pdp.decision_id", decision.decision_id)
             return convert.decision_pb(decision)
         return await guarded(context, run)
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from pdp.authoring import explain as X
 from pdp.authoring.harness import Sandbox, load_policies, request_from_mapping
 from pdp.cel import pdp_environment
 from pdp.cel.explain import explain_expression, unparse
 from pdp.engine.decision import Decision
 from pdp.engine.request import CheckRequest
+from pdp.policy import explain as X
 from pdp.policy.loader import load_text
 from pdp.policy.model import Checkpoint
 from pdp.server.convert import decision_pb
