@@ -11,8 +11,9 @@ import grpc
 from pdp.client import push_request
 from pdp.v1 import common_pb2 as cpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
-from tests.notify.conftest import HttpReceiver
+from tests.notify.conftest import HttpReceiver, SmtpSink
 from tests.support.pdpserver import PdpServer
+from tests.support.procs import redis_server
 
 
 def test_active_deny_is_posted_signed_and_drafts_are_not(tmp_path: Path,
@@ -54,3 +55,39 @@ rule: {{cel: {{deny: 'true'}}}}
     finally:
         server.stop()
     assert len(http_receiver.on("/hook")) == 1  # the draft's would-deny sent nothing
+
+
+def test_one_email_per_day_per_policy_across_two_servers(tmp_path: Path,
+                                                         smtp_sink: SmtpSink) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text("""\
+tenant: acme
+name: no-debug
+notify:
+  - email: {to: [oncall@example.com]}
+rule: {cel: {deny: '"debug" in config.exporters'}}
+""")
+    with redis_server() as redis:
+        args = ["--redis-url", redis.url, "--notify-smtp-port", str(smtp_sink.port)]
+        servers = []
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            servers.append(PdpServer(tmp_path / name, policy_dir=policies, args=args).start())
+        try:
+            for server in servers:
+                with grpc.insecure_channel(server.address) as ch:
+                    stub = dgrpc.DecisionServiceStub(ch)
+                    for i in range(5):
+                        d = stub.CheckPush(push_request(
+                            "acme", f"a{i}", config_yaml="exporters: {debug: {}}"),
+                            timeout=5).decision
+                        assert d.outcome == cpb.OUTCOME_DENY
+            for server in servers:  # a clean stop drains the notification queue
+                assert server.terminate() == 0
+        finally:
+            for server in servers:
+                server.stop()
+    assert len(smtp_sink.messages) == 1
+    assert "no-debug" in smtp_sink.messages[0]["Subject"]
+    assert smtp_sink.envelopes[0][1] == ["oncall@example.com"]
