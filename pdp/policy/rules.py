@@ -250,12 +250,16 @@ class QualityGate(StatelessRule):
     * ``min_accuracy: x`` = condition ``accuracy >= x``; ``max_quality_drop: {metric: accuracy,
       max: 0.02}`` (or a number, meaning accuracy) denies when ``baseline/<metric> - <metric>``
       is larger than max, and when either value is missing.
+    * ``require_eval`` (default true): the gate blocks until an evaluation has produced the
+      metrics and they pass; ``false``: metrics not measured yet do not block (only measured
+      values are checked).
     """
 
     kind: ClassVar[str] = "quality_gate"
     scope: str  # all_latest | fine_grained
     conditions: tuple[QualityCondition, ...]
     max_drop: tuple[tuple[str, float], ...] = ()  # (metric, max drop vs baseline)
+    require_eval: bool = True
 
     @classmethod
     def parse(cls, p: Params) -> QualityGate:
@@ -287,7 +291,7 @@ class QualityGate(StatelessRule):
             drops.append(("accuracy", p.number("max_quality_drop")))
         if not conds and not drops:
             raise p.error("conditions", "required: at least one condition")
-        return cls(scope, tuple(conds), tuple(drops))
+        return cls(scope, tuple(conds), tuple(drops), p.boolean("require_eval", True))
 
     def _in_scope(self, metrics: Mapping[str, Any], c: QualityCondition) -> list[str]:
         out = []
@@ -306,9 +310,12 @@ class QualityGate(StatelessRule):
         for c in self.conditions:
             keys = self._in_scope(metrics, c)
             if not keys:
+                if not self.require_eval:
+                    continue
                 where = f" (keys {list(c.keys)})" if c.keys else ""
                 return Deny("QUALITY_GATE_FAILED",
-                            f"quality gate failed: metric {c.metric!r}{where} was not measured")
+                            f"quality gate failed: metric {c.metric!r}{where} was not measured;"
+                            " the rollout is blocked until an evaluation passes")
             if c.op == "exists":
                 continue
             for k in keys:
@@ -320,6 +327,8 @@ class QualityGate(StatelessRule):
         for metric, max_drop in self.max_drop:
             base, cur = metrics.get(BASELINE_PREFIX + metric), metrics.get(metric)
             if not isinstance(base, int | float) or not isinstance(cur, int | float):
+                if not self.require_eval:
+                    continue
                 missing = metric if not isinstance(cur, int | float) else BASELINE_PREFIX + metric
                 return Deny("QUALITY_GATE_FAILED",
                             f"quality gate failed: metric {missing!r} was not measured (needed"

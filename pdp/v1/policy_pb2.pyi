@@ -646,6 +646,10 @@ Global___MinStepDurationRule: _TypeAlias = MinStepDurationRule  # noqa: Y015
 
 @_typing.final
 class MaxStepPercentRule(_message.Message):
+    """How much a rollout step may grow the share of the fleet per advance
+    (step_percent - previous_step_percent); 100 when unset.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_PERCENT_FIELD_NUMBER: _builtins.int
@@ -754,6 +758,7 @@ class QualityGateCondition(_message.Message):
         COMPARATOR_LT: QualityGateCondition._Comparator.ValueType  # 4
         COMPARATOR_EXISTS: QualityGateCondition._Comparator.ValueType  # 5
         """The metric must be present; threshold ignored."""
+        COMPARATOR_EQ: QualityGateCondition._Comparator.ValueType  # 6
 
     class Comparator(_Comparator, metaclass=_ComparatorEnumTypeWrapper): ...
     COMPARATOR_UNSPECIFIED: QualityGateCondition.Comparator.ValueType  # 0
@@ -763,27 +768,58 @@ class QualityGateCondition(_message.Message):
     COMPARATOR_LT: QualityGateCondition.Comparator.ValueType  # 4
     COMPARATOR_EXISTS: QualityGateCondition.Comparator.ValueType  # 5
     """The metric must be present; threshold ignored."""
+    COMPARATOR_EQ: QualityGateCondition.Comparator.ValueType  # 6
 
     METRIC_FIELD_NUMBER: _builtins.int
     COMPARATOR_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
     metric: _builtins.str
     comparator: Global___QualityGateCondition.Comparator.ValueType
     threshold: _builtins.float
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Scope fine-grained only: qualifier prefixes (evaluation / task / scorer keys) covered."""
+
     def __init__(
         self,
         *,
         metric: _builtins.str = ...,
         comparator: Global___QualityGateCondition.Comparator.ValueType = ...,
         threshold: _builtins.float = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparator", b"comparator", "metric", b"metric", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparator", b"comparator", "keys", b"keys", "metric", b"metric", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QualityGateCondition: _TypeAlias = QualityGateCondition  # noqa: Y015
+
+@_typing.final
+class QualityDrop(_message.Message):
+    """Deny when baseline/<metric> - <metric> is larger than max."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    metric: _builtins.str
+    max: _builtins.float
+    def __init__(
+        self,
+        *,
+        metric: _builtins.str = ...,
+        max: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QualityDrop: _TypeAlias = QualityDrop  # noqa: Y015
 
 @_typing.final
 class QualityGateRule(_message.Message):
@@ -807,37 +843,44 @@ class QualityGateRule(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
     MIN_ACCURACY_FIELD_NUMBER: _builtins.int
-    MAX_QUALITY_DELTA_FIELD_NUMBER: _builtins.int
+    MAX_QUALITY_DROP_FIELD_NUMBER: _builtins.int
+    REQUIRE_EVAL_FIELD_NUMBER: _builtins.int
     scope: Global___QualityGateRule.Scope.ValueType
     min_accuracy: _builtins.float
-    max_quality_delta: _builtins.float
+    require_eval: _builtins.bool
+    """Block until an evaluation has produced the metrics (default true)."""
     @_builtins.property
     def conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___QualityGateCondition]: ...
+    @_builtins.property
+    def max_quality_drop(self) -> Global___QualityDrop: ...
     def __init__(
         self,
         *,
         scope: Global___QualityGateRule.Scope.ValueType = ...,
         conditions: _abc.Iterable[Global___QualityGateCondition] | None = ...,
         min_accuracy: _builtins.float | None = ...,
-        max_quality_delta: _builtins.float | None = ...,
+        max_quality_drop: Global___QualityDrop | None = ...,
+        require_eval: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_quality_delta", b"_max_quality_delta", "_min_accuracy", b"_min_accuracy", "max_quality_delta", b"max_quality_delta", "min_accuracy", b"min_accuracy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_accuracy", b"_min_accuracy", "_require_eval", b"_require_eval", "max_quality_drop", b"max_quality_drop", "min_accuracy", b"min_accuracy", "require_eval", b"require_eval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_quality_delta", b"_max_quality_delta", "_min_accuracy", b"_min_accuracy", "conditions", b"conditions", "max_quality_delta", b"max_quality_delta", "min_accuracy", b"min_accuracy", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_accuracy", b"_min_accuracy", "_require_eval", b"_require_eval", "conditions", b"conditions", "max_quality_drop", b"max_quality_drop", "min_accuracy", b"min_accuracy", "require_eval", b"require_eval", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__max_quality_delta: _TypeAlias = _typing.Literal["max_quality_delta"]  # noqa: Y015
-    _WhichOneofArgType__max_quality_delta: _TypeAlias = _typing.Literal["_max_quality_delta", b"_max_quality_delta"]  # noqa: Y015
     _WhichOneofReturnType__min_accuracy: _TypeAlias = _typing.Literal["min_accuracy"]  # noqa: Y015
     _WhichOneofArgType__min_accuracy: _TypeAlias = _typing.Literal["_min_accuracy", b"_min_accuracy"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_quality_delta) -> _WhichOneofReturnType__max_quality_delta | None: ...
+    _WhichOneofReturnType__require_eval: _TypeAlias = _typing.Literal["require_eval"]  # noqa: Y015
+    _WhichOneofArgType__require_eval: _TypeAlias = _typing.Literal["_require_eval", b"_require_eval"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_accuracy) -> _WhichOneofReturnType__min_accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__require_eval) -> _WhichOneofReturnType__require_eval | None: ...
 
 Global___QualityGateRule: _TypeAlias = QualityGateRule  # noqa: Y015
 
 @_typing.final
 class AutoRollbackRule(_message.Message):
+    """Live-metric thresholds for EvaluateHealth; defaults: error rate 0.05, crash rate 0.01."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int

@@ -271,3 +271,15 @@ def test_byte_quantities(text: Any, expected: int) -> None:
     r = rule(f"  device_constraints: {{min_memory: {text!r}}}\n" if isinstance(text, str)
              else f"  device_constraints: {{min_memory: {text}}}\n")
     assert r.min_memory_bytes == expected
+
+
+def test_quality_gate_require_eval_blocks_until_an_evaluation_passes() -> None:
+    blocking = rule("  quality_gate: {min_accuracy: 0.9}\n")
+    d = blocking.evaluate(ctx(metrics={}))
+    assert code(d) == "QUALITY_GATE_FAILED" and d is not None
+    assert "blocked until an evaluation passes" in d.message
+    assert blocking.evaluate(ctx(metrics={"accuracy": 0.95})) is None
+    lenient = rule("  quality_gate: {min_accuracy: 0.9, max_quality_drop: 0.02,"
+                   " require_eval: false}\n")
+    assert lenient.evaluate(ctx(metrics={})) is None            # nothing measured yet
+    assert code(lenient.evaluate(ctx(metrics={"accuracy": 0.5}))) == "QUALITY_GATE_FAILED"
