@@ -38,6 +38,8 @@ class Settings:
     unix_socket: str | None = _s(None, "also listen on this unix socket path (sidecars)")
     policy_dir: str = _s("policies", "directory of policy YAML files (*.yaml, *.yml); seeds the"
                                      " policy store with the policies it does not have yet")
+    policy_store_stale_s: float = _s(
+        60.0, "deny POLICY_STORE_UNAVAILABLE once the policy store was out of reach this long")
     policy_store: str = _s(
         "sqlite:var/policies.sqlite3",
         "policy store: sqlite:PATH (embedded) or redis://... (shared by a fleet of sidecars)")

@@ -61,6 +61,8 @@ class AuditSink(Protocol):
 class EngineOptions:
     cost_limit: int = 1_000_000
     counter_timeout_s: float = 0.02
+    # Returns why the policy set cannot be trusted (policy store out of reach), or None.
+    policies_stale: Callable[[], str | None] | None = None
     # Decision time source (policy tests and replay pin it); None = the wall clock.
     now: Callable[[], datetime] | None = None
 
@@ -213,6 +215,10 @@ class Engine:
         budget = Budget(deadline=deadline.expires_at, cost_limit=self.options.cost_limit)
         decision = Decision(new_decision_id(), False, req.checkpoint.value, ctx.now)
         item = _Pending(req, decision, started, deadline, [], {})
+        stale = self.options.policies_stale() if self.options.policies_stale else None
+        if stale is not None:
+            decision.reasons.append(_system("POLICY_STORE_UNAVAILABLE", stale))
+            return item
         counted: list[CompiledPolicy] = []
         traced = self.telemetry.enabled
         for p in selected:

@@ -119,7 +119,8 @@ async def start(settings: Settings) -> Running:
     try:
         await seed(store, settings)
         reloader = PolicyReloader(store, pdp_environment(), cache,
-                                  settings.cel_max_cost_estimate)
+                                  settings.cel_max_cost_estimate,
+                                  settings.policy_store_stale_s)
         policies = await reloader.load()
     except PolicyError as exc:
         await store.close()
@@ -149,7 +150,8 @@ async def start(settings: Settings) -> Running:
     engine = Engine(policies, counters, audit,
                     ConfigCache(settings.config_cache_size, settings.max_config_bytes),
                     EngineOptions(cost_limit=settings.cel_cost_limit,
-                                  counter_timeout_s=settings.redis_timeout_ms / 1000),
+                                  counter_timeout_s=settings.redis_timeout_ms / 1000,
+                                  policies_stale=reloader.stale_reason),
                     telemetry=telemetry, notifier=notifier)
     options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                                       ("grpc.max_receive_message_length",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,11 @@ async def seed(store: PolicyStore, settings: Settings) -> None:
 
 class PolicyReloader:
     def __init__(self, store: PolicyStore, env: Environment, cache: ProgramCache,
-                 max_cost: int | None) -> None:
+                 max_cost: int | None, stale_after_s: float = 60.0) -> None:
         self.store = store
+        self.stale_after_s = stale_after_s
+        self.last_ok = time.monotonic()
+        self._probe: asyncio.Task[None] | None = None
         self.env = env
         self.cache = cache
         self.max_cost = max_cost
@@ -94,6 +98,31 @@ class PolicyReloader:
 
     def start(self, apply: Callable[[PolicySet], None]) -> None:
         self._task = asyncio.create_task(self._follow(apply), name="pdp-policy-reload")
+        self._probe = asyncio.create_task(self._check_reachable(), name="pdp-policy-probe")
+
+    def stale_reason(self) -> str | None:
+        """Why the policies in force can no longer be trusted, or None (checked per decision).
+
+        A short store outage keeps the last good set (sidecars ride out a blip); past
+        ``stale_after_s`` without reaching the store, decisions deny: a change made meanwhile
+        (say, an emergency freeze) might not be in force here.
+        """
+        age = time.monotonic() - self.last_ok
+        if age <= self.stale_after_s:
+            return None
+        return (f"policy store unreachable for {age:.0f} s (more than {self.stale_after_s:g} s):"
+                " the policies in force may be out of date")
+
+    async def _check_reachable(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self.store.revision(), timeout=2.0)
+                self.last_ok = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("policy_store_unreachable", error=repr(exc))
+            await asyncio.sleep(1.0)
 
     async def _follow(self, apply: Callable[[PolicySet], None]) -> None:
         while True:
@@ -113,7 +142,8 @@ class PolicyReloader:
                 await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -259,3 +259,26 @@ def test_pdp_policy_command_walks_the_lifecycle(tmp_path: Path, people: People) 
         assert "-> Active by carol" in history.stdout
     finally:
         server.stop()
+
+
+def test_policy_store_out_of_reach_denies_after_the_grace(tmp_path: Path, people: People,
+                                                          redis: RedisServer) -> None:
+    server = start(tmp_path, people, "--policy-store", redis.url,
+                   "--policy-store-stale-s", "1")
+    try:
+        assert check(server, people, "a: 1").outcome == cpb.OUTCOME_ALLOW
+        redis.kill()
+        time.sleep(0.3)
+        assert check(server, people, "a: 1").outcome == cpb.OUTCOME_ALLOW  # a blip: last set
+        deadline = time.monotonic() + 10
+        while (d := check(server, people, "a: 1")).outcome == cpb.OUTCOME_ALLOW:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert d.reasons[0].code == cpb.REASON_CODE_POLICY_STORE_UNAVAILABLE
+        redis.start()
+        deadline = time.monotonic() + 10
+        while check(server, people, "a: 1").outcome != cpb.OUTCOME_ALLOW:
+            assert time.monotonic() < deadline, "did not recover after the store came back"
+            time.sleep(0.1)
+    finally:
+        server.stop()
