@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import sys
 import tempfile
@@ -144,6 +145,7 @@ def main() -> int:
     if args.batch and args.n == 2000:
         args.n = 10
     with tempfile.TemporaryDirectory(prefix="pdp-prof-") as tmp:
+        os.chdir(tmp)  # relative default paths (e.g. the policy store under var/) stay in tmp
         redis = None
         args.redis_url = None
         if args.redis:
