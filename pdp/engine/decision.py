@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pdp.policy.model import PolicyRef
+
+__all__ = ["Decision", "Explanation", "PolicyRef", "Reason"]
+
 
 @dataclass(frozen=True)
 class Reason:
@@ -23,20 +27,6 @@ class Reason:
         return {"policy": self.policy, "version": self.version, "rule": self.rule,
                 "code": self.code, "message": self.message,
                 "retry_after_s": self.retry_after_s, "builtin": self.builtin}
-
-
-@dataclass(frozen=True)
-class PolicyRef:
-    name: str
-    version: int
-    content_hash: str
-    status: str
-    builtin: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version,
-                "content_hash": self.content_hash, "status": self.status,
-                "builtin": self.builtin}
 
 
 @dataclass(frozen=True)

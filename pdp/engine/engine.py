@@ -92,8 +92,7 @@ def new_decision_id() -> str:
 
 
 def _ref(p: CompiledPolicy) -> PolicyRef:
-    return PolicyRef(p.name, p.policy.version, p.content_hash, p.policy.status.value,
-                     p.policy.builtin)
+    return p.ref
 
 
 def _reason(p: CompiledPolicy, deny: Deny) -> Reason:
@@ -287,7 +286,12 @@ class Engine:
         todo = [i for i in pending if i.rules and not i.decision.reasons]
         if not todo:
             return
-        remaining = min(i.deadline.remaining() for i in todo if i.deadline is not None)
+        if len(todo) == 1 and todo[0].deadline is not None:
+            remaining = todo[0].deadline.remaining()  # one decision: its own budget
+        else:
+            # A step: each agent's budget covered its own evaluation; the one store call for
+            # all of them is bounded by the caller's deadline and the counter timeout.
+            remaining = outer.remaining() if outer is not None else float("inf")
         if outer is not None:
             remaining = min(remaining, outer.remaining())
         timeout = min(remaining, self.options.counter_timeout_s * (1 if len(todo) == 1 else 4))

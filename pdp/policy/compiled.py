@@ -7,6 +7,7 @@ that denies every request it applies to (fail-closed) with the compile error as 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from pdp.cel import (
     ProgramCache,
 )
 from pdp.policy.evalctx import EvalContext
-from pdp.policy.model import CelRule, Policy, PolicyError, Status
+from pdp.policy.model import CelRule, Policy, PolicyError, PolicyRef, Status
 from pdp.policy.rules import CounterSpec, Deny, StatelessRule
 
 
@@ -38,6 +39,12 @@ class CompiledPolicy:
     @property
     def name(self) -> str:
         return self.policy.name
+
+    @functools.cached_property
+    def ref(self) -> PolicyRef:
+        """Who took part in a decision: built once per compiled policy, not per decision."""
+        return PolicyRef(self.policy.name, self.policy.version, self.content_hash,
+                         self.policy.status.value, self.policy.builtin)
 
     @property
     def shadow(self) -> bool:

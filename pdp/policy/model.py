@@ -144,6 +144,22 @@ class Policy:
         return not self.checkpoints or checkpoint in self.checkpoints
 
 
+@dataclass(frozen=True)
+class PolicyRef:
+    """A policy version that took part in a decision (as audited and answered)."""
+
+    name: str
+    version: int
+    content_hash: str
+    status: str
+    builtin: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version,
+                "content_hash": self.content_hash, "status": self.status,
+                "builtin": self.builtin}
+
+
 def content_hash(spec: Mapping[str, Any]) -> str:
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

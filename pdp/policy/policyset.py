@@ -26,11 +26,13 @@ class PolicySet:
     def __post_init__(self) -> None:
         live = [p for p in self.policies
                 if p.policy.enabled and p.policy.status is not Status.RETIRED]
-        self._tenants = {p.policy.tenant for p in live} | set(self.relaxed)
+        by_tenant: dict[str, list[CompiledPolicy]] = {}
+        for p in live:  # one pass: start-up must not be tenants x policies
+            by_tenant.setdefault(p.policy.tenant, []).append(p)
+        self._tenants = set(by_tenant) | set(self.relaxed)
         for tenant in [*self._tenants, ""]:
             relaxed = self.relaxed.get(tenant, frozenset())
-            own = [p for p in live if p.policy.tenant == tenant]
-            mine = [b for b in self.builtins if b.name not in relaxed] + own
+            mine = [b for b in self.builtins if b.name not in relaxed] + by_tenant.get(tenant, [])
             for cp in Checkpoint:
                 self._index[(tenant, cp)] = [p for p in mine if p.policy.applies_to(cp)]
 

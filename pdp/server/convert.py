@@ -6,6 +6,7 @@ caller must fix (``tenant``, ``agent.id``, ``config.yaml``, ...).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -156,7 +157,9 @@ def reason_pb(r: Reason) -> cpb.Reason:
     return pb
 
 
+@functools.lru_cache(maxsize=65_536)
 def policy_ref_pb(p: PolicyRef) -> cpb.PolicyRef:
+    """Cached per policy version: the same refs go into every decision (messages copy them)."""
     return cpb.PolicyRef(name=p.name, version=p.version, content_hash=p.content_hash,
                          status=STATUS_TO_PB.get(p.status, cpb.POLICY_STATUS_UNSPECIFIED),
                          builtin=p.builtin)

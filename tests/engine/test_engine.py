@@ -221,3 +221,15 @@ async def test_batch_reserves_the_whole_step_in_one_store_call() -> None:
     assert decisions[1].reasons[0].policy == "odd"            # denied: consumed nothing
     assert decisions[4].reasons[0].code == "DAILY_CAP_EXCEEDED"
     assert [x["decision_id"] for x in audit.decisions] == [d.decision_id for d in decisions]
+
+
+async def test_a_long_step_is_not_denied_for_the_first_agents_budget() -> None:
+    """Each agent's budget covers its own evaluation; the step's one counter call is bounded
+    by the caller's deadline, not by what is left of the first agent's budget."""
+    engine, _ = engine_for("tenant: t\nname: cap\nrule: {daily_cap: {max_count: 5000}}\n---\n"
+                           + CEL.format(name="p", extra="", deny="config.a == 0"))
+    reqs = [push(agent=f"a{i}") for i in range(1000)]
+    started = time.monotonic()
+    decisions = await engine.check_batch(reqs, 0.005)  # far less than the whole step takes
+    assert time.monotonic() - started > 0.005
+    assert all(d.allowed for d in decisions), {r.code for d in decisions for r in d.reasons}
