@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import contextlib
+
 from tests.support.procs import RedisServer, free_port  # noqa: E402
 
 CHECK_PUSH = "/pdp.v1.DecisionService/CheckPush"
@@ -159,10 +161,8 @@ class Server:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 for p in reversed(proc_tree(self.proc.pid)):
-                    try:
+                    with contextlib.suppress(OSError):
                         os.kill(p, signal.SIGKILL)
-                    except OSError:
-                        pass
                 self.proc.wait(timeout=10)
         if hasattr(self, "_log"):
             self._log.close()
@@ -253,7 +253,7 @@ _POOL: Any = None
 def pool(size: int) -> Any:
     """A spawn-context process pool reused across measurements (client start-up is slow)."""
     global _POOL
-    if _POOL is None or _POOL._processes < size:  # noqa: SLF001
+    if _POOL is None or _POOL._processes < size:
         if _POOL is not None:
             _POOL.terminate()
         _POOL = multiprocessing.get_context("spawn").Pool(size)

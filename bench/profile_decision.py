@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _workload import ROOT, batch_request, push_bytes, write_policy_dir  # noqa: E402
+from _workload import ROOT, batch_request, push_bytes, write_policy_dir
 
 sys.path.insert(0, str(ROOT))
 
@@ -57,10 +57,10 @@ async def build(policy_dir: Path, audit_file: Path, redis_url: str | None) -> An
 
 
 async def run(args: argparse.Namespace, base: Path) -> None:
+    from pdp.engine.request import Caller
     from pdp.server import convert
     from pdp.server.app import stop
     from pdp.server.services import DecisionService
-    from pdp.engine.request import Caller
     from pdp.v1 import decision_pb2 as dpb
 
     pol = base / "pol"

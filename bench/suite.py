@@ -32,12 +32,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _load as L  # noqa: E402
-from _workload import ROOT, batch_request, push_bytes, write_policy_dir  # noqa: E402
+import _load as L
+from _workload import ROOT, batch_request, push_bytes, write_policy_dir
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
