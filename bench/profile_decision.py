@@ -121,7 +121,8 @@ async def run(args: argparse.Namespace, base: Path) -> None:
         prof.disable()
         wall = time.perf_counter() - t0
         unit = args.batch or 1
-        print(f"{args.n} x {'CheckPushBatch(' + str(args.batch) + ')' if args.batch else 'CheckPush'}"
+        call = f"CheckPushBatch({args.batch})" if args.batch else "CheckPush"
+        print(f"{args.n} x {call}"
               f": {wall / args.n * 1e3:.2f} ms per call under cProfile,"
               f" {wall / args.n / unit * 1e6:.0f} µs per decision (profiler overhead included)")
         for key in ("tottime", "cumulative"):
