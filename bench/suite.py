@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -161,8 +162,11 @@ def floor_section(base: Path, redis: L.RedisServer, sz: Sizes) -> None:
             helpers = (redis.proc.pid,) if name == "redis" and redis.proc else ()
             wins[name] = best_window(s, payload, sz, helpers=helpers)
             NOTES.append(load_note(f"throughput {name}", wins[name]))
-        extra = {k: wins[k].server_cpu / wins[k].calls_per_s - wins["floor"].server_cpu
-                 / wins["floor"].calls_per_s for k in ("embedded", "redis")}
+        def cpu_per_call(w: Any) -> float:  # a window can come back empty on a loaded box
+            return float(w.server_cpu / w.calls_per_s) if w.calls_per_s else 0.0
+
+        extra = {k: cpu_per_call(wins[k]) - cpu_per_call(wins["floor"])
+                 for k in ("embedded", "redis")}
         if L.pct(lat["embedded"], 0.5) / f50 > 1.3 or L.pct(lat["redis"], 0.5) / f50 > 1.6:
             NOTES.append(
                 "floor: why the p50 targets are missed: pdp spends"
