@@ -49,6 +49,7 @@ def test_noop_is_shared_and_inert() -> None:
 
 def test_log_lines_carry_trace_and_decision_ids() -> None:
     out = io.StringIO()
+    structlog.reset_defaults()  # another test may have left a level filter configured
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, add_trace_ids,
                     structlog.processors.JSONRenderer()],
