@@ -39,7 +39,13 @@ _BASE_NS: dict[str, Any] = {
     "_has": S.has_field, "_in": S.contains_in, "_size": S.size, "_mkmap": S.make_map,
     "_Opt": Optional, "_noov": S.raise_no_overload, "_merge": None, "_UNSET": object(),
     "_startswith": str.startswith, "_endswith": str.endswith,
+    "_KNOWN": S.KNOWN_EXACT_TYPES, "_tyis": S.is_type_named,
 }
+# pure conversions whose literal calls are evaluated at compile time (immutable results)
+_FOLDABLE = (S.to_duration, S.to_timestamp)
+# namespace names of the exact Python types behind CEL type names (inlined type tests)
+_EXACT_NS = {t: f"_xt{i}" for i, t in enumerate(S.EXACT_TYPE_NAMES)}
+_BASE_NS.update({n: t for t, n in _EXACT_NS.items()})
 
 _CMP_OPS = {"_<_": (py.Lt, "_lt"), "_<=_": (py.LtE, "_le"), "_>_": (py.Gt, "_gt"),
             "_>=_": (py.GtE, "_ge")}
@@ -273,12 +279,30 @@ class CodeGen:
                 v = e.args[1].value
                 steps.append((type(v).__name__, v))
                 e = e.args[0]
+            elif (isinstance(e, A.Call) and e.function == "_[_]" and e.target is None
+                  and self._local_name(e.args[1]) is not None):
+                steps.append(("@local", self._local_name(e.args[1])))
+                e = e.args[0]
             else:
                 break
         r = self.chk.refs.get(id(e))
         if not steps or r is None or r.kind not in ("var", "local"):
             return None
         return (r.kind, r.name, *reversed(steps))
+
+    def _local_name(self, e: A.Expr) -> str | None:
+        """The CEL name when ``e`` is a comprehension / bind variable."""
+        if isinstance(e, A.Ident):
+            r = self.chk.refs.get(id(e))
+            if r is not None and r.kind == "local":
+                return r.name
+        return None
+
+    def _py_local(self, name: str) -> str:
+        for sc in reversed(self.locals):
+            if name in sc:
+                return sc[name]
+        raise AssertionError(name)
 
     def count_paths(self, e: A.Expr) -> None:
         key = self._path_key(e)
@@ -288,31 +312,36 @@ class CodeGen:
             self.count_paths(c)
 
     def cached(self, e: A.Expr, gen: Callable[[], py.expr]) -> py.expr:
-        """Evaluate a path (``a.b["c"]``) once per scope, lazily: loop-invariant paths once
-        per loop, repeated paths once per iteration / evaluation.  A failing evaluation is
-        not cached, so errors and short circuits behave exactly as without caching."""
+        """Evaluate a path (``a.b["c"]``, ``a.b[n].c``) once per scope, lazily.
+
+        The cache lives in the innermost scope that binds a variable the path depends on
+        (its root, the variables it is indexed by): the function for paths over declared
+        variables, else the iteration of the comprehension binding them.  Used from a
+        deeper loop the path is loop-invariant and cached even when it occurs once; in its
+        own scope only repeated paths are cached.  A failing evaluation is not cached, so
+        errors and short circuits behave exactly as without caching."""
         key = self._path_key(e)
         if key is None:
             return gen()
-        pyroot = key[1]
+        pyroot = self._py_local(key[1]) if key[0] == "local" else key[1]
+        steps = [(s[0], self._py_local(s[1])) if type(s) is tuple and s[0] == "@local" else s
+                 for s in key[2:]]
+        deps = {s[1] for s in steps if type(s) is tuple and s[0] == "@local"}
         if key[0] == "local":
-            for sc in reversed(self.locals):
-                if key[1] in sc:
-                    pyroot = sc[key[1]]
+            deps.add(pyroot)
+        home = 0
+        if deps:
+            for i in range(len(self.levels) - 1, -1, -1):
+                if deps & self.levels[i].vars:
+                    home = i
                     break
-        level = self.levels[-1]
-        repeated = self.path_counts[key] >= 2
-        if len(self.levels) > 1 and pyroot in level.vars:
-            if not repeated:
-                return gen()
-            inits = level.per_iter
-        elif len(self.levels) > 1:
-            inits = level.pre
-        else:
-            if not repeated:
-                return gen()
-            inits = level.pre
-        full = (key[0], pyroot, *key[2:])
+            else:
+                return gen()  # a variable no scope knows of: do not cache
+        if home == len(self.levels) - 1 and self.path_counts[key] < 2:
+            return gen()
+        level = self.levels[home]
+        inits = level.per_iter if home > 0 else level.pre
+        full = (key[0], pyroot, *steps)
         h = level.keys.get(full)
         if h is None:
             h = level.keys[full] = self.tmp("_h")
@@ -392,6 +421,9 @@ class CodeGen:
                 self.stmts.append(py.Expr(self.expr(a)))
             return _call("_undeclared", _const(name))
         assert f is not None
+        folded = self.fold(f.impl if not member else None, all_args)
+        if folded is not None:
+            return folded
         if (member and name in ("startsWith", "endsWith", "contains") and len(all_args) == 2
                 and isinstance(all_args[1], A.Const) and type(all_args[1].value) is str):
             return self.string_method(name, self.expr(all_args[0]), all_args[1],
@@ -406,19 +438,41 @@ class CodeGen:
         fslot = self.slot(impl, "_f")
         return py.Call(func=fslot, args=py_args, keywords=[])
 
+    def fold(self, impl: Callable[..., Any] | None, args: list[A.Expr]) -> py.expr | None:
+        """``duration("60s")`` / ``timestamp("...")`` of a literal: computed once, here.
+        Only the standard implementations (not user overrides), and only when they succeed
+        (a failing literal keeps failing at runtime, as before)."""
+        if impl not in _FOLDABLE or len(args) != 1 or not isinstance(args[0], A.Const):
+            return None
+        try:
+            value = impl(args[0].value)
+        except Exception:
+            return None
+        return self.slot(value, "_k")
+
     def index(self, e: A.Call) -> py.expr:
         k = e.args[1]
-        if isinstance(k, A.Const):
+        if isinstance(k, A.Const) or self._local_name(k) is not None:
             return self.cached(e, lambda: self._index(e))
         return self._index(e)
 
     def _index(self, e: A.Call) -> py.expr:
         c, k = e.args
+        kname = self._local_name(k)
+        if kname is not None:  # a comprehension variable: no side effects, never fails
+            tc, tk = self.tmp(), self._py_local(kname)
+            test: py.expr = py.BoolOp(op=py.And(), values=[
+                _is(_call("_type", py.NamedExpr(target=_store(tc), value=self.expr(c))),
+                    _name("_dict")),
+                _is(_call("_type", _name(tk)), _name("_str"))])
+            return py.IfExp(test=test, body=py.Subscript(value=_name(tc), slice=_name(tk),
+                                                          ctx=py.Load()),
+                            orelse=_call("_index", _name(tc), _name(tk)))
         if not isinstance(k, A.Const):
             tc, tk = self.tmp(), self.tmp()
             self.stmts.append(_assign(tc, self.expr(c)))
             self.stmts.append(_assign(tk, self.expr(k)))
-            test: py.expr = py.BoolOp(op=py.And(), values=[
+            test = py.BoolOp(op=py.And(), values=[
                 _is(_call("_type", _name(tc)), _name("_dict")),
                 _is(_call("_type", _name(tk)), _name("_str"))])
             return py.IfExp(test=test, body=py.Subscript(value=_name(tc), slice=_name(tk),
@@ -435,13 +489,33 @@ class CodeGen:
 
     def in_op(self, e: A.Call) -> py.expr:
         x, c = e.args
+        if isinstance(x, A.Const) and type(x.value) is str:
+            # "k" in m: a dict key test; anything else through contains_in
+            t = self.tmp()
+            lit = _const(x.value)
+            test = _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(c))),
+                       _name("_dict"))
+            return py.IfExp(test=test, body=py.Compare(left=lit, ops=[py.In()],
+                                                       comparators=[_name(t)]),
+                            orelse=_call("_in", lit, _name(t)))
+        consts = [el for el in c.elements if isinstance(el, A.Const)] \
+            if isinstance(c, A.ListExpr) else []
+        if (isinstance(c, A.ListExpr) and consts and len(consts) == len(c.elements)
+                and all(type(el.value) is str for el in consts)):
+            # x in ["a", "b"]: only a string can equal a string (never an error)
+            t = self.tmp()
+            strs = self.slot(frozenset(el.value for el in consts), "_k")
+            return py.BoolOp(op=py.And(), values=[
+                _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(x))),
+                    _name("_str")),
+                py.Compare(left=_name(t), ops=[py.In()], comparators=[strs])])
         tx, tc = self.tmp(), self.tmp()
         self.stmts.append(_assign(tx, self.expr(x)))
         self.stmts.append(_assign(tc, self.expr(c)))
-        test = py.BoolOp(op=py.And(), values=[
+        both = py.BoolOp(op=py.And(), values=[
             _is(_call("_type", _name(tc)), _name("_dict")),
             _is(_call("_type", _name(tx)), _name("_str"))])
-        return py.IfExp(test=test, body=py.Compare(left=_name(tx), ops=[py.In()],
+        return py.IfExp(test=both, body=py.Compare(left=_name(tx), ops=[py.In()],
                                                    comparators=[_name(tc)]),
                         orelse=_call("_in", _name(tx), _name(tc)))
 
@@ -459,7 +533,57 @@ class CodeGen:
         return py.IfExp(test=test, body=fast,
                         orelse=py.Call(func=impl_slot, args=[_name(t), lit], keywords=[]))
 
+    def _type_literal(self, e: A.Expr) -> str | None:
+        """The runtime type-value name when ``e`` is a type identifier (``map``)."""
+        if not isinstance(e, A.Ident | A.Select):
+            return None
+        r = self.chk.refs.get(id(e))
+        if r is None or r.kind != "type":
+            return None
+        return TYPE_VALUE_NAMES.get(r.name)
+
+    def _is_type_call(self, e: A.Expr) -> bool:
+        """``type(x)`` calling the standard ``type`` function."""
+        if not (isinstance(e, A.Call) and e.target is None and len(e.args) == 1):
+            return False
+        if self.chk.calls.get(id(e), (e.function.lstrip("."), False)) != ("type", False):
+            return False
+        f = self.reg.get("type")
+        return f is not None and f.impl is S.type_of
+
+    def type_test(self, e: A.Call, negate: bool) -> py.expr | None:
+        """``type(x) == map`` (either operand order, ``!=`` too) as an exact-type test:
+        ``type(v) is dict``; a value whose exact type is not one of the known ones goes
+        through ``is_type_named`` (subclasses, unsupported values: ``type()`` fails there,
+        as it would in the generic equality).  Errors of ``x`` propagate unchanged."""
+        a, b = e.args
+        for call, lit in ((a, b), (b, a)):
+            name = self._type_literal(lit)
+            if name is None or not self._is_type_call(call):
+                continue
+            assert isinstance(call, A.Call)
+            v, t = self.tmp(), self.tmp()
+            first = py.NamedExpr(target=_store(t), value=_call(
+                "_type", py.NamedExpr(target=_store(v), value=self.expr(call.args[0]))))
+            exact = [_EXACT_NS[ty] for ty, n in S.EXACT_TYPE_NAMES.items() if n == name]
+            slow = py.BoolOp(op=py.And(), values=[
+                py.Compare(left=_name(t), ops=[py.NotIn()], comparators=[_name("_KNOWN")]),
+                _call("_tyis", _name(v), _const(name))])
+            if not exact:
+                first_test: py.expr = py.BoolOp(op=py.And(), values=[
+                    py.Compare(left=first, ops=[py.NotIn()], comparators=[_name("_KNOWN")]),
+                    _call("_tyis", _name(v), _const(name))])
+            else:
+                tests: list[py.expr] = [_is(first, _name(exact[0]))]
+                tests += [_is(_name(t), _name(x)) for x in exact[1:]]
+                first_test = py.BoolOp(op=py.Or(), values=[*tests, slow])
+            return py.UnaryOp(op=py.Not(), operand=first_test) if negate else first_test
+        return None
+
     def equality(self, e: A.Call, negate: bool) -> py.expr:
+        tt = self.type_test(e, negate)
+        if tt is not None:
+            return tt
         a, b = e.args
         if isinstance(a, A.Const) and not isinstance(b, A.Const):
             a, b = b, a

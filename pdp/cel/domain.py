@@ -29,10 +29,24 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 0, "grpcs": 0}
 _URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#]*)")
 
 
+_CACHE_MAX_LEN = 256  # endpoints repeat across decisions: parse short ones once
+
+
 def _split_endpoint(ep: Any, fn: str) -> tuple[str, int | None, str]:
     """(host, port or None, scheme) of an endpoint string; unix sockets give host = path."""
     if type(ep) is not str:
         raise no_overload(fn, ep)
+    if len(ep) <= _CACHE_MAX_LEN:
+        return _split_cached(ep)
+    return _split(ep)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_cached(ep: str) -> tuple[str, int | None, str]:
+    return _split(ep)
+
+
+def _split(ep: str) -> tuple[str, int | None, str]:
     s = ep.strip()
     scheme = ""
     m = _URL_RE.match(s)
@@ -87,6 +101,17 @@ def is_localhost(x: Any) -> bool:
     given either a bare host or an endpoint."""
     if type(x) is not str:
         raise no_overload("isLocalhost", x)
+    if len(x) <= _CACHE_MAX_LEN:
+        return _is_localhost_cached(x)
+    return _is_localhost(x)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_localhost_cached(x: str) -> bool:
+    return _is_localhost(x)
+
+
+def _is_localhost(x: str) -> bool:
     s = x.strip()
     if not s:
         return False

@@ -8,6 +8,7 @@ matching overload.  Generated code calls these when the static types are not kno
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -202,6 +203,8 @@ def _cmp(fn: str, a: Any, b: Any) -> int:
     ta, tb = type(a), type(b)
     if ta is tb and ta in (int, float, str, bytes, bool, UInt):
         return (a > b) - (a < b)  # type: ignore[no-any-return]
+    if ta is tb and (ta is Duration or ta is Timestamp):
+        return (a.ns > b.ns) - (a.ns < b.ns)  # type: ignore[no-any-return]
     if ta in _NUM and tb in _NUM:
         if a != a or b != b:  # NaN: every comparison is false
             return 2
@@ -427,6 +430,11 @@ def contains_in(x: Any, c: Any) -> bool:
     if tc is list or tc is tuple:
         tx = type(x)
         if tx is str or tx is bytes:
+            try:  # the first element == x (C speed); exact only if it has x's type
+                if type(c[c.index(x)]) is tx:
+                    return True
+            except ValueError:
+                return False
             return any(type(e) is tx and e == x for e in c)
         return any(cel_eq(x, e) for e in c)
     if isinstance(c, dict):
@@ -594,6 +602,25 @@ def type_of(v: Any) -> TypeValue:
     return TYPE_VALUES[n]
 
 
+# Exact Python type -> CEL type name, for the types whose CEL name follows from the exact
+# type alone (what ``type_name`` answers for them).  Code generation inlines
+# ``type(x) == map`` as ``type(x) is dict``, falling back to ``is_type_named`` for types not
+# listed here (subclasses, ``date``, unsupported values that make ``type()`` fail).
+EXACT_TYPE_NAMES: dict[type, str] = {
+    bool: "bool", int: "int", UInt: "uint", float: "double", str: "string", bytes: "bytes",
+    type(None): "null_type", list: "list", tuple: "list", dict: "map",
+    Timestamp: "google.protobuf.Timestamp", _dt.datetime: "google.protobuf.Timestamp",
+    Duration: "google.protobuf.Duration", _dt.timedelta: "google.protobuf.Duration",
+    TypeValue: "type", Optional: "optional_type",
+}
+KNOWN_EXACT_TYPES = frozenset(EXACT_TYPE_NAMES)
+
+
+def is_type_named(v: Any, name: str) -> bool:
+    """``type(v) == <name>`` (raises like ``type()`` for values of unsupported types)."""
+    return type_of(v).name == name
+
+
 _TS_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
@@ -634,6 +661,17 @@ _DUR_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s"
 
 def parse_duration(s: str) -> Duration:
     """Go ``time.ParseDuration`` syntax: ``-1h30m``, ``1.5s``, ``100ms``."""
+    if len(s) <= 32:  # config values repeat ("60s"): parse each text once
+        return _parse_duration_cached(s)
+    return _parse_duration(s)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_duration_cached(s: str) -> Duration:
+    return _parse_duration(s)
+
+
+def _parse_duration(s: str) -> Duration:
     text = s
     neg = False
     if text[:1] in "+-":
