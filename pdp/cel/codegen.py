@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import ast as A
+from . import domain as D
 from . import runtime as R
 from . import stdlib as S
 from .checker import TYPE_VALUE_NAMES, CheckResult
@@ -43,6 +44,8 @@ _BASE_NS: dict[str, Any] = {
 }
 # pure conversions whose literal calls are evaluated at compile time (immutable results)
 _FOLDABLE = (S.to_duration, S.to_timestamp)
+# receiver-only built-ins cached like path steps when repeated (``ep.endpointHost()``)
+_PURE_MEMBERS = (D.endpoint_host, D.endpoint_port, D.is_localhost)
 # namespace names of the exact Python types behind CEL type names (inlined type tests)
 _EXACT_NS = {t: f"_xt{i}" for i, t in enumerate(S.EXACT_TYPE_NAMES)}
 _BASE_NS.update({n: t for t, n in _EXACT_NS.items()})
@@ -283,6 +286,10 @@ class CodeGen:
                   and self._local_name(e.args[1]) is not None):
                 steps.append(("@local", self._local_name(e.args[1])))
                 e = e.args[0]
+            elif self._pure_member(e) is not None:
+                assert isinstance(e, A.Call) and e.target is not None
+                steps.append(("()", self._pure_member(e)))
+                e = e.target
             else:
                 break
         r = self.chk.refs.get(id(e))
@@ -405,6 +412,24 @@ class CodeGen:
             return self.index(e)
         if fn == "@in":
             return self.in_op(e)
+        if e.target is not None and not args and self._pure_member(e) is not None:
+            return self.cached(e, lambda: self.function_call(e))
+        return self.function_call(e)
+
+    def _pure_member(self, e: A.Expr) -> str | None:
+        """The name when ``e`` is ``x.f()`` of a pure built-in worth caching like a path
+        (``ep.endpointHost()``): same value for the same receiver, no budget charge."""
+        if not (isinstance(e, A.Call) and e.target is not None and not e.args):
+            return None
+        name, member = self.chk.calls.get(id(e), (e.function.lstrip("."), True))
+        f = self.reg.get(name)
+        if not member or f is None or f.cost or f.member_impl not in _PURE_MEMBERS:
+            return None
+        return name
+
+    def function_call(self, e: A.Call) -> py.expr:
+        fn = e.function
+        args = e.args
         name, member = self.chk.calls.get(id(e), (fn.lstrip("."), e.target is not None))
         f = self.reg.get(name)
         impl = None

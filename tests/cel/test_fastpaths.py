@@ -171,3 +171,18 @@ def test_domain_helpers_memoised_results_and_errors() -> None:
         assert outcome('"h:99999".endpointPort()', {})[0] == "error"
         long = "h" * 300 + ":1"
         assert outcome(f'"{long}".endpointHost()', {}) == ("value", str, "h" * 300)
+
+
+def test_repeated_pure_member_calls_are_cached_with_errors_intact() -> None:
+    cfg = {"exporters": {"a": {"endpoint": "localhost:1"}, "b": {"endpoint": "x.us:1"},
+                         "c": {"endpoint": 3}, "d": {"endpoint": "[::1"},
+                         "e": {"endpoint": "otel.eu:4317"}}}
+    src = ("config.exporters.{q}(n, config.exporters[n].endpoint.endpointHost() == 'x.us' "
+           "|| config.exporters[n].endpoint.endpointHost().endsWith('.eu') "
+           "|| config.exporters[n].endpoint.endpointPort() == 1 "
+           "|| config.exporters[n].endpoint.endpointPort() == 2)")
+    twin = src.replace("config.exporters[n].endpoint.", "dyn(config.exporters[n].endpoint).")
+    for q in ("exists", "all", "filter", "exists_one"):
+        for keys in (["a", "b", "c", "d", "e"], ["c"], ["d", "a"], ["e", "b"]):
+            act = {"config": {"exporters": {k: cfg["exporters"][k] for k in keys}}}
+            same(src.format(q=q), twin.format(q=q), act)
