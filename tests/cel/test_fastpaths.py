@@ -186,3 +186,15 @@ def test_repeated_pure_member_calls_are_cached_with_errors_intact() -> None:
         for keys in (["a", "b", "c", "d", "e"], ["c"], ["d", "a"], ["e", "b"]):
             act = {"config": {"exporters": {k: cfg["exporters"][k] for k in keys}}}
             same(src.format(q=q), twin.format(q=q), act)
+
+
+def test_shadowed_comprehension_variables_keep_their_own_caches() -> None:
+    act = {"config": {"a": {"x": 1, "y": 2}, "b": ["x", "y"]}}
+    for src in [
+        "config.b.exists(n, config.a[n] == 2 && config.b.all(n, config.a[n] >= 1) "
+        "&& config.a[n] == 2)",
+        "config.b.map(n, config.b.map(n, config.a[n]) + [config.a[n], config.a[n]])",
+        "config.b.all(map, type(map) == string && type(config.a[map]) == int)",
+    ]:
+        same(src, src.replace("config.a[n]", "config.a[dyn(n)]").replace(
+            "config.a[map]", "config.a[dyn(map)]"), act)
