@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import Any
+
+c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
 
 Record = dict[str, Any]
 
@@ -23,6 +26,69 @@ GENESIS = "0" * 64
 def canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
+
+
+def _unserializable(o: Any) -> Any:
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+# The C encoder json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+# allow_nan=False) builds per call, built once (no circular check: events are pure JSON data
+# from to_jsonable, which has no cycles). Same bytes as canonical(); tests/audit check it.
+_C_ENCODE = c_make_encoder(None, _unserializable, encode_basestring, None, ":", ",", True,
+                           False, False) if c_make_encoder is not None else None
+
+#: id(value) -> (value, its canonical text); the value is held so the id stays its own.
+Memo = dict[int, tuple[Any, str]]
+
+
+def _encode(value: Any) -> str:
+    if _C_ENCODE is None:  # pragma: no cover - CPython always has the C encoder
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False)
+    return "".join(_C_ENCODE(value, 0))
+
+
+_LITERALS: dict[Any, str] = {True: "true", False: "false", None: "null"}
+
+
+def _encode_shared(value: Any, memo: Memo, depth: int) -> str:
+    """Canonical text of ``value``, reusing the text of containers already encoded in this
+    batch (a step's events share their policies list, rollout, change...)."""
+    t = type(value)
+    if t is str:
+        return encode_basestring(value)
+    if t is bool or value is None:
+        return _LITERALS[value]
+    if t is int:
+        return int.__repr__(value)
+    if t is not dict and t is not list:
+        return _encode(value)
+    hit = memo.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    if t is dict and depth and all(type(k) is str for k in value):
+        text = "{" + ",".join(encode_basestring(k) + ":"
+                              + _encode_shared(value[k], memo, depth - 1)
+                              for k in sorted(value)) + "}"
+    else:
+        text = _encode(value)
+    memo[id(value)] = (value, text)
+    return text
+
+
+def canonical_body(event: Any, seq: int, prev: str, memo: Memo | None = None) -> bytes:
+    """``canonical({"v": 1, "seq": seq, "prev": prev, "event": event})``, built from parts
+    so containers shared between the events of one batch are serialized once."""
+    if memo is None or type(event) is not dict or not all(type(k) is str for k in event):
+        return canonical({"v": FORMAT_VERSION, "seq": seq, "prev": prev, "event": event})
+    enc = encode_basestring
+    text = "".join(["{\"event\":{",
+                    ",".join(enc(k) + ":" + _encode_shared(event[k], memo, 1)
+                             for k in sorted(event)),
+                    "},\"prev\":", enc(prev), ",\"seq\":", _encode(seq),
+                    ",\"v\":", str(FORMAT_VERSION), "}"])
+    return text.encode("utf-8")
 
 
 def record_hash(record: Record) -> str:
@@ -48,11 +114,12 @@ class Entry:
     record: Record
 
 
-def make_entry(event: Any, head: ChainHead) -> Entry:
-    """Chain ``event`` (already pure JSON data) after ``head``."""
+def make_entry(event: Any, head: ChainHead, memo: Memo | None = None) -> Entry:
+    """Chain ``event`` (already pure JSON data) after ``head``. ``memo`` (one per batch of
+    entries) lets containers the events share be serialized once."""
     seq = head.seq + 1
     body = {"v": FORMAT_VERSION, "seq": seq, "prev": head.hash, "event": event}
-    raw = canonical(body)
+    raw = canonical_body(event, seq, head.hash, memo)
     digest = hashlib.sha256(raw).hexdigest()
     line = b'{"hash":"' + digest.encode("ascii") + b'",' + raw[1:] + b"\n"
     record = {**body, "hash": digest}

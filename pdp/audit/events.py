@@ -26,6 +26,12 @@ The decision dict (built by the engine, passed to :func:`decision_event` /
 
 Reasons may carry extra fields too (``retry_after_s``, ``builtin``); they are kept.
 
+``request`` may name the config by content instead of carrying it: ``config_sha256`` /
+``previous_config_sha256`` (hex SHA-256 of the YAML text as sent). The text is then in a
+``Config.Seen`` event (:func:`config_seen`) written before the first decision that names it
+(by this process, per tenant and field), under ``request.config`` / ``request.previous_config``
+so the same mask paths apply to it.
+
 Derived events: a denied ``PUSH`` / ``AUTO_APPLY`` decision (a per-agent push) also yields a
 ``Rollout.PushDenied``; every shadow deny yields a ``Policy.WouldDeny``.
 """
@@ -51,10 +57,11 @@ POLICY_ACTIVATED = "Policy.Activated"
 POLICY_RETIRED = "Policy.Retired"
 POLICY_REACTIVATED = "Policy.Reactivated"
 BUILTIN_RELAXED = "Tenant.BuiltinRelaxed"
+CONFIG_SEEN = "Config.Seen"
 
 EVENT_TYPES = frozenset({
     DECISION, PUSH_DENIED, WOULD_DENY, POLICY_CREATED, POLICY_APPROVED, POLICY_ACTIVATED,
-    POLICY_RETIRED, POLICY_REACTIVATED, BUILTIN_RELAXED,
+    POLICY_RETIRED, POLICY_REACTIVATED, BUILTIN_RELAXED, CONFIG_SEEN,
 })
 
 #: Checkpoints whose deny is a per-agent push deny (see module docstring).
@@ -121,19 +128,40 @@ def normalize_checkpoint(checkpoint: str) -> str:
     return cp.removeprefix("CHECKPOINT_")
 
 
-def to_jsonable(value: Any) -> Any:
+def to_jsonable(value: Any, memo: dict[int, tuple[Any, Any]] | None = None) -> Any:
     """Turn ``value`` into pure JSON data (str keys, no NaN), once, before hashing.
 
     The hash chain re-serializes what it reads back, so only values that survive a JSON round
-    trip unchanged may enter a record.
+    trip unchanged may enter a record. Lists and dicts that already are pure JSON data are
+    returned as they are (not copied: the log owns its events). ``memo`` (one per batch of
+    events) remembers containers seen before, so what the events of a step share is
+    checked once and stays shared, and the chain serializes it once.
     """
     t = type(value)
     if t is str or t is int or t is bool or value is None:
         return value
-    if t is dict:
-        return {k if type(k) is str else str(k): to_jsonable(v) for k, v in value.items()}
-    if t is list:
-        return [to_jsonable(v) for v in value]
+    if t is dict or t is list:
+        if memo is not None:
+            hit = memo.get(id(value))
+            if hit is not None and hit[0] is value:
+                return hit[1]
+        out: Any = value
+        if t is dict:
+            for k, v in value.items():
+                if to_jsonable(v, memo) is not v or type(k) is not str:
+                    out = {k if type(k) is str else str(k): to_jsonable(v, memo)
+                           for k, v in value.items()}
+                    break
+        else:
+            for v in value:
+                if to_jsonable(v, memo) is not v:
+                    out = [to_jsonable(v, memo) for v in value]
+                    break
+        if memo is not None:
+            memo[id(value)] = (value, out)
+        return out
+    if t is float and math.isfinite(value):
+        return value
     if isinstance(value, bool | int | str):  # subclasses (e.g. IntEnum) keep their value
         return value.value if isinstance(value, enum.Enum) else value
     if isinstance(value, float):
@@ -165,6 +193,24 @@ def _reason(r: Mapping[str, Any]) -> dict[str, Any]:
             "code": r.get("code"), "message": r.get("message", ""), **r}
 
 
+def _policies(value: Any) -> list[Any]:
+    """A list of plain dicts is taken as given (the engine shares one list between the
+    decisions of a step; the log owns events and never mutates them); anything else is
+    copied into one."""
+    if type(value) is list and all(type(p) is dict for p in value):
+        return value
+    return [dict(p) for p in value or ()]
+
+
+def config_seen(tenant: str, field: str, sha256: str, text: str, *,
+                time: str | dt.datetime | float | None = None) -> Event:
+    """The config text a later ``Decision`` names by ``<field>_sha256`` (field: ``config``
+    or ``previous_config``). The text sits at ``request.<field>``: it is masked like the
+    inline form was."""
+    return {"type": CONFIG_SEEN, "time": format_time(time), "tenant": tenant,
+            "field": field, "config_sha256": sha256, "request": {field: text}}
+
+
 def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
     """The ``Decision`` event: the decision dict with the documented fields present and time
     filled in. Extra fields the engine adds (request ids, flags) are kept, not dropped: the
@@ -188,7 +234,7 @@ def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
         "reasons": [_reason(r) for r in d.get("reasons") or ()],
         "shadow_denies": [_reason(r) for r in d.get("shadow_denies") or ()],
         "override": d.get("override"),
-        "policies": [dict(p) for p in d.get("policies") or ()],
+        "policies": _policies(d.get("policies")),
         "elapsed_ms": d.get("elapsed_ms"),
         "request": d.get("request"),
     })

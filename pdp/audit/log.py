@@ -298,10 +298,11 @@ class AuditLog:
 
     # -- the writer ------------------------------------------------------------------------
 
-    def _prepare(self, event: Mapping[str, Any]) -> Any:
+    def _prepare(self, event: Mapping[str, Any],
+                 memo: dict[int, tuple[Any, Any]] | None = None) -> Any:
         """Mask and reduce to pure JSON data (done once; the result is what gets hashed)."""
         try:
-            return to_jsonable(self._masker.apply(event))
+            return to_jsonable(self._masker.apply(event), memo)
         except Exception as e:  # keep a trace rather than lose the event
             return {"type": "Audit.Unserializable", "error": repr(e),
                     "event_type": str(event.get("type")) if isinstance(event, Mapping) else None}
@@ -360,7 +361,8 @@ class AuditLog:
             self._overflow_active = False
 
     def _prepare_and_append(self, items: list[_Item], sync: bool) -> tuple[list[Any], Any]:
-        events = [it.event if it.prepared else self._prepare(it.event) for it in items]
+        memo: dict[int, tuple[Any, Any]] = {}  # what this batch's events share, done once
+        events = [it.event if it.prepared else self._prepare(it.event, memo) for it in items]
         return events, self._ledger.append(events, sync)
 
     async def _write(self, items: list[_Item], sync: bool) -> None:

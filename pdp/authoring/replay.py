@@ -8,6 +8,10 @@ counter windows see the time of the original decision), no audit written, nothin
 touched. Decisions are replayed in file order (= time order). Configs are parsed once per
 distinct text (the engine's content-hash cache).
 
+Decision events name their configs by hash (``request.config_sha256`` /
+``previous_config_sha256``) and the texts sit in ``Config.Seen`` events (as masked when
+written); older events carry the texts inline (``request.config``). Both are read.
+
 Counter rules replay only against the draft's own allows, not against what the live engine
 counted then: treat their numbers as an estimate.
 """
@@ -42,6 +46,8 @@ from pdp.policy.model import Policy, PolicyError, Status
 EXAMPLES_PER_GROUP = 3
 MESSAGES_PER_GROUP = 5
 _DECISION_MARK = b'"type":"Decision"'
+_CONFIG_MARK = b'"type":"Config.Seen"'
+_CONFIG_FIELDS = ("config", "previous_config")
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -133,23 +139,76 @@ class ReplayReport:
         return sorted(self.groups.values(), key=lambda g: (-g.count, g.policy, g.code))
 
 
-def iter_decisions(files: Iterable[Path], report: ReplayReport) -> Iterator[dict[str, Any]]:
-    """Decision events, in file order; unreadable lines are counted as skipped."""
+def _events(files: Iterable[Path], marks: tuple[bytes, ...], type_: str,
+            report: ReplayReport | None) -> Iterator[dict[str, Any]]:
     for path in files:
         with open(path, "rb") as f:
             for line in f:
-                if _DECISION_MARK not in line and b'"type": "Decision"' not in line:
+                if not any(m in line for m in marks):
                     continue
                 try:
                     rec = json.loads(line)
                     event = rec["event"]
                 except (ValueError, KeyError, TypeError):
-                    report.skipped += 1
-                    report.skip_reasons["unreadable audit line"] += 1
+                    if report is not None:
+                        report.skipped += 1
+                        report.skip_reasons["unreadable audit line"] += 1
                     continue
-                if isinstance(event, dict) and event.get("type") == "Decision":
-                    report.records += 1
+                if isinstance(event, dict) and event.get("type") == type_:
                     yield event
+
+
+class ConfigTexts:
+    """The config texts of the ``Config.Seen`` events, by (tenant, field, sha256)."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, str, str], Any] = {}
+        self.by_hash: dict[str, Any] = {}
+
+    @classmethod
+    def read(cls, files: Iterable[Path]) -> ConfigTexts:
+        out = cls()
+        for ev in _events(files, (_CONFIG_MARK, b'"type": "Config.Seen"'), "Config.Seen", None):
+            out.add(ev)
+        return out
+
+    def add(self, ev: dict[str, Any]) -> None:
+        sha, field_ = ev.get("config_sha256"), ev.get("field")
+        req = ev.get("request")
+        if not isinstance(sha, str) or field_ not in _CONFIG_FIELDS or not isinstance(req,
+                                                                                     dict):
+            return
+        text = req.get(field_)  # masked: a (re-dumped) text, a digest, or gone (None)
+        self.by_key[(str(ev.get("tenant", "")), field_, sha)] = text
+        self.by_hash.setdefault(sha, text)
+
+    def resolve(self, event: dict[str, Any]) -> str | None:
+        """Put the texts a hash-form Decision names back inline (``request.config``...);
+        returns what is missing, or None."""
+        req = event.get("request")
+        if not isinstance(req, dict):
+            return None
+        tenant = str(event.get("tenant", ""))
+        for field_ in _CONFIG_FIELDS:
+            sha = req.get(f"{field_}_sha256")
+            if not sha or req.get(field_) is not None:
+                continue
+            key = (tenant, field_, sha)
+            if key in self.by_key:
+                text = self.by_key[key]
+            elif sha in self.by_hash:
+                text = self.by_hash[sha]
+            else:
+                return f"{field_} not in the audit history (no Config.Seen event for its hash)"
+            event["request"] = req = {**req, field_: text}
+        return None
+
+
+def iter_decisions(files: Iterable[Path], report: ReplayReport) -> Iterator[dict[str, Any]]:
+    """Decision events, in file order; unreadable lines are counted as skipped."""
+    for event in _events(files, (_DECISION_MARK, b'"type": "Decision"'), "Decision", report):
+        report.records += 1
+        yield event
 
 
 def as_drafts_activated(policies: Iterable[Policy]) -> list[Policy]:
@@ -169,6 +228,7 @@ async def replay(policies: Sequence[Policy], files: Sequence[Path], since: datet
     by_name = {p.name: p for p in sandbox.policies.policies}
     tenants = {p.tenant for p in drafts}
     since_utc = since.astimezone(UTC)
+    configs = ConfigTexts.read(files)  # a first pass: they may follow a decision (sync mode)
     for event in iter_decisions(files, report):
         if event.get("tenant") not in tenants:
             continue
@@ -181,6 +241,11 @@ async def replay(policies: Sequence[Policy], files: Sequence[Path], since: datet
         if when < since_utc:
             continue
         report.considered += 1
+        missing = configs.resolve(event)
+        if missing is not None:
+            report.skipped += 1
+            report.skip_reasons[missing] += 1
+            continue
         try:
             req = request_from_event(event)
         except RequestError as exc:

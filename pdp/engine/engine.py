@@ -7,8 +7,11 @@ policy allowed, in one store call, so a denied decision never consumes a slot.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +19,10 @@ from typing import Any, Protocol
 
 import structlog
 
+from pdp.audit.events import config_seen
 from pdp.cel import Budget, DeadlineExceeded
+from pdp.cel import ast as cel_ast
+from pdp.cel.parser import parse as cel_parse
 from pdp.counters import (
     CounterEventKind,
     CounterKind,
@@ -37,6 +43,9 @@ from pdp.policy.rules import AutoRollback, Deny
 from pdp.telemetry import NO_TELEMETRY, DecisionTelemetry
 
 log = structlog.get_logger("pdp.engine")
+
+#: Distinct (tenant, field, config hash) remembered as already written to the audit log.
+CONFIGS_SEEN_MAX = 4096
 
 _COUNTER_KINDS = {
     "daily_cap": CounterKind.DAILY_CAP,
@@ -111,6 +120,70 @@ def _system(code: str, message: str, retry_after_s: float | None = None) -> Reas
     return Reason("", 0, "system", code, message, retry_after_s)
 
 
+#: CEL variables whose value differs between the agents of one step (or between calls).
+_PER_AGENT_VARS = frozenset({"agent", "now"})
+
+
+@functools.lru_cache(maxsize=65_536)
+def _idents(source: str) -> frozenset[str] | None:
+    """Every identifier a CEL source names (variables, and conservatively also comprehension
+    variables), or None if it does not parse here."""
+    try:
+        root = cel_parse(source)
+    except Exception:
+        return None
+    names: set[str] = set()
+    stack: list[cel_ast.Expr] = [root]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, cel_ast.Ident):
+            names.add(e.name)
+        stack.extend(cel_ast.children(e))
+    return frozenset(names)
+
+
+def _shared_inputs(p: CompiledPolicy) -> tuple[str, ...] | None:
+    """The activation variables a CEL policy's verdict depends on, if that verdict can be
+    shared by the agents of one batch (it names no per-agent variable); else None.
+
+    Only CEL rules qualify (their programs see nothing but the activation); typed rules,
+    broken and counter-only policies are evaluated per agent as before (they are cheap).
+    """
+    if p.deny is None or p.stateless is not None or p.broken is not None:
+        return None
+    names: set[str] = set()
+    for prog in (p.deny, p.message):
+        if prog is None:
+            continue
+        found = _idents(prog.source)
+        if found is None:
+            return None
+        names |= found
+    if names & _PER_AGENT_VARS:
+        return None
+    return tuple(sorted(names))
+
+
+@dataclass
+class _Shared:
+    """One stateless verdict, reusable by the other agents of a batch whose inputs are the
+    same objects (or equal): its inputs, its answer, the evaluation cost it charged."""
+
+    inputs: tuple[Any, ...]
+    deny: Deny | None
+    cost: int
+
+
+class _BatchMemo:
+    """What the agents of one ``check_batch`` call share."""
+
+    __slots__ = ("inputs", "verdicts")
+
+    def __init__(self) -> None:
+        self.verdicts: dict[int, _Shared] = {}
+        self.inputs: dict[int, tuple[str, ...] | None] = {}
+
+
 class Engine:
     """Holds the policies in force, the counter store, the audit sink and the caches."""
 
@@ -125,6 +198,10 @@ class Engine:
         self.options = options or EngineOptions()
         self.telemetry = telemetry
         self.notifier = notifier
+        self._configs_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._last_config: tuple[str, str] | None = None
+        self._policy_lists: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...],
+                                                        list[dict[str, Any]]]] = {}
 
     def replace_policies(self, policies: PolicySet) -> None:
         """Swap the policy set atomically (decisions in flight keep the one they started with)."""
@@ -149,6 +226,7 @@ class Engine:
         single ``reserve_batch``, in request order, under the caller's deadline.
         """
         pending: list[_Pending] = []
+        memo = _BatchMemo() if len(reqs) > 1 else None
         for req in reqs:
             started = time.perf_counter()
             try:
@@ -163,7 +241,7 @@ class Engine:
             deadline = Deadline.after(budget_s)
             if outer is not None and outer.expires_at < deadline.expires_at:
                 deadline = outer
-            pending.append(self._evaluate(req, ctx, deadline, started))
+            pending.append(self._evaluate(req, ctx, deadline, started, memo))
         await self._reserve_all(reqs[0].tenant if reqs else "", pending, outer)
         out = []
         for item in pending:
@@ -205,7 +283,7 @@ class Engine:
                 self.notifier.notify(p.name, item.req.tenant, summary, list(p.policy.notify))
 
     def _evaluate(self, req: CheckRequest, ctx: EvalContext, deadline: Deadline,
-                  started: float) -> _Pending:
+                  started: float, memo: _BatchMemo | None = None) -> _Pending:
         """The stateless phase; returns the counter rules still to reserve (if all allowed)."""
         agent_labels = (req.agent or {}).get("labels")
         device_labels = (req.device or {}).get("labels")
@@ -220,13 +298,14 @@ class Engine:
             return item
         counted: list[CompiledPolicy] = []
         traced = self.telemetry.enabled
+        evaluated = decision.evaluated
         for p in selected:
-            decision.evaluated.append(_ref(p))
+            evaluated.append(p.ref)
             if traced:
                 with self.telemetry.policy_span(p.name):
-                    deny = self._evaluate_one(p, ctx, budget, deadline)
+                    deny = self._evaluate_one(p, ctx, budget, deadline, memo)
             else:
-                deny = self._evaluate_one(p, ctx, budget, deadline)
+                deny = self._evaluate_one(p, ctx, budget, deadline, memo)
             if deny is not None:
                 (decision.shadow_denies if p.shadow else decision.reasons).append(_reason(p, deny))
                 if req.explain:
@@ -240,10 +319,12 @@ class Engine:
         return item
 
     def _evaluate_one(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
-                      deadline: Deadline) -> Deny | None:
+                      deadline: Deadline, memo: _BatchMemo | None = None) -> Deny | None:
         if deadline.expired():
             return Deny("DEADLINE_EXCEEDED",
                         "the decision deadline ran out before this policy was evaluated")
+        if memo is not None:
+            return self._evaluate_shared(p, ctx, budget, deadline, memo)
         try:
             return p.evaluate(ctx, budget)
         except DeadlineExceeded:
@@ -252,6 +333,35 @@ class Engine:
         except Exception as exc:  # fail-closed on any defect, and say so
             log.error("policy_evaluation_failed", policy=p.name, error=repr(exc))
             return Deny("POLICY_ERROR", f"internal error while evaluating: {type(exc).__name__}")
+
+    def _evaluate_shared(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
+                         deadline: Deadline, memo: _BatchMemo) -> Deny | None:
+        """In a batch: reuse another agent's verdict of a policy that reads nothing
+        per-agent, when it saw the same inputs and this agent's budget covers its cost."""
+        key = id(p)
+        try:
+            names = memo.inputs[key]
+        except KeyError:
+            names = memo.inputs[key] = _shared_inputs(p)
+        if names is None:
+            return self._evaluate_one(p, ctx, budget, deadline)
+        act = ctx.activation
+        inputs = tuple(act.get(n) for n in names)
+        hit = memo.verdicts.get(key)
+        if hit is not None and all(a is b or a == b for a, b in zip(inputs, hit.inputs,
+                                                                   strict=True)):
+            if budget.cost + hit.cost <= budget.limit:
+                budget.cost += hit.cost
+                return hit.deny
+            return self._evaluate_one(p, ctx, budget, deadline)  # let it fail as it would
+        before = budget.cost
+        deny = self._evaluate_one(p, ctx, budget, deadline)
+        if budget.cost <= budget.limit and (deny is None or deny.code in ("POLICY_DENIED",
+                                                                           "POLICY_ERROR")):
+            # Deterministic answers only: deadline and cost-limit outcomes (also a message
+            # expression cut short) depend on this agent's budget, not on the inputs.
+            memo.verdicts[key] = _Shared(inputs, deny, budget.cost - before)
+        return deny
 
     def _counter_rules(self, item: _Pending, counted: Sequence[CompiledPolicy],
                        ctx: EvalContext, budget: Budget) -> None:
@@ -330,11 +440,51 @@ class Engine:
                     denier.name, explain_counter(denier.counter, result.retry_after_seconds)))
 
     async def _record(self, req: CheckRequest, decision: Decision) -> None:
-        event = decision_event(req, decision)
+        configs = (self._config_ref(req.tenant, "config", req.config_yaml),
+                   self._config_ref(req.tenant, "previous_config", req.previous_config_yaml))
+        event = decision_event(req, decision, configs=configs,
+                               policies=self._policy_dicts(decision.evaluated))
         log.debug("decision", decision_id=decision.decision_id, tenant=req.tenant,
                   allowed=decision.allowed, reasons=[r.code for r in decision.reasons],
                   elapsed_ms=round(decision.elapsed_s * 1000, 3))
         await self.audit.log_decision(event)
+
+    def _config_ref(self, tenant: str, field: str, text: str | None) -> str | None:
+        """The SHA-256 (hex) a Decision event names its config by; the text itself goes to
+        the audit log once, in a ``Config.Seen`` event, the first time this engine sees it
+        (per tenant and field: masking paths are per field, audit readers per tenant)."""
+        if not text:
+            return None
+        last = self._last_config
+        if last is not None and last[0] is text:
+            sha = last[1]
+        else:
+            sha = hashlib.sha256(text.encode()).hexdigest()
+            self._last_config = (text, sha)
+        key = (tenant, field, sha)
+        seen = self._configs_seen
+        if key in seen:
+            seen.move_to_end(key)
+            return sha
+        self.audit.emit(config_seen(tenant, field, sha, text))
+        seen[key] = None
+        if len(seen) > CONFIGS_SEEN_MAX:
+            seen.popitem(last=False)
+        return sha
+
+    def _policy_dicts(self, evaluated: list[PolicyRef]) -> list[dict[str, Any]]:
+        """The audit form of the evaluated policies: one shared (never mutated) list per
+        distinct selection, so a step's thousand events reuse it and the audit writer can
+        serialize it once (pdp.audit.chain)."""
+        key = tuple(map(id, evaluated))
+        hit = self._policy_lists.get(key)
+        if hit is not None:
+            return hit[1]
+        out = [p.to_dict() for p in evaluated]
+        self._policy_lists[key] = (tuple(evaluated), out)  # the refs keep the ids valid
+        if len(self._policy_lists) > 1024:
+            self._policy_lists.pop(next(iter(self._policy_lists)))
+        return out
 
     async def record_event(self, tenant: str, kind: CounterEventKind, scope_keys: Sequence[str],
                            deadline: Deadline) -> str:
@@ -380,27 +530,49 @@ class Engine:
         return verdict
 
 
-def decision_event(req: CheckRequest, decision: Decision) -> dict[str, Any]:
-    """The audit record of one decision: enough of the request to replay it later."""
-    event = decision.to_dict()
-    event.update({
+def decision_event(req: CheckRequest, decision: Decision, *,
+                   configs: tuple[str | None, str | None] | None = None,
+                   policies: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The audit record of one decision: enough of the request to replay it later.
+
+    With ``configs`` (the SHA-256 of the config and previous config texts) the request names
+    them (``config_sha256`` / ``previous_config_sha256``) instead of carrying the texts,
+    which the audit log then holds once in ``Config.Seen`` events; without it the texts are
+    inline (``config`` / ``previous_config``), the older form replay still reads.
+    """
+    request: dict[str, Any] = {
+        "change": req.change, "agent": req.agent, "device": req.device,
+        "rollout": req.rollout, "metrics": req.metrics,
+    }
+    if configs is None:
+        request["config"] = req.config_yaml
+        request["previous_config"] = req.previous_config_yaml
+    else:
+        request["config_sha256"], request["previous_config_sha256"] = configs
+    agent, device, rollout = req.agent, req.device, req.rollout
+    override = req.override
+    return {
+        "decision_id": decision.decision_id,
+        "allowed": decision.allowed,
+        "checkpoint": decision.checkpoint,
+        "reasons": [r.to_dict() for r in decision.reasons],
+        "shadow_denies": [r.to_dict() for r in decision.shadow_denies],
+        "policies": policies if policies is not None
+        else [p.to_dict() for p in decision.evaluated],
+        "elapsed_ms": round(decision.elapsed_s * 1000, 3),
+        "overridden": decision.overridden,
         "type": "Decision",
         "time": decision.decided_at.isoformat(),
         "tenant": req.tenant,
         "caller": req.caller.identity,
         "request_id": req.request_id,
         "subject": {
-            "agent_id": (req.agent or {}).get("id", ""),
-            "device_id": (req.device or {}).get("id", ""),
-            "rollout_id": (req.rollout or {}).get("id", ""),
+            "agent_id": agent.get("id", "") if agent else "",
+            "device_id": device.get("id", "") if device else "",
+            "rollout_id": rollout.get("id", "") if rollout else "",
         },
-        "override": None if req.override is None else {
-            "actor": req.override.actor, "justification": req.override.justification,
+        "override": None if override is None else {
+            "actor": override.actor, "justification": override.justification,
             "honoured": decision.overridden, "caller_is_admin": req.caller.is_admin},
-        "request": {
-            "change": req.change, "agent": req.agent, "device": req.device,
-            "rollout": req.rollout, "metrics": req.metrics,
-            "config": req.config_yaml, "previous_config": req.previous_config_yaml,
-        },
-    })
-    return event
+        "request": request,
+    }

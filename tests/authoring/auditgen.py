@@ -7,12 +7,13 @@ Decisions are made into audit records the way the server does: the engine's
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pdp.audit.chain import ChainHead, make_entry
-from pdp.audit.events import events_for_decision, to_jsonable
+from pdp.audit.events import config_seen, events_for_decision, to_jsonable
 from pdp.engine.decision import Decision, PolicyRef, Reason
 from pdp.engine.engine import decision_event
 from pdp.engine.request import CheckRequest
@@ -34,14 +35,18 @@ CONFIGS = [
 
 
 def generate(path: Path, n: int, *, end: datetime | None = None, tenant: str = "acme",
-             step: timedelta = timedelta(seconds=30), distinct_configs: int = 200) -> Path:
+             step: timedelta = timedelta(seconds=30), distinct_configs: int = 200,
+             config_refs: bool = False) -> Path:
     """Write ``n`` chained Decision records (plus the PushDenied events denies imply) to
     ``path``, one every ``step`` ending at ``end`` (default now), round-robin over agents,
     labels and ``distinct_configs`` config texts (variants of CONFIGS). Every 10th decision
-    is of another tenant."""
+    is of another tenant. ``config_refs``: the form the server writes now (decisions name
+    the config by hash, its text is in a ``Config.Seen`` event the first time); otherwise
+    the older inline form."""
     end = end or datetime.now(UTC)
     start = end - step * n
     head = ChainHead()
+    seen: set[tuple[str, str]] = set()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         for i in range(n):
@@ -66,7 +71,16 @@ def generate(path: Path, n: int, *, end: datetime | None = None, tenant: str = "
                                               "active")])
             if not allowed:
                 d.reasons.append(Reason("some-policy", 1, "cel", "POLICY_DENIED", "denied"))
-            for event in events_for_decision(decision_event(req, d)):
+            events = []
+            if config_refs:
+                sha = hashlib.sha256(config.encode()).hexdigest()
+                if (req.tenant, sha) not in seen:
+                    seen.add((req.tenant, sha))
+                    events.append(config_seen(req.tenant, "config", sha, config))
+                events += events_for_decision(decision_event(req, d, configs=(sha, None)))
+            else:
+                events = events_for_decision(decision_event(req, d))
+            for event in events:
                 entry = make_entry(to_jsonable(event), head)
                 f.write(entry.line)
                 head = ChainHead(entry.seq, entry.record["hash"])

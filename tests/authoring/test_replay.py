@@ -110,3 +110,29 @@ def test_bad_inputs_exit_2(tmp_path: Path) -> None:
     assert main(str(policy), "7d", [str(tmp_path / "missing")], out=out) == 2
     assert parse_since("2h", END) == END - timedelta(hours=2)
     assert parse_since("2025-01-01T00:00:00Z") == datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def test_replay_reads_configs_named_by_hash(tmp_path: Path) -> None:
+    """Decisions that name their config by hash (Config.Seen events hold the texts) replay
+    like the inline form; a hash with no Config.Seen is skipped and says why."""
+    n, end = 2_000, END
+    inline = generate(tmp_path / "a" / "audit.jsonl", n, end=end, step=STEP)
+    refs = generate(tmp_path / "b" / "audit.jsonl", n, end=end, step=STEP, config_refs=True)
+    assert verify_paths([str(refs)]).ok
+    assert b'"config_sha256"' in refs.read_bytes()
+    assert refs.stat().st_size < inline.stat().st_size
+    since = END - timedelta(days=30)
+    draft = load_text(DRAFT, "draft.yaml")
+    a = asyncio.run(replay(draft, audit_files([inline.parent]), since))
+    b = asyncio.run(replay(draft, audit_files([refs.parent]), since))
+    assert (b.records, b.considered, b.replayed, b.skipped) == \
+        (a.records, a.considered, a.replayed, 0)
+    assert (b.would_deny, b.newly_denied) == (a.would_deny, a.newly_denied) != (0, 0)
+    # Without its Config.Seen events the history cannot be replayed: skipped, with a reason.
+    lines = [ln for ln in refs.read_bytes().splitlines(keepends=True)
+             if b'"type":"Config.Seen"' not in ln]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "audit.jsonl").write_bytes(b"".join(lines))
+    c = asyncio.run(replay(draft, audit_files([tmp_path / "c"]), since))
+    assert c.replayed == 0 and c.skipped == b.considered
+    assert all("Config.Seen" in reason for reason in c.skip_reasons)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdp.audit.chain import ChainHead, Entry, make_entry
+from pdp.audit.chain import ChainHead, Entry, Memo, make_entry
 from pdp.audit.files import (
     AuditFileError,
     find_head,
@@ -101,8 +101,9 @@ class Ledger:
         """
         entries: list[Entry] = []
         head = self.head
+        memo: Memo = {}  # containers the events share are serialized once
         for ev in events:
-            e = make_entry(ev, head)
+            e = make_entry(ev, head, memo)
             head = ChainHead(e.seq, e.record["hash"])
             entries.append(e)
         done = 0

@@ -1,0 +1,63 @@
+"""The writer's fast paths produce exactly what the plain definitions do."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import math
+from typing import Any
+
+from pdp.audit.chain import ChainHead, Memo, canonical, canonical_body, hash_ok, make_entry
+from pdp.audit.events import to_jsonable
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+def _slow(value: Any) -> Any:
+    """to_jsonable without memo, compared through JSON text (what gets hashed)."""
+    return json.loads(canonical(to_jsonable(value)))
+
+
+SHARED = [{"name": "p", "version": 1, "content_hash": "sha256:x", "builtin": False}] * 3
+ROLLOUT = {"id": "r", "step_percent": 10.0, "approvals": [], "created_at": None}
+EVENTS: list[Any] = [
+    {"type": "Decision", "policies": SHARED, "request": {"rollout": ROLLOUT, "agent": {"id": "a"},
+                                                          "metrics": {}}},
+    {"type": "Decision", "policies": SHARED, "request": {"rollout": ROLLOUT, "agent": {"id": "b"},
+                                                          "metrics": {"x": math.nan}}},
+    {"b": {"z": 1, "a": [1, 2.5, {"q": None}]}, "a": "é\u2028\x00\"\\", "e": {}, "l": [],
+     "t": (1, 2), "k": {1: "int key", 2.5: "float key"}, "en": Color.RED,
+     "when": dt.datetime(2025, 1, 1, tzinfo=dt.UTC), "f": -0.0, "big": 10**30,
+     "nested": {"policies": SHARED, "inf": math.inf}},
+    {"unicode": "日本語", "emoji": "\U0001f600", "policies": SHARED},
+]
+
+
+def test_to_jsonable_with_memo_matches_without() -> None:
+    memo: dict[int, tuple[Any, Any]] = {}
+    for ev in EVENTS:
+        assert json.loads(canonical(to_jsonable(ev, memo))) == _slow(ev)
+    # Already-plain data is not copied, and what events share stays shared.
+    a, b = to_jsonable(EVENTS[0], memo), to_jsonable(EVENTS[3], memo)
+    assert a is EVENTS[0] and a["policies"] is b["policies"] is SHARED
+    assert to_jsonable(EVENTS[1])["request"]["metrics"] == {"x": "nan"}
+
+
+def test_canonical_body_is_byte_identical() -> None:
+    memo: Memo = {}
+    for _ in range(2):  # the second round hits the memo
+        for i, ev in enumerate(EVENTS):
+            ev = to_jsonable(ev)
+            body = {"v": 1, "seq": i + 1, "prev": "ab" * 32, "event": ev}
+            assert canonical_body(ev, i + 1, "ab" * 32, memo) == canonical(body)
+
+
+def test_entries_made_with_a_memo_verify() -> None:
+    head, memo = ChainHead(), {}
+    for ev in EVENTS:
+        e = make_entry(to_jsonable(ev), head, memo)
+        head = ChainHead(e.seq, e.record["hash"])
+        assert hash_ok(json.loads(e.line))

@@ -1,0 +1,85 @@
+"""A step shares what is common to its agents: configs are audited once, per-agent-free CEL
+policies are evaluated once, and nothing of that changes an answer."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pdp.cel import Budget
+from pdp.engine.engine import _shared_inputs
+from tests.engine.test_engine import CEL, engine_for, push
+
+
+async def test_config_text_is_audited_once_and_decisions_name_it_by_hash() -> None:
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+    prev = "a: 0\n"
+    reqs = [push(config="a: 1\n", agent=f"a{i}", previous_config_yaml=prev) for i in range(5)]
+    await engine.check_batch(reqs, 1.0)
+    await engine.check(push(config="a: 1\n", agent="x"), 1.0)
+    await engine.check(push(config="a: 1\n", agent="y", tenant="u"), 1.0)  # other tenant
+    sha = hashlib.sha256(b"a: 1\n").hexdigest()
+    seen = [e for e in audit.events if e["type"] == "Config.Seen"]
+    assert [(e["tenant"], e["field"], e["config_sha256"]) for e in seen] == [
+        ("t", "config", sha), ("t", "previous_config", hashlib.sha256(prev.encode()).hexdigest()),
+        ("u", "config", sha)]
+    assert seen[0]["request"] == {"config": "a: 1\n"}
+    assert seen[1]["request"] == {"previous_config": prev}
+    for d in audit.decisions:
+        assert d["request"]["config_sha256"] == sha
+        assert "config" not in d["request"]
+    assert audit.decisions[-1]["request"]["previous_config_sha256"] is None
+    # One list of policy refs serves the whole step (the audit writer serializes it once).
+    assert len({id(d["policies"]) for d in audit.decisions[:5]}) == 1
+
+
+class _Counting:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.calls = inner, 0
+
+    def evaluate(self, activation: Any, budget: Budget | None = None) -> Any:
+        self.calls += 1
+        return self.inner.evaluate(activation, budget=budget)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _count_deny(engine: Any, name: str) -> _Counting:
+    [p] = [p for p in engine.policies.policies if p.name == name]
+    counting = _Counting(p.deny)
+    object.__setattr__(p, "deny", counting)
+    return counting
+
+
+async def test_policies_that_read_no_agent_are_evaluated_once_per_step() -> None:
+    engine, _ = engine_for(
+        CEL.format(name="cfg", extra="", deny="config.a == 2")
+        + "---\n" + CEL.format(name="agt", extra="", deny="agent.id == 'a3'")
+        + "---\n" + CEL.format(name="clock", extra="",
+                                deny="now < timestamp('2000-01-01T00:00:00Z')"))
+    cfg, agt, clock = (_count_deny(engine, n) for n in ("cfg", "agt", "clock"))
+    decisions = await engine.check_batch([push(config="a: 1", agent=f"a{i}")
+                                          for i in range(10)], 1.0)
+    assert [d.allowed for d in decisions] == [i != 3 for i in range(10)]
+    assert (cfg.calls, agt.calls, clock.calls) == (1, 10, 10)
+    # Denies are shared too, with their message, for each agent.
+    decisions = await engine.check_batch([push(config="a: 2", agent=f"c{i}")
+                                          for i in range(4)], 1.0)
+    assert [[r.policy for r in d.reasons] for d in decisions] == [["cfg"]] * 4
+    assert cfg.calls == 2
+    # Different configs in one batch are not confused.
+    decisions = await engine.check_batch([push(config=f"a: {i % 3}", agent=f"b{i}")
+                                          for i in range(6)], 1.0)
+    assert [d.allowed for d in decisions] == [i % 3 != 2 for i in range(6)]
+
+
+def test_only_cel_without_per_agent_variables_is_shared() -> None:
+    engine, _ = engine_for(
+        CEL.format(name="cfg", extra="", deny="config.exists(agent, agent == 'x')")
+        + "---\n" + CEL.format(name="msg", extra="", deny="config.a == 1")
+        .replace("rule:\n  cel:\n", "rule:\n  cel:\n    message: '\"x\" + agent.id'\n")
+        + "---\n" + CEL.format(name="plain", extra="", deny="rollout.step > config.a")
+        + "---\ntenant: t\nname: typed\nrule: {max_step_percent: {max_percent: 10}}\n")
+    got = {p.name: _shared_inputs(p) for p in engine.policies.policies}
+    assert got == {"cfg": None, "msg": None, "plain": ("config", "rollout"), "typed": None}
