@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pdp.policy.endpoints import endpoint_host, is_localhost
+from pdp.cel.domain import endpoint_host, is_localhost
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint, Policy, Status
 from pdp.policy.rules import Deny, StatelessRule

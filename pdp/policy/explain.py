@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pdp.cel import Environment, pdp_environment
+from pdp.cel.domain import endpoint_host, is_localhost
 from pdp.cel.explain import explain_expression, render
 from pdp.policy.builtins import (
     ExporterRemoval,
@@ -24,7 +25,6 @@ from pdp.policy.builtins import (
     _used_exporters,
 )
 from pdp.policy.compiled import CompiledPolicy
-from pdp.policy.endpoints import endpoint_host, is_localhost
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import CelRule
 from pdp.policy.rules import (

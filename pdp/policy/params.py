@@ -6,20 +6,18 @@ Every typed rule parses its parameters through this, so a bad value anywhere rea
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pdp.cel import CelError
+from pdp.cel.domain import quantity
 from pdp.policy.model import PolicyError
 
 # Raise a PolicyError for a field path (relative to the rule's parameters).
 Fail = Callable[[tuple[str | int, ...], str], PolicyError]
 
-_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4, "P": 1000**5,
-          "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4, "PI": 1024**5}
 
 
 class Params:
@@ -134,9 +132,8 @@ class Params:
 
 
 def parse_quantity(text: str) -> int | None:
-    m = _QUANTITY.match(text)
-    if not m:
+    """Bytes in "4GB" / "512MiB" (the CEL ``quantity()`` helper's rules), or None."""
+    try:
+        return quantity(text)
+    except CelError:
         return None
-    unit = (m.group(2) or "").upper().removesuffix("B")
-    factor = _UNITS.get(unit if unit else "")
-    return None if factor is None else int(float(m.group(1)) * factor)

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
+from pdp.cel.domain import compare_versions
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.params import Params
-from pdp.policy.versions import compare_versions
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 SCOPES = ("tenant", "rollout", "agent", "device", "group", "expression")
