@@ -50,6 +50,7 @@ from pdp.counters import keys, messages
 from pdp.counters.clock import Clock, SystemClock
 from pdp.counters.common import distinct, to_ms, validate_items
 from pdp.counters.days import day_table
+from pdp.counters.fastredis import FastRedis, ReplyError, arg, pack
 from pdp.counters.model import (
     CounterEventKind,
     CounterKind,
@@ -86,6 +87,15 @@ class _Script:
     def __init__(self, name: str) -> None:
         self.text = importlib.resources.files("pdp.counters").joinpath(name).read_text()
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+        self.load_cmd = pack(b"SCRIPT", b"LOAD", self.text.encode())
+        # "EVALSHA <sha> 1": the fixed part of every call, pre-packed (fast path)
+        self._tail = b"$7\r\nEVALSHA\r\n$40\r\n%b\r\n$1\r\n1\r\n" % self.sha.encode()
+        self._head6 = b"*6\r\n" + self._tail
+
+    def call(self, key: str, args: Sequence[str | int]) -> bytes:
+        """The RESP bytes of ``EVALSHA sha 1 key *args`` (fast path)."""
+        head = self._head6 if len(args) == 2 else b"*%d\r\n%b" % (len(args) + 4, self._tail)
+        return head + b"".join([b"$%d\r\n%b\r\n" % (len(p), p) for p in map(arg, (key, *args))])
 
 
 RESERVE = _Script("reserve.lua")
@@ -104,6 +114,7 @@ class RedisCounterStore:
         event_retention_seconds: int = DEFAULT_EVENT_RETENTION_SECONDS,
         max_concurrency: int = 50,
         server_time_offset: Callable[[], float] | None = None,
+        fast_path: bool = True,
     ) -> None:
         """``clock`` is the sidecar's clock: used only to centre DAILY_CAP day tables.
 
@@ -111,6 +122,10 @@ class RedisCounterStore:
         it exists for tests, which cannot move a real server's time. ``max_concurrency``
         caps calls in flight so a burst waits (within its timeout) for a pooled connection
         instead of failing because the pool is exhausted.
+
+        ``fast_path`` (default) sends the standalone client's calls through
+        :class:`~pdp.counters.fastredis.FastRedis`, built from ``client``'s own connection
+        settings; Redis Cluster (and anything FastRedis does not handle) stays on redis-py.
         """
         self.client = client
         self.clock: Clock = clock or SystemClock()
@@ -120,6 +135,8 @@ class RedisCounterStore:
         self._retention_ms = event_retention_seconds * 1000
         self._offset = server_time_offset
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._fast = FastRedis.from_client(client, max_concurrency) if fast_path else None
+        self._op_timeout = self._fast.op_timeout if self._fast else None
         self._loaded = False
         self._day_cache: dict[str, tuple[int, int, list[int | str]]] = {}
 
@@ -176,11 +193,16 @@ class RedisCounterStore:
         """True when Redis answers (and the scripts are loaded); never raises."""
         try:
             async with asyncio.timeout(timeout):
-                await self.client.ping()
+                if self._fast is not None:
+                    pong = await self._fast.call(_PING)
+                    if isinstance(pong, ReplyError):
+                        return False
+                else:
+                    await self.client.ping()
                 if not self._loaded:
                     await self._load()
             return True
-        except (TimeoutError, RedisError, OSError):
+        except (TimeoutError, RedisError, OSError, ReplyError):
             return False
 
     async def load_scripts(self, *, timeout: float) -> None:
@@ -188,10 +210,12 @@ class RedisCounterStore:
         try:
             async with asyncio.timeout(timeout):
                 await self._load()
-        except (TimeoutError, RedisError, OSError) as e:
+        except (TimeoutError, RedisError, OSError, ReplyError) as e:
             raise CounterStoreUnavailable(f"counter store: cannot load scripts: {e}") from e
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
         await self.client.aclose()
 
     # -- encoding -----------------------------------------------------------------------
@@ -255,8 +279,26 @@ class RedisCounterStore:
 
     async def _load(self) -> None:
         for s in (RESERVE, RECORD):
-            await self.client.execute_command("SCRIPT LOAD", s.text)
+            if self._fast is not None:
+                reply = await self._fast.call(s.load_cmd)
+                if isinstance(reply, ReplyError):
+                    raise reply
+            else:
+                await self.client.execute_command("SCRIPT LOAD", s.text)
         self._loaded = True
+
+    async def _fast_evalsha(self, fast: FastRedis, script: _Script, data: bytes) -> Any:
+        if not self._loaded:
+            await self._load()
+        reply = await fast.call(data)
+        if isinstance(reply, ReplyError):
+            if str(reply).startswith("NOSCRIPT"):
+                self._loaded = False
+                await self._load()
+                reply = await fast.call(data)
+            if isinstance(reply, ReplyError):
+                raise reply
+        return reply
 
     async def _evalsha(self, script: _Script, key: str, args: list[str | int]) -> Any:
         if not self._loaded:
@@ -272,6 +314,27 @@ class RedisCounterStore:
         """One script call, bounded by ``timeout``; every failure is CounterStoreUnavailable."""
         if timeout <= 0:
             raise CounterStoreUnavailable("counter store: no time left in the decision deadline")
+        fast = self._fast
+        if fast is not None:
+            # one timeout for the whole call (pool, connect, round trip); op_timeout is
+            # the backstop for callers that allow more
+            op = self._op_timeout
+            if op is not None and op < timeout:
+                timeout = op
+            data = script.call(key, args)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._fast_evalsha(fast, script, data)
+            except TimeoutError as e:
+                raise CounterStoreUnavailable(
+                    f"counter store: Redis did not answer within {timeout * 1000:.0f} ms"
+                ) from e
+            except ReplyError as e:
+                raise CounterStoreUnavailable(
+                    f"counter store: Redis unavailable: ResponseError: {_reply_text(e)}"
+                ) from e
+            except OSError as e:
+                raise CounterStoreUnavailable(f"counter store: Redis unreachable: {e}") from e
         try:
             async with asyncio.timeout(timeout):
                 async with self._slots:
@@ -281,14 +344,19 @@ class RedisCounterStore:
                 f"counter store: Redis did not answer within {timeout * 1000:.0f} ms"
             ) from e
         except RedisError as e:
-            text = str(e)
-            if text.startswith("PDPSKEW"):
-                text = text.removeprefix("PDPSKEW ")
             raise CounterStoreUnavailable(
-                f"counter store: Redis unavailable: {type(e).__name__}: {text}"
+                f"counter store: Redis unavailable: {type(e).__name__}: {_reply_text(e)}"
             ) from e
         except OSError as e:
             raise CounterStoreUnavailable(f"counter store: Redis unreachable: {e}") from e
+
+
+_PING = pack(b"PING")
+
+
+def _reply_text(e: Exception) -> str:
+    text = str(e)
+    return text.removeprefix("PDPSKEW ") if text.startswith("PDPSKEW") else text
 
 
 _WINDOWED = (CounterKind.VELOCITY, CounterKind.ROLLBACK_RATE)

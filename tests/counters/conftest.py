@@ -63,7 +63,9 @@ async def _memory(clock: ManualClock, **kw: int) -> Backend:
     return Backend("memory", store, clock, tenant, key_ttls, expire)
 
 
-BACKENDS = ["memory", "redis", "cluster"]
+# "redis" runs on the store's FastRedis path; "redis-py" is the same standalone server through
+# redis-py (the path Redis Cluster and unsupported settings use), so both stay covered.
+BACKENDS = ["memory", "redis", "redis-py", "cluster"]
 BUCKET = 300
 RETENTION = 2 * 86400
 
@@ -92,7 +94,12 @@ def shifted(clock: ManualClock) -> Callable[[], float]:
 
 
 async def _redis_backend(
-    name: str, settings: CounterSettings, node_urls: list[str], clock: ManualClock
+    name: str,
+    settings: CounterSettings,
+    node_urls: list[str],
+    clock: ManualClock,
+    *,
+    fast_path: bool = True,
 ) -> Backend:
     store = RedisCounterStore(
         make_client(settings),
@@ -100,7 +107,9 @@ async def _redis_backend(
         event_bucket_seconds=BUCKET,
         event_retention_seconds=RETENTION,
         server_time_offset=shifted(clock),
+        fast_path=fast_path,
     )
+    assert (store._fast is not None) == (fast_path and not settings.cluster)
     tenant = new_tenant()
 
     async def key_ttls() -> dict[str, float | None]:
@@ -138,6 +147,13 @@ async def _redis_factory(request: pytest.FixtureRequest, clock: ManualClock) -> 
     return await _redis_backend("redis", CounterSettings(url=srv.url), [srv.url], clock)
 
 
+async def _redis_py_factory(request: pytest.FixtureRequest, clock: ManualClock) -> Backend:
+    srv: RedisServer = request.getfixturevalue("redis_srv")
+    return await _redis_backend(
+        "redis-py", CounterSettings(url=srv.url), [srv.url], clock, fast_path=False
+    )
+
+
 async def _cluster_factory(request: pytest.FixtureRequest, clock: ManualClock) -> Backend:
     c: RedisCluster = request.getfixturevalue("redis_cluster")
     settings = CounterSettings(url=c.url, cluster=True)
@@ -147,5 +163,6 @@ async def _cluster_factory(request: pytest.FixtureRequest, clock: ManualClock) -
 _FACTORIES: dict[str, Callable[[pytest.FixtureRequest, ManualClock], Awaitable[Backend]]] = {
     "memory": _memory_factory,
     "redis": _redis_factory,
+    "redis-py": _redis_py_factory,
     "cluster": _cluster_factory,
 }
