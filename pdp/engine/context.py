@@ -90,6 +90,9 @@ class ConfigCache:
         self._items: OrderedDict[bytes, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        # Recent text objects and their keys: a step's requests share one config text
+        # object (and one previous config), which then is hashed once, not once per agent.
+        self._recent: dict[int, tuple[str, bytes, int]] = {}
 
     async def load(self, text: str | None, field: str) -> Any:
         """Parsed value of ``text`` (None stays None); large misses parse off the loop."""
@@ -100,14 +103,28 @@ class ConfigCache:
         return self.parse(text, field)
 
     def _peek(self, text: str) -> Any:
-        return self._items.get(hashlib.sha256(text.encode()).digest())
+        return self._items.get(self.digest(text))
+
+    def digest(self, text: str) -> bytes:
+        """SHA-256 of the text's UTF-8 (the cache key), remembered for recent text objects."""
+        hit = self._recent.get(id(text))
+        if hit is not None and hit[0] is text:
+            return hit[1]
+        raw = text.encode()
+        key = hashlib.sha256(raw).digest()
+        self._remember(text, key, len(raw))
+        return key
 
     def parse(self, text: str, field: str) -> Any:
-        raw = text.encode()
-        if len(raw) > self.max_bytes:
-            raise InvalidRequest(field, f"{len(raw)} bytes is larger than the limit of"
+        hit = self._recent.get(id(text))
+        if hit is not None and hit[0] is text:
+            _, key, size = hit
+        else:
+            raw = text.encode()
+            key, size = hashlib.sha256(raw).digest(), len(raw)
+        if size > self.max_bytes:
+            raise InvalidRequest(field, f"{size} bytes is larger than the limit of"
                                         f" {self.max_bytes} bytes")
-        key = hashlib.sha256(raw).digest()
         try:
             value = self._items[key]
         except KeyError:
@@ -115,6 +132,7 @@ class ConfigCache:
         else:
             self.hits += 1
             self._items.move_to_end(key)
+            self._remember(text, key, size)
             return value
         self.misses += 1
         try:
@@ -130,7 +148,13 @@ class ConfigCache:
         self._items[key] = value
         if len(self._items) > self.maxsize:
             self._items.popitem(last=False)
+        self._remember(text, key, size)
         return value
+
+    def _remember(self, text: str, key: bytes, size: int) -> None:
+        if len(self._recent) >= 8:
+            self._recent.clear()
+        self._recent[id(text)] = (text, key, size)
 
 
 async def build_context(req: CheckRequest, configs: ConfigCache,

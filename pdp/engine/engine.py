@@ -8,7 +8,6 @@ policy allowed, in one store call, so a denied decision never consumes a slot.
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 import uuid
 from collections import OrderedDict
@@ -142,46 +141,97 @@ def _idents(source: str) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def _shared_inputs(p: CompiledPolicy) -> tuple[str, ...] | None:
-    """The activation variables a CEL policy's verdict depends on, if that verdict can be
-    shared by the agents of one batch (it names no per-agent variable); else None.
-
-    Only CEL rules qualify (their programs see nothing but the activation); typed rules,
-    broken and counter-only policies are evaluated per agent as before (they are cheap).
-    """
+def _shareable(p: CompiledPolicy) -> bool:
+    """Whether a policy's verdict can be shared by the agents of one batch whose other inputs
+    are the same: a CEL rule (its programs see nothing but the activation) that names no
+    per-agent variable. Typed, broken and counter-only policies are evaluated per agent as
+    before (they are cheap)."""
     if p.deny is None or p.stateless is not None or p.broken is not None:
-        return None
-    names: set[str] = set()
+        return False
     for prog in (p.deny, p.message):
         if prog is None:
             continue
         found = _idents(prog.source)
-        if found is None:
-            return None
-        names |= found
-    if names & _PER_AGENT_VARS:
-        return None
-    return tuple(sorted(names))
+        if found is None or found & _PER_AGENT_VARS:
+            return False
+    return True
 
 
-@dataclass
-class _Shared:
-    """One stateless verdict, reusable by the other agents of a batch whose inputs are the
-    same objects (or equal): its inputs, its answer, the evaluation cost it charged."""
-
-    inputs: tuple[Any, ...]
-    deny: Deny | None
-    cost: int
+#: Distinct sets of shared inputs (config, rollout, ...) one batch tracks; agents beyond
+#: that are evaluated on their own.
+_MAX_GROUPS = 4
 
 
 class _BatchMemo:
-    """What the agents of one ``check_batch`` call share."""
+    """What the agents of one ``check_batch`` call share: the policy set they started with,
+    selections by labels, verdicts of policies that read nothing per-agent (per group of
+    agents whose other inputs are the same objects or equal), counter rules."""
 
-    __slots__ = ("inputs", "verdicts")
+    __slots__ = ("counter_rules", "groups", "policies", "selections", "shareable", "verdicts")
 
-    def __init__(self) -> None:
-        self.verdicts: dict[int, _Shared] = {}
-        self.inputs: dict[int, tuple[str, ...] | None] = {}
+    def __init__(self, policies: PolicySet) -> None:
+        self.policies = policies
+        self.groups: list[dict[str, Any]] = []
+        self.shareable: dict[int, tuple[CompiledPolicy, bool]] = {}
+        self.verdicts: dict[tuple[int, int], tuple[CompiledPolicy, Deny | None, int]] = {}
+        self.selections: dict[Any, list[CompiledPolicy]] = {}
+        self.counter_rules: dict[tuple[int, str], tuple[CompiledPolicy, CounterRule | str]] = {}
+
+    def select(self, req: CheckRequest, agent_labels: Any, device_labels: Any
+               ) -> list[CompiledPolicy]:
+        try:
+            key: Any = (req.tenant, req.checkpoint, tuple(req.change.items()),
+                        tuple(agent_labels.items()) if agent_labels else (),
+                        tuple(device_labels.items()) if device_labels else ())
+            hit = self.selections.get(key)
+        except (TypeError, AttributeError):  # unhashable / odd values: no caching
+            key, hit = None, None
+        if hit is None:
+            hit = self.policies.select(req.tenant, req.checkpoint, req.change, agent_labels,
+                                       device_labels)
+            if key is not None:
+                self.selections[key] = hit
+        return hit
+
+    def group(self, activation: dict[str, Any]) -> int:
+        """Which group of agents with the same non-agent inputs this one belongs to (-1:
+        none, its verdicts are not shared)."""
+        for i, ref in enumerate(self.groups):
+            if ref.keys() == activation.keys() and all(
+                    k in _PER_AGENT_VARS or v is ref[k] or _same(v, ref[k])
+                    for k, v in activation.items()):
+                return i
+        if len(self.groups) >= _MAX_GROUPS:
+            return -1
+        self.groups.append(activation)
+        return len(self.groups) - 1
+
+    def is_shareable(self, p: CompiledPolicy) -> bool:
+        hit = self.shareable.get(id(p))
+        if hit is None or hit[0] is not p:
+            hit = self.shareable[id(p)] = (p, _shareable(p))
+        return hit[1]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, and of the same types at the top (CEL tells 1 from 1.0 and true)."""
+    return type(a) is type(b) and bool(a == b)
+
+
+def _counter_rule(p: CompiledPolicy, scope: str) -> CounterRule | str:
+    """The store's rule for policy ``p`` at ``scope``, or why it is invalid."""
+    spec = p.counter
+    assert spec is not None
+    try:
+        return CounterRule(
+            rule_id=f"{p.name}@v{p.policy.version}", kind=_COUNTER_KINDS[spec.kind],
+            scope_key=scope, max_count=spec.max_count,
+            window_seconds=float(spec.window_seconds),
+            min_interval_seconds=float(spec.min_interval_seconds), timezone=spec.timezone,
+            threshold_percent=spec.threshold_percent,
+            min_deployments=max(1, spec.min_deployments), counter_id=p.name)
+    except ValueError as exc:
+        return str(exc)
 
 
 class Engine:
@@ -199,7 +249,6 @@ class Engine:
         self.telemetry = telemetry
         self.notifier = notifier
         self._configs_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._last_config: tuple[str, str] | None = None
         self._policy_lists: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...],
                                                         list[dict[str, Any]]]] = {}
 
@@ -226,7 +275,7 @@ class Engine:
         single ``reserve_batch``, in request order, under the caller's deadline.
         """
         pending: list[_Pending] = []
-        memo = _BatchMemo() if len(reqs) > 1 else None
+        memo = _BatchMemo(self.policies) if len(reqs) > 1 else None
         for req in reqs:
             started = time.perf_counter()
             try:
@@ -287,8 +336,13 @@ class Engine:
         """The stateless phase; returns the counter rules still to reserve (if all allowed)."""
         agent_labels = (req.agent or {}).get("labels")
         device_labels = (req.device or {}).get("labels")
-        selected = self.policies.select(req.tenant, req.checkpoint, req.change,
-                                        agent_labels, device_labels)
+        if memo is None:
+            selected = self.policies.select(req.tenant, req.checkpoint, req.change,
+                                            agent_labels, device_labels)
+            group = -1
+        else:
+            selected = memo.select(req, agent_labels, device_labels)
+            group = memo.group(ctx.activation)
         budget = Budget(deadline=deadline.expires_at, cost_limit=self.options.cost_limit)
         decision = Decision(new_decision_id(), False, req.checkpoint.value, ctx.now)
         item = _Pending(req, decision, started, deadline, [], {})
@@ -303,9 +357,9 @@ class Engine:
             evaluated.append(p.ref)
             if traced:
                 with self.telemetry.policy_span(p.name):
-                    deny = self._evaluate_one(p, ctx, budget, deadline, memo)
+                    deny = self._evaluate_one(p, ctx, budget, deadline, memo, group)
             else:
-                deny = self._evaluate_one(p, ctx, budget, deadline, memo)
+                deny = self._evaluate_one(p, ctx, budget, deadline, memo, group)
             if deny is not None:
                 (decision.shadow_denies if p.shadow else decision.reasons).append(_reason(p, deny))
                 if req.explain:
@@ -315,16 +369,21 @@ class Engine:
             elif p.counter is not None and not p.shadow:
                 counted.append(p)
         if not decision.reasons and counted:
-            self._counter_rules(item, counted, ctx, budget)
+            self._counter_rules(item, counted, ctx, budget, memo)
         return item
 
     def _evaluate_one(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
-                      deadline: Deadline, memo: _BatchMemo | None = None) -> Deny | None:
+                      deadline: Deadline, memo: _BatchMemo | None = None,
+                      group: int = -1) -> Deny | None:
         if deadline.expired():
             return Deny("DEADLINE_EXCEEDED",
                         "the decision deadline ran out before this policy was evaluated")
-        if memo is not None:
-            return self._evaluate_shared(p, ctx, budget, deadline, memo)
+        if group >= 0 and memo is not None and memo.is_shareable(p):
+            return self._evaluate_shared(p, ctx, budget, memo, group)
+        return self._evaluate_policy(p, ctx, budget)
+
+    def _evaluate_policy(self, p: CompiledPolicy, ctx: EvalContext,
+                         budget: Budget) -> Deny | None:
         try:
             return p.evaluate(ctx, budget)
         except DeadlineExceeded:
@@ -335,36 +394,27 @@ class Engine:
             return Deny("POLICY_ERROR", f"internal error while evaluating: {type(exc).__name__}")
 
     def _evaluate_shared(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
-                         deadline: Deadline, memo: _BatchMemo) -> Deny | None:
-        """In a batch: reuse another agent's verdict of a policy that reads nothing
-        per-agent, when it saw the same inputs and this agent's budget covers its cost."""
-        key = id(p)
-        try:
-            names = memo.inputs[key]
-        except KeyError:
-            names = memo.inputs[key] = _shared_inputs(p)
-        if names is None:
-            return self._evaluate_one(p, ctx, budget, deadline)
-        act = ctx.activation
-        inputs = tuple(act.get(n) for n in names)
+                         memo: _BatchMemo, group: int) -> Deny | None:
+        """In a batch: reuse the verdict another agent of the same group got from a policy
+        that reads nothing per-agent, when this agent's budget covers its cost."""
+        key = (group, id(p))
         hit = memo.verdicts.get(key)
-        if hit is not None and all(a is b or a == b for a, b in zip(inputs, hit.inputs,
-                                                                   strict=True)):
-            if budget.cost + hit.cost <= budget.limit:
-                budget.cost += hit.cost
-                return hit.deny
-            return self._evaluate_one(p, ctx, budget, deadline)  # let it fail as it would
+        if hit is not None and hit[0] is p:
+            if budget.cost + hit[2] <= budget.limit:
+                budget.cost += hit[2]
+                return hit[1]
+            return self._evaluate_policy(p, ctx, budget)  # let it fail as it would
         before = budget.cost
-        deny = self._evaluate_one(p, ctx, budget, deadline)
+        deny = self._evaluate_policy(p, ctx, budget)
         if budget.cost <= budget.limit and (deny is None or deny.code in ("POLICY_DENIED",
                                                                            "POLICY_ERROR")):
             # Deterministic answers only: deadline and cost-limit outcomes (also a message
             # expression cut short) depend on this agent's budget, not on the inputs.
-            memo.verdicts[key] = _Shared(inputs, deny, budget.cost - before)
+            memo.verdicts[key] = (p, deny, budget.cost - before)
         return deny
 
     def _counter_rules(self, item: _Pending, counted: Sequence[CompiledPolicy],
-                       ctx: EvalContext, budget: Budget) -> None:
+                       ctx: EvalContext, budget: Budget, memo: _BatchMemo | None = None) -> None:
         for p in counted:
             spec = p.counter
             assert spec is not None
@@ -375,20 +425,19 @@ class Engine:
                                      " does not carry (e.g. rollout.id, agent.id)")))
                 item.rules.clear()
                 return
-            rule_id = f"{p.name}@v{p.policy.version}"
-            try:
-                rule = CounterRule(
-                    rule_id=rule_id, kind=_COUNTER_KINDS[spec.kind], scope_key=scope,
-                    max_count=spec.max_count, window_seconds=float(spec.window_seconds),
-                    min_interval_seconds=float(spec.min_interval_seconds),
-                    timezone=spec.timezone, threshold_percent=spec.threshold_percent,
-                    min_deployments=max(1, spec.min_deployments), counter_id=p.name)
-            except ValueError as exc:
+            hit = memo.counter_rules.get((id(p), scope)) if memo is not None else None
+            if hit is not None and hit[0] is p:
+                rule = hit[1]
+            else:
+                rule = _counter_rule(p, scope)
+                if memo is not None:
+                    memo.counter_rules[(id(p), scope)] = (p, rule)
+            if isinstance(rule, str):
                 item.decision.reasons.append(_reason(p, Deny(
-                    "POLICY_INVALID", f"counter rule is invalid: {exc}")))
+                    "POLICY_INVALID", f"counter rule is invalid: {rule}")))
                 item.rules.clear()
                 return
-            item.by_id[rule_id] = p
+            item.by_id[rule.rule_id] = p
             item.rules.append(rule)
 
     async def _reserve_all(self, tenant: str, pending: Sequence[_Pending],
@@ -455,12 +504,7 @@ class Engine:
         (per tenant and field: masking paths are per field, audit readers per tenant)."""
         if not text:
             return None
-        last = self._last_config
-        if last is not None and last[0] is text:
-            sha = last[1]
-        else:
-            sha = hashlib.sha256(text.encode()).hexdigest()
-            self._last_config = (text, sha)
+        sha = self.configs.digest(text).hex()  # hashed once per text object
         key = (tenant, field, sha)
         seen = self._configs_seen
         if key in seen:

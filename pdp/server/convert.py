@@ -7,6 +7,7 @@ caller must fix (``tenant``, ``agent.id``, ``config.yaml``, ...).
 from __future__ import annotations
 
 import functools
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -49,9 +50,11 @@ def _timestamp(ts: timestamp_pb2.Timestamp) -> str | None:
 
 
 def agent_dict(agent: cpb.Agent, field: str = "agent") -> dict[str, Any]:
-    if not agent.id:
+    agent_id = agent.id
+    if not agent_id:
         raise InvalidRequest(f"{field}.id", "required")
-    return {"id": agent.id, "labels": dict(agent.labels), "group": agent.group,
+    labels = agent.labels
+    return {"id": agent_id, "labels": {k: labels[k] for k in labels}, "group": agent.group,
             "version": agent.version, "hostname": agent.hostname,
             "active_exporters": list(agent.active_exporters)}
 
@@ -118,6 +121,41 @@ def check_push_request(msg: dpb.CheckPushRequest, caller: Caller) -> CheckReques
         request_id=msg.request_id)
 
 
+def _in_batch(i: int, exc: InvalidRequest) -> InvalidRequest:
+    return InvalidRequest(f"agents[{i}].{exc.field.removeprefix('agent.')}", exc.problem)
+
+
+def check_push_batch_requests(msg: dpb.CheckPushBatchRequest,
+                              caller: Caller) -> list[CheckRequest]:
+    """One CheckRequest per agent, as ``check_push_request`` would build it for a single
+    push carrying that agent (same validation, same order, errors named ``agents[i].…``),
+    with what the agents have in common converted once and shared (never mutated)."""
+    tenant = tenant_of(msg.tenant)
+    agents = msg.agents
+    try:
+        checkpoint = push_checkpoint(msg.checkpoint)
+        first = agent_dict(agents[0]) if agents else None  # its id is checked first
+        change = change_dict(msg.change)
+        rollout = rollout_dict(msg.rollout)
+        override = override_of(msg)
+    except InvalidRequest as exc:
+        raise _in_batch(0, exc) from None
+    config = msg.config.yaml or None
+    previous = msg.previous_config.yaml or None
+    explain, request_id = msg.explain, msg.request_id
+    out = []
+    for i, agent in enumerate(agents):
+        try:
+            a = first if i == 0 else agent_dict(agent)
+        except InvalidRequest as exc:
+            raise _in_batch(i, exc) from None
+        out.append(CheckRequest(
+            tenant=tenant, checkpoint=checkpoint, change=change, agent=a, rollout=rollout,
+            config_yaml=config, previous_config_yaml=previous, override=override,
+            caller=caller, explain=explain, request_id=request_id))
+    return out
+
+
 def check_device_request(msg: dpb.CheckDeviceRequest, caller: Caller) -> CheckRequest:
     tenant = tenant_of(msg.tenant)
     if not msg.HasField("device"):
@@ -165,18 +203,43 @@ def policy_ref_pb(p: PolicyRef) -> cpb.PolicyRef:
                          builtin=p.builtin)
 
 
+_EVALUATED: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], list[cpb.PolicyRef]]] = {}
+
+
+def _evaluated_pb(refs: list[PolicyRef]) -> list[cpb.PolicyRef]:
+    """The protobufs of one selection of policies, built once (the refs keep the ids)."""
+    key = tuple(map(id, refs))
+    hit = _EVALUATED.get(key)
+    if hit is None:
+        if len(_EVALUATED) >= 4096:
+            _EVALUATED.pop(next(iter(_EVALUATED)))
+        hit = _EVALUATED[key] = (tuple(refs), [policy_ref_pb(p) for p in refs])
+    return hit[1]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def decision_pb(d: Decision) -> cpb.Decision:
+    elapsed = int(d.elapsed_s * 1e9)
+    at = d.decided_at
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)  # what Timestamp.FromDatetime assumes for naive times
+    delta = at - _EPOCH
     pb = cpb.Decision(
         decision_id=d.decision_id,
         outcome=cpb.OUTCOME_ALLOW if d.allowed else cpb.OUTCOME_DENY,
         reasons=[reason_pb(r) for r in d.reasons],
         shadow_denies=[reason_pb(r) for r in d.shadow_denies],
-        evaluated_policies=[policy_ref_pb(p) for p in d.evaluated],
+        evaluated_policies=_evaluated_pb(d.evaluated),
         overridden=d.overridden,
         checkpoint=CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED),
-        elapsed=_duration(d.elapsed_s),
+        elapsed=duration_pb2.Duration(seconds=int(elapsed / 1_000_000_000),
+                                      nanos=elapsed - int(elapsed / 1_000_000_000)
+                                      * 1_000_000_000),
+        decided_at=timestamp_pb2.Timestamp(
+            seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000),
         explanations=[cpb.Explanation(policy=x.policy, values=x.values)
                       for x in d.explanations],
     )
-    pb.decided_at.FromDatetime(d.decided_at)
     return pb

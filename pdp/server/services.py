@@ -123,31 +123,15 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                                                f" limit of {self.max_batch} per batch")
             if not request.agents:
                 raise InvalidRequest("agents", "required: at least one agent")
-            caller = caller_of(request.tenant)
-            single = dpb.CheckPushRequest(
-                tenant=request.tenant, checkpoint=request.checkpoint, rollout=request.rollout,
-                change=request.change, config=request.config,
-                previous_config=request.previous_config, explain=request.explain,
-                request_id=request.request_id)
-            if request.HasField("override"):
-                single.override.CopyFrom(request.override)
-            reqs = []
-            for i, agent in enumerate(request.agents):
-                single.agent.CopyFrom(agent)
-                try:
-                    reqs.append(convert.check_push_request(single, caller))
-                except InvalidRequest as exc:
-                    raise InvalidRequest(f"agents[{i}].{exc.field.removeprefix('agent.')}",
-                                         exc.problem) from None
+            reqs = convert.check_push_batch_requests(request, caller_of(request.tenant))
             decisions = await self.engine.check_batch(reqs, self.deadline_s,
                                                       caller_deadline(context))
-            out = dpb.CheckPushBatchResponse()
+            allowed = sum(d.allowed for d in decisions)
+            out = dpb.CheckPushBatchResponse(allowed_count=allowed,
+                                             denied_count=len(decisions) - allowed)
+            add = out.decisions.add
             for agent, decision in zip(request.agents, decisions, strict=True):
-                out.decisions.add(agent_id=agent.id, decision=convert.decision_pb(decision))
-                if decision.allowed:
-                    out.allowed_count += 1
-                else:
-                    out.denied_count += 1
+                add(agent_id=agent.id, decision=convert.decision_pb(decision))
             return out
         return await guarded(context, run)
 

@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 from pdp.cel import Budget
-from pdp.engine.engine import _shared_inputs
+from pdp.engine.engine import _shareable
 from tests.engine.test_engine import CEL, engine_for, push
 
 
@@ -81,5 +81,5 @@ def test_only_cel_without_per_agent_variables_is_shared() -> None:
         .replace("rule:\n  cel:\n", "rule:\n  cel:\n    message: '\"x\" + agent.id'\n")
         + "---\n" + CEL.format(name="plain", extra="", deny="rollout.step > config.a")
         + "---\ntenant: t\nname: typed\nrule: {max_step_percent: {max_percent: 10}}\n")
-    got = {p.name: _shared_inputs(p) for p in engine.policies.policies}
-    assert got == {"cfg": None, "msg": None, "plain": ("config", "rollout"), "typed": None}
+    got = {p.name: _shareable(p) for p in engine.policies.policies}
+    assert got == {"cfg": False, "msg": False, "plain": True, "typed": False}
