@@ -1,11 +1,14 @@
 """Counter reservation latency against a plain Redis INCR round trip, in the same run.
 
 Starts a throwaway redis-server on a free loopback port (or uses --url), then measures
-sequential round trips with redis-py asyncio + hiredis:
+sequential round trips, interleaved in blocks so load drift hits both alike:
 
-* ``INCR``: the floor, one trivial command;
+* ``INCR``: the floor, one trivial command sent the way a normal client would, through a
+  plain redis-py asyncio client (hiredis parser, the store's pool settings) -- NOT through
+  the store's own FastRedis transport;
 * ``reserve``: one decision (DAILY_CAP per tenant + COOLDOWN per agent + VELOCITY per
-  tenant) through ``RedisCounterStore`` -- one EVALSHA;
+  tenant) through ``RedisCounterStore`` -- one EVALSHA (on a standalone server the store
+  sends it over its FastRedis connections: raw asyncio transports + hiredis);
 * ``reserve_batch``: a 1 000-agent rollout step in one call.
 
 Usage: python bench/counters_bench.py [--url redis://...] [-n 5000]
@@ -24,6 +27,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hiredis
+import redis
 
 from pdp.counters import CounterKind, CounterRule, CounterSettings
 from pdp.counters.redis_store import RedisCounterStore, make_client
@@ -80,6 +86,9 @@ async def run(url: str, n: int) -> None:
 
     try:
         t = await interleaved(n, {"incr": incr, "reserve": reserve})
+        fast = "FastRedis" if store._fast is not None else "redis-py"
+        print(f"INCR: plain redis-py {redis.__version__} asyncio client (hiredis "
+              f"{hiredis.__version__}); reserve: RedisCounterStore via {fast}")
         print(summary("INCR round trip", t["incr"]))
         print(summary("reserve (3 rules, 1 EVALSHA)", t["reserve"]))
         ratio = statistics.median(t["reserve"]) / statistics.median(t["incr"])

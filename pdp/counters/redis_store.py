@@ -139,6 +139,9 @@ class RedisCounterStore:
         self._op_timeout = self._fast.op_timeout if self._fast else None
         self._loaded = False
         self._day_cache: dict[str, tuple[int, int, list[int | str]]] = {}
+        # single-decision request templates: rule shapes -> (valid from, valid until,
+        # JSON up to the item, definition index per rule); see _encode_one
+        self._templates: dict[tuple[Any, ...], tuple[int, int, str, list[int]]] = {}
 
     @classmethod
     def from_settings(
@@ -164,11 +167,14 @@ class RedisCounterStore:
     async def reserve_batch(
         self, tenant: str, items: Sequence[Sequence[CounterRule]], *, timeout: float
     ) -> list[ReserveResult]:
-        validate_items(items, self.event_retention_seconds)
-        if not items:
-            return []
+        if len(items) == 1:
+            args = self._encode_one(items[0])  # validates on a template miss
+        else:
+            validate_items(items, self.event_retention_seconds)
+            if not items:
+                return []
+            args = self._encode(items)
         prefix = keys.tenant_prefix(tenant)
-        args = self._encode(items)
         reply = await self._run(RESERVE, prefix, args, timeout)
         return self._decode(items, reply)
 
@@ -223,8 +229,54 @@ class RedisCounterStore:
     def _offset_ms(self) -> int:
         return round(self._offset() * 1000) if self._offset else 0
 
+    def _encode_one(self, rules: Sequence[CounterRule]) -> list[str | int]:
+        """:meth:`_encode` of one decision, from a cached template of its rule shapes.
+
+        Decisions repeat the same rules with other scopes, so everything but the scopes
+        (rule definitions, day tables, validation) is built once per rule shape and reused
+        until the day tables it holds go stale.
+        """
+        key = tuple(map(_shape, rules))
+        now_ms = int(self.clock.now() * 1000)
+        hit = self._templates.get(key)
+        if hit is None or not hit[0] <= now_ms < hit[1]:
+            hit = self._template(rules, key, now_ms)
+        return [
+            self._offset_ms(),
+            hit[2] + ",".join([
+                f"{i},{_json_str(keys.esc(r.scope_key))}"
+                for i, r in zip(hit[3], rules, strict=True)
+            ]) + "]]]",
+        ]
+
+    def _template(
+        self, rules: Sequence[CounterRule], key: tuple[Any, ...], now_ms: int
+    ) -> tuple[int, int, str, list[int]]:
+        validate_items([rules], self.event_retention_seconds)
+        tz_index, defs, body = self._parts([rules])
+        tzs = [self._days(name) for name in tz_index]
+        start, end = -(2**63), 2**63
+        for name in tz_index:
+            day = self._day_cache[name]
+            start, end = max(start, day[0]), min(end, day[1])
+        head = _JSON.encode([self._bucket_ms, tzs, defs])[:-1] + ",[["
+        hit = (min(start, now_ms), end, head, [int(i) for i in body[0][0::2]])
+        if len(self._templates) >= 4096:
+            self._templates.clear()
+        self._templates[key] = hit
+        return hit
+
     def _encode(self, items: Sequence[Sequence[CounterRule]]) -> list[str | int]:
         """``[offset_ms, json]``: distinct rule definitions once, then (definition, scope)."""
+        tz_index, defs, body = self._parts(items)
+        tzs = [self._days(name) for name in tz_index]
+        payload = _JSON.encode([self._bucket_ms, tzs, defs, body])
+        return [self._offset_ms(), payload]
+
+    def _parts(
+        self, items: Sequence[Sequence[CounterRule]]
+    ) -> tuple[dict[str, int], list[tuple[Any, ...]], list[list[Any]]]:
+        """Timezones in use, distinct rule definitions, per item (definition, scope)."""
         tz_index: dict[str, int] = {}
         def_index: dict[tuple[Any, ...], int] = {}
         defs: list[tuple[Any, ...]] = []
@@ -242,9 +294,7 @@ class RedisCounterStore:
                 flat.append(i)
                 flat.append(keys.esc(r.scope_key))
             body.append(flat)
-        tzs = [self._days(name) for name in tz_index]
-        payload = _JSON.encode([self._bucket_ms, tzs, defs, body])
-        return [self._offset_ms(), payload]
+        return tz_index, defs, body
 
     def _days(self, tz: str) -> list[int | str]:
         """The day table for ``tz`` as the script wants it, cached until the day ends."""
@@ -352,6 +402,13 @@ class RedisCounterStore:
 
 
 _PING = pack(b"PING")
+_json_str = json.encoder.encode_basestring_ascii
+
+
+def _shape(r: CounterRule) -> tuple[Any, ...]:
+    """Everything of a rule that the request encodes, except its scope."""
+    return (r.kind._value_, r.rule_id, r.counter_id, r.max_count, r.window_seconds,
+            r.min_interval_seconds, r.timezone, r.threshold_percent, r.min_deployments)
 
 
 def _reply_text(e: Exception) -> str:

@@ -159,3 +159,32 @@ async def test_closed_store_fails_closed(redis_srv: RedisServer) -> None:
     await store.close()
     with pytest.raises(CounterStoreUnavailable):
         await store.reserve(new_tenant(), [CAP], timeout=1)
+
+
+async def test_single_decision_template_matches_the_general_encoding() -> None:
+    """The cached per-shape request equals the general encoding, across a day change."""
+    from pdp.counters import ManualClock
+
+    clock = ManualClock(20_781 * 86_400 - 5)  # 5 s before a UTC midnight
+    store = RedisCounterStore(make_client(CounterSettings(url="redis://127.0.0.1:1/0")),
+                              clock=clock, event_retention_seconds=3600)
+    shapes = [
+        [CAP],
+        [CounterRule("c", CounterKind.DAILY_CAP, "a:{x}", max_count=3, timezone="Asia/Tokyo"),
+         CounterRule("c", CounterKind.DAILY_CAP, "b\"q\\", max_count=3, timezone="UTC"),
+         CounterRule("v", CounterKind.VELOCITY, "a:{x}", max_count=2, window_seconds=9)],
+        [CounterRule("r", CounterKind.ROLLBACK_RATE, "tenant:t", window_seconds=60,
+                     threshold_percent=12.5, min_deployments=4),
+         CounterRule("s", CounterKind.MIN_STEP_DURATION, "rollout:ü", min_interval_seconds=2)],
+    ]
+    try:
+        for _ in range(3):
+            for rules in shapes:
+                assert store._encode_one(rules) == store._encode([rules])
+            clock.advance(4)  # the second round crosses midnight: day tables change
+        too_long = CounterRule("r", CounterKind.ROLLBACK_RATE, "t", window_seconds=7200)
+        for _ in range(2):  # validation is not skipped by the template cache
+            with pytest.raises(ValueError, match="retention"):
+                await store.reserve("t", [too_long], timeout=1)
+    finally:
+        await store.close()
