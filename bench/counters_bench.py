@@ -62,6 +62,8 @@ def summary(name: str, xs: list[float]) -> str:
 async def run(url: str, n: int) -> None:
     settings = CounterSettings(url=url)
     store = RedisCounterStore.from_settings(settings)
+    # the same store on redis-py for every call (what Redis Cluster uses), for comparison
+    slow = RedisCounterStore(make_client(settings), fast_path=False)
     raw = make_client(settings)
     tenant = f"bench-{uuid.uuid4().hex[:8]}"
     decision = [
@@ -84,8 +86,18 @@ async def run(url: str, n: int) -> None:
         assert r.allowed, r
         return r
 
+    async def reserve_redis_py(i: int) -> object:
+        agent = next(agents)
+        rules = [*decision, CounterRule("cool@v1", CounterKind.COOLDOWN, f"agent:{agent}",
+                                        min_interval_seconds=60)]
+        r = await slow.reserve(tenant, rules, timeout=1.0)
+        assert r.allowed, r
+        return r
+
     try:
-        t = await interleaved(n, {"incr": incr, "reserve": reserve})
+        t = await interleaved(
+            n, {"incr": incr, "reserve": reserve, "reserve_redis_py": reserve_redis_py}
+        )
         fast = "FastRedis" if store._fast is not None else "redis-py"
         print(f"INCR: plain redis-py {redis.__version__} asyncio client (hiredis "
               f"{hiredis.__version__}); reserve: RedisCounterStore via {fast}")
@@ -93,6 +105,9 @@ async def run(url: str, n: int) -> None:
         print(summary("reserve (3 rules, 1 EVALSHA)", t["reserve"]))
         ratio = statistics.median(t["reserve"]) / statistics.median(t["incr"])
         print(f"ratio reserve/INCR (p50)      {ratio:.2f}   (target <= 1.5)")
+        print(summary("reserve via redis-py path", t["reserve_redis_py"]))
+        ratio = statistics.median(t["reserve_redis_py"]) / statistics.median(t["incr"])
+        print(f"ratio redis-py path/INCR      {ratio:.2f}   (Redis Cluster uses this path)")
 
         times = []
         for run_no in range(10):
@@ -113,6 +128,7 @@ async def run(url: str, n: int) -> None:
               f"min {min(times) * 1e3:7.2f} ms   (3 rules/agent; {allowed} allowed)")
     finally:
         await store.close()
+        await slow.close()
         await raw.aclose()
 
 
