@@ -34,11 +34,18 @@ from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
 from pdp.engine.request import CheckRequest
 from pdp.notify import Notifier
+from pdp.policy.builtins import TlsInsecureRemote
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint
 from pdp.policy.policyset import PolicySet
-from pdp.policy.rules import AutoRollback, Deny
+from pdp.policy.rules import (
+    AutoRollback,
+    Deny,
+    DeviceConstraints,
+    MaxStepPercent,
+    RequireApproval,
+)
 from pdp.telemetry import NO_TELEMETRY, DecisionTelemetry
 
 log = structlog.get_logger("pdp.engine")
@@ -141,12 +148,22 @@ def _idents(source: str) -> frozenset[str] | None:
     return frozenset(names)
 
 
+#: Typed rules that read neither the agent nor the clock (checked against their code: they
+#: read only the rollout, the device or the config section of the context).
+_SHAREABLE_TYPED: frozenset[type] = frozenset({MaxStepPercent, RequireApproval,
+                                               DeviceConstraints, TlsInsecureRemote})
+
+
 def _shareable(p: CompiledPolicy) -> bool:
     """Whether a policy's verdict can be shared by the agents of one batch whose other inputs
     are the same: a CEL rule (its programs see nothing but the activation) that names no
-    per-agent variable. Typed, broken and counter-only policies are evaluated per agent as
-    before (they are cheap)."""
-    if p.deny is None or p.stateless is not None or p.broken is not None:
+    per-agent variable, or a typed rule of a kind known to read nothing per-agent. Other
+    typed rules, broken and counter-only policies are evaluated per agent."""
+    if p.broken is not None:
+        return False
+    if p.stateless is not None:
+        return type(p.stateless) in _SHAREABLE_TYPED
+    if p.deny is None:
         return False
     for prog in (p.deny, p.message):
         if prog is None:

@@ -203,43 +203,58 @@ def policy_ref_pb(p: PolicyRef) -> cpb.PolicyRef:
                          builtin=p.builtin)
 
 
-_EVALUATED: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], list[cpb.PolicyRef]]] = {}
+_EVALUATED: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], cpb.Decision]] = {}
 
 
-def _evaluated_pb(refs: list[PolicyRef]) -> list[cpb.PolicyRef]:
-    """The protobufs of one selection of policies, built once (the refs keep the ids)."""
+def _evaluated_template(refs: list[PolicyRef]) -> cpb.Decision:
+    """A Decision holding only the evaluated policies of one selection, built once and
+    merged into every decision that evaluated them (the refs keep the ids valid)."""
     key = tuple(map(id, refs))
     hit = _EVALUATED.get(key)
     if hit is None:
         if len(_EVALUATED) >= 4096:
             _EVALUATED.pop(next(iter(_EVALUATED)))
-        hit = _EVALUATED[key] = (tuple(refs), [policy_ref_pb(p) for p in refs])
+        hit = _EVALUATED[key] = (tuple(refs), cpb.Decision(
+            evaluated_policies=[policy_ref_pb(p) for p in refs]))
     return hit[1]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def decision_pb(d: Decision) -> cpb.Decision:
-    elapsed = int(d.elapsed_s * 1e9)
+def fill_decision_pb(pb: cpb.Decision, d: Decision) -> None:
+    """Write ``d`` into the empty ``pb`` (e.g. a field of a batch response, so the decision
+    is not built apart and copied in)."""
+    if d.evaluated:
+        pb.MergeFrom(_evaluated_template(d.evaluated))
+    pb.decision_id = d.decision_id
+    pb.outcome = cpb.OUTCOME_ALLOW if d.allowed else cpb.OUTCOME_DENY
+    if d.reasons:
+        pb.reasons.extend([reason_pb(r) for r in d.reasons])
+    if d.shadow_denies:
+        pb.shadow_denies.extend([reason_pb(r) for r in d.shadow_denies])
+    pb.overridden = d.overridden
+    pb.checkpoint = CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED)
+    nanos = int(d.elapsed_s * 1e9)
+    seconds = int(nanos / 1_000_000_000)  # toward zero, as Duration.FromNanoseconds
+    elapsed = pb.elapsed
+    elapsed.SetInParent()
+    elapsed.seconds = seconds
+    elapsed.nanos = nanos - seconds * 1_000_000_000
     at = d.decided_at
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)  # what Timestamp.FromDatetime assumes for naive times
     delta = at - _EPOCH
-    pb = cpb.Decision(
-        decision_id=d.decision_id,
-        outcome=cpb.OUTCOME_ALLOW if d.allowed else cpb.OUTCOME_DENY,
-        reasons=[reason_pb(r) for r in d.reasons],
-        shadow_denies=[reason_pb(r) for r in d.shadow_denies],
-        evaluated_policies=_evaluated_pb(d.evaluated),
-        overridden=d.overridden,
-        checkpoint=CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED),
-        elapsed=duration_pb2.Duration(seconds=int(elapsed / 1_000_000_000),
-                                      nanos=elapsed - int(elapsed / 1_000_000_000)
-                                      * 1_000_000_000),
-        decided_at=timestamp_pb2.Timestamp(
-            seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000),
-        explanations=[cpb.Explanation(policy=x.policy, values=x.values)
-                      for x in d.explanations],
-    )
+    ts = pb.decided_at
+    ts.SetInParent()
+    ts.seconds = delta.days * 86_400 + delta.seconds
+    ts.nanos = delta.microseconds * 1000
+    if d.explanations:
+        pb.explanations.extend([cpb.Explanation(policy=x.policy, values=x.values)
+                                for x in d.explanations])
+
+
+def decision_pb(d: Decision) -> cpb.Decision:
+    pb = cpb.Decision()
+    fill_decision_pb(pb, d)
     return pb

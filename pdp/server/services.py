@@ -131,7 +131,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                                              denied_count=len(decisions) - allowed)
             add = out.decisions.add
             for agent, decision in zip(request.agents, decisions, strict=True):
-                add(agent_id=agent.id, decision=convert.decision_pb(decision))
+                convert.fill_decision_pb(add(agent_id=agent.id).decision, decision)
             return out
         return await guarded(context, run)
 

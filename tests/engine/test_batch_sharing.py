@@ -80,6 +80,11 @@ def test_only_cel_without_per_agent_variables_is_shared() -> None:
         + "---\n" + CEL.format(name="msg", extra="", deny="config.a == 1")
         .replace("rule:\n  cel:\n", "rule:\n  cel:\n    message: '\"x\" + agent.id'\n")
         + "---\n" + CEL.format(name="plain", extra="", deny="rollout.step > config.a")
-        + "---\ntenant: t\nname: typed\nrule: {max_step_percent: {max_percent: 10}}\n")
+        + "---\ntenant: t\nname: typed\nrule: {max_step_percent: {max_percent: 10}}\n"
+        + "---\ntenant: t\nname: clock\nrule: {freeze_windows: {windows: [{start:"
+        " '2001-01-01T00:00:00Z', end: '2001-01-02T00:00:00Z'}]}}\n")
     got = {p.name: _shareable(p) for p in engine.policies.policies}
-    assert got == {"cfg": False, "msg": False, "plain": True, "typed": False}
+    assert got == {"cfg": False, "msg": False, "plain": True, "typed": True, "clock": False}
+    builtins = {p.name: _shareable(p) for p in engine.policies.builtins}
+    assert builtins == {"default-deny-exporter-removal": False,  # reads the agent
+                        "default-deny-tls-insecure-on-non-localhost": True}
