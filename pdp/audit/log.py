@@ -4,7 +4,9 @@ Why this shape:
 
 * The decision path calls ``emit`` (a non-blocking put) and moves on. A single writer task
   takes whatever is queued (up to ``batch_size``), chains and writes it in a worker thread,
-  then hands the written records to the forwarded sinks and live watchers.
+  then hands the written records to the forwarded sinks and live watchers. A small batch
+  that needs no fsync (``inline_max``) is written on the loop instead: for one decision's
+  record the thread hand-off costs more than the append.
 * The queue is bounded so memory is. When it is full, ``emit`` does not drop the event (OPA's
   decision logger drops the oldest; an audit log must not): it appends the event, masked, to
   ``<spool_dir>/overflow.jsonl`` synchronously and counts it (``stats().spilled``). From then
@@ -40,6 +42,10 @@ from pdp.audit.spool import Spool
 from pdp.audit.watch import WatchHub
 
 log = structlog.get_logger("pdp.audit")
+
+#: Inline writes only while the file has this much room before it rotates (rotation renames
+#: and fsyncs: the worker thread's job).
+_INLINE_ROOM = 1 << 20
 
 
 class AuditWriteError(Exception):
@@ -369,7 +375,11 @@ class AuditLog:
         """Write ``items`` to the ledger, retrying until they are in; then fan out."""
         backoff = 0.05
         while items:
-            prepared, res = await asyncio.to_thread(self._prepare_and_append, items, sync)
+            if (not sync and len(items) <= self.settings.inline_max
+                    and self._ledger.room() > _INLINE_ROOM):
+                prepared, res = self._prepare_and_append(items, sync)  # cheaper than a hop
+            else:
+                prepared, res = await asyncio.to_thread(self._prepare_and_append, items, sync)
             for it, ev in zip(items, prepared, strict=True):
                 it.event, it.prepared = ev, True
             n = len(res.entries)

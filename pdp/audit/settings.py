@@ -29,6 +29,11 @@ class AuditSettings:
     queue_size: int = 10_000
     #: Records written (and, in sync mode, fsync'd) together at most.
     batch_size: int = 512
+    #: Batches of at most this many events that need no fsync are chained and written on the
+    #: event loop: handing a single decision's record to a worker thread costs the loop more
+    #: than the write itself (an append to the page cache). Larger batches, fsyncs and
+    #: writes that may rotate the file go to the thread. 0 = always the thread.
+    inline_max: int = 16
     #: ``sync``: the decision path should use ``emit_durable`` / ``log_decision`` awaits fsync.
     durability: Durability = "async"
     redis_url: str | None = None
@@ -65,6 +70,8 @@ class AuditSettings:
                      "sink_memory_limit"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"audit {name}: must be > 0, got {getattr(self, name)}")
+        if self.inline_max < 0:
+            raise ValueError(f"audit inline_max: must be >= 0, got {self.inline_max}")
         if self.durability not in ("async", "sync"):
             raise ValueError(f"audit durability: 'async' or 'sync', got {self.durability!r}")
         if self.mask_mode not in ("remove", "hash"):

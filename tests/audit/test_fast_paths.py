@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import enum
 import json
 import math
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pdp.audit import AuditLog, AuditSettings
 from pdp.audit.chain import ChainHead, Memo, canonical, canonical_body, hash_ok, make_entry
 from pdp.audit.events import to_jsonable
+from pdp.audit.verify import verify_paths
 
 
 class Color(enum.IntEnum):
@@ -61,3 +67,26 @@ def test_entries_made_with_a_memo_verify() -> None:
         e = make_entry(to_jsonable(ev), head, memo)
         head = ChainHead(e.seq, e.record["hash"])
         assert hash_ok(json.loads(e.line))
+
+
+@pytest.mark.parametrize("inline_max", [0, 16])
+async def test_inline_and_threaded_writes_make_the_same_chain(tmp_path: Path,
+                                                              inline_max: int) -> None:
+    s = AuditSettings(path=str(tmp_path / "audit.jsonl"), spool_dir=str(tmp_path / "spool"),
+                      inline_max=inline_max)
+    async with AuditLog(s) as log:
+        for i in range(40):
+            log.emit({"type": "T", "tenant": "t", "i": i, "shared": SHARED})
+            if i % 7 == 0:
+                await asyncio.sleep(0)  # batches of different sizes
+        await log.flush()
+    lines = (tmp_path / "audit.jsonl").read_bytes().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert [r["event"]["i"] for r in records] == list(range(40))
+    assert all(hash_ok(r) for r in records)
+    assert verify_paths([str(tmp_path / "audit.jsonl")]).ok
+
+
+def test_inline_max_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="inline_max"):
+        AuditSettings(inline_max=-1)

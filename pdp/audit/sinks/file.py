@@ -143,6 +143,10 @@ class Ledger:
                 return AppendResult(entries, exc, False)
         return AppendResult(entries, None, fsync)
 
+    def room(self) -> int:
+        """Bytes the active file takes before it rotates."""
+        return self.rotate_bytes - self._size
+
     def sync(self) -> None:
         if self._fd is not None:
             os.fsync(self._fd)
