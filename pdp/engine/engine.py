@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import structlog
 
 from pdp.audit.events import config_seen
-from pdp.cel import Budget, DeadlineExceeded
+from pdp.cel import Budget, DeadlineExceeded, Program, new_pdp_environment
 from pdp.cel import ast as cel_ast
+from pdp.cel.explain import unparse as cel_unparse
 from pdp.cel.parser import parse as cel_parse
 from pdp.counters import (
     CounterEventKind,
@@ -154,6 +155,49 @@ _SHAREABLE_TYPED: frozenset[type] = frozenset({MaxStepPercent, RequireApproval,
                                                DeviceConstraints, TlsInsecureRemote})
 
 
+def _names_in(root: cel_ast.Expr) -> set[str]:
+    names: set[str] = set()
+    stack = [root]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, cel_ast.Ident):
+            names.add(e.name)
+        stack.extend(cel_ast.children(e))
+    return names
+
+
+@functools.cache
+def _prefix_env() -> Any:
+    return new_pdp_environment()
+
+
+@functools.lru_cache(maxsize=65_536)
+def _agent_free_conjuncts(source: str) -> Program | None:
+    """For ``a && b && agent... && c``: the conjuncts that name no per-agent variable, as one
+    program. When it is false for a batch, the whole expression is false for every agent of
+    it (CEL's ``&&`` is false as soon as any side is, whatever the others give)."""
+    try:
+        root = cel_parse(source)
+    except Exception:
+        return None
+    conjuncts: list[cel_ast.Expr] = []
+    stack = [root]
+    while stack:
+        e = stack.pop()
+        if (isinstance(e, cel_ast.Call) and e.function == "_&&_" and e.target is None
+                and len(e.args) == 2):
+            stack.extend(reversed(e.args))
+        else:
+            conjuncts.append(e)
+    free = [c for c in conjuncts if not _names_in(c) & _PER_AGENT_VARS]
+    if not free or len(free) == len(conjuncts):
+        return None
+    try:
+        return _prefix_env().compile(" && ".join(f"({cel_unparse(c)})" for c in free))  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
 def _shareable(p: CompiledPolicy) -> bool:
     """Whether a policy's verdict can be shared by the agents of one batch whose other inputs
     are the same: a CEL rule (its programs see nothing but the activation) that names no
@@ -184,7 +228,8 @@ class _BatchMemo:
     selections by labels, verdicts of policies that read nothing per-agent (per group of
     agents whose other inputs are the same objects or equal), counter rules."""
 
-    __slots__ = ("counter_rules", "groups", "policies", "selections", "shareable", "verdicts")
+    __slots__ = ("counter_rules", "groups", "policies", "prefixes", "selections", "shareable",
+                 "verdicts")
 
     def __init__(self, policies: PolicySet) -> None:
         self.policies = policies
@@ -193,6 +238,8 @@ class _BatchMemo:
         self.verdicts: dict[tuple[int, int], tuple[CompiledPolicy, Deny | None, int]] = {}
         self.selections: dict[Any, list[CompiledPolicy]] = {}
         self.counter_rules: dict[tuple[int, str], tuple[CompiledPolicy, CounterRule | str]] = {}
+        # (group, policy) -> (policy, agent-free conjuncts false?, their cost)
+        self.prefixes: dict[tuple[int, int], tuple[CompiledPolicy, bool, int]] = {}
 
     def select(self, req: CheckRequest, agent_labels: Any, device_labels: Any
                ) -> list[CompiledPolicy]:
@@ -395,9 +442,41 @@ class Engine:
         if deadline.expired():
             return Deny("DEADLINE_EXCEEDED",
                         "the decision deadline ran out before this policy was evaluated")
-        if group >= 0 and memo is not None and memo.is_shareable(p):
-            return self._evaluate_shared(p, ctx, budget, memo, group)
+        if group >= 0 and memo is not None:
+            if memo.is_shareable(p):
+                return self._evaluate_shared(p, ctx, budget, memo, group)
+            if p.deny is not None and p.stateless is None and p.broken is None \
+                    and self._false_for_group(p, ctx, budget, memo, group):
+                return None
         return self._evaluate_policy(p, ctx, budget)
+
+    def _false_for_group(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
+                         memo: _BatchMemo, group: int) -> bool:
+        """Whether the agent-free conjuncts of ``p``'s deny expression are false for this
+        group of agents (then so is the expression: not denied). Evaluated once per group
+        on a budget of its own; each agent is charged its cost, as if it had evaluated it."""
+        assert p.deny is not None
+        key = (group, id(p))
+        hit = memo.prefixes.get(key)
+        if hit is None or hit[0] is not p:
+            prefix = _agent_free_conjuncts(p.deny.source)
+            if prefix is None:
+                memo.prefixes[key] = (p, False, 0)
+                return False
+            own = Budget(deadline=budget.deadline,
+                         cost_limit=None if budget.cost_limit is None
+                         else max(0, budget.cost_limit - budget.cost))
+            try:
+                is_false = prefix.evaluate(ctx.activation, budget=own) is False
+            except DeadlineExceeded:
+                return False  # not cached: the full evaluation will say what happened
+            except Exception:
+                is_false = False
+            hit = memo.prefixes[key] = (p, is_false, own.cost)
+        if not hit[1] or budget.cost + hit[2] > budget.limit:
+            return False
+        budget.cost += hit[2]
+        return True
 
     def _evaluate_policy(self, p: CompiledPolicy, ctx: EvalContext,
                          budget: Budget) -> Deny | None:

@@ -88,3 +88,19 @@ def test_only_cel_without_per_agent_variables_is_shared() -> None:
     builtins = {p.name: _shareable(p) for p in engine.policies.builtins}
     assert builtins == {"default-deny-exporter-removal": False,  # reads the agent
                         "default-deny-tls-insecure-on-non-localhost": True}
+
+
+async def test_agent_free_conjuncts_that_are_false_skip_the_per_agent_part() -> None:
+    engine, _ = engine_for(CEL.format(
+        name="mixed", extra="", deny="config.a == 2 && agent.id == 'a3' && rollout.step >= 0"))
+    mixed = _count_deny(engine, "mixed")
+    decisions = await engine.check_batch([push(config="a: 1", agent=f"a{i}",
+                                               rollout={"step": 1}) for i in range(10)], 1.0)
+    assert all(d.allowed for d in decisions)
+    assert mixed.calls == 0  # config.a == 2 is false: false for every agent
+    decisions = await engine.check_batch([push(config="a: 2", agent=f"a{i}",
+                                               rollout={"step": 1}) for i in range(10)], 1.0)
+    assert [d.allowed for d in decisions] == [i != 3 for i in range(10)]
+    assert mixed.calls == 10  # true: the agent part decides, per agent
+    unary = await engine.check(push(config="a: 1", agent="a3", rollout={"step": 1}), 1.0)
+    assert unary.allowed and mixed.calls == 11
