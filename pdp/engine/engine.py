@@ -278,8 +278,18 @@ class _BatchMemo:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal, and of the same types at the top (CEL tells 1 from 1.0 and true)."""
-    return type(a) is type(b) and bool(a == b)
+    """The same value with the same types all the way down (CEL tells 1 from 1.0 and true,
+    Python's ``==`` does not). NaN is never the same: conservative, nothing is shared."""
+    if a is b:
+        return True
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is dict:
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    if t is list or t is tuple:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def _counter_rule(p: CompiledPolicy, scope: str) -> CounterRule | str:

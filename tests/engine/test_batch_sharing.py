@@ -7,7 +7,7 @@ import hashlib
 from typing import Any
 
 from pdp.cel import Budget
-from pdp.engine.engine import _shareable
+from pdp.engine.engine import _same, _shareable
 from tests.engine.test_engine import CEL, engine_for, push
 
 
@@ -104,3 +104,9 @@ async def test_agent_free_conjuncts_that_are_false_skip_the_per_agent_part() -> 
     assert mixed.calls == 10  # true: the agent part decides, per agent
     unary = await engine.check(push(config="a: 1", agent="a3", rollout={"step": 1}), 1.0)
     assert unary.allowed and mixed.calls == 11
+
+
+def test_inputs_are_the_same_only_with_the_same_types() -> None:
+    assert _same({"a": [1, {"b": "x"}]}, {"a": [1, {"b": "x"}]})
+    assert not _same({"a": 1}, {"a": 1.0}) and not _same({"a": 1}, {"a": True})
+    assert not _same([1], [1, 2]) and not _same(float("nan"), float("nan"))
