@@ -264,11 +264,11 @@ def test_pdp_policy_command_walks_the_lifecycle(tmp_path: Path, people: People) 
 def test_policy_store_out_of_reach_denies_after_the_grace(tmp_path: Path, people: People,
                                                           redis: RedisServer) -> None:
     server = start(tmp_path, people, "--policy-store", redis.url,
-                   "--policy-store-stale-s", "1")
+                   "--policy-store-stale-s", "2")
     try:
         assert check(server, people, "a: 1").outcome == cpb.OUTCOME_ALLOW
         redis.kill()
-        time.sleep(0.3)
+        time.sleep(0.2)  # the probe runs every second: the last success is < 1.2 s old
         assert check(server, people, "a: 1").outcome == cpb.OUTCOME_ALLOW  # a blip: last set
         deadline = time.monotonic() + 10
         while (d := check(server, people, "a: 1")).outcome == cpb.OUTCOME_ALLOW:
