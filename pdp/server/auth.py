@@ -572,6 +572,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -581,7 +582,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         if handler is None or is_public(method):
             return handler
-        return _wrap(handler, method, self.authenticator)
+        # The registered handlers are the same objects on every call: wrap each one once.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap(handler, method, self.authenticator)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str,
