@@ -559,7 +559,10 @@ class Engine:
             remaining = outer.remaining() if outer is not None else float("inf")
         if outer is not None:
             remaining = min(remaining, outer.remaining())
-        timeout = min(remaining, self.options.counter_timeout_s * (1 if len(todo) == 1 else 4))
+        per_call = self.options.counter_timeout_s
+        if len(todo) > 1:  # a step's script does work per agent: allow for it
+            per_call = per_call * 4 + 0.00005 * len(todo)
+        timeout = min(remaining, per_call)
         if timeout <= 0:
             for i in todo:
                 i.decision.reasons.append(_system(

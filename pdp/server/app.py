@@ -55,9 +55,11 @@ class StartupError(RuntimeError):
 def open_counters(settings: Settings) -> CounterStore:
     """In-process without a Redis URL; otherwise Redis (it connects lazily, fails closed)."""
     timeout = max(0.05, settings.redis_timeout_ms / 1000)
+    # Each call is bounded by its decision's deadline; op_timeout is only the socket-level
+    # backstop, so it must not be shorter than a whole step's reservation may take.
     return open_counter_store(CounterSettings(
         url=settings.redis_url, cluster=settings.redis_cluster, connect_timeout=timeout,
-        op_timeout=timeout, pool_size=settings.redis_pool_size))
+        op_timeout=max(1.0, timeout), pool_size=settings.redis_pool_size))
 
 
 def audit_settings(settings: Settings) -> AuditSettings:
