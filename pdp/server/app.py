@@ -118,7 +118,7 @@ async def start(settings: Settings) -> Running:
             raise StartupError(str(exc)) from None
     audit = AuditLog(audit_settings(settings))
     await audit.start()
-    store = open_policy_store(settings, audit.emit)
+    store = open_policy_store(settings, audit.emit, cache)
     try:
         await seed(store, settings)
         reloader = PolicyReloader(store, pdp_environment(), cache,

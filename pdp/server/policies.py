@@ -36,9 +36,11 @@ log = structlog.get_logger("pdp.policies")
 Key = tuple[str, str, int, str, str]
 
 
-def open_policy_store(settings: Settings, on_event: Callable[[dict[str, Any]], None]
-                      ) -> PolicyStore:
-    validate = compile_validator(settings.cel_max_cost_estimate)
+def open_policy_store(settings: Settings, on_event: Callable[[dict[str, Any]], None],
+                      cache: ProgramCache | None = None) -> PolicyStore:
+    """The configured store; its admission check compiles into ``cache`` (shared with the
+    engine, so a policy admitted here is not compiled again when it is loaded)."""
+    validate = compile_validator(settings.cel_max_cost_estimate, cache)
     if settings.policy_store.startswith("sqlite:"):
         path = Path(settings.policy_store.removeprefix("sqlite:"))
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from pdp.audit import events as ev
+from pdp.cel import ProgramCache
 from pdp.policy.builtins import BUILTIN_NAMES, builtin_policies
 from pdp.policy.loader import load_text
 from pdp.policy.model import Policy, PolicyError, Status, validate_name
@@ -54,17 +55,17 @@ EventSink = Callable[[Event], None]
 MutateFn = Callable[[PolicyRecord], Mutation | None]
 
 
-def compile_validator(max_cost: int | None = None) -> Validator:
+def compile_validator(max_cost: int | None = None,
+                      cache: ProgramCache | None = None) -> Validator:
     """A validator that compiles the policy's CEL with pdp's environment (raises PolicyError
     with line:column on a compile error, or when the estimated cost exceeds ``max_cost``)."""
-    from pdp.cel import ProgramCache
     from pdp.cel.env import pdp_environment
     from pdp.policy.compiled import compile_policy
 
-    cache = ProgramCache(maxsize=1000)
+    programs = cache if cache is not None else ProgramCache(maxsize=1000)
 
     def validate(policy: Policy) -> object:
-        return compile_policy(policy, pdp_environment(), cache, max_cost=max_cost)
+        return compile_policy(policy, pdp_environment(), programs, max_cost=max_cost)
 
     return validate
 

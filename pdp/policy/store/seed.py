@@ -31,6 +31,11 @@ async def seed_from_directory(store: PolicyStore, path: str | Path,
     if not directory.is_dir():
         return result
     policies = load_directory(directory)  # PolicyError (file:line:column) on any problem
+    existing: set[tuple[str, str]] = set()
+    for tenant in {p.tenant for p in policies}:  # a restart must not re-check 10 000 policies
+        existing |= {(tenant, row.name) for row in await store.list(tenant)}
+    result.skipped.extend((p.tenant, p.name) for p in policies if (p.tenant, p.name) in existing)
+    policies = [p for p in policies if (p.tenant, p.name) not in existing]
     for policy in policies:  # validate all before writing any
         store._check_tenant(policy.tenant)
         store.validate(policy)
