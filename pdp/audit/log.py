@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from pdp.audit.chain import Entry, Record
+from pdp.audit.chain import Entry, Record, canonical_event
 from pdp.audit.delivery import Forwarder
 from pdp.audit.events import DecisionInput, Event, events_for_decision, to_jsonable
 from pdp.audit.masking import Masker
@@ -308,7 +308,9 @@ class AuditLog:
                  memo: dict[int, tuple[Any, Any]] | None = None) -> Any:
         """Mask and reduce to pure JSON data (done once; the result is what gets hashed)."""
         try:
-            return to_jsonable(self._masker.apply(event), memo)
+            masked = self._masker.apply(event)
+            fast = canonical_event(masked)
+            return fast if fast is not None else to_jsonable(masked, memo)
         except Exception as e:  # keep a trace rather than lose the event
             return {"type": "Audit.Unserializable", "error": repr(e),
                     "event_type": str(event.get("type")) if isinstance(event, Mapping) else None}
