@@ -14,8 +14,12 @@ RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
 COPY examples/policies /policies
 ENV PDP_LISTEN=0.0.0.0:50051 \
     PDP_POLICY_DIR=/policies \
+    PDP_POLICY_STORE=sqlite:/var/lib/pdp/state/policies.sqlite3 \
     PDP_AUDIT_FILE=/var/lib/pdp/audit/audit.jsonl
-VOLUME ["/policies", "/var/lib/pdp/audit"]
+# /policies seeds the policy store; the store (lifecycle state) and the audit trail must
+# outlive the container.
+RUN mkdir -p /var/lib/pdp/state /var/lib/pdp/audit && chown -R pdp /var/lib/pdp
+VOLUME ["/policies", "/var/lib/pdp/state", "/var/lib/pdp/audit"]
 USER pdp
 WORKDIR /var/lib/pdp
 EXPOSE 50051

@@ -77,3 +77,17 @@ def test_serve_help_lists_settings_with_defaults() -> None:
     for needle in ("--listen", "PDP_LISTEN", "127.0.0.1:50051", "--deadline-ms",
                    "PDP_DEADLINE_MS", "PDP_REDIS_URL", "--unix-socket"):
         assert needle in out.stdout
+
+
+def test_the_dockerfile_environment_is_valid_settings() -> None:
+    """The image can't be built here (no Docker engine): at least its settings must load."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
+    block = re.search(r"^ENV (.+?)(?=^\S)", text, re.S | re.M)
+    assert block is not None
+    env = dict(re.findall(r"(PDP_[A-Z_]+)=(\S+)", block.group(1)))
+    assert {"PDP_LISTEN", "PDP_POLICY_DIR", "PDP_POLICY_STORE", "PDP_AUDIT_FILE"} <= set(env)
+    s = load_settings(env=env)
+    assert s.listen == "0.0.0.0:50051" and s.policy_store.startswith("sqlite:/var/lib/pdp/")
+    assert re.search(r'HEALTHCHECK .*\n\s+CMD \["pdp", "health"', text)
