@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
@@ -127,13 +128,38 @@ _CANONICAL_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensu
                                      allow_nan=False).encode
 
 
+# A string no event can hold (NUL + a per-process random nonce): it stands in for the shared
+# policies list while the rest of the event is encoded, then the list's cached text replaces it.
+_HOLE = "\x00pdp-" + secrets.token_hex(16) + "\x00"
+_HOLE_TEXT = _CANONICAL_ENCODE(_HOLE)
+_SHARED_TEXT: dict[int, tuple[Any, str]] = {}
+
+
+def _shared_text(value: Any) -> str:
+    hit = _SHARED_TEXT.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    text = _CANONICAL_ENCODE(value)
+    if len(_SHARED_TEXT) >= 4096:
+        _SHARED_TEXT.clear()
+    _SHARED_TEXT[id(value)] = (value, text)
+    return text
+
+
 def canonical_event(event: Any) -> CanonicalEvent | None:
     """``event`` with its canonical text, or None when it is not plain JSON data (then the
-    slower ``to_jsonable`` path normalizes it): one C-speed pass instead of two Python walks."""
+    slower ``to_jsonable`` path normalizes it): one C-speed pass instead of two Python walks.
+    The evaluated-policies list, shared by every decision of the same selection, is encoded
+    once and spliced in."""
     if type(event) is not dict:
         return None
     try:
-        text = _CANONICAL_ENCODE(event)
+        policies = event.get("policies")
+        if type(policies) is list and len(policies) > 2:
+            shared = _shared_text(policies)
+            text = _CANONICAL_ENCODE({**event, "policies": _HOLE}).replace(_HOLE_TEXT, shared, 1)
+        else:
+            text = _CANONICAL_ENCODE(event)
     except (TypeError, ValueError):  # non-JSON types, mixed key types, NaN / infinity
         return None
     out = CanonicalEvent(event)

@@ -58,7 +58,25 @@ class Decision:
             "checkpoint": self.checkpoint,
             "reasons": [r.to_dict() for r in self.reasons],
             "shadow_denies": [r.to_dict() for r in self.shadow_denies],
-            "policies": [p.to_dict() for p in self.evaluated],
+            "policies": policies_list(self.evaluated),
             "elapsed_ms": round(self.elapsed_s * 1000, 3),
             "overridden": self.overridden,
         }
+
+
+_POLICY_LISTS: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], list[dict[str, Any]]]] = {}
+
+
+def policies_list(evaluated: list[PolicyRef]) -> list[dict[str, Any]]:
+    """The audit form of the evaluated policies, one shared (never mutated) list per distinct
+    selection: decisions of the same selection hand the same object to the audit log, which
+    then encodes it once (see pdp.audit.chain.canonical_event)."""
+    key = tuple(map(id, evaluated))
+    hit = _POLICY_LISTS.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], evaluated, strict=True)):
+        return hit[1]
+    built = [p.to_dict() for p in evaluated]
+    if len(_POLICY_LISTS) >= 4096:  # policy reloads make new refs: keep the cache bounded
+        _POLICY_LISTS.clear()
+    _POLICY_LISTS[key] = (tuple(evaluated), built)
+    return built
