@@ -104,13 +104,23 @@ def request_from_file(path: str | Path) -> tuple[str, Any]:
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping")
+    try:
+        return request_message(data, path.parent)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def request_message(data: Mapping[str, Any], base: Path) -> tuple[str, Any]:
+    """The request-file shape as (RPC method name, protobuf request). Raises ValueError
+    (json_format.ParseError is one) or OSError for a ``*_file`` that cannot be read."""
+    data = dict(data)
     kind = str(data.pop("kind", "push"))
     if kind not in KINDS:
-        raise ValueError(f"{path}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     method, cls = KINDS[kind]
     for key in ("config", "previous_config"):
         if f"{key}_file" in data:
-            data[key] = (path.parent / str(data.pop(f"{key}_file"))).read_text()
+            data[key] = (base / str(data.pop(f"{key}_file"))).read_text(encoding="utf-8")
         value = data.get(key)
         if isinstance(value, dict | list) and not (isinstance(value, dict) and "yaml" in value):
             data[key] = {"yaml": yaml.safe_dump(value, sort_keys=False)}
@@ -118,8 +128,7 @@ def request_from_file(path: str | Path) -> tuple[str, Any]:
             data[key] = {"yaml": value}
     if kind == "auto_apply":
         data["checkpoint"] = "CHECKPOINT_AUTO_APPLY"
-    msg = json_format.ParseDict(data, cls())
-    return method, msg
+    return method, json_format.ParseDict(data, cls())
 
 
 _RESPONSE_DECISION = "decision"

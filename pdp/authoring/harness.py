@@ -4,16 +4,16 @@ pinned clock, audit discarded. Nothing here touches a live server, counter store
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from google.protobuf import json_format
 
 from pdp.cel import ProgramCache, pdp_environment
+from pdp.client import request_message
 from pdp.counters import ManualClock, MemoryCounterStore
 from pdp.engine.context import ConfigCache
 from pdp.engine.engine import Engine, EngineOptions
@@ -24,7 +24,6 @@ from pdp.policy.loader import load_directory, load_file
 from pdp.policy.model import Checkpoint, Policy
 from pdp.policy.policyset import PolicySet
 from pdp.server import convert
-from pdp.v1 import decision_pb2 as dpb
 
 DEFAULT_BUDGET_S = 1.0  # generous: authoring tools must not deny on a slow CI machine
 
@@ -84,11 +83,10 @@ class Sandbox:
 
 # ---------------------------------------------------------------- requests from YAML
 
-KINDS = {
-    "push": (dpb.CheckPushRequest, convert.check_push_request),
-    "auto_apply": (dpb.CheckPushRequest, convert.check_push_request),
-    "device": (dpb.CheckDeviceRequest, convert.check_device_request),
-    "rollout": (dpb.CheckRolloutRequest, convert.check_rollout_request),
+CONVERTERS: dict[str, Callable[[Any, Caller], CheckRequest]] = {
+    "CheckPush": convert.check_push_request,
+    "CheckDevice": convert.check_device_request,
+    "CheckRollout": convert.check_rollout_request,
 }
 
 
@@ -101,33 +99,17 @@ def request_from_mapping(data: Mapping[str, Any], base: Path | None = None) -> C
     the same protobuf conversion the server uses. Extra keys for tests: ``caller``
     ({identity, roles}) and ``explain``."""
     data = dict(data)
-    kind = str(data.pop("kind", "push"))
-    if kind not in KINDS:
-        raise RequestError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    cls, conv = KINDS[kind]
     caller_raw = data.pop("caller", None) or {}
     if not isinstance(caller_raw, Mapping):
         raise RequestError("caller: expected {identity, roles}")
     caller = Caller(str(caller_raw.get("identity", "pdp-test")),
                     frozenset(caller_raw.get("roles") or ["checker"]))
-    for key in ("config", "previous_config"):
-        if f"{key}_file" in data:
-            name = str(data.pop(f"{key}_file"))
-            try:
-                data[key] = ((base or Path.cwd()) / name).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise RequestError(f"{key}_file: {exc}") from None
-        value = data.get(key)
-        if isinstance(value, dict | list) and not (isinstance(value, dict) and "yaml" in value):
-            data[key] = {"yaml": yaml.safe_dump(value, sort_keys=False)}
-        elif isinstance(value, str):
-            data[key] = {"yaml": value}
-    if kind == "auto_apply":
-        data["checkpoint"] = "CHECKPOINT_AUTO_APPLY"
     try:
-        msg = json_format.ParseDict(data, cls())
-        req: CheckRequest = conv(msg, caller)  # type: ignore[operator]
-    except (json_format.ParseError, InvalidRequest) as exc:
+        method, msg = request_message(data, base or Path.cwd())
+        req: CheckRequest = CONVERTERS[method](msg, caller)
+    except OSError as exc:
+        raise RequestError(f"config file: {exc}") from None
+    except (ValueError, InvalidRequest) as exc:
         raise RequestError(str(exc)) from None
     return req
 

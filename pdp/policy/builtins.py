@@ -91,6 +91,21 @@ class ExporterRemoval(StatelessRule):
         return None
 
 
+def insecure_remote_exporter(config: Any) -> tuple[str, str] | None:
+    """(name, endpoint) of the first exporter with ``tls.insecure: true`` whose endpoint is
+    not this host, or None; shared by the built-in and its explanation."""
+    for name, exporter in _exporters(config).items():
+        if not isinstance(exporter, Mapping):
+            continue
+        tls = exporter.get("tls")
+        if not (isinstance(tls, Mapping) and tls.get("insecure") is True):
+            continue
+        endpoint = str(exporter.get("endpoint", ""))
+        if not endpoint or not is_localhost(endpoint):
+            return str(name), endpoint
+    return None
+
+
 @dataclass(frozen=True)
 class TlsInsecureRemote(StatelessRule):
     """Deny ``tls.insecure: true`` on an exporter whose endpoint is not this host."""
@@ -98,19 +113,14 @@ class TlsInsecureRemote(StatelessRule):
     kind: ClassVar[str] = "builtin_tls_insecure"
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
-        for name, exporter in _exporters(ctx.activation.get("config")).items():
-            if not isinstance(exporter, Mapping):
-                continue
-            tls = exporter.get("tls")
-            if not (isinstance(tls, Mapping) and tls.get("insecure") is True):
-                continue
-            endpoint = str(exporter.get("endpoint", ""))
-            if not endpoint or not is_localhost(endpoint):
-                host = endpoint_host(endpoint) or "(no endpoint)"
-                return Deny("POLICY_DENIED",
-                            f"exporter {name!r} disables TLS (tls.insecure: true) towards"
-                            f" {host}; insecure TLS is allowed only for localhost endpoints")
-        return None
+        found = insecure_remote_exporter(ctx.activation.get("config"))
+        if found is None:
+            return None
+        name, endpoint = found
+        host = endpoint_host(endpoint) or "(no endpoint)"
+        return Deny("POLICY_DENIED",
+                    f"exporter {name!r} disables TLS (tls.insecure: true) towards"
+                    f" {host}; insecure TLS is allowed only for localhost endpoints")
 
 
 def builtin_policies() -> list[Policy]:

@@ -11,11 +11,11 @@ above it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from pdp.cel import Environment, pdp_environment
-from pdp.cel.domain import endpoint_host, is_localhost
+from pdp.cel.domain import endpoint_host
 from pdp.cel.explain import explain_expression, render
 from pdp.policy.builtins import (
     ExporterRemoval,
@@ -23,6 +23,7 @@ from pdp.policy.builtins import (
     _active_exporters,
     _exporters,
     _used_exporters,
+    insecure_remote_exporter,
 )
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
@@ -94,18 +95,13 @@ def explain_exporter_removal(_: ExporterRemoval, ctx: EvalContext) -> Values:
 
 
 def explain_tls_insecure(_: TlsInsecureRemote, ctx: EvalContext) -> Values:
-    for name, exporter in _exporters(ctx.activation.get("config")).items():
-        if not isinstance(exporter, Mapping):
-            continue
-        tls = exporter.get("tls")
-        if not (isinstance(tls, Mapping) and tls.get("insecure") is True):
-            continue
-        endpoint = str(exporter.get("endpoint", ""))
-        if not endpoint or not is_localhost(endpoint):
-            return {"exporter": str(name), "endpoint": endpoint,
-                    "host": endpoint_host(endpoint) or "(no endpoint)",
-                    "tls.insecure": "true", "localhost": "false"}
-    return {}
+    found = insecure_remote_exporter(ctx.activation.get("config"))
+    if found is None:
+        return {}
+    name, endpoint = found
+    return {"exporter": name, "endpoint": endpoint,
+            "host": endpoint_host(endpoint) or "(no endpoint)",
+            "tls.insecure": "true", "localhost": "false"}
 
 
 # ---------------------------------------------------------------- typed rules
