@@ -7,6 +7,8 @@ caller must fix (``tenant``, ``agent.id``, ``config.yaml``, ...).
 from __future__ import annotations
 
 import functools
+import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,9 +70,9 @@ def device_dict(device: cpb.Device) -> dict[str, Any]:
 
 
 def rollout_dict(rollout: cpb.Rollout) -> dict[str, Any]:
-    if rollout.step_percent < 0 or rollout.step_percent > 100:
+    if not 0 <= rollout.step_percent <= 100:  # written so that NaN fails too
         raise InvalidRequest("rollout.step_percent", "must be between 0 and 100")
-    if rollout.previous_step_percent < 0 or rollout.previous_step_percent > 100:
+    if not 0 <= rollout.previous_step_percent <= 100:
         raise InvalidRequest("rollout.previous_step_percent", "must be between 0 and 100")
     return {
         "id": rollout.id, "step": rollout.step, "total_steps": rollout.total_steps,
@@ -167,6 +169,15 @@ def check_device_request(msg: dpb.CheckDeviceRequest, caller: Caller) -> CheckRe
         explain=msg.explain, request_id=msg.request_id)
 
 
+def metrics_dict(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Gate metrics are compared against thresholds: a NaN or infinite value would compare
+    false either way, so it is refused rather than silently passing or failing a gate."""
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise InvalidRequest(f"metrics[{name}]", "must be a finite number")
+    return dict(metrics)
+
+
 def check_rollout_request(msg: dpb.CheckRolloutRequest, caller: Caller) -> CheckRequest:
     tenant = tenant_of(msg.tenant)
     if not msg.rollout.id:
@@ -176,7 +187,7 @@ def check_rollout_request(msg: dpb.CheckRolloutRequest, caller: Caller) -> Check
         change=change_dict(msg.change), rollout=rollout_dict(msg.rollout),
         config_yaml=msg.config.yaml or None,
         previous_config_yaml=msg.previous_config.yaml or None,
-        metrics=dict(msg.metrics), override=override_of(msg), caller=caller,
+        metrics=metrics_dict(msg.metrics), override=override_of(msg), caller=caller,
         explain=msg.explain, request_id=msg.request_id)
 
 

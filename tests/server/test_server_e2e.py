@@ -136,6 +136,30 @@ def test_invalid_argument_names_the_field(pdp_server: PdpServer, request_: dpb.C
     assert err.value.details().startswith(field + ":"), err.value.details()
 
 
+def _nan_step() -> dpb.CheckPushRequest:
+    req = push_request("acme", "agent-1", config_yaml="a: 1")
+    req.rollout.step_percent = float("nan")
+    return req
+
+
+def test_non_finite_numbers_are_refused(pdp_server: PdpServer) -> None:
+    """NaN compares false against every bound, so it must be refused explicitly rather than
+    slip past a range check (or a gate threshold) and reach the policies and the audit log."""
+    with grpc.insecure_channel(pdp_server.address) as ch:
+        stub = dgrpc.DecisionServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CheckPush(_nan_step(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("rollout.step_percent:")
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.CheckRollout(dpb.CheckRolloutRequest(
+                    tenant="acme", rollout=cpb.Rollout(id="r-1"),
+                    metrics={"accuracy": bad}), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith("metrics[accuracy]:"), err.value.details()
+
+
 def test_async_client(pdp_server: PdpServer) -> None:
     async def main() -> list[bool]:
         async with AsyncPdpClient(pdp_server.address) as client:
