@@ -1,10 +1,23 @@
 """The hash chain: sequence numbers, canonical serialization and SHA-256 links.
 
-A record is ``{"v": 1, "seq": n, "prev": <hash of record n-1>, "event": {...}, "hash": h}``
-where ``h = sha256(canonical(record without "hash"))``. Canonical = JSON with sorted keys, no
-whitespace, UTF-8, no NaN. Any edit of a record changes its hash; removing, inserting or
-reordering records breaks the ``seq`` / ``prev`` links. Readers re-canonicalize what they
-parse, so the on-disk line need not itself be canonical (it puts ``hash`` first for humans).
+A record is ``{"v": 2, "seq": n, "prev": <hash of record n-1>, "event": {...}, "hash": h}``
+where ``h = sha256(canonical_v(record without "hash"))``. Canonical = JSON with sorted keys, no
+whitespace, UTF-8 (not ASCII-escaped). Any edit of a record changes its hash; removing,
+inserting or reordering records breaks the ``seq`` / ``prev`` links. Readers re-canonicalize
+what they parse, so the on-disk line need not itself be canonical (it puts ``hash`` first).
+
+Two format versions, each record names its own:
+
+* ``v: 2`` (written now): the canonical text is orjson's (``OPT_SORT_KEYS``). orjson is used
+  because encoding is most of the writer's cost per event, and it is several times faster
+  than the json module.
+* ``v: 1``: the canonical text is the json module's (``sort_keys``, ``allow_nan=False``). Files
+  written before v2 verify as they are, and the writer still uses v1 for an event orjson
+  cannot encode (an integer beyond 64 bits).
+
+The two spell some floats differently (``1e-05`` / ``0.00001``), which is why the version is
+part of the record. Non-finite floats have no JSON form: the API refuses them in requests;
+one that reaches the writer anyway is written as ``null`` in v2.
 """
 
 from __future__ import annotations
@@ -12,90 +25,52 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from json.encoder import encode_basestring
 from typing import Any
 
-c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+import orjson
+
+from pdp.audit.events import to_jsonable
 
 Record = dict[str, Any]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GENESIS = "0" * 64
 
 
 def canonical(value: Any) -> bytes:
+    """Format v1's canonical text (also the masking hash's input: stable across versions)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
 
 
-def _unserializable(o: Any) -> Any:
-    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+def canonical_v2(value: Any) -> bytes:
+    """Format v2's canonical text."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-# The C encoder json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-# allow_nan=False) builds per call, built once (no circular check: events are pure JSON data
-# from to_jsonable, which has no cycles). Same bytes as canonical(); tests/audit check it.
-_C_ENCODE = c_make_encoder(None, _unserializable, encode_basestring, None, ":", ",", True,
-                           False, False) if c_make_encoder is not None else None
+_CANONICAL: dict[int, Callable[[Any], bytes]] = {1: canonical, 2: canonical_v2}
 
-#: id(value) -> (value, its canonical text); the value is held so the id stays its own.
-Memo = dict[int, tuple[Any, str]]
-
-
-def _encode(value: Any) -> str:
-    if _C_ENCODE is None:  # pragma: no cover - CPython always has the C encoder
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
-    return "".join(_C_ENCODE(value, 0))
-
-
-_LITERALS: dict[Any, str] = {True: "true", False: "false", None: "null"}
-
-
-def _encode_shared(value: Any, memo: Memo, depth: int) -> str:
-    """Canonical text of ``value``, reusing the text of containers already encoded in this
-    batch (a step's events share their policies list, rollout, change...)."""
-    t = type(value)
-    if t is str:
-        return encode_basestring(value)
-    if t is bool or value is None:
-        return _LITERALS[value]
-    if t is int:
-        return int.__repr__(value)
-    if t is not dict and t is not list:
-        return _encode(value)
-    hit = memo.get(id(value))
-    if hit is not None and hit[0] is value:
-        return hit[1]
-    if t is dict and depth and all(type(k) is str for k in value):
-        text = "{" + ",".join(encode_basestring(k) + ":"
-                              + _encode_shared(value[k], memo, depth - 1)
-                              for k in sorted(value)) + "}"
-    else:
-        text = _encode(value)
-    memo[id(value)] = (value, text)
-    return text
-
-
-def canonical_body(event: Any, seq: int, prev: str, memo: Memo | None = None) -> bytes:
-    """``canonical({"v": 1, "seq": seq, "prev": prev, "event": event})``, built from parts
-    so containers shared between the events of one batch are serialized once."""
-    if memo is None or type(event) is not dict or not all(type(k) is str for k in event):
-        return canonical({"v": FORMAT_VERSION, "seq": seq, "prev": prev, "event": event})
-    enc = encode_basestring
-    text = "".join(["{\"event\":{",
-                    ",".join(enc(k) + ":" + _encode_shared(event[k], memo, 1)
-                             for k in sorted(event)),
-                    "},\"prev\":", enc(prev), ",\"seq\":", _encode(seq),
-                    ",\"v\":", str(FORMAT_VERSION), "}"])
-    return text.encode("utf-8")
+# What the writer encodes an event with: v2's canonical form, refusing (TypeError) the values
+# to_jsonable would turn into something else first (datetimes, dataclasses, subclasses of
+# str / int / dict / list), so the fast and the general path write the same bytes.
+_WRITE_OPTS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
+               | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 
 def record_hash(record: Record) -> str:
-    """Hash of everything in the record except its own ``hash`` field."""
+    """Hash of everything in the record except its own ``hash`` field, canonicalized the
+    way its ``v`` says; "" (matches nothing) for an unknown version or unencodable content."""
+    version = record.get("v")
+    encode = _CANONICAL.get(version) if type(version) is int else None
+    if encode is None:
+        return ""
     body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(canonical(body)).hexdigest()
+    try:
+        return hashlib.sha256(encode(body)).hexdigest()
+    except (TypeError, ValueError):
+        return ""
 
 
 @dataclass(frozen=True)
@@ -106,88 +81,101 @@ class ChainHead:
     hash: str = GENESIS
 
 
-@dataclass(frozen=True)
 class Entry:
-    """One chained record and its serialized line (with trailing newline)."""
+    """One chained record: its serialized line (with trailing newline) and hash. The parsed
+    record is made when first asked for (watchers, the Redis sink); most records are only
+    written, and holding every event as Python objects until then costs the collector."""
 
-    seq: int
-    line: bytes
-    record: Record
+    __slots__ = ("_record", "hash", "line", "seq")
+
+    def __init__(self, seq: int, line: bytes, hash: str, record: Record | None = None) -> None:
+        self.seq, self.line, self.hash, self._record = seq, line, hash, record
+
+    @property
+    def record(self) -> Record:
+        if self._record is None:
+            self._record = parse_line(self.line)
+        return self._record
 
 
-class CanonicalEvent(dict[str, Any]):
-    """An event whose canonical JSON text is already known (the C encoder produced it while
-    checking that the event is plain JSON data); ``make_entry`` embeds it as is."""
+@dataclass(slots=True)
+class EncodedEvent:
+    """An event's canonical text (pure JSON data, masked) and the format version that text
+    is in; ``make_entry`` embeds the text as is. Bytes, not objects: it waits in the queue."""
 
-    __slots__ = ("canonical_text",)
-
-    canonical_text: str
-
-
-_CANONICAL_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                                     allow_nan=False).encode
+    text: bytes
+    version: int
 
 
 # A string no event can hold (NUL + a per-process random nonce): it stands in for the shared
 # policies list while the rest of the event is encoded, then the list's cached text replaces it.
 _HOLE = "\x00pdp-" + secrets.token_hex(16) + "\x00"
-_HOLE_TEXT = _CANONICAL_ENCODE(_HOLE)
-_SHARED_TEXT: dict[int, tuple[Any, str]] = {}
+_HOLE_TEXT = orjson.dumps(_HOLE)
+_SHARED_TEXT: dict[int, tuple[Any, bytes]] = {}
 
 
-def _shared_text(value: Any) -> str:
+def _shared_text(value: Any) -> bytes:
     hit = _SHARED_TEXT.get(id(value))
     if hit is not None and hit[0] is value:
         return hit[1]
-    text = _CANONICAL_ENCODE(value)
+    text = orjson.dumps(value, option=_WRITE_OPTS)
     if len(_SHARED_TEXT) >= 4096:
         _SHARED_TEXT.clear()
     _SHARED_TEXT[id(value)] = (value, text)
     return text
 
 
-def canonical_event(event: Any) -> CanonicalEvent | None:
-    """``event`` with its canonical text, or None when it is not plain JSON data (then the
-    slower ``to_jsonable`` path normalizes it): one C-speed pass instead of two Python walks.
-    The evaluated-policies list, shared by every decision of the same selection, is encoded
-    once and spliced in."""
-    if type(event) is not dict:
-        return None
+def _fast_text(event: dict[str, Any]) -> bytes:
+    """v2 text of a plain-JSON event; the evaluated-policies list, shared by every decision
+    of the same selection, is encoded once and spliced in. TypeError if not plain JSON."""
+    policies = event.get("policies")
+    if type(policies) is list and len(policies) > 2:
+        shared = _shared_text(policies)
+        return orjson.dumps({**event, "policies": _HOLE},
+                            option=_WRITE_OPTS).replace(_HOLE_TEXT, shared, 1)
+    return orjson.dumps(event, option=_WRITE_OPTS)
+
+
+def encode_event(event: Any) -> EncodedEvent:
+    """The canonical text of ``event`` reduced to pure JSON data.
+
+    One C-speed pass when the event is plain JSON data already (the decision path's events
+    are); otherwise ``to_jsonable`` first; v1 only for what orjson cannot encode at all.
+    Raises (TypeError / ValueError) only for text that is not valid Unicode.
+    """
+    if type(event) is dict:
+        try:
+            return EncodedEvent(_fast_text(event), 2)
+        except TypeError:
+            pass
+    data = to_jsonable(event)
     try:
-        policies = event.get("policies")
-        if type(policies) is list and len(policies) > 2:
-            shared = _shared_text(policies)
-            text = _CANONICAL_ENCODE({**event, "policies": _HOLE}).replace(_HOLE_TEXT, shared, 1)
-        else:
-            text = _CANONICAL_ENCODE(event)
-    except (TypeError, ValueError):  # non-JSON types, mixed key types, NaN / infinity
-        return None
-    out = CanonicalEvent(event)
-    out.canonical_text = text
-    return out
+        return EncodedEvent(orjson.dumps(data, option=orjson.OPT_SORT_KEYS), 2)
+    except TypeError:  # e.g. an int beyond 64 bits: the json module's canonical form
+        return EncodedEvent(canonical(data), 1)
 
 
-def make_entry(event: Any, head: ChainHead, memo: Memo | None = None) -> Entry:
-    """Chain ``event`` (already pure JSON data) after ``head``. ``memo`` (one per batch of
-    entries) lets containers the events share be serialized once."""
+def make_entry(event: Any, head: ChainHead) -> Entry:
+    """Chain ``event`` after ``head`` (encoding it unless ``encode_event`` already did)."""
+    enc = event if type(event) is EncodedEvent else encode_event(event)
     seq = head.seq + 1
-    body = {"v": FORMAT_VERSION, "seq": seq, "prev": head.hash, "event": event}
-    text = getattr(event, "canonical_text", None)
-    if text is not None:  # encoded once already (CanonicalEvent): the same bytes, no re-walk
-        raw = "".join(["{\"event\":", text, ",\"prev\":", encode_basestring(head.hash),
-                       ",\"seq\":", str(seq), ",\"v\":", str(FORMAT_VERSION), "}"]
-                      ).encode("utf-8")
-    else:
-        raw = canonical_body(event, seq, head.hash, memo)
-    digest = hashlib.sha256(raw).hexdigest()
-    line = b'{"hash":"' + digest.encode("ascii") + b'",' + raw[1:] + b"\n"
-    record = {**body, "hash": digest}
-    return Entry(seq, line, record)
+    text, prev = enc.text, head.hash.encode("ascii")
+    tail = b'","seq":%d,"v":%d}' % (seq, enc.version)
+    digest = hashlib.sha256(b"".join((b'{"event":', text, b',"prev":"', prev, tail))
+                            ).hexdigest()
+    line = b"".join((b'{"hash":"', digest.encode("ascii"), b'","event":', text, b',"prev":"',
+                     prev, tail, b"\n"))
+    return Entry(seq, line, digest)
+
+
+def _no_constant(name: str) -> Any:
+    # NaN / Infinity are not JSON; accepting them would let an edit hide behind v2's null.
+    raise ValueError(f"{name} is not JSON")
 
 
 def parse_line(line: bytes) -> Record:
     """Parse one line into a record; ValueError if it is not a record-shaped JSON object."""
-    rec = json.loads(line)
+    rec = json.loads(line, parse_constant=_no_constant)
     if not isinstance(rec, dict):
         raise ValueError("not a JSON object")
     seq, h, prev = rec.get("seq"), rec.get("hash"), rec.get("prev")
@@ -202,7 +190,7 @@ def entry_from_line(line: bytes) -> Entry:
     rec = parse_line(line)
     if not line.endswith(b"\n"):
         line += b"\n"
-    return Entry(rec["seq"], line, rec)
+    return Entry(rec["seq"], line, rec["hash"], rec)
 
 
 def hash_ok(record: Record) -> bool:

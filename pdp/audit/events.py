@@ -42,6 +42,7 @@ import base64
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any, NotRequired, TypedDict
@@ -121,6 +122,7 @@ def format_time(value: str | dt.datetime | float | None) -> str:
     return format_time(dt.datetime.fromtimestamp(float(value), dt.UTC))
 
 
+@functools.lru_cache(maxsize=64)
 def normalize_checkpoint(checkpoint: str) -> str:
     """Compare checkpoints case-insensitively, with or without the proto ``CHECKPOINT_``
     prefix (``push``, ``PUSH``, ``CHECKPOINT_PUSH``). Events keep the value as given."""
@@ -211,10 +213,54 @@ def config_seen(tenant: str, field: str, sha256: str, text: str, *,
             "field": field, "config_sha256": sha256, "request": {field: text}}
 
 
+_DECISION_FIELDS = frozenset({
+    "type", "time", "tenant", "decision_id", "checkpoint", "caller", "subject", "allowed",
+    "reasons", "shadow_denies", "override", "policies", "elapsed_ms", "request"})
+_SUBJECT_FIELDS = frozenset({"agent_id", "device_id", "rollout_id"})
+_REASON_FIELDS = frozenset({"policy", "version", "rule", "code", "message"})
+
+
+def _documented(d: Any) -> bool:
+    """Already in the documented form (as the engine builds it): every field present, with
+    the types ``decision_event`` would give them. Then it is used as is, not rebuilt."""
+    if type(d) is not dict or d.get("type") != DECISION or not d.keys() >= _DECISION_FIELDS:
+        return False
+    subject, reasons, shadow = d["subject"], d["reasons"], d["shadow_denies"]
+    if (type(d["time"]) is not str or type(d["allowed"]) is not bool
+            or type(subject) is not dict or not subject.keys() >= _SUBJECT_FIELDS
+            or type(reasons) is not list or type(shadow) is not list):
+        return False
+    for r in (*reasons, *shadow) if reasons or shadow else ():
+        if type(r) is not dict or not r.keys() >= _REASON_FIELDS:
+            return False
+    return _policy_list(d["policies"])
+
+
+_POLICY_LISTS: dict[int, list[Any]] = {}
+
+
+def _policy_list(value: Any) -> bool:
+    """A list of plain dicts (``_policies`` would take it as given). The engine shares one
+    list per selection between decisions, so the answer is remembered per list."""
+    if type(value) is not list:
+        return False
+    if _POLICY_LISTS.get(id(value)) is value:
+        return True
+    if not all(type(p) is dict for p in value):
+        return False
+    if len(_POLICY_LISTS) >= 1024:
+        _POLICY_LISTS.clear()
+    _POLICY_LISTS[id(value)] = value  # held, so the id stays this list's
+    return True
+
+
 def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
     """The ``Decision`` event: the decision dict with the documented fields present and time
     filled in. Extra fields the engine adds (request ids, flags) are kept, not dropped: the
-    audit record is the evidence, and replay may need them."""
+    audit record is the evidence, and replay may need them. A dict that is already in that
+    form is returned as is (the log owns events; nobody mutates them afterwards)."""
+    if _documented(d):
+        return d  # type: ignore[return-value]
     subject = d.get("subject") or {}
     ev: Event = dict(d)
     ev.update({
@@ -249,6 +295,9 @@ def events_for_decision(d: DecisionInput | Mapping[str, Any]) -> list[Event]:
     """
     decision = decision_event(d)
     out = [decision]
+    denied = not decision["allowed"]
+    if not denied and not decision["shadow_denies"]:
+        return out
     base = {
         "time": decision["time"],
         "tenant": decision["tenant"],
@@ -257,7 +306,7 @@ def events_for_decision(d: DecisionInput | Mapping[str, Any]) -> list[Event]:
         "caller": decision["caller"],
     }
     per_agent = normalize_checkpoint(decision["checkpoint"]) in PER_AGENT_CHECKPOINTS
-    if not decision["allowed"] and per_agent:
+    if denied and per_agent:
         out.append({
             "type": PUSH_DENIED, **base, **decision["subject"],
             "reasons": decision["reasons"],

@@ -3,10 +3,10 @@
 Why this shape:
 
 * The decision path calls ``emit`` (a non-blocking put) and moves on. A single writer task
-  takes whatever is queued (up to ``batch_size``), chains and writes it in a worker thread,
-  then hands the written records to the forwarded sinks and live watchers. A small batch
-  that needs no fsync (``inline_max``) is written on the loop instead: for one decision's
-  record the thread hand-off costs more than the append.
+  takes whatever is queued (up to ``batch_size``), chains and writes it, then hands the
+  written records to the forwarded sinks and live watchers. Writes that need no fsync run on
+  the loop in slices of ``inline_max`` events (the GIL gives a thread nothing to run in
+  parallel, only hand-offs); fsyncs and rotations run in a worker thread.
 * The queue is bounded so memory is. When it is full, ``emit`` does not drop the event (OPA's
   decision logger drops the oldest; an audit log must not): it appends the event, masked, to
   ``<spool_dir>/overflow.jsonl`` synchronously and counts it (``stats().spilled``). From then
@@ -31,9 +31,9 @@ from typing import Any
 
 import structlog
 
-from pdp.audit.chain import Entry, Record, canonical_event
+from pdp.audit.chain import EncodedEvent, Entry, Record, encode_event
 from pdp.audit.delivery import Forwarder
-from pdp.audit.events import DecisionInput, Event, events_for_decision, to_jsonable
+from pdp.audit.events import DecisionInput, Event, events_for_decision
 from pdp.audit.masking import Masker
 from pdp.audit.settings import AuditSettings
 from pdp.audit.sinks import Sink
@@ -88,6 +88,7 @@ class _Item:
 @dataclass
 class _Barrier:
     waiter: asyncio.Future[int]
+    fsync: bool = True
 
 
 class _Stop:
@@ -196,20 +197,22 @@ class AuditLog:
     def emit(self, event: Mapping[str, Any]) -> None:
         """Queue ``event`` without waiting. Never drops it: a full queue spills to disk.
 
-        The log owns ``event`` from here on; do not mutate it afterwards.
+        The event is masked and encoded here, so the queue holds bytes rather than the
+        decision's objects (which would otherwise live on, and cost the garbage collector,
+        until the writer gets to them).
         """
+        enc = self._prepare(event)
         if self._state == "running" and not self._overflow_active:
             assert self._queue is not None
             try:
-                self._queue.put_nowait(_Item(event))
+                self._queue.put_nowait(_Item(enc, prepared=True))
                 return
             except asyncio.QueueFull:
                 pass
-        self._spill(event)
+        self._spill(enc)
 
-    def _spill(self, event: Mapping[str, Any]) -> None:
-        line = json.dumps(self._prepare(event), separators=(",", ":"),
-                          ensure_ascii=False).encode() + b"\n"
+    def _spill(self, enc: EncodedEvent) -> None:
+        line = enc.text + b"\n"
         try:
             self._overflow.append([line])
         except OSError as e:
@@ -234,7 +237,7 @@ class AuditLog:
             raise AuditClosedError(f"audit log is {self._state}")
         assert self._queue is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(event, fut))
+        await self._queue.put(_Item(self._prepare(event), fut, prepared=True))
         return await fut
 
     async def log_decision(self, decision: DecisionInput | Mapping[str, Any]) -> None:
@@ -257,16 +260,17 @@ class AuditLog:
 
     async def _put(self, event: Event) -> None:
         assert self._queue is not None
-        await self._queue.put(_Item(event))
+        await self._queue.put(_Item(self._prepare(event), prepared=True))
 
-    async def flush(self) -> None:
-        """Return once everything emitted before the call is written and fsync'd."""
+    async def flush(self, fsync: bool = True) -> None:
+        """Return once everything emitted before the call is written and (unless ``fsync``
+        is False: then it is in the file, not necessarily on the disk) fsync'd."""
         if self._state != "running":
             return
         assert self._queue is not None
         while True:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            await self._queue.put(_Barrier(fut))
+            await self._queue.put(_Barrier(fut, fsync))
             await fut
             if not self._overflow_active:
                 return
@@ -304,16 +308,15 @@ class AuditLog:
 
     # -- the writer ------------------------------------------------------------------------
 
-    def _prepare(self, event: Mapping[str, Any],
-                 memo: dict[int, tuple[Any, Any]] | None = None) -> Any:
-        """Mask and reduce to pure JSON data (done once; the result is what gets hashed)."""
+    def _prepare(self, event: Mapping[str, Any]) -> EncodedEvent:
+        """Mask, reduce to pure JSON data and encode (done once; the text is what gets
+        hashed)."""
         try:
-            masked = self._masker.apply(event)
-            fast = canonical_event(masked)
-            return fast if fast is not None else to_jsonable(masked, memo)
+            return encode_event(self._masker.apply(event))
         except Exception as e:  # keep a trace rather than lose the event
-            return {"type": "Audit.Unserializable", "error": repr(e),
-                    "event_type": str(event.get("type")) if isinstance(event, Mapping) else None}
+            return encode_event({
+                "type": "Audit.Unserializable", "error": repr(e),
+                "event_type": str(event.get("type")) if isinstance(event, Mapping) else None})
 
     async def _run(self) -> None:
         assert self._queue is not None
@@ -333,11 +336,13 @@ class AuditLog:
             while len(batch) < self.settings.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             items = [b for b in batch if isinstance(b, _Item)]
-            barriers = [b.waiter for b in batch if isinstance(b, _Barrier)]
+            fences = [b for b in batch if isinstance(b, _Barrier)]
+            barriers = [b.waiter for b in fences]
+            fsync = any(b.fsync for b in fences)
             if any(isinstance(b, _Stop) for b in batch):
                 stopping = True
-            await self._write(items, sync=bool(barriers) or any(i.waiter for i in items))
-            if barriers and self._unsynced:
+            await self._write(items, sync=fsync or any(i.waiter for i in items))
+            if fsync and self._unsynced:
                 try:
                     await asyncio.to_thread(self._ledger.sync)
                     self._fsyncs += 1
@@ -369,20 +374,27 @@ class AuditLog:
             self._overflow_active = False
 
     def _prepare_and_append(self, items: list[_Item], sync: bool) -> tuple[list[Any], Any]:
-        memo: dict[int, tuple[Any, Any]] = {}  # what this batch's events share, done once
-        events = [it.event if it.prepared else self._prepare(it.event, memo) for it in items]
+        events = [it.event if it.prepared else self._prepare(it.event) for it in items]
         return events, self._ledger.append(events, sync)
 
     async def _write(self, items: list[_Item], sync: bool) -> None:
-        """Write ``items`` to the ledger, retrying until they are in; then fan out."""
+        """Write ``items`` to the ledger, retrying until they are in; then fan out.
+
+        Unsynced writes run on the loop in slices of ``inline_max`` events, yielding between
+        slices: the process is bound by the GIL, so a worker thread adds hand-offs and lock
+        contention without adding CPU. Batches that must be fsync'd (their waiters are
+        answered only after it), and writes that may rotate the file, go to the thread.
+        """
         backoff = 0.05
         while items:
-            if (not sync and len(items) <= self.settings.inline_max
-                    and self._ledger.room() > _INLINE_ROOM):
-                prepared, res = self._prepare_and_append(items, sync)  # cheaper than a hop
+            step = self.settings.inline_max
+            if not sync and step and self._ledger.room() > _INLINE_ROOM:
+                chunk = items[:step]
+                prepared, res = self._prepare_and_append(chunk, False)
             else:
+                chunk = items
                 prepared, res = await asyncio.to_thread(self._prepare_and_append, items, sync)
-            for it, ev in zip(items, prepared, strict=True):
+            for it, ev in zip(chunk, prepared, strict=True):
                 it.event, it.prepared = ev, True
             n = len(res.entries)
             if res.synced:
@@ -391,9 +403,12 @@ class AuditLog:
             elif n:
                 self._unsynced = True
             failed_sync = res.error if sync and not res.synced else None
-            self._after_write(res.entries, items[:n], failed_sync)
+            self._after_write(res.entries, chunk[:n], failed_sync)
             if res.error is None:
-                return
+                items = items[len(chunk):]
+                if items:
+                    await asyncio.sleep(0)  # decisions run between slices
+                continue
             self._write_errors += 1
             log.error("audit file write failed; retrying", error=str(res.error),
                       written=n, remaining=len(items) - n)

@@ -29,11 +29,12 @@ class AuditSettings:
     queue_size: int = 10_000
     #: Records written (and, in sync mode, fsync'd) together at most.
     batch_size: int = 512
-    #: Batches of at most this many events that need no fsync are chained and written on the
-    #: event loop: handing a single decision's record to a worker thread costs the loop more
-    #: than the write itself (an append to the page cache). Larger batches, fsyncs and
-    #: writes that may rotate the file go to the thread. 0 = always the thread.
-    inline_max: int = 16
+    #: Writes that need no fsync are chained and written on the event loop in slices of this
+    #: many events, the loop running decisions between slices (bounds the loop's pause to
+    #: about a slice's work). In a GIL-bound process a worker thread costs hand-offs and lock
+    #: contention and buys no parallelism. Fsyncs and writes that may rotate the file go to
+    #: the thread. 0 = always the thread.
+    inline_max: int = 64
     #: ``sync``: the decision path should use ``emit_durable`` / ``log_decision`` awaits fsync.
     durability: Durability = "async"
     redis_url: str | None = None

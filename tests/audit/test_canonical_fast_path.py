@@ -1,4 +1,5 @@
-"""The fast encoding of plain-JSON events writes exactly the bytes the general path writes."""
+"""The encoding of events: the fast path writes exactly the bytes the general path writes,
+and each record names the canonical form its hash was computed over."""
 
 from __future__ import annotations
 
@@ -8,28 +9,62 @@ from typing import Any
 from pdp.audit import chain
 from pdp.audit.events import to_jsonable
 
+SHARED = [{"name": f"p{i}", "version": 1, "content_hash": f"sha256:{i:064x}",
+           "status": "active", "builtin": i < 2} for i in range(12)]
 
-def _line(event: Any, head: chain.ChainHead, fast: bool) -> bytes:
-    prepared = chain.canonical_event(event) if fast else None
-    return chain.make_entry(prepared if prepared is not None else to_jsonable(event), head,
-                            None if fast else {}).line
+
+def _general(event: Any) -> chain.EncodedEvent:
+    """to_jsonable first, then the plain definition of the v2 canonical text."""
+    data = to_jsonable(event)
+    return chain.EncodedEvent(chain.canonical_v2(data), 2)
 
 
 def test_fast_and_general_paths_write_identical_records() -> None:
-    shared = [{"name": f"p{i}", "version": 1, "content_hash": f"sha256:{i:064x}",
-               "status": "active", "builtin": i < 2} for i in range(12)]
     events: list[Any] = [
         {"type": "Decision", "decision_id": f"d{i}", "allowed": i % 2 == 0, "elapsed_ms": 0.5,
-         "policies": shared, "reasons": [], "request": {"agent": {"labels": {"é": "ü"}}}}
+         "policies": SHARED, "reasons": [], "request": {"agent": {"labels": {"é": "ü"}}}}
         for i in range(5)
     ]
     events += [{"type": "x", "policies": [{"b": 1, "a": 2}]},  # short list: no splice
-               {"t": float("nan")}, {"a": (1, 2)}, {1: "x", "b": 2},
-               {"d": dt.date(2026, 1, 1)}, {"s": "\x00pdp-not-the-hole\x00"}]
+               {"a": (1, 2)}, {1: "x", "b": 2}, {"big": 1e16, "small": 1e-5, "neg": -0.0},
+               {"d": dt.date(2026, 1, 1), "w": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
+               {"s": "\x00pdp-not-the-hole\x00", "u": "\u2028\x7f\x1f\"\\"}]
     head = chain.ChainHead()
     for event in events:
-        fast, general = _line(event, head, True), _line(event, head, False)
+        fast = chain.make_entry(chain.encode_event(event), head).line
+        general = chain.make_entry(_general(event), head).line
         assert fast == general, event
-        head = chain.ChainHead(head.seq + 1, chain.parse_line(fast)["hash"])
-    assert chain.canonical_event(events[0]) is not None          # plain JSON: fast path
-    assert chain.canonical_event({"t": float("nan")}) is None    # not JSON: general path
+        record = chain.parse_line(fast)
+        assert record["v"] == 2 and chain.hash_ok(record)
+        head = chain.ChainHead(head.seq + 1, record["hash"])
+
+
+def test_integers_beyond_64_bits_fall_back_to_format_v1() -> None:
+    e = chain.make_entry({"type": "x", "n": 10**30}, chain.ChainHead())
+    record = chain.parse_line(e.line)
+    assert record["v"] == 1 and record["event"]["n"] == 10**30
+    assert chain.hash_ok(record)
+    assert chain.record_hash(record) == chain.record_hash({**record, "v": 1})
+
+
+def test_each_version_hashes_with_its_own_canonical_form() -> None:
+    body = {"v": 1, "seq": 1, "prev": chain.GENESIS, "event": {"x": 1e-05}}
+    v1 = {**body, "hash": chain.record_hash(body)}
+    v2 = {**body, "v": 2}
+    v2["hash"] = chain.record_hash(v2)
+    assert b'"x":1e-05' in chain.canonical(body) and b'"x":0.00001' in chain.canonical_v2(v2)
+    assert chain.hash_ok(v1) and chain.hash_ok(v2)
+    assert not chain.hash_ok({**v1, "v": 2}) and not chain.hash_ok({**v2, "v": 3})
+
+
+def test_a_nan_literal_is_not_a_record() -> None:
+    """v2 writes a stray NaN as null; a NaN literal edited into a line must not parse back to
+    something that hashes like the original."""
+    e = chain.make_entry({"type": "x", "m": None}, chain.ChainHead())
+    edited = e.line.replace(b'"m":null', b'"m":NaN')
+    try:
+        chain.parse_line(edited)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("NaN literal accepted")

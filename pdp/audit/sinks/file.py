@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdp.audit.chain import ChainHead, Entry, Memo, make_entry
+from pdp.audit.chain import ChainHead, Entry, make_entry
 from pdp.audit.files import (
     AuditFileError,
     find_head,
@@ -101,10 +101,9 @@ class Ledger:
         """
         entries: list[Entry] = []
         head = self.head
-        memo: Memo = {}  # containers the events share are serialized once
         for ev in events:
-            e = make_entry(ev, head, memo)
-            head = ChainHead(e.seq, e.record["hash"])
+            e = make_entry(ev, head)
+            head = ChainHead(e.seq, e.hash)
             entries.append(e)
         done = 0
         try:
@@ -154,7 +153,7 @@ class Ledger:
     def _advance(self, written: list[Entry]) -> None:
         if written:
             last = written[-1]
-            self.head = ChainHead(last.seq, last.record["hash"])
+            self.head = ChainHead(last.seq, last.hash)
 
     def _write(self, data: bytes) -> None:
         start = self._size

@@ -77,7 +77,7 @@ class RedisStreamSink:
     def _undelivered(self, entries: Sequence[Entry], cursor: tuple[int, str]) -> list[Entry]:
         cseq, chash = cursor
         for e in entries:
-            if e.seq == cseq and chash and e.record.get("hash") != chash:
+            if e.seq == cseq and chash and e.hash != chash:
                 log.warning("redis audit cursor belongs to another chain; ignoring it",
                             key=self.cursor_key, cursor=cseq)
                 return list(entries)
@@ -103,9 +103,9 @@ class RedisStreamSink:
                 pipe.xadd(self.stream, fields,  # type: ignore[arg-type]
                           maxlen=self.maxlen, approximate=True)
             last = todo[-1]
-            pipe.set(self.cursor_key, f"{last.seq}:{last.record.get('hash')}")
+            pipe.set(self.cursor_key, f"{last.seq}:{last.hash}")
             await pipe.execute()
-            self._cursor = (last.seq, str(last.record.get("hash")))
+            self._cursor = (last.seq, last.hash)
         except BaseException:
             self._cursor = None  # unknown whether it applied: re-read before the next try
             raise
