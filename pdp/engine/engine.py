@@ -8,11 +8,11 @@ policy allowed, in one store call, so a denied decision never consumes a slot.
 from __future__ import annotations
 
 import functools
+import os
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -29,6 +29,14 @@ from pdp.counters import (
     CounterRule,
     CounterStore,
     CounterStoreUnavailable,
+)
+from pdp.engine.buckets import (
+    BUCKET_SCOPES,
+    BUDGET_CODES,
+    Stateless,
+    id_free,
+    message_id_free,
+    request_key,
 )
 from pdp.engine.context import ConfigCache, ConfigRejected, build_context
 from pdp.engine.deadline import Deadline
@@ -93,6 +101,7 @@ class _Pending:
     deadline: Deadline | None
     rules: list[CounterRule]
     by_id: dict[str, CompiledPolicy]
+    shared: Stateless | None = None
 
 
 @dataclass
@@ -104,7 +113,13 @@ class HealthVerdict:
 
 
 def new_decision_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID, as ``str(uuid.uuid4())`` spells it; built directly, at
+    half the cost (one per agent of a step)."""
+    n = int.from_bytes(os.urandom(16), "big")
+    n = n & ~(0xF000 << 64) | (0x4000 << 64)  # version 4
+    n = n & ~(0xC000 << 48) | (0x8000 << 48)  # RFC 4122 variant
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _ref(p: CompiledPolicy) -> PolicyRef:
@@ -228,8 +243,8 @@ class _BatchMemo:
     selections by labels, verdicts of policies that read nothing per-agent (per group of
     agents whose other inputs are the same objects or equal), counter rules."""
 
-    __slots__ = ("counter_rules", "groups", "policies", "prefixes", "selections", "shareable",
-                 "verdicts")
+    __slots__ = ("counter_rules", "groups", "id_free_selections", "policies", "prefixes",
+                 "selections", "shareable", "verdicts")
 
     def __init__(self, policies: PolicySet) -> None:
         self.policies = policies
@@ -240,6 +255,23 @@ class _BatchMemo:
         self.counter_rules: dict[tuple[int, str], tuple[CompiledPolicy, CounterRule | str]] = {}
         # (group, policy) -> (policy, agent-free conjuncts false?, their cost)
         self.prefixes: dict[tuple[int, int], tuple[CompiledPolicy, bool, int]] = {}
+        self.id_free_selections: dict[int, tuple[list[CompiledPolicy],
+                                                 tuple[CompiledPolicy, ...]]] = {}
+
+    def id_bound(self, selected: list[CompiledPolicy], group: int) -> bool:
+        """Whether a verdict over this selection may depend on ``agent.id``: some deny
+        expression reads it, and its conjuncts that name no agent were not found false for
+        this group (then it is false for every agent, whatever the id). The policies that
+        read the id are remembered per list (``select`` returns the same list per labels)."""
+        hit = self.id_free_selections.get(id(selected))
+        if hit is None or hit[0] is not selected:
+            hit = self.id_free_selections[id(selected)] = (
+                selected, tuple(p for p in selected if not id_free(p)))
+        for p in hit[1]:
+            prefix = self.prefixes.get((group, id(p))) if group >= 0 else None
+            if prefix is None or prefix[0] is not p or not prefix[1]:
+                return True
+        return False
 
     def select(self, req: CheckRequest, agent_labels: Any, device_labels: Any
                ) -> list[CompiledPolicy]:
@@ -290,6 +322,17 @@ def _same(a: Any, b: Any) -> bool:
     if t is list or t is tuple:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
+
+
+def _shareable_verdict(selected: list[CompiledPolicy], decision: Decision) -> bool:
+    """No budget-dependent outcome, and no deny whose message names the agent."""
+    denied = decision.reasons + decision.shadow_denies
+    if not denied:
+        return True
+    if any(r.code in BUDGET_CODES for r in denied):
+        return False
+    names = {r.policy for r in denied}
+    return all(message_id_free(p) for p in selected if p.name in names)
 
 
 def _counter_rule(p: CompiledPolicy, scope: str) -> CounterRule | str:
@@ -350,21 +393,38 @@ class Engine:
         """
         pending: list[_Pending] = []
         memo = _BatchMemo(self.policies) if len(reqs) > 1 else None
+        now = self.options.now() if self.options.now else None
+        if memo is not None and now is None:
+            now = datetime.now(UTC)  # a step is decided at one instant
+        # Agents that differ only in their id share one stateless verdict (buckets.py). Not
+        # with per-policy telemetry spans: each agent's policies would have to be traced.
+        buckets: dict[Any, _Pending] | None = (
+            {} if memo is not None and not self.telemetry.enabled else None)
         for req in reqs:
             started = time.perf_counter()
+            deadline = Deadline.after(budget_s)
+            if outer is not None and outer.expires_at < deadline.expires_at:
+                deadline = outer
+            key = None
+            if buckets is not None and not req.explain:
+                key = request_key(req)
+                rep = buckets.get(key) if key is not None else None
+                if rep is not None and rep.shared is not None:
+                    pending.append(self._from_bucket(rep.shared, req, started, deadline, memo))
+                    continue
             try:
-                ctx = await build_context(req, self.configs,
-                                          self.options.now() if self.options.now else None)
+                ctx = await build_context(req, self.configs, now)
             except ConfigRejected as exc:
                 decision = Decision(new_decision_id(), False, req.checkpoint.value,
                                     datetime.now(UTC))
                 decision.reasons.append(_system("INVALID_CONFIG", str(exc)))
                 pending.append(_Pending(req, decision, started, None, [], {}))
                 continue
-            deadline = Deadline.after(budget_s)
-            if outer is not None and outer.expires_at < deadline.expires_at:
-                deadline = outer
-            pending.append(self._evaluate(req, ctx, deadline, started, memo))
+            item = self._evaluate(req, ctx, deadline, started, memo, share=key is not None)
+            if key is not None and item.shared is not None:
+                assert buckets is not None
+                buckets[key] = item
+            pending.append(item)
         await self._reserve_all(reqs[0].tenant if reqs else "", pending, outer)
         out = []
         for item in pending:
@@ -405,9 +465,31 @@ class Engine:
             if p.name in denied and p.policy.notify and not p.shadow:
                 self.notifier.notify(p.name, item.req.tenant, summary, list(p.policy.notify))
 
+    def _from_bucket(self, shared: Stateless, req: CheckRequest, started: float,
+                     deadline: Deadline, memo: _BatchMemo | None) -> _Pending:
+        """This agent's decision from the stateless verdict of an agent that differs from it
+        only in its id; its own decision id and counter rules (the scope may be its id)."""
+        decision = Decision(new_decision_id(), False, req.checkpoint.value, shared.ctx.now)
+        decision.reasons.extend(shared.reasons)
+        decision.shadow_denies.extend(shared.shadow_denies)
+        decision.evaluated.extend(shared.evaluated)
+        item = _Pending(req, decision, started, deadline, [], {})
+        if not decision.reasons and shared.rules is not None:
+            item.rules.extend(shared.rules)  # scopes the bucket shares: the same rules
+            item.by_id = shared.by_id
+        elif not decision.reasons and shared.counted:
+            base = shared.ctx
+            ctx = EvalContext(base.tenant, base.checkpoint, base.now,
+                              {**base.activation, "agent": req.agent or {}})
+            budget = Budget(deadline=deadline.expires_at, cost_limit=self.options.cost_limit)
+            self._counter_rules(item, shared.counted, ctx, budget, memo)
+        return item
+
     def _evaluate(self, req: CheckRequest, ctx: EvalContext, deadline: Deadline,
-                  started: float, memo: _BatchMemo | None = None) -> _Pending:
-        """The stateless phase; returns the counter rules still to reserve (if all allowed)."""
+                  started: float, memo: _BatchMemo | None = None,
+                  share: bool = False) -> _Pending:
+        """The stateless phase; returns the counter rules still to reserve (if all allowed).
+        With ``share``, also what other agents of its bucket may take (``item.shared``)."""
         agent_labels = (req.agent or {}).get("labels")
         device_labels = (req.device or {}).get("labels")
         if memo is None:
@@ -442,8 +524,18 @@ class Engine:
                     break
             elif p.counter is not None and not p.shadow:
                 counted.append(p)
+        shared = None
+        if share and memo is not None and not memo.id_bound(selected, group) \
+                and _shareable_verdict(selected, decision):
+            shared = Stateless(tuple(decision.reasons), tuple(decision.shadow_denies),
+                               tuple(evaluated), tuple(counted), ctx)
         if not decision.reasons and counted:
             self._counter_rules(item, counted, ctx, budget, memo)
+            if shared is not None and not decision.reasons and all(
+                    p.counter is not None and p.counter.scope in BUCKET_SCOPES
+                    for p in counted):
+                shared = replace(shared, rules=tuple(item.rules), by_id=item.by_id)
+        item.shared = shared
         return item
 
     def _evaluate_one(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,

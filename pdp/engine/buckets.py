@@ -1,0 +1,133 @@
+"""Agents of one rollout step that differ only in their id share one stateless verdict.
+
+Why: a step asks about a thousand agents that mostly carry the same labels, group and
+version, under the same config, rollout and change. Every policy that does not read
+``agent.id`` gives each of them the same answer, so the first agent of each bucket is
+evaluated in full and the others take its verdict; each keeps its own decision id, counter
+reservations (a per-agent cooldown still counts per agent) and audit record.
+
+A bucket is only formed when the answer is certain to be the same: no selected policy's
+deny expression reads ``agent.id`` (nor the message of one that denied: messages often name
+the agent), the verdict holds no budget-dependent outcome (deadline, cost limit), and the
+request did not ask for explanations. The batch is decided at one instant (one
+``now``), so clock rules agree too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pdp.cel import ast as cel_ast
+from pdp.cel.parser import parse as cel_parse
+from pdp.counters import CounterRule
+from pdp.engine.decision import PolicyRef, Reason
+from pdp.engine.request import CheckRequest
+from pdp.policy.compiled import CompiledPolicy
+from pdp.policy.evalctx import EvalContext
+
+#: Outcomes that depend on one agent's deadline or budget, not on its inputs: never shared.
+BUDGET_CODES = frozenset({"DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED"})
+
+
+#: Counter scopes whose key is the same for every agent of a bucket (the rollout and the
+#: device are shared objects, the group is part of the agent's key); ``agent`` and
+#: ``expression`` scopes are worked out per agent.
+BUCKET_SCOPES = frozenset({"tenant", "rollout", "device", "group"})
+
+
+@dataclass(frozen=True, slots=True)
+class Stateless:
+    """What one agent's stateless phase concluded, before its counter reservation; with
+    ``rules`` when every counter scope is one the bucket shares."""
+
+    reasons: tuple[Reason, ...]
+    shadow_denies: tuple[Reason, ...]
+    evaluated: tuple[PolicyRef, ...]
+    counted: tuple[CompiledPolicy, ...]
+    ctx: EvalContext
+    rules: tuple[CounterRule, ...] | None = None
+    by_id: dict[str, CompiledPolicy] = field(default_factory=dict)
+
+
+def _frozen(value: Any) -> Hashable:
+    t = type(value)
+    if t is dict:
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if t is list or t is tuple:
+        return tuple(_frozen(v) for v in value)
+    if t is str or t is int or t is bool or t is float or value is None:
+        return (t.__name__, value)  # CEL tells 1 from 1.0 and true: so does the key
+    raise TypeError(f"no bucket key for {t.__name__}")
+
+
+def _agent_key(agent: dict[str, Any]) -> Hashable:
+    """Everything but the id; strings as they are (the usual case, and a string never
+    equals a tagged tuple), other values through ``_frozen``."""
+    out = []
+    for k in sorted(agent):
+        if k == "id":
+            continue
+        v = agent[k]
+        t = type(v)
+        if t is str:
+            out.append((k, v))
+        elif t is dict and all(type(x) is str for x in v.values()):
+            out.append((k, ("map", *sorted(v.items()))))
+        else:
+            out.append((k, ("any", _frozen(v))))
+    return tuple(out)
+
+
+def request_key(req: CheckRequest) -> Hashable | None:
+    """Equal for two requests of one batch exactly when they differ at most in ``agent.id``.
+
+    The parts a batch shares (config text, rollout, change, ...) are the same objects for
+    every agent (``convert.check_push_batch_requests``), so they are keyed by identity: the
+    batch holds them alive, so an id cannot be reused while the key is in use.
+    """
+    try:
+        agent_part = _agent_key(req.agent or {})
+        metrics = _frozen(req.metrics)  # small, and a new (empty) dict per request
+    except TypeError:
+        return None
+    return (req.tenant, req.checkpoint, req.request_id, req.explain,
+            id(req.change), id(req.device), id(req.rollout), metrics,
+            id(req.config_yaml), id(req.previous_config_yaml), id(req.override), id(req.caller),
+            agent_part)
+
+
+@functools.lru_cache(maxsize=65_536)
+def reads_agent_id(source: str) -> bool:
+    """Whether a CEL source may see ``agent.id``: true unless every use of ``agent`` is a
+    field selection other than ``id`` (``agent.labels``, ``has(agent.group)``). Whole-map
+    uses (``agent["id"]``, ``agent.exists(...)``, ``string(agent)``) count as reading it."""
+    try:
+        root = cel_parse(source)
+    except Exception:
+        return True
+    stack: list[tuple[cel_ast.Expr, cel_ast.Expr | None]] = [(root, None)]
+    while stack:
+        e, parent = stack.pop()
+        if isinstance(e, cel_ast.Ident) and e.name == "agent" and not (
+                isinstance(parent, cel_ast.Select) and parent.operand is e
+                and parent.field != "id"):
+            return True
+        stack.extend((c, e) for c in cel_ast.children(e))
+    return False
+
+
+def id_free(p: CompiledPolicy) -> bool:
+    """Whether ``p``'s verdict (deny or not) cannot depend on ``agent.id``. Typed rules read
+    the id only for a counter scope, and counter rules are made per agent anyway; a broken
+    policy denies everyone alike. The deny *message* may still name the agent (checked
+    only for policies that deny: ``message_id_free``)."""
+    if p.broken is not None or p.stateless is not None or p.deny is None:
+        return True
+    return not reads_agent_id(p.deny.source)
+
+
+def message_id_free(p: CompiledPolicy) -> bool:
+    return p.message is None or not reads_agent_id(p.message.source)
