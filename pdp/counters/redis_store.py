@@ -281,18 +281,24 @@ class RedisCounterStore:
         def_index: dict[tuple[Any, ...], int] = {}
         defs: list[tuple[Any, ...]] = []
         body: list[list[Any]] = []
+        # The agents of a step mostly carry the very same rule objects: each is worked out
+        # once (its definition index and escaped scope), keyed by identity (held alive by
+        # ``items`` for the whole call).
+        seen: dict[int, tuple[int, str]] = {}
         for rules in items:
             flat: list[Any] = []
             for r in rules:
-                d = _definition(r)
-                if r.kind is CounterKind.DAILY_CAP:
-                    d = (*d[:-1], tz_index.setdefault(r.timezone, len(tz_index) + 1))
-                i = def_index.get(d)
-                if i is None:
-                    i = def_index[d] = len(def_index) + 1
-                    defs.append(d)
-                flat.append(i)
-                flat.append(keys.esc(r.scope_key))
+                hit = seen.get(id(r))
+                if hit is None:
+                    d = _definition(r)
+                    if r.kind is CounterKind.DAILY_CAP:
+                        d = (*d[:-1], tz_index.setdefault(r.timezone, len(tz_index) + 1))
+                    i = def_index.get(d)
+                    if i is None:
+                        i = def_index[d] = len(def_index) + 1
+                        defs.append(d)
+                    hit = seen[id(r)] = (i, keys.esc(r.scope_key))
+                flat.extend(hit)
             body.append(flat)
         return tz_index, defs, body
 
@@ -312,16 +318,22 @@ class RedisCounterStore:
 
     def _decode(self, items: Sequence[Sequence[CounterRule]], reply: Any) -> list[ReserveResult]:
         now = int(reply[0])
+        flags = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if len(flags) != len(items):
+            raise ValueError(f"reserve script answered {len(flags)} items for {len(items)}")
+        denied = iter(reply[2:])
         out: list[ReserveResult] = []
-        for rules, r in zip(items, reply[1:], strict=True):
-            if int(r[0]) == 1:
-                out.append(ReserveResult.allow())
+        allow = ReserveResult.allow()
+        for rules, flag in zip(items, flags, strict=True):
+            if flag == "1":
+                out.append(allow)
                 continue
-            rule = rules[int(r[1]) - 1]
-            retry = int(r[2])
-            label = r[5].decode() if isinstance(r[5], bytes) else str(r[5])
+            r = next(denied)
+            rule = rules[int(r[0]) - 1]
+            retry = int(r[1])
+            label = r[4].decode() if isinstance(r[4], bytes) else str(r[4])
             out.append(
-                messages.deny(rule, now, None if retry < 0 else retry, int(r[3]), int(r[4]), label)
+                messages.deny(rule, now, None if retry < 0 else retry, int(r[2]), int(r[3]), label)
             )
         return out
 

@@ -12,8 +12,9 @@
 --   items: per item, [def index, scope, def index, scope, ...]
 -- (one JSON string: far cheaper to ship and decode than thousands of ARGV entries)
 -- kinds: 1 DAILY_CAP, 2 COOLDOWN, 3 VELOCITY, 4 ROLLBACK_RATE, 5 MIN_STEP_DURATION
--- Returns { now_ms, item... }; an item is {1} (allowed, consumed) or
---   {0, rule position in item, retry_ms (-1: never), a, b, day label}.
+-- Returns { now_ms, flags, denied... }: flags has one character per item, '1' (allowed,
+--   consumed) or '0' (denied); then, for each denied item in order,
+--   {rule position in item, retry_ms (-1: never), a, b, day label}.
 
 local prefix = KEYS[1]
 local t = redis.call('TIME')
@@ -96,40 +97,120 @@ local function rollback_verdict(d, scope)
   return res
 end
 
--- nil when the rule passes (its consumption is queued in commits), else the deny facts
-local function check(d, scope, commits)
+-- Counts of DAILY_CAP and VELOCITY keys are read from Redis once per call and then kept
+-- here; their consumption is written at the end (one INCRBY / one ZADD per key), so a step
+-- of a thousand agents on one tenant-wide cap costs a few commands, not thousands. The
+-- script is atomic: nobody else sees or changes these keys in between.
+local cap_n, cap_add, cap_ttl = {}, {}, {}
+local vel_n, vel_add, vel_ttl = {}, {}, {}
+local vel_keys, cap_keys = {}, {}
+
+local function cap_count(key)
+  local n = cap_n[key]
+  if n == nil then
+    n = tonumber(redis.call('GET', key) or '0')
+    cap_n[key] = n
+  end
+  return n
+end
+
+local function vel_count(key, dur)
+  local n = vel_n[key]
+  if n == nil then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - dur))
+    n = redis.call('ZCARD', key)
+    vel_n[key] = n
+  end
+  return n
+end
+
+-- Members are "<now>.<seq>": unique within a call; members of an earlier call in the same
+-- millisecond are skipped over (NX plus the highest seq already stored at this score).
+local function vel_flush(key)
+  local k = vel_add[key] or 0
+  if k == 0 then return end
+  local seq = 0
+  local same = redis.call('ZRANGEBYSCORE', key, int(now), int(now))
+  for _, m in ipairs(same) do
+    local s = tonumber(string.match(m, '%.(%d+)$'))
+    if s and s > seq then seq = s end
+  end
+  local args = {}
+  for i = 1, k do
+    args[#args + 1] = int(now)
+    args[#args + 1] = int(now) .. '.' .. int(seq + i)
+    if #args >= 2000 or i == k then
+      redis.call('ZADD', key, 'NX', unpack(args))
+      args = {}
+    end
+  end
+  redis.call('PEXPIRE', key, int(vel_ttl[key]))
+  vel_add[key] = 0
+end
+
+-- Keys per (definition, scope), built once per call: a step repeats the same pairs.
+local key_cache = {}
+local function key_of(d, scope, build)
+  local per = key_cache[d]
+  if per == nil then
+    per = {}
+    key_cache[d] = per
+  end
+  local key = per[scope]
+  if key == nil then
+    key = build(d, scope)
+    per[scope] = key
+  end
+  return key
+end
+local function cap_key(d, scope)
+  return prefix .. ':cap:' .. d.counter .. ':' .. scope .. ':' .. days[d.tz].label
+end
+local function cool_key(d, scope) return prefix .. ':cool:' .. d.counter .. ':' .. scope end
+local function vel_key(d, scope) return prefix .. ':vel:' .. d.counter .. ':' .. scope end
+
+-- The consumption an item's passing rules will make: parallel arrays reused across items
+-- (kind, key, ttl), ncommit of them in use.
+local ckind, ckey, cttl, ncommit = {}, {}, {}, 0
+local function queue(kind, key, ttl)
+  ncommit = ncommit + 1
+  ckind[ncommit], ckey[ncommit], cttl[ncommit] = kind, key, ttl
+end
+
+-- nil when the rule passes (its consumption is queued), else the deny facts
+local function check(d, scope)
   local k = d.kind
   if k == 1 then
     local day = days[d.tz]
-    local key = prefix .. ':cap:' .. d.counter .. ':' .. scope .. ':' .. day.label
-    local n = tonumber(redis.call('GET', key) or '0')
+    local key = key_of(d, scope, cap_key)
+    local n = cap_count(key)
     if n >= d.max then
       local retry = -1
       if d.max > 0 then retry = day.ends - now end
       return { retry, n, 0, day.label }
     end
-    commits[#commits + 1] = { 1, key, day.ends - now }
+    queue(1, key, day.ends - now)
   elseif k == 2 then
-    local key = prefix .. ':cool:' .. d.counter .. ':' .. scope
+    local key = key_of(d, scope, cool_key)
     local last = redis.call('GET', key)
     if last then
       last = tonumber(last)
       if now - last < d.dur then return { last + d.dur - now, last, 0, '' } end
     end
-    commits[#commits + 1] = { 2, key, d.dur }
+    queue(2, key, d.dur)
   elseif k == 3 then
-    local key = prefix .. ':vel:' .. d.counter .. ':' .. scope
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - d.dur))
-    local n = redis.call('ZCARD', key)
+    local key = key_of(d, scope, vel_key)
+    local n = vel_count(key, d.dur)
     if n >= d.max then
       local retry = -1
       if d.max > 0 then
+        vel_flush(key)  -- the oldest entries in force may be this call's own
         local e = redis.call('ZRANGE', key, int(n - d.max), int(n - d.max), 'WITHSCORES')
         retry = tonumber(e[2]) + d.dur - now
       end
       return { retry, n, 0, '' }
     end
-    commits[#commits + 1] = { 3, key, d.dur }
+    queue(3, key, d.dur)
   elseif k == 4 then
     local v = rollback_verdict(d, scope)
     if v then return v end
@@ -143,44 +224,58 @@ local function check(d, scope, commits)
   return nil
 end
 
-local seq = 0
-
-local function commit(c)
-  local k, key, ttl = c[1], c[2], c[3]
+local function commit(k, key, ttl)
   if k == 1 then
-    if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, int(ttl)) end
+    if not cap_add[key] then
+      cap_add[key] = 0
+      cap_keys[#cap_keys + 1] = key
+    end
+    cap_add[key] = cap_add[key] + 1
+    cap_n[key] = cap_n[key] + 1
+    cap_ttl[key] = ttl
   elseif k == 2 then
     redis.call('SET', key, int(now), 'PX', int(ttl))
   else
-    repeat
-      seq = seq + 1
-    until redis.call('ZADD', key, 'NX', int(now), int(now) .. '.' .. seq) == 1
-    redis.call('PEXPIRE', key, int(ttl))
+    if not vel_ttl[key] then vel_keys[#vel_keys + 1] = key end
+    vel_add[key] = (vel_add[key] or 0) + 1
+    vel_n[key] = vel_n[key] + 1
+    vel_ttl[key] = ttl
   end
 end
 
-local out = { now }
-for _, item in ipairs(req[4]) do
-  local commits = {}
+local out = { now, '' }
+local flags = {}
+for n, item in ipairs(req[4]) do
+  ncommit = 0
   local denied = nil
   for j = 1, #item / 2 do
-    local v = check(defs[item[2 * j - 1]], item[2 * j], commits)
+    local v = check(defs[item[2 * j - 1]], item[2 * j])
     if v then
-      denied = { 0, j, v[1], v[2], v[3], v[4] }
+      denied = { j, v[1], v[2], v[3], v[4] }
       break
     end
   end
   if denied then
+    flags[n] = '0'
     out[#out + 1] = denied
   else
-    local seen = {}
-    for _, c in ipairs(commits) do
-      if not seen[c[2]] then
-        seen[c[2]] = true
-        commit(c)
+    flags[n] = '1'
+    for i = 1, ncommit do
+      local dup = false  -- a key twice in one item (the same rule listed twice) counts once
+      for h = 1, i - 1 do
+        if ckey[h] == ckey[i] then dup = true end
       end
+      if not dup then commit(ckind[i], ckey[i], cttl[i]) end
     end
-    out[#out + 1] = { 1 }
   end
 end
+out[2] = table.concat(flags)
+
+for _, key in ipairs(cap_keys) do
+  local add = cap_add[key]
+  if add > 0 and redis.call('INCRBY', key, add) == add then
+    redis.call('PEXPIRE', key, int(cap_ttl[key]))
+  end
+end
+for _, key in ipairs(vel_keys) do vel_flush(key) end
 return out

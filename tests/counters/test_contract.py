@@ -354,6 +354,36 @@ async def test_batch_item_is_all_or_nothing(backend: Backend) -> None:
     assert [r.code for r in res] == ["", "COOLDOWN_ACTIVE", "", "", "DAILY_CAP_EXCEEDED"]
 
 
+async def test_batch_velocity_counts_its_own_entries(backend: Backend) -> None:
+    """Entries a step adds count for the later agents of the same step, the retry of a deny
+    is measured from the oldest entry in force (this step's own), and the next calls see
+    every entry."""
+    b = backend
+    rule = velocity(5, 60)
+    res = await b.store.reserve_batch(b.tenant, [[rule]] * 8, timeout=TIMEOUT)
+    assert [r.allowed for r in res] == [True] * 5 + [False] * 3
+    assert {r.code for r in res[5:]} == {"VELOCITY_EXCEEDED"}
+    assert all(r.retry_after_seconds == pytest.approx(60, abs=SLACK) for r in res[5:])
+    assert not (await reserve(b, rule)).allowed
+    b.clock.advance(61)
+    many = velocity(25, 60, rid="many@v1")
+    for _ in range(2):
+        res = await b.store.reserve_batch(b.tenant, [[many]] * 10, timeout=TIMEOUT)
+        assert all(r.allowed for r in res)
+    res = await b.store.reserve_batch(b.tenant, [[many]] * 10, timeout=TIMEOUT)
+    assert [r.allowed for r in res] == [True] * 5 + [False] * 5
+
+
+async def test_batch_cap_counts_its_own_consumption(backend: Backend) -> None:
+    b = backend
+    daily = cap(30)
+    for _ in range(2):
+        res = await b.store.reserve_batch(b.tenant, [[daily]] * 12, timeout=TIMEOUT)
+        assert all(r.allowed for r in res)
+    res = await b.store.reserve_batch(b.tenant, [[daily]] * 12, timeout=TIMEOUT)
+    assert [r.allowed for r in res] == [True] * 6 + [False] * 6
+
+
 async def test_empty_batch(backend: Backend) -> None:
     assert await backend.store.reserve_batch(backend.tenant, [], timeout=TIMEOUT) == []
 
