@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -233,10 +233,11 @@ def _evaluated_template(refs: list[PolicyRef]) -> cpb.Decision:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def fill_decision_pb(pb: cpb.Decision, d: Decision) -> None:
+def fill_decision_pb(pb: cpb.Decision, d: Decision, *, with_evaluated: bool = True) -> None:
     """Write ``d`` into the empty ``pb`` (e.g. a field of a batch response, so the decision
-    is not built apart and copied in)."""
-    if d.evaluated:
+    is not built apart and copied in). A batch names the evaluated policies by set
+    (``with_evaluated=False``, see ``fill_batch_response``)."""
+    if d.evaluated and with_evaluated:
         pb.MergeFrom(_evaluated_template(d.evaluated))
     pb.decision_id = d.decision_id
     pb.outcome = cpb.OUTCOME_ALLOW if d.allowed else cpb.OUTCOME_DENY
@@ -263,6 +264,25 @@ def fill_decision_pb(pb: cpb.Decision, d: Decision) -> None:
     if d.explanations:
         pb.explanations.extend([cpb.Explanation(policy=x.policy, values=x.values)
                                 for x in d.explanations])
+
+
+def fill_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[str],
+                        decisions: Sequence[Decision]) -> None:
+    """The decisions of a step, each distinct list of evaluated policies written once in
+    ``evaluated_sets`` and named by index (keyed by the refs' identities: a policy version's
+    ref is one object, and the decisions hold them alive meanwhile)."""
+    sets: dict[tuple[int, ...], int] = {}  # the refs are shared per policy version
+    add = out.decisions.add
+    for agent_id, d in zip(agent_ids, decisions, strict=True):
+        key = tuple(map(id, d.evaluated))
+        index = sets.get(key)
+        if index is None:
+            index = sets[key] = len(out.evaluated_sets)
+            out.evaluated_sets.add().policies.extend([policy_ref_pb(p) for p in d.evaluated])
+        item = add(agent_id=agent_id, evaluated_set=index)
+        fill_decision_pb(item.decision, d, with_evaluated=False)
+    out.allowed_count = sum(d.allowed for d in decisions)
+    out.denied_count = len(decisions) - out.allowed_count
 
 
 def decision_pb(d: Decision) -> cpb.Decision:

@@ -126,12 +126,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
             reqs = convert.check_push_batch_requests(request, caller_of(request.tenant))
             decisions = await self.engine.check_batch(reqs, self.deadline_s,
                                                       caller_deadline(context))
-            allowed = sum(d.allowed for d in decisions)
-            out = dpb.CheckPushBatchResponse(allowed_count=allowed,
-                                             denied_count=len(decisions) - allowed)
-            add = out.decisions.add
-            for agent, decision in zip(request.agents, decisions, strict=True):
-                convert.fill_decision_pb(add(agent_id=agent.id).decision, decision)
+            out = dpb.CheckPushBatchResponse()
+            convert.fill_batch_response(out, (a.id for a in request.agents), decisions)
             return out
         return await guarded(context, run)
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pdp.v1 import common_pb2 as pdp_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pdp/v1/decision.proto\x12\x06pdp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13pdp/v1/common.proto\"\xbc\x02\n\x10\x43heckPushRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12&\n\ncheckpoint\x18\x02 \x01(\x0e\x32\x12.pdp.v1.Checkpoint\x12\x1c\n\x05\x61gent\x18\x03 \x01(\x0b\x32\r.pdp.v1.Agent\x12 \n\x07rollout\x18\x04 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x1e\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\'\n\x0fprevious_config\x18\x07 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\"\n\x08override\x18\x08 \x01(\x0b\x32\x10.pdp.v1.Override\x12\x0f\n\x07\x65xplain\x18\t \x01(\x08\x12\x12\n\nrequest_id\x18\n \x01(\t\"7\n\x11\x43heckPushResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x10.pdp.v1.Decision\"\xc2\x02\n\x15\x43heckPushBatchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12&\n\ncheckpoint\x18\x02 \x01(\x0e\x32\x12.pdp.v1.Checkpoint\x12 \n\x07rollout\x18\x03 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x04 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x1e\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\'\n\x0fprevious_config\x18\x06 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\x1d\n\x06\x61gents\x18\x07 \x03(\x0b\x32\r.pdp.v1.Agent\x12\"\n\x08override\x18\x08 \x01(\x0b\x32\x10.pdp.v1.Override\x12\x0f\n\x07\x65xplain\x18\t \x01(\x08\x12\x12\n\nrequest_id\x18\n \x01(\t\"E\n\rAgentDecision\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x10.pdp.v1.Decision\"o\n\x16\x43heckPushBatchResponse\x12(\n\tdecisions\x18\x01 \x03(\x0b\x32\x15.pdp.v1.AgentDecision\x12\x15\n\rallowed_count\x18\x02 \x01(\x05\x12\x14\n\x0c\x64\x65nied_count\x18\x03 \x01(\x05\"F\n\x16\x43heckPushStreamRequest\x12,\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1d.pdp.v1.CheckPushBatchRequest\"H\n\x17\x43heckPushStreamResponse\x12-\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1e.pdp.v1.CheckPushBatchResponse\"\xef\x01\n\x12\x43heckDeviceRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1e\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x0e.pdp.v1.Device\x12\x1e\n\x06\x63hange\x18\x03 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x1e\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x0e.pdp.v1.Config\x12 \n\x07rollout\x18\x05 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\"\n\x08override\x18\x06 \x01(\x0b\x32\x10.pdp.v1.Override\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"9\n\x13\x43heckDeviceResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x10.pdp.v1.Decision\"\xe4\x02\n\x13\x43heckRolloutRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12 \n\x07rollout\x18\x02 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x03 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x1e\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\'\n\x0fprevious_config\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\x39\n\x07metrics\x18\x06 \x03(\x0b\x32(.pdp.v1.CheckRolloutRequest.MetricsEntry\x12\"\n\x08override\x18\x07 \x01(\x0b\x32\x10.pdp.v1.Override\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\x14\x43heckRolloutResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x10.pdp.v1.Decision\"\xf9\x01\n\x12RecordEventRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x04kind\x18\x02 \x01(\x0e\x32\x11.pdp.v1.EventKind\x12 \n\x07rollout\x18\x03 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x04 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\x11\n\tdevice_id\x18\x06 \x01(\t\x12\r\n\x05group\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\t \x01(\t\"\'\n\x13RecordEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\xea\x01\n\x15\x45valuateHealthRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12 \n\x07rollout\x18\x02 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x03 \x01(\x0b\x32\x0e.pdp.v1.Change\x12;\n\x07metrics\x18\x04 \x03(\x0b\x32*.pdp.v1.EvaluateHealthRequest.MetricsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8f\x01\n\x16\x45valuateHealthResponse\x12\x10\n\x08rollback\x18\x01 \x01(\x08\x12\x1f\n\x07reasons\x18\x02 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12-\n\x12\x65valuated_policies\x18\x04 \x03(\x0b\x32\x11.pdp.v1.PolicyRef*t\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45VENT_KIND_DEPLOY\x10\x01\x12\x17\n\x13\x45VENT_KIND_ROLLBACK\x10\x02\x12\x1b\n\x17\x45VENT_KIND_STEP_ADVANCE\x10\x03\x32\xa8\x04\n\x0f\x44\x65\x63isionService\x12@\n\tCheckPush\x12\x18.pdp.v1.CheckPushRequest\x1a\x19.pdp.v1.CheckPushResponse\x12O\n\x0e\x43heckPushBatch\x12\x1d.pdp.v1.CheckPushBatchRequest\x1a\x1e.pdp.v1.CheckPushBatchResponse\x12V\n\x0f\x43heckPushStream\x12\x1e.pdp.v1.CheckPushStreamRequest\x1a\x1f.pdp.v1.CheckPushStreamResponse(\x01\x30\x01\x12\x46\n\x0b\x43heckDevice\x12\x1a.pdp.v1.CheckDeviceRequest\x1a\x1b.pdp.v1.CheckDeviceResponse\x12I\n\x0c\x43heckRollout\x12\x1b.pdp.v1.CheckRolloutRequest\x1a\x1c.pdp.v1.CheckRolloutResponse\x12\x46\n\x0bRecordEvent\x12\x1a.pdp.v1.RecordEventRequest\x1a\x1b.pdp.v1.RecordEventResponse\x12O\n\x0e\x45valuateHealth\x12\x1d.pdp.v1.EvaluateHealthRequest\x1a\x1e.pdp.v1.EvaluateHealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pdp/v1/decision.proto\x12\x06pdp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13pdp/v1/common.proto\"\xbc\x02\n\x10\x43heckPushRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12&\n\ncheckpoint\x18\x02 \x01(\x0e\x32\x12.pdp.v1.Checkpoint\x12\x1c\n\x05\x61gent\x18\x03 \x01(\x0b\x32\r.pdp.v1.Agent\x12 \n\x07rollout\x18\x04 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x1e\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\'\n\x0fprevious_config\x18\x07 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\"\n\x08override\x18\x08 \x01(\x0b\x32\x10.pdp.v1.Override\x12\x0f\n\x07\x65xplain\x18\t \x01(\x08\x12\x12\n\nrequest_id\x18\n \x01(\t\"7\n\x11\x43heckPushResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x10.pdp.v1.Decision\"\xc2\x02\n\x15\x43heckPushBatchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12&\n\ncheckpoint\x18\x02 \x01(\x0e\x32\x12.pdp.v1.Checkpoint\x12 \n\x07rollout\x18\x03 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x04 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x1e\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\'\n\x0fprevious_config\x18\x06 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\x1d\n\x06\x61gents\x18\x07 \x03(\x0b\x32\r.pdp.v1.Agent\x12\"\n\x08override\x18\x08 \x01(\x0b\x32\x10.pdp.v1.Override\x12\x0f\n\x07\x65xplain\x18\t \x01(\x08\x12\x12\n\nrequest_id\x18\n \x01(\t\"\\\n\rAgentDecision\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\"\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x10.pdp.v1.Decision\x12\x15\n\revaluated_set\x18\x03 \x01(\x05\"3\n\x0cPolicyRefSet\x12#\n\x08policies\x18\x01 \x03(\x0b\x32\x11.pdp.v1.PolicyRef\"\x9d\x01\n\x16\x43heckPushBatchResponse\x12(\n\tdecisions\x18\x01 \x03(\x0b\x32\x15.pdp.v1.AgentDecision\x12\x15\n\rallowed_count\x18\x02 \x01(\x05\x12\x14\n\x0c\x64\x65nied_count\x18\x03 \x01(\x05\x12,\n\x0e\x65valuated_sets\x18\x04 \x03(\x0b\x32\x14.pdp.v1.PolicyRefSet\"F\n\x16\x43heckPushStreamRequest\x12,\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1d.pdp.v1.CheckPushBatchRequest\"H\n\x17\x43heckPushStreamResponse\x12-\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1e.pdp.v1.CheckPushBatchResponse\"\xef\x01\n\x12\x43heckDeviceRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1e\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x0e.pdp.v1.Device\x12\x1e\n\x06\x63hange\x18\x03 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x1e\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x0e.pdp.v1.Config\x12 \n\x07rollout\x18\x05 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\"\n\x08override\x18\x06 \x01(\x0b\x32\x10.pdp.v1.Override\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"9\n\x13\x43heckDeviceResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x10.pdp.v1.Decision\"\xe4\x02\n\x13\x43heckRolloutRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12 \n\x07rollout\x18\x02 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x03 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x1e\n\x06\x63onfig\x18\x04 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\'\n\x0fprevious_config\x18\x05 \x01(\x0b\x32\x0e.pdp.v1.Config\x12\x39\n\x07metrics\x18\x06 \x03(\x0b\x32(.pdp.v1.CheckRolloutRequest.MetricsEntry\x12\"\n\x08override\x18\x07 \x01(\x0b\x32\x10.pdp.v1.Override\x12\x0f\n\x07\x65xplain\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\x14\x43heckRolloutResponse\x12\"\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x10.pdp.v1.Decision\"\xf9\x01\n\x12RecordEventRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x04kind\x18\x02 \x01(\x0e\x32\x11.pdp.v1.EventKind\x12 \n\x07rollout\x18\x03 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x04 \x01(\x0b\x32\x0e.pdp.v1.Change\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\x11\n\tdevice_id\x18\x06 \x01(\t\x12\r\n\x05group\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\t \x01(\t\"\'\n\x13RecordEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\xea\x01\n\x15\x45valuateHealthRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12 \n\x07rollout\x18\x02 \x01(\x0b\x32\x0f.pdp.v1.Rollout\x12\x1e\n\x06\x63hange\x18\x03 \x01(\x0b\x32\x0e.pdp.v1.Change\x12;\n\x07metrics\x18\x04 \x03(\x0b\x32*.pdp.v1.EvaluateHealthRequest.MetricsEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8f\x01\n\x16\x45valuateHealthResponse\x12\x10\n\x08rollback\x18\x01 \x01(\x08\x12\x1f\n\x07reasons\x18\x02 \x03(\x0b\x32\x0e.pdp.v1.Reason\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\x12-\n\x12\x65valuated_policies\x18\x04 \x03(\x0b\x32\x11.pdp.v1.PolicyRef*t\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45VENT_KIND_DEPLOY\x10\x01\x12\x17\n\x13\x45VENT_KIND_ROLLBACK\x10\x02\x12\x1b\n\x17\x45VENT_KIND_STEP_ADVANCE\x10\x03\x32\xa8\x04\n\x0f\x44\x65\x63isionService\x12@\n\tCheckPush\x12\x18.pdp.v1.CheckPushRequest\x1a\x19.pdp.v1.CheckPushResponse\x12O\n\x0e\x43heckPushBatch\x12\x1d.pdp.v1.CheckPushBatchRequest\x1a\x1e.pdp.v1.CheckPushBatchResponse\x12V\n\x0f\x43heckPushStream\x12\x1e.pdp.v1.CheckPushStreamRequest\x1a\x1f.pdp.v1.CheckPushStreamResponse(\x01\x30\x01\x12\x46\n\x0b\x43heckDevice\x12\x1a.pdp.v1.CheckDeviceRequest\x1a\x1b.pdp.v1.CheckDeviceResponse\x12I\n\x0c\x43heckRollout\x12\x1b.pdp.v1.CheckRolloutRequest\x1a\x1c.pdp.v1.CheckRolloutResponse\x12\x46\n\x0bRecordEvent\x12\x1a.pdp.v1.RecordEventRequest\x1a\x1b.pdp.v1.RecordEventResponse\x12O\n\x0e\x45valuateHealth\x12\x1d.pdp.v1.EvaluateHealthRequest\x1a\x1e.pdp.v1.EvaluateHealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKROLLOUTREQUEST_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_EVALUATEHEALTHREQUEST_METRICSENTRY']._loaded_options = None
   _globals['_EVALUATEHEALTHREQUEST_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=2514
-  _globals['_EVENTKIND']._serialized_end=2630
+  _globals['_EVENTKIND']._serialized_start=2637
+  _globals['_EVENTKIND']._serialized_end=2753
   _globals['_CHECKPUSHREQUEST']._serialized_start=88
   _globals['_CHECKPUSHREQUEST']._serialized_end=404
   _globals['_CHECKPUSHRESPONSE']._serialized_start=406
@@ -46,33 +46,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPUSHBATCHREQUEST']._serialized_start=464
   _globals['_CHECKPUSHBATCHREQUEST']._serialized_end=786
   _globals['_AGENTDECISION']._serialized_start=788
-  _globals['_AGENTDECISION']._serialized_end=857
-  _globals['_CHECKPUSHBATCHRESPONSE']._serialized_start=859
-  _globals['_CHECKPUSHBATCHRESPONSE']._serialized_end=970
-  _globals['_CHECKPUSHSTREAMREQUEST']._serialized_start=972
-  _globals['_CHECKPUSHSTREAMREQUEST']._serialized_end=1042
-  _globals['_CHECKPUSHSTREAMRESPONSE']._serialized_start=1044
-  _globals['_CHECKPUSHSTREAMRESPONSE']._serialized_end=1116
-  _globals['_CHECKDEVICEREQUEST']._serialized_start=1119
-  _globals['_CHECKDEVICEREQUEST']._serialized_end=1358
-  _globals['_CHECKDEVICERESPONSE']._serialized_start=1360
-  _globals['_CHECKDEVICERESPONSE']._serialized_end=1417
-  _globals['_CHECKROLLOUTREQUEST']._serialized_start=1420
-  _globals['_CHECKROLLOUTREQUEST']._serialized_end=1776
-  _globals['_CHECKROLLOUTREQUEST_METRICSENTRY']._serialized_start=1730
-  _globals['_CHECKROLLOUTREQUEST_METRICSENTRY']._serialized_end=1776
-  _globals['_CHECKROLLOUTRESPONSE']._serialized_start=1778
-  _globals['_CHECKROLLOUTRESPONSE']._serialized_end=1836
-  _globals['_RECORDEVENTREQUEST']._serialized_start=1839
-  _globals['_RECORDEVENTREQUEST']._serialized_end=2088
-  _globals['_RECORDEVENTRESPONSE']._serialized_start=2090
-  _globals['_RECORDEVENTRESPONSE']._serialized_end=2129
-  _globals['_EVALUATEHEALTHREQUEST']._serialized_start=2132
-  _globals['_EVALUATEHEALTHREQUEST']._serialized_end=2366
-  _globals['_EVALUATEHEALTHREQUEST_METRICSENTRY']._serialized_start=1730
-  _globals['_EVALUATEHEALTHREQUEST_METRICSENTRY']._serialized_end=1776
-  _globals['_EVALUATEHEALTHRESPONSE']._serialized_start=2369
-  _globals['_EVALUATEHEALTHRESPONSE']._serialized_end=2512
-  _globals['_DECISIONSERVICE']._serialized_start=2633
-  _globals['_DECISIONSERVICE']._serialized_end=3185
+  _globals['_AGENTDECISION']._serialized_end=880
+  _globals['_POLICYREFSET']._serialized_start=882
+  _globals['_POLICYREFSET']._serialized_end=933
+  _globals['_CHECKPUSHBATCHRESPONSE']._serialized_start=936
+  _globals['_CHECKPUSHBATCHRESPONSE']._serialized_end=1093
+  _globals['_CHECKPUSHSTREAMREQUEST']._serialized_start=1095
+  _globals['_CHECKPUSHSTREAMREQUEST']._serialized_end=1165
+  _globals['_CHECKPUSHSTREAMRESPONSE']._serialized_start=1167
+  _globals['_CHECKPUSHSTREAMRESPONSE']._serialized_end=1239
+  _globals['_CHECKDEVICEREQUEST']._serialized_start=1242
+  _globals['_CHECKDEVICEREQUEST']._serialized_end=1481
+  _globals['_CHECKDEVICERESPONSE']._serialized_start=1483
+  _globals['_CHECKDEVICERESPONSE']._serialized_end=1540
+  _globals['_CHECKROLLOUTREQUEST']._serialized_start=1543
+  _globals['_CHECKROLLOUTREQUEST']._serialized_end=1899
+  _globals['_CHECKROLLOUTREQUEST_METRICSENTRY']._serialized_start=1853
+  _globals['_CHECKROLLOUTREQUEST_METRICSENTRY']._serialized_end=1899
+  _globals['_CHECKROLLOUTRESPONSE']._serialized_start=1901
+  _globals['_CHECKROLLOUTRESPONSE']._serialized_end=1959
+  _globals['_RECORDEVENTREQUEST']._serialized_start=1962
+  _globals['_RECORDEVENTREQUEST']._serialized_end=2211
+  _globals['_RECORDEVENTRESPONSE']._serialized_start=2213
+  _globals['_RECORDEVENTRESPONSE']._serialized_end=2252
+  _globals['_EVALUATEHEALTHREQUEST']._serialized_start=2255
+  _globals['_EVALUATEHEALTHREQUEST']._serialized_end=2489
+  _globals['_EVALUATEHEALTHREQUEST_METRICSENTRY']._serialized_start=1853
+  _globals['_EVALUATEHEALTHREQUEST_METRICSENTRY']._serialized_end=1899
+  _globals['_EVALUATEHEALTHRESPONSE']._serialized_start=2492
+  _globals['_EVALUATEHEALTHRESPONSE']._serialized_end=2635
+  _globals['_DECISIONSERVICE']._serialized_start=2756
+  _globals['_DECISIONSERVICE']._serialized_end=3308
 # @@protoc_insertion_point(module_scope)

@@ -182,22 +182,52 @@ class AgentDecision(_message.Message):
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
+    EVALUATED_SET_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    evaluated_set: _builtins.int
+    """The policy versions this decision evaluated: an index into the response's
+    `evaluated_sets`.
+    """
     @_builtins.property
-    def decision(self) -> _common_pb2.Decision: ...
+    def decision(self) -> _common_pb2.Decision:
+        """Its `evaluated_policies` is left empty in a batch: see `evaluated_set`."""
+
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         decision: _common_pb2.Decision | None = ...,
+        evaluated_set: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "decision", b"decision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "decision", b"decision", "evaluated_set", b"evaluated_set"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentDecision: _TypeAlias = AgentDecision  # noqa: Y015
+
+@_typing.final
+class PolicyRefSet(_message.Message):
+    """A list of evaluated policy versions, shared by the decisions that name it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policies(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PolicyRef]: ...
+    def __init__(
+        self,
+        *,
+        policies: _abc.Iterable[_common_pb2.PolicyRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyRefSet: _TypeAlias = PolicyRefSet  # noqa: Y015
 
 @_typing.final
 class CheckPushBatchResponse(_message.Message):
@@ -206,11 +236,18 @@ class CheckPushBatchResponse(_message.Message):
     DECISIONS_FIELD_NUMBER: _builtins.int
     ALLOWED_COUNT_FIELD_NUMBER: _builtins.int
     DENIED_COUNT_FIELD_NUMBER: _builtins.int
+    EVALUATED_SETS_FIELD_NUMBER: _builtins.int
     allowed_count: _builtins.int
     denied_count: _builtins.int
     @_builtins.property
     def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentDecision]:
         """In the order of the request's agents."""
+
+    @_builtins.property
+    def evaluated_sets(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyRefSet]:
+        """Each distinct list of evaluated policy versions of the step, once (the agents of a step
+        mostly share one, so a thousand decisions do not repeat it a thousand times).
+        """
 
     def __init__(
         self,
@@ -218,10 +255,11 @@ class CheckPushBatchResponse(_message.Message):
         decisions: _abc.Iterable[Global___AgentDecision] | None = ...,
         allowed_count: _builtins.int = ...,
         denied_count: _builtins.int = ...,
+        evaluated_sets: _abc.Iterable[Global___PolicyRefSet] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_count", b"allowed_count", "decisions", b"decisions", "denied_count", b"denied_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_count", b"allowed_count", "decisions", b"decisions", "denied_count", b"denied_count", "evaluated_sets", b"evaluated_sets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,6 +25,15 @@ rule:
   cel:
     deny: '"canary" in agent.labels'
     message: '"agent " + agent.id + " is a canary"'
+---
+tenant: acme
+name: eu-only-check
+match:
+  agent_selector:
+    match_labels: {region: eu}
+rule:
+  cel:
+    deny: 'false'
 """
 
 
@@ -58,6 +67,30 @@ def test_batch_decides_each_agent_in_order(server: PdpServer) -> None:
     assert "agent-2" in resp.decisions[2].decision.reasons[0].message
     assert resp.decisions[6].decision.reasons[0].code == cpb.REASON_CODE_DAILY_CAP_EXCEEDED
     assert len({d.decision.decision_id for d in resp.decisions}) == 8
+    # The evaluated policy versions are written once for the step and named by index.
+    assert len(resp.evaluated_sets) == 1 and {d.evaluated_set for d in resp.decisions} == {0}
+    names = {p.name for p in resp.evaluated_sets[0].policies}
+    assert {"step-cap", "no-canary-label"} <= names
+    assert all(len(p.content_hash) == 71 for p in resp.evaluated_sets[0].policies)
+    assert not any(d.decision.evaluated_policies for d in resp.decisions)
+    with grpc.insecure_channel(server.address) as ch:
+        one = dgrpc.DecisionServiceStub(ch).CheckPush(dpb.CheckPushRequest(
+            tenant="acme", rollout=cpb.Rollout(id="r-2"), agent=cpb.Agent(id="solo"),
+            config=cpb.Config(yaml="a: 1\n")), timeout=10)
+    assert [p.name for p in one.decision.evaluated_policies] == [
+        p.name for p in resp.evaluated_sets[0].policies]
+
+
+def test_agents_with_other_policies_name_another_evaluated_set(server: PdpServer) -> None:
+    req = batch(4)
+    req.agents[1].labels["region"] = "eu"
+    req.agents[3].labels["region"] = "eu"
+    with grpc.insecure_channel(server.address) as ch:
+        resp = dgrpc.DecisionServiceStub(ch).CheckPushBatch(req, timeout=10)
+    assert [d.evaluated_set for d in resp.decisions] == [0, 1, 0, 1]
+    names = [{p.name for p in s.policies} for s in resp.evaluated_sets]
+    assert "eu-only-check" not in names[0] and "eu-only-check" in names[1]
+    assert names[1] - names[0] == {"eu-only-check"}
 
 
 @pytest.mark.parametrize(("request_", "field"), [
