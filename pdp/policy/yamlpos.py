@@ -13,6 +13,10 @@ import yaml
 
 Path_ = tuple[str | int, ...]
 
+#: libyaml's parser when PyYAML has it (the usual wheels do): the pure-Python one was most of
+#: start-up with thousands of policies. Same nodes, same marks (line:column), same values.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 @dataclass
 class Located:
@@ -39,7 +43,7 @@ def format_path(path: Path_) -> str:
 def load_documents(text: str) -> list[Located]:
     """All documents of a YAML stream (``---`` separated); raises yaml.YAMLError."""
     docs = []
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -53,7 +57,7 @@ def load_documents(text: str) -> list[Located]:
     return docs
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_,
+def _build(loader: Any, node: yaml.Node, path: Path_,
            pos: dict[Path_, tuple[int, int]]) -> Any:
     pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):

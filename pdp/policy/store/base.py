@@ -48,6 +48,9 @@ from pdp.policy.store.records import (
     VersionRecord,
 )
 
+#: libyaml's emitter when PyYAML has it: stored sources are written for every seeded policy.
+_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 log = logging.getLogger(__name__)
 
 Validator = Callable[[Policy], object]
@@ -358,7 +361,8 @@ class PolicyStore(abc.ABC):
 
     def _parse_source(self, tenant: str, source: str | Policy) -> tuple[Policy, str]:
         if isinstance(source, Policy):
-            text = yaml.safe_dump(_plain(source.spec), sort_keys=False, allow_unicode=True)
+            text = yaml.dump(_plain(source.spec), Dumper=_Dumper, sort_keys=False,
+                             allow_unicode=True)
             where = source.source or f"{tenant}/{source.name}"
         elif isinstance(source, str):
             text, where = source, f"{tenant}/<draft>"
