@@ -233,6 +233,9 @@ def _shareable(p: CompiledPolicy) -> bool:
     return True
 
 
+#: Counter rules (policy, scope) single decisions keep between calls; cleared when full.
+_COUNTER_RULE_CACHE = 4096
+
 #: Distinct sets of shared inputs (config, rollout, ...) one batch tracks; agents beyond
 #: that are evaluated on their own.
 _MAX_GROUPS = 4
@@ -368,6 +371,8 @@ class Engine:
         self._configs_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._policy_lists: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...],
                                                         list[dict[str, Any]]]] = {}
+        self._counter_rule_cache: dict[tuple[int, str],
+                                       tuple[CompiledPolicy, CounterRule | str]] = {}
 
     def replace_policies(self, policies: PolicySet) -> None:
         """Swap the policy set atomically (decisions in flight keep the one they started with)."""
@@ -623,13 +628,17 @@ class Engine:
                                      " does not carry (e.g. rollout.id, agent.id)")))
                 item.rules.clear()
                 return
-            hit = memo.counter_rules.get((id(p), scope)) if memo is not None else None
+            # A batch remembers its rules; single decisions share a small engine-wide cache
+            # (a tenant- or rollout-wide rule is the same object call after call).
+            cache = memo.counter_rules if memo is not None else self._counter_rule_cache
+            hit = cache.get((id(p), scope))
             if hit is not None and hit[0] is p:
                 rule = hit[1]
             else:
                 rule = _counter_rule(p, scope)
-                if memo is not None:
-                    memo.counter_rules[(id(p), scope)] = (p, rule)
+                if memo is None and len(cache) >= _COUNTER_RULE_CACHE:
+                    cache.clear()
+                cache[(id(p), scope)] = (p, rule)
             if isinstance(rule, str):
                 item.decision.reasons.append(_reason(p, Deny(
                     "POLICY_INVALID", f"counter rule is invalid: {rule}")))

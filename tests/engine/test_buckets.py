@@ -174,3 +174,21 @@ async def test_counter_rules_of_shared_scopes_are_taken_from_the_bucket() -> Non
     decisions = await engine.check_batch(step(20), 1.0)
     assert [d.allowed for d in decisions] == [i < 12 for i in range(20)]
     assert calls == {"cap": 1}  # only rollout-scoped: the bucket's rules are reused
+
+
+async def test_single_decisions_reuse_their_counter_rules() -> None:
+    """A tenant-wide rule is one object call after call (built and validated once); an
+    agent-scoped one is per agent, and the cap still counts every decision."""
+    engine, _ = engine_for(
+        "tenant: t\nname: cap\nrule: {daily_cap: {max_count: 3, scope: tenant}}\n")
+    seen: list[Any] = []
+    inner = engine.counters.reserve_batch
+
+    async def spy(tenant: str, items: Any, *, timeout: float) -> Any:
+        seen.extend(r for rules in items for r in rules)
+        return await inner(tenant, items, timeout=timeout)
+
+    engine.counters.reserve_batch = spy  # type: ignore[method-assign]
+    decisions = [await engine.check(push(agent=f"a{i}"), 1.0) for i in range(5)]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert len(seen) == 5 and all(r is seen[0] for r in seen)
