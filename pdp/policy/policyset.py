@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.model import Checkpoint, Status
 
+#: Selections a policy set remembers (cleared when full: label sets are few in practice).
+_SELECTIONS = 4096
+
 
 @dataclass
 class PolicySet:
@@ -22,6 +25,8 @@ class PolicySet:
     _index: dict[tuple[str, Checkpoint], list[CompiledPolicy]] = field(
         default_factory=dict, init=False, repr=False)
     _tenants: set[str] = field(default_factory=set, init=False, repr=False)
+    _selections: dict[tuple[object, ...], list[CompiledPolicy]] = field(
+        default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         live = [p for p in self.policies
@@ -47,8 +52,26 @@ class PolicySet:
     def select(self, tenant: str, checkpoint: Checkpoint, change: Mapping[str, str],
                agent_labels: Mapping[str, str] | None,
                device_labels: Mapping[str, str] | None) -> list[CompiledPolicy]:
-        return [p for p in self.for_tenant(tenant, checkpoint)
-                if p.policy.match.matches(change, agent_labels, device_labels)]
+        """The policies that apply; remembered per (tenant, checkpoint, change, labels): a
+        fleet asks with the same few label sets over and over. The list is shared: read it,
+        do not change it."""
+        try:
+            key: tuple[object, ...] | None = (
+                tenant, checkpoint, tuple(change.items()),
+                tuple(agent_labels.items()) if agent_labels else (),
+                tuple(device_labels.items()) if device_labels else ())
+            hit = self._selections.get(key)
+        except (TypeError, AttributeError):  # unhashable or odd values: not remembered
+            key, hit = None, None
+        if hit is not None:
+            return hit
+        found = [p for p in self.for_tenant(tenant, checkpoint)
+                 if p.policy.match.matches(change, agent_labels, device_labels)]
+        if key is not None:
+            if len(self._selections) >= _SELECTIONS:
+                self._selections.clear()
+            self._selections[key] = found
+        return found
 
     def all(self) -> Iterable[CompiledPolicy]:
         return [*self.builtins, *self.policies]
