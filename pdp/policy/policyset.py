@@ -55,14 +55,15 @@ class PolicySet:
         """The policies that apply; remembered per (tenant, checkpoint, change, labels): a
         fleet asks with the same few label sets over and over. The list is shared: read it,
         do not change it."""
+        key: tuple[object, ...] | None = None
+        hit = None
         try:
-            key: tuple[object, ...] | None = (
-                tenant, checkpoint, tuple(change.items()),
-                tuple(agent_labels.items()) if agent_labels else (),
-                tuple(device_labels.items()) if device_labels else ())
+            key = (tenant, checkpoint, tuple(change.items()),
+                   tuple(agent_labels.items()) if agent_labels else (),
+                   tuple(device_labels.items()) if device_labels else ())
             hit = self._selections.get(key)
         except (TypeError, AttributeError):  # unhashable or odd values: not remembered
-            key, hit = None, None
+            key = None
         if hit is not None:
             return hit
         found = [p for p in self.for_tenant(tenant, checkpoint)
