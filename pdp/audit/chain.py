@@ -86,16 +86,30 @@ class Entry:
     record is made when first asked for (watchers, the Redis sink); most records are only
     written, and holding every event as Python objects until then costs the collector."""
 
-    __slots__ = ("_record", "hash", "line", "seq")
+    __slots__ = ("_record", "hash", "line", "seq", "tags")
 
-    def __init__(self, seq: int, line: bytes, hash: str, record: Record | None = None) -> None:
+    def __init__(self, seq: int, line: bytes, hash: str, record: Record | None = None,
+                 tags: Tags | None = None) -> None:
         self.seq, self.line, self.hash, self._record = seq, line, hash, record
+        if tags is None and record is not None:
+            tags = tags_of(record.get("event"))
+        #: The event's ``type`` and ``tenant`` (None: the event is not a JSON object), what
+        #: sinks and watchers filter on, without parsing the line.
+        self.tags = tags
 
     @property
     def record(self) -> Record:
         if self._record is None:
             self._record = parse_line(self.line)
         return self._record
+
+
+#: (type, tenant) of an event object, as found in it.
+Tags = tuple[Any, Any]
+
+
+def tags_of(event: Any) -> Tags | None:
+    return (event.get("type"), event.get("tenant")) if isinstance(event, dict) else None
 
 
 @dataclass(slots=True)
@@ -105,6 +119,7 @@ class EncodedEvent:
 
     text: bytes
     version: int
+    tags: Tags | None = None
 
 
 # A string no event can hold (NUL + a per-process random nonce): it stands in for the shared
@@ -145,14 +160,14 @@ def encode_event(event: Any) -> EncodedEvent:
     """
     if type(event) is dict:
         try:
-            return EncodedEvent(_fast_text(event), 2)
+            return EncodedEvent(_fast_text(event), 2, tags_of(event))
         except TypeError:
             pass
     data = to_jsonable(event)
     try:
-        return EncodedEvent(orjson.dumps(data, option=orjson.OPT_SORT_KEYS), 2)
+        return EncodedEvent(orjson.dumps(data, option=orjson.OPT_SORT_KEYS), 2, tags_of(data))
     except TypeError:  # e.g. an int beyond 64 bits: the json module's canonical form
-        return EncodedEvent(canonical(data), 1)
+        return EncodedEvent(canonical(data), 1, tags_of(data))
 
 
 def make_entry(event: Any, head: ChainHead) -> Entry:
@@ -165,7 +180,7 @@ def make_entry(event: Any, head: ChainHead) -> Entry:
                             ).hexdigest()
     line = b"".join((b'{"hash":"', digest.encode("ascii"), b'","event":', text, b',"prev":"',
                      prev, tail, b"\n"))
-    return Entry(seq, line, digest)
+    return Entry(seq, line, digest, tags=enc.tags)
 
 
 def _no_constant(name: str) -> Any:

@@ -195,20 +195,27 @@ class _Subscriber:
         self.overflowed = False
         self.closed = False
 
-    def matches(self, rec: Record) -> bool:
-        return _matches(rec, self.tenant, self.types)
-
     def push(self, entries: Iterable[Entry]) -> None:
         if self.overflowed or self.closed:
             return
         for e in entries:
-            if e.seq <= self.after or not self.matches(e.record):
+            if e.seq <= self.after or not _entry_matches(e, self.tenant, self.types):
                 continue
             if len(self.buf) >= self.limit:
                 self.overflowed = True
                 break
             self.buf.append(e.record)
         self.wake.set()
+
+
+def _entry_matches(e: Entry, tenant: str | None, types: frozenset[str] | None) -> bool:
+    """By the entry's tags (no parsing); the record itself only when it has none."""
+    if e.tags is None:
+        return _matches(e.record, tenant, types)
+    kind, owner = e.tags
+    if tenant is not None and owner != tenant:
+        return False
+    return types is None or kind in types
 
 
 def _matches(rec: Record, tenant: str | None, types: frozenset[str] | None) -> bool:

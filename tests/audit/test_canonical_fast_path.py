@@ -68,3 +68,16 @@ def test_a_nan_literal_is_not_a_record() -> None:
         pass
     else:
         raise AssertionError("NaN literal accepted")
+
+
+def test_entries_carry_type_and_tenant_without_parsing_their_line() -> None:
+    """Sinks and watchers filter on type and tenant; a written record is not parsed back
+    into objects for that (most records are only ever written)."""
+    e = chain.make_entry({"type": "Decision", "tenant": "acme", "x": 1}, chain.ChainHead())
+    assert e.tags == ("Decision", "acme")
+    assert e._record is None  # nothing parsed yet
+    assert e.record["event"]["tenant"] == "acme"  # on demand
+    again = chain.entry_from_line(e.line)
+    assert again.tags == e.tags and again.hash == e.hash
+    odd = chain.make_entry(["not", "an", "object"], chain.ChainHead())
+    assert odd.tags is None and odd.record["event"] == ["not", "an", "object"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -92,12 +91,11 @@ class RedisStreamSink:
                 return
             pipe = self._client.pipeline(transaction=True)
             for e in todo:
-                ev: Any = e.record.get("event")
-                ev = ev if isinstance(ev, dict) else {}
+                kind, tenant = e.tags or (None, None)
                 fields: dict[str | bytes, str | bytes | int] = {
                     "seq": e.seq,
-                    "type": str(ev.get("type") or ""),
-                    "tenant": str(ev.get("tenant") or ""),
+                    "type": str(kind or ""),
+                    "tenant": str(tenant or ""),
                     "record": e.line.rstrip(b"\n"),
                 }
                 pipe.xadd(self.stream, fields,  # type: ignore[arg-type]
