@@ -81,6 +81,14 @@ class ChainHead:
     hash: str = GENESIS
 
 
+#: (type, tenant) of an event object, as found in it.
+Tags = tuple[Any, Any]
+
+
+def tags_of(event: Any) -> Tags | None:
+    return (event.get("type"), event.get("tenant")) if isinstance(event, dict) else None
+
+
 class Entry:
     """One chained record: its serialized line (with trailing newline) and hash. The parsed
     record is made when first asked for (watchers, the Redis sink); most records are only
@@ -102,14 +110,6 @@ class Entry:
         if self._record is None:
             self._record = parse_line(self.line)
         return self._record
-
-
-#: (type, tenant) of an event object, as found in it.
-Tags = tuple[Any, Any]
-
-
-def tags_of(event: Any) -> Tags | None:
-    return (event.get("type"), event.get("tenant")) if isinstance(event, dict) else None
 
 
 @dataclass(slots=True)
