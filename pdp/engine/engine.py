@@ -8,6 +8,7 @@ policy allowed, in one store call, so a denied decision never consumes a slot.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -110,6 +111,12 @@ class HealthVerdict:
     rollback: bool
     reasons: list[Reason]
     evaluated: list[PolicyRef]
+
+
+def _debug_enabled() -> bool:
+    bound = log.bind()  # the logger as configured (structlog caches it on first use)
+    check = getattr(bound, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
 
 
 def new_decision_id() -> str:
@@ -373,6 +380,9 @@ class Engine:
                                                         list[dict[str, Any]]]] = {}
         self._counter_rule_cache: dict[tuple[int, str],
                                        tuple[CompiledPolicy, CounterRule | str]] = {}
+        # Whether the per-decision debug line is wanted, asked once (logging is configured
+        # before the engine is made): a filtered-out call still cost ~4 µs per decision.
+        self._debug = _debug_enabled()
 
     def replace_policies(self, policies: PolicySet) -> None:
         """Swap the policy set atomically (decisions in flight keep the one they started with)."""
@@ -703,9 +713,10 @@ class Engine:
                    self._config_ref(req.tenant, "previous_config", req.previous_config_yaml))
         event = decision_event(req, decision, configs=configs,
                                policies=self._policy_dicts(decision.evaluated))
-        log.debug("decision", decision_id=decision.decision_id, tenant=req.tenant,
-                  allowed=decision.allowed, reasons=[r.code for r in decision.reasons],
-                  elapsed_ms=round(decision.elapsed_s * 1000, 3))
+        if self._debug:
+            log.debug("decision", decision_id=decision.decision_id, tenant=req.tenant,
+                      allowed=decision.allowed, reasons=[r.code for r in decision.reasons],
+                      elapsed_ms=round(decision.elapsed_s * 1000, 3))
         await self.audit.log_decision(event)
 
     def _config_ref(self, tenant: str, field: str, text: str | None) -> str | None:

@@ -192,3 +192,26 @@ async def test_single_decisions_reuse_their_counter_rules() -> None:
     decisions = [await engine.check(push(agent=f"a{i}"), 1.0) for i in range(5)]
     assert [d.allowed for d in decisions] == [True, True, True, False, False]
     assert len(seen) == 5 and all(r is seen[0] for r in seen)
+
+
+async def test_the_per_decision_debug_line_is_written_only_at_debug_level(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import structlog
+    from structlog.testing import capture_logs
+
+    import pdp.engine.engine as engine_module
+    from pdp.logging import configure_logging
+
+    try:
+        for level, expected in (("debug", True), ("warning", False)):
+            configure_logging(level)
+            # A fresh logger: structlog caches a logger at its first use, with the levels
+            # configured then (in the server, logging is configured once, before that).
+            monkeypatch.setattr(engine_module, "log", structlog.get_logger("pdp.engine"))
+            engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
+            assert engine._debug is expected
+            with capture_logs() as logs:
+                await engine.check(push(), 1.0)
+            assert any(x["event"] == "decision" for x in logs) is expected, level
+    finally:
+        structlog.reset_defaults()
