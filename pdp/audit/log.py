@@ -82,7 +82,6 @@ class AuditStats:
 class _Item:
     event: Any
     waiter: asyncio.Future[int] | None = None
-    prepared: bool = False
 
 
 @dataclass
@@ -205,7 +204,7 @@ class AuditLog:
         if self._state == "running" and not self._overflow_active:
             assert self._queue is not None
             try:
-                self._queue.put_nowait(_Item(enc, prepared=True))
+                self._queue.put_nowait(_Item(enc))
                 return
             except asyncio.QueueFull:
                 pass
@@ -237,7 +236,7 @@ class AuditLog:
             raise AuditClosedError(f"audit log is {self._state}")
         assert self._queue is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(self._prepare(event), fut, prepared=True))
+        await self._queue.put(_Item(self._prepare(event), fut))
         return await fut
 
     async def log_decision(self, decision: DecisionInput | Mapping[str, Any]) -> None:
@@ -260,7 +259,7 @@ class AuditLog:
 
     async def _put(self, event: Event) -> None:
         assert self._queue is not None
-        await self._queue.put(_Item(self._prepare(event), prepared=True))
+        await self._queue.put(_Item(self._prepare(event)))
 
     async def flush(self, fsync: bool = True) -> None:
         """Return once everything emitted before the call is written and (unless ``fsync``
@@ -364,18 +363,18 @@ class AuditLog:
         items: list[_Item] = []
         for ln in lines:
             try:
-                items.append(_Item(json.loads(ln), prepared=True))
+                items.append(_Item(json.loads(ln)))  # masked when spilled
             except ValueError:
                 items.append(_Item({"type": "Audit.Unreadable",
-                                    "line": ln.decode(errors="replace")}, prepared=True))
+                                    "line": ln.decode(errors="replace")}))
         await self._write(items, sync=True)  # fsync before consuming from the spool
         self._overflow.consume(lines)
         if self._overflow.pending == 0:
             self._overflow_active = False
 
-    def _prepare_and_append(self, items: list[_Item], sync: bool) -> tuple[list[Any], Any]:
-        events = [it.event if it.prepared else self._prepare(it.event) for it in items]
-        return events, self._ledger.append(events, sync)
+    def _append(self, items: list[_Item], sync: bool) -> Any:
+        """Chain and write (events were masked and encoded by ``emit``)."""
+        return self._ledger.append([it.event for it in items], sync)
 
     async def _write(self, items: list[_Item], sync: bool) -> None:
         """Write ``items`` to the ledger, retrying until they are in; then fan out.
@@ -390,12 +389,10 @@ class AuditLog:
             step = self.settings.inline_max
             if not sync and step and self._ledger.room() > _INLINE_ROOM:
                 chunk = items[:step]
-                prepared, res = self._prepare_and_append(chunk, False)
+                res = self._append(chunk, False)
             else:
                 chunk = items
-                prepared, res = await asyncio.to_thread(self._prepare_and_append, items, sync)
-            for it, ev in zip(chunk, prepared, strict=True):
-                it.event, it.prepared = ev, True
+                res = await asyncio.to_thread(self._append, items, sync)
             n = len(res.entries)
             if res.synced:
                 self._fsyncs += 1

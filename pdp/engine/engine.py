@@ -254,14 +254,13 @@ class _BatchMemo:
     agents whose other inputs are the same objects or equal), counter rules."""
 
     __slots__ = ("counter_rules", "groups", "id_free_selections", "policies", "prefixes",
-                 "selections", "shareable", "verdicts")
+                 "shareable", "verdicts")
 
     def __init__(self, policies: PolicySet) -> None:
         self.policies = policies
         self.groups: list[dict[str, Any]] = []
         self.shareable: dict[int, tuple[CompiledPolicy, bool]] = {}
         self.verdicts: dict[tuple[int, int], tuple[CompiledPolicy, Deny | None, int]] = {}
-        self.selections: dict[Any, list[CompiledPolicy]] = {}
         self.counter_rules: dict[tuple[int, str], tuple[CompiledPolicy, CounterRule | str]] = {}
         # (group, policy) -> (policy, agent-free conjuncts false?, their cost)
         self.prefixes: dict[tuple[int, int], tuple[CompiledPolicy, bool, int]] = {}
@@ -285,19 +284,10 @@ class _BatchMemo:
 
     def select(self, req: CheckRequest, agent_labels: Any, device_labels: Any
                ) -> list[CompiledPolicy]:
-        try:
-            key: Any = (req.tenant, req.checkpoint, tuple(req.change.items()),
-                        tuple(agent_labels.items()) if agent_labels else (),
-                        tuple(device_labels.items()) if device_labels else ())
-            hit = self.selections.get(key)
-        except (TypeError, AttributeError):  # unhashable / odd values: no caching
-            key, hit = None, None
-        if hit is None:
-            hit = self.policies.select(req.tenant, req.checkpoint, req.change, agent_labels,
-                                       device_labels)
-            if key is not None:
-                self.selections[key] = hit
-        return hit
+        """The batch's policy set's selection (``PolicySet.select`` remembers it per labels,
+        so agents with the same labels get the same list object)."""
+        return self.policies.select(req.tenant, req.checkpoint, req.change, agent_labels,
+                                    device_labels)
 
     def group(self, activation: dict[str, Any]) -> int:
         """Which group of agents with the same non-agent inputs this one belongs to (-1:
