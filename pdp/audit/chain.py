@@ -1,30 +1,29 @@
-"""The hash chain: sequence numbers, canonical serialization and SHA-256 links.
+"""The hash chain: sequence numbers, the hashed text and SHA-256 links.
 
-A record is ``{"v": 2, "seq": n, "prev": <hash of record n-1>, "event": {...}, "hash": h}``
-where ``h = sha256(canonical_v(record without "hash"))``. Canonical = JSON with sorted keys, no
-whitespace, UTF-8 (not ASCII-escaped). Any edit of a record changes its hash; removing,
-inserting or reordering records breaks the ``seq`` / ``prev`` links. Readers re-canonicalize
-what they parse, so the on-disk line need not itself be canonical (it puts ``hash`` first).
+A record is ``{"hash": h, "event": {...}, "prev": <hash of record n-1>, "seq": n, "v": 3}``
+where ``h = sha256(text of the record without "hash")``. Any edit of a record changes its
+hash; removing, inserting or reordering records breaks the ``seq`` / ``prev`` links.
 
-Two format versions, each record names its own:
+Three format versions, each record names its own (readers re-encode what they parse the way
+its ``v`` says, so whitespace between tokens does not matter):
 
-* ``v: 2`` (written now): the canonical text is orjson's (``OPT_SORT_KEYS``). orjson is used
-  because encoding is most of the writer's cost per event, and it is several times faster
-  than the json module.
-* ``v: 1``: the canonical text is the json module's (``sort_keys``, ``allow_nan=False``). Files
-  written before v2 verify as they are, and the writer still uses v1 for an event orjson
-  cannot encode (an integer beyond 64 bits).
+* ``v: 3`` (written now): the text is orjson's, with the keys in the order the record has
+  them, i.e. exactly the bytes of the line after its ``hash`` field. Nothing is sorted:
+  sorting cost about half of encoding a decision, and a verifier needs no canonical-JSON
+  rules, only the line (or a parser that keeps key order).
+* ``v: 2``: orjson's text with sorted keys (``OPT_SORT_KEYS``).
+* ``v: 1``: the json module's text (``sort_keys``, ``allow_nan=False``). The writer still uses
+  v1 for an event orjson cannot encode (an integer beyond 64 bits).
 
-The two spell some floats differently (``1e-05`` / ``0.00001``), which is why the version is
-part of the record. Non-finite floats have no JSON form: the API refuses them in requests;
-one that reaches the writer anyway is written as ``null`` in v2.
+v1 and v2/v3 spell some floats differently (``1e-05`` / ``0.00001``), which is why the
+version is part of the record. Non-finite floats have no JSON form: the API refuses them in
+requests; one that reaches the writer anyway is written as ``null`` in v2 and v3.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ from pdp.audit.events import to_jsonable
 
 Record = dict[str, Any]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 GENESIS = "0" * 64
 
 
@@ -50,13 +49,18 @@ def canonical_v2(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
-_CANONICAL: dict[int, Callable[[Any], bytes]] = {1: canonical, 2: canonical_v2}
+def text_v3(value: Any) -> bytes:
+    """Format v3's text: orjson's, keys in the value's own order."""
+    return orjson.dumps(value)
 
-# What the writer encodes an event with: v2's canonical form, refusing (TypeError) the values
+
+_CANONICAL: dict[int, Callable[[Any], bytes]] = {1: canonical, 2: canonical_v2, 3: text_v3}
+
+# What the writer encodes an event with: v3's text, refusing (TypeError) the values
 # to_jsonable would turn into something else first (datetimes, dataclasses, subclasses of
 # str / int / dict / list), so the fast and the general path write the same bytes.
-_WRITE_OPTS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS
-               | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS)
+_WRITE_OPTS = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+               | orjson.OPT_PASSTHROUGH_SUBCLASS)
 
 
 def record_hash(record: Record) -> str:
@@ -122,37 +126,8 @@ class EncodedEvent:
     tags: Tags | None = None
 
 
-# A string no event can hold (NUL + a per-process random nonce): it stands in for the shared
-# policies list while the rest of the event is encoded, then the list's cached text replaces it.
-_HOLE = "\x00pdp-" + secrets.token_hex(16) + "\x00"
-_HOLE_TEXT = orjson.dumps(_HOLE)
-_SHARED_TEXT: dict[int, tuple[Any, bytes]] = {}
-
-
-def _shared_text(value: Any) -> bytes:
-    hit = _SHARED_TEXT.get(id(value))
-    if hit is not None and hit[0] is value:
-        return hit[1]
-    text = orjson.dumps(value, option=_WRITE_OPTS)
-    if len(_SHARED_TEXT) >= 4096:
-        _SHARED_TEXT.clear()
-    _SHARED_TEXT[id(value)] = (value, text)
-    return text
-
-
-def _fast_text(event: dict[str, Any]) -> bytes:
-    """v2 text of a plain-JSON event; the evaluated-policies list, shared by every decision
-    of the same selection, is encoded once and spliced in. TypeError if not plain JSON."""
-    policies = event.get("policies")
-    if type(policies) is list and len(policies) > 2:
-        shared = _shared_text(policies)
-        return orjson.dumps({**event, "policies": _HOLE},
-                            option=_WRITE_OPTS).replace(_HOLE_TEXT, shared, 1)
-    return orjson.dumps(event, option=_WRITE_OPTS)
-
-
 def encode_event(event: Any) -> EncodedEvent:
-    """The canonical text of ``event`` reduced to pure JSON data.
+    """The text of ``event`` reduced to pure JSON data.
 
     One C-speed pass when the event is plain JSON data already (the decision path's events
     are); otherwise ``to_jsonable`` first; v1 only for what orjson cannot encode at all.
@@ -160,12 +135,13 @@ def encode_event(event: Any) -> EncodedEvent:
     """
     if type(event) is dict:
         try:
-            return EncodedEvent(_fast_text(event), 2, tags_of(event))
+            return EncodedEvent(orjson.dumps(event, option=_WRITE_OPTS), FORMAT_VERSION,
+                                tags_of(event))
         except TypeError:
             pass
     data = to_jsonable(event)
     try:
-        return EncodedEvent(orjson.dumps(data, option=orjson.OPT_SORT_KEYS), 2, tags_of(data))
+        return EncodedEvent(text_v3(data), FORMAT_VERSION, tags_of(data))
     except TypeError:  # e.g. an int beyond 64 bits: the json module's canonical form
         return EncodedEvent(canonical(data), 1, tags_of(data))
 

@@ -18,11 +18,18 @@ The decision dict (built by the engine, passed to :func:`decision_event` /
       "reasons": [{"policy", "version", "rule", "code", "message"}],   # why (deny) reasons
       "shadow_denies": [same shape],               # would-denies of draft policies
       "override": {...} | None,                    # who / why, when honoured
-      "policies": [{"name", "version", "content_hash"}],   # everything evaluated
+      "policies": [{"name", "version", "content_hash"}],   # everything evaluated, or
+      "policies_sha256": str,                      # ... naming that list (see below)
       "elapsed_ms": float,
       "request": {...},                            # masked before it leaves the process
       ...                                          # any extra fields are kept as given
     }
+
+The evaluated policies may also be named instead of listed: ``policies_sha256`` (hex
+SHA-256 of the list's JSON text) names the list of a ``Policies.Seen`` event
+(:func:`policies_seen`) written before the first decision that names it (by this process,
+per tenant). The engine does that: a tenant with hundreds of policies would otherwise repeat
+the whole list, tens of kilobytes, in every record.
 
 Reasons may carry extra fields too (``retry_after_s``, ``builtin``); they are kept.
 
@@ -59,10 +66,11 @@ POLICY_RETIRED = "Policy.Retired"
 POLICY_REACTIVATED = "Policy.Reactivated"
 BUILTIN_RELAXED = "Tenant.BuiltinRelaxed"
 CONFIG_SEEN = "Config.Seen"
+POLICIES_SEEN = "Policies.Seen"
 
 EVENT_TYPES = frozenset({
     DECISION, PUSH_DENIED, WOULD_DENY, POLICY_CREATED, POLICY_APPROVED, POLICY_ACTIVATED,
-    POLICY_RETIRED, POLICY_REACTIVATED, BUILTIN_RELAXED, CONFIG_SEEN,
+    POLICY_RETIRED, POLICY_REACTIVATED, BUILTIN_RELAXED, CONFIG_SEEN, POLICIES_SEEN,
 })
 
 #: Checkpoints whose deny is a per-agent push deny (see module docstring).
@@ -213,9 +221,16 @@ def config_seen(tenant: str, field: str, sha256: str, text: str, *,
             "field": field, "config_sha256": sha256, "request": {field: text}}
 
 
+def policies_seen(tenant: str, sha256: str, policies: list[dict[str, Any]], *,
+                  time: str | dt.datetime | float | None = None) -> Event:
+    """The evaluated-policies list later ``Decision`` events name by ``policies_sha256``."""
+    return {"type": POLICIES_SEEN, "time": format_time(time), "tenant": tenant,
+            "policies_sha256": sha256, "policies": policies}
+
+
 _DECISION_FIELDS = frozenset({
     "type", "time", "tenant", "decision_id", "checkpoint", "caller", "subject", "allowed",
-    "reasons", "shadow_denies", "override", "policies", "elapsed_ms", "request"})
+    "reasons", "shadow_denies", "override", "elapsed_ms", "request"})
 _SUBJECT_FIELDS = frozenset({"agent_id", "device_id", "rollout_id"})
 _REASON_FIELDS = frozenset({"policy", "version", "rule", "code", "message"})
 
@@ -233,7 +248,9 @@ def _documented(d: Any) -> bool:
     for r in (*reasons, *shadow) if reasons or shadow else ():
         if type(r) is not dict or not r.keys() >= _REASON_FIELDS:
             return False
-    return _policy_list(d["policies"])
+    if "policies" in d:
+        return _policy_list(d["policies"])
+    return type(d.get("policies_sha256")) is str
 
 
 _POLICY_LISTS: dict[int, list[Any]] = {}
@@ -280,10 +297,11 @@ def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
         "reasons": [_reason(r) for r in d.get("reasons") or ()],
         "shadow_denies": [_reason(r) for r in d.get("shadow_denies") or ()],
         "override": d.get("override"),
-        "policies": _policies(d.get("policies")),
         "elapsed_ms": d.get("elapsed_ms"),
         "request": d.get("request"),
     })
+    if d.get("policies") is not None or type(d.get("policies_sha256")) is not str:
+        ev["policies"] = _policies(d.get("policies"))  # listed (named only by a str hash)
     return ev
 
 

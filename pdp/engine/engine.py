@@ -8,6 +8,8 @@ policy allowed, in one store call, so a denied decision never consumes a slot.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
 import time
@@ -19,7 +21,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from pdp.audit.events import config_seen
+from pdp.audit.events import config_seen, policies_seen
 from pdp.cel import Budget, DeadlineExceeded, Program, new_pdp_environment
 from pdp.cel import ast as cel_ast
 from pdp.cel.explain import unparse as cel_unparse
@@ -366,8 +368,9 @@ class Engine:
         self.telemetry = telemetry
         self.notifier = notifier
         self._configs_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._policy_lists: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...],
+        self._policy_lists: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], str,
                                                         list[dict[str, Any]]]] = {}
+        self._policies_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._counter_rule_cache: dict[tuple[int, str],
                                        tuple[CompiledPolicy, CounterRule | str]] = {}
         # Whether the per-decision debug line is wanted, asked once (logging is configured
@@ -702,7 +705,7 @@ class Engine:
         configs = (self._config_ref(req.tenant, "config", req.config_yaml),
                    self._config_ref(req.tenant, "previous_config", req.previous_config_yaml))
         event = decision_event(req, decision, configs=configs,
-                               policies=self._policy_dicts(decision.evaluated))
+                               policies_ref=self._policies_ref(req.tenant, decision.evaluated))
         if self._debug:
             log.debug("decision", decision_id=decision.decision_id, tenant=req.tenant,
                       allowed=decision.allowed, reasons=[r.code for r in decision.reasons],
@@ -727,19 +730,32 @@ class Engine:
             seen.popitem(last=False)
         return sha
 
-    def _policy_dicts(self, evaluated: list[PolicyRef]) -> list[dict[str, Any]]:
-        """The audit form of the evaluated policies: one shared (never mutated) list per
-        distinct selection, so a step's thousand events reuse it and the audit writer can
-        serialize it once (pdp.audit.chain)."""
+    def _policies_ref(self, tenant: str, evaluated: list[PolicyRef]) -> str | None:
+        """The SHA-256 (hex) a Decision event names its evaluated policies by; the list goes
+        to the audit log once per tenant, in a ``Policies.Seen`` event, before the first
+        decision naming it. The list is most of a decision's record otherwise (about 200
+        bytes per policy, every decision). None: nothing was evaluated (listed inline)."""
+        if not evaluated:
+            return None
         key = tuple(map(id, evaluated))
         hit = self._policy_lists.get(key)
-        if hit is not None:
-            return hit[1]
-        out = [p.to_dict() for p in evaluated]
-        self._policy_lists[key] = (tuple(evaluated), out)  # the refs keep the ids valid
-        if len(self._policy_lists) > 1024:
-            self._policy_lists.pop(next(iter(self._policy_lists)))
-        return out
+        if hit is None:
+            out = [p.to_dict() for p in evaluated]
+            sha = hashlib.sha256(json.dumps(out, separators=(",", ":")).encode()).hexdigest()
+            hit = self._policy_lists[key] = (tuple(evaluated), sha, out)  # refs keep ids valid
+            if len(self._policy_lists) > 1024:
+                self._policy_lists.pop(next(iter(self._policy_lists)))
+        sha = hit[1]
+        seen_key = (tenant, sha)
+        seen = self._policies_seen
+        if seen_key in seen:
+            seen.move_to_end(seen_key)
+            return sha
+        self.audit.emit(policies_seen(tenant, sha, hit[2]))
+        seen[seen_key] = None
+        if len(seen) > CONFIGS_SEEN_MAX:
+            seen.popitem(last=False)
+        return sha
 
     async def record_event(self, tenant: str, kind: CounterEventKind, scope_keys: Sequence[str],
                            deadline: Deadline) -> str:
@@ -787,13 +803,15 @@ class Engine:
 
 def decision_event(req: CheckRequest, decision: Decision, *,
                    configs: tuple[str | None, str | None] | None = None,
-                   policies: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                   policies_ref: str | None = None) -> dict[str, Any]:
     """The audit record of one decision: enough of the request to replay it later.
 
     With ``configs`` (the SHA-256 of the config and previous config texts) the request names
     them (``config_sha256`` / ``previous_config_sha256``) instead of carrying the texts,
     which the audit log then holds once in ``Config.Seen`` events; without it the texts are
-    inline (``config`` / ``previous_config``), the older form replay still reads.
+    inline (``config`` / ``previous_config``), the older form replay still reads. With
+    ``policies_ref`` the evaluated policies are named (``policies_sha256``, the list is in a
+    ``Policies.Seen`` event) instead of listed (``policies``).
     """
     request: dict[str, Any] = {
         "change": req.change, "agent": req.agent, "device": req.device,
@@ -806,19 +824,20 @@ def decision_event(req: CheckRequest, decision: Decision, *,
         request["config_sha256"], request["previous_config_sha256"] = configs
     agent, device, rollout = req.agent, req.device, req.rollout
     override = req.override
-    return {
-        "decision_id": decision.decision_id,
-        "allowed": decision.allowed,
-        "checkpoint": decision.checkpoint,
-        "reasons": [r.to_dict() for r in decision.reasons],
-        "shadow_denies": [r.to_dict() for r in decision.shadow_denies],
-        "policies": policies if policies is not None
-        else [p.to_dict() for p in decision.evaluated],
-        "elapsed_ms": round(decision.elapsed_s * 1000, 3),
-        "overridden": decision.overridden,
+    # Insertion order is the order the record shows (format v3 does not sort keys).
+    event: dict[str, Any] = {
         "type": "Decision",
         "time": decision.decided_at.isoformat(),
         "tenant": req.tenant,
+        "decision_id": decision.decision_id,
+        "checkpoint": decision.checkpoint,
+        "allowed": decision.allowed,
+        "reasons": [r.to_dict() for r in decision.reasons],
+        "shadow_denies": [r.to_dict() for r in decision.shadow_denies],
+        "overridden": decision.overridden,
+        "override": None if override is None else {
+            "actor": override.actor, "justification": override.justification,
+            "honoured": decision.overridden, "caller_is_admin": req.caller.is_admin},
         "caller": req.caller.identity,
         "request_id": req.request_id,
         "subject": {
@@ -826,8 +845,11 @@ def decision_event(req: CheckRequest, decision: Decision, *,
             "device_id": device.get("id", "") if device else "",
             "rollout_id": rollout.get("id", "") if rollout else "",
         },
-        "override": None if override is None else {
-            "actor": override.actor, "justification": override.justification,
-            "honoured": decision.overridden, "caller_is_admin": req.caller.is_admin},
+        "elapsed_ms": round(decision.elapsed_s * 1000, 3),
         "request": request,
     }
+    if policies_ref is None:
+        event["policies"] = [p.to_dict() for p in decision.evaluated]
+    else:
+        event["policies_sha256"] = policies_ref
+    return event

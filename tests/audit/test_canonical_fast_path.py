@@ -1,9 +1,10 @@
 """The encoding of events: the fast path writes exactly the bytes the general path writes,
-and each record names the canonical form its hash was computed over."""
+and each record names the form (v1 / v2 / v3) its hash was computed over."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 from pdp.audit import chain
@@ -14,9 +15,9 @@ SHARED = [{"name": f"p{i}", "version": 1, "content_hash": f"sha256:{i:064x}",
 
 
 def _general(event: Any) -> chain.EncodedEvent:
-    """to_jsonable first, then the plain definition of the v2 canonical text."""
+    """to_jsonable first, then the plain definition of the v3 text."""
     data = to_jsonable(event)
-    return chain.EncodedEvent(chain.canonical_v2(data), 2)
+    return chain.EncodedEvent(chain.text_v3(data), 3)
 
 
 def test_fast_and_general_paths_write_identical_records() -> None:
@@ -25,7 +26,7 @@ def test_fast_and_general_paths_write_identical_records() -> None:
          "policies": SHARED, "reasons": [], "request": {"agent": {"labels": {"é": "ü"}}}}
         for i in range(5)
     ]
-    events += [{"type": "x", "policies": [{"b": 1, "a": 2}]},  # short list: no splice
+    events += [{"type": "x", "policies": [{"b": 1, "a": 2}]},
                {"a": (1, 2)}, {1: "x", "b": 2}, {"big": 1e16, "small": 1e-5, "neg": -0.0},
                {"d": dt.date(2026, 1, 1), "w": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
                {"s": "\x00pdp-not-the-hole\x00", "u": "\u2028\x7f\x1f\"\\"}]
@@ -35,7 +36,7 @@ def test_fast_and_general_paths_write_identical_records() -> None:
         general = chain.make_entry(_general(event), head).line
         assert fast == general, event
         record = chain.parse_line(fast)
-        assert record["v"] == 2 and chain.hash_ok(record)
+        assert record["v"] == 3 and chain.hash_ok(record)
         head = chain.ChainHead(head.seq + 1, record["hash"])
 
 
@@ -52,13 +53,32 @@ def test_each_version_hashes_with_its_own_canonical_form() -> None:
     v1 = {**body, "hash": chain.record_hash(body)}
     v2 = {**body, "v": 2}
     v2["hash"] = chain.record_hash(v2)
+    v3 = {"event": {"x": 1e-05}, "prev": chain.GENESIS, "seq": 1, "v": 3}
+    v3["hash"] = chain.record_hash(v3)
     assert b'"x":1e-05' in chain.canonical(body) and b'"x":0.00001' in chain.canonical_v2(v2)
-    assert chain.hash_ok(v1) and chain.hash_ok(v2)
+    assert chain.hash_ok(v1) and chain.hash_ok(v2) and chain.hash_ok(v3)
     assert not chain.hash_ok({**v1, "v": 2}) and not chain.hash_ok({**v2, "v": 3})
+    assert not chain.hash_ok({**v3, "v": 2}) and not chain.hash_ok({**v2, "v": 4})
+
+
+def test_v3_hashes_the_line_as_written() -> None:
+    """v3 does not sort: the hash is over the line's own bytes after the hash field, so a
+    verifier needs only the line. Reordering keys inside an event is an edit like any other;
+    whitespace between tokens is not (readers re-encode what they parse)."""
+    e = chain.make_entry({"type": "x", "b": 1, "a": [1.5, "é"]}, chain.ChainHead())
+    assert e.line.startswith(b'{"hash":"' + e.hash.encode() + b'","event":{"type":"x","b":1,')
+    body = b"{" + e.line[len(b'{"hash":"') + 64 + 2:].rstrip(b"\n")
+    assert hashlib.sha256(body).hexdigest() == e.hash
+    assert chain.hash_ok(chain.parse_line(e.line))
+    spaced = e.line.replace(b'"b":1', b'"b": 1')
+    assert chain.hash_ok(chain.parse_line(spaced))
+    swapped = e.line.replace(b'"b":1,"a":[1.5,"\xc3\xa9"]', b'"a":[1.5,"\xc3\xa9"],"b":1')
+    assert swapped != e.line
+    assert not chain.hash_ok(chain.parse_line(swapped))
 
 
 def test_a_nan_literal_is_not_a_record() -> None:
-    """v2 writes a stray NaN as null; a NaN literal edited into a line must not parse back to
+    """v2 and v3 write a stray NaN as null; a NaN literal edited into a line must not parse back to
     something that hashes like the original."""
     e = chain.make_entry({"type": "x", "m": None}, chain.ChainHead())
     edited = e.line.replace(b'"m":null', b'"m":NaN')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -210,3 +211,32 @@ def test_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = json.loads(capsys.readouterr().out)
     assert out["status"] == "tampered" and out["problem"]["kind"] == "removed"
     assert main([]) == 2
+
+
+def test_a_file_written_by_older_formats_and_continued_in_v3_verifies(tmp_path: Path) -> None:
+    """Records name their format; a ledger begun in v1, continued in v2 (sorted keys), then
+    by this version (v3) verifies as one chain, and an edit is caught in each part."""
+    from pdp.audit.chain import GENESIS, ChainHead, canonical, canonical_v2, make_entry
+
+    out: list[bytes] = []
+    prev = GENESIS
+    for seq, (v, encode) in enumerate([(1, canonical), (2, canonical_v2)], start=1):
+        body = {"v": v, "seq": seq, "prev": prev, "event": {"type": "T", "x": 1e-05, "z": seq}}
+        rec = {"hash": hashlib.sha256(encode(body)).hexdigest(), **body}
+        out.append(json.dumps(rec).encode() + b"\n")
+        prev = rec["hash"]
+    e = make_entry({"type": "T", "z": 3}, ChainHead(2, prev))
+    assert json.loads(e.line)["v"] == 3 and record_hash(json.loads(e.line)) == e.hash
+    out.append(e.line)
+    path = tmp_path / "audit.jsonl"
+    put(path, out)
+    assert verify_paths([path]).ok and verify_paths([path]).count == 3
+    for i in range(3):
+        edited = list(out)
+        edited[i] = edited[i].replace(b'"z": %d' % (i + 1), b'"z": 9').replace(
+            b'"z":%d' % (i + 1), b'"z":9')
+        assert edited[i] != out[i]
+        put(path, edited)
+        res = verify_paths([path])
+        assert not res.ok and res.problem is not None and res.problem.kind == "edited"
+        assert res.problem.line == i + 1

@@ -4,6 +4,7 @@ policies are evaluated once, and nothing of that changes an answer."""
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from pdp.cel import Budget
@@ -29,8 +30,29 @@ async def test_config_text_is_audited_once_and_decisions_name_it_by_hash() -> No
         assert d["request"]["config_sha256"] == sha
         assert "config" not in d["request"]
     assert audit.decisions[-1]["request"]["previous_config_sha256"] is None
-    # One list of policy refs serves the whole step (the audit writer serializes it once).
-    assert len({id(d["policies"]) for d in audit.decisions[:5]}) == 1
+    # The evaluated policies are named too: one Policies.Seen per tenant and list.
+    assert len({d["policies_sha256"] for d in audit.decisions if d["tenant"] == "t"}) == 1
+    assert [e["tenant"] for e in audit.events if e["type"] == "Policies.Seen"] == ["t", "u"]
+
+
+async def test_evaluated_policies_are_listed_once_per_tenant_and_named_by_hash() -> None:
+    """A decision names its evaluated policy versions by the hash of their list; the list
+    (name, version, content hash of each) is in a Policies.Seen event written before the
+    first decision naming it. A different selection is a different list."""
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+    await engine.check_batch([push(agent=f"a{i}") for i in range(3)], 1.0)
+    await engine.check(push(agent="x"), 1.0)
+    seen = [e for e in audit.events if e["type"] == "Policies.Seen"]
+    assert len(seen) == 1
+    listed = seen[0]["policies"]
+    assert "p" in {p["name"] for p in listed}
+    assert all(p["content_hash"].startswith("sha256:") and p["version"] for p in listed)
+    assert audit.order.index(seen[0]) < audit.order.index(audit.decisions[0])
+    for d in audit.decisions:
+        assert d["policies_sha256"] == seen[0]["policies_sha256"] and "policies" not in d
+    # The name is the hash of the list's JSON text: anyone holding the list can check it.
+    text = json.dumps(listed, separators=(",", ":")).encode()
+    assert hashlib.sha256(text).hexdigest() == seen[0]["policies_sha256"]
 
 
 class _Counting:

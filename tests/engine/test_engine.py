@@ -27,12 +27,15 @@ class Collected:
     def __init__(self) -> None:
         self.decisions: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        self.order: list[dict[str, Any]] = []  # both, in the order they were handed over
 
     def emit(self, event: dict[str, Any]) -> None:
         self.events.append(event)
+        self.order.append(event)
 
     async def log_decision(self, decision: dict[str, Any]) -> None:
         self.decisions.append(decision)
+        self.order.append(decision)
 
 
 def engine_for(policies_yaml: str, counters: Any = None, relaxed: dict[str, frozenset[str]]
