@@ -311,6 +311,57 @@ def throughput(server_pid: int, address: str, method: str, payloads: list[bytes]
         server_cpu=(s1 - s0) / duration, other_cpu=(h1 - h0) / duration, duration=duration)
 
 
+def have_h2load() -> bool:
+    """h2load (Debian/Ubuntu package ``nghttp2-client``): an HTTP/2 load generator in C."""
+    import shutil
+
+    return shutil.which("h2load") is not None
+
+
+def h2load_throughput(server_pid: int, address: str, method: str, payload: bytes, *,
+                      connections: int, streams: int, duration: float,
+                      helper_pids: tuple[int, ...] = (), warmup: float = 1.0) -> Window:
+    """Closed-loop load from h2load: ``connections`` HTTP/2 connections x ``streams`` calls in
+    flight, every call the same gRPC request. Used where the server's own scaling is measured:
+    it costs a few percent of a core where the Python clients cost about half of one.
+
+    h2load reads HTTP status only, not the gRPC status in the trailers: check the payload with
+    a real call first. Latency percentiles are not reported (NaN); use ``latency`` for those.
+    """
+    import re
+    import struct
+    import tempfile
+
+    duration, warmup = max(1, round(duration)), max(1, round(warmup))  # whole seconds only
+    with tempfile.NamedTemporaryFile(suffix=".grpc", delete=False) as f:
+        f.write(b"\x00" + struct.pack(">I", len(payload)) + payload)  # one gRPC message frame
+        body = f.name
+    cmd = ["h2load", "-D", str(duration), "--warm-up-time", str(warmup),
+           "-c", str(connections), "-m", str(streams), "-t", "1", "-d", body,
+           "-H", "content-type: application/grpc", "-H", "te: trailers",
+           f"http://{address}{method}"]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(warmup + 0.5)  # connected and warmed up
+        window = max(0.5, duration - 1.0)
+        s0, c0 = cpu_seconds(server_pid), cpu_seconds(proc.pid)
+        h0 = sum(cpu_seconds(h) for h in helper_pids)
+        time.sleep(window)
+        s1, c1 = cpu_seconds(server_pid), cpu_seconds(proc.pid)
+        h1 = sum(cpu_seconds(h) for h in helper_pids)
+        out = proc.communicate(timeout=duration + 60)[0].decode(errors="replace")
+    finally:
+        os.unlink(body)
+    rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if rate is None or done is None:
+        raise RuntimeError(f"h2load output not understood:\n{out}")
+    return Window(calls_per_s=float(rate.group(1)), p50=float("nan"), p99=float("nan"),
+                  errors=int(done.group(1)) - int(done.group(2)),
+                  client_cpu=(c1 - c0) / window, server_cpu=(s1 - s0) / window,
+                  other_cpu=(h1 - h0) / window, duration=window)
+
+
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(len(s) * q))]
