@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,15 +148,26 @@ def encode_event(event: Any) -> EncodedEvent:
 
 def make_entry(event: Any, head: ChainHead) -> Entry:
     """Chain ``event`` after ``head`` (encoding it unless ``encode_event`` already did)."""
-    enc = event if type(event) is EncodedEvent else encode_event(event)
-    seq = head.seq + 1
-    text, prev = enc.text, head.hash.encode("ascii")
-    tail = b'","seq":%d,"v":%d}' % (seq, enc.version)
-    digest = hashlib.sha256(b"".join((b'{"event":', text, b',"prev":"', prev, tail))
-                            ).hexdigest()
-    line = b"".join((b'{"hash":"', digest.encode("ascii"), b'","event":', text, b',"prev":"',
-                     prev, tail, b"\n"))
-    return Entry(seq, line, digest, tags=enc.tags)
+    return make_entries([event], head)[0]
+
+
+def make_entries(events: Sequence[Any], head: ChainHead) -> list[Entry]:
+    """Chain ``events`` in order after ``head``: what the writer does per batch, in one loop
+    (the seq and previous hash are carried in locals, not a ChainHead per record)."""
+    out: list[Entry] = []
+    seq, prev = head.seq, head.hash.encode("ascii")
+    sha256, join = hashlib.sha256, b"".join
+    for event in events:
+        enc = event if type(event) is EncodedEvent else encode_event(event)
+        seq += 1
+        tail = b'","seq":%d,"v":%d}' % (seq, enc.version)
+        body = join((b'{"event":', enc.text, b',"prev":"', prev, tail))
+        digest = sha256(body).hexdigest()
+        prev = digest.encode("ascii")
+        # The line is the hashed body with the hash put first: {"hash":"…",<body without {>
+        out.append(Entry(seq, join((b'{"hash":"', prev, b'",', body[1:], b"\n")), digest,
+                         tags=enc.tags))
+    return out
 
 
 def _no_constant(name: str) -> Any:

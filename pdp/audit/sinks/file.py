@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdp.audit.chain import ChainHead, Entry, make_entry
+from pdp.audit.chain import ChainHead, Entry, make_entries
 from pdp.audit.files import (
     AuditFileError,
     find_head,
@@ -99,33 +99,37 @@ class Ledger:
         On a write error the file is cut back to the last whole record, so a retry of the
         unwritten rest produces the same seqs and hashes.
         """
-        entries: list[Entry] = []
-        head = self.head
-        for ev in events:
-            e = make_entry(ev, head)
-            head = ChainHead(e.seq, e.hash)
-            entries.append(e)
+        entries = make_entries(events, self.head)
         done = 0
         try:
             if self._fd is None:
                 self._open_active()
-            buf = bytearray()
-            start = 0
-            for i, e in enumerate(entries):
-                pending = self._size + len(buf)
-                if pending > 0 and pending + len(e.line) > self.rotate_bytes:
-                    self._write(bytes(buf))
-                    done = i
-                    self._advance(entries[start:done])
-                    buf.clear()
-                    start = i
-                    self._rotate()
-                if self._size + len(buf) == 0:
-                    self._first_seq = e.seq
-                buf += e.line
-            self._write(bytes(buf))
-            done = len(entries)
-            self._advance(entries[start:done])
+            lines = [e.line for e in entries]
+            if self._size + sum(map(len, lines)) <= self.rotate_bytes:
+                # The common case: the whole batch fits in the active file, one write.
+                if entries and self._size == 0:
+                    self._first_seq = entries[0].seq
+                self._write(b"".join(lines))
+                done = len(entries)
+                self._advance(entries)
+            else:
+                buf = bytearray()
+                start = 0
+                for i, e in enumerate(entries):
+                    pending = self._size + len(buf)
+                    if pending > 0 and pending + len(e.line) > self.rotate_bytes:
+                        self._write(bytes(buf))
+                        done = i
+                        self._advance(entries[start:done])
+                        buf.clear()
+                        start = i
+                        self._rotate()
+                    if self._size + len(buf) == 0:
+                        self._first_seq = e.seq
+                    buf += e.line
+                self._write(bytes(buf))
+                done = len(entries)
+                self._advance(entries[start:done])
         except BaseException as exc:  # report, the pipeline decides (retry / fail waiters)
             synced = False
             if fsync and done:
