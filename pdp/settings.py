@@ -51,6 +51,9 @@ class Settings:
     audit_redis_stream: str | None = _s(None, "also write audit events to this Redis stream")
     audit_redis_maxlen: int | None = _s(
         None, "approximate MAXLEN trimming of the audit Redis stream; unset = never trim")
+    audit_seen_refresh_s: float = _s(
+        3600.0, "write a Config.Seen / Policies.Seen event again after this many seconds, so"
+                " the text a decision names is never further back (size Redis MAXLEN for it)")
     audit_spool_dir: str | None = _s(None, "spool directory for failed sinks (default beside"
                                            " the audit file)")
     audit_stdout: bool = _s(False, "also write audit events to stdout")
@@ -111,7 +114,8 @@ class Settings:
                 raise SettingsError(f"listen: {self.listen!r} is not HOST:PORT")
         for name in ("deadline_ms", "cel_cost_limit", "cel_cache_size", "config_cache_size",
                      "max_batch_agents", "max_config_bytes", "audit_queue_size",
-                     "audit_rotate_bytes", "redis_timeout_ms", "redis_pool_size", "workers"):
+                     "audit_rotate_bytes", "redis_timeout_ms", "redis_pool_size", "workers",
+                     "audit_seen_refresh_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.redis_url is not None and not self.redis_url.startswith(

@@ -92,6 +92,10 @@ class EngineOptions:
     policies_stale: Callable[[], str | None] | None = None
     # Decision time source (policy tests and replay pin it); None = the wall clock.
     now: Callable[[], datetime] | None = None
+    # A Config.Seen / Policies.Seen event is written again when its last copy is older than
+    # this, so a reader of a trimmed stream (Redis MAXLEN) or of recent files only finds the
+    # text a decision names within this much history, not only at process start.
+    seen_refresh_s: float = 3600.0
 
 
 @dataclass
@@ -367,10 +371,11 @@ class Engine:
         self.options = options or EngineOptions()
         self.telemetry = telemetry
         self.notifier = notifier
-        self._configs_seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        # Seen keys -> monotonic time their event was last written (see seen_refresh_s).
+        self._configs_seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._policy_lists: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], str,
                                                         list[dict[str, Any]]]] = {}
-        self._policies_seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._policies_seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._counter_rule_cache: dict[tuple[int, str],
                                        tuple[CompiledPolicy, CounterRule | str]] = {}
         # Whether the per-decision debug line is wanted, asked once (logging is configured
@@ -719,16 +724,23 @@ class Engine:
         if not text:
             return None
         sha = self.configs.digest(text).hex()  # hashed once per text object
-        key = (tenant, field, sha)
-        seen = self._configs_seen
-        if key in seen:
+        if self._first_sight(self._configs_seen, (tenant, field, sha)):
+            self.audit.emit(config_seen(tenant, field, sha, text))
+        return sha
+
+    def _first_sight(self, seen: OrderedDict[Any, float], key: Any) -> bool:
+        """Whether the Seen event for ``key`` must be written now: never written by this
+        engine (or forgotten, LRU), or its last copy is older than ``seen_refresh_s``."""
+        now = time.monotonic()
+        last = seen.get(key)
+        if last is not None and now - last < self.options.seen_refresh_s:
             seen.move_to_end(key)
-            return sha
-        self.audit.emit(config_seen(tenant, field, sha, text))
-        seen[key] = None
+            return False
+        seen[key] = now
+        seen.move_to_end(key)
         if len(seen) > CONFIGS_SEEN_MAX:
             seen.popitem(last=False)
-        return sha
+        return True
 
     def _policies_ref(self, tenant: str, evaluated: list[PolicyRef]) -> str | None:
         """The SHA-256 (hex) a Decision event names its evaluated policies by; the list goes
@@ -746,15 +758,8 @@ class Engine:
             if len(self._policy_lists) > 1024:
                 self._policy_lists.pop(next(iter(self._policy_lists)))
         sha = hit[1]
-        seen_key = (tenant, sha)
-        seen = self._policies_seen
-        if seen_key in seen:
-            seen.move_to_end(seen_key)
-            return sha
-        self.audit.emit(policies_seen(tenant, sha, hit[2]))
-        seen[seen_key] = None
-        if len(seen) > CONFIGS_SEEN_MAX:
-            seen.popitem(last=False)
+        if self._first_sight(self._policies_seen, (tenant, sha)):
+            self.audit.emit(policies_seen(tenant, sha, hit[2]))
         return sha
 
     async def record_event(self, tenant: str, kind: CounterEventKind, scope_keys: Sequence[str],

@@ -154,7 +154,8 @@ async def start(settings: Settings) -> Running:
                     ConfigCache(settings.config_cache_size, settings.max_config_bytes),
                     EngineOptions(cost_limit=settings.cel_cost_limit,
                                   counter_timeout_s=settings.redis_timeout_ms / 1000,
-                                  policies_stale=reloader.stale_reason),
+                                  policies_stale=reloader.stale_reason,
+                                  seen_refresh_s=settings.audit_seen_refresh_s),
                     telemetry=telemetry, notifier=notifier)
     options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                                       ("grpc.max_receive_message_length",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any
 
 from pdp.cel import Budget
@@ -132,3 +133,19 @@ def test_inputs_are_the_same_only_with_the_same_types() -> None:
     assert _same({"a": [1, {"b": "x"}]}, {"a": [1, {"b": "x"}]})
     assert not _same({"a": 1}, {"a": 1.0}) and not _same({"a": 1}, {"a": True})
     assert not _same([1], [1, 2]) and not _same(float("nan"), float("nan"))
+
+
+async def test_seen_events_are_written_again_after_the_refresh_interval() -> None:
+    """A reader of a trimmed stream, or of the recent files only, finds the config and the
+    policies list a decision names within seen_refresh_s of history."""
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+
+    def seen() -> list[str]:
+        return [e["type"] for e in audit.events if e["type"].endswith(".Seen")]
+
+    await engine.check(push(config="a: 1\n", agent="x"), 1.0)
+    await engine.check(push(config="a: 1\n", agent="y"), 1.0)
+    assert seen() == ["Config.Seen", "Policies.Seen"]  # once, while fresh
+    engine.options = replace(engine.options, seen_refresh_s=0.0)  # every copy is "old"
+    await engine.check(push(config="a: 1\n", agent="z"), 1.0)
+    assert seen() == ["Config.Seen", "Policies.Seen"] * 2
