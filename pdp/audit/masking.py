@@ -93,7 +93,10 @@ class Masker:
         return "sha256:" + hashlib.sha256(raw).hexdigest()
 
     def apply(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        """The event with its ``request`` masked (a new dict; input untouched)."""
+        """The event with its ``request`` masked (a new dict; input untouched). With no
+        paths a plain dict is returned as is: the log never mutates events."""
+        if not self.active and type(event) is dict:
+            return event
         out = dict(event)
         req = out.get("request")
         if self.active and isinstance(req, Mapping | list):
