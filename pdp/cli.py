@@ -1,4 +1,5 @@
-"""The `pdp` command: serve, check, health, audit verify; authoring: test, policy lint, replay.
+"""The `pdp` command: serve, check, health, audit verify / show; authoring: test, policy
+lint, replay.
 
 Exit codes of `pdp check` are made for pipelines: 0 allow, 1 deny, 2 error.
 Every flag also reads a PDP_* environment variable.
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain of audit files")
     verify.add_argument("paths", nargs="+")
+    show = audit_sub.add_parser(
+        "show", help="one decision by id, with the config texts and policy list it names"
+                     " by hash put back in place, and the events derived from it")
+    show.add_argument("decision_id")
+    show.add_argument("paths", nargs="*", help="audit files or directories, rotated"
+                                               " siblings included (default: the audit_file"
+                                               " setting)")
     _authoring_parsers(sub)
     return parser
 
@@ -205,6 +213,17 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    if args.audit_command == "show":
+        from pdp.audit.show import main as show_main
+
+        paths = list(args.paths)
+        if not paths:
+            try:
+                paths = [load_settings().audit_file]
+            except SettingsError as exc:
+                print(f"pdp audit show: invalid setting: {exc}", file=sys.stderr)
+                return 2
+        return show_main(args.decision_id, paths)
     from pdp.audit.verify import main as verify_main
 
     return verify_main(list(args.paths))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,3 +155,20 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def history_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Every file of the audit history: each path's rotated siblings then the file itself;
+    a directory means its ``audit.jsonl``."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            p = p / "audit.jsonl"
+        found = [f.path for f in ledger_files(p)]
+        if not found and p.is_file():
+            found = [p]
+        for f in found:
+            if f not in out:
+                out.append(f)
+    return out

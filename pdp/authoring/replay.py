@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from pdp.audit.files import ledger_files
+from pdp.audit.files import history_files as audit_files
 from pdp.authoring.harness import (
     DEFAULT_BUDGET_S,
     RequestError,
@@ -63,23 +63,6 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     except ValueError:
         raise ValueError(f"--since: expected e.g. 7d, 12h, 30m or an ISO time, got {text!r}"
                          ) from None
-
-
-def audit_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Every file of the audit history: each path's rotated siblings then the file itself;
-    a directory means its ``audit.jsonl``."""
-    out: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            p = p / "audit.jsonl"
-        found = [f.path for f in ledger_files(p)]
-        if not found and p.is_file():
-            found = [p]
-        for f in found:
-            if f not in out:
-                out.append(f)
-    return out
 
 
 @dataclass
