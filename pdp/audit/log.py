@@ -234,10 +234,18 @@ class AuditLog:
         """
         if self._state != "running":
             raise AuditClosedError(f"audit log is {self._state}")
-        assert self._queue is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(self._prepare(event), fut))
+        await self._enqueue(_Item(self._prepare(event), fut))
         return await fut
+
+    async def _enqueue(self, item: _Item) -> None:
+        """Queue ``item``, waiting for space; after whatever ``emit`` spilled before it (the
+        writer takes the spool only once the queue is empty, so an item queued now would
+        otherwise be written first: a decision before the Config.Seen it names)."""
+        assert self._queue is not None
+        if self._overflow_active:
+            await self.flush(fsync=False)
+        await self._queue.put(item)
 
     async def log_decision(self, decision: DecisionInput | Mapping[str, Any]) -> None:
         """Audit one decision (Decision + derived events), honouring ``durability``.
@@ -258,8 +266,7 @@ class AuditLog:
                 self.emit(ev)
 
     async def _put(self, event: Event) -> None:
-        assert self._queue is not None
-        await self._queue.put(_Item(self._prepare(event)))
+        await self._enqueue(_Item(self._prepare(event)))
 
     async def flush(self, fsync: bool = True) -> None:
         """Return once everything emitted before the call is written and (unless ``fsync``

@@ -169,3 +169,17 @@ async def test_second_writer_on_same_file_is_refused(settings: AuditSettings) ->
     async with AuditLog(settings):
         with pytest.raises(AuditFileError, match="another process"):
             await AuditLog(settings).start()
+
+
+async def test_a_durable_event_is_written_after_the_events_spilled_before_it(
+        settings: AuditSettings) -> None:
+    """Sync durability: the engine emits a decision's Config.Seen / Policies.Seen, then waits
+    for the decision to be durable. If the queue was full, those went to the overflow spool;
+    the decision must still land after them, not jump ahead through the queue."""
+    s = replace(settings, queue_size=10, batch_size=4, durability="sync")
+    async with AuditLog(s) as log:
+        for i in range(30):  # no await: the writer cannot run, the queue fills, 20 spill
+            log.emit({"type": "Seen", "i": i})
+        assert log.stats().spilled == 20
+        await log.emit_durable({"type": "Durable", "i": 30})
+    assert [e["i"] for e in file_events(s)] == list(range(31))
