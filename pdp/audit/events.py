@@ -25,8 +25,9 @@ The decision dict (built by the engine, passed to :func:`decision_event` /
       ...                                          # any extra fields are kept as given
     }
 
-The evaluated policies may also be named instead of listed: ``policies_sha256`` (hex
-SHA-256 of the list's JSON text) names the list of a ``Policies.Seen`` event
+The evaluated policies may also be named instead of listed: ``policies_sha256`` (hex SHA-256
+of ``json.dumps(list, separators=(",", ":"))``: keys in the listed order, non-ASCII escaped)
+names the list of a ``Policies.Seen`` event
 (:func:`policies_seen`) written before the first decision that names it (by this process,
 per tenant). The engine does that: a tenant with hundreds of policies would otherwise repeat
 the whole list, tens of kilobytes, in every record.
