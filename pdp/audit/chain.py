@@ -155,18 +155,20 @@ def make_entries(events: Sequence[Any], head: ChainHead) -> list[Entry]:
     """Chain ``events`` in order after ``head``: what the writer does per batch, in one loop
     (the seq and previous hash are carried in locals, not a ChainHead per record)."""
     out: list[Entry] = []
-    seq, prev = head.seq, head.hash.encode("ascii")
+    append = out.append
+    seq, prev = head.seq, head.hash.encode()
     sha256, join = hashlib.sha256, b"".join
     for event in events:
         enc = event if type(event) is EncodedEvent else encode_event(event)
         seq += 1
-        tail = b'","seq":%d,"v":%d}' % (seq, enc.version)
+        tail = b'","seq":' + str(seq).encode() + b',"v":' + str(enc.version).encode() + b"}"
         body = join((b'{"event":', enc.text, b',"prev":"', prev, tail))
         digest = sha256(body).hexdigest()
-        prev = digest.encode("ascii")
+        prev = digest.encode()
         # The line is the hashed body with the hash put first: {"hash":"…",<body without {>
-        out.append(Entry(seq, join((b'{"hash":"', prev, b'",', body[1:], b"\n")), digest,
-                         tags=enc.tags))
+        # (positional arguments: this loop runs once per audit record).
+        append(Entry(seq, b'{"hash":"' + prev + b'",' + body[1:] + b"\n", digest, None,
+                     enc.tags))
     return out
 
 
