@@ -157,18 +157,38 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def history_files(paths: Sequence[str | Path]) -> list[Path]:
+def ledgers_in(directory: Path) -> list[Path]:
+    """The active-file paths of every ledger in ``directory`` (``audit.jsonl``, the
+    ``audit-w<i>.jsonl`` of ``--workers``...), also those whose active file is gone and
+    only rotated files remain."""
+    names = set()
+    for name in os.listdir(directory):
+        m = _ROTATED.search(name)
+        base = name[: m.start()] if m else name
+        if base.endswith(".jsonl") and (directory / name).is_file():
+            names.add(base)
+    return [directory / n for n in sorted(names)]
+
+
+def history_files(paths: Sequence[str | Path], *, every_ledger: bool = False) -> list[Path]:
     """Every file of the audit history: each path's rotated siblings then the file itself;
-    a directory means its ``audit.jsonl``."""
+    a directory means its ``audit.jsonl`` (``every_ledger``: each ledger in it, one after
+    the other)."""
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
+        actives = [p]
         if p.is_dir():
-            p = p / "audit.jsonl"
-        found = [f.path for f in ledger_files(p)]
-        if not found and p.is_file():
-            found = [p]
-        for f in found:
-            if f not in out:
-                out.append(f)
+            actives = ledgers_in(p) if every_ledger else [p / "audit.jsonl"]
+        for active in actives:
+            for f in _one_history(active):
+                if f not in out:
+                    out.append(f)
     return out
+
+
+def _one_history(p: Path) -> list[Path]:
+    found = [f.path for f in ledger_files(p)]
+    if not found and p.is_file():
+        found = [p]
+    return found

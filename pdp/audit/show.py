@@ -8,7 +8,9 @@ derived from it (``Rollout.PushDenied``, ``Policy.WouldDeny``), each with the re
 line, seq and hash (``pdp audit verify`` says whether the chain holding them is intact).
 
 Two passes over the files, reading only lines that contain the id or a hash being looked
-up: histories are large, and the Seen events a decision needs may be anywhere before it.
+up: histories are large, and the Seen events a decision needs may be anywhere before it. A
+directory means every ledger in it (``--workers N`` writes one per worker); a Seen event is
+matched by its hash, so the copy in any ledger before the decision will do.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def show(decision_id: str, files: Sequence[Path]) -> Shown | None:
 def main(decision_id: str, paths: Sequence[str], out: TextIO = sys.stdout) -> int:
     """Print the decision as JSON; 0 found (even with something unresolved, which the
     output names), 1 not found, 2 no audit files."""
-    files = history_files(paths)
+    files = history_files(paths, every_ledger=True)  # --workers: one ledger per worker
     if not files:
         print(f"no audit files at {', '.join(paths)}", file=sys.stderr)
         return 2

@@ -29,6 +29,18 @@ def test_two_workers_share_the_port_and_stop_cleanly(tmp_path: Path) -> None:
                                  for line in f.read_text().splitlines())
     assert sum(per_worker.values()) == 60
     assert len([n for n in per_worker.values() if n]) == 2, per_worker  # both answered
+    # `pdp audit show` given the directory finds a decision in either worker's ledger, with
+    # the config text and policy list it names resolved from that ledger's Seen events.
+    for f in sorted(server.audit_file.parent.glob("audit-w*.jsonl")):
+        last = [e for e in (json.loads(line)["event"] for line in f.read_text().splitlines())
+                if e["type"] == "Decision"][-1]
+        out = subprocess.run([sys.executable, "-m", "pdp.cli", "audit", "show",
+                              last["decision_id"], str(server.audit_file.parent)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        view = json.loads(out.stdout)
+        assert view["record"]["file"] == str(f) and view["unresolved"] == []
+        assert view["decision"]["request"]["config"] == "a: 1" and view["decision"]["policies"]
 
 
 def test_workers_without_redis_refuse_to_start(tmp_path: Path) -> None:
