@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from pdp.admin_cli import add_policy_admin_commands
@@ -59,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                      " by hash put back in place, and the events derived from it")
     show.add_argument("decision_id")
     show.add_argument("paths", nargs="*", help="audit files or directories, rotated"
-                                               " siblings included (default: the audit_file"
-                                               " setting)")
+                                               " siblings included (default: every ledger"
+                                               " beside the audit_file setting)")
     _authoring_parsers(sub)
     return parser
 
@@ -93,7 +94,7 @@ def _authoring_parsers(sub: Any) -> None:
     replay.add_argument("--since", default="7d", help="window: 7d, 12h, 30m or an ISO time")
     replay.add_argument("--audit", action="append", default=None, metavar="PATH",
                         help="audit file or directory, rotated siblings included (repeatable;"
-                             " default: the audit_file setting)")
+                             " default: every ledger beside the audit_file setting)")
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -134,7 +135,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     audit = args.audit
     if not audit:
         try:
-            audit = [load_settings().audit_file]
+            # Its directory: every ledger in it (--workers N writes one per worker).
+            audit = [str(Path(load_settings().audit_file).parent)]
         except SettingsError as exc:
             print(f"pdp replay: invalid setting: {exc}", file=sys.stderr)
             return 2
@@ -219,7 +221,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         paths = list(args.paths)
         if not paths:
             try:
-                paths = [load_settings().audit_file]
+                paths = [str(Path(load_settings().audit_file).parent)]
             except SettingsError as exc:
                 print(f"pdp audit show: invalid setting: {exc}", file=sys.stderr)
                 return 2

@@ -157,6 +157,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def ledger_of(path: Path) -> Path:
+    """The active-file path of the ledger ``path`` belongs to (itself, or the file a rotated
+    ``<name>.<first seq>`` was rotated from)."""
+    m = _ROTATED.search(path.name)
+    return path.with_name(path.name[: m.start()]) if m else path
+
+
 def ledgers_in(directory: Path) -> list[Path]:
     """The active-file paths of every ledger in ``directory`` (``audit.jsonl``, the
     ``audit-w<i>.jsonl`` of ``--workers``...), also those whose active file is gone and

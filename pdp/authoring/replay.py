@@ -19,6 +19,7 @@ counted then: treat their numbers as an estimate.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import re
 import sys
@@ -29,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from pdp.audit.files import history_files as audit_files
+from pdp.audit.files import history_files, ledger_of
 from pdp.authoring.harness import (
     DEFAULT_BUDGET_S,
     RequestError,
@@ -50,6 +51,11 @@ _CONFIG_MARK = b'"type":"Config.Seen"'
 _CONFIG_FIELDS = ("config", "previous_config")
 _SINCE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def audit_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The audit history to replay: a directory means every ledger in it."""
+    return history_files(paths, every_ledger=True)
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
@@ -194,6 +200,29 @@ def iter_decisions(files: Iterable[Path], report: ReplayReport) -> Iterator[dict
         yield event
 
 
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def _time_key(event: dict[str, Any]) -> datetime:
+    try:
+        return parse_time(event.get("time", ""))
+    except ValueError:
+        return _NO_TIME  # skipped as "bad time" by the caller; first, so it is not held back
+
+
+def merged_decisions(files: Sequence[Path], report: ReplayReport) -> Iterator[dict[str, Any]]:
+    """Decision events in time order across ledgers (``--workers N`` writes one per worker;
+    each is in time order already, so they are merged, not sorted in memory)."""
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(str(ledger_of(f)), []).append(f)
+    if len(groups) == 1:
+        yield from iter_decisions(files, report)
+        return
+    yield from heapq.merge(*(iter_decisions(g, report) for g in groups.values()),
+                           key=_time_key)
+
+
 def as_drafts_activated(policies: Iterable[Policy]) -> list[Policy]:
     """The draft(s) as if active: replay asks what they *would* deny, not what they'd shadow."""
     return [replace(p, status=Status.ACTIVE, enabled=True) for p in policies]
@@ -212,7 +241,7 @@ async def replay(policies: Sequence[Policy], files: Sequence[Path], since: datet
     tenants = {p.tenant for p in drafts}
     since_utc = since.astimezone(UTC)
     configs = ConfigTexts.read(files)  # a first pass: they may follow a decision (sync mode)
-    for event in iter_decisions(files, report):
+    for event in merged_decisions(files, report):
         if event.get("tenant") not in tenants:
             continue
         try:

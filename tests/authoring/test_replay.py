@@ -136,3 +136,26 @@ def test_replay_reads_configs_named_by_hash(tmp_path: Path) -> None:
     c = asyncio.run(replay(draft, audit_files([tmp_path / "c"]), since))
     assert c.replayed == 0 and c.skipped == b.considered
     assert all("Config.Seen" in reason for reason in c.skip_reasons)
+
+
+def test_replay_merges_the_ledgers_of_several_workers_in_time_order(tmp_path: Path) -> None:
+    """--workers N writes one ledger per worker; given their directory, replay reads every
+    ledger and replays the decisions in time order across them (counter windows and clock
+    rules see time move forward), not one worker's history after the other's."""
+    from pdp.authoring.harness import parse_time
+    from pdp.authoring.replay import ReplayReport, merged_decisions
+
+    generate(tmp_path / "audit-w0.jsonl", 200, end=END, step=STEP, config_refs=True)
+    generate(tmp_path / "audit-w1.jsonl", 200, end=END - STEP / 2, step=STEP,
+             config_refs=True)
+    files = audit_files([tmp_path])
+    assert {f.name for f in files} == {"audit-w0.jsonl", "audit-w1.jsonl"}
+    report = ReplayReport([], END, [str(f) for f in files])
+    times = [parse_time(e["time"]) for e in merged_decisions(files, report)]
+    assert len(times) == 400 == report.records
+    assert times == sorted(times) and times[0] < times[1] < times[2]
+    draft = load_text(DRAFT, "draft.yaml")
+    both = asyncio.run(replay(draft, files, END - timedelta(days=1)))
+    one = asyncio.run(replay(draft, audit_files([tmp_path / "audit-w0.jsonl"]),
+                             END - timedelta(days=1)))
+    assert both.replayed > one.replayed > 0
