@@ -128,18 +128,25 @@ def cmd_policy(args: argparse.Namespace) -> int:
                      warn_cost=args.warn_cost)
 
 
+def _audit_paths(given: list[str] | None, command: str) -> list[str] | None:
+    """``given``, or else the audit file's directory: every ledger in it (``--workers N``
+    writes one per worker). None (after saying why) when the settings are invalid."""
+    if given:
+        return list(given)
+    try:
+        return [str(Path(load_settings().audit_file).parent)]
+    except SettingsError as exc:
+        print(f"pdp {command}: invalid setting: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from pdp.authoring.replay import main as replay_main
 
     _quiet()
-    audit = args.audit
-    if not audit:
-        try:
-            # Its directory: every ledger in it (--workers N writes one per worker).
-            audit = [str(Path(load_settings().audit_file).parent)]
-        except SettingsError as exc:
-            print(f"pdp replay: invalid setting: {exc}", file=sys.stderr)
-            return 2
+    audit = _audit_paths(args.audit, "replay")
+    if audit is None:
+        return 2
     return replay_main(args.policy, args.since, audit, as_json=args.json)
 
 
@@ -218,13 +225,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.audit_command == "show":
         from pdp.audit.show import main as show_main
 
-        paths = list(args.paths)
-        if not paths:
-            try:
-                paths = [str(Path(load_settings().audit_file).parent)]
-            except SettingsError as exc:
-                print(f"pdp audit show: invalid setting: {exc}", file=sys.stderr)
-                return 2
+        paths = _audit_paths(args.paths, "audit show")
+        if paths is None:
+            return 2
         return show_main(args.decision_id, paths)
     from pdp.audit.verify import main as verify_main
 

@@ -249,27 +249,10 @@ def _documented(d: Any) -> bool:
     for r in (*reasons, *shadow) if reasons or shadow else ():
         if type(r) is not dict or not r.keys() >= _REASON_FIELDS:
             return False
-    if "policies" in d:
-        return _policy_list(d["policies"])
+    if "policies" in d:  # listed (the engine names it by hash instead)
+        policies = d["policies"]
+        return type(policies) is list and all(type(p) is dict for p in policies)
     return type(d.get("policies_sha256")) is str
-
-
-_POLICY_LISTS: dict[int, list[Any]] = {}
-
-
-def _policy_list(value: Any) -> bool:
-    """A list of plain dicts (``_policies`` would take it as given). The engine shares one
-    list per selection between decisions, so the answer is remembered per list."""
-    if type(value) is not list:
-        return False
-    if _POLICY_LISTS.get(id(value)) is value:
-        return True
-    if not all(type(p) is dict for p in value):
-        return False
-    if len(_POLICY_LISTS) >= 1024:
-        _POLICY_LISTS.clear()
-    _POLICY_LISTS[id(value)] = value  # held, so the id stays this list's
-    return True
 
 
 def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:

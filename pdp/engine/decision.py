@@ -69,8 +69,8 @@ _POLICY_LISTS: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], list[dict[str,
 
 def policies_list(evaluated: list[PolicyRef]) -> list[dict[str, Any]]:
     """The audit form of the evaluated policies, one shared (never mutated) list per distinct
-    selection: decisions of the same selection hand the same object to the audit log, which
-    then encodes it once (see pdp.audit.chain.canonical_event)."""
+    selection: the engine hashes each list once to name it in Decision events (its text goes
+    to the audit log in a ``Policies.Seen`` event)."""
     key = tuple(map(id, evaluated))
     hit = _POLICY_LISTS.get(key)
     if hit is not None and all(a is b for a, b in zip(hit[0], evaluated, strict=True)):

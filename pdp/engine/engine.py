@@ -43,7 +43,7 @@ from pdp.engine.buckets import (
 )
 from pdp.engine.context import ConfigCache, ConfigRejected, build_context
 from pdp.engine.deadline import Deadline
-from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
+from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason, policies_list
 from pdp.engine.request import CheckRequest
 from pdp.notify import Notifier
 from pdp.policy.builtins import TlsInsecureRemote
@@ -373,8 +373,8 @@ class Engine:
         self.notifier = notifier
         # Seen keys -> monotonic time their event was last written (see seen_refresh_s).
         self._configs_seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
-        self._policy_lists: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], str,
-                                                        list[dict[str, Any]]]] = {}
+        # id(shared list of policies_list) -> (that list, its SHA-256): each hashed once.
+        self._policy_shas: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self._policies_seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._counter_rule_cache: dict[tuple[int, str],
                                        tuple[CompiledPolicy, CounterRule | str]] = {}
@@ -749,17 +749,16 @@ class Engine:
         bytes per policy, every decision). None: nothing was evaluated (listed inline)."""
         if not evaluated:
             return None
-        key = tuple(map(id, evaluated))
-        hit = self._policy_lists.get(key)
-        if hit is None:
-            out = [p.to_dict() for p in evaluated]
-            sha = hashlib.sha256(json.dumps(out, separators=(",", ":")).encode()).hexdigest()
-            hit = self._policy_lists[key] = (tuple(evaluated), sha, out)  # refs keep ids valid
-            if len(self._policy_lists) > 1024:
-                self._policy_lists.pop(next(iter(self._policy_lists)))
+        listed = policies_list(evaluated)  # one shared list per selection
+        hit = self._policy_shas.get(id(listed))
+        if hit is None or hit[0] is not listed:
+            sha = hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
+            if len(self._policy_shas) >= 1024:
+                self._policy_shas.clear()
+            hit = self._policy_shas[id(listed)] = (listed, sha)  # held: the id stays valid
         sha = hit[1]
         if self._first_sight(self._policies_seen, (tenant, sha)):
-            self.audit.emit(policies_seen(tenant, sha, hit[2]))
+            self.audit.emit(policies_seen(tenant, sha, listed))
         return sha
 
     async def record_event(self, tenant: str, kind: CounterEventKind, scope_keys: Sequence[str],
@@ -854,7 +853,7 @@ def decision_event(req: CheckRequest, decision: Decision, *,
         "request": request,
     }
     if policies_ref is None:
-        event["policies"] = [p.to_dict() for p in decision.evaluated]
+        event["policies"] = policies_list(decision.evaluated)
     else:
         event["policies_sha256"] = policies_ref
     return event
