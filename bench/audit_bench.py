@@ -30,7 +30,7 @@ from pdp.audit.settings import AuditSettings
 from pdp.cel import ProgramCache, pdp_environment
 from pdp.counters import MemoryCounterStore
 from pdp.engine.context import ConfigCache
-from pdp.engine.engine import Engine
+from pdp.engine.engine import Engine, EngineOptions
 from pdp.engine.request import CheckRequest
 from pdp.logging import configure_logging
 from pdp.policy.builtins import builtin_policies
@@ -105,7 +105,10 @@ async def run(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
                         path=f"{tmp}/{variant.replace(' ', '-')}-{r}/audit.jsonl",
                         durability="sync" if variant == "file sync" else "async"))
                     await sink.start()
-                engine = Engine(policies, MemoryCounterStore(), sink, ConfigCache(64, 1 << 22))
+                # As the server sets it up: with async durability, records are made after
+                # the answer (EngineOptions.audit_after_answer).
+                engine = Engine(policies, MemoryCounterStore(), sink, ConfigCache(64, 1 << 22),
+                                EngineOptions(audit_after_answer=variant == "file async"))
                 results[variant].append(await throughput(engine, sink, args.decisions,
                                                          args.concurrency))
                 if isinstance(sink, AuditLog):

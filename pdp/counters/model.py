@@ -124,10 +124,32 @@ class CounterRule:
             if self.min_deployments < 1:
                 raise ValueError(f"{self.rule_id}: min_deployments must be >= 1")
 
+    def rescoped(self, scope_key: str) -> CounterRule:
+        """This rule at another scope (one per agent of a step): the other fields were
+        validated when this one was made, so only the scope is checked."""
+        if not scope_key:
+            raise ValueError(f"{self.rule_id}: empty scope key")
+        new = _NEW(CounterRule)
+        _SET(new, "rule_id", self.rule_id)
+        _SET(new, "kind", self.kind)
+        _SET(new, "scope_key", scope_key)
+        _SET(new, "max_count", self.max_count)
+        _SET(new, "window_seconds", self.window_seconds)
+        _SET(new, "min_interval_seconds", self.min_interval_seconds)
+        _SET(new, "timezone", self.timezone)
+        _SET(new, "threshold_percent", self.threshold_percent)
+        _SET(new, "min_deployments", self.min_deployments)
+        _SET(new, "counter_id", self.counter_id)
+        return new
+
     @property
     def counter(self) -> str:
         """The identity of the stored counter (``counter_id`` or else ``rule_id``)."""
         return self.counter_id or self.rule_id
+
+
+_NEW = object.__new__
+_SET = object.__setattr__
 
 
 @dataclass(frozen=True, slots=True)

@@ -283,20 +283,26 @@ class RedisCounterStore:
         body: list[list[Any]] = []
         # The agents of a step mostly carry the very same rule objects: each is worked out
         # once (its definition index and escaped scope), keyed by identity (held alive by
-        # ``items`` for the whole call).
+        # ``items`` for the whole call). Per-agent rules (a cooldown per agent) are distinct
+        # objects of a few shapes: the definition is worked out once per shape.
         seen: dict[int, tuple[int, str]] = {}
+        by_shape: dict[tuple[Any, ...], int] = {}
         for rules in items:
             flat: list[Any] = []
             for r in rules:
                 hit = seen.get(id(r))
                 if hit is None:
-                    d = _definition(r)
-                    if r.kind is CounterKind.DAILY_CAP:
-                        d = (*d[:-1], tz_index.setdefault(r.timezone, len(tz_index) + 1))
-                    i = def_index.get(d)
+                    shape = _shape(r)
+                    i = by_shape.get(shape)
                     if i is None:
-                        i = def_index[d] = len(def_index) + 1
-                        defs.append(d)
+                        d = _definition(r)
+                        if r.kind is CounterKind.DAILY_CAP:
+                            d = (*d[:-1], tz_index.setdefault(r.timezone, len(tz_index) + 1))
+                        i = def_index.get(d)
+                        if i is None:
+                            i = def_index[d] = len(def_index) + 1
+                            defs.append(d)
+                        by_shape[shape] = i
                     hit = seen[id(r)] = (i, keys.esc(r.scope_key))
                 flat.extend(hit)
             body.append(flat)

@@ -33,8 +33,8 @@ BUDGET_CODES = frozenset({"DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED"})
 
 
 #: Counter scopes whose key is the same for every agent of a bucket (the rollout and the
-#: device are shared objects, the group is part of the agent's key); ``agent`` and
-#: ``expression`` scopes are worked out per agent.
+#: device are shared objects, the group is part of the agent's key); ``agent`` scopes are
+#: the bucket's rule at each agent's own id, ``expression`` scopes are worked out per agent.
 BUCKET_SCOPES = frozenset({"tenant", "rollout", "device", "group"})
 
 
@@ -50,6 +50,9 @@ class Stateless:
     ctx: EvalContext
     rules: tuple[CounterRule, ...] | None = None
     by_id: dict[str, CompiledPolicy] = field(default_factory=dict)
+    # With ``rules``: which of them are scoped to the agent (``agent:<id>``), so each agent
+    # takes the rule at its own scope; None when none is.
+    per_agent: tuple[bool, ...] | None = None
 
 
 def _frozen(value: Any) -> Hashable:

@@ -155,7 +155,8 @@ async def start(settings: Settings) -> Running:
                     EngineOptions(cost_limit=settings.cel_cost_limit,
                                   counter_timeout_s=settings.redis_timeout_ms / 1000,
                                   policies_stale=reloader.stale_reason,
-                                  seen_refresh_s=settings.audit_seen_refresh_s),
+                                  seen_refresh_s=settings.audit_seen_refresh_s,
+                                  audit_after_answer=settings.audit_durability == "async"),
                     telemetry=telemetry, notifier=notifier)
     options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                                       ("grpc.max_receive_message_length",
@@ -218,6 +219,7 @@ async def stop(running: Running, grace_s: float) -> None:
     if running.engine.notifier is not None:
         await running.engine.notifier.close(timeout=grace_s)
     running.engine.telemetry.shutdown()
+    running.engine.record_pending()  # answered decisions whose records were still to come
     await running.audit.close()
     await running.counters.close()
     log.info("stopped")

@@ -7,6 +7,7 @@ assertions on durations allow a second of slack and no test sits exactly on an e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -337,6 +338,32 @@ async def test_batch_consumes_in_order(backend: Backend) -> None:
     # denied items consumed nothing: their agents' cooldowns are free
     assert (await reserve(b, cooldown(3600, scope="agent:a6"))).allowed
     assert not (await reserve(b, cooldown(3600, scope="agent:a0"))).allowed
+
+
+def test_a_rescoped_rule_is_the_same_rule_at_another_scope() -> None:
+    r = CounterRule("r@v2", CounterKind.ROLLBACK_RATE, "agent:a", max_count=3,
+                    window_seconds=60.0, min_interval_seconds=5.0, timezone="Europe/Berlin",
+                    threshold_percent=12.5, min_deployments=4, counter_id="r")
+    other = r.rescoped("agent:b")
+    fresh = dataclasses.replace(r, scope_key="agent:b")
+    assert other == fresh and hash(other) == hash(fresh)
+    assert [f.name for f in dataclasses.fields(CounterRule)
+            if getattr(other, f.name) != getattr(r, f.name)] == ["scope_key"]
+    with pytest.raises(ValueError, match="empty scope"):
+        r.rescoped("")
+
+
+async def test_batch_of_per_agent_rules_made_by_rescoping(backend: Backend) -> None:
+    """What the engine sends for a step with a per-agent cooldown: one rule rescoped per
+    agent (distinct objects of one shape) beside one shared cap rule."""
+    b = backend
+    daily, cool = cap(10), cooldown(3600, scope="agent:a0")
+    items = [[daily, cool.rescoped(f"agent:a{i}")] for i in range(4)]
+    items.append([daily, cool.rescoped("agent:a2")])  # the same agent twice in a step
+    res = await b.store.reserve_batch(b.tenant, items, timeout=TIMEOUT)
+    assert [r.code for r in res] == ["", "", "", "", "COOLDOWN_ACTIVE"]
+    assert not (await reserve(b, cooldown(3600, scope="agent:a3"))).allowed
+    assert (await reserve(b, cooldown(3600, scope="agent:a4"))).allowed
 
 
 async def test_batch_item_is_all_or_nothing(backend: Backend) -> None:

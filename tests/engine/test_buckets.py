@@ -160,10 +160,26 @@ async def test_counter_rules_of_shared_scopes_are_taken_from_the_bucket() -> Non
             calls[p.name] += 1
             return inner(ctx, budget)
         object.__setattr__(p, "scope_key", counting)
+    reserved: list[list[Any]] = []
+    inner_reserve = engine.counters.reserve_batch
+
+    async def spy(tenant: str, items: Any, *, timeout: float) -> Any:
+        reserved.extend(list(rules) for rules in items)
+        return await inner_reserve(tenant, items, timeout=timeout)
+
+    engine.counters.reserve_batch = spy  # type: ignore[method-assign]
     decisions = await engine.check_batch(step(20), 1.0)
     assert [d.allowed for d in decisions] == [i < 12 for i in range(20)]
     assert {r.code for d in decisions[12:] for r in d.reasons} == {"DAILY_CAP_EXCEEDED"}
-    assert calls == {"cap": 20, "cool": 20}  # an agent-scoped rule: made per agent
+    # Both scopes worked out once, for the bucket's first agent; every other agent takes
+    # the cooldown rule at its own id (and the very same rollout-wide cap rule).
+    assert calls == {"cap": 1, "cool": 1}
+    assert [[r.scope_key for r in rules] for rules in reserved] == [
+        ["rollout:r1", f"agent:a{i}"] for i in range(20)]
+    assert len({id(rules[0]) for rules in reserved}) == 1
+    first_cool = reserved[0][1]
+    assert all(replace(rules[1], scope_key=first_cool.scope_key) == first_cool
+               for rules in reserved)
     engine, _ = engine_for(
         "tenant: t\nname: cap\nrule: {daily_cap: {max_count: 12, scope: rollout}}\n")
     [p] = engine.policies.policies
