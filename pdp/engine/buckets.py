@@ -57,30 +57,35 @@ class Stateless:
 
 def _frozen(value: Any) -> Hashable:
     t = type(value)
-    if t is dict:
-        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if t is dict:  # in the dict's order (see _agent_key); keys tagged too: {1: x} != {true: x}
+        return ("dict", *((_frozen(k), _frozen(v)) for k, v in value.items()))
     if t is list or t is tuple:
-        return tuple(_frozen(v) for v in value)
+        return ("list", *(_frozen(v) for v in value))
     if t is str or t is int or t is bool or t is float or value is None:
         return (t.__name__, value)  # CEL tells 1 from 1.0 and true: so does the key
     raise TypeError(f"no bucket key for {t.__name__}")
 
 
 def _agent_key(agent: dict[str, Any]) -> Hashable:
-    """Everything but the id; strings as they are (the usual case, and a string never
-    equals a tagged tuple), other values through ``_frozen``."""
-    out = []
-    for k in sorted(agent):
+    """Everything but the id, as alternating names and values in the dict's own order (the
+    batch conversion builds every agent's dict in one order; two dicts with the same items
+    in another order only miss sharing, they never share wrongly). Strings and string maps
+    (the usual case) as they are, tagged so a string never equals a map; the rest through
+    ``_frozen``, which tells 1 from 1.0 and true."""
+    out: list[Any] = []
+    for k, v in agent.items():
         if k == "id":
             continue
-        v = agent[k]
         t = type(v)
+        out.append(k)
         if t is str:
-            out.append((k, v))
-        elif t is dict and all(type(x) is str for x in v.values()):
-            out.append((k, ("map", *sorted(v.items()))))
+            out.append(v)
+        elif t is dict and all(type(a) is str and type(b) is str for a, b in v.items()):
+            out.append(("map", *v.items()))
+        elif t is list and not v:
+            out.append(("list",))
         else:
-            out.append((k, ("any", _frozen(v))))
+            out.append(("any", _frozen(v)))
     return tuple(out)
 
 
@@ -93,7 +98,7 @@ def request_key(req: CheckRequest) -> Hashable | None:
     """
     try:
         agent_part = _agent_key(req.agent or {})
-        metrics = _frozen(req.metrics)  # small, and a new (empty) dict per request
+        metrics = _frozen(req.metrics) if req.metrics else ()  # a new (empty) dict each
     except TypeError:
         return None
     return (req.tenant, req.checkpoint, req.request_id, req.explain,

@@ -136,11 +136,21 @@ def _debug_enabled() -> bool:
 
 def new_decision_id() -> str:
     """A random (version 4) UUID, as ``str(uuid.uuid4())`` spells it; built directly, at
-    half the cost (one per agent of a step)."""
-    n = int.from_bytes(os.urandom(16), "big")
-    n = n & ~(0xF000 << 64) | (0x4000 << 64)  # version 4
-    n = n & ~(0xC000 << 48) | (0x8000 << 48)  # RFC 4122 variant
-    h = f"{n:032x}"
+    under half the cost."""
+    return _uuid4_text(os.urandom(16))
+
+
+def new_decision_ids(n: int) -> list[str]:
+    """``n`` of them from one read of the random source (one per agent of a step)."""
+    raw = os.urandom(16 * n)
+    return [_uuid4_text(raw[i:i + 16]) for i in range(0, 16 * n, 16)]
+
+
+def _uuid4_text(random16: bytes) -> str:
+    b = bytearray(random16)
+    b[6] = b[6] & 0x0F | 0x40  # version 4
+    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -425,7 +435,9 @@ class Engine:
         # with per-policy telemetry spans: each agent's policies would have to be traced.
         buckets: dict[Any, _Pending] | None = (
             {} if memo is not None and not self.telemetry.enabled else None)
-        for req in reqs:
+        ids = new_decision_ids(len(reqs)) if memo is not None else None
+        for i, req in enumerate(reqs):
+            decision_id = ids[i] if ids is not None else new_decision_id()
             started = time.perf_counter()
             deadline = Deadline.after(budget_s)
             if outer is not None and outer.expires_at < deadline.expires_at:
@@ -435,17 +447,19 @@ class Engine:
                 key = request_key(req)
                 rep = buckets.get(key) if key is not None else None
                 if rep is not None and rep.shared is not None:
-                    pending.append(self._from_bucket(rep.shared, req, started, deadline, memo))
+                    pending.append(self._from_bucket(rep.shared, req, decision_id, started,
+                                                     deadline, memo))
                     continue
             try:
                 ctx = await build_context(req, self.configs, now)
             except ConfigRejected as exc:
-                decision = Decision(new_decision_id(), False, req.checkpoint.value,
+                decision = Decision(decision_id, False, req.checkpoint.value,
                                     datetime.now(UTC))
                 decision.reasons.append(_system("INVALID_CONFIG", str(exc)))
                 pending.append(_Pending(req, decision, started, None, [], {}))
                 continue
-            item = self._evaluate(req, ctx, deadline, started, memo, share=key is not None)
+            item = self._evaluate(req, ctx, deadline, started, memo, share=key is not None,
+                                  decision_id=decision_id)
             if key is not None and item.shared is not None:
                 assert buckets is not None
                 buckets[key] = item
@@ -497,11 +511,11 @@ class Engine:
             if p.name in denied and p.policy.notify and not p.shadow:
                 self.notifier.notify(p.name, item.req.tenant, summary, list(p.policy.notify))
 
-    def _from_bucket(self, shared: Stateless, req: CheckRequest, started: float,
-                     deadline: Deadline, memo: _BatchMemo | None) -> _Pending:
+    def _from_bucket(self, shared: Stateless, req: CheckRequest, decision_id: str,
+                     started: float, deadline: Deadline, memo: _BatchMemo | None) -> _Pending:
         """This agent's decision from the stateless verdict of an agent that differs from it
         only in its id; its own decision id and counter rules (the scope may be its id)."""
-        decision = Decision(new_decision_id(), False, req.checkpoint.value, shared.ctx.now)
+        decision = Decision(decision_id, False, req.checkpoint.value, shared.ctx.now)
         decision.reasons.extend(shared.reasons)
         decision.shadow_denies.extend(shared.shadow_denies)
         decision.evaluated.extend(shared.evaluated)
@@ -528,7 +542,7 @@ class Engine:
 
     def _evaluate(self, req: CheckRequest, ctx: EvalContext, deadline: Deadline,
                   started: float, memo: _BatchMemo | None = None,
-                  share: bool = False) -> _Pending:
+                  share: bool = False, decision_id: str | None = None) -> _Pending:
         """The stateless phase; returns the counter rules still to reserve (if all allowed).
         With ``share``, also what other agents of its bucket may take (``item.shared``)."""
         agent_labels = (req.agent or {}).get("labels")
@@ -541,7 +555,8 @@ class Engine:
             selected = memo.select(req, agent_labels, device_labels)
             group = memo.group(ctx.activation)
         budget = Budget(deadline=deadline.expires_at, cost_limit=self.options.cost_limit)
-        decision = Decision(new_decision_id(), False, req.checkpoint.value, ctx.now)
+        decision = Decision(decision_id or new_decision_id(), False, req.checkpoint.value,
+                            ctx.now)
         item = _Pending(req, decision, started, deadline, [], {})
         stale = self.options.policies_stale() if self.options.policies_stale else None
         if stale is not None:

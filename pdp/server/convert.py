@@ -247,12 +247,7 @@ def fill_decision_pb(pb: cpb.Decision, d: Decision, *, with_evaluated: bool = Tr
         pb.shadow_denies.extend([reason_pb(r) for r in d.shadow_denies])
     pb.overridden = d.overridden
     pb.checkpoint = CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED)
-    nanos = int(d.elapsed_s * 1e9)
-    seconds = int(nanos / 1_000_000_000)  # toward zero, as Duration.FromNanoseconds
-    elapsed = pb.elapsed
-    elapsed.SetInParent()
-    elapsed.seconds = seconds
-    elapsed.nanos = nanos - seconds * 1_000_000_000
+    _set_elapsed(pb, d.elapsed_s)
     at = d.decided_at
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)  # what Timestamp.FromDatetime assumes for naive times
@@ -266,6 +261,15 @@ def fill_decision_pb(pb: cpb.Decision, d: Decision, *, with_evaluated: bool = Tr
                                 for x in d.explanations])
 
 
+def _set_elapsed(pb: cpb.Decision, elapsed_s: float) -> None:
+    nanos = int(elapsed_s * 1e9)
+    seconds = int(nanos / 1_000_000_000)  # toward zero, as Duration.FromNanoseconds
+    elapsed = pb.elapsed
+    elapsed.SetInParent()
+    elapsed.seconds = seconds
+    elapsed.nanos = nanos - seconds * 1_000_000_000
+
+
 def fill_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[str],
                         decisions: Sequence[Decision]) -> None:
     """The decisions of a step, each distinct list of evaluated policies written once in
@@ -273,6 +277,10 @@ def fill_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[str
     ref is one object, and the decisions hold them alive meanwhile)."""
     sets: dict[tuple[int, ...], int] = {}  # the refs are shared per policy version
     add = out.decisions.add
+    # Decisions with no reasons (most of a step) differ only in id and elapsed time: the
+    # rest is copied from one message built per (outcome, checkpoint, instant).
+    common: tuple[Any, ...] | None = None
+    template = cpb.Decision()
     for agent_id, d in zip(agent_ids, decisions, strict=True):
         key = tuple(map(id, d.evaluated))
         index = sets.get(key)
@@ -280,7 +288,20 @@ def fill_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[str
             index = sets[key] = len(out.evaluated_sets)
             out.evaluated_sets.add().policies.extend([policy_ref_pb(p) for p in d.evaluated])
         item = add(agent_id=agent_id, evaluated_set=index)
-        fill_decision_pb(item.decision, d, with_evaluated=False)
+        if d.reasons or d.shadow_denies or d.explanations:
+            fill_decision_pb(item.decision, d, with_evaluated=False)
+            continue
+        shared = (d.allowed, d.overridden, d.checkpoint, d.decided_at)
+        if shared != common:
+            template = cpb.Decision()
+            fill_decision_pb(template, d, with_evaluated=False)
+            template.ClearField("decision_id")
+            template.ClearField("elapsed")
+            common = shared
+        pb = item.decision
+        pb.CopyFrom(template)
+        pb.decision_id = d.decision_id
+        _set_elapsed(pb, d.elapsed_s)
     out.allowed_count = sum(d.allowed for d in decisions)
     out.denied_count = len(decisions) - out.allowed_count
 

@@ -51,6 +51,17 @@ def test_request_keys_differ_exactly_where_answers_may() -> None:
     assert request_key(replace(reqs[0], rollout={"id": "r1", "step": 1})) != request_key(
         reqs[0])  # not the shared object: not assumed equal
     assert request_key(replace(reqs[0], agent={"id": "z", "x": object()})) is None
+    # Values that compare equal in Python but not in CEL, and shapes that could be mistaken
+    # for one another, give different keys.
+    def key(**agent: Any) -> Any:
+        return request_key(replace(reqs[0], agent={"id": "z", **agent}))
+
+    assert key(labels={"1": "a"}) != key(labels={1: "a"}) != key(labels={True: "a"})
+    assert key(g="x") != key(g=["x"]) != key(g={"x": "x"})
+    assert key(g=[]) != key(g=()) and key(g=[]) != key(g={})
+    assert key(a="x", b="y") != key(a="y", b="x")
+    assert key(a="x", b="y") == key(a="x", b="y")
+    assert key(m={"k": 1}) != key(m={"k": 1.0}) != key(m={"k": "1"})
 
 
 async def test_a_bucket_is_evaluated_once_and_answers_match_one_by_one() -> None:
@@ -141,10 +152,11 @@ async def test_explain_and_budget_outcomes_are_not_shared() -> None:
 def test_decision_ids_are_random_version_4_uuids() -> None:
     import uuid
 
-    from pdp.engine.engine import new_decision_id
+    from pdp.engine.engine import new_decision_id, new_decision_ids
 
-    ids = [new_decision_id() for _ in range(2000)]
+    ids = [new_decision_id() for _ in range(2000)] + new_decision_ids(2000)
     assert len(set(ids)) == len(ids)
+    assert new_decision_ids(0) == []
     for s in ids:
         u = uuid.UUID(s)
         assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, s)

@@ -53,3 +53,41 @@ def test_decision_pb_matches_the_plain_construction(d: Decision) -> None:
     assert got.SerializeToString(deterministic=True) == \
         reference(d).SerializeToString(deterministic=True)
     assert got.HasField("elapsed") and got.HasField("decided_at")
+
+
+def test_batch_response_decisions_match_the_plain_construction() -> None:
+    """A step's response copies the common part of reason-less decisions from a template:
+    each entry must still equal the plain construction of its own decision (without the
+    evaluated policies, which a batch names by set), whatever differs between them."""
+    at = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    later = at + timedelta(seconds=1)
+    ds = [
+        Decision("a0", True, "push", at, evaluated=REFS, elapsed_s=0.001),
+        Decision("a1", True, "push", at, evaluated=REFS, elapsed_s=0.0),
+        Decision("a2", False, "push", at, evaluated=REFS, elapsed_s=0.002,
+                 reasons=[Reason("p", 1, "cel", "POLICY_DENIED", "no", 1.5)]),
+        Decision("a3", True, "push", at, evaluated=REFS, elapsed_s=1.25),  # after a deny
+        Decision("a4", True, "push", later, evaluated=REFS[:2], elapsed_s=0.003),
+        Decision("a5", False, "push", later, evaluated=REFS[:2], elapsed_s=0.004),  # no reason
+        Decision("a6", True, "push", later, evaluated=REFS[:2], elapsed_s=0.005,
+                 overridden=True),
+        Decision("a7", True, "auto_apply", later, elapsed_s=0.006),
+        Decision("a8", True, "push", later, elapsed_s=0.007,
+                 shadow_denies=[Reason("q", 2, "cel", "NOPE", "would", None, True)]),
+        Decision("a9", True, "push", later, elapsed_s=0.008,
+                 explanations=[Explanation("p", {"a": "1"})]),
+        Decision("a10", True, "push", at, evaluated=REFS, elapsed_s=0.009),  # back to the first
+    ]
+    from pdp.v1 import decision_pb2 as dpb
+
+    out = dpb.CheckPushBatchResponse()
+    convert.fill_batch_response(out, [f"agent-{i}" for i in range(len(ds))], ds)
+    assert [item.agent_id for item in out.decisions] == [f"agent-{i}" for i in range(len(ds))]
+    for item, d in zip(out.decisions, ds, strict=True):
+        want = reference(d)
+        want.ClearField("evaluated_policies")
+        assert item.decision == want, d.decision_id
+        assert item.decision.HasField("elapsed") and item.decision.HasField("decided_at")
+        assert list(out.evaluated_sets[item.evaluated_set].policies) == [
+            convert.policy_ref_pb(p) for p in d.evaluated]
+    assert (out.allowed_count, out.denied_count) == (9, 2)
