@@ -167,8 +167,8 @@ def make_entries(events: Sequence[Any], head: ChainHead) -> list[Entry]:
         prev = digest.encode()
         # The line is the hashed body with the hash put first: {"hash":"…",<body without {>
         # (positional arguments: this loop runs once per audit record).
-        append(Entry(seq, b'{"hash":"' + prev + b'",' + body[1:] + b"\n", digest, None,
-                     enc.tags))
+        append(Entry(seq, join((b'{"hash":"', prev, b'",', memoryview(body)[1:], b"\n")),
+                     digest, None, enc.tags))
     return out
 
 

@@ -289,13 +289,15 @@ def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
     return ev
 
 
-def events_for_decision(d: DecisionInput | Mapping[str, Any]) -> list[Event]:
+def events_for_decision(d: DecisionInput | Mapping[str, Any], *,
+                        documented: bool = False) -> list[Event]:
     """The ``Decision`` event followed by the ``PushDenied`` / ``WouldDeny`` events it implies.
 
     Derived events carry the ``decision_id`` (not the request) so they stay small and the
-    request is masked in one place only.
+    request is masked in one place only. ``documented``: the caller built ``d`` in the
+    documented form (the engine does, per decision), so it is not checked again.
     """
-    decision = decision_event(d)
+    decision: Event = d if documented else decision_event(d)  # type: ignore[assignment]
     out = [decision]
     denied = not decision["allowed"]
     if not denied and not decision["shadow_denies"]:

@@ -341,13 +341,21 @@ class AuditLog:
             batch: list[_QueueItem] = [item]
             while len(batch) < self.settings.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            items = [b for b in batch if isinstance(b, _Item)]
-            fences = [b for b in batch if isinstance(b, _Barrier)]
-            barriers = [b.waiter for b in fences]
-            fsync = any(b.fsync for b in fences)
-            if any(isinstance(b, _Stop) for b in batch):
-                stopping = True
-            await self._write(items, sync=fsync or any(i.waiter for i in items))
+            # One pass (this runs per record): events, their waiters, fences, the stop.
+            items: list[_Item] = []
+            barriers: list[asyncio.Future[int]] = []
+            fsync = waited = False
+            for b in batch:
+                if type(b) is _Item:
+                    items.append(b)
+                    if b.waiter is not None:
+                        waited = True
+                elif type(b) is _Barrier:
+                    barriers.append(b.waiter)
+                    fsync = fsync or b.fsync
+                else:
+                    stopping = True
+            await self._write(items, sync=fsync or waited, waited=waited)
             if fsync and self._unsynced:
                 try:
                     await asyncio.to_thread(self._ledger.sync)
@@ -383,7 +391,7 @@ class AuditLog:
         """Chain and write (events were masked and encoded by ``emit``)."""
         return self._ledger.append([it.event for it in items], sync)
 
-    async def _write(self, items: list[_Item], sync: bool) -> None:
+    async def _write(self, items: list[_Item], sync: bool, waited: bool = True) -> None:
         """Write ``items`` to the ledger, retrying until they are in; then fan out.
 
         Unsynced writes run on the loop in slices of ``inline_max`` events, yielding between
@@ -407,7 +415,7 @@ class AuditLog:
             elif n:
                 self._unsynced = True
             failed_sync = res.error if sync and not res.synced else None
-            self._after_write(res.entries, chunk[:n], failed_sync)
+            self._after_write(res.entries, chunk[:n] if waited else None, failed_sync)
             if res.error is None:
                 items = items[len(chunk):]
                 if items:
@@ -421,12 +429,13 @@ class AuditLog:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    def _after_write(self, entries: list[Entry], items: list[_Item],
+    def _after_write(self, entries: list[Entry], items: list[_Item] | None,
                      sync_error: BaseException | None) -> None:
+        """Answer the waiters of ``items`` (None: none of them has one), then fan out."""
         if not entries:
             return
         self._written += len(entries)
-        for it, e in zip(items, entries, strict=True):
+        for it, e in zip(items or (), entries if items else (), strict=True):
             w = it.waiter
             if w is None or w.done():
                 continue

@@ -772,7 +772,8 @@ class Engine:
         for _ in range(len(todo) if limit is None else min(limit, len(todo))):
             item = todo.popleft()
             try:
-                events = events_for_decision(self._event(item.req, item.decision))
+                events = events_for_decision(self._event(item.req, item.decision),
+                                             documented=True)
             except Exception as exc:  # a defect: say which decision has no record, loudly
                 log.critical("audit_record_failed", decision_id=item.decision.decision_id,
                              tenant=item.req.tenant, error=repr(exc))

@@ -299,3 +299,25 @@ async def test_audit_after_answer_says_which_decision_has_no_record(
     out = capsys.readouterr()
     assert "audit_record_failed" in out.out + out.err
     assert decisions[1].decision_id in out.out + out.err
+
+
+async def test_engine_decision_events_are_in_the_documented_form() -> None:
+    """The engine hands its Decision events to the audit log as documented (not checked
+    again there): allowed, denied, shadow-denied, overridden and explained ones alike."""
+    from pdp.audit.events import _documented, decision_event
+
+    engine, audit = engine_for(
+        CEL.format(name="p", extra="", deny="agent.id == 'a1'")
+        + "---\n" + CEL.format(name="d", extra="status: draft\n", deny="true"))
+    engine.options = replace(engine.options, audit_after_answer=True)
+    admin = Caller("ops", frozenset({"admin"}))
+    reqs = [push(agent="a0"), push(agent="a1"), push(agent="a1", explain=True),
+            push(agent="a1", caller=admin, override=Override("ops", "incident 7")),
+            push(config=None, agent="a2")]
+    await engine.check_batch(reqs, 1.0)
+    engine.record_pending()
+    recorded = [e for e in audit.events if e["type"] == "Decision"]
+    assert len(recorded) == len(reqs)
+    for ev in recorded:
+        assert _documented(ev), ev
+        assert decision_event(ev) is ev
