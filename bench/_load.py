@@ -65,6 +65,19 @@ def cpu_seconds(pid: int, tree: bool = True) -> float:
     return total / TICK
 
 
+def wait_idle(pid: int, quiet_s: float = 0.05, limit_s: float = 2.0) -> None:
+    """Return once ``pid`` (and its children) used no CPU for ``quiet_s`` (or after
+    ``limit_s``): e.g. a server finished writing the audit records of its last answer."""
+    end = time.monotonic() + limit_s
+    last = cpu_seconds(pid)
+    while time.monotonic() < end:
+        time.sleep(quiet_s)
+        now = cpu_seconds(pid)
+        if now == last:
+            return
+        last = now
+
+
 def rss_kib(pid: int, key: str = "VmRSS") -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
