@@ -94,7 +94,8 @@ class _Stop:
     pass
 
 
-_QueueItem = _Item | _Barrier | _Stop
+#: An event with no waiter is queued as its EncodedEvent alone.
+_QueueItem = EncodedEvent | _Item | _Barrier | _Stop
 
 
 class AuditLog:
@@ -204,7 +205,7 @@ class AuditLog:
         if self._state == "running" and not self._overflow_active:
             assert self._queue is not None
             try:
-                self._queue.put_nowait(_Item(enc))
+                self._queue.put_nowait(enc)  # bare: most events have no waiter
                 return
             except asyncio.QueueFull:
                 pass
@@ -238,7 +239,7 @@ class AuditLog:
         await self._enqueue(_Item(self._prepare(event), fut))
         return await fut
 
-    async def _enqueue(self, item: _Item) -> None:
+    async def _enqueue(self, item: _Item | EncodedEvent) -> None:
         """Queue ``item``, waiting for space; after whatever ``emit`` spilled before it (the
         writer takes the spool only once the queue is empty, so an item queued now would
         otherwise be written first: a decision before the Config.Seen it names)."""
@@ -266,7 +267,7 @@ class AuditLog:
                 self.emit(ev)
 
     async def _put(self, event: Event) -> None:
-        await self._enqueue(_Item(self._prepare(event)))
+        await self._enqueue(self._prepare(event))
 
     async def flush(self, fsync: bool = True) -> None:
         """Return once everything emitted before the call is written and (unless ``fsync``
@@ -342,20 +343,29 @@ class AuditLog:
             while len(batch) < self.settings.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             # One pass (this runs per record): events, their waiters, fences, the stop.
-            items: list[_Item] = []
+            events: list[Any] = []
+            waiters: list[asyncio.Future[int] | None] = []
             barriers: list[asyncio.Future[int]] = []
-            fsync = waited = False
+            fsync = False
             for b in batch:
-                if type(b) is _Item:
-                    items.append(b)
-                    if b.waiter is not None:
-                        waited = True
-                elif type(b) is _Barrier:
+                t = type(b)
+                if t is EncodedEvent:
+                    events.append(b)
+                    if waiters:
+                        waiters.append(None)
+                elif t is _Item:
+                    assert isinstance(b, _Item)
+                    if not waiters:
+                        waiters = [None] * len(events)
+                    events.append(b.event)
+                    waiters.append(b.waiter)
+                elif t is _Barrier:
+                    assert isinstance(b, _Barrier)
                     barriers.append(b.waiter)
                     fsync = fsync or b.fsync
                 else:
                     stopping = True
-            await self._write(items, sync=fsync or waited, waited=waited)
+            await self._write(events, waiters or None, sync=fsync or bool(waiters))
             if fsync and self._unsynced:
                 try:
                     await asyncio.to_thread(self._ledger.sync)
@@ -375,24 +385,25 @@ class AuditLog:
             self._overflow.reset()
             self._overflow_active = False
             return
-        items: list[_Item] = []
+        events: list[Any] = []
         for ln in lines:
             try:
-                items.append(_Item(json.loads(ln)))  # masked when spilled
+                events.append(json.loads(ln))  # masked when spilled
             except ValueError:
-                items.append(_Item({"type": "Audit.Unreadable",
-                                    "line": ln.decode(errors="replace")}))
-        await self._write(items, sync=True)  # fsync before consuming from the spool
+                events.append({"type": "Audit.Unreadable", "line": ln.decode(errors="replace")})
+        await self._write(events, None, sync=True)  # fsync before consuming from the spool
         self._overflow.consume(lines)
         if self._overflow.pending == 0:
             self._overflow_active = False
 
-    def _append(self, items: list[_Item], sync: bool) -> Any:
+    def _append(self, events: list[Any], sync: bool) -> Any:
         """Chain and write (events were masked and encoded by ``emit``)."""
-        return self._ledger.append([it.event for it in items], sync)
+        return self._ledger.append(events, sync)
 
-    async def _write(self, items: list[_Item], sync: bool, waited: bool = True) -> None:
-        """Write ``items`` to the ledger, retrying until they are in; then fan out.
+    async def _write(self, events: list[Any], waiters: list[asyncio.Future[int] | None] | None,
+                     sync: bool) -> None:
+        """Write ``events`` to the ledger, retrying until they are in; then answer their
+        ``waiters`` (parallel to them; None: nobody waits) and fan out.
 
         Unsynced writes run on the loop in slices of ``inline_max`` events, yielding between
         slices: the process is bound by the GIL, so a worker thread adds hand-offs and lock
@@ -400,14 +411,14 @@ class AuditLog:
         answered only after it), and writes that may rotate the file, go to the thread.
         """
         backoff = 0.05
-        while items:
+        while events:
             step = self.settings.inline_max
             if not sync and step and self._ledger.room() > _INLINE_ROOM:
-                chunk = items[:step]
+                chunk = events[:step]
                 res = self._append(chunk, False)
             else:
-                chunk = items
-                res = await asyncio.to_thread(self._append, items, sync)
+                chunk = events
+                res = await asyncio.to_thread(self._append, events, sync)
             n = len(res.entries)
             if res.synced:
                 self._fsyncs += 1
@@ -415,28 +426,29 @@ class AuditLog:
             elif n:
                 self._unsynced = True
             failed_sync = res.error if sync and not res.synced else None
-            self._after_write(res.entries, chunk[:n] if waited else None, failed_sync)
+            self._after_write(res.entries, waiters[:n] if waiters else None, failed_sync)
+            done = len(chunk) if res.error is None else n
+            events = events[done:]
+            if waiters:
+                waiters = waiters[done:]
             if res.error is None:
-                items = items[len(chunk):]
-                if items:
+                if events:
                     await asyncio.sleep(0)  # decisions run between slices
                 continue
             self._write_errors += 1
             log.error("audit file write failed; retrying", error=str(res.error),
-                      written=n, remaining=len(items) - n)
-            items = items[n:]
-            if items:
+                      written=n, remaining=len(events))
+            if events:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    def _after_write(self, entries: list[Entry], items: list[_Item] | None,
+    def _after_write(self, entries: list[Entry], waiters: list[asyncio.Future[int] | None] | None,
                      sync_error: BaseException | None) -> None:
-        """Answer the waiters of ``items`` (None: none of them has one), then fan out."""
+        """Answer the ``waiters`` of ``entries`` (None: nobody waits), then fan out."""
         if not entries:
             return
         self._written += len(entries)
-        for it, e in zip(items or (), entries if items else (), strict=True):
-            w = it.waiter
+        for w, e in zip(waiters or (), entries if waiters else (), strict=True):
             if w is None or w.done():
                 continue
             if sync_error is not None:
