@@ -757,13 +757,15 @@ class Engine:
     def _record_later(self) -> None:
         """``audit_after_answer``: queue the events of decisions already answered, in the
         order they were decided (one FIFO for the engine), a slice per loop turn: a step's
-        thousand records in one callback would hold the GIL that grpc's poller thread needs
-        to send the rest of the answer."""
-        self.record_pending(_RECORD_SLICE)
-        if self._unrecorded:
-            asyncio.get_running_loop().call_soon(self._record_later)
-        else:
-            self._recording = False
+        thousand records in one callback would hold the loop (and the GIL) for milliseconds
+        while other calls wait."""
+        try:
+            self.record_pending(_RECORD_SLICE)
+        finally:  # whatever happened, the rest is not left behind
+            if self._unrecorded:
+                asyncio.get_running_loop().call_soon(self._record_later)
+            else:
+                self._recording = False
 
     def record_pending(self, limit: int | None = None) -> None:
         """Queue the audit events of (up to ``limit``) answered decisions not yet recorded;
@@ -772,14 +774,12 @@ class Engine:
         for _ in range(len(todo) if limit is None else min(limit, len(todo))):
             item = todo.popleft()
             try:
-                events = events_for_decision(self._event(item.req, item.decision),
-                                             documented=True)
+                for ev in events_for_decision(self._event(item.req, item.decision),
+                                              documented=True):
+                    self.audit.emit(ev)
             except Exception as exc:  # a defect: say which decision has no record, loudly
                 log.critical("audit_record_failed", decision_id=item.decision.decision_id,
                              tenant=item.req.tenant, error=repr(exc))
-                continue
-            for ev in events:
-                self.audit.emit(ev)
 
     def _event(self, req: CheckRequest, decision: Decision) -> dict[str, Any]:
         configs = (self._config_ref(req.tenant, "config", req.config_yaml),
