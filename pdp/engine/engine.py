@@ -63,8 +63,12 @@ from pdp.telemetry import NO_TELEMETRY, DecisionTelemetry
 
 log = structlog.get_logger("pdp.engine")
 
-#: Decisions whose audit events ``_record_later`` makes per loop turn.
+#: Decisions whose audit events ``_record_later`` makes per loop turn (at least; a quarter
+#: of the backlog when that is more, so it keeps up with steps arriving back to back).
 _RECORD_SLICE = 64
+#: Answered decisions whose records may wait for the loop: past this, the next decision
+#: records the backlog before its own answer (memory stays bounded under any load).
+_RECORD_BACKLOG = 8192
 
 #: Distinct (tenant, field, config hash) remembered as already written to the audit log.
 CONFIGS_SEEN_MAX = 4096
@@ -481,6 +485,8 @@ class Engine:
                 self._notify(item, d)
             out.append(d)
         if later and pending:
+            if len(self._unrecorded) > _RECORD_BACKLOG:
+                self.record_pending()  # the loop is not keeping up: pay for it here
             self._unrecorded.extend(pending)
             if not self._recording:
                 self._recording = True
@@ -760,7 +766,7 @@ class Engine:
         thousand records in one callback would hold the loop (and the GIL) for milliseconds
         while other calls wait."""
         try:
-            self.record_pending(_RECORD_SLICE)
+            self.record_pending(max(_RECORD_SLICE, len(self._unrecorded) // 4))
         finally:  # whatever happened, the rest is not left behind
             if self._unrecorded:
                 asyncio.get_running_loop().call_soon(self._record_later)

@@ -321,3 +321,23 @@ async def test_engine_decision_events_are_in_the_documented_form() -> None:
     for ev in recorded:
         assert _documented(ev), ev
         assert decision_event(ev) is ev
+
+
+async def test_audit_after_answer_backlog_stays_bounded_and_in_order() -> None:
+    """Steps arriving faster than the loop turns (here: no turn at all between them) do not
+    pile up answered-but-unrecorded decisions without bound: past the backlog limit the
+    next step records them first. Every record is still there, once, in decision order."""
+    from pdp.engine import engine as engine_mod
+
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+    engine.options = replace(engine.options, audit_after_answer=True)
+    ids: list[str] = []
+    for step in range(30):  # memory counters never suspend: no loop turn in between
+        decisions = await engine.check_batch(
+            [push(agent=f"s{step}-a{i}") for i in range(1000)], 1.0)
+        ids += [d.decision_id for d in decisions]
+        assert len(engine._unrecorded) <= engine_mod._RECORD_BACKLOG + 1000
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not engine._unrecorded
+    assert [e["decision_id"] for e in audit.events if e["type"] == "Decision"] == ids
