@@ -15,7 +15,7 @@ from pathlib import Path
 from pdp.audit.chain import ChainHead, make_entry
 from pdp.audit.events import config_seen, events_for_decision, to_jsonable
 from pdp.engine.decision import Decision, PolicyRef, Reason
-from pdp.engine.engine import decision_event
+from pdp.engine.recorder import decision_event
 from pdp.engine.request import CheckRequest
 from pdp.policy.model import Checkpoint
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from pdp.cel import Budget
-from pdp.engine.engine import _same, _shareable
+from pdp.engine.sharing import same, shareable
 from tests.engine.test_engine import CEL, engine_for, push
 
 
@@ -106,9 +106,9 @@ def test_only_cel_without_per_agent_variables_is_shared() -> None:
         + "---\ntenant: t\nname: typed\nrule: {max_step_percent: {max_percent: 10}}\n"
         + "---\ntenant: t\nname: clock\nrule: {freeze_windows: {windows: [{start:"
         " '2001-01-01T00:00:00Z', end: '2001-01-02T00:00:00Z'}]}}\n")
-    got = {p.name: _shareable(p) for p in engine.policies.policies}
+    got = {p.name: shareable(p) for p in engine.policies.policies}
     assert got == {"cfg": False, "msg": False, "plain": True, "typed": True, "clock": False}
-    builtins = {p.name: _shareable(p) for p in engine.policies.builtins}
+    builtins = {p.name: shareable(p) for p in engine.policies.builtins}
     assert builtins == {"default-deny-exporter-removal": False,  # reads the agent
                         "default-deny-tls-insecure-on-non-localhost": True}
 
@@ -130,9 +130,9 @@ async def test_agent_free_conjuncts_that_are_false_skip_the_per_agent_part() -> 
 
 
 def test_inputs_are_the_same_only_with_the_same_types() -> None:
-    assert _same({"a": [1, {"b": "x"}]}, {"a": [1, {"b": "x"}]})
-    assert not _same({"a": 1}, {"a": 1.0}) and not _same({"a": 1}, {"a": True})
-    assert not _same([1], [1, 2]) and not _same(float("nan"), float("nan"))
+    assert same({"a": [1, {"b": "x"}]}, {"a": [1, {"b": "x"}]})
+    assert not same({"a": 1}, {"a": 1.0}) and not same({"a": 1}, {"a": True})
+    assert not same([1], [1, 2]) and not same(float("nan"), float("nan"))
 
 
 async def test_seen_events_are_written_again_after_the_refresh_interval() -> None:

@@ -227,7 +227,7 @@ async def test_the_per_decision_debug_line_is_written_only_at_debug_level(
     import structlog
     from structlog.testing import capture_logs
 
-    import pdp.engine.engine as engine_module
+    import pdp.engine.recorder as recorder_module
     from pdp.logging import configure_logging
 
     try:
@@ -235,9 +235,9 @@ async def test_the_per_decision_debug_line_is_written_only_at_debug_level(
             configure_logging(level)
             # A fresh logger: structlog caches a logger at its first use, with the levels
             # configured then (in the server, logging is configured once, before that).
-            monkeypatch.setattr(engine_module, "log", structlog.get_logger("pdp.engine"))
+            monkeypatch.setattr(recorder_module, "log", structlog.get_logger("pdp.engine"))
             engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
-            assert engine._debug is expected
+            assert engine.recorder._debug is expected
             with capture_logs() as logs:
                 await engine.check(push(), 1.0)
             assert any(x["event"] == "decision" for x in logs) is expected, level

@@ -284,14 +284,14 @@ async def test_audit_after_answer_says_which_decision_has_no_record(
     loud: the decision id is logged at critical level."""
     engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
     engine.options = replace(engine.options, audit_after_answer=True)
-    real = engine._event
+    real = engine.recorder.event
 
     def broken(req: CheckRequest, decision: Any) -> dict[str, Any]:
         if req.agent and req.agent["id"] == "a1":
             raise RuntimeError("boom")
         return real(req, decision)
 
-    engine._event = broken  # type: ignore[method-assign]
+    engine.recorder.event = broken  # type: ignore[method-assign]
     decisions = await engine.check_batch([push(agent=f"a{i}") for i in range(3)], 1.0)
     await asyncio.sleep(0)
     recorded = [e["decision_id"] for e in audit.events if e["type"] == "Decision"]
@@ -327,7 +327,7 @@ async def test_audit_after_answer_backlog_stays_bounded_and_in_order() -> None:
     """Steps arriving faster than the loop turns (here: no turn at all between them) do not
     pile up answered-but-unrecorded decisions without bound: past the backlog limit the
     next step records them first. Every record is still there, once, in decision order."""
-    from pdp.engine import engine as engine_mod
+    from pdp.engine.recorder import RECORD_BACKLOG
 
     engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
     engine.options = replace(engine.options, audit_after_answer=True)
@@ -336,8 +336,8 @@ async def test_audit_after_answer_backlog_stays_bounded_and_in_order() -> None:
         decisions = await engine.check_batch(
             [push(agent=f"s{step}-a{i}") for i in range(1000)], 1.0)
         ids += [d.decision_id for d in decisions]
-        assert len(engine._unrecorded) <= engine_mod._RECORD_BACKLOG + 1000
+        assert engine.recorder.backlog <= RECORD_BACKLOG + 1000
     for _ in range(20):
         await asyncio.sleep(0)
-    assert not engine._unrecorded
+    assert engine.recorder.backlog == 0
     assert [e["decision_id"] for e in audit.events if e["type"] == "Decision"] == ids

@@ -1,0 +1,233 @@
+"""A decision's audit record: built from its request and outcome, handed to the audit log.
+
+Why a module of its own: what a record holds (the request, by reference to config texts and
+policy lists written once in ``Config.Seen`` / ``Policies.Seen`` events) and when it is made
+(before the answer with ``sync`` durability, just after it with ``async``) are the audit
+side of a decision, apart from deciding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from pdp.audit.events import config_seen, events_for_decision, policies_seen
+from pdp.engine.context import ConfigCache
+from pdp.engine.decision import Decision, PolicyRef, policies_list
+from pdp.engine.request import CheckRequest
+
+log = structlog.get_logger("pdp.engine")
+
+#: Distinct (tenant, field, config hash) remembered as already written to the audit log.
+CONFIGS_SEEN_MAX = 4096
+#: Decisions whose audit events one loop turn makes after their answers (at least; a
+#: quarter of the backlog when that is more, so it keeps up with steps back to back).
+RECORD_SLICE = 64
+#: Answered decisions whose records may wait for the loop: past this, the next step records
+#: the backlog before its own answer (memory stays bounded under any load).
+RECORD_BACKLOG = 8192
+
+
+class AuditSink(Protocol):
+    """What the engine needs of the audit pipeline."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Queue an event; never blocks the decision."""
+
+    async def log_decision(self, decision: dict[str, Any]) -> None:
+        """Audit a decision (and its derived events); waits for fsync in sync mode only."""
+
+
+def _debug_enabled() -> bool:
+    bound = log.bind()  # the logger as configured (structlog caches it on first use)
+    check = getattr(bound, "is_enabled_for", None)
+    return True if check is None else bool(check(logging.DEBUG))
+
+
+class Recorder:
+    """Makes decisions' audit records and hands them to ``audit``, now or after the answer.
+
+    ``seen_refresh_s``: a Config.Seen / Policies.Seen event is written again when its last
+    copy is older than this, so a reader of a trimmed stream (Redis MAXLEN) or of recent
+    files only finds the text a decision names within this much history.
+    """
+
+    def __init__(self, audit: AuditSink, configs: ConfigCache, *,
+                 seen_refresh_s: float = 3600.0) -> None:
+        self.audit = audit
+        self.configs = configs
+        self.seen_refresh_s = seen_refresh_s
+        # Seen keys -> monotonic time their event was last written (see seen_refresh_s).
+        self._configs_seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        # id(shared list of policies_list) -> (that list, its SHA-256): each hashed once.
+        self._policy_shas: dict[int, tuple[list[dict[str, Any]], str]] = {}
+        self._policies_seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        # Whether the per-decision debug line is wanted, asked once (logging is configured
+        # before the engine is made): a filtered-out call still cost ~4 µs per decision.
+        self._debug = _debug_enabled()
+        # Decisions answered whose audit events are not queued yet (FIFO, decision order).
+        self._unrecorded: deque[tuple[CheckRequest, Decision]] = deque()
+        self._draining = False
+
+    async def record(self, req: CheckRequest, decision: Decision) -> None:
+        """Before the answer: hand the record over (waits for fsync in ``sync`` mode)."""
+        await self.audit.log_decision(self.event(req, decision))
+
+    def record_after_answer(self, answered: Sequence[tuple[CheckRequest, Decision]]) -> None:
+        """The records of ``answered`` are made on the loop's next turns (the caller is not
+        kept waiting for them: about a quarter of a 1 000-agent step). Only for an audit
+        log that does not wait for the disk (``async`` durability): the events are in
+        memory until written either way."""
+        if len(self._unrecorded) > RECORD_BACKLOG:
+            self.record_pending()  # the loop is not keeping up: pay for it here
+        self._unrecorded.extend(answered)
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    @property
+    def backlog(self) -> int:
+        """Answered decisions whose records are still to be made."""
+        return len(self._unrecorded)
+
+    def _drain(self) -> None:
+        """A slice per loop turn: a step's thousand records in one callback would hold the
+        loop (and the GIL) for milliseconds while other calls wait."""
+        try:
+            self.record_pending(max(RECORD_SLICE, len(self._unrecorded) // 4))
+        finally:  # whatever happened, the rest is not left behind
+            if self._unrecorded:
+                asyncio.get_running_loop().call_soon(self._drain)
+            else:
+                self._draining = False
+
+    def record_pending(self, limit: int | None = None) -> None:
+        """Queue the audit events of (up to ``limit``) answered decisions not yet recorded;
+        shutdown calls it before closing the audit log, so none is left behind."""
+        todo = self._unrecorded
+        for _ in range(len(todo) if limit is None else min(limit, len(todo))):
+            req, decision = todo.popleft()
+            try:
+                for ev in events_for_decision(self.event(req, decision), documented=True):
+                    self.audit.emit(ev)
+            except Exception as exc:  # a defect: say which decision has no record, loudly
+                log.critical("audit_record_failed", decision_id=decision.decision_id,
+                             tenant=req.tenant, error=repr(exc))
+
+    def event(self, req: CheckRequest, decision: Decision) -> dict[str, Any]:
+        """The Decision event, after the Seen events it names (emitted first if due)."""
+        configs = (self._config_ref(req.tenant, "config", req.config_yaml),
+                   self._config_ref(req.tenant, "previous_config", req.previous_config_yaml))
+        event = decision_event(req, decision, configs=configs,
+                               policies_ref=self._policies_ref(req.tenant, decision.evaluated))
+        if self._debug:
+            log.debug("decision", decision_id=decision.decision_id, tenant=req.tenant,
+                      allowed=decision.allowed, reasons=[r.code for r in decision.reasons],
+                      elapsed_ms=round(decision.elapsed_s * 1000, 3))
+        return event
+
+    def _config_ref(self, tenant: str, field: str, text: str | None) -> str | None:
+        """The SHA-256 (hex) a Decision event names its config by; the text itself goes to
+        the audit log once, in a ``Config.Seen`` event, the first time this recorder sees it
+        (per tenant and field: masking paths are per field, audit readers per tenant)."""
+        if not text:
+            return None
+        sha = self.configs.digest(text).hex()  # hashed once per text object
+        if self._first_sight(self._configs_seen, (tenant, field, sha)):
+            self.audit.emit(config_seen(tenant, field, sha, text))
+        return sha
+
+    def _first_sight(self, seen: OrderedDict[Any, float], key: Any) -> bool:
+        """Whether the Seen event for ``key`` must be written now: never written by this
+        recorder (or forgotten, LRU), or its last copy is older than ``seen_refresh_s``."""
+        now = time.monotonic()
+        last = seen.get(key)
+        if last is not None and now - last < self.seen_refresh_s:
+            seen.move_to_end(key)
+            return False
+        seen[key] = now
+        seen.move_to_end(key)
+        if len(seen) > CONFIGS_SEEN_MAX:
+            seen.popitem(last=False)
+        return True
+
+    def _policies_ref(self, tenant: str, evaluated: list[PolicyRef]) -> str | None:
+        """The SHA-256 (hex) a Decision event names its evaluated policies by; the list goes
+        to the audit log once per tenant, in a ``Policies.Seen`` event, before the first
+        decision naming it. The list is most of a decision's record otherwise (about 200
+        bytes per policy, every decision). None: nothing was evaluated (listed inline)."""
+        if not evaluated:
+            return None
+        listed = policies_list(evaluated)  # one shared list per selection
+        hit = self._policy_shas.get(id(listed))
+        if hit is None or hit[0] is not listed:
+            sha = hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
+            if len(self._policy_shas) >= 1024:
+                self._policy_shas.clear()
+            hit = self._policy_shas[id(listed)] = (listed, sha)  # held: the id stays valid
+        sha = hit[1]
+        if self._first_sight(self._policies_seen, (tenant, sha)):
+            self.audit.emit(policies_seen(tenant, sha, listed))
+        return sha
+
+
+def decision_event(req: CheckRequest, decision: Decision, *,
+                   configs: tuple[str | None, str | None] | None = None,
+                   policies_ref: str | None = None) -> dict[str, Any]:
+    """The audit record of one decision: enough of the request to replay it later.
+
+    With ``configs`` (the SHA-256 of the config and previous config texts) the request names
+    them (``config_sha256`` / ``previous_config_sha256``) instead of carrying the texts,
+    which the audit log then holds once in ``Config.Seen`` events; without it the texts are
+    inline (``config`` / ``previous_config``), the older form replay still reads. With
+    ``policies_ref`` the evaluated policies are named (``policies_sha256``, the list is in a
+    ``Policies.Seen`` event) instead of listed (``policies``).
+    """
+    request: dict[str, Any] = {
+        "change": req.change, "agent": req.agent, "device": req.device,
+        "rollout": req.rollout, "metrics": req.metrics,
+    }
+    if configs is None:
+        request["config"] = req.config_yaml
+        request["previous_config"] = req.previous_config_yaml
+    else:
+        request["config_sha256"], request["previous_config_sha256"] = configs
+    agent, device, rollout = req.agent, req.device, req.rollout
+    override = req.override
+    # Insertion order is the order the record shows (format v3 does not sort keys).
+    event: dict[str, Any] = {
+        "type": "Decision",
+        "time": decision.decided_at.isoformat(),
+        "tenant": req.tenant,
+        "decision_id": decision.decision_id,
+        "checkpoint": decision.checkpoint,
+        "allowed": decision.allowed,
+        "reasons": [r.to_dict() for r in decision.reasons],
+        "shadow_denies": [r.to_dict() for r in decision.shadow_denies],
+        "overridden": decision.overridden,
+        "override": None if override is None else {
+            "actor": override.actor, "justification": override.justification,
+            "honoured": decision.overridden, "caller_is_admin": req.caller.is_admin},
+        "caller": req.caller.identity,
+        "request_id": req.request_id,
+        "subject": {
+            "agent_id": agent.get("id", "") if agent else "",
+            "device_id": device.get("id", "") if device else "",
+            "rollout_id": rollout.get("id", "") if rollout else "",
+        },
+        "elapsed_ms": round(decision.elapsed_s * 1000, 3),
+        "request": request,
+    }
+    if policies_ref is None:
+        event["policies"] = policies_list(decision.evaluated)
+    else:
+        event["policies_sha256"] = policies_ref
+    return event
