@@ -199,7 +199,7 @@ class _Subscriber:
         if self.overflowed or self.closed:
             return
         for e in entries:
-            if e.seq <= self.after or not _entry_matches(e, self.tenant, self.types):
+            if e.seq <= self.after or not _matches(e, self.tenant, self.types):
                 continue
             if len(self.buf) >= self.limit:
                 self.overflowed = True
@@ -208,23 +208,15 @@ class _Subscriber:
         self.wake.set()
 
 
-def _entry_matches(e: Entry, tenant: str | None, types: frozenset[str] | None) -> bool:
-    """By the entry's tags (no parsing); the record itself only when it has none."""
+def _matches(e: Entry, tenant: str | None, types: frozenset[str] | None) -> bool:
+    """By the entry's tags (its event's type and tenant, None when the event is not an
+    object): no parsing."""
     if e.tags is None:
-        return _matches(e.record, tenant, types)
+        return tenant is None and types is None
     kind, owner = e.tags
     if tenant is not None and owner != tenant:
         return False
     return types is None or kind in types
-
-
-def _matches(rec: Record, tenant: str | None, types: frozenset[str] | None) -> bool:
-    ev = rec.get("event")
-    if not isinstance(ev, dict):
-        return tenant is None and types is None
-    if tenant is not None and ev.get("tenant") != tenant:
-        return False
-    return types is None or ev.get("type") in types
 
 
 class WatchHub:
@@ -273,7 +265,7 @@ class WatchHub:
                         f"no audit records after seq {pos}", pos)
                 for e in chunk:
                     pos = e.seq
-                    if _matches(e.record, tenant, ftypes):
+                    if _matches(e, tenant, ftypes):
                         yield e.record
         finally:
             reader.close()

@@ -216,9 +216,8 @@ class Engine:
         # with per-policy telemetry spans: each agent's policies would have to be traced.
         buckets: dict[Any, _Pending] | None = (
             {} if memo is not None and not self.telemetry.enabled else None)
-        ids = new_decision_ids(len(reqs)) if memo is not None else None
-        for i, req in enumerate(reqs):
-            decision_id = ids[i] if ids is not None else new_decision_id()
+        ids = new_decision_ids(len(reqs))
+        for req, decision_id in zip(reqs, ids, strict=True):
             started = time.perf_counter()
             deadline = Deadline.after(budget_s)
             if outer is not None and outer.expires_at < deadline.expires_at:
@@ -320,7 +319,7 @@ class Engine:
 
     def _evaluate(self, req: CheckRequest, ctx: EvalContext, deadline: Deadline,
                   started: float, memo: BatchMemo | None = None,
-                  share: bool = False, decision_id: str | None = None) -> _Pending:
+                  share: bool = False, decision_id: str = "") -> _Pending:
         """The stateless phase; returns the counter rules still to reserve (if all allowed).
         With ``share``, also what other agents of its bucket may take (``item.shared``)."""
         agent_labels = (req.agent or {}).get("labels")
@@ -333,8 +332,7 @@ class Engine:
             selected = memo.select(req, agent_labels, device_labels)
             group = memo.group(ctx.activation)
         budget = Budget(deadline=deadline.expires_at, cost_limit=self.options.cost_limit)
-        decision = Decision(decision_id or new_decision_id(), False, req.checkpoint.value,
-                            ctx.now)
+        decision = Decision(decision_id, False, req.checkpoint.value, ctx.now)
         item = _Pending(req, decision, started, deadline, [], {})
         stale = self.options.policies_stale() if self.options.policies_stale else None
         if stale is not None:
@@ -365,12 +363,12 @@ class Engine:
                                tuple(evaluated), tuple(counted), ctx)
         if not decision.reasons and counted:
             self._counter_rules(item, counted, ctx, budget, memo)
-            scopes = [p.counter.scope if p.counter is not None else "" for p in counted]
-            if shared is not None and not decision.reasons and all(
-                    s in BUCKET_SCOPES or s == "agent" for s in scopes):
-                per_agent = tuple(s == "agent" for s in scopes)
-                shared = replace(shared, rules=tuple(item.rules), by_id=item.by_id,
-                                 per_agent=per_agent if any(per_agent) else None)
+            if shared is not None and not decision.reasons:
+                scopes = [p.counter.scope if p.counter is not None else "" for p in counted]
+                if all(s in BUCKET_SCOPES or s == "agent" for s in scopes):
+                    per_agent = tuple(s == "agent" for s in scopes)
+                    shared = replace(shared, rules=tuple(item.rules), by_id=item.by_id,
+                                     per_agent=per_agent if any(per_agent) else None)
         item.shared = shared
         return item
 

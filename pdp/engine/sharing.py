@@ -36,14 +36,7 @@ def _idents(source: str) -> frozenset[str] | None:
         root = cel_parse(source)
     except Exception:
         return None
-    names: set[str] = set()
-    stack: list[cel_ast.Expr] = [root]
-    while stack:
-        e = stack.pop()
-        if isinstance(e, cel_ast.Ident):
-            names.add(e.name)
-        stack.extend(cel_ast.children(e))
-    return frozenset(names)
+    return frozenset(_names_in(root))
 
 
 #: Typed rules that read neither the agent nor the clock (checked against their code: they

@@ -104,32 +104,24 @@ class Ledger:
         try:
             if self._fd is None:
                 self._open_active()
+            # Lines are written a file's worth at a time (usually the whole batch, in one
+            # write): a line that would take the active file past rotate_bytes starts a new one.
             lines = [e.line for e in entries]
-            if self._size + sum(map(len, lines)) <= self.rotate_bytes:
-                # The common case: the whole batch fits in the active file, one write.
-                if entries and self._size == 0:
-                    self._first_seq = entries[0].seq
-                self._write(b"".join(lines))
-                done = len(entries)
-                self._advance(entries)
-            else:
-                buf = bytearray()
-                start = 0
-                for i, e in enumerate(entries):
-                    pending = self._size + len(buf)
-                    if pending > 0 and pending + len(e.line) > self.rotate_bytes:
-                        self._write(bytes(buf))
-                        done = i
-                        self._advance(entries[start:done])
-                        buf.clear()
-                        start = i
-                        self._rotate()
-                    if self._size + len(buf) == 0:
-                        self._first_seq = e.seq
-                    buf += e.line
-                self._write(bytes(buf))
-                done = len(entries)
-                self._advance(entries[start:done])
+            start, size = 0, self._size
+            for i, line in enumerate(lines):
+                if size > 0 and size + len(line) > self.rotate_bytes:
+                    self._write(b"".join(lines[start:i]))
+                    done = i
+                    self._advance(entries[start:i])
+                    start = i
+                    self._rotate()
+                    size = self._size
+                if size == 0:
+                    self._first_seq = entries[i].seq
+                size += len(line)
+            self._write(b"".join(lines[start:]))
+            done = len(entries)
+            self._advance(entries[start:])
         except BaseException as exc:  # report, the pipeline decides (retry / fail waiters)
             synced = False
             if fsync and done:
