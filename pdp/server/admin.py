@@ -24,6 +24,7 @@ from pdp.policy.store import (
 )
 from pdp.server.auth import PermissionDenied, Principal, authorize, current_principal
 from pdp.server.convert import STATUS_TO_PB, tenant_of
+from pdp.server.limits import status_text
 from pdp.v1 import admin_pb2 as apb
 from pdp.v1 import common_pb2 as cpb
 from pdp.v1 import policy_pb2 as ppb
@@ -110,16 +111,20 @@ class PolicyAdminService:
 
     async def _run(self, context: grpc.aio.ServicerContext[Any, Any],
                    call: Callable[[], Awaitable[T]]) -> T:
+        """Store and policy errors as gRPC statuses, their texts cut to fit one (a refused
+        policy may quote its whole expression). Anything else is INTERNAL, from the edge
+        interceptor."""
         try:
             return await call()
         except PolicyError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
         except StoreError as exc:
-            await context.abort(getattr(grpc.StatusCode, grpc_status_name(exc)), str(exc))
+            await context.abort(getattr(grpc.StatusCode, grpc_status_name(exc)),
+                                status_text(str(exc)))
         except PermissionDenied as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, status_text(str(exc)))
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

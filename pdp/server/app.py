@@ -31,6 +31,7 @@ from pdp.policy.model import PolicyError
 from pdp.policy.store import PolicyStore, StoreError
 from pdp.server.admin import PolicyAdminService
 from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
+from pdp.server.edges import EdgeInterceptor
 from pdp.server.policies import PolicyReloader, open_policy_store, seed
 from pdp.server.services import DecisionService
 from pdp.server.tls import TLSConfigError, server_credentials
@@ -103,6 +104,7 @@ class Running:
     ports: list[str]
     store: PolicyStore
     reloader: PolicyReloader
+    edges: EdgeInterceptor
 
 
 async def start(settings: Settings) -> Running:
@@ -161,7 +163,10 @@ async def start(settings: Settings) -> Running:
     options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                                       ("grpc.max_receive_message_length",
                                        settings.max_config_bytes * 3 + 1024 * 1024)]
-    server = grpc.aio.server(options=options, interceptors=[AuthInterceptor(auth)])
+    # The edge interceptor comes first: it decodes requests (and refuses bad ones) before
+    # authentication sees them, and drains on shutdown.
+    edges = EdgeInterceptor()
+    server = grpc.aio.server(options=options, interceptors=[edges, AuthInterceptor(auth)])
     dgrpc.add_DecisionServiceServicer_to_server(
         DecisionService(engine, settings.deadline_ms / 1000, settings.max_batch_agents), server)
     admin_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
@@ -202,7 +207,8 @@ async def start(settings: Settings) -> Running:
              policy_store=settings.policy_store,
              tenants=len(policies.tenants()), counters="redis" if settings.redis_url else
              "in-process", audit_file=settings.audit_file, deadline_ms=settings.deadline_ms)
-    return Running(server, health_servicer, engine, audit, counters, ports, store, reloader)
+    return Running(server, health_servicer, engine, audit, counters, ports, store, reloader,
+                   edges)
 
 
 def _audit_service(audit: AuditLog) -> audit_pb2_grpc.AuditServiceServicer:
@@ -212,8 +218,18 @@ def _audit_service(audit: AuditLog) -> audit_pb2_grpc.AuditServiceServicer:
 
 
 async def stop(running: Running, grace_s: float) -> None:
+    """Drain, then close. Calls already being handled get their real answer; calls that
+    start from now on are refused with UNAVAILABLE at once; the gRPC server is stopped only
+    when nothing is in flight, so it has nothing to cancel and nothing waits out the grace
+    period (which only bounds a call that will not finish)."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + grace_s
+    running.edges.drain()
     await running.health.enter_graceful_shutdown()
-    await running.server.stop(grace_s)
+    if not await running.edges.wait_idle(grace_s):
+        log.warning("drain_timeout", grace_s=grace_s, in_flight=running.edges.in_flight,
+                    effect="the calls still in flight are cancelled")
+    await running.server.stop(max(0.0, until - loop.time()))
     await running.reloader.stop()
     await running.store.close()
     if running.engine.notifier is not None:

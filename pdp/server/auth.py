@@ -63,6 +63,7 @@ import grpc
 import yaml
 
 from pdp.engine.request import Caller
+from pdp.server.limits import status_text
 
 # --- roles and the RPC table --------------------------------------------------------------
 
@@ -560,7 +561,7 @@ def current_caller(tenant: str) -> Caller:
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: AuthError) -> None:
     code = (grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated)
             else grpc.StatusCode.PERMISSION_DENIED)
-    await context.abort(code, str(exc))
+    await context.abort(code, status_text(str(exc)))
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

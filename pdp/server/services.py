@@ -19,6 +19,7 @@ from pdp.engine.engine import Engine
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server import convert
 from pdp.server.auth import current_caller
+from pdp.server.limits import internal_text, status_text
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -57,16 +58,22 @@ def caller_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> Deadline | N
 
 async def guarded(context: grpc.aio.ServicerContext[Any, Any],
                   call: Callable[[], Awaitable[T]]) -> T:
-    """Run ``call``; bad input -> INVALID_ARGUMENT, store down -> UNAVAILABLE, bugs -> INTERNAL."""
+    """Run ``call``; bad input -> INVALID_ARGUMENT, store down -> UNAVAILABLE, bugs -> INTERNAL.
+
+    Texts are cut to fit a gRPC status (an input echoed whole could make it too big to
+    deliver); a bug's text says its type and how it starts, the log has the rest."""
     try:
         return await call()
     except InvalidRequest as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
     except CounterStoreUnavailable as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, f"counter store unavailable: {exc}")
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            status_text(f"counter store unavailable: {exc}"))
+    except grpc.aio.AbortError:
+        raise
     except Exception as exc:
-        log.exception("request_failed", error=repr(exc))
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        log.exception("request_failed", error=repr(exc)[:1000])
+        await context.abort(grpc.StatusCode.INTERNAL, internal_text(exc))
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 

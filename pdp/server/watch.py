@@ -12,6 +12,7 @@ from google.protobuf import struct_pb2
 from pdp.audit.log import AuditLog
 from pdp.audit.watch import AuditHistoryUnavailableError, WatchError, WatchOverflowError
 from pdp.server.convert import tenant_of
+from pdp.server.limits import status_text
 from pdp.v1 import audit_pb2 as apb
 from pdp.v1 import audit_pb2_grpc
 
@@ -40,7 +41,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         try:
             tenant = tenant_of(request.tenant)
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
             return
         from_seq: int | None = request.from_sequence
         if not request.from_sequence and not request.from_beginning:
@@ -51,8 +52,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
                 yield apb.WatchResponse(record=record_pb(record))
         except WatchOverflowError as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"watcher fell too far behind: {exc}")
+                                status_text(f"watcher fell too far behind: {exc}"))
         except AuditHistoryUnavailableError as exc:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, status_text(str(exc)))
         except WatchError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, status_text(str(exc)))

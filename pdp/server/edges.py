@@ -1,0 +1,262 @@
+"""The server's outer edge: what every call goes through before anything else sees it.
+
+:class:`EdgeInterceptor` is the outermost interceptor. It
+
+* decodes requests itself: a request the protobuf runtime refuses (invalid UTF-8 in a string
+  field, a malformed message) is INVALID_ARGUMENT saying so, where grpc's own deserializer
+  would answer UNKNOWN; a decoded request with a field over its limit
+  (:mod:`pdp.server.limits`) is INVALID_ARGUMENT naming the field, before authentication,
+  the engine or the audit log spend anything on it;
+* turns any exception a handler lets escape into INTERNAL with a short text (grpc would
+  answer UNKNOWN with the exception's full text), and cuts every status text to fit;
+* drains on shutdown (:meth:`EdgeInterceptor.drain`): calls already being handled run to
+  their real answer, calls that start afterwards are refused at once with UNAVAILABLE (so a
+  client retries elsewhere instead of waiting out the grace period), open server streams
+  end with UNAVAILABLE, and :meth:`wait_idle` says when the last call in flight is done.
+
+Health and reflection calls are decoded the same way but neither counted nor refused while
+draining: load balancers must keep seeing NOT_SERVING until the port closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from pdp.engine.request import InvalidRequest
+from pdp.server.auth import is_public
+from pdp.server.limits import check_limits, decode_problem, internal_text, status_text
+
+log = structlog.get_logger("pdp.server")
+
+SHUTTING_DOWN = "server is shutting down; retry on another instance"
+
+
+class Refused:
+    """What the deserializer returns instead of a request it cannot accept (raising there
+    would make grpc answer UNKNOWN); the handler answers INVALID_ARGUMENT with ``text``."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def safe_deserializer(deserialize: Callable[[bytes], Any] | None
+                      ) -> Callable[[bytes], Any] | None:
+    """``deserialize`` returning :class:`Refused` instead of raising, and checking the
+    field limits of pdp's own messages."""
+    if deserialize is None:
+        return None
+    desc = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    limited = desc is not None and desc.full_name.startswith("pdp.")
+
+    def decode(data: bytes) -> Any:
+        try:
+            msg = deserialize(data)
+        except Exception:  # DecodeError, and whatever else the runtime may raise
+            return Refused(decode_problem(data, desc))
+        if limited:
+            try:
+                check_limits(msg)
+            except InvalidRequest as exc:
+                return Refused(str(exc))
+        return msg
+    return decode
+
+
+class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """See the module docstring. Put it first in the server's interceptor list."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._drained = asyncio.Event()  # set once draining starts
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def drain(self) -> None:
+        """Refuse calls from now on; open server streams end after their current answer."""
+        self.draining = True
+        self._drained.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no counted call is in flight; False if ``timeout`` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        counted = not is_public(method)
+        kwargs = {"request_deserializer": safe_deserializer(handler.request_deserializer),
+                  "response_serializer": handler.response_serializer}
+
+        async def admit(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> None:
+            if counted and self.draining:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            if isinstance(request, Refused):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(request.text))
+
+        async def failed(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+            log.exception("call_failed", method=method, error=repr(exc)[:1000])
+            await context.abort(grpc.StatusCode.INTERNAL, internal_text(exc))
+
+        async def requests_of(requests: AsyncIterator[Any],
+                              context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async for request in self._until_drained(requests, context):
+                if isinstance(request, Refused):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                        status_text(request.text))
+                yield request
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                                  ) -> Any:
+                await admit(context, request)
+                if counted:
+                    self._enter()
+                try:
+                    return await inner_uu(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await failed(context, exc)
+                finally:
+                    if counted:
+                        self._leave()
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any],
+                                   context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await admit(context, None)
+                if counted:
+                    self._enter()
+                try:
+                    return await inner_su(requests_of(requests, context), context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await failed(context, exc)
+                finally:
+                    if counted:
+                        self._leave()
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
+
+        async def streamed(result: Any, context: grpc.aio.ServicerContext[Any, Any],
+                           interruptible: bool) -> AsyncIterator[Any]:
+            """The handler's responses; with ``interruptible`` (server streams: their
+            requests are all in) waiting for the next one stops when draining starts."""
+            if counted:
+                self._enter()
+            try:
+                if not hasattr(result, "__aiter__"):  # a coroutine writing with context.write
+                    await result
+                    return
+                source = (self._until_drained(result, context) if interruptible and counted
+                          else result)
+                async for response in source:
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await failed(context, exc)
+            finally:
+                if counted:
+                    self._leave()
+
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                                   ) -> AsyncIterator[Any]:
+                await admit(context, request)
+                async for response in streamed(inner_us(request, context), context, True):
+                    yield response
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any],
+                                context: grpc.aio.ServicerContext[Any, Any]
+                                ) -> AsyncIterator[Any]:
+            await admit(context, None)
+            # A bidi stream is drained by its requests: the batch being decided is answered,
+            # and the stream ends when the handler asks for the next request.
+            result = inner_ss(requests_of(requests, context) if counted else requests, context)
+            async for response in streamed(result, context, False):
+                yield response
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **kwargs)
+
+    async def _until_drained(self, items: AsyncIterator[Any],
+                             context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        """``items`` until draining starts; then UNAVAILABLE. Waiting for the next item is
+        raced against the drain, so an idle stream does not hold the shutdown up. Each item
+        is awaited in a task of its own, all of them in one shared context, so context
+        variables set by the handler (the caller's principal) carry from item to item."""
+        it = aiter(items)
+
+        async def step() -> Any:
+            return await anext(it)
+
+        if self._drained.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        loop = asyncio.get_running_loop()
+        shared = contextvars.copy_context()
+        waiter = loop.create_task(self._drained.wait())
+        task: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                task = loop.create_task(step(), context=shared)
+                await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                try:
+                    item = task.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            waiter.cancel()
+            if task is not None and not task.done():
+                task.cancel()  # the call was cancelled while waiting for the next item
