@@ -62,7 +62,7 @@ class Sandbox:
     def __post_init__(self) -> None:
         self.engine = Engine(self.policies, MemoryCounterStore(self.clock), NullAudit(),
                              ConfigCache(self.config_cache_size, 64 << 20),
-                             EngineOptions(counter_timeout_s=DEFAULT_BUDGET_S,
+                             EngineOptions(counter_timeout_s=DEFAULT_BUDGET_S, shadow_inline=True,
                                            now=lambda: self._now))
         self.set_time(self._now)
 

@@ -34,6 +34,13 @@ class CounterStore(Protocol):
         """
         ...
 
+    async def peek(
+        self, tenant: str, rules: Sequence[CounterRule], *, timeout: float
+    ) -> ReserveResult:
+        """The verdict :meth:`reserve` would give now, consuming nothing: draft policies'
+        counter rules report would-deny without touching the live counters."""
+        ...
+
     async def record_event(
         self,
         tenant: str,

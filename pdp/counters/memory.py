@@ -105,6 +105,20 @@ class MemoryCounterStore:
             now = self._now()
             return [self._reserve_one(prefix, rules, now) for rules in items]
 
+    async def peek(
+        self, tenant: str, rules: Sequence[CounterRule], *, timeout: float
+    ) -> ReserveResult:
+        """The verdict ``reserve`` would give, consuming nothing."""
+        validate_items([rules], self.event_retention_seconds)
+        prefix = keys.tenant_prefix(tenant)
+        with self._lock:
+            now = self._now()
+            for rule in rules:
+                denied = self._check(prefix, rule, now, {})
+                if denied is not None:
+                    return denied
+        return ReserveResult.allow()
+
     async def record_event(
         self,
         tenant: str,

@@ -178,6 +178,14 @@ class RedisCounterStore:
         reply = await self._run(RESERVE, prefix, args, timeout)
         return self._decode(items, reply)
 
+    async def peek(
+        self, tenant: str, rules: Sequence[CounterRule], *, timeout: float
+    ) -> ReserveResult:
+        """The verdict ``reserve`` would give, consuming nothing (the script's dry run)."""
+        args = [*self._encode_one(rules), "1"]
+        reply = await self._run(RESERVE, keys.tenant_prefix(tenant), args, timeout)
+        return self._decode([rules], reply)[0]
+
     async def record_event(
         self,
         tenant: str,

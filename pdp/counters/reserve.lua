@@ -5,7 +5,9 @@
 -- is 0 in production (tests shift it). Keys are built here from KEYS[1] = "pdp:{tenant}";
 -- the hash tag keeps every one of them in the slot of KEYS[1] (works on Redis Cluster).
 --
--- ARGV[1] = offset_ms, ARGV[2] = JSON [bucket_ms, tzs, defs, items] where
+-- ARGV[1] = offset_ms, ARGV[2] = JSON [bucket_ms, tzs, defs, items], ARGV[3] (optional)
+-- = '1' for a dry run: every verdict as a reservation would give it, nothing consumed
+-- (draft policies' counter rules in shadow mode), where
 --   tzs:   per timezone in use, [bounds_ms..., labels...] (labels: one fewer than bounds)
 --   defs:  per distinct rule, [kind, counter, max_count, duration_ms, threshold,
 --          min_deployments, tz index]
@@ -20,6 +22,7 @@ local prefix = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 local req = cjson.decode(ARGV[2])
+local dry = ARGV[3] == '1'
 local bucket = req[1]
 
 -- numbers handed to redis.call must be plain integers ("1e+12" is not a valid TTL)
@@ -258,6 +261,8 @@ for n, item in ipairs(req[4]) do
   if denied then
     flags[n] = '0'
     out[#out + 1] = denied
+  elseif dry then
+    flags[n] = '1'
   else
     flags[n] = '1'
     for i = 1, ncommit do

@@ -53,6 +53,8 @@ class Stateless:
     # With ``rules``: which of them are scoped to the agent (``agent:<id>``), so each agent
     # takes the rule at its own scope; None when none is.
     per_agent: tuple[bool, ...] | None = None
+    # Drafts that applied (each agent's are evaluated after its answer, in its context).
+    shadow: tuple[CompiledPolicy, ...] = ()
 
 
 def _frozen(value: Any) -> Hashable:

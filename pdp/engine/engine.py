@@ -7,16 +7,17 @@ policy allowed, in one store call, so a denied decision never consumes a slot.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from pdp.cel import Budget, DeadlineExceeded
+from pdp.cel import Budget, BudgetExceeded, DeadlineExceeded
 from pdp.counters import (
     CounterEventKind,
     CounterKind,
@@ -29,11 +30,17 @@ from pdp.engine.buckets import (
     Stateless,
     request_key,
 )
-from pdp.engine.context import ConfigCache, ConfigRejected, build_context
+from pdp.engine.context import (
+    ConfigCache,
+    ConfigRejected,
+    ParseDeadlineExceeded,
+    build_context,
+)
 from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
 from pdp.engine.recorder import AuditSink, Recorder
 from pdp.engine.request import CheckRequest
+from pdp.engine.shadow import ShadowJob, ShadowOptions, ShadowRunner, shadow_of
 from pdp.engine.sharing import BatchMemo, agent_free_conjuncts, shareable_verdict
 from pdp.notify import Notifier
 from pdp.policy.compiled import CompiledPolicy
@@ -60,7 +67,26 @@ _COUNTER_KINDS = {
 @dataclass
 class EngineOptions:
     cost_limit: int = 1_000_000
+    #: The one counter-store call of a single decision may take at most this (and never more
+    #: than what is left of the decision's deadline).
     counter_timeout_s: float = 0.02
+    #: A step's (CheckPushBatch) budget when the caller's own deadline is not shorter: one
+    #: budget for the whole step, shared fairly by its agents (never more than the single
+    #: decision budget each).
+    step_budget_s: float = 1.0
+    #: The one counter-store call of a step may take at most this; the agents' shares of the
+    #: step budget leave it room.
+    step_counter_timeout_s: float = 0.1
+    #: A step gives the event loop a turn at least this often (other calls, health checks).
+    yield_every_s: float = 0.002
+    #: Deny messages (policy messages, error texts) are cut to this many UTF-8 bytes.
+    max_message_bytes: int = 5 * 1024
+    #: Drafts: their own budget and backlog, after the answer (see shadow.py).
+    shadow: ShadowOptions = field(default_factory=ShadowOptions)
+    #: Evaluate drafts within the decision and report them in ``shadow_denies`` (offline
+    #: tools only: policy tests, replay). A server never sets it: drafts must not touch the
+    #: live answer or its latency.
+    shadow_inline: bool = False
     # Returns why the policy set cannot be trusted (policy store out of reach), or None.
     policies_stale: Callable[[], str | None] | None = None
     # Decision time source (policy tests and replay pin it); None = the wall clock.
@@ -84,6 +110,19 @@ class _Pending:
     rules: list[CounterRule]
     by_id: dict[str, CompiledPolicy]
     shared: Stateless | None = None
+    ctx: EvalContext | None = None
+    # Drafts that applied: evaluated after the answer (ShadowRunner), in ``ctx``.
+    shadow: Sequence[CompiledPolicy] = ()
+
+    def shadow_ctx(self) -> EvalContext:
+        """The context the drafts see: this request's (a bucket's, with this agent)."""
+        ctx = self.ctx
+        assert ctx is not None
+        agent = self.req.agent or {}
+        if ctx.activation.get("agent") is agent:
+            return ctx
+        return EvalContext(ctx.tenant, ctx.checkpoint, ctx.now,
+                           {**ctx.activation, "agent": agent})
 
 
 @dataclass
@@ -118,20 +157,33 @@ def _ref(p: CompiledPolicy) -> PolicyRef:
     return p.ref
 
 
-def _reason(p: CompiledPolicy, deny: Deny) -> Reason:
-    return Reason(p.name, p.policy.version, p.rule_kind, deny.code, deny.message,
-                  deny.retry_after_s, p.policy.builtin)
+def cap_message(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, saying so: a deny message goes into the
+    response and the audit record, and a policy may build one of any size."""
+    if len(text) * 4 <= limit:
+        return text  # fits whatever its characters
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return text
+    note = f"... (truncated, {len(raw)} bytes)"
+    return raw[:max(0, limit - len(note))].decode("utf-8", "ignore") + note
 
 
-def _explain(p: CompiledPolicy, ctx: EvalContext, code: str) -> Explanation:
-    """Only for requests that asked (``explain``), only for denying policies."""
+def _reason(p: CompiledPolicy, deny: Deny, limit: int = 5 * 1024) -> Reason:
+    return Reason(p.name, p.policy.version, p.rule_kind, deny.code,
+                  cap_message(deny.message, limit), deny.retry_after_s, p.policy.builtin)
+
+
+def _explain(p: CompiledPolicy, ctx: EvalContext, code: str, budget: Budget) -> Explanation:
+    """Only for requests that asked (``explain``), only for denying policies; within what
+    is left of the decision's own deadline and cost budget."""
     from pdp.policy.explain import explain_policy
 
-    return Explanation(p.name, explain_policy(p, ctx, code))
+    return Explanation(p.name, explain_policy(p, ctx, code, budget=budget))
 
 
 def _system(code: str, message: str, retry_after_s: float | None = None) -> Reason:
-    return Reason("", 0, "system", code, message, retry_after_s)
+    return Reason("", 0, "system", code, cap_message(message, 5 * 1024), retry_after_s)
 
 
 #: Counter rules (policy, scope) single decisions keep between calls; cleared when full.
@@ -170,6 +222,43 @@ class Engine:
         self.notifier = notifier
         self._counter_rule_cache: dict[tuple[int, str],
                                        tuple[CompiledPolicy, CounterRule | str]] = {}
+        # id(selection list) -> (that list, its live policies, its drafts)
+        self._splits: dict[int, tuple[list[CompiledPolicy], list[CompiledPolicy],
+                                      list[CompiledPolicy]]] = {}
+        self.shadow = ShadowRunner(self._evaluate_policy, self._reason, audit.emit,
+                                   self.options.shadow, peek=self._peek_counter)
+
+    async def _peek_counter(self, p: CompiledPolicy, ctx: EvalContext,
+                            budget: Budget) -> Deny | None:
+        """A draft's counter rule: the verdict a reservation would give, nothing consumed."""
+        rule = self._counter_rule(p, ctx, budget)
+        if isinstance(rule, Deny):
+            return rule
+        timeout = min(budget.deadline_at - time.monotonic(), self.options.counter_timeout_s)
+        if timeout <= 0:
+            return Deny("DEADLINE_EXCEEDED", "the shadow budget ran out before the counter"
+                                             " store was asked")
+        try:
+            result = await self.counters.peek(ctx.tenant, [rule], timeout=timeout)
+        except (CounterStoreUnavailable, ValueError) as exc:
+            return Deny("COUNTER_STORE_UNAVAILABLE", f"counter store unavailable: {exc}")
+        if result.allowed:
+            return None
+        return Deny(result.code, result.message, result.retry_after_seconds)
+
+    def _reason(self, p: CompiledPolicy, deny: Deny) -> Reason:
+        return _reason(p, deny, self.options.max_message_bytes)
+
+    def _split(self, selected: list[CompiledPolicy]
+               ) -> tuple[list[CompiledPolicy], list[CompiledPolicy]]:
+        """(live, drafts) of a selection, remembered per list (selections are shared)."""
+        hit = self._splits.get(id(selected))
+        if hit is None or hit[0] is not selected:
+            live, shadow = shadow_of(selected)
+            if len(self._splits) >= 4096:
+                self._splits.clear()
+            hit = self._splits[id(selected)] = (selected, live, shadow)
+        return hit[1], hit[2]
 
     @property
     def options(self) -> EngineOptions:
@@ -179,6 +268,8 @@ class Engine:
     def options(self, options: EngineOptions) -> None:
         self._options = options
         self.recorder.seen_refresh_s = options.seen_refresh_s
+        if hasattr(self, "shadow"):
+            self.shadow.options = options.shadow
 
     def record_pending(self) -> None:
         """Queue the records of every answered decision still waiting for them (shutdown,
@@ -190,38 +281,57 @@ class Engine:
         self.policies = policies
 
     async def check(self, req: CheckRequest, budget_s: float,
-                    outer: Deadline | None = None) -> Decision:
+                    outer: Deadline | None = None, *,
+                    received_at: float | None = None) -> Decision:
         """Decide one request. Raises InvalidRequest for requests that cannot be decided.
 
-        The budget (``budget_s``) covers evaluation and the counter call, as the design says;
-        parsing the config comes before it. ``outer`` (the caller's gRPC deadline) caps it.
+        ``budget_s`` covers the whole decision from ``received_at`` (``time.monotonic()``
+        when the call arrived; now if not given): config parse, selection, evaluation,
+        explanation and the counter call. ``outer`` (the caller's gRPC deadline) caps it.
         """
-        [decision] = await self.check_batch([req], budget_s, outer)
+        [decision] = await self.check_batch([req], budget_s, outer, received_at=received_at)
         return decision
 
     async def check_batch(self, reqs: Sequence[CheckRequest], budget_s: float,
-                          outer: Deadline | None = None) -> list[Decision]:
+                          outer: Deadline | None = None, *,
+                          received_at: float | None = None) -> list[Decision]:
         """Decide many requests of one tenant (a rollout step) with ONE counter-store call.
 
-        The config is parsed once (content-hash cache); each request's policies run under
-        their own ``budget_s``; every counter reservation of the step goes to the store in a
-        single ``reserve_batch``, in request order, under the caller's deadline.
+        Stages: context (parse, bounded by the deadline) -> select -> evaluate (live
+        policies only) -> reserve (one store call) -> combine -> record; shadow policies
+        are handed to the ShadowRunner after the answer. One deadline covers the step:
+        ``budget_s`` for a single request, ``options.step_budget_s`` for a step (never
+        past ``outer``); each agent gets a fair share of what is left (at most
+        ``budget_s``), and the loop gets a turn every ``options.yield_every_s``.
         """
+        opts = self.options
+        t0 = time.monotonic() if received_at is None else received_at
+        n = len(reqs)
+        step = Deadline(t0 + (budget_s if n <= 1 else max(budget_s, opts.step_budget_s)))
+        if outer is not None and outer.expires_at < step.expires_at:
+            step = outer
+        # A step's agents leave room for its one counter call at the end.
+        counter_room = 0.0 if n <= 1 else min(opts.step_counter_timeout_s,
+                                               max(0.0, step.remaining()) / 4)
+        eval_end = step.expires_at - counter_room
         pending: list[_Pending] = []
-        memo = BatchMemo(self.policies) if len(reqs) > 1 else None
-        now = self.options.now() if self.options.now else None
+        memo = BatchMemo(self.policies) if n > 1 else None
+        now = opts.now() if opts.now else None
         if memo is not None and now is None:
             now = datetime.now(UTC)  # a step is decided at one instant
         # Agents that differ only in their id share one stateless verdict (buckets.py). Not
         # with per-policy telemetry spans: each agent's policies would have to be traced.
         buckets: dict[Any, _Pending] | None = (
             {} if memo is not None and not self.telemetry.enabled else None)
-        ids = new_decision_ids(len(reqs))
-        for req, decision_id in zip(reqs, ids, strict=True):
-            started = time.perf_counter()
-            deadline = Deadline.after(budget_s)
-            if outer is not None and outer.expires_at < deadline.expires_at:
-                deadline = outer
+        ids = new_decision_ids(n)
+        last_yield = time.monotonic()
+        for index, (req, decision_id) in enumerate(zip(reqs, ids, strict=True)):
+            started = time.monotonic()
+            if n > 1 and started - last_yield >= opts.yield_every_s:
+                await asyncio.sleep(0)  # other calls (and health checks) are served meanwhile
+                started = last_yield = time.monotonic()
+            deadline = step if n <= 1 else Deadline(min(
+                eval_end, started + min(budget_s, (eval_end - started) / (n - index))))
             key = None
             if buckets is not None and not req.explain:
                 key = request_key(req)
@@ -231,12 +341,16 @@ class Engine:
                                                      deadline, memo))
                     continue
             try:
-                ctx = await build_context(req, self.configs, now)
+                ctx = await build_context(req, self.configs, now,
+                                          deadline=deadline.expires_at)
+            except ParseDeadlineExceeded as exc:
+                pending.append(self._refused(req, decision_id, started, _system(
+                    "DEADLINE_EXCEEDED", f"the decision deadline ran out while the config"
+                                         f" was parsed: {exc}")))
+                continue
             except ConfigRejected as exc:
-                decision = Decision(decision_id, False, req.checkpoint.value,
-                                    datetime.now(UTC))
-                decision.reasons.append(_system("INVALID_CONFIG", str(exc)))
-                pending.append(_Pending(req, decision, started, None, [], {}))
+                pending.append(self._refused(req, decision_id, started,
+                                             _system("INVALID_CONFIG", str(exc))))
                 continue
             item = self._evaluate(req, ctx, deadline, started, memo, share=key is not None,
                                   decision_id=decision_id)
@@ -244,15 +358,34 @@ class Engine:
                 assert buckets is not None
                 buckets[key] = item
             pending.append(item)
-        await self._reserve_all(reqs[0].tenant if reqs else "", pending, outer)
+        await self._reserve_all(reqs[0].tenant if reqs else "", pending, step)
+        return await self._answer(pending)
+
+    def _refused(self, req: CheckRequest, decision_id: str, started: float,
+                 reason: Reason) -> _Pending:
+        decision = Decision(decision_id, False, req.checkpoint.value, datetime.now(UTC))
+        decision.reasons.append(reason)
+        return _Pending(req, decision, started, None, [], {})
+
+    async def _answer(self, pending: Sequence[_Pending]) -> list[Decision]:
+        """Combine each decision, record it (before the answer in sync durability), tell the
+        observers; then hand the drafts to the shadow runner."""
         out = []
         later = self.options.audit_after_answer
+        inline = self.options.shadow_inline
+        jobs: list[ShadowJob] = []
         for item in pending:
             d = item.decision
+            if item.shadow:
+                job = ShadowJob(item.req, item.shadow_ctx(), d.decision_id, item.shadow)
+                if inline:
+                    await self._shadow_inline(job, d)
+                else:
+                    jobs.append(job)
             if d.reasons and item.req.override is not None and item.req.caller.is_admin:
                 d.overridden = True
             d.allowed = not d.reasons or d.overridden
-            d.elapsed_s = time.perf_counter() - item.started
+            d.elapsed_s = time.monotonic() - item.started
             if not later:
                 await self.recorder.record(item.req, d)
             if self.telemetry.enabled:
@@ -262,7 +395,20 @@ class Engine:
             out.append(d)
         if later and pending:
             self.recorder.record_after_answer([(i.req, i.decision) for i in pending])
+        if jobs:
+            self.shadow.submit(jobs)
         return out
+
+    async def _shadow_inline(self, job: ShadowJob, d: Decision) -> None:
+        """Offline tools: drafts' would-denies (and explanations) in the decision itself."""
+        denies = await self.shadow.run_inline(job)
+        d.shadow_denies.extend(denies)
+        if job.req.explain and denies:
+            by_name = {p.name: p for p in job.policies}
+            budget = Budget(deadline=time.monotonic() + self.options.shadow.budget_s,
+                            cost_limit=self.options.shadow.cost_limit)
+            d.explanations.extend(_explain(by_name[r.policy], job.ctx, r.code, budget)
+                                  for r in denies if r.policy in by_name)
 
     def _observe(self, req: CheckRequest, d: Decision) -> None:
         tel = self.telemetry
@@ -294,9 +440,9 @@ class Engine:
         only in its id; its own decision id and counter rules (the scope may be its id)."""
         decision = Decision(decision_id, False, req.checkpoint.value, shared.ctx.now)
         decision.reasons.extend(shared.reasons)
-        decision.shadow_denies.extend(shared.shadow_denies)
         decision.evaluated.extend(shared.evaluated)
-        item = _Pending(req, decision, started, deadline, [], {})
+        item = _Pending(req, decision, started, deadline, [], {}, ctx=shared.ctx,
+                        shadow=shared.shadow)
         if decision.reasons:
             return item
         agent_id = (req.agent or {}).get("id") if shared.per_agent is not None else None
@@ -333,7 +479,8 @@ class Engine:
             group = memo.group(ctx.activation)
         budget = Budget(deadline=deadline.expires_at, cost_limit=self.options.cost_limit)
         decision = Decision(decision_id, False, req.checkpoint.value, ctx.now)
-        item = _Pending(req, decision, started, deadline, [], {})
+        live, shadow = self._split(selected)
+        item = _Pending(req, decision, started, deadline, [], {}, ctx=ctx, shadow=shadow)
         stale = self.options.policies_stale() if self.options.policies_stale else None
         if stale is not None:
             decision.reasons.append(_system("POLICY_STORE_UNAVAILABLE", stale))
@@ -341,7 +488,7 @@ class Engine:
         counted: list[CompiledPolicy] = []
         traced = self.telemetry.enabled
         evaluated = decision.evaluated
-        for p in selected:
+        for p in live:
             evaluated.append(p.ref)
             if traced:
                 with self.telemetry.policy_span(p.name):
@@ -349,18 +496,19 @@ class Engine:
             else:
                 deny = self._evaluate_one(p, ctx, budget, deadline, memo, group)
             if deny is not None:
-                (decision.shadow_denies if p.shadow else decision.reasons).append(_reason(p, deny))
+                decision.reasons.append(self._reason(p, deny))
                 if req.explain:
-                    decision.explanations.append(_explain(p, ctx, deny.code))
-                if deny.code == "DEADLINE_EXCEEDED" and not p.shadow:
+                    decision.explanations.append(_explain(p, ctx, deny.code, budget))
+                if deny.code == "DEADLINE_EXCEEDED":
                     break
-            elif p.counter is not None and not p.shadow:
+            elif p.counter is not None:
                 counted.append(p)
+        evaluated.extend(p.ref for p in shadow)  # handed to the shadow runner
         shared = None
         if share and memo is not None and not memo.id_bound(selected, group) \
                 and shareable_verdict(selected, decision):
-            shared = Stateless(tuple(decision.reasons), tuple(decision.shadow_denies),
-                               tuple(evaluated), tuple(counted), ctx)
+            shared = Stateless(tuple(decision.reasons), (), tuple(evaluated), tuple(counted),
+                               ctx, shadow=tuple(shadow))
         if not decision.reasons and counted:
             self._counter_rules(item, counted, ctx, budget, memo)
             if shared is not None and not decision.reasons:
@@ -447,52 +595,59 @@ class Engine:
 
     def _counter_rules(self, item: _Pending, counted: Sequence[CompiledPolicy],
                        ctx: EvalContext, budget: Budget, memo: BatchMemo | None = None) -> None:
+        """The store's rules for ``counted`` at this request's scopes; the first that
+        cannot be made denies (and no rule is reserved)."""
         for p in counted:
-            spec = p.counter
-            assert spec is not None
-            scope = p.scope_key(ctx, budget)
-            if scope is None:
-                item.decision.reasons.append(_reason(p, Deny(
-                    "INVALID_INPUT", f"counter scope {spec.scope!r} needs a value the request"
-                                     " does not carry (e.g. rollout.id, agent.id)")))
-                item.rules.clear()
-                return
-            # A batch remembers its rules; single decisions share a small engine-wide cache
-            # (a tenant- or rollout-wide rule is the same object call after call).
-            cache = memo.counter_rules if memo is not None else self._counter_rule_cache
-            hit = cache.get((id(p), scope))
-            if hit is not None and hit[0] is p:
-                rule = hit[1]
-            else:
-                rule = _counter_rule(p, scope)
-                if memo is None and len(cache) >= _COUNTER_RULE_CACHE:
-                    cache.clear()
-                cache[(id(p), scope)] = (p, rule)
-            if isinstance(rule, str):
-                item.decision.reasons.append(_reason(p, Deny(
-                    "POLICY_INVALID", f"counter rule is invalid: {rule}")))
+            rule = self._counter_rule(p, ctx, budget, memo)
+            if isinstance(rule, Deny):
+                item.decision.reasons.append(self._reason(p, rule))
                 item.rules.clear()
                 return
             item.by_id[rule.rule_id] = p
             item.rules.append(rule)
 
+    def _counter_rule(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
+                      memo: BatchMemo | None = None) -> CounterRule | Deny:
+        """``p``'s counter rule at the scope this request names, or why there is none."""
+        spec = p.counter
+        assert spec is not None
+        try:
+            scope = p.scope_key(ctx, budget)
+        except BudgetExceeded as exc:
+            code = ("DEADLINE_EXCEEDED" if isinstance(exc, DeadlineExceeded)
+                    else "COST_LIMIT_EXCEEDED")
+            return Deny(code, f"counter scope expression ran out of budget: {exc}")
+        except Exception as exc:  # fail-closed on any defect, and say so
+            return Deny("POLICY_ERROR",
+                        f"counter scope could not be worked out: {type(exc).__name__}")
+        if scope is None:
+            return Deny("INVALID_INPUT", f"counter scope {spec.scope!r} needs a value the"
+                                         " request does not carry (e.g. rollout.id, agent.id)")
+        # A batch remembers its rules; single decisions share a small engine-wide cache
+        # (a tenant- or rollout-wide rule is the same object call after call).
+        cache = memo.counter_rules if memo is not None else self._counter_rule_cache
+        hit = cache.get((id(p), scope))
+        if hit is not None and hit[0] is p:
+            rule = hit[1]
+        else:
+            rule = _counter_rule(p, scope)
+            if memo is None and len(cache) >= _COUNTER_RULE_CACHE:
+                cache.clear()
+            cache[(id(p), scope)] = (p, rule)
+        if isinstance(rule, str):
+            return Deny("POLICY_INVALID", f"counter rule is invalid: {rule}")
+        return rule
+
     async def _reserve_all(self, tenant: str, pending: Sequence[_Pending],
-                           outer: Deadline | None) -> None:
+                           step: Deadline) -> None:
+        """The reserve stage: every counter rule of the decisions still allowed, in one
+        store call, within what is left of the (step's) deadline."""
         todo = [i for i in pending if i.rules and not i.decision.reasons]
         if not todo:
             return
-        if len(todo) == 1 and todo[0].deadline is not None:
-            remaining = todo[0].deadline.remaining()  # one decision: its own budget
-        else:
-            # A step: each agent's budget covered its own evaluation; the one store call for
-            # all of them is bounded by the caller's deadline and the counter timeout.
-            remaining = outer.remaining() if outer is not None else float("inf")
-        if outer is not None:
-            remaining = min(remaining, outer.remaining())
-        per_call = self.options.counter_timeout_s
-        if len(todo) > 1:  # a step's script does work per agent: allow for it
-            per_call = per_call * 4 + 0.00005 * len(todo)
-        timeout = min(remaining, per_call)
+        per_call = (self.options.counter_timeout_s if len(pending) <= 1
+                    else self.options.step_counter_timeout_s)
+        timeout = min(step.remaining(), per_call)
         if timeout <= 0:
             for i in todo:
                 i.decision.reasons.append(_system(
@@ -519,7 +674,7 @@ class Engine:
                 continue
             denier = i.by_id.get(result.denied_rule_id or "")
             deny = Deny(result.code, result.message, result.retry_after_seconds)
-            i.decision.reasons.append(_reason(denier, deny) if denier is not None
+            i.decision.reasons.append(self._reason(denier, deny) if denier is not None
                                       else _system(result.code, result.message))
             if i.req.explain and denier is not None and denier.counter is not None:
                 from pdp.policy.explain import explain_counter
@@ -553,7 +708,7 @@ class Engine:
                     continue
                 seen.add(p.name)
                 verdict.evaluated.append(_ref(p))
-                verdict.reasons.extend(_reason(p, d) for d in p.stateless.breaches(ctx))
+                verdict.reasons.extend(self._reason(p, d) for d in p.stateless.breaches(ctx))
         verdict.rollback = bool(verdict.reasons)
         if verdict.rollback:
             # Feeds ROLLBACK_RATE: the same scope keys RecordEvent(ROLLBACK) would use.

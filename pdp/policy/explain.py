@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pdp.cel import Environment, pdp_environment
+from pdp.cel import Budget, Environment, pdp_environment
 from pdp.cel.domain import endpoint_host
 from pdp.cel.explain import explain_expression, render
 from pdp.policy.builtins import (
@@ -47,8 +47,11 @@ Values = dict[str, str]
 
 
 def explain_policy(p: CompiledPolicy, ctx: EvalContext, code: str = "",
-                   env: Environment | None = None) -> Values:
-    """Why ``p`` denied the request of ``ctx`` (``code`` is the deny's reason code)."""
+                   env: Environment | None = None, *, budget: Budget | None = None) -> Values:
+    """Why ``p`` denied the request of ``ctx`` (``code`` is the deny's reason code).
+
+    ``budget``: what is left of the decision's own (an explanation is part of the answer,
+    so it gets no fresh budget of its own); None = the explainer's default."""
     if p.broken is not None:
         return {"error": p.broken}
     if code in ("POLICY_ERROR", "COST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"):
@@ -56,7 +59,8 @@ def explain_policy(p: CompiledPolicy, ctx: EvalContext, code: str = "",
     rule: Any = p.policy.rule
     try:
         if isinstance(rule, CelRule):
-            return explain_expression(env or pdp_environment(), rule.deny, ctx.activation)
+            return explain_expression(env or pdp_environment(), rule.deny, ctx.activation,
+                                      budget=budget)
         explainer = _TYPED.get(type(rule))
         if explainer is not None:
             return explainer(rule, ctx)

@@ -444,3 +444,17 @@ async def test_every_key_expires_with_its_window(backend: Backend) -> None:
     retention = getattr(b.store, "event_retention_seconds", 0)
     assert by_kind["step"] == pytest.approx(retention, abs=SLACK)
     assert retention <= (by_kind["ev"] or 0) <= retention + 300 + SLACK
+
+
+async def test_peek_gives_the_verdict_and_consumes_nothing(backend: Backend) -> None:
+    """Drafts' counter rules ask with ``peek``: the same verdict as a reservation, with no
+    slot taken, so a draft never changes a live counter."""
+    rules = (cap(2), cooldown(60), velocity(5, 600))
+    for _ in range(5):
+        assert (await backend.store.peek(backend.tenant, rules, timeout=TIMEOUT)).allowed
+    assert (await reserve(backend, *rules)).allowed  # the first real slot is still there
+    peeked = await backend.store.peek(backend.tenant, rules, timeout=TIMEOUT)
+    assert not peeked.allowed and peeked.denied_rule_id == "cool@v1"
+    # One reservation was counted, not six: the cap of 2 has exactly one slot left.
+    assert (await reserve(backend, cap(2))).allowed
+    assert not (await reserve(backend, cap(2))).allowed

@@ -1,0 +1,219 @@
+"""Shadow policies (drafts, approved-not-active versions), evaluated after the answer.
+
+Why a runner of its own: a draft is whatever its author saved, reviewed or not. It must not
+change a live answer, take time from the live budget, or slow the live decisions that
+follow. So the live path only hands a job over (the request's context and the shadow
+policies it selected); the runner evaluates jobs on later loop turns, each under its own
+small budget, and spends at most a fixed share of the loop's time on them (a duty cycle:
+after ``t`` seconds of shadow work it waits ``t * (1 - share) / share`` before the next).
+The backlog is bounded: when it is full, the new job is skipped and counted, never queued.
+Skips are reported as a metric (``skipped``) and in the audit log (a ``Shadow.Skipped``
+note at most once per ``note_every_s``, with the count since the last note).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from pdp.cel import Budget
+from pdp.engine.decision import Reason
+from pdp.engine.request import CheckRequest
+from pdp.policy.compiled import CompiledPolicy
+from pdp.policy.evalctx import EvalContext
+from pdp.policy.rules import Deny
+
+log = structlog.get_logger("pdp.engine")
+
+#: Shadow work starts this long after the live call that queued it returned.
+START_DELAY_S = 0.002
+
+
+@dataclass(frozen=True)
+class ShadowOptions:
+    #: Wall-clock budget of one decision's shadow policies (all of them together).
+    budget_s: float = 0.01
+    #: Cost units one decision's shadow policies may charge together.
+    cost_limit: int = 1_000_000
+    #: Decisions whose shadow policies may wait; beyond it new ones are skipped.
+    backlog: int = 1024
+    #: Fraction of the event loop's time shadow work may take (0 < share <= 1).
+    share: float = 0.1
+    #: At most one ``Shadow.Skipped`` audit note per this many seconds.
+    note_every_s: float = 1.0
+
+
+@dataclass
+class ShadowJob:
+    """One decision's shadow work: the context it was decided in, and what to evaluate."""
+
+    req: CheckRequest
+    ctx: EvalContext
+    decision_id: str
+    policies: Sequence[CompiledPolicy]
+
+
+Evaluate = Callable[[CompiledPolicy, EvalContext, Budget], Deny | None]
+#: A draft counter rule's verdict, asked of the store without consuming anything.
+Peek = Callable[[CompiledPolicy, EvalContext, Budget], Awaitable[Deny | None]]
+Emit = Callable[[dict[str, Any]], None]
+
+
+async def evaluate_shadow(job: ShadowJob, evaluate: Evaluate, peek: Peek | None,
+                          options: ShadowOptions,
+                          reason: Callable[[CompiledPolicy, Deny], Reason]) -> list[Reason]:
+    """The would-denies of ``job``'s policies under a budget of their own (fail-closed: a
+    policy that errs or runs out of budget would deny, and says why). Counter rules are
+    asked last, and only when every stateless draft passed, as live ones are."""
+    budget = Budget(deadline=time.monotonic() + options.budget_s,
+                    cost_limit=options.cost_limit)
+    out: list[Reason] = []
+    counted: list[CompiledPolicy] = []
+    for p in job.policies:
+        if time.monotonic() >= budget.deadline_at:
+            out.append(reason(p, Deny("DEADLINE_EXCEEDED",
+                                      "the shadow budget ran out before this draft was"
+                                      " evaluated")))
+            continue
+        deny = evaluate(p, job.ctx, budget)
+        if deny is not None:
+            out.append(reason(p, deny))
+        elif p.counter is not None:
+            counted.append(p)
+    if peek is not None:
+        for p in counted:
+            deny = await peek(p, job.ctx, budget)
+            if deny is not None:
+                out.append(reason(p, deny))
+    return out
+
+
+def would_deny_events(job: ShadowJob, denies: Sequence[Reason]) -> list[dict[str, Any]]:
+    """``Policy.WouldDeny`` audit events, in the shape the audit log documents for them."""
+    req = job.req
+    subject = {
+        "agent_id": (req.agent or {}).get("id", ""),
+        "device_id": (req.device or {}).get("id", ""),
+        "rollout_id": (req.rollout or {}).get("id", ""),
+    }
+    base = {"time": job.ctx.now.isoformat(), "tenant": req.tenant,
+            "decision_id": job.decision_id, "checkpoint": req.checkpoint.value,
+            "caller": req.caller.identity}
+    return [{"type": "Policy.WouldDeny", **base, "subject": subject, **r.to_dict()}
+            for r in denies]
+
+
+class ShadowRunner:
+    """Evaluates shadow jobs in a task of its own, within a share of the loop's time."""
+
+    def __init__(self, evaluate: Evaluate, reason: Callable[[CompiledPolicy, Deny], Reason],
+                 emit: Emit, options: ShadowOptions | None = None,
+                 peek: Peek | None = None) -> None:
+        self._evaluate = evaluate
+        self._peek = peek
+        self._reason = reason
+        self._emit = emit
+        self.options = options or ShadowOptions()
+        self._jobs: deque[ShadowJob] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.evaluated = 0
+        self.skipped = 0
+        self._unnoted = 0
+        self._last_note = 0.0
+        self.on_skip: Callable[[int], None] | None = None  # metric hook (telemetry)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._jobs)
+
+    def submit(self, jobs: Sequence[ShadowJob]) -> None:
+        """Queue ``jobs`` (the live answer is already decided); skip what does not fit."""
+        room = self.options.backlog - len(self._jobs)
+        take = jobs if len(jobs) <= room else jobs[:max(0, room)]
+        self._jobs.extend(take)
+        if len(take) < len(jobs):
+            self._skip(len(jobs) - len(take), "backlog full")
+        if self._jobs and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._work())
+
+    def _skip(self, n: int, why: str) -> None:
+        self.skipped += n
+        self._unnoted += n
+        if self.on_skip is not None:
+            self.on_skip(n)
+        now = time.monotonic()
+        if now - self._last_note >= self.options.note_every_s:
+            self._note(why)
+
+    def _note(self, why: str) -> None:
+        if not self._unnoted:
+            return
+        self._emit({"type": "Shadow.Skipped", "time": datetime.now(UTC).isoformat(),
+                    "count": self._unnoted, "reason": why,
+                    "message": f"{self._unnoted} decisions' shadow (draft) policies were not"
+                               f" evaluated: {why} (backlog limit {self.options.backlog})"})
+        self._unnoted = 0
+        self._last_note = time.monotonic()
+
+    async def _work(self) -> None:
+        """One job at a time, each followed by a pause that keeps shadow work within its
+        share of the loop; the first after a moment, so the answer leaves first."""
+        await asyncio.sleep(START_DELAY_S)
+        share = min(1.0, max(0.001, self.options.share))
+        while self._jobs:
+            job = self._jobs.popleft()
+            started = time.monotonic()
+            try:
+                await self.run_one(job)
+            except Exception as exc:  # a defect must not stop the runner
+                log.error("shadow_evaluation_failed", decision_id=job.decision_id,
+                          error=repr(exc))
+            spent = time.monotonic() - started
+            await asyncio.sleep(spent * (1.0 - share) / share)
+
+    async def run_inline(self, job: ShadowJob) -> list[Reason]:
+        """Offline tools (policy tests, replay): the would-denies now, for the decision's
+        own record (which then derives the WouldDeny events)."""
+        self.evaluated += 1
+        return await evaluate_shadow(job, self._evaluate, self._peek, self.options,
+                                     self._reason)
+
+    async def run_one(self, job: ShadowJob) -> list[Reason]:
+        denies = await evaluate_shadow(job, self._evaluate, self._peek, self.options,
+                                       self._reason)
+        self.evaluated += 1
+        for ev in would_deny_events(job, denies):
+            self._emit(ev)
+        return denies
+
+    def drain(self) -> None:
+        """Shutdown: what is still queued is skipped (and noted), never evaluated late."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+        if self._jobs:
+            n = len(self._jobs)
+            self._jobs.clear()
+            self.skipped += n
+            self._unnoted += n
+        self._note("shutting down")
+
+
+def shadow_of(policies: Sequence[CompiledPolicy]) -> tuple[list[CompiledPolicy],
+                                                           list[CompiledPolicy]]:
+    """(live, shadow) of a selection."""
+    live = [p for p in policies if not p.shadow]
+    if len(live) == len(policies):
+        return live, []
+    return live, [p for p in policies if p.shadow]
+
+
+__all__ = ["ShadowJob", "ShadowOptions", "ShadowRunner", "evaluate_shadow", "shadow_of",
+           "would_deny_events"]

@@ -1,0 +1,183 @@
+"""The bound, in-process: drafts after the answer, one budget per step shared fairly, the
+loop kept turning, messages capped, scope expressions that run out of budget."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import Any
+
+from pdp.counters import CounterKind, CounterRule
+from pdp.engine.engine import cap_message
+from pdp.engine.shadow import ShadowOptions
+from tests.engine.test_engine import CEL, engine_for, push
+
+# Quadratic over the config's items: runs for minutes unless the budget stops it.
+RUNAWAY = "config.items.all(x, !config.items.exists(y, y == x + 1000000))"
+ITEMS = "items: [" + ",".join(str(i) for i in range(3000)) + "]"
+
+
+async def _poll(cond: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_runaway_draft_changes_nothing_of_the_live_decision() -> None:
+    """The draft burns its own budget after the answer: the live policies, the counter
+    reservation and the answer are those of the same request without the draft."""
+    live = ("tenant: t\nname: cap\nrule: {daily_cap: {max_count: 100}}\n---\n"
+            + CEL.format(name="quiet", extra="", deny="config.items.size() == 0"))
+    engine, audit = engine_for(live + "---\n"
+                               + CEL.format(name="runaway", extra="status: draft\n",
+                                            deny=RUNAWAY))
+    plain, _ = engine_for(live)
+    d = await engine.check(push(ITEMS), 0.05)
+    p = await plain.check(push(ITEMS), 0.05)
+    assert d.allowed and p.allowed and d.reasons == p.reasons == []
+    assert d.shadow_denies == []
+    # ... and the draft is evaluated afterwards, under its own budget, fail-closed.
+    await _poll(lambda: any(e["type"] == "Policy.WouldDeny" for e in audit.events),
+                "the draft's would-deny")
+    [would] = [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
+    assert would["decision_id"] == d.decision_id and would["policy"] == "runaway"
+    assert would["code"] in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
+
+
+async def test_shadow_backlog_is_bounded_skips_are_counted_and_noted() -> None:
+    engine, audit = engine_for(
+        CEL.format(name="draft", extra="status: draft\n", deny="true"))
+    engine.options = replace(engine.options, shadow=ShadowOptions(backlog=5))
+    # A 20-agent step hands 20 jobs over in one go, with no loop turn in between.
+    decisions = await engine.check_batch([push(agent=f"a{i}") for i in range(20)], 1.0)
+    assert all(d.allowed for d in decisions)
+    assert engine.shadow.backlog == 5 and engine.shadow.skipped == 15
+    notes = [e for e in audit.events if e["type"] == "Shadow.Skipped"]
+    assert notes and notes[0]["count"] == 15 and "backlog" in notes[0]["message"]
+    await _poll(lambda: engine.shadow.backlog == 0, "the backlog to drain")
+    would = [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
+    assert [e["decision_id"] for e in would] == [d.decision_id for d in decisions[:5]]
+    assert [e["subject"]["agent_id"] for e in would] == [f"a{i}" for i in range(5)]
+
+
+async def test_shutdown_notes_shadow_work_left_undone() -> None:
+    engine, audit = engine_for(CEL.format(name="draft", extra="status: draft\n", deny="true"))
+    await engine.check_batch([push(agent=f"a{i}") for i in range(3)], 1.0)
+    engine.shadow.drain()
+    notes = [e for e in audit.events if e["type"] == "Shadow.Skipped"]
+    assert notes[-1]["count"] == 3 and notes[-1]["reason"] == "shutting down"
+
+
+async def test_a_step_shares_its_budget_fairly_every_agent_gets_its_turn() -> None:
+    """A slow policy in a step: every agent is evaluated within its share of the step's one
+    budget and denied with a reason; none is skipped because an earlier one took it all."""
+    engine, _ = engine_for(CEL.format(
+        name="slow", extra="", deny=RUNAWAY + " && agent.id != ''"))
+    engine.options = replace(engine.options, step_budget_s=0.3)
+    decisions = await engine.check_batch([push(ITEMS, agent=f"a{i}") for i in range(30)], 0.05)
+    assert len(decisions) == 30
+    for d in decisions:
+        assert not d.allowed
+        [reason] = d.reasons
+        assert reason.code in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED"), reason
+        assert "before this policy was evaluated" not in reason.message
+
+
+async def test_a_step_keeps_the_event_loop_turning() -> None:
+    engine, _ = engine_for(CEL.format(
+        name="slow", extra="", deny=RUNAWAY + " && agent.id != ''"))
+    engine.options = replace(engine.options, step_budget_s=0.3)
+    turns = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = turns
+    await engine.check_batch([push(ITEMS, agent=f"a{i}") for i in range(50)], 0.05)
+    during = turns - before
+    done = True
+    await task
+    # One turn per agent at least (each agent's share is a few ms, the loop gets a turn
+    # every 2 ms); without yielding the ticker would not have run at all.
+    assert during >= 10, during
+
+
+async def test_an_explanation_has_no_budget_of_its_own() -> None:
+    engine, _ = engine_for(CEL.format(name="slow", extra="", deny=RUNAWAY))
+    d = await engine.check(push(ITEMS, explain=True), 0.05)
+    assert not d.allowed and d.reasons[0].code in ("DEADLINE_EXCEEDED",
+                                                   "COST_LIMIT_EXCEEDED")
+    [ex] = d.explanations
+    assert ex.policy == "slow"
+
+
+async def test_deny_messages_are_capped() -> None:
+    engine, audit = engine_for(
+        "tenant: t\nname: loud\nrule:\n  cel:\n    deny: 'true'\n"
+        "    message: 'config.s + config.s'\n")
+    d = await engine.check(push("s: " + "x" * 60_000), 1.0)
+    [reason] = d.reasons
+    assert len(reason.message.encode()) <= 5 * 1024
+    assert reason.message.startswith("xxx") and "truncated, 120000 bytes" in reason.message
+    assert audit.decisions[-1]["reasons"][0]["message"] == reason.message
+
+
+def test_cap_message_counts_utf8_bytes_and_keeps_characters_whole() -> None:
+    text = "é" * 10_000  # 2 bytes each
+    capped = cap_message(text, 1000)
+    assert len(capped.encode()) <= 1000 and "truncated, 20000 bytes" in capped
+    assert cap_message("short", 1000) == "short"
+
+
+async def test_a_scope_expression_out_of_budget_denies_with_a_reason() -> None:
+    engine, _ = engine_for(
+        "tenant: t\nname: scoped\nrule:\n  velocity:\n    max_count: 5\n"
+        "    window_minutes: 60\n    scope: {expression: "
+        "'string(config.items.filter(x, config.items.exists(y, y == x + 1000000)).size())'}\n")
+    d = await engine.check(push(ITEMS), 0.05)
+    assert not d.allowed
+    [reason] = d.reasons
+    assert reason.policy == "scoped"
+    assert reason.code in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
+
+
+async def test_a_draft_counter_rule_would_deny_without_consuming_live_counters() -> None:
+    """A draft's cap is asked with ``peek``: it reports would-deny and takes no slot, so
+    the live cap of 3 still has all three."""
+    engine, audit = engine_for(
+        "tenant: t\nname: live-cap\nrule: {daily_cap: {max_count: 3}}\n---\n"
+        "tenant: t\nname: draft-cap\nstatus: draft\nrule: {daily_cap: {max_count: 1}}\n")
+    decisions = [await engine.check(push(agent=f"a{i}"), 1.0) for i in range(3)]
+    assert all(d.allowed for d in decisions)  # the draft's cap of 1 blocks nothing
+    assert not (await engine.check(push(agent="a4"), 1.0)).allowed  # live cap: 3 taken
+    # Had the draft taken a slot, it would deny from the second decision on; it never
+    # takes one, so it never would-denies (its count stays 0 < 1).
+    await _poll(lambda: engine.shadow.evaluated == 4, "the drafts of four decisions")
+    assert [e for e in audit.events if e["type"] == "Policy.WouldDeny"] == []
+
+
+async def test_a_draft_counter_rule_reports_would_deny_from_the_live_counts() -> None:
+    """A draft's counter rule is judged by the store's real counts: with its cooldown
+    already running for this agent, it reports would-deny (and the live answer allows)."""
+    engine, audit = engine_for(
+        "tenant: t\nname: draft-cooldown\nstatus: draft\n"
+        "rule: {cooldown: {minutes: 60, scope: agent}}\n")
+    # Start the draft's cooldown for agent a1 as an earlier reservation would have.
+    rule = CounterRule("draft-cooldown@v1", CounterKind.COOLDOWN, "agent:a1",
+                       min_interval_seconds=3600.0, counter_id="draft-cooldown")
+    assert (await engine.counters.reserve("t", [rule], timeout=1.0)).allowed
+    assert (await engine.check(push(agent="a1"), 1.0)).allowed
+    await _poll(lambda: any(e["type"] == "Policy.WouldDeny" for e in audit.events),
+                "the draft's would-deny")
+    [would] = [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
+    assert would["policy"] == "draft-cooldown" and would["code"] == "COOLDOWN_ACTIVE"
