@@ -67,11 +67,22 @@ class Settings:
     redis_timeout_ms: int = _s(20, "per-call Redis timeout (capped by the decision deadline)")
     redis_pool_size: int = _s(32, "Redis connection pool size")
     deadline_ms: int = _s(50, "decision budget; shorter if the caller's gRPC deadline is shorter")
+    step_budget_ms: int = _s(1000, "one budget for a whole CheckPushBatch step, shared fairly by"
+                             " its agents (shorter if the caller's gRPC deadline is shorter)")
+    shadow_budget_ms: int = _s(10, "budget of one decision's draft (shadow) policies, evaluated"
+                               " after the answer")
+    shadow_backlog: int = _s(1024, "decisions whose drafts may wait for evaluation; beyond it"
+                             " they are skipped, counted and noted in the audit")
+    shadow_share: float = _s(0.1, "most of the event loop's time draft evaluation may take")
     cel_cost_limit: int = _s(1_000_000, "runtime cost budget per CEL evaluation")
     cel_max_cost_estimate: int = _s(
         100_000_000, "policies whose static worst-case cost estimate exceeds this are rejected")
     cel_cache_size: int = _s(10_000, "compiled CEL programs kept (LRU)")
     config_cache_size: int = _s(1_024, "parsed configs kept by content hash (LRU)")
+    config_cache_bytes: int = _s(64 * 1024 * 1024, "estimated bytes of parsed configs kept;"
+                                 " the least recently used go first")
+    config_max_nodes: int = _s(100_000, "most values in a config after alias expansion (real"
+                               " collector configs have a few thousand)")
     max_batch_agents: int = _s(5_000, "most agents in one CheckPushBatch request")
     max_config_bytes: int = _s(4 * 1024 * 1024, "largest config document accepted")
     shutdown_grace_s: float = _s(5.0, "on SIGTERM, time allowed for calls in flight")
@@ -113,11 +124,15 @@ class Settings:
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise SettingsError(f"listen: {self.listen!r} is not HOST:PORT")
         for name in ("deadline_ms", "cel_cost_limit", "cel_cache_size", "config_cache_size",
+                     "config_cache_bytes", "config_max_nodes", "step_budget_ms",
+                     "shadow_budget_ms", "shadow_backlog",
                      "max_batch_agents", "max_config_bytes", "audit_queue_size",
                      "audit_rotate_bytes", "redis_timeout_ms", "redis_pool_size", "workers",
                      "audit_seen_refresh_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not 0 < self.shadow_share <= 1:
+            raise SettingsError(f"shadow_share: must be in (0, 1], got {self.shadow_share}")
         if self.redis_url is not None and not self.redis_url.startswith(
             ("redis://", "rediss://", "unix://")
         ):

@@ -26,6 +26,7 @@ from pdp.cel import ProgramCache, pdp_environment
 from pdp.counters import CounterSettings, CounterStore, open_counter_store
 from pdp.engine.context import ConfigCache
 from pdp.engine.engine import Engine, EngineOptions
+from pdp.engine.shadow import ShadowOptions
 from pdp.notify import Notifier, NotifySettings
 from pdp.policy.model import PolicyError
 from pdp.policy.store import PolicyStore, StoreError
@@ -153,12 +154,20 @@ async def start(settings: Settings) -> Running:
         log.warning("counter_store_unreachable", redis_url=settings.redis_url,
                     effect="counter rules deny COUNTER_STORE_UNAVAILABLE until it is back")
     engine = Engine(policies, counters, audit,
-                    ConfigCache(settings.config_cache_size, settings.max_config_bytes),
+                    ConfigCache(settings.config_cache_size, settings.max_config_bytes,
+                                cache_bytes=settings.config_cache_bytes,
+                                max_nodes=settings.config_max_nodes),
                     EngineOptions(cost_limit=settings.cel_cost_limit,
                                   counter_timeout_s=settings.redis_timeout_ms / 1000,
                                   policies_stale=reloader.stale_reason,
                                   seen_refresh_s=settings.audit_seen_refresh_s,
-                                  audit_after_answer=settings.audit_durability == "async"),
+                                  audit_after_answer=settings.audit_durability == "async",
+                                  step_budget_s=settings.step_budget_ms / 1000,
+                                  shadow=ShadowOptions(
+                                      budget_s=settings.shadow_budget_ms / 1000,
+                                      cost_limit=settings.cel_cost_limit,
+                                      backlog=settings.shadow_backlog,
+                                      share=settings.shadow_share)),
                     telemetry=telemetry, notifier=notifier)
     options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                                       ("grpc.max_receive_message_length",
@@ -236,6 +245,7 @@ async def stop(running: Running, grace_s: float) -> None:
         await running.engine.notifier.close(timeout=grace_s)
     running.engine.telemetry.shutdown()
     running.engine.record_pending()  # answered decisions whose records were still to come
+    running.engine.shadow.drain()  # drafts not evaluated yet: noted in the audit, not run
     await running.audit.close()
     await running.counters.close()
     log.info("stopped")

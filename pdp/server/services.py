@@ -7,6 +7,7 @@ anything unexpected is an error status, never an allow.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -85,18 +86,22 @@ class DecisionService(dgrpc.DecisionServiceServicer):
 
     async def _check(self, context: grpc.aio.ServicerContext[Any, Any], tenant: str,
                      build: Callable[[Caller], CheckRequest]) -> Any:
+        received_at = time.monotonic()  # the budget covers conversion too
+
         async def run() -> Any:
             req = build(caller_of(tenant))
             tel = self.engine.telemetry
             if not tel.enabled:
                 decision = await self.engine.check(req, self.deadline_s,
-                                                   caller_deadline(context))
+                                                   caller_deadline(context),
+                                                   received_at=received_at)
                 return convert.decision_pb(decision)
             with tel.decision_span(f"pdp.{req.checkpoint.value}", carrier(context),
                                    {"pdp.tenant": req.tenant,
                                     "pdp.checkpoint": req.checkpoint.value}) as span:
                 decision = await self.engine.check(req, self.deadline_s,
-                                                   caller_deadline(context))
+                                                   caller_deadline(context),
+                                                   received_at=received_at)
                 span.set_attribute("pdp.outcome", "allow" if decision.allowed else "deny")
                 span.set_attribute("pdp.decision_id", decision.decision_id)
             return convert.decision_pb(decision)
@@ -123,6 +128,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
 
     async def _batch(self, request: dpb.CheckPushBatchRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushBatchResponse:
+        received_at = time.monotonic()  # the step's budget covers conversion too
+
         async def run() -> dpb.CheckPushBatchResponse:
             convert.tenant_of(request.tenant)
             if len(request.agents) > self.max_batch:
@@ -132,7 +139,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 raise InvalidRequest("agents", "required: at least one agent")
             reqs = convert.check_push_batch_requests(request, caller_of(request.tenant))
             decisions = await self.engine.check_batch(reqs, self.deadline_s,
-                                                      caller_deadline(context))
+                                                      caller_deadline(context),
+                                                      received_at=received_at)
             out = dpb.CheckPushBatchResponse()
             convert.fill_batch_response(out, (a.id for a in request.agents), decisions)
             return out
