@@ -107,6 +107,14 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     REASON_CODE_DEVICE_CONSTRAINT: _ReasonCode.ValueType  # 20
     REASON_CODE_QUALITY_GATE_FAILED: _ReasonCode.ValueType  # 21
     REASON_CODE_HEALTH_THRESHOLD_EXCEEDED: _ReasonCode.ValueType  # 22
+    REASON_CODE_UNKNOWN_TENANT: _ReasonCode.ValueType  # 23
+    """The request names a tenant pdp does not know (no policy, never created): a typo must
+    not be decided by the built-ins alone.
+    """
+    REASON_CODE_COUNTER_STATE_LOST: _ReasonCode.ValueType  # 24
+    """The counter store came back without its state (restart without persistence, failover
+    to an empty replica): counter rules deny until an admin acknowledges it.
+    """
 
 class ReasonCode(_ReasonCode, metaclass=_ReasonCodeEnumTypeWrapper):
     """Machine-readable cause of a deny (or a shadow would-deny)."""
@@ -143,6 +151,14 @@ REASON_CODE_APPROVAL_REQUIRED: ReasonCode.ValueType  # 19
 REASON_CODE_DEVICE_CONSTRAINT: ReasonCode.ValueType  # 20
 REASON_CODE_QUALITY_GATE_FAILED: ReasonCode.ValueType  # 21
 REASON_CODE_HEALTH_THRESHOLD_EXCEEDED: ReasonCode.ValueType  # 22
+REASON_CODE_UNKNOWN_TENANT: ReasonCode.ValueType  # 23
+"""The request names a tenant pdp does not know (no policy, never created): a typo must
+not be decided by the built-ins alone.
+"""
+REASON_CODE_COUNTER_STATE_LOST: ReasonCode.ValueType  # 24
+"""The counter store came back without its state (restart without persistence, failover
+to an empty replica): counter rules deny until an admin acknowledges it.
+"""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
 
 class _PolicyStatus:

@@ -474,6 +474,7 @@ class RecordEventRequest(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     kind: Global___EventKind.ValueType
     agent_id: _builtins.str
@@ -481,6 +482,12 @@ class RecordEventRequest(_message.Message):
     device_id: _builtins.str
     group: _builtins.str
     request_id: _builtins.str
+    event_id: _builtins.str
+    """Idempotency key: an event reported again with the same id (a retry, or the same
+    rollback reported by EvaluateHealth and by the rollout engine) counts once. Unset: a
+    ROLLBACK is keyed by its rollout and step (one rollback per step, whoever reports it);
+    other kinds count every call.
+    """
     @_builtins.property
     def rollout(self) -> _common_pb2.Rollout: ...
     @_builtins.property
@@ -501,10 +508,11 @@ class RecordEventRequest(_message.Message):
         group: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         request_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "rollout", b"rollout", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "change", b"change", "device_id", b"device_id", "group", b"group", "kind", b"kind", "request_id", b"request_id", "rollout", b"rollout", "tenant", b"tenant", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "change", b"change", "device_id", b"device_id", "event_id", b"event_id", "group", b"group", "kind", b"kind", "request_id", b"request_id", "rollout", b"rollout", "tenant", b"tenant", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
