@@ -84,6 +84,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def drain(self) -> None:
         """Refuse calls from now on; open server streams end after their current answer."""
+        log.info("draining", in_flight=self.in_flight)
         self.draining = True
         self._drained.set()
 
@@ -126,7 +127,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> None:
             if counted and self.draining:
+                log.debug("call_refused", method=method, reason="draining")
                 await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            log.debug("call_started", method=method)  # filtered out below debug: ~free
             if isinstance(request, Refused):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(request.text))
 
