@@ -77,6 +77,11 @@ class Settings:
     cel_cost_limit: int = _s(1_000_000, "runtime cost budget per CEL evaluation")
     cel_max_cost_estimate: int = _s(
         100_000_000, "policies whose static worst-case cost estimate exceeds this are rejected")
+    cel_max_string_bytes: int = _s(
+        4 * 1024 * 1024, "longest string (characters) or bytes a CEL expression may build; refused"
+                         " before it is built (the largest config cannot carry a longer one)")
+    cel_max_list_size: int = _s(
+        100_000, "most elements of a list or map a CEL expression may build; refused before")
     cel_cache_size: int = _s(10_000, "compiled CEL programs kept (LRU)")
     config_cache_size: int = _s(1_024, "parsed configs kept by content hash (LRU)")
     config_cache_bytes: int = _s(64 * 1024 * 1024, "estimated bytes of parsed configs kept;"
@@ -149,6 +154,9 @@ class Settings:
                                                          "admin"):
                     raise SettingsError(f"{name}: {entry!r} is not TENANT:ROLE with ROLE one"
                                         " of checker, author, approver, admin")
+        for name in ("cel_max_string_bytes", "cel_max_list_size"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
         if not self.policy_store.startswith(("sqlite:", "redis://", "rediss://", "unix://")):
             raise SettingsError(f"policy_store: {self.policy_store!r} must be sqlite:PATH or a"
                                 " redis:// URL")

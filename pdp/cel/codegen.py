@@ -4,13 +4,20 @@ The generated function is ``def cel(_act, _bud)``.  Every value that comes from 
 text is an ``ast.Constant`` (or a namespace slot for non-literal constants); identifiers in
 generated code are synthetic (``_t3``, ``_l1``), never taken from user text.  Errors are
 Python exceptions; ``&&``, ``||`` and the macros catch them where CEL says errors are
-absorbed.  Comprehension loops charge the budget on every iteration and check the deadline
-every 16 iterations.
+absorbed.
+
+Cost (units in meter.py): the static node count of the expression is charged once at
+entry, ``1 + nodes of the body`` on every comprehension iteration (the clock is checked
+whenever the total crosses a multiple of 256 units), and operations that build strings,
+bytes, lists or maps are charged, and capped, by what they will produce just before they
+run.  The generated function's globals hold ``__builtins__ = {}`` and the helpers below:
+nothing else of Python is reachable from generated code.
 """
 
 from __future__ import annotations
 
 import ast as py
+import functools
 import itertools
 import math
 import time
@@ -20,9 +27,11 @@ from typing import Any
 
 from . import ast as A
 from . import domain as D
+from . import meter as M
 from . import runtime as R
 from . import stdlib as S
 from .checker import TYPE_VALUE_NAMES, CheckResult
+from .cost import loop_body_nodes, static_nodes
 from .errors import CelCompileError
 from .functions import Registry
 from .types import T
@@ -55,6 +64,9 @@ _CMP_OPS = {"_<_": (py.Lt, "_lt"), "_<=_": (py.LtE, "_le"), "_>_": (py.Gt, "_gt"
 _ARITH = {"_+_": (py.Add, "_add"), "_-_": (py.Sub, "_sub"), "_*_": (py.Mult, "_mul"),
           "_/_": (py.Div, "_div"), "_%_": (py.Mod, "_mod")}
 MAX_BLOCK_DEPTH = 17  # CPython allows 20 statically nested blocks
+CLOCK_MASK = 255  # loops check the clock when the cost total crosses a multiple of 256
+# static kinds for which ``+`` never builds a string, bytes or list
+_NO_BUILD = frozenset({"int", "uint", "double", "timestamp", "duration", "bool", "null_type"})
 
 
 def _name(n: str) -> py.Name:
@@ -102,8 +114,10 @@ class _Level:
 class CodeGen:
     """Generates the Python function for one checked expression."""
 
-    def __init__(self, source: str, check: CheckResult, registry: Registry) -> None:
+    def __init__(self, source: str, check: CheckResult, registry: Registry,
+                 limits: M.Limits | None = None) -> None:
         self.src = source
+        self.limits = limits or M.Limits()
         self.chk = check
         self.reg = registry
         self.ns: dict[str, Any] = dict(_BASE_NS)
@@ -169,34 +183,54 @@ class CodeGen:
             raise CelCompileError("expression nests too many comprehensions / logical "
                                   "operators", self.src, e.offset)
 
-    def tick(self, extra: py.expr | None = None) -> list[py.stmt]:
-        """Charge cost (1, or ``extra``) and check limit and (every 16 units) deadline."""
+    def _limit_check(self) -> py.If:
+        return py.If(test=py.Compare(left=_name("_cost"), ops=[py.Gt()],
+                                     comparators=[_name("_lim")]),
+                     body=[py.Expr(_call("_costx", _name("_cost"), _name("_lim")))], orelse=[])
+
+    def _clock_check(self, test: py.expr | None = None) -> py.If:
+        clock: py.expr = py.Compare(left=_call("_mono"), ops=[py.Gt()],
+                                    comparators=[_name("_dl")])
+        if test is not None:
+            clock = py.BoolOp(op=py.And(), values=[test, clock])
+        return py.If(test=clock, body=[py.Expr(_call("_dlx"))], orelse=[])
+
+    def tick(self, amount: int) -> list[py.stmt]:
+        """Charge a constant (a loop iteration); check the limit, and the clock whenever
+        the total crosses a multiple of CLOCK_MASK + 1 (every time for big charges)."""
         self.uses_budget = True
-        inc = extra if extra is not None else _const(1)
-        out: list[py.stmt] = [
-            py.AugAssign(target=_store("_cost"), op=py.Add(), value=inc),
-            py.If(test=py.Compare(left=_name("_cost"), ops=[py.Gt()],
-                                  comparators=[_name("_lim")]),
-                  body=[py.Expr(_call("_costx", _name("_cost"), _name("_lim")))], orelse=[]),
-        ]
-        clock = py.Compare(left=_call("_mono"), ops=[py.Gt()], comparators=[_name("_dl")])
-        if extra is None:
-            test: py.expr = py.BoolOp(op=py.And(), values=[
-                py.UnaryOp(op=py.Not(), operand=py.BinOp(
-                    left=_name("_cost"), op=py.BitAnd(), right=_const(15))), clock])
-        else:
-            test = clock
-        out.append(py.If(test=test, body=[py.Expr(_call("_dlx"))], orelse=[]))
-        return out
+        crossed = None
+        if amount <= CLOCK_MASK:
+            crossed = py.Compare(left=py.BinOp(left=_name("_cost"), op=py.BitAnd(),
+                                               right=_const(CLOCK_MASK)),
+                                 ops=[py.Lt()], comparators=[_const(amount)])
+        return [py.AugAssign(target=_store("_cost"), op=py.Add(), value=_const(amount)),
+                self._limit_check(), self._clock_check(crossed)]
+
+    def charge(self, amount: py.expr, clock: bool = False) -> None:
+        """Charge a computed amount now (before the operation it pays for)."""
+        self.uses_budget = True
+        self.stmts.append(py.AugAssign(target=_store("_cost"), op=py.Add(), value=amount))
+        self.stmts.append(self._limit_check())
+        if clock:
+            self.stmts.append(self._clock_check())
+
+    def grow_fn(self, grow: M.Grow) -> py.expr:
+        """A namespace slot calling ``grow`` through meter.charged with this env's caps."""
+        return self.slot(functools.partial(M.charged, grow, self.limits), "_g")
 
     # -- entry ---------------------------------------------------------------------------
     def generate(self, root: A.Expr) -> Callable[[Any, Any], Any]:
         self.count_paths(root)
         result = self.expr(root)
+        entry = static_nodes(root)
         body = [*self.levels[0].pre, *self.stmts, py.Return(value=result)]
         if self.uses_budget:
+            body.insert(0, self._limit_check())
             prologue: list[py.stmt] = [
-                _assign("_cost", py.Attribute(value=_name("_bud"), attr="cost", ctx=py.Load())),
+                _assign("_cost", py.BinOp(
+                    left=py.Attribute(value=_name("_bud"), attr="cost", ctx=py.Load()),
+                    op=py.Add(), right=_const(entry))),
                 _assign("_lim", py.Attribute(value=_name("_bud"), attr="limit", ctx=py.Load())),
                 _assign("_dl", py.Attribute(value=_name("_bud"), attr="deadline_at",
                                             ctx=py.Load())),
@@ -205,6 +239,17 @@ class CodeGen:
                                                    ctx=py.Store())],
                              value=_name("_cost"), lineno=0)
             body = [*prologue, py.Try(body=body, handlers=[], orelse=[], finalbody=[save])]
+        else:  # straight-line code: one charge at entry, only when there is a budget
+            bc = py.Attribute(value=_name("_bud"), attr="cost", ctx=py.Load())
+            body.insert(0, py.If(test=_is_not(_name("_bud"), _const(None)), body=[
+                py.AugAssign(target=py.Attribute(value=_name("_bud"), attr="cost",
+                                                 ctx=py.Store()),
+                             op=py.Add(), value=_const(entry)),
+                py.If(test=py.Compare(left=bc, ops=[py.Gt()], comparators=[
+                    py.Attribute(value=_name("_bud"), attr="limit", ctx=py.Load())]),
+                      body=[py.Expr(_call("_costx", bc, py.Attribute(
+                          value=_name("_bud"), attr="limit", ctx=py.Load())))],
+                      orelse=[])], orelse=[]))
         fn = py.FunctionDef(
             name="cel", args=py.arguments(
                 posonlyargs=[], args=[py.arg(arg="_act"), py.arg(arg="_bud")],
@@ -218,6 +263,7 @@ class CodeGen:
             raise CelCompileError(f"expression too complex to compile: {e}", self.src,
                                   0) from None
         ns = self.ns
+        ns["__builtins__"] = {}  # generated code reaches only what the namespace passes
         exec(code, ns)
         compiled: Callable[[Any, Any], Any] = ns["cel"]
         return compiled
@@ -453,13 +499,20 @@ class CodeGen:
                 and isinstance(all_args[1], A.Const) and type(all_args[1].value) is str):
             return self.string_method(name, self.expr(all_args[0]), all_args[1],
                                       self.slot(impl, "_f"))
-        py_args = [self.expr(a) for a in all_args]
-        if f.cost and py_args:
+        py_args: list[py.expr] = [self.expr(a) for a in all_args]
+        if f.grow is not None and py_args:
+            temps = [self.tmp() for _ in py_args]
+            for t, pa in zip(temps, py_args, strict=True):
+                self.stmts.append(_assign(t, pa))
+            py_args = [_name(t) for t in temps]
+            self.charge(py.Call(func=self.grow_fn(f.grow), args=[_name("_dl"), *py_args],
+                                keywords=[]))
+        elif f.cost and py_args:
             t = self.tmp()
             self.stmts.append(_assign(t, py_args[0]))
             py_args[0] = _name(t)
-            self.stmts.extend(self.tick(py.BinOp(left=_const(f.cost), op=py.Add(),
-                                                 right=_call("_csz", _name(t)))))
+            self.charge(py.BinOp(left=_const(f.cost), op=py.Add(),
+                                 right=_call("_csz", _name(t))), clock=True)
         fslot = self.slot(impl, "_f")
         return py.Call(func=fslot, args=py_args, keywords=[])
 
@@ -648,6 +701,8 @@ class CodeGen:
         op, helper = _ARITH[e.function]
         a, b = e.args
         ta, tb = self.typ(a).kind, self.typ(b).kind
+        if e.function == "_+_" and ta not in _NO_BUILD and tb not in _NO_BUILD:
+            return self.concat(a, b, ta, tb)
         if ta == tb and e.function in ("_+_", "_-_", "_*_"):
             if ta == "double" or (ta in ("string", "bytes") and e.function == "_+_"):
                 return py.BinOp(left=self.expr(a), op=op(), right=self.expr(b))
@@ -660,6 +715,18 @@ class CodeGen:
                                               _const(INT64_MAX)])
                 return py.IfExp(test=rng, body=_name(t), orelse=_call("_ovf"))
         return _call(helper, self.expr(a), self.expr(b))
+
+    def concat(self, a: A.Expr, b: A.Expr, ta: str, tb: str) -> py.expr:
+        """``+`` that may build a string, bytes or list: charged and capped by the sum of
+        the operand sizes before the result is built."""
+        t1, t2 = self.tmp(), self.tmp()
+        self.stmts.append(_assign(t1, self.expr(a)))
+        self.stmts.append(_assign(t2, self.expr(b)))
+        self.charge(py.Call(func=self.grow_fn(M.grow_add),
+                            args=[_name("_dl"), _name(t1), _name(t2)], keywords=[]))
+        if ta == tb and ta in ("string", "bytes"):
+            return py.BinOp(left=_name(t1), op=py.Add(), right=_name(t2))
+        return _call("_add", _name(t1), _name(t2))
 
     # -- logic ---------------------------------------------------------------------------
     def _flatten(self, e: A.Expr, fn: str, out: list[A.Expr]) -> None:
@@ -736,6 +803,12 @@ class CodeGen:
         level = _Level()
         level.vars = {l1} | ({l2} if l2 else set())
         self.levels.append(level)
+        if k in ("map", "transformList", "transformMap") and len(e.args) == 1:
+            rv = self.tmp()
+            self.stmts.append(_assign(rv, rng))
+            self.charge(py.Call(func=self.grow_fn(M.grow_collect),
+                                args=[_name("_dl"), _name(rv)], keywords=[]))
+            rng = _name(rv)
         try:
             if l2 is None:
                 target: py.expr = _store(l1)
@@ -743,7 +816,7 @@ class CodeGen:
             else:
                 target = py.Tuple(elts=[_store(l1), _store(l2)], ctx=py.Store())
                 it = _call("_pairs", rng)
-            body = self.tick()
+            body = self.tick(loop_body_nodes(e))
             ntick = len(body)
             pre, post = self._comp_body(e, r, l1, l2, body)
             body[ntick:ntick] = level.per_iter
@@ -817,7 +890,7 @@ class CodeGen:
                                      value=_name(v), lineno=0))
         else:  # transformMapEntry
             produce = self.block(value_fn, v)
-            self.ns["_merge"] = _merge_entry
+            self.ns["_merge"] = functools.partial(_merge_entry, self.limits)
             produce.append(py.Expr(_call("_merge", _name(r), _name(v))))
         if filt is not None:
             fv = self.tmp("_f")
@@ -852,7 +925,8 @@ class CodeGen:
         return _name(r)
 
 
-def _merge_entry(acc: dict[Any, Any], entry: Any) -> None:
+def _merge_entry(lim: M.Limits, acc: dict[Any, Any], entry: Any) -> None:
+    M.merge_cap(lim, acc, entry)
     if not isinstance(entry, dict):
         raise S.no_overload("transformMapEntry", entry)
     for k, v in entry.items():

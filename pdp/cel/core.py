@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import meter as M
 from . import stdlib as S
 from .functions import Registry
 from .regex import matches
@@ -39,13 +40,15 @@ def register_core(r: Registry) -> None:
     r.add("contains", "string.(string)->bool", S.contains, cost=1)
     r.add("startsWith", "string.(string)->bool", S.starts_with)
     r.add("endsWith", "string.(string)->bool", S.ends_with)
-    r.add("matches", "string.(string)->bool; string,string->bool", matches, cost=4)
+    r.add("matches", "string.(string)->bool; string,string->bool", matches, cost=4,
+          grow=M.grow_matches)
     r.add("int", "int->int; uint->int; double->int; string->int; timestamp->int", S.to_int)
     r.add("uint", "uint->uint; int->uint; double->uint; string->uint", S.to_uint)
     r.add("double", "double->double; int->double; uint->double; string->double", S.to_double)
     r.add("string", "string->string; int->string; uint->string; double->string; "
-          "bool->string; bytes->string; timestamp->string; duration->string", S.to_string)
-    r.add("bytes", "bytes->bytes; string->bytes", S.to_bytes)
+          "bool->string; bytes->string; timestamp->string; duration->string", S.to_string,
+          grow=M.grow_to_string)
+    r.add("bytes", "bytes->bytes; string->bytes", S.to_bytes, grow=M.grow_to_bytes)
     r.add("bool", "bool->bool; string->bool", S.to_bool)
     r.add("timestamp", "timestamp->timestamp; string->timestamp; int->timestamp",
           S.to_timestamp)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+from .cost import DEFAULT_MAX_INPUT_BYTES
+from .meter import DEFAULT_MAX_LIST, DEFAULT_MAX_STRING
 from .program import Environment
 
 PDP_VARIABLES: dict[str, str] = {
@@ -18,9 +20,13 @@ PDP_VARIABLES: dict[str, str] = {
 }
 
 
-def new_pdp_environment() -> Environment:
-    """A fresh environment with pdp's variables and all extension libraries."""
-    return Environment(PDP_VARIABLES)
+def new_pdp_environment(*, max_string_bytes: int = DEFAULT_MAX_STRING,
+                        max_list_size: int = DEFAULT_MAX_LIST,
+                        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES) -> Environment:
+    """A fresh environment with pdp's variables and all extension libraries.  The server
+    passes ``settings.cel_max_string_bytes`` / ``cel_max_list_size`` as the hard caps."""
+    return Environment(PDP_VARIABLES, max_string_bytes=max_string_bytes,
+                       max_list_size=max_list_size, max_input_bytes=max_input_bytes)
 
 
 @functools.lru_cache(maxsize=1)

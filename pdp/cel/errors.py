@@ -54,3 +54,9 @@ class CostLimitExceeded(BudgetExceeded):
 
 class DeadlineExceeded(BudgetExceeded):
     """The evaluation was still running at the decision's deadline."""
+
+
+class SizeLimitExceeded(CostLimitExceeded):
+    """An operation would have built a string / bytes / list / map over the hard size caps
+    (it is refused before the value exists); a cost error so ``&&`` / ``||`` never absorb
+    it and callers that handle CostLimitExceeded need nothing new."""

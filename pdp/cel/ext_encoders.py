@@ -6,6 +6,7 @@ import base64
 import binascii
 from typing import Any
 
+from . import meter as M
 from .errors import CelEvalError
 from .functions import Registry
 from .stdlib import no_overload
@@ -27,5 +28,5 @@ def b64_decode(s: Any) -> bytes:
 
 
 def register_encoders(r: Registry) -> None:
-    r.add("base64.encode", "bytes->string", b64_encode, cost=1)
-    r.add("base64.decode", "string->bytes", b64_decode, cost=1)
+    r.add("base64.encode", "bytes->string", b64_encode, cost=1, grow=M.grow_b64_encode)
+    r.add("base64.decode", "string->bytes", b64_decode, cost=1, grow=M.grow_b64_decode)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import meter as M
 from .errors import CelEvalError
 from .functions import Registry
 from .stdlib import as_dur, as_ts, format_double, no_overload, type_name
@@ -49,9 +50,13 @@ def last_index_of(s: Any, sub: Any, end: Any = None) -> int:
     return s.rfind(sub, 0, end + len(sub))  # type: ignore[no-any-return]
 
 
+# ASCII-only case mapping at C speed (str.upper would also map non-ASCII letters)
+_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def _ascii_map(s: str, upper: bool) -> str:
-    return "".join(
-        (c.upper() if upper else c.lower()) if c.isascii() else c for c in s)
+    return s.translate(_UPPER if upper else _LOWER)
 
 
 def lower_ascii(s: Any) -> str:
@@ -261,17 +266,21 @@ def format_str(s: Any, args: Any) -> str:
 
 def register_strings(r: Registry) -> None:
     r.add("charAt", "string.(int)->string", char_at)
-    r.add("indexOf", "string.(string)->int; string.(string, int)->int", index_of)
-    r.add("lastIndexOf", "string.(string)->int; string.(string, int)->int", last_index_of)
-    r.add("lowerAscii", "string.()->string", lower_ascii)
-    r.add("upperAscii", "string.()->string", upper_ascii)
+    r.add("indexOf", "string.(string)->int; string.(string, int)->int", index_of,
+          grow=M.grow_scan)
+    r.add("lastIndexOf", "string.(string)->int; string.(string, int)->int", last_index_of,
+          grow=M.grow_scan)
+    r.add("lowerAscii", "string.()->string", lower_ascii, grow=M.grow_same("lowerAscii"))
+    r.add("upperAscii", "string.()->string", upper_ascii, grow=M.grow_same("upperAscii"))
     r.add("replace", "string.(string, string)->string; string.(string, string, int)->string",
-          replace, cost=1)
+          replace, cost=1, grow=M.grow_replace)
     r.add("split", "string.(string)->list(string); string.(string, int)->list(string)",
-          split, cost=1)
-    r.add("substring", "string.(int)->string; string.(int, int)->string", substring)
-    r.add("trim", "string.()->string", trim)
-    r.add("join", "list(string).()->string; list(string).(string)->string", join, cost=1)
-    r.add("reverse", "string.()->string", reverse)
-    r.add("format", "string.(list(dyn))->string", format_str, cost=1)
-    r.add("strings.quote", "string->string", quote)
+          split, cost=1, grow=M.grow_split)
+    r.add("substring", "string.(int)->string; string.(int, int)->string", substring,
+          grow=M.grow_substring)
+    r.add("trim", "string.()->string", trim, grow=M.grow_same("trim"))
+    r.add("join", "list(string).()->string; list(string).(string)->string", join, cost=1,
+          grow=M.grow_join)
+    r.add("reverse", "string.()->string", reverse, grow=M.grow_same("reverse"))
+    r.add("format", "string.(list(dyn))->string", format_str, cost=1, grow=M.grow_format)
+    r.add("strings.quote", "string->string", quote, grow=M.grow_quote)

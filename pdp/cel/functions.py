@@ -30,7 +30,9 @@ class Function:
 
     ``impl`` handles the global style, ``member_impl`` the receiver style (receiver first);
     ``cost`` is 0 for cheap functions, else the per-call base cost charged at runtime
-    (plus the size of the first argument).  ``pure`` functions may be constant-folded."""
+    (plus the size of the first argument).  ``grow`` (see meter.py), when set, replaces
+    that charge: it computes the charge from all the arguments before the call and refuses
+    results over the size caps.  ``pure`` functions may be constant-folded."""
 
     name: str
     overloads: list[Overload] = field(default_factory=list)
@@ -38,6 +40,7 @@ class Function:
     member_impl: Callable[..., Any] | None = None
     cost: int = 0
     pure: bool = True
+    grow: Callable[..., int] | None = None
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -75,7 +78,7 @@ class Registry:
 
     def add(self, name: str, sigs: Iterable[str] | str, impl: Callable[..., Any] | None = None,
             member_impl: Callable[..., Any] | None = None, cost: int = 0,
-            pure: bool = True) -> None:
+            pure: bool = True, grow: Callable[..., int] | None = None) -> None:
         if isinstance(sigs, str):
             sigs = [s for s in sigs.split(";") if s.strip()]
         f = self.funcs.get(name)
@@ -91,6 +94,8 @@ class Registry:
             f.member_impl = f.member_impl or impl
         f.cost = max(f.cost, cost)
         f.pure = f.pure and pure
+        if grow is not None:
+            f.grow = grow
 
     def get(self, name: str) -> Function | None:
         return self.funcs.get(name)
@@ -99,5 +104,5 @@ class Registry:
         r = Registry()
         for k, f in self.funcs.items():
             r.funcs[k] = Function(f.name, list(f.overloads), f.impl, f.member_impl, f.cost,
-                                  f.pure)
+                                  f.pure, f.grow)
         return r

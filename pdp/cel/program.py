@@ -13,9 +13,15 @@ from . import ast as A
 from .checker import Checker
 from .codegen import CodeGen
 from .core import register_core
-from .cost import DEFAULT_ASSUMED_SIZE, estimate
+from .cost import (
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_MAX_INPUT_ELEMENTS,
+    InputSizes,
+    estimate_detail,
+)
 from .errors import CelCompileError, CelError, DeadlineExceeded
 from .functions import Registry
+from .meter import DEFAULT_MAX_LIST, DEFAULT_MAX_STRING, Limits
 from .parser import parse
 from .runtime import to_cel_error
 from .types import T, parse_type
@@ -40,12 +46,12 @@ class Budget:
 class Program:
     """A compiled expression: call :meth:`evaluate` with an activation (name -> value)."""
 
-    __slots__ = ("_fn", "check_errors", "cost_estimate", "result_type", "source",
-                 "source_hash", "uses_budget")
+    __slots__ = ("_fn", "check_errors", "cost_estimate", "cost_hotspot", "result_type",
+                 "source", "source_hash", "uses_budget")
 
     def __init__(self, source: str, fn: Callable[[Any, Any], Any], cost_estimate: int,
                  result_type: T, check_errors: list[CelCompileError],
-                 uses_budget: bool = True) -> None:
+                 uses_budget: bool = True, cost_hotspot: str = "") -> None:
         self.source = source
         self.source_hash = hashlib.sha256(source.encode("utf-8")).hexdigest()
         self._fn = fn
@@ -53,6 +59,7 @@ class Program:
         self.result_type = result_type
         self.check_errors = check_errors
         self.uses_budget = uses_budget
+        self.cost_hotspot = cost_hotspot  # "line:column `text`: why", the costliest part
 
     def evaluate(self, activation: Mapping[str, Any], budget: Budget | None = None) -> Any:
         """Evaluate; raises CelEvalError, or DeadlineExceeded / CostLimitExceeded."""
@@ -70,15 +77,29 @@ class Program:
 
 
 class Environment:
-    """Variable declarations and the function library that expressions compile against."""
+    """Variable declarations and the function library that expressions compile against.
+
+    Size bounds (see cost.py and meter.py): ``max_input_bytes`` / ``max_input_elements``
+    are what the static estimate assumes of any input string / list or map (the admission
+    worst case); ``max_string_bytes`` / ``max_list_size`` are the hard caps on any value
+    built during evaluation, enforced before the value is built (SizeLimitExceeded).
+    ``assumed_size`` is the former name of ``max_input_elements``."""
 
     def __init__(self, variables: Mapping[str, T | str] | None = None, container: str = "",
                  extensions: Iterable[str] = ("strings", "math", "encoders", "optionals",
                                               "domain"),
-                 assumed_size: int = DEFAULT_ASSUMED_SIZE) -> None:
+                 assumed_size: int | None = None, *,
+                 max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+                 max_input_elements: int = DEFAULT_MAX_INPUT_ELEMENTS,
+                 max_string_bytes: int = DEFAULT_MAX_STRING,
+                 max_list_size: int = DEFAULT_MAX_LIST) -> None:
         self.decls: dict[str, T] = {}
         self.container = container
-        self.assumed_size = assumed_size
+        if assumed_size is not None:
+            max_input_elements = assumed_size
+        self.assumed_size = max_input_elements
+        self.inputs = InputSizes(max_input_bytes, max_input_elements)
+        self.limits = Limits(max_string_bytes, max_list_size)
         self.registry = Registry()
         register_core(self.registry)
         from .extensions import register_extensions
@@ -106,19 +127,39 @@ class Environment:
         tree = self.parse(source)
         chk = _with_recursion(lambda: Checker(source, self.decls, self.registry,
                                               self.container, strict=check).check(tree))
-        cost = estimate(tree, self.registry, self.assumed_size)
-        if max_cost is not None and cost > max_cost:
-            raise CelCompileError(f"estimated worst-case cost {cost} exceeds the limit "
-                                  f"{max_cost}", source, 0)
-        gen = CodeGen(source, chk, self.registry)
+        est = _with_recursion(lambda: estimate_detail(
+            tree, self.registry, self.inputs, self.limits, chk.types, chk.calls))
+        hotspot = _describe(source, est.hotspot, est.note)
+        if max_cost is not None and est.cost > max_cost:
+            raise CelCompileError(
+                f"estimated worst-case cost {est.cost} exceeds the limit {max_cost}; "
+                f"the costliest part is {hotspot}", source,
+                est.hotspot.offset if est.hotspot is not None else 0)
+        gen = CodeGen(source, chk, self.registry, self.limits)
         fn = _with_recursion(lambda: gen.generate(tree))
-        return Program(source, fn, cost, chk.result, chk.errors, gen.uses_budget)
+        return Program(source, fn, est.cost, chk.result, chk.errors, gen.uses_budget,
+                       hotspot)
 
     def cache_key(self) -> str:
         """Identity of this environment for the program cache."""
-        parts = [self.container] + [f"{k}:{v}" for k, v in sorted(self.decls.items())]
+        parts = [self.container, repr(self.inputs), str(self.limits.max_string),
+                 str(self.limits.max_list)]
+        parts += [f"{k}:{v}" for k, v in sorted(self.decls.items())]
         parts += sorted(self.registry.funcs)
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _describe(source: str, node: A.Expr | None, note: str) -> str:
+    """``1:5 `text`` (why)`` for an admission message."""
+    if node is None:
+        return "the whole expression"
+    from .errors import _line_col
+    from .explain import unparse
+    line, col = _line_col(source, node.offset)
+    text = unparse(node)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{line}:{col} `{text}`" + (f" ({note})" if note else "")
 
 
 def _with_recursion(fn: Callable[[], Any]) -> Any:

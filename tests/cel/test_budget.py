@@ -45,9 +45,10 @@ def test_budget_errors_are_not_absorbed_by_logical_operators() -> None:
 def test_cost_accumulates_across_evaluations_sharing_a_budget() -> None:
     prog = pdp_environment().compile("config.items.exists(j, j == 5)")
     act = {"config": {"items": list(range(10))}}
-    b = Budget(cost_limit=15)
+    # every node is charged: 3 at entry (exists, config.items), 1 + 3 per iteration (6 run)
+    b = Budget(cost_limit=40)
     assert prog.evaluate(act, budget=b) is True
-    assert b.cost == 6
+    assert b.cost == 3 + 6 * 4
     with pytest.raises(CostLimitExceeded):
         prog.evaluate(act, budget=b)
         prog.evaluate(act, budget=b)
