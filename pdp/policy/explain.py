@@ -15,15 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from pdp.cel import Budget, Environment, pdp_environment
-from pdp.cel.domain import endpoint_host
 from pdp.cel.explain import explain_expression, render
 from pdp.policy.builtins import (
     ExporterRemoval,
     TlsInsecureRemote,
     _active_exporters,
     _exporters,
-    _used_exporters,
     insecure_remote_exporter,
+    receiving_exporters,
+    removed_exporter,
 )
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
@@ -75,37 +75,30 @@ def explain_policy(p: CompiledPolicy, ctx: EvalContext, code: str = "",
 
 
 def explain_exporter_removal(_: ExporterRemoval, ctx: EvalContext) -> Values:
-    previous = ctx.activation.get("previous_config")
-    remaining = _exporters(ctx.activation.get("config"))
-    pipelines: dict[str, str] = {}
-    for pipeline, exporter in _used_exporters(previous):
-        pipelines.setdefault(exporter, pipeline)
-    active = _active_exporters(ctx)
-    if active is not None:
-        for exporter in active:
-            if exporter not in remaining:
-                out = {"exporter": exporter, "source": "agent.active_exporters",
-                       "agent.active_exporters": render(active)}
-                if exporter in pipelines:
-                    out["pipeline"] = pipelines[exporter]
-                return out
+    found = removed_exporter(ctx)
+    if found is None:
         return {}
-    for exporter, pipeline in pipelines.items():
-        if exporter not in remaining:
-            return {"exporter": exporter, "pipeline": pipeline,
-                    "source": "previous_config.service.pipelines",
-                    "config.exporters": render(sorted(remaining))}
-    return {}
+    exporter, pipeline, source, defined = found
+    out = {"exporter": exporter, "source": source,
+           "defined": render(defined),
+           "receiving": render(sorted(receiving_exporters(ctx.activation.get("config"))))}
+    if pipeline:
+        out["pipeline"] = pipeline
+    if source == "agent.active_exporters":
+        out["agent.active_exporters"] = render(_active_exporters(ctx) or [])
+    else:
+        out["config.exporters"] = render(sorted(
+            str(k) for k in _exporters(ctx.activation.get("config"))))
+    return out
 
 
 def explain_tls_insecure(_: TlsInsecureRemote, ctx: EvalContext) -> Values:
     found = insecure_remote_exporter(ctx.activation.get("config"))
     if found is None:
         return {}
-    name, endpoint = found
-    return {"exporter": name, "endpoint": endpoint,
-            "host": endpoint_host(endpoint) or "(no endpoint)",
-            "tls.insecure": "true", "localhost": "false"}
+    out = {found.section: found.name, "endpoint": found.endpoint, "host": found.host,
+           found.setting: found.value, "localhost": "false"}
+    return out
 
 
 # ---------------------------------------------------------------- typed rules
