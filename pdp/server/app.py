@@ -20,6 +20,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from pdp.audit.anchors import AnchorKeyError
+from pdp.audit.files import AuditFileError
 from pdp.audit.log import AuditLog
 from pdp.audit.settings import AuditSettings
 from pdp.cel import ProgramCache, pdp_environment
@@ -37,7 +39,7 @@ from pdp.server.policies import PolicyReloader, open_policy_store, seed
 from pdp.server.services import DecisionService
 from pdp.server.tls import TLSConfigError, server_credentials
 from pdp.settings import Settings
-from pdp.telemetry import TelemetrySettings, create_telemetry
+from pdp.telemetry import LoopLagMonitor, TelemetrySettings, create_telemetry
 from pdp.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, decision_pb2
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -73,7 +75,10 @@ def audit_settings(settings: Settings) -> AuditSettings:
         redis_stream=settings.audit_redis_stream or "pdp:audit",
         redis_maxlen=settings.audit_redis_maxlen, spool_dir=settings.audit_spool_dir,
         stdout=settings.audit_stdout, mask_paths=list(settings.audit_mask_paths),
-        mask_mode=settings.audit_mask_mode)
+        mask_mode=settings.audit_mask_mode, anchor_key_file=settings.audit_anchor_key_file,
+        anchor_every_records=settings.audit_anchor_every_records,
+        anchor_every_s=settings.audit_anchor_every_s,
+        anchor_file=settings.audit_anchor_file)  # shared by --workers: lines name their ledger
 
 
 def _roles(entries: tuple[str, ...]) -> dict[str, list[str]]:
@@ -106,6 +111,7 @@ class Running:
     store: PolicyStore
     reloader: PolicyReloader
     edges: EdgeInterceptor
+    lag: LoopLagMonitor
 
 
 async def start(settings: Settings) -> Running:
@@ -119,8 +125,11 @@ async def start(settings: Settings) -> Running:
                 "require" if settings.tls_client_ca_file else "none")
         except TLSConfigError as exc:
             raise StartupError(str(exc)) from None
-    audit = AuditLog(audit_settings(settings))
-    await audit.start()
+    try:
+        audit = AuditLog(audit_settings(settings))
+        await audit.start()
+    except (AuditFileError, AnchorKeyError) as exc:
+        raise StartupError(f"audit: {exc}") from None
     store = open_policy_store(settings, audit.emit, cache)
     try:
         await seed(store, settings)
@@ -206,6 +215,8 @@ async def start(settings: Settings) -> Running:
                            f" {exc}") from None
     await server.start()
     reloader.start(engine.replace_policies)
+    lag = LoopLagMonitor(telemetry)
+    lag.start()
     # Everything loaded so far (policies, compiled programs, modules) lives as long as the
     # process: keep it out of the collector's generations so decisions don't pay for it.
     gc.collect()
@@ -217,7 +228,7 @@ async def start(settings: Settings) -> Running:
              tenants=len(policies.tenants()), counters="redis" if settings.redis_url else
              "in-process", audit_file=settings.audit_file, deadline_ms=settings.deadline_ms)
     return Running(server, health_servicer, engine, audit, counters, ports, store, reloader,
-                   edges)
+                   edges, lag)
 
 
 def _audit_service(audit: AuditLog) -> audit_pb2_grpc.AuditServiceServicer:
@@ -239,6 +250,7 @@ async def stop(running: Running, grace_s: float) -> None:
         log.warning("drain_timeout", grace_s=grace_s, in_flight=running.edges.in_flight,
                     effect="the calls still in flight are cancelled")
     await running.server.stop(max(0.0, until - loop.time()))
+    await running.lag.stop()
     await running.reloader.stop()
     await running.store.close()
     if running.engine.notifier is not None:

@@ -107,6 +107,7 @@ FIELD_LIMITS: dict[str, Limit] = {
     "pdp.v1.RecordEventRequest.device_id": text(ID),
     "pdp.v1.RecordEventRequest.group": text(ID),
     "pdp.v1.RecordEventRequest.request_id": text(ID),
+    "pdp.v1.RecordEventRequest.event_id": text(ID),
     "pdp.v1.EvaluateHealthRequest.tenant": text(ID),
     "pdp.v1.EvaluateHealthRequest.metrics": mapping(LABEL_KEY, None),
     "pdp.v1.EvaluateHealthRequest.request_id": text(ID),

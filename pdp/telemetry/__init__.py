@@ -52,11 +52,13 @@ Metric names (Prometheus form): ``pdp_decisions_total{outcome,tenant,checkpoint}
 ``pdp_decision_duration_seconds_*{tenant,checkpoint}``,
 ``pdp_deadline_exceeded_total{tenant,checkpoint}``, ``pdp_counter_store_errors_total{code,tenant}``,
 ``pdp_cel_cache_hit_ratio``, ``pdp_cel_cache_lookups_total{result}``, ``pdp_audit_queue_depth``,
-``pdp_audit_spooled_events``, ``pdp_notifications_total{channel,result}``.
+``pdp_audit_spooled_events``, ``pdp_notifications_total{channel,result}``,
+``pdp_event_loop_lag_seconds_*`` (from :class:`LoopLagMonitor`, a task the server runs).
 """
 
 from pdp.telemetry.base import DecisionTelemetry
 from pdp.telemetry.core import Telemetry
+from pdp.telemetry.lag import LoopLagMonitor
 from pdp.telemetry.logs import add_trace_ids
 from pdp.telemetry.noop import NO_TELEMETRY, NoTelemetry
 from pdp.telemetry.settings import TelemetrySettings
@@ -75,6 +77,7 @@ def create_telemetry(settings: TelemetrySettings) -> Telemetry | NoTelemetry:
 __all__ = [
     "NO_TELEMETRY",
     "DecisionTelemetry",
+    "LoopLagMonitor",
     "NoTelemetry",
     "Telemetry",
     "TelemetrySettings",

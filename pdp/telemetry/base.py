@@ -60,6 +60,11 @@ class DecisionTelemetry(Protocol):
     def record_counter_error(self, tenant: str, code: str = "COUNTER_STORE_UNAVAILABLE") -> None:
         ...
 
+    def record_loop_lag(self, lag_s: float) -> None:
+        """One sample of the event loop's lag: how late a timer fired (see
+        :class:`pdp.telemetry.lag.LoopLagMonitor`)."""
+        ...
+
     def observe_cache(self, fn: CacheStatsFn) -> None:
         """Register the compiled-expression cache's ``() -> (hits, misses)``."""
         ...

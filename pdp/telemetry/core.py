@@ -33,6 +33,12 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )
 
+# Event-loop lag buckets in seconds: a healthy loop is late by well under a millisecond;
+# anything past the 50 ms decision budget means calls are waiting for the loop.
+LAG_BUCKETS_S: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
 # Instrument names (OTel). Prometheus sees them with dots as underscores, a unit suffix and
 # ``_total`` on counters, e.g. ``pdp_decisions_total``, ``pdp_decision_duration_seconds``.
 M_DECISIONS = "pdp.decisions"
@@ -44,6 +50,7 @@ M_CACHE_LOOKUPS = "pdp.cel.cache.lookups"
 M_AUDIT_QUEUE = "pdp.audit.queue_depth"
 M_AUDIT_SPOOLED = "pdp.audit.spooled_events"
 M_NOTIFY = "pdp.notifications"
+M_LOOP_LAG = "pdp.event_loop.lag"
 
 SPAN_POLICY = "pdp.policy"
 SPAN_COUNTERS = "pdp.counters.reserve"
@@ -202,6 +209,9 @@ class Telemetry:
             M_DEADLINE, unit="1", description="Decisions denied with DEADLINE_EXCEEDED")
         self._counter_errors = m.create_counter(
             M_COUNTER_ERRORS, unit="1", description="Counter-store calls that failed")
+        self._loop_lag = m.create_histogram(
+            M_LOOP_LAG, unit="s", description="How late the event loop ran a periodic timer",
+            explicit_bucket_boundaries_advisory=LAG_BUCKETS_S)
         m.create_observable_gauge(
             M_CACHE_RATIO, callbacks=[self._observe_cache_ratio], unit="1",
             description="Compiled-expression cache hit ratio since start")
@@ -239,6 +249,9 @@ class Telemetry:
         if self.settings.tenant_label:
             labels["tenant"] = tenant
         self._counter_errors.add(1, labels)
+
+    def record_loop_lag(self, lag_s: float) -> None:
+        self._loop_lag.record(lag_s)
 
     def observe_cache(self, fn: CacheStatsFn) -> None:
         self._cache_fns.append(fn)

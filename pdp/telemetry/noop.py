@@ -48,6 +48,9 @@ class NoTelemetry:
     def record_counter_error(self, tenant: str, code: str = "COUNTER_STORE_UNAVAILABLE") -> None:
         pass
 
+    def record_loop_lag(self, lag_s: float) -> None:
+        pass
+
     def observe_cache(self, fn: CacheStatsFn) -> None:
         pass
 
