@@ -51,7 +51,11 @@ def compile_all(policies: Iterable[Policy], cache: ProgramCache | None = None
 
 @dataclass
 class Sandbox:
-    """An engine on fresh in-memory counters whose clock the caller moves."""
+    """An engine on fresh in-memory counters whose clock the caller moves.
+
+    Offline tools decide with exactly the policies they are given: drafts are evaluated
+    within the decision (``shadow_inline``) and a tenant with no policy among them is
+    decided by the built-ins (a server denies it UNKNOWN_TENANT by default)."""
 
     policies: PolicySet
     clock: ManualClock = field(default_factory=ManualClock)
@@ -63,7 +67,7 @@ class Sandbox:
         self.engine = Engine(self.policies, MemoryCounterStore(self.clock), NullAudit(),
                              ConfigCache(self.config_cache_size, 64 << 20),
                              EngineOptions(counter_timeout_s=DEFAULT_BUDGET_S, shadow_inline=True,
-                                           now=lambda: self._now))
+                                           unknown_tenants="builtins", now=lambda: self._now))
         self.set_time(self._now)
 
     @classmethod

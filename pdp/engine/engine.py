@@ -87,6 +87,9 @@ class EngineOptions:
     #: tools only: policy tests, replay). A server never sets it: drafts must not touch the
     #: live answer or its latency.
     shadow_inline: bool = False
+    #: A tenant pdp does not know (no policy, never created): ``deny`` (UNKNOWN_TENANT), or
+    #: ``builtins`` (decided by the built-ins alone: single-tenant set-ups only).
+    unknown_tenants: str = "deny"
     # Returns why the policy set cannot be trusted (policy store out of reach), or None.
     policies_stale: Callable[[], str | None] | None = None
     # Decision time source (policy tests and replay pin it); None = the wall clock.
@@ -203,6 +206,27 @@ def _counter_rule(p: CompiledPolicy, scope: str) -> CounterRule | str:
             min_deployments=max(1, spec.min_deployments), counter_id=p.name)
     except ValueError as exc:
         return str(exc)
+
+
+#: Checkpoints that ask about a collector config: it must be there, and be a mapping.
+_CONFIG_CHECKPOINTS = frozenset({Checkpoint.PUSH, Checkpoint.AUTO_APPLY})
+
+
+def _config_problem(req: CheckRequest, ctx: EvalContext) -> str | None:
+    """Why the config cannot be judged (then the decision denies), or None. An empty or
+    scalar config would otherwise pass every policy that looks for something in it."""
+    if req.checkpoint not in _CONFIG_CHECKPOINTS:
+        return None
+    for name, field_name in (("config", "config.yaml"),
+                             ("previous_config", "previous_config.yaml")):
+        value = ctx.activation.get(name)
+        if value is None and name == "previous_config":
+            continue
+        if type(value) is not dict:
+            what = "empty" if value is None else f"a {type(value).__name__}"
+            return (f"{field_name}: a {req.checkpoint.value} needs a collector config that is a"
+                    f" mapping, got {what}")
+    return None
 
 
 class Engine:
@@ -341,8 +365,10 @@ class Engine:
                                                      deadline, memo))
                     continue
             try:
+                # A step's config is parsed once for all its agents: step-level work, under
+                # the step's deadline rather than one agent's share.
                 ctx = await build_context(req, self.configs, now,
-                                          deadline=deadline.expires_at)
+                                          deadline=max(deadline.expires_at, eval_end))
             except ParseDeadlineExceeded as exc:
                 pending.append(self._refused(req, decision_id, started, _system(
                     "DEADLINE_EXCEEDED", f"the decision deadline ran out while the config"
@@ -484,6 +510,18 @@ class Engine:
         stale = self.options.policies_stale() if self.options.policies_stale else None
         if stale is not None:
             decision.reasons.append(_system("POLICY_STORE_UNAVAILABLE", stale))
+            return item
+        if self.options.unknown_tenants == "deny" and not self.policies.knows(req.tenant):
+            decision.reasons.append(_system(
+                "UNKNOWN_TENANT", f"tenant {req.tenant[:100]!r} is not known here (it has no"
+                                  " policy and was not created): check its spelling, or have"
+                                  " an admin create it"))
+            item.shadow = ()
+            return item
+        problem = _config_problem(req, ctx)
+        if problem is not None:
+            decision.reasons.append(_system("INVALID_CONFIG", problem))
+            item.shadow = ()
             return item
         counted: list[CompiledPolicy] = []
         traced = self.telemetry.enabled

@@ -22,9 +22,13 @@ class PolicySet:
     policies: list[CompiledPolicy]
     builtins: list[CompiledPolicy]
     relaxed: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: Tenants known besides those with a policy here (created by an admin, or whose policies
+    #: are all retired): a decision for a tenant outside both is UNKNOWN_TENANT.
+    known_tenants: frozenset[str] = frozenset()
     _index: dict[tuple[str, Checkpoint], list[CompiledPolicy]] = field(
         default_factory=dict, init=False, repr=False)
     _tenants: set[str] = field(default_factory=set, init=False, repr=False)
+    _known: frozenset[str] = field(default_factory=frozenset, init=False, repr=False)
     _selections: dict[tuple[object, ...], list[CompiledPolicy]] = field(
         default_factory=dict, init=False, repr=False)
 
@@ -35,6 +39,8 @@ class PolicySet:
         for p in live:  # one pass: start-up must not be tenants x policies
             by_tenant.setdefault(p.policy.tenant, []).append(p)
         self._tenants = set(by_tenant) | set(self.relaxed)
+        self._known = (frozenset(p.policy.tenant for p in self.policies)
+                       | self._tenants | self.known_tenants)
         for tenant in [*self._tenants, ""]:
             relaxed = self.relaxed.get(tenant, frozenset())
             mine = [b for b in self.builtins if b.name not in relaxed] + by_tenant.get(tenant, [])
@@ -43,6 +49,10 @@ class PolicySet:
 
     def tenants(self) -> set[str]:
         return set(self._tenants)
+
+    def knows(self, tenant: str) -> bool:
+        """Whether ``tenant`` exists: it has a policy (of any status) or was created."""
+        return tenant in self._known
 
     def for_tenant(self, tenant: str, checkpoint: Checkpoint) -> list[CompiledPolicy]:
         """Every enabled, non-retired policy of ``tenant`` at ``checkpoint`` (built-ins first)."""

@@ -96,7 +96,8 @@ class PolicyReloader:
             compiled[(p.tenant, p.name, p.version, p.status.value, p.content_hash)] = c
         self._compiled = compiled
         self.revision = snap.revision
-        return PolicySet(list(compiled.values()), self._builtins, snap.relaxed())
+        return PolicySet(list(compiled.values()), self._builtins, snap.relaxed(),
+                         known_tenants=frozenset(snap.tenants))
 
     def start(self, apply: Callable[[PolicySet], None]) -> None:
         self._task = asyncio.create_task(self._follow(apply), name="pdp-policy-reload")

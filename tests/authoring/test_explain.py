@@ -41,6 +41,9 @@ def values(d: Decision, policy: str) -> dict[str, str]:
 
 
 def push(config: Any = None, explain: bool = True, **kw: Any) -> CheckRequest:
+    """A push (with an empty collector config unless given: a push always carries one)."""
+    if config is None:
+        config = {"receivers": {}}
     text = yaml.safe_dump(config) if isinstance(config, dict) else config
     return CheckRequest(tenant="t", checkpoint=kw.pop("checkpoint", Checkpoint.PUSH),
                         agent=kw.pop("agent", {"id": "a1", "labels": {}}), config_yaml=text,

@@ -18,6 +18,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdpServer]:
     root = tmp_path_factory.mktemp("explain")
     policy_dir = root / "policies"
     policy_dir.mkdir()
+    # Tenant t1 exists (it has a policy); the built-in is what denies below.
+    (policy_dir / "t1.yaml").write_text(
+        "tenant: t1\nname: quiet\nrule: {cel: {deny: 'false'}}\n")
     srv = PdpServer(root, policy_dir=policy_dir, env={"PYTHONPATH": str(ROOT)}).start()
     try:
         yield srv

@@ -14,7 +14,8 @@ from tests.engine.test_engine import CEL, engine_for, push
 
 
 async def test_config_text_is_audited_once_and_decisions_name_it_by_hash() -> None:
-    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"),
+                               tenants=frozenset({"t", "u"}))
     prev = "a: 0\n"
     reqs = [push(config="a: 1\n", agent=f"a{i}", previous_config_yaml=prev) for i in range(5)]
     await engine.check_batch(reqs, 1.0)

@@ -8,6 +8,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from pdp.counters import CounterKind, CounterRule
 from pdp.engine.engine import cap_message
 from pdp.engine.shadow import ShadowOptions
@@ -181,3 +183,28 @@ async def test_a_draft_counter_rule_reports_would_deny_from_the_live_counts() ->
                 "the draft's would-deny")
     [would] = [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
     assert would["policy"] == "draft-cooldown" and would["code"] == "COOLDOWN_ACTIVE"
+
+
+async def test_an_unknown_tenant_is_denied_not_decided_by_builtins_alone() -> None:
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+    d = await engine.check(push(tenant="aume"), 1.0)
+    assert not d.allowed
+    [reason] = d.reasons
+    assert reason.code == "UNKNOWN_TENANT" and "'aume'" in reason.message
+    assert audit.decisions[-1]["reasons"][0]["code"] == "UNKNOWN_TENANT"
+    engine.options = replace(engine.options, unknown_tenants="builtins")  # single-tenant
+    assert (await engine.check(push(tenant="aume"), 1.0)).allowed
+
+
+@pytest.mark.parametrize(("config", "what"), [
+    (None, "got empty"), ("", "got empty"), ("just a string", "got a str"),
+    ("[1, 2]", "got a list"), ("42", "got a int"),
+])
+async def test_a_push_without_a_mapping_config_is_denied(config: str | None,
+                                                         what: str) -> None:
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
+    d = await engine.check(push(config), 1.0)
+    assert not d.allowed
+    [reason] = d.reasons
+    assert reason.code == "INVALID_CONFIG" and what in reason.message
+    assert reason.message.startswith("config.yaml:")
