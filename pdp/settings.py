@@ -61,11 +61,21 @@ class Settings:
         (), "request paths masked in audit events, e.g. config.exporters.*.headers")
     audit_mask_mode: Literal["hash", "remove"] = _s(
         "hash", "masked values are replaced by their hash, or removed")
+    audit_anchor_key_file: str | None = _s(
+        None, "key file (>= 16 bytes) for HMAC-signed checkpoints of the audit chain, so"
+              " `pdp audit verify --key` detects re-chaining and truncation; unset = none")
+    audit_anchor_every_records: int = _s(1000, "write a signed checkpoint every N audit records")
+    audit_anchor_every_s: float = _s(10.0, "...or every N seconds (and at shutdown; in sync"
+                                           " durability with every batch)")
+    audit_anchor_file: str | None = _s(None, "append-only copy of the checkpoints, to ship off"
+                                             " the host (default: <audit_file>.anchors)")
     redis_url: str | None = _s(
         None, "Redis for counters (redis://, rediss://, unix://); unset = in-process counters")
     redis_cluster: bool = _s(False, "the Redis URL points at a Redis Cluster")
     redis_timeout_ms: int = _s(20, "per-call Redis timeout (capped by the decision deadline)")
     redis_pool_size: int = _s(32, "Redis connection pool size")
+    counter_state_lost: str = _s("deny", "when Redis comes back without pdp's counter state:"
+                                 " deny (until `pdp counters ack`) or wait (the longest window)")
     deadline_ms: int = _s(50, "decision budget; shorter if the caller's gRPC deadline is shorter")
     step_budget_ms: int = _s(1000, "one budget for a whole CheckPushBatch step, shared fairly by"
                              " its agents (shorter if the caller's gRPC deadline is shorter)")
@@ -74,6 +84,9 @@ class Settings:
     shadow_backlog: int = _s(1024, "decisions whose drafts may wait for evaluation; beyond it"
                              " they are skipped, counted and noted in the audit")
     shadow_share: float = _s(0.1, "most of the event loop's time draft evaluation may take")
+    unknown_tenants: Literal["deny", "builtins"] = _s(
+        "deny", "a decision for a tenant with no policy that was never created: deny"
+                " (UNKNOWN_TENANT), or decide it by the built-ins alone (single-tenant set-ups)")
     cel_cost_limit: int = _s(1_000_000, "runtime cost budget per CEL evaluation")
     cel_max_cost_estimate: int = _s(
         100_000_000, "policies whose static worst-case cost estimate exceeds this are rejected")
@@ -133,9 +146,13 @@ class Settings:
                      "shadow_budget_ms", "shadow_backlog",
                      "max_batch_agents", "max_config_bytes", "audit_queue_size",
                      "audit_rotate_bytes", "redis_timeout_ms", "redis_pool_size", "workers",
-                     "audit_seen_refresh_s"):
+                     "audit_seen_refresh_s", "audit_anchor_every_records",
+                     "audit_anchor_every_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.counter_state_lost not in ("deny", "wait"):
+            raise SettingsError(f"counter_state_lost: {self.counter_state_lost!r} must be deny"
+                                " or wait")
         if not 0 < self.shadow_share <= 1:
             raise SettingsError(f"shadow_share: must be in (0, 1], got {self.shadow_share}")
         if self.redis_url is not None and not self.redis_url.startswith(
