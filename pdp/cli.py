@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain of audit files")
     verify.add_argument("paths", nargs="+")
+    verify.add_argument("--key", metavar="FILE",
+                        help="anchor key file (audit_anchor_key_file): also check the signed"
+                             " checkpoints (re-chaining, records cut off the end)")
+    verify.add_argument("--anchors", metavar="FILE", action="append",
+                        help="anchor file to check against, e.g. a copy shipped off the host"
+                             " (repeatable; default: <audit file>.anchors)")
     show = audit_sub.add_parser(
         "show", help="one decision by id, with the config texts and policy list it names"
                      " by hash put back in place, and the events derived from it")
@@ -96,6 +102,10 @@ def _authoring_parsers(sub: Any) -> None:
                         help="audit file or directory, rotated siblings included (repeatable;"
                              " default: every ledger beside the audit_file setting)")
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    counters = sub.add_parser("counters", help="counter store administration")
+    counters.add_argument("counters_command", choices=["ack"],
+                          help="ack: accept a lost counter state (see `pdp counters ack -h`)")
+    counters.add_argument("argv", nargs=argparse.REMAINDER)
 
 
 def _quiet() -> None:
@@ -231,14 +241,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return show_main(args.decision_id, paths)
     from pdp.audit.verify import main as verify_main
 
-    return verify_main(list(args.paths))
+    extra = ["--key", args.key] if args.key else []
+    for anchors in args.anchors or ():
+        extra += ["--anchors", anchors]
+    return verify_main([*extra, "--", *args.paths])
+
+
+def cmd_counters(args: argparse.Namespace) -> int:
+    from pdp.counters.ack import main as counters_main
+
+    return counters_main([args.counters_command, *args.argv])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "check": cmd_check, "health": cmd_health,
                 "audit": cmd_audit, "test": cmd_test, "policy": cmd_policy,
-                "replay": cmd_replay}
+                "replay": cmd_replay, "counters": cmd_counters}
     return handlers[args.command](args)
 
 

@@ -7,8 +7,11 @@ has the file open keeps reading it undisturbed.
 
 Torn tails: after ``kill -9`` (or a crash) the last line may be cut short. Such a record was
 never acknowledged (acknowledgement follows the fsync of complete lines). On restart the
-writer moves the fragment to ``audit.jsonl.torn-<unix time>`` (kept as evidence, never read as
-part of the chain) and truncates; ``verify`` reports an incomplete final line as a warning.
+writer moves the fragment to ``audit.jsonl.torn-<unix time ms>`` (kept as evidence, never read as
+part of the chain), truncates, and records that it did in the chain (``Audit.TornTail``);
+``verify`` reports an incomplete final line and moved-aside fragments as warnings. With anchors
+(see anchors.py) a torn line an anchor covers was acknowledged: the writer refuses to start on
+it and ``verify --key`` reports it as lost.
 """
 
 from __future__ import annotations
@@ -65,10 +68,12 @@ def ledger_files(active: Path) -> list[LedgerFile]:
     return out
 
 
-def last_line(path: Path) -> tuple[int, bytes]:
-    """The file's last line (complete or not, newline kept) and its byte offset."""
+def last_line(path: Path, end: int | None = None) -> tuple[int, bytes]:
+    """The file's last line (complete or not, newline kept) and its byte offset; ``end``:
+    as if the file ended there."""
     with open(path, "rb") as f:
-        end = f.seek(0, os.SEEK_END)
+        size = f.seek(0, os.SEEK_END)
+        end = size if end is None else min(end, size)
         if end == 0:
             return 0, b""
         chunk = 64 * 1024
@@ -99,28 +104,35 @@ def first_record(path: Path) -> Record | None:
         return None
 
 
+def _whole_record(line: bytes) -> bool:
+    try:
+        return hash_ok(parse_line(line))
+    except ValueError:
+        return False
+
+
 def repair_tail(path: Path) -> int:
-    """Cut an incomplete final line off ``path`` (moved aside as evidence); bytes removed.
+    """Cut an incomplete final line off ``path`` (moved aside as evidence); bytes removed."""
+    return repair_tail_to(path)[0]
+
+
+def repair_tail_to(path: Path) -> tuple[int, Path | None]:
+    """``repair_tail``, also saying where the fragment went (None: nothing was cut).
 
     A final line that is a complete, self-consistent record missing only its newline gets the
     newline instead.
     """
     if not path.exists():
-        return 0
+        return 0, None
     off, line = last_line(path)
     if not line or line.endswith(b"\n"):
-        return 0
-    try:
-        rec = parse_line(line)
-        complete = hash_ok(rec)
-    except ValueError:
-        complete = False
-    if complete:
+        return 0, None
+    if _whole_record(line):
         with open(path, "ab") as f:
             f.write(b"\n")
             f.flush()
             os.fsync(f.fileno())
-        return 0
+        return 0, None
     torn = path.with_name(f"{path.name}.torn-{int(time.time() * 1000)}")
     with open(torn, "wb") as t:
         t.write(line)
@@ -130,7 +142,28 @@ def repair_tail(path: Path) -> int:
         f.truncate(off)
         f.flush()
         os.fsync(f.fileno())
-    return len(line)
+    return len(line), torn
+
+
+def complete_head(active: Path) -> tuple[ChainHead, bool]:
+    """Where the chain stands counting whole records only (a torn final line of the active
+    file left out, the file untouched), and whether there is such a line: what the writer
+    compares with the last anchor before it repairs anything."""
+    torn = False
+    for lf in reversed(ledger_files(active)):
+        off, line = last_line(lf.path)
+        if lf.first_seq is None and line and not line.endswith(b"\n") \
+                and not _whole_record(line):
+            torn = True
+            off, line = last_line(lf.path, off) if off else (0, b"")
+        if not line:
+            continue
+        try:
+            rec = parse_line(line)
+        except ValueError:
+            continue
+        return ChainHead(rec["seq"], rec["hash"]), torn
+    return ChainHead(), torn
 
 
 def find_head(active: Path) -> ChainHead:

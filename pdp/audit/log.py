@@ -18,11 +18,17 @@ Why this shape:
 * A failing ledger write is retried (the file is cut back to the last whole record first);
   a failed fsync fails the durable waiters of that batch with ``AuditWriteError`` rather than
   pretend.
+* With an anchor key (``anchor_key_file``) the writer ends some batches with a signed
+  checkpoint (anchors.py): every ``anchor_every_records`` records or ``anchor_every_s``
+  seconds, at shutdown, and every batch that has durable waiters, so in ``sync`` mode a
+  decision is answered only once a checkpoint covering it is on disk, in the ledger and in
+  the anchor file. Group commit keeps that to one line and one small fsync per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +37,10 @@ from typing import Any
 
 import structlog
 
+from pdp.audit.anchors import TORN_TAIL, Anchorer, AnchorKey
 from pdp.audit.chain import EncodedEvent, Entry, Record, encode_event
 from pdp.audit.delivery import Forwarder
-from pdp.audit.events import DecisionInput, Event, events_for_decision
+from pdp.audit.events import DecisionInput, Event, events_for_decision, format_time
 from pdp.audit.masking import Masker
 from pdp.audit.settings import AuditSettings
 from pdp.audit.sinks import Sink
@@ -94,8 +101,12 @@ class _Stop:
     pass
 
 
+class _AnchorTick:
+    """Put by the anchor timer: checkpoint now if records wait for one (an idle log)."""
+
+
 #: An event with no waiter is queued as its EncodedEvent alone.
-_QueueItem = EncodedEvent | _Item | _Barrier | _Stop
+_QueueItem = EncodedEvent | _Item | _Barrier | _Stop | _AnchorTick
 
 
 class AuditLog:
@@ -105,7 +116,12 @@ class AuditLog:
         s = self.settings
         self._masker = Masker(s.mask_paths, s.mask_mode,
                               s.mask_hmac_key.encode() if s.mask_hmac_key else None)
-        self._ledger = Ledger(s.path, s.rotate_bytes)
+        anchorer = None
+        if s.anchor_key_file:
+            anchorer = Anchorer(AnchorKey.from_file(s.anchor_key_file), s.anchor_path,
+                                every_records=s.anchor_every_records, every_s=s.anchor_every_s)
+        self._ledger = Ledger(s.path, s.rotate_bytes, anchorer)
+        self._ticker: asyncio.Task[None] | None = None
         spool_dir = Path(s.spool_path)
         self._overflow = Spool(spool_dir / "overflow.jsonl")
         self._overflow_active = False
@@ -155,8 +171,15 @@ class AuditLog:
             fw.start()
             self._forwarders.append(fw)
         self._state = "running"
+        if self._ledger.torn_moved_to is not None:
+            # In the chain, so verify reports it even once the fragment is gone.
+            self.emit({"type": TORN_TAIL, "time": format_time(None),
+                       "bytes": self._ledger.torn_bytes_repaired,
+                       "moved_to": self._ledger.torn_moved_to.name, "after_seq": head.seq})
         self._writer = asyncio.create_task(self._run(), name="audit-writer")
         self._writer.add_done_callback(self._writer_done)
+        if self._ledger.anchorer is not None:
+            self._ticker = asyncio.create_task(self._anchor_timer(), name="audit-anchor-timer")
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -181,6 +204,8 @@ class AuditLog:
             return
         self._state = "closing"
         assert self._queue is not None and self._writer is not None
+        if self._ticker is not None:
+            self._ticker.cancel()
         await self._queue.put(_Stop())
         try:
             await self._writer
@@ -315,6 +340,23 @@ class AuditLog:
 
     # -- the writer ------------------------------------------------------------------------
 
+    async def _anchor_timer(self) -> None:
+        """Wake the writer when records have waited ``anchor_every_s`` for a checkpoint and
+        no batch came along to carry one."""
+        anchorer = self._ledger.anchorer
+        assert anchorer is not None and self._queue is not None
+        while True:
+            left = anchorer.seconds_left()
+            if left > 0:
+                await asyncio.sleep(left)
+                continue
+            if anchorer.unanchored:
+                with contextlib.suppress(asyncio.QueueFull):  # busy: a batch will carry it
+                    self._queue.put_nowait(_AnchorTick())
+            # Idle (or just ticked): records arriving later are anchored by their own batch
+            # when this much time has passed since the last checkpoint.
+            await asyncio.sleep(anchorer.every_s)
+
     def _prepare(self, event: Mapping[str, Any]) -> EncodedEvent:
         """Mask, reduce to pure JSON data and encode (done once; the text is what gets
         hashed)."""
@@ -337,6 +379,8 @@ class AuditLog:
                     await asyncio.sleep(1.0)
                 continue
             if stopping and self._queue.empty():
+                if self._ledger.anchorer is not None and self._ledger.anchorer.unanchored:
+                    await self._checkpoint()  # at shutdown: everything written is anchored
                 return
             item = await self._queue.get()
             batch: list[_QueueItem] = [item]
@@ -346,7 +390,7 @@ class AuditLog:
             events: list[Any] = []
             waiters: list[asyncio.Future[int] | None] = []
             barriers: list[asyncio.Future[int]] = []
-            fsync = False
+            fsync = tick = False
             for b in batch:
                 t = type(b)
                 if t is EncodedEvent:
@@ -363,9 +407,13 @@ class AuditLog:
                     assert isinstance(b, _Barrier)
                     barriers.append(b.waiter)
                     fsync = fsync or b.fsync
+                elif t is _AnchorTick:
+                    tick = True
                 else:
                     stopping = True
             await self._write(events, waiters or None, sync=fsync or bool(waiters))
+            if tick and self._ledger.anchor_due(0):
+                await self._checkpoint()
             if fsync and self._unsynced:
                 try:
                     await asyncio.to_thread(self._ledger.sync)
@@ -396,9 +444,21 @@ class AuditLog:
         if self._overflow.pending == 0:
             self._overflow_active = False
 
-    def _append(self, events: list[Any], sync: bool) -> Any:
+    def _append(self, events: list[Any], sync: bool, anchor: bool = False) -> Any:
         """Chain and write (events were masked and encoded by ``emit``)."""
-        return self._ledger.append(events, sync)
+        return self._ledger.append(events, sync, anchor)
+
+    async def _checkpoint(self) -> None:
+        """A checkpoint on its own (timer, shutdown); a failure is logged and retried by the
+        next batch or tick (the records stay counted as not anchored)."""
+        res = await asyncio.to_thread(self._append, [], True, True)
+        if res.synced:
+            self._fsyncs += 1
+            self._unsynced = False
+        if res.error is not None:
+            self._write_errors += 1
+            log.error("audit checkpoint failed", error=str(res.error))
+        self._after_write(res.published, None, None)
 
     async def _write(self, events: list[Any], waiters: list[asyncio.Future[int] | None] | None,
                      sync: bool) -> None:
@@ -411,22 +471,25 @@ class AuditLog:
         answered only after it), and writes that may rotate the file, go to the thread.
         """
         backoff = 0.05
+        ledger = self._ledger
         while events:
             step = self.settings.inline_max
-            if not sync and step and self._ledger.room() > _INLINE_ROOM:
+            # Durable waiters are answered only once a checkpoint covers them (with anchors).
+            anchor = ledger.anchoring and (bool(waiters) or ledger.anchor_due(len(events)))
+            if not sync and not anchor and step and ledger.room() > _INLINE_ROOM:
                 chunk = events[:step]
                 res = self._append(chunk, False)
             else:
                 chunk = events
-                res = await asyncio.to_thread(self._append, events, sync)
+                res = await asyncio.to_thread(self._append, events, sync, anchor)
             n = len(res.entries)
             if res.synced:
                 self._fsyncs += 1
                 self._unsynced = False
             elif n:
                 self._unsynced = True
-            failed_sync = res.error if sync and not res.synced else None
-            self._after_write(res.entries, waiters[:n] if waiters else None, failed_sync)
+            failed_sync = res.error if (sync or anchor) and not res.synced else None
+            self._after_write(res.published, waiters[:n] if waiters else None, failed_sync)
             done = len(chunk) if res.error is None else n
             events = events[done:]
             if waiters:
@@ -444,11 +507,12 @@ class AuditLog:
 
     def _after_write(self, entries: list[Entry], waiters: list[asyncio.Future[int] | None] | None,
                      sync_error: BaseException | None) -> None:
-        """Answer the ``waiters`` of ``entries`` (None: nobody waits), then fan out."""
+        """Answer the ``waiters`` of ``entries`` (None: nobody waits; a checkpoint after the
+        waited-for entries has none), then fan out."""
         if not entries:
             return
         self._written += len(entries)
-        for w, e in zip(waiters or (), entries if waiters else (), strict=True):
+        for w, e in zip(waiters or (), entries[:len(waiters)] if waiters else (), strict=True):
             if w is None or w.done():
                 continue
             if sync_error is not None:

@@ -65,6 +65,16 @@ class AuditSettings:
     sink_retry_max: float = 2.0
     #: How long ``close`` tries to deliver to sinks before leaving the rest in their spools.
     close_timeout: float = 5.0
+    #: Key file for signed checkpoints of the chain (anchors.py); None = no checkpoints.
+    anchor_key_file: str | None = None
+    #: A checkpoint ends the batch that brings the records since the last one to this many...
+    anchor_every_records: int = 1000
+    #: ...or that comes this many seconds after it (an idle log gets one within this time).
+    #: With ``sync`` durability every batch that has waiters also ends with one, and at
+    #: shutdown the rest is checkpointed.
+    anchor_every_s: float = 10.0
+    #: Append-only copy of the checkpoints, to ship off the host; None = ``<path>.anchors``.
+    anchor_file: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("rotate_bytes", "queue_size", "batch_size", "watch_buffer",
@@ -77,6 +87,8 @@ class AuditSettings:
             raise ValueError(f"audit durability: 'async' or 'sync', got {self.durability!r}")
         if self.mask_mode not in ("remove", "hash"):
             raise ValueError(f"audit mask_mode: 'remove' or 'hash', got {self.mask_mode!r}")
+        if self.anchor_every_records <= 0 or not self.anchor_every_s > 0:
+            raise ValueError("audit anchor_every_records / anchor_every_s: must be > 0")
         if self.redis_maxlen is not None and self.redis_maxlen <= 0:
             raise ValueError("audit redis_maxlen: must be > 0 or None")
         self.mask_paths = list(self.mask_paths)
@@ -86,6 +98,12 @@ class AuditSettings:
         if self.spool_dir is not None:
             return self.spool_dir
         return os.path.abspath(self.path) + ".spool"
+
+    @property
+    def anchor_path(self) -> str:
+        if self.anchor_file is not None:
+            return self.anchor_file
+        return os.path.abspath(self.path) + ".anchors"
 
     @property
     def instance_name(self) -> str:

@@ -11,11 +11,26 @@ than "seq 811 was removed":
 * reordered  - the missing seq does turn up a little later;
 * inserted   - a seq that was already seen shows up again (a copy or a forged record).
 
-Limits, said plainly: a chain cannot show that records were cut off its *end* (compare the last
-seq with the Redis stream or a copy), and a run that starts above seq 1 is only noted (older
-files may have been archived), unless a rotated file's name (its first seq) disagrees with its
-content. An incomplete final line of the last file is what ``kill -9`` mid-write leaves; it is
-a warning, not tampering (such a record was never acknowledged - see files.py).
+Limits of the chain alone, said plainly: it cannot show that records were cut off its *end*,
+nor that someone edited a record and recomputed every later hash (re-chaining), and a run that
+starts above seq 1 is only noted (older files may have been archived), unless a rotated file's
+name (its first seq) disagrees with its content. An incomplete final line of the last file is
+what ``kill -9`` mid-write leaves; without anchors it is a warning.
+
+With ``--key`` (the anchor key the writer signed checkpoints with, see anchors.py) the signed
+checkpoints close those gaps, each reported as its own kind:
+
+* rechained  - a checkpoint's MAC is fine but the chain no longer has the head it signed (or
+  the record an anchor names is no longer that checkpoint): records were changed, inserted or
+  removed and the later hashes recomputed;
+* forged     - a checkpoint's MAC does not match its content;
+* wrong_key  - checkpoints carry another key id than the given key's;
+* truncated  - the latest anchor (from the anchor file, outside the ledger) names more records
+  than the ledger has: records cut off the end, or a torn final line that was acknowledged;
+* removed    - also: a rotated file a checkpoint names is gone;
+* unanchored - ``--key`` was given but no checkpoint exists anywhere.
+
+Without ``--key`` anchors are not checked, and the result says so.
 """
 
 from __future__ import annotations
@@ -29,11 +44,22 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from pdp.audit.anchors import (
+    CHECKPOINT,
+    TORN_TAIL,
+    AnchorKey,
+    AnchorKeyError,
+    AnchorLine,
+    default_anchor_path,
+    read_anchors,
+)
 from pdp.audit.chain import GENESIS, Record, hash_ok, parse_line
+from pdp.audit.files import ledger_of
 
-Kind = Literal["edited", "removed", "inserted", "reordered", "malformed"]
+Kind = Literal["edited", "removed", "inserted", "reordered", "malformed", "truncated",
+               "rechained", "forged", "wrong_key", "unanchored"]
 
 #: How far ahead / back to look when classifying a break.
 WINDOW = 10_000
@@ -65,6 +91,8 @@ class VerifyResult:
     files: list[str] = field(default_factory=list)
     problem: Problem | None = None
     warnings: list[str] = field(default_factory=list)
+    #: What was checked against signed checkpoints (or that nothing was: no ``--key``).
+    anchors: str = "not verified (no --key)"
 
     @property
     def status(self) -> str:
@@ -74,13 +102,15 @@ class VerifyResult:
         if self.problem is not None:
             p = self.problem
             seq = f" (seq {p.seq})" if p.seq is not None else ""
-            head = f"TAMPERED: {p.kind} record at {p.file}:{p.line}{seq}: {p.detail}"
+            where = f"record at {p.file}:{p.line}" if p.line else f"at {p.file}"
+            head = f"TAMPERED: {p.kind} {where}{seq}: {p.detail}"
         elif self.count:
             head = (f"ok: {self.count} records, seq {self.first_seq}..{self.last_seq}, "
                     f"{len(self.files)} file(s)")
         else:
             head = f"ok: 0 records, {len(self.files)} file(s)"
-        return "\n".join([head, *(f"warning: {w}" for w in self.warnings)])
+        return "\n".join([head, f"anchors: {self.anchors}",
+                          *(f"warning: {w}" for w in self.warnings)])
 
 
 _Fail = Callable[[Kind, Location, int | None, str], VerifyResult]
@@ -93,6 +123,8 @@ class _Rec:
     prev: str
     loc: Location
     hash_ok: bool
+    #: The event, kept for checkpoints and torn-tail notes only.
+    event: dict[str, Any] | None = None
 
 
 @dataclass
@@ -147,14 +179,41 @@ def _parse(raw: bytes, loc: Location, torn: bool) -> _Rec | _Bad:
         rec: Record = parse_line(raw)
     except ValueError as e:
         return _Bad(loc, str(e) or "not JSON", torn)
-    return _Rec(rec["seq"], rec["hash"], rec["prev"], loc, hash_ok(rec))
+    ev = rec["event"]
+    keep = isinstance(ev, dict) and ev.get("type") in (CHECKPOINT, TORN_TAIL)
+    return _Rec(rec["seq"], rec["hash"], rec["prev"], loc, hash_ok(rec), ev if keep else None)
 
 
-def verify_paths(paths: Sequence[str | Path]) -> VerifyResult:
-    """Check the chain across ``paths`` (files or directories); the first problem wins.
+def verify_paths(paths: Sequence[str | Path], key: AnchorKey | None = None,
+                 anchor_files: Sequence[str | Path] | None = None) -> VerifyResult:
+    """Check the chain across ``paths`` (files or directories), then (with ``key``) the
+    signed checkpoints in it and in the anchor files (default: ``<ledger>.anchors`` beside
+    it); the first problem wins.
 
     Raises ``OSError`` when a file cannot be read (the CLI turns that into exit code 2).
     """
+    res, seen = _verify_chain(paths)
+    if res.problem is None:
+        _notes(res, seen)
+        if key is not None:
+            res.anchors = f"checked with key id {key.key_id}: failed"
+            _verify_anchors(res, seen, key, anchor_files)
+    elif key is not None:
+        res.anchors = "not checked: the hash chain itself is broken"
+    return res
+
+
+@dataclass
+class _Seen:
+    """What the chain pass keeps for the anchor checks."""
+
+    checkpoints: list[_Rec] = field(default_factory=list)
+    torn_tails: list[_Rec] = field(default_factory=list)
+    #: The incomplete final line the chain pass stopped at, if any.
+    torn: Location | None = None
+
+
+def _verify_chain(paths: Sequence[str | Path]) -> tuple[VerifyResult, _Seen]:
     files = order_paths(paths)
     result = VerifyResult(ok=True, count=0, files=[str(f) for f in files])
     if not files:
@@ -164,6 +223,7 @@ def verify_paths(paths: Sequence[str | Path]) -> VerifyResult:
     stream = _records(files)
     prev: _Rec | None = None
     recent: OrderedDict[int, _Rec] = OrderedDict()
+    seen = _Seen()
 
     def fail(kind: Kind, loc: Location, seq: int | None, detail: str) -> VerifyResult:
         result.ok = False
@@ -173,14 +233,18 @@ def verify_paths(paths: Sequence[str | Path]) -> VerifyResult:
     for item in stream:
         if isinstance(item, _Bad):
             if item.torn:
+                seen.torn = item.loc
                 result.warnings.append(
                     f"{item.loc.file}:{item.loc.line}: incomplete final line (a write cut "
-                    "short by a crash; never acknowledged), not counted")
+                    "short by a crash; acknowledged only if an anchor covers it), not counted")
                 break
-            return fail("malformed", item.loc, None, f"unreadable line: {item.error}")
+            return fail("malformed", item.loc, None, f"unreadable line: {item.error}"), seen
         rec = item
         if not rec.hash_ok:
-            return fail("edited", rec.loc, rec.seq, "content does not match its hash")
+            return fail("edited", rec.loc, rec.seq, "content does not match its hash"), seen
+        if rec.event is not None:
+            (seen.checkpoints if rec.event.get("type") == CHECKPOINT
+             else seen.torn_tails).append(rec)
         hint = hints.get(rec.loc.file)
         if rec.loc.file not in first_in_file:
             first_in_file.add(rec.loc.file)
@@ -188,12 +252,13 @@ def verify_paths(paths: Sequence[str | Path]) -> VerifyResult:
                 if rec.seq > hint:
                     return fail("removed", rec.loc, rec.seq,
                                 f"file starts at seq {rec.seq} but its name says {hint}: "
-                                f"records {hint}..{rec.seq - 1} missing")
+                                f"records {hint}..{rec.seq - 1} missing"), seen
                 return fail("inserted", rec.loc, rec.seq,
-                            f"file starts at seq {rec.seq} but its name says {hint}")
+                            f"file starts at seq {rec.seq} but its name says {hint}"), seen
         if prev is None:
             if rec.seq == 1 and rec.prev != GENESIS:
-                return fail("edited", rec.loc, rec.seq, "first record does not start the chain")
+                return fail("edited", rec.loc, rec.seq,
+                            "first record does not start the chain"), seen
             if rec.seq != 1:
                 result.warnings.append(
                     f"chain starts at seq {rec.seq} (earlier files archived, or not given: "
@@ -201,7 +266,7 @@ def verify_paths(paths: Sequence[str | Path]) -> VerifyResult:
         else:
             expected = prev.seq + 1
             if rec.seq != expected or rec.prev != prev.hash:
-                return _classify(result, fail, prev, rec, stream, recent)
+                return _classify(result, fail, prev, rec, stream, recent), seen
         recent[rec.seq] = rec
         if len(recent) > WINDOW:
             recent.popitem(last=False)
@@ -212,7 +277,187 @@ def verify_paths(paths: Sequence[str | Path]) -> VerifyResult:
         result.last_seq = rec.seq
     if result.count == 0 and not result.warnings:
         result.warnings.append("no records")
-    return result
+    return result, seen
+
+
+def _ledgers(result: VerifyResult) -> list[Path]:
+    """The ledgers (active-file paths) the verified files belong to, in order."""
+    out: list[Path] = []
+    for f in result.files:
+        led = ledger_of(Path(f))
+        if led not in out:
+            out.append(led)
+    return out
+
+
+def _notes(result: VerifyResult, seen: _Seen) -> None:
+    """Torn lines the writer moved aside at a restart: reported, never silent."""
+    for rec in seen.torn_tails:
+        ev = rec.event or {}
+        result.warnings.append(
+            f"{rec.loc.file}:{rec.loc.line} (seq {rec.seq}): at a restart the writer moved a "
+            f"torn final line ({ev.get('bytes')} bytes, after seq {ev.get('after_seq')}) aside "
+            f"to {ev.get('moved_to')} (a write cut short by a crash)")
+    noted = {str((rec.event or {}).get("moved_to")) for rec in seen.torn_tails}
+    for led in _ledgers(result):
+        if not led.parent.is_dir():
+            continue
+        for torn in sorted(led.parent.glob(led.name + ".torn-*")):
+            if torn.name not in noted:
+                result.warnings.append(
+                    f"{torn}: a torn final line moved aside at a restart (a write cut short "
+                    "by a crash)")
+
+
+def _short(h: Any) -> str:
+    return f"{str(h)[:12]}…"
+
+
+def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
+                    anchor_files: Sequence[str | Path] | None) -> None:
+    """The checks ``--key`` adds (see the module docstring); sets ``result.problem``."""
+    ledgers = _ledgers(result)
+    names = {led.name: led for led in ledgers}
+
+    def fail(kind: Kind, loc: Location, seq: int | None, detail: str) -> None:
+        result.ok = False
+        result.problem = Problem(kind, loc.file, loc.line, seq, detail)
+
+    def signature(ev: dict[str, Any], loc: Location, what: str, seq: int | None) -> bool:
+        if ev.get("key_id") != key.key_id:
+            fail("wrong_key", loc, seq,
+                 f"{what} is signed with key id {ev.get('key_id')}, the given key's id is "
+                 f"{key.key_id} (wrong --key, or checkpoints made with another key)")
+            return False
+        if not key.signed(ev):
+            fail("forged", loc, seq,
+                 f"{what}: its MAC does not match its content (the checkpoint was edited or "
+                 "forged)")
+            return False
+        return True
+
+    # 1. Checkpoints in the ledger: signed, and signing the head the chain has.
+    in_ledger: dict[tuple[str, int], _Rec] = {}
+    covered: _Rec | None = None  # the last checkpoint that checked out
+    for rec in seen.checkpoints:
+        ev = rec.event or {}
+        what = f"checkpoint at seq {rec.seq}"
+        if not signature(ev, rec.loc, what, rec.seq):
+            return
+        led = ledger_of(Path(rec.loc.file)).name
+        if ev.get("ledger") != led:
+            fail("forged", rec.loc, rec.seq,
+                 f"{what} belongs to ledger {ev.get('ledger')}, not {led} (copied in)")
+            return
+        since = covered.seq + 1 if covered else result.first_seq
+        if ev.get("seq") != rec.seq - 1:
+            fail("rechained", rec.loc, rec.seq,
+                 f"{what} was signed to follow seq {ev.get('seq')}: "
+                 f"records between seq {since} and {rec.seq - 1} were inserted or removed and "
+                 "the later hashes recomputed (re-chained)")
+            return
+        if ev.get("head") != rec.prev:
+            fail("rechained", rec.loc, rec.seq,
+                 f"{what} signed head {_short(ev.get('head'))} for seq {rec.seq - 1}, the chain "
+                 f"has {_short(rec.prev)}: records between seq {since} and {rec.seq - 1} were "
+                 "changed and every later hash recomputed (re-chained)")
+            return
+        in_ledger[(led, rec.seq)] = rec
+        covered = rec
+
+    # 2. The anchor files: outside the ledger, so they still name what was cut off its end.
+    sources = ([Path(a) for a in anchor_files] if anchor_files
+               else [default_anchor_path(led) for led in ledgers])
+    anchors: list[AnchorLine] = []
+    for src in sources:
+        if not src.exists():
+            if anchor_files:
+                raise FileNotFoundError(f"anchor file {src} not found")
+            if seen.checkpoints:
+                result.warnings.append(
+                    f"anchor file {src} not found: records cut off the end of the ledger "
+                    "cannot be detected (ship the anchor file, or pass a copy with --anchors)")
+            continue
+        lines, warns = read_anchors(src)
+        result.warnings.extend(warns)
+        anchors.extend(a for a in lines if a.event.get("ledger") in names)
+    for a in anchors:
+        if not signature(a.event, Location(a.path, a.line), "anchor", None):
+            return
+    if not anchors and not seen.checkpoints:
+        fail("unanchored", Location(result.files[-1], 0), None,
+             "no signed checkpoint found in the ledger or the anchor file although --key was "
+             "given: the log was written without an anchor key, or every checkpoint was "
+             "removed")
+        return
+    last = result.last_seq or 0
+    latest = max(anchors, key=lambda a: int(a.event.get("seq", 0)), default=None)
+    if latest is not None and int(latest.event["seq"]) + 1 > last:
+        cp = int(latest.event["seq"]) + 1
+        loc = Location(result.files[-1], 0)
+        where = (f"the anchor file ({latest.path}:{latest.line}) has a checkpoint at seq {cp} "
+                 f"covering seq {cp - 1}, the ledger ends at seq {last}")
+        if seen.torn is not None:
+            fail("truncated", seen.torn, last + 1,
+                 f"the final line is cut short, yet it was acknowledged: {where}; "
+                 f"records {last + 1}..{cp} are lost")
+        elif cp == last + 1:
+            fail("truncated", loc, cp, f"the last record (seq {cp}) was cut off the end: {where}")
+        else:
+            fail("truncated", loc, last + 1,
+                 f"records {last + 1}..{cp} ({cp - last}) were deleted from the end: {where}")
+        return
+    first = result.first_seq or 0
+    for a in anchors:
+        cp = int(a.event["seq"]) + 1
+        if cp < first:
+            continue  # in files not given (archived): checked by name below
+        match = in_ledger.get((str(a.event.get("ledger")), cp))
+        if match is None or (match.event or {}).get("mac") != a.event.get("mac"):
+            fail("rechained", Location(a.path, a.line), cp,
+                 f"the anchor names a checkpoint at seq {cp}, but the ledger's record {cp} is "
+                 "not that checkpoint: records before it were changed, inserted or removed and "
+                 "the chain re-hashed (re-chained)")
+            return
+
+    # 3. Rotated files the checkpoints name must still be there.
+    verified = {str(Path(f)) for f in result.files}
+    named: dict[str, tuple[dict[str, Any], str]] = {}
+    for ev, what in [*((r.event or {}, f"checkpoint at seq {r.seq}") for r in in_ledger.values()),
+                     *((a.event, f"anchor {a.path}:{a.line}") for a in anchors)]:
+        for seg in ev.get("files") or ():
+            if isinstance(seg, dict):
+                named.setdefault(f"{ev.get('ledger')}/{seg.get('name')}", (seg, what))
+    for ident, (seg, what) in named.items():
+        owner = names.get(ident.split("/", 1)[0])
+        if owner is None:
+            continue
+        path = owner.parent / str(seg.get("name"))
+        if str(path) in verified:
+            continue
+        if not path.exists():
+            fail("removed", Location(str(path), 0), seg.get("first"),
+                 f"rotated file {path.name} (seqs {seg.get('first')}..{seg.get('last')}), named "
+                 f"by the {what}, is missing: deleted")
+            return
+        result.warnings.append(f"{path} (named by the {what}) was not given: pass the "
+                               "directory to verify it")
+
+    # 4. What the checkpoints did not cover (yet).
+    top = max([*(int(a.event["seq"]) + 1 for a in anchors),
+               *(r.seq for r in in_ledger.values())], default=0)
+    if last > top and top:
+        result.warnings.append(
+            f"records {top + 1}..{last} are not covered by a checkpoint yet (written after the "
+            "last one; a crash before the next checkpoint)")
+    last_anchor_seq = max((int(a.event["seq"]) + 1 for a in anchors), default=0)
+    behind = [r for r in in_ledger.values() if r.seq > last_anchor_seq]
+    if len(behind) > 1:
+        result.warnings.append(
+            f"{len(behind)} checkpoints in the ledger (up to seq {behind[-1].seq}) are not in "
+            "the anchor file: it was cut short, or not writable")
+    result.anchors = (f"{len(in_ledger)} checkpoint(s) in the ledger and {len(anchors)} in the "
+                      f"anchor file verified with key id {key.key_id}; covered up to seq {top}")
 
 
 def _classify(result: VerifyResult, fail: _Fail, prev: _Rec, rec: _Rec,
@@ -242,6 +487,11 @@ def _classify(result: VerifyResult, fail: _Fail, prev: _Rec, rec: _Rec,
                         f"(at {found.loc.file}:{found.loc.line})")
         missing = (f"seq {expected}" if rec.seq == expected + 1
                    else f"seqs {expected}..{rec.seq - 1}")
+        if rec.loc.line == 1 and rec.loc.file != prev.loc.file:
+            gone = rotated_name(Path(rec.loc.file), expected)
+            if gone is not None and not gone.exists():
+                return fail("removed", rec.loc, rec.seq,
+                            f"rotated file {gone.name} is missing: {missing} deleted with it")
         return fail("removed", rec.loc, rec.seq, f"{missing} missing before this record")
     # rec.seq < expected: a seq we have already seen.
     seen = recent.get(rec.seq)
@@ -256,18 +506,35 @@ def _classify(result: VerifyResult, fail: _Fail, prev: _Rec, rec: _Rec,
     return fail("inserted", rec.loc, rec.seq, f"seq {rec.seq} appears again after seq {prev.seq}")
 
 
+def rotated_name(path: Path, first_seq: int) -> Path | None:
+    """The name the file holding ``first_seq`` would have, beside ``path`` (same ledger)."""
+    m = _LEDGER.match(path.name)
+    return path.with_name(f"{m.group('base')}.{first_seq:012d}") if m else None
+
+
 def main(argv: list[str]) -> int:
     """``pdp audit verify PATH...``: prints the result; 0 ok, 1 tampered, 2 error."""
     ap = argparse.ArgumentParser(prog="pdp audit verify",
                                  description="Verify the hash chain of pdp audit files.")
     ap.add_argument("paths", nargs="+", help="audit files or directories holding them")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--key", metavar="FILE",
+                    help="anchor key file (the audit_anchor_key_file the writer used): also "
+                         "verify the signed checkpoints (re-chaining, records cut off the end)")
+    ap.add_argument("--anchors", metavar="FILE", action="append",
+                    help="anchor file(s) to check against, e.g. a copy shipped off the host "
+                         "(default: <ledger>.anchors beside it)")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
         return 0 if e.code == 0 else 2
     try:
-        res = verify_paths(args.paths)
+        key = AnchorKey.from_file(args.key) if args.key else None
+    except AnchorKeyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        res = verify_paths(args.paths, key, args.anchors)
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

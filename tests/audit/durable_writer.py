@@ -1,6 +1,6 @@
 """Subprocess for the kill -9 test: emits durable events under load, prints each acked seq.
 
-Usage: python -m tests.audit.durable_writer AUDIT_PATH SPOOL_DIR
+Usage: python -m tests.audit.durable_writer AUDIT_PATH SPOOL_DIR [ANCHOR_KEY_FILE]
 
 A line "<seq>" on stdout means emit_durable returned for that record: it must survive
 SIGKILL. "ready" is printed once the log is started.
@@ -26,13 +26,13 @@ async def worker(log: AuditLog, w: int) -> None:
         i += 1
 
 
-async def run(path: str, spool: str) -> None:
+async def run(path: str, spool: str, key: str | None) -> None:
     log = AuditLog(AuditSettings(path=path, spool_dir=spool, durability="sync",
-                                 rotate_bytes=256 * 1024, batch_size=64))
+                                 rotate_bytes=256 * 1024, batch_size=64, anchor_key_file=key))
     await log.start()
     print("ready", flush=True)
     await asyncio.gather(*(worker(log, w) for w in range(32)))
 
 
 if __name__ == "__main__":
-    asyncio.run(run(sys.argv[1], sys.argv[2]))
+    asyncio.run(run(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))

@@ -4,6 +4,11 @@ Synchronous on purpose: the pipeline runs it in a worker thread, one call at a t
 event loop never waits on disk and group commit falls out naturally (events that arrive while
 one batch is being fsync'd form the next batch). Only one process may write a ledger; an
 exclusive ``flock`` on ``<file>.lock`` enforces it.
+
+With an ``Anchorer`` the ledger also writes signed checkpoints (anchors.py): ``append(...,
+anchor=True)`` chains a checkpoint of the head after the batch as the batch's last record, in
+the same write, fsyncs, and only then appends the checkpoint to the anchor file (and fsyncs
+that): one more line and one small fsync per anchored batch.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdp.audit.chain import ChainHead, Entry, make_entries
+from pdp.audit.anchors import Anchorer, Segment, last_anchor
+from pdp.audit.chain import ChainHead, Entry, make_entries, parse_line
 from pdp.audit.files import (
     AuditFileError,
+    complete_head,
     find_head,
     first_record,
     fsync_dir,
-    repair_tail,
+    last_line,
+    ledger_files,
+    repair_tail_to,
     rotated_path,
 )
 
@@ -35,14 +44,26 @@ class AppendResult:
     error: BaseException | None
     #: The written entries are fsync'd.
     synced: bool
+    #: The checkpoint chained after them, when the batch was anchored and it got written
+    #: (``synced`` also says its anchor-file copy is on disk).
+    checkpoint: Entry | None = None
+
+    @property
+    def published(self) -> list[Entry]:
+        """What went into the file: the entries, then the checkpoint."""
+        return [*self.entries, self.checkpoint] if self.checkpoint else self.entries
 
 
 class Ledger:
-    def __init__(self, path: str | os.PathLike[str], rotate_bytes: int) -> None:
+    def __init__(self, path: str | os.PathLike[str], rotate_bytes: int,
+                 anchorer: Anchorer | None = None) -> None:
         self.path = Path(path)
         self.rotate_bytes = rotate_bytes
+        self.anchorer = anchorer
         self.head = ChainHead()
         self.torn_bytes_repaired = 0
+        #: Where ``open`` moved a torn final line (None: there was none).
+        self.torn_moved_to: Path | None = None
         self.rotations = 0
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -63,13 +84,58 @@ class Ledger:
             raise AuditFileError(f"{self.path}: another process is writing this audit log") from e
         self._lock_fd = lfd
         try:
-            self.torn_bytes_repaired = repair_tail(self.path)
+            anchored = self._check_anchored()
+            self.torn_bytes_repaired, self.torn_moved_to = repair_tail_to(self.path)
             self.head = find_head(self.path)
             self._open_active()
+            if self.anchorer is not None:
+                self._resume_anchoring(anchored)
         except BaseException:
             self.close()
             raise
         return self.head
+
+    def _check_anchored(self) -> int | None:
+        """Refuse to build on a ledger that lost records an anchor covers (they were
+        acknowledged; moving a torn line aside would hide the loss); the anchored seq."""
+        if self.anchorer is None:
+            return None
+        last = last_anchor(self.anchorer.file.path, self.path.name)
+        if last is None or type(last.get("seq")) is not int:
+            return None
+        cp_seq = last["seq"] + 1
+        head, torn = complete_head(self.path)
+        if head.seq < cp_seq:
+            what = "a torn final line and " if torn else ""
+            raise AuditFileError(
+                f"{self.path}: {what}whole records up to seq {head.seq} only, but the anchor "
+                f"file {self.anchorer.file.path} has a checkpoint at seq {cp_seq}: acknowledged "
+                "records are missing (truncated or deleted). Not repairing: inspect with "
+                "`pdp audit verify --key KEYFILE`, keep the files as evidence, and start on a "
+                "new audit file")
+        return int(last["seq"])
+
+    def _resume_anchoring(self, anchored_seq: int | None) -> None:
+        """Carry on after a restart: records since the last anchor are due, and rotated files
+        not yet named by a checkpoint are named by the next one."""
+        assert self.anchorer is not None
+        self.anchorer.file.open()
+        if anchored_seq is None:
+            anchored_seq = 0
+            self.anchorer.unanchored = self.head.seq
+        else:  # the checkpoint record (anchored_seq + 1) needs no checkpoint of its own
+            self.anchorer.unanchored = max(0, self.head.seq - anchored_seq - 1)
+        rotated = [lf for lf in ledger_files(self.path) if lf.first_seq is not None]
+        for lf in rotated:
+            assert lf.first_seq is not None
+            _, line = last_line(lf.path)
+            try:
+                rec = parse_line(line)
+            except ValueError:
+                continue
+            if rec["seq"] > anchored_seq:
+                self.anchorer.segments.append(
+                    Segment(lf.path.name, lf.first_seq, rec["seq"], rec["hash"]))
 
     def _open_active(self) -> None:
         created = not self.path.exists()
@@ -81,6 +147,13 @@ class Ledger:
             fsync_dir(self.path.parent)
 
     def close(self) -> None:
+        """Checkpoint what is not anchored yet (the writer usually did already), fsync, unlock."""
+        if self.anchorer is not None and self._fd is not None and self.anchorer.unanchored:
+            res = self.append([], fsync=True, anchor=True)
+            if res.error is not None:
+                raise res.error
+        if self.anchorer is not None:
+            self.anchorer.file.close()
         if self._fd is not None:
             try:
                 os.fsync(self._fd)
@@ -93,13 +166,31 @@ class Ledger:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def append(self, events: Sequence[Any], fsync: bool) -> AppendResult:
+    @property
+    def anchoring(self) -> bool:
+        return self.anchorer is not None
+
+    def anchor_due(self, new_records: int) -> bool:
+        """Whether a batch of ``new_records`` should end with a checkpoint (every N records,
+        T seconds)."""
+        return self.anchorer is not None and self.anchorer.due(new_records)
+
+    def append(self, events: Sequence[Any], fsync: bool, anchor: bool = False) -> AppendResult:
         """Chain and write ``events`` (pure JSON data) in order; never raises.
+
+        ``anchor`` (with an anchorer): end the batch with a checkpoint of the head after it, in
+        the same write; the file is fsync'd, then the checkpoint is appended to the anchor file
+        and fsync'd (``synced`` covers both: acknowledge only then).
 
         On a write error the file is cut back to the last whole record, so a retry of the
         unwritten rest produces the same seqs and hashes.
         """
+        anchorer = self.anchorer if anchor else None
+        if anchorer is not None:
+            fsync = True
         entries = make_entries(events, self.head)
+        checkpoint: Entry | None = None
+        cp_event: dict[str, Any] = {}
         done = 0
         try:
             if self._fd is None:
@@ -119,9 +210,21 @@ class Ledger:
                 if size == 0:
                     self._first_seq = entries[i].seq
                 size += len(line)
+            tail = entries[start:]
+            if anchorer is not None:
+                # Chained after the batch, in the same write (it may take the file one line
+                # past rotate_bytes: a checkpoint never starts a file of its own).
+                at = tail[-1] if tail else None
+                head = ChainHead(at.seq, at.hash) if at else self.head
+                cp_event = anchorer.make(self.path.name, head)
+                checkpoint = make_entries([cp_event], head)[0]
+                lines.append(checkpoint.line)
+                tail = [*tail, checkpoint]
+                if size == 0:
+                    self._first_seq = checkpoint.seq
             self._write(b"".join(lines[start:]))
             done = len(entries)
-            self._advance(entries[start:])
+            self._advance(tail)
         except BaseException as exc:  # report, the pipeline decides (retry / fail waiters)
             synced = False
             if fsync and done:
@@ -130,13 +233,26 @@ class Ledger:
                     synced = True
                 except OSError:
                     pass
+            if anchorer is not None:
+                anchorer.written(done)
             return AppendResult(entries[:done], exc, synced)
-        if fsync and entries:
+        if anchorer is None and self.anchorer is not None:
+            self.anchorer.written(len(entries))
+        if fsync and (entries or checkpoint):
             try:
                 self.sync()
             except OSError as exc:
-                return AppendResult(entries, exc, False)
-        return AppendResult(entries, None, fsync)
+                if anchorer is not None:
+                    anchorer.written(len(entries))
+                return AppendResult(entries, exc, False, checkpoint)
+        if anchorer is not None and checkpoint is not None:
+            try:  # only now: an anchor must never name records a crash could take away
+                anchorer.file.append(cp_event)
+            except OSError as exc:
+                anchorer.written(len(entries))
+                return AppendResult(entries, exc, False, checkpoint)
+            anchorer.anchored()
+        return AppendResult(entries, None, fsync, checkpoint)
 
     def room(self) -> int:
         """Bytes the active file takes before it rotates."""
@@ -187,5 +303,8 @@ class Ledger:
             raise AuditFileError(f"{target} already exists; not overwriting audit history")
         os.rename(self.path, target)
         self.rotations += 1
+        if self.anchorer is not None:
+            self.anchorer.segments.append(Segment(target.name, first, self.head.seq,
+                                                  self.head.hash))
         self._open_active()
         fsync_dir(self.path.parent)
