@@ -571,8 +571,11 @@ class CodeGen:
             # "k" in m: a dict key test; anything else through contains_in
             t = self.tmp()
             lit = _const(x.value)
-            test = _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(c))),
-                       _name("_dict"))
+            if self.scan_charge(t, c):
+                test = _is(_call("_type", _name(t)), _name("_dict"))
+            else:
+                test = _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(c))),
+                           _name("_dict"))
             return py.IfExp(test=test, body=py.Compare(left=lit, ops=[py.In()],
                                                        comparators=[_name(t)]),
                             orelse=_call("_in", lit, _name(t)))
@@ -589,13 +592,28 @@ class CodeGen:
                 py.Compare(left=_name(t), ops=[py.In()], comparators=[strs])])
         tx, tc = self.tmp(), self.tmp()
         self.stmts.append(_assign(tx, self.expr(x)))
-        self.stmts.append(_assign(tc, self.expr(c)))
+        if not self.scan_charge(tc, c):
+            self.stmts.append(_assign(tc, self.expr(c)))
         both = py.BoolOp(op=py.And(), values=[
             _is(_call("_type", _name(tc)), _name("_dict")),
             _is(_call("_type", _name(tx)), _name("_str"))])
         return py.IfExp(test=both, body=py.Compare(left=_name(tx), ops=[py.In()],
                                                    comparators=[_name(tc)]),
                         orelse=_call("_in", _name(tx), _name(tc)))
+
+    def scan_charge(self, t: str, c: A.Expr) -> bool:
+        """Inside a loop, evaluate ``c`` into ``t`` and charge a list membership test by the
+        list's length (the iteration's own check catches the limit and the clock): a loop
+        over ``x in list`` is quadratic.  Outside loops a test is bounded by the input."""
+        if len(self.levels) < 2 or self.typ(c).kind == "map":
+            return False
+        self.stmts.append(_assign(t, self.expr(c)))
+        self.stmts.append(py.If(
+            test=_is(_call("_type", _name(t)), _name("_list")),
+            body=[py.AugAssign(target=_store("_cost"), op=py.Add(), value=py.BinOp(
+                left=_call("_len", _name(t)), op=py.RShift(),
+                right=_const(M.CHARS_PER_UNIT_SHIFT)))], orelse=[]))
+        return True
 
     def string_method(self, name: str, recv: py.expr, arg: A.Const,
                       impl_slot: py.expr) -> py.expr:

@@ -248,7 +248,9 @@ class _Estimator:
                     assert found[2] is not None
                     return 0, found[2]  # range[var]: one element's share
             return 0, _ZERO if self.kind(e) in _SCALAR else sizes[0]
-        if fn in ("_&&_", "_||_", "_?_:_", "!_", "-_", "@in") or fn.startswith("_"):
+        if fn == "@in":  # a list membership test scans the list
+            return (0 if self.kind(e.args[1]) == "map" else units(sizes[1].elems)), _ZERO
+        if fn in ("_&&_", "_||_", "_?_:_", "!_", "-_") or fn.startswith("_"):
             if fn == "_?_:_":
                 return 0, Sz(max(sizes[1].chars, sizes[2].chars),
                              max(sizes[1].elems, sizes[2].elems))

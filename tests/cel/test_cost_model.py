@@ -103,6 +103,13 @@ def test_nested_comprehensions_multiply() -> None:
     assert c40 > 14 * c10  # quadratic: 16x the iterations
 
 
+def test_list_membership_in_a_loop_is_charged_by_the_list() -> None:
+    src = "config.l.all(x, x in config.l)"
+    assert growth(src, cfg(l=[1] * 10), cfg(l=[1] * 640)) >= 640 * (640 // 64)
+    with pytest.raises(CostLimitExceeded):  # quadratic: stopped by the budget
+        ENV.compile(src).evaluate(cfg(l=list(range(20_000))), Budget(cost_limit=1_000_000))
+
+
 # -- the charge comes before the value -------------------------------------------------------
 
 @pytest.mark.parametrize("src,act", [
