@@ -187,6 +187,22 @@ def test_deletion_of_the_last_records(tmp_path: Path, key: AnchorKey) -> None:
     assert f"records {last - 3}..{last} (4) were deleted from the end" in detail
 
 
+def test_a_shipped_copy_of_the_anchors_still_shows_the_truncation(
+        tmp_path: Path, key: AnchorKey, key_file: Path) -> None:
+    files = make_anchored(tmp_path / "audit", key)
+    anchors = tmp_path / "audit" / "audit.jsonl.anchors"
+    shipped = tmp_path / "elsewhere.anchors"
+    shipped.write_bytes(anchors.read_bytes())
+    put(files[-1], lines(files[-1])[:-2])  # records cut off the end...
+    anchors.write_bytes(b"".join(lines(anchors)[:-1]))  # ...and the local anchor with them
+    res = verify_paths([tmp_path / "audit"], key)
+    assert res.ok  # the local evidence was edited to match
+    kind, detail = problem(verify_paths([tmp_path / "audit"], key, [shipped]))
+    assert kind == "truncated" and str(shipped) in detail
+    assert main(["--key", str(key_file), "--anchors", str(shipped),
+                 str(tmp_path / "audit")]) == 1
+
+
 def test_deletion_of_the_last_records_and_the_active_file(tmp_path: Path,
                                                           key: AnchorKey) -> None:
     files = make_anchored(tmp_path, key)
