@@ -7,10 +7,13 @@ from pdp.counters.clock import Clock, ManualClock, SystemClock
 from pdp.counters.factory import open_counter_store
 from pdp.counters.memory import MemoryCounterStore
 from pdp.counters.model import (
+    CODE_STATE_LOST,
     CODE_UNAVAILABLE,
     CounterEventKind,
     CounterKind,
     CounterRule,
+    CounterStateChange,
+    CounterStateLost,
     CounterStoreUnavailable,
     ReserveResult,
 )
@@ -18,12 +21,15 @@ from pdp.counters.redis_store import RedisCounterStore
 from pdp.counters.settings import CounterSettings
 
 __all__ = [
+    "CODE_STATE_LOST",
     "CODE_UNAVAILABLE",
     "Clock",
     "CounterEventKind",
     "CounterKind",
     "CounterRule",
     "CounterSettings",
+    "CounterStateChange",
+    "CounterStateLost",
     "CounterStore",
     "CounterStoreUnavailable",
     "ManualClock",

@@ -13,7 +13,10 @@ class CounterStore(Protocol):
     """Atomic check-and-consume of counter rules, plus the outcome events that feed them.
 
     Every call takes ``timeout`` (seconds; the engine derives it from the decision deadline)
-    and raises :class:`~pdp.counters.model.CounterStoreUnavailable` rather than exceed it.
+    and raises :class:`~pdp.counters.model.CounterStoreUnavailable` rather than exceed it;
+    ``reserve``, ``reserve_batch`` and ``peek`` raise its subclass
+    :class:`~pdp.counters.model.CounterStateLost` while a loss of the store's state is
+    unacknowledged (Redis only: see ``redis_store``).
     Invalid rules (e.g. a rollback window longer than the store keeps events) raise
     ``ValueError`` before any state is touched.
     """
@@ -48,8 +51,15 @@ class CounterStore(Protocol):
         scope_keys: Sequence[str],
         *,
         timeout: float,
-    ) -> None:
-        """Record one deploy / rollback / step advance under each (distinct) scope key."""
+        event_key: str | None = None,
+    ) -> bool:
+        """Record one deploy / rollback / step advance under each (distinct) scope key.
+
+        With ``event_key`` the event counts at most once per key (and kind) within the
+        store's event retention, whoever reports it and however often: a rollback that
+        ``EvaluateHealth`` saw and the rollout engine reports again is one rollback.
+        Returns False when nothing was recorded (a repeated key, or no scope keys).
+        """
         ...
 
     async def ping(self) -> bool:

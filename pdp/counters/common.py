@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from pdp.counters.model import CounterKind, CounterRule
+from pdp.counters.model import CounterEventKind, CounterKind, CounterRule
+
+# One letter per event kind, in key names and in the record script.
+EVENT_CODE = {
+    CounterEventKind.DEPLOY: "d",
+    CounterEventKind.ROLLBACK: "r",
+    CounterEventKind.STEP_ADVANCE: "s",
+}
 
 
 def to_ms(seconds: float) -> int:

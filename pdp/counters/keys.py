@@ -10,6 +10,13 @@ collide with another key nor break the hash tag.
 * ``pdp:{t}:vel:<counter>:<scope>``              VELOCITY: sorted set of reserve times
 * ``pdp:{t}:ev:<scope>``                         ROLLBACK_RATE: hash of bucketed event counts
 * ``pdp:{t}:step:<scope>``                       MIN_STEP_DURATION: time of the last advance
+* ``pdp:{t}:evid:<kind>:<event key>``            an idempotent event already recorded
+* ``pdp:{t}:epoch``                              the epoch marker (Redis only; see below)
+* ``pdp:{t}:lost``                               set while a loss of this tenant is unacknowledged
+
+Every key expires with its window except the epoch marker: it must outlive any idle time
+(its absence is what tells a loss), and there is one per tenant ever used. It lives in the
+tenant's own slot so the reservation script checks it in the same call.
 """
 
 from __future__ import annotations
@@ -48,3 +55,20 @@ def events_key(prefix: str, scope: str) -> str:
 
 def step_key(prefix: str, scope: str) -> str:
     return f"{prefix}:step:{esc(scope)}"
+
+
+def unesc(part: str) -> str:
+    """Undo :func:`esc` (``%25`` last, so an escaped escape stays literal)."""
+    return part.replace("%3A", ":").replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
+
+
+def epoch_key(prefix: str) -> str:
+    return f"{prefix}:epoch"
+
+
+def lost_key(prefix: str) -> str:
+    return f"{prefix}:lost"
+
+
+def event_id_key(prefix: str, kind_code: str, event_key: str) -> str:
+    return f"{prefix}:evid:{kind_code}:{esc(event_key)}"

@@ -5,6 +5,10 @@ entry with an expiry instant, so memory stays bounded the same way Redis TTLs bo
 expired entries are treated as absent at once and dropped by a sweep that runs at most
 once per ``sweep_interval`` of clock time (and on demand via :meth:`sweep`).
 
+No epoch marker: this store cannot lose its state without pdp itself restarting, and a
+restarted pdp starts from nothing either way (the Redis store's loss detection is for a
+store that outlives and is shared by sidecars).
+
 Time is the injected clock, in whole milliseconds, so tests move it by hand. A reservation
 never awaits while it holds state, so within one event loop it is atomic; a lock also makes
 it safe across threads.
@@ -20,7 +24,13 @@ from typing import TypeVar
 
 from pdp.counters import keys, messages
 from pdp.counters.clock import Clock, SystemClock
-from pdp.counters.common import distinct, rollback_verdict, to_ms, validate_items
+from pdp.counters.common import (
+    EVENT_CODE,
+    distinct,
+    rollback_verdict,
+    to_ms,
+    validate_items,
+)
 from pdp.counters.days import day_table
 from pdp.counters.model import (
     CounterEventKind,
@@ -126,11 +136,22 @@ class MemoryCounterStore:
         scope_keys: Sequence[str],
         *,
         timeout: float,
-    ) -> None:
+        event_key: str | None = None,
+    ) -> bool:
+        """Record the event; with ``event_key``, at most once per key (and kind) within
+        the event retention: False when that key was recorded already ("" is no key)."""
+        scopes = distinct(scope_keys)
+        if not scopes:
+            return False
         prefix = keys.tenant_prefix(tenant)
         with self._lock:
             now = self._now()
-            for scope in distinct(scope_keys):
+            if event_key:
+                seen = keys.event_id_key(prefix, EVENT_CODE[kind], event_key)
+                if self._get(seen, _Stamp, now) is not None:
+                    return False
+                self._data[seen] = _Stamp(now, now + self._retention_ms)
+            for scope in scopes:
                 if kind is CounterEventKind.STEP_ADVANCE:
                     self._data[keys.step_key(prefix, scope)] = _Stamp(
                         now, now + self._retention_ms
@@ -146,6 +167,7 @@ class MemoryCounterStore:
                 oldest = (now - self._retention_ms) // self._bucket_ms
                 for b in [b for b in ev.buckets if b < oldest]:
                     del ev.buckets[b]
+        return True
 
     async def ping(self) -> bool:
         return not self._closed

@@ -10,6 +10,8 @@ import enum
 import functools
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -38,6 +40,7 @@ CODE_VELOCITY = "VELOCITY_EXCEEDED"
 CODE_ROLLBACK_RATE = "ROLLBACK_RATE_EXCEEDED"
 CODE_MIN_STEP = "MIN_STEP_DURATION"
 CODE_UNAVAILABLE = "COUNTER_STORE_UNAVAILABLE"
+CODE_STATE_LOST = "COUNTER_STATE_LOST"
 
 CODE_BY_KIND: dict[CounterKind, str] = {
     CounterKind.DAILY_CAP: CODE_DAILY_CAP,
@@ -55,6 +58,65 @@ class CounterStoreUnavailable(Exception):
     """
 
     code = CODE_UNAVAILABLE
+
+
+class CounterStateLost(CounterStoreUnavailable):
+    """The store came back without the state pdp had seen (its epoch marker is gone).
+
+    Caps, cooldowns and windows may have been reset by a restart without persistence or a
+    failover to an empty replica, so counter-bound rules deny (``COUNTER_STATE_LOST``)
+    until an admin acknowledges the loss (``pdp counters ack``) or, in ``wait`` mode, the
+    longest counter window has passed. A subclass of :class:`CounterStoreUnavailable` so a
+    caller that only knows that one still fails closed.
+    """
+
+    code = CODE_STATE_LOST
+
+    def __init__(self, message: str, *, tenant: str = "") -> None:
+        super().__init__(message)
+        self.tenant = tenant
+
+
+@dataclass(frozen=True, slots=True)
+class CounterStateChange:
+    """A loss of counter state noticed for one tenant, or its end (``restored``).
+
+    Handed to the store's ``on_state_lost`` hook (losses only: a metric) and, as
+    :meth:`audit_event`, to its ``on_audit_event`` hook (both kinds). ``time`` is the
+    sidecar's clock (seconds since the epoch); ``previous_epoch`` the marker this process
+    had seen ("" when it had seen none), ``found_epoch`` what the store holds now ("" for
+    nothing). ``how`` says why a loss ended: ``ack`` (an admin), ``wait`` (the longest
+    window passed), ``marker_back`` (the old marker reappeared). ``resumes_at`` is when a
+    ``wait``-mode store resumes by itself (None in ``deny`` mode).
+    """
+
+    kind: Literal["lost", "restored"]
+    tenant: str
+    time: float
+    previous_epoch: str
+    found_epoch: str
+    mode: str
+    how: str = ""
+    resumes_at: float | None = None
+
+    def audit_event(self) -> dict[str, Any]:
+        """The audit event (``Counters.StateLost`` / ``Counters.StateRestored``) as data."""
+        def iso(t: float) -> str:
+            return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+        event: dict[str, Any] = {
+            "type": "Counters.StateLost" if self.kind == "lost" else "Counters.StateRestored",
+            "time": iso(self.time).replace("+00:00", "Z"),
+            "tenant": self.tenant,
+            "previous_epoch": self.previous_epoch,
+            "found_epoch": self.found_epoch,
+            "mode": self.mode,
+        }
+        if self.how:
+            event["how"] = self.how
+        if self.resumes_at is not None:
+            event["resumes_at"] = iso(self.resumes_at).replace("+00:00", "Z")
+        return event
 
 
 @functools.lru_cache(maxsize=512)

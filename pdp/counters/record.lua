@@ -3,8 +3,11 @@
 --
 -- KEYS[1] = "pdp:{tenant}" (all keys are built from it and share its hash slot).
 -- ARGV: offset_ms, kind ('d' deploy, 'r' rollback, 's' step advance), bucket_ms,
---       retention_ms, scope...
+--       retention_ms, event key (escaped; '' for none), scope...
 -- Time is the Redis server's clock (TIME) plus offset_ms (0 in production).
+-- With an event key the event is recorded at most once per (kind, key) within the retention:
+-- a rollback reported by EvaluateHealth and again by the rollout engine counts once.
+-- Returns 1 when recorded, 0 when the key had been recorded already.
 
 local prefix = KEYS[1]
 local t = redis.call('TIME')
@@ -16,7 +19,12 @@ local b = math.floor(now / bucket)
 local function int(x) return string.format('%d', x) end
 local max_fields = 2 * (math.floor(retention / bucket) + 2)
 
-for i = 5, #ARGV do
+if ARGV[5] ~= '' then
+  local seen = prefix .. ':evid:' .. kind .. ':' .. ARGV[5]
+  if not redis.call('SET', seen, '1', 'NX', 'PX', int(retention)) then return 0 end
+end
+
+for i = 6, #ARGV do
   local scope = ARGV[i]
   if kind == 's' then
     redis.call('SET', prefix .. ':step:' .. scope, int(now), 'PX', int(retention))
@@ -33,4 +41,4 @@ for i = 5, #ARGV do
     end
   end
 end
-return now
+return 1

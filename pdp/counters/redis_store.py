@@ -21,6 +21,24 @@ Cluster
     declared key and derives the rest, all in the same hash slot, so the client routes the
     call to the node that owns the tenant and the same script works on a Cluster.
 
+Lost state
+    A Redis restart without persistence, or a failover to an empty replica, silently
+    resets caps and cooldowns. Each tenant's slot therefore holds an epoch marker
+    (``pdp:{tenant}:epoch``, no TTL), created on first use and checked by the reservation
+    script itself (no extra round trip). The store remembers, in memory, the marker it saw
+    per tenant; when the script finds it gone (or replaced by another first-use marker),
+    nothing is reserved and :class:`CounterStateLost` is raised: the engine denies with
+    ``COUNTER_STATE_LOST``. The loss is logged, handed to ``on_state_lost`` (a metric) and
+    ``on_audit_event`` (an audit event), and flagged in the tenant's slot
+    (``pdp:{tenant}:lost``) so that sidecars started later deny too. It ends when an admin
+    runs ``pdp counters ack`` (a fresh ``a`` marker, adopted by every sidecar on its next
+    call) or, with ``state_lost="wait"``, once the longest counter window has passed since
+    the loss was noticed (the store writes a fresh marker itself).
+
+    Limits: a loss that no running sidecar noticed before every sidecar restarted looks
+    like a brand-new store (nothing remembers the old marker), and a restore from an old
+    snapshot that still holds the current marker is not a loss by this test.
+
 Failure
     Every call runs under the caller's ``timeout`` (from the decision deadline). A refused
     connection, a hung or slow server, a failover or a script error all surface as
@@ -33,11 +51,15 @@ Failure
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import hashlib
 import importlib.resources
 import json
+import logging
+import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -48,13 +70,15 @@ from redis.exceptions import NoScriptError, RedisError
 
 from pdp.counters import keys, messages
 from pdp.counters.clock import Clock, SystemClock
-from pdp.counters.common import distinct, to_ms, validate_items
+from pdp.counters.common import EVENT_CODE, distinct, to_ms, validate_items
 from pdp.counters.days import day_table
 from pdp.counters.fastredis import FastRedis, ReplyError, arg, pack
 from pdp.counters.model import (
     CounterEventKind,
     CounterKind,
     CounterRule,
+    CounterStateChange,
+    CounterStateLost,
     CounterStoreUnavailable,
     ReserveResult,
 )
@@ -71,14 +95,22 @@ _KIND_CODE = {
     CounterKind.ROLLBACK_RATE: 4,
     CounterKind.MIN_STEP_DURATION: 5,
 }
-_EVENT_CODE = {
-    CounterEventKind.DEPLOY: "d",
-    CounterEventKind.ROLLBACK: "r",
-    CounterEventKind.STEP_ADVANCE: "s",
-}
 
 RedisClient = aioredis.Redis | RedisCluster
 _JSON = json.JSONEncoder(separators=(",", ":"))
+log = logging.getLogger("pdp.counters")
+
+# A DAILY_CAP key lives until local midnight: at most a day, 25 hours across a DST change.
+_LONGEST_DAY_MS = 25 * 3600 * 1000
+
+
+@dataclass(slots=True)
+class _Loss:
+    """A loss noticed for one tenant: since when (sidecar clock, ms), what had been seen."""
+
+    noticed_ms: int
+    previous: str
+    found: str
 
 
 class _Script:
@@ -90,11 +122,11 @@ class _Script:
         self.load_cmd = pack(b"SCRIPT", b"LOAD", self.text.encode())
         # "EVALSHA <sha> 1": the fixed part of every call, pre-packed (fast path)
         self._tail = b"$7\r\nEVALSHA\r\n$40\r\n%b\r\n$1\r\n1\r\n" % self.sha.encode()
-        self._head6 = b"*6\r\n" + self._tail
+        self._head7 = b"*7\r\n" + self._tail
 
     def call(self, key: str, args: Sequence[str | int]) -> bytes:
         """The RESP bytes of ``EVALSHA sha 1 key *args`` (fast path)."""
-        head = self._head6 if len(args) == 2 else b"*%d\r\n%b" % (len(args) + 4, self._tail)
+        head = self._head7 if len(args) == 3 else b"*%d\r\n%b" % (len(args) + 4, self._tail)
         return head + b"".join([b"$%d\r\n%b\r\n" % (len(p), p) for p in map(arg, (key, *args))])
 
 
@@ -115,6 +147,9 @@ class RedisCounterStore:
         max_concurrency: int = 50,
         server_time_offset: Callable[[], float] | None = None,
         fast_path: bool = True,
+        state_lost: str = "deny",
+        on_state_lost: Callable[[CounterStateChange], None] | None = None,
+        on_audit_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """``clock`` is the sidecar's clock: used only to centre DAILY_CAP day tables.
 
@@ -126,7 +161,13 @@ class RedisCounterStore:
         ``fast_path`` (default) sends the standalone client's calls through
         :class:`~pdp.counters.fastredis.FastRedis`, built from ``client``'s own connection
         settings; Redis Cluster (and anything FastRedis does not handle) stays on redis-py.
+
+        ``state_lost`` (``deny`` or ``wait``), ``on_state_lost`` and ``on_audit_event``: see
+        "Lost state" above. The hooks are called synchronously from the call that noticed
+        the change and must not block; an exception they raise is logged and swallowed.
         """
+        if state_lost not in ("deny", "wait"):
+            raise ValueError(f"state_lost must be deny or wait: {state_lost!r}")
         self.client = client
         self.clock: Clock = clock or SystemClock()
         self.event_bucket_seconds = event_bucket_seconds
@@ -142,10 +183,25 @@ class RedisCounterStore:
         # single-decision request templates: rule shapes -> (valid from, valid until,
         # JSON up to the item, definition index per rule); see _encode_one
         self._templates: dict[tuple[Any, ...], tuple[int, int, str, list[int]]] = {}
+        self.state_lost = state_lost
+        self.on_state_lost = on_state_lost
+        self.on_audit_event = on_audit_event
+        # per tenant prefix: the epoch check to send ("=<marker seen>"), losses in force
+        self._marks: dict[str, str] = {}
+        self._losses: dict[str, _Loss] = {}
+        self._id = secrets.token_hex(6)
+        self._unknown_mark = "?" + self._id
+        # the longest window of any rule seen (ms): how long ``wait`` mode waits
+        self._longest_ms = max(self._retention_ms, _LONGEST_DAY_MS)
 
     @classmethod
     def from_settings(
-        cls, settings: CounterSettings, *, clock: Clock | None = None
+        cls,
+        settings: CounterSettings,
+        *,
+        clock: Clock | None = None,
+        on_state_lost: Callable[[CounterStateChange], None] | None = None,
+        on_audit_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> RedisCounterStore:
         if not settings.url:
             raise ValueError("RedisCounterStore needs settings.url")
@@ -155,6 +211,9 @@ class RedisCounterStore:
             event_bucket_seconds=settings.event_bucket_seconds,
             event_retention_seconds=settings.event_retention_seconds,
             max_concurrency=settings.pool_size,
+            state_lost=settings.state_lost,
+            on_state_lost=on_state_lost,
+            on_audit_event=on_audit_event,
         )
 
     # -- the interface ---------------------------------------------------------------
@@ -175,15 +234,25 @@ class RedisCounterStore:
                 return []
             args = self._encode(items)
         prefix = keys.tenant_prefix(tenant)
+        args.append(self._marks.get(prefix) or self._mark(prefix))
         reply = await self._run(RESERVE, prefix, args, timeout)
+        if reply[2]:
+            self._epoch_note(tenant, prefix, reply[2])
+        elif self._losses:
+            self._marker_back(tenant, prefix)
         return self._decode(items, reply)
 
     async def peek(
         self, tenant: str, rules: Sequence[CounterRule], *, timeout: float
     ) -> ReserveResult:
         """The verdict ``reserve`` would give, consuming nothing (the script's dry run)."""
-        args = [*self._encode_one(rules), "1"]
-        reply = await self._run(RESERVE, keys.tenant_prefix(tenant), args, timeout)
+        prefix = keys.tenant_prefix(tenant)
+        args = [*self._encode_one(rules), self._marks.get(prefix) or self._mark(prefix), "1"]
+        reply = await self._run(RESERVE, prefix, args, timeout)
+        if reply[2]:
+            self._epoch_note(tenant, prefix, reply[2])
+        elif self._losses:
+            self._marker_back(tenant, prefix)
         return self._decode([rules], reply)[0]
 
     async def record_event(
@@ -193,15 +262,20 @@ class RedisCounterStore:
         scope_keys: Sequence[str],
         *,
         timeout: float,
-    ) -> None:
+        event_key: str | None = None,
+    ) -> bool:
+        """Record the event; with ``event_key``, at most once per key (and kind) within
+        the event retention: False when that key was recorded already ("" is no key)."""
         scopes = [keys.esc(s) for s in distinct(scope_keys)]
         if not scopes:
-            return
+            return False
         prefix = keys.tenant_prefix(tenant)
+        code = EVENT_CODE[kind]
+        idem = keys.esc(event_key) if event_key else ""
         args: list[str | int] = [
-            self._offset_ms(), _EVENT_CODE[kind], self._bucket_ms, self._retention_ms, *scopes
+            self._offset_ms(), code, self._bucket_ms, self._retention_ms, idem, *scopes
         ]
-        await self._run(RECORD, prefix, args, timeout)
+        return bool(await self._run(RECORD, prefix, args, timeout))
 
     async def ping(self, *, timeout: float = 1.0) -> bool:
         """True when Redis answers (and the scripts are loaded); never raises."""
@@ -231,6 +305,98 @@ class RedisCounterStore:
         if self._fast is not None:
             await self._fast.close()
         await self.client.aclose()
+
+    # -- the epoch marker ------------------------------------------------------------------
+
+    def _mark(self, prefix: str) -> str:
+        """The epoch check to send when none is cached: first use, or a loss in force."""
+        loss = self._losses.get(prefix)
+        if loss is None:
+            return self._unknown_mark
+        if self.state_lost == "wait" and self._now_ms() >= loss.noticed_ms + self._longest_ms:
+            return f"^{loss.previous} {self._id}"
+        return "=" + loss.previous if loss.previous else self._unknown_mark
+
+    def _epoch_note(self, tenant: str, prefix: str, note: bytes | str) -> None:
+        """Act on the script's epoch note: remember a new marker, or raise on a loss."""
+        text = note.decode() if isinstance(note, bytes) else str(note)
+        if text[0] == "+":
+            marker = text[1:]
+            self._marks[prefix] = "=" + marker
+            loss = self._losses.pop(prefix, None)
+            if loss is not None:
+                how = "wait" if marker.startswith("w:") else "ack"
+                self._restored(tenant, loss, marker, how)
+            return
+        found = text[1:]
+        loss = self._losses.get(prefix)
+        if loss is None:
+            previous = self._marks.pop(prefix, "=")[1:]
+            loss = self._losses[prefix] = _Loss(self._now_ms(), previous, found)
+            self._noticed(tenant, loss)
+        raise CounterStateLost(self._lost_message(tenant, loss), tenant=tenant)
+
+    def _marker_back(self, tenant: str, prefix: str) -> None:
+        """A call in a loss passed the check unchanged: the marker seen is back."""
+        loss = self._losses.pop(prefix, None)
+        if loss is not None:
+            self._marks[prefix] = "=" + loss.previous
+            self._restored(tenant, loss, loss.previous, "marker_back")
+
+    def _resumes_at(self, loss: _Loss) -> float | None:
+        if self.state_lost != "wait":
+            return None
+        return (loss.noticed_ms + self._longest_ms) / 1000
+
+    def _lost_message(self, tenant: str, loss: _Loss) -> str:
+        what = "no longer holds" if not loss.found else "holds a new marker instead of"
+        head = (f"counter state lost for tenant {tenant!r}: the counter store {what} the"
+                " epoch marker this sidecar saw (a Redis restart without persistence or a"
+                " failover to an empty replica?), so caps and cooldowns may have been reset;")
+        resumes = self._resumes_at(loss)
+        if resumes is not None:
+            when = _iso(resumes)
+            return (f"{head} counter-bound rules deny until {when} (state_lost=wait: the"
+                    " longest counter window) or until an admin runs `pdp counters ack"
+                    " --redis-url URL`")
+        return (f"{head} counter-bound rules deny until an admin checks the store and runs"
+                " `pdp counters ack --redis-url URL` (add --cluster for Redis Cluster)")
+
+    def _noticed(self, tenant: str, loss: _Loss) -> None:
+        change = CounterStateChange(
+            "lost", tenant, loss.noticed_ms / 1000, loss.previous, loss.found,
+            self.state_lost, resumes_at=self._resumes_at(loss),
+        )
+        log.error("%s", self._lost_message(tenant, loss))
+        self._emit(change, metric=True)
+
+    def _restored(self, tenant: str, loss: _Loss, marker: str, how: str) -> None:
+        change = CounterStateChange(
+            "restored", tenant, self._now_ms() / 1000, loss.previous, marker,
+            self.state_lost, how=how,
+        )
+        log.warning("counter state for tenant %r accepted again (%s): counter-bound rules"
+                    " apply from the store's current counts", tenant, how)
+        self._emit(change, metric=False)
+
+    def _emit(self, change: CounterStateChange, *, metric: bool) -> None:
+        hooks: list[Callable[[], object]] = []
+        if metric and self.on_state_lost is not None:
+            hooks.append(functools.partial(self.on_state_lost, change))
+        if self.on_audit_event is not None:
+            hooks.append(functools.partial(self.on_audit_event, change.audit_event()))
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("counter state hook failed")
+
+    def _now_ms(self) -> int:
+        return int(self.clock.now() * 1000)
+
+    def state_losses(self) -> dict[str, float]:
+        """Tenants whose counter state loss is in force -> when it was noticed (seconds)."""
+        return {keys.unesc(p[5:-1]): loss.noticed_ms / 1000 for p, loss in self._losses.items()}
 
     # -- encoding -----------------------------------------------------------------------
 
@@ -262,6 +428,7 @@ class RedisCounterStore:
     ) -> tuple[int, int, str, list[int]]:
         validate_items([rules], self.event_retention_seconds)
         tz_index, defs, body = self._parts([rules])
+        self._note_longest(defs)
         tzs = [self._days(name) for name in tz_index]
         start, end = -(2**63), 2**63
         for name in tz_index:
@@ -277,9 +444,16 @@ class RedisCounterStore:
     def _encode(self, items: Sequence[Sequence[CounterRule]]) -> list[str | int]:
         """``[offset_ms, json]``: distinct rule definitions once, then (definition, scope)."""
         tz_index, defs, body = self._parts(items)
+        self._note_longest(defs)
         tzs = [self._days(name) for name in tz_index]
         payload = _JSON.encode([self._bucket_ms, tzs, defs, body])
         return [self._offset_ms(), payload]
+
+    def _note_longest(self, defs: list[tuple[Any, ...]]) -> None:
+        """Keep the longest rule window seen: ``wait`` mode waits at least that long."""
+        longest = max((int(d[3]) for d in defs), default=0)
+        if longest > self._longest_ms:
+            self._longest_ms = longest
 
     def _parts(
         self, items: Sequence[Sequence[CounterRule]]
@@ -335,7 +509,7 @@ class RedisCounterStore:
         flags = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         if len(flags) != len(items):
             raise ValueError(f"reserve script answered {len(flags)} items for {len(items)}")
-        denied = iter(reply[2:])
+        denied = iter(reply[3:])
         out: list[ReserveResult] = []
         allow = ReserveResult.allow()
         for rules, flag in zip(items, flags, strict=True):
@@ -428,6 +602,11 @@ class RedisCounterStore:
 
 
 _PING = pack(b"PING")
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
 _json_str = json.encoder.encode_basestring_ascii
 
 

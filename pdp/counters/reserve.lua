@@ -5,28 +5,79 @@
 -- is 0 in production (tests shift it). Keys are built here from KEYS[1] = "pdp:{tenant}";
 -- the hash tag keeps every one of them in the slot of KEYS[1] (works on Redis Cluster).
 --
--- ARGV[1] = offset_ms, ARGV[2] = JSON [bucket_ms, tzs, defs, items], ARGV[3] (optional)
--- = '1' for a dry run: every verdict as a reservation would give it, nothing consumed
--- (draft policies' counter rules in shadow mode), where
+-- ARGV[1] = offset_ms, ARGV[2] = JSON [bucket_ms, tzs, defs, items], ARGV[3] = the epoch
+-- marker check (below), ARGV[4] (optional) = '1' for a dry run: every verdict as a
+-- reservation would give it, nothing consumed (draft policies' counter rules in shadow
+-- mode), where
 --   tzs:   per timezone in use, [bounds_ms..., labels...] (labels: one fewer than bounds)
 --   defs:  per distinct rule, [kind, counter, max_count, duration_ms, threshold,
 --          min_deployments, tz index]
 --   items: per item, [def index, scope, def index, scope, ...]
 -- (one JSON string: far cheaper to ship and decode than thousands of ARGV entries)
 -- kinds: 1 DAILY_CAP, 2 COOLDOWN, 3 VELOCITY, 4 ROLLBACK_RATE, 5 MIN_STEP_DURATION
--- Returns { now_ms, flags, denied... }: flags has one character per item, '1' (allowed,
---   consumed) or '0' (denied); then, for each denied item in order,
+-- Returns { now_ms, flags, epoch note, denied... }: flags has one character per item, '1'
+--   (allowed, consumed) or '0' (denied); the note is '' (the marker is the one expected) or
+--   '+<marker>' (adopted or created: remember it); then, for each denied item in order,
 --   {rule position in item, retry_ms (-1: never), a, b, day label}.
+--   { now_ms, '', '!<marker found or empty>' }: the tenant's state was lost; nothing done.
+--
+-- Epoch marker "pdp:{tenant}:epoch" = '<f|a|w>:<id>:<created ms>' (f: created on first use,
+-- a: written by `pdp counters ack`, w: re-created after a wait-mode loss). ARGV[3] is
+--   '=<marker>'         the marker this sidecar saw: a different 'f' marker or none means
+--                       the state was lost; an 'a' / 'w' one is an acknowledgement (adopt)
+--   '?<id>'             the sidecar has seen none: adopt the marker, or create it
+--   '^<marker> <id>'    wait-mode loss over: write a fresh 'w' marker (unless acked already)
+-- A noticed loss sets "pdp:{tenant}:lost" (kept until an ack or a 'w' marker), so that a
+-- sidecar started after the loss does not take the empty store for a brand-new one.
 
 local prefix = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local req = cjson.decode(ARGV[2])
-local dry = ARGV[3] == '1'
-local bucket = req[1]
+local dry = ARGV[4] == '1'
 
 -- numbers handed to redis.call must be plain integers ("1e+12" is not a valid TTL)
 local function int(x) return string.format('%d', x) end
+
+local note = ''
+do
+  local ekey, lkey = prefix .. ':epoch', prefix .. ':lost'
+  local mark = ARGV[3]
+  local op = string.sub(mark, 1, 1)
+  local cur = redis.call('GET', ekey)
+  local function lost(want)
+    redis.call('SET', lkey, int(now) .. ' ' .. want, 'NX')
+    return { now, '', '!' .. (cur or '') }
+  end
+  if op == '=' then
+    local want = string.sub(mark, 2)
+    if cur ~= want then
+      if cur and string.sub(cur, 1, 1) ~= 'f' and redis.call('EXISTS', lkey) == 0 then
+        note = '+' .. cur
+      else
+        return lost(want)
+      end
+    end
+  elseif op == '?' then
+    if redis.call('EXISTS', lkey) == 1 then return lost('') end
+    if not cur then
+      cur = 'f:' .. string.sub(mark, 2) .. ':' .. int(now)
+      redis.call('SET', ekey, cur)
+    end
+    note = '+' .. cur
+  else
+    local sp = string.find(mark, ' ', 1, true)
+    local want = string.sub(mark, 2, sp - 1)
+    if not (cur and cur ~= want and string.sub(cur, 1, 1) ~= 'f') then
+      cur = 'w:' .. string.sub(mark, sp + 1) .. ':' .. int(now)
+      redis.call('SET', ekey, cur)
+    end
+    redis.call('DEL', lkey)
+    note = '+' .. cur
+  end
+end
+
+local req = cjson.decode(ARGV[2])
+local bucket = req[1]
 
 -- the local day (of each timezone in use) that contains the server's now
 local days = {}
@@ -246,7 +297,7 @@ local function commit(k, key, ttl)
   end
 end
 
-local out = { now, '' }
+local out = { now, '', note }
 local flags = {}
 for n, item in ipairs(req[4]) do
   ncommit = 0

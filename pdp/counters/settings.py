@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 DEFAULT_EVENT_BUCKET_SECONDS = 300
 DEFAULT_EVENT_RETENTION_SECONDS = 7 * 86400
+STATE_LOST_MODES = ("deny", "wait")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,11 @@ class CounterSettings:
     ROLLBACK_RATE events are counted in buckets of ``event_bucket_seconds`` (the window
     edge is that coarse) and kept ``event_retention_seconds``, which is also the longest
     rollback window a rule may ask for.
+
+    ``state_lost`` is what a Redis store does once it notices that the store lost its state
+    (the epoch marker is gone): ``deny`` counter-bound rules until an admin runs
+    ``pdp counters ack`` (default), or ``wait`` until the longest counter window has passed
+    since the loss was noticed, then resume by itself.
     """
 
     url: str | None = None
@@ -35,6 +41,7 @@ class CounterSettings:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    state_lost: str = "deny"
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0 or self.op_timeout <= 0:
@@ -45,3 +52,6 @@ class CounterSettings:
             raise ValueError("event_bucket_seconds must be >= 1")
         if self.event_retention_seconds < self.event_bucket_seconds:
             raise ValueError("event_retention_seconds must be >= event_bucket_seconds")
+        if self.state_lost not in STATE_LOST_MODES:
+            raise ValueError(f"state_lost must be one of {', '.join(STATE_LOST_MODES)}:"
+                             f" {self.state_lost!r}")

@@ -435,6 +435,10 @@ async def test_every_key_expires_with_its_window(backend: Backend) -> None:
     await event(b, CounterEventKind.ROLLBACK, "tenant:t")
     await event(b, CounterEventKind.STEP_ADVANCE, "rollout:r1")
     ttls = await b.key_ttls()
+    # Redis also holds the tenant's epoch marker, the one key without a TTL (its absence
+    # is what tells a lost store); the in-process store has none.
+    marker = ttls.pop(f"pdp:{{{b.tenant}}}:epoch", "absent")
+    assert marker == ("absent" if b.name == "memory" else None)
     assert len(ttls) == 5, ttls
     assert all(t is not None and t > 0 for t in ttls.values()), ttls
     by_kind = {k.split(":")[2]: t for k, t in ttls.items()}
@@ -458,3 +462,85 @@ async def test_peek_gives_the_verdict_and_consumes_nothing(backend: Backend) -> 
     # One reservation was counted, not six: the cap of 2 has exactly one slot left.
     assert (await reserve(backend, cap(2))).allowed
     assert not (await reserve(backend, cap(2))).allowed
+
+
+# -- idempotent events (event_key) ---------------------------------------------------------
+
+
+async def keyed(b: Backend, kind: CounterEventKind, key: str | None, *scopes: str,
+                tenant: str | None = None) -> bool:
+    return await b.store.record_event(
+        tenant or b.tenant, kind, scopes or ("tenant:t",), timeout=TIMEOUT, event_key=key
+    )
+
+
+async def test_a_rollback_reported_many_times_counts_once(backend: Backend) -> None:
+    """Issue 18: three health queries seeing the same bad step, then the rollout engine's
+    own report of that rollback, are one rollback."""
+    b = backend
+    rule = rollback(40, 3600, min_dep=4)
+    await event(b, CounterEventKind.DEPLOY, "tenant:t", n=4)
+    assert await keyed(b, CounterEventKind.ROLLBACK, "rollback:r1:3")
+    for _ in range(3):
+        assert not await keyed(b, CounterEventKind.ROLLBACK, "rollback:r1:3")
+    assert (await reserve(b, rule)).allowed  # 1 / 4 = 25%, not 75% or 100%
+    r = await reserve(b, rollback(20, 3600, min_dep=4))
+    assert not r.allowed and "1 rollbacks / 4 deployments" in r.message
+
+
+async def test_event_keys_are_per_key_kind_and_tenant(backend: Backend) -> None:
+    b = backend
+    assert await keyed(b, CounterEventKind.ROLLBACK, "k1")
+    assert await keyed(b, CounterEventKind.ROLLBACK, "k2")  # another rollback
+    assert await keyed(b, CounterEventKind.DEPLOY, "k1")  # another kind of event
+    assert await keyed(b, CounterEventKind.ROLLBACK, "k1", tenant=b.tenant + "-other")
+    assert not await keyed(b, CounterEventKind.ROLLBACK, "k1")
+    r = await reserve(b, rollback(50, 3600))
+    assert not r.allowed and "2 rollbacks / 1 deployments" in r.message
+
+
+async def test_events_without_a_key_always_count(backend: Backend) -> None:
+    b = backend
+    for key in (None, None, "", ""):  # "" is no key (a proto field left empty)
+        assert await keyed(b, CounterEventKind.ROLLBACK, key)
+    await event(b, CounterEventKind.DEPLOY, "tenant:t", n=2)
+    r = await reserve(b, rollback(50, 3600))
+    assert not r.allowed and "4 rollbacks / 2 deployments" in r.message
+
+
+async def test_a_keyed_event_counts_once_under_every_scope(backend: Backend) -> None:
+    b = backend
+    assert await keyed(b, CounterEventKind.ROLLBACK, "rb:1", "group:a", "group:b")
+    assert not await keyed(b, CounterEventKind.ROLLBACK, "rb:1", "group:a", "group:c")
+    await b.store.record_event(b.tenant, CounterEventKind.DEPLOY, ["group:a", "group:b",
+                                                                   "group:c"], timeout=TIMEOUT)
+    for scope, rbs in (("group:a", 1), ("group:b", 1), ("group:c", 0)):
+        r = await reserve(b, rollback(50, 3600, scope=scope))
+        assert r.allowed == (rbs == 0), (scope, r)
+    assert not await keyed(b, CounterEventKind.ROLLBACK, "rb:1")  # no scope: still known
+
+
+async def test_a_step_advance_with_a_key_is_recorded_once(backend: Backend) -> None:
+    b = backend
+    assert await keyed(b, CounterEventKind.STEP_ADVANCE, "r1:2", "rollout:r1")
+    b.clock.advance(600)
+    # a late duplicate of the same advance must not restart the step's clock
+    assert not await keyed(b, CounterEventKind.STEP_ADVANCE, "r1:2", "rollout:r1")
+    assert (await reserve(b, min_step(500))).allowed
+
+
+async def test_event_keys_are_kept_for_the_event_retention(backend: Backend) -> None:
+    b = backend
+    assert await keyed(b, CounterEventKind.ROLLBACK, "awkward:{key}%")
+    ttls = await b.key_ttls()
+    seen = [t for k, t in ttls.items() if ":evid:" in k]
+    retention = getattr(b.store, "event_retention_seconds", 0)
+    assert len(seen) == 1 and seen[0] == pytest.approx(retention, abs=SLACK), ttls
+    assert not await keyed(b, CounterEventKind.ROLLBACK, "awkward:{key}%")
+
+
+async def test_no_scope_records_nothing(backend: Backend) -> None:
+    b = backend
+    assert not await b.store.record_event(b.tenant, CounterEventKind.ROLLBACK, [],
+                                          timeout=TIMEOUT, event_key="k")
+    assert await keyed(b, CounterEventKind.ROLLBACK, "k")  # the key was not taken

@@ -37,3 +37,14 @@ async def test_periodic_sweep_bounds_memory_without_explicit_calls() -> None:
     clock.advance(120)
     await store.reserve("t", [], timeout=1)  # any call past the sweep interval sweeps
     assert len(store._data) == 0
+
+
+async def test_an_event_key_is_forgotten_after_the_retention() -> None:
+    clock = ManualClock(T0)
+    store = MemoryCounterStore(clock, event_bucket_seconds=60, event_retention_seconds=3600)
+    kind = CounterEventKind.ROLLBACK
+    assert await store.record_event("t", kind, ["tenant:t"], timeout=1, event_key="k")
+    clock.advance(3599)
+    assert not await store.record_event("t", kind, ["tenant:t"], timeout=1, event_key="k")
+    clock.advance(2)
+    assert await store.record_event("t", kind, ["tenant:t"], timeout=1, event_key="k")
