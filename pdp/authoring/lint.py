@@ -6,8 +6,9 @@
 * warnings: a cost estimate above the warning threshold; match filters that can never match
   at the policy's checkpoints (an agent selector on a device-only policy, a device selector
   without the device checkpoint, contradictory label requirements); typed rules whose input
-  the policy's checkpoints never carry (empty intersection); CEL reading a variable that
-  requests at the policy's checkpoints do not carry.
+  the policy's checkpoints never carry (empty intersection), or only some of them carry
+  (device rules, quality gates: they do not apply at the others); CEL reading a variable
+  that requests at the policy's checkpoints do not carry.
 
 Exit code: 0 clean (warnings allowed unless ``--strict``), 1 problems, 2 nothing to lint.
 """
@@ -57,6 +58,12 @@ RULE_INPUT: dict[type, str | None] = {
     AutoRollback: None,
 }
 REQUEST_VARS = ("agent", "device", "rollout", "config", "previous_config", "metrics")
+# Typed rules that apply only where a request carries their facts (they do not apply, and
+# so never deny, at the other checkpoints): the facts, and the checkpoints that carry them.
+FACTS_ONLY_AT: dict[type, tuple[str, frozenset[Checkpoint]]] = {
+    DeviceConstraints: ("device", frozenset({Checkpoint.DEVICE})),
+    QualityGate: ("metrics", frozenset({Checkpoint.ROLLOUT_PRECONDITION})),
+}
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,16 @@ def lint_policy(policy: Policy, doc: Located, src: str, env: Environment, *,
         add("warning", ("rule",),
             f"rule {rule.kind} reads `{needs}`, which requests at {_cps(checkpoints)} do not"
             " carry: the checkpoints and the rule have an empty intersection")
+    elif type(rule) in FACTS_ONLY_AT:
+        facts, carried_at = FACTS_ONLY_AT[type(rule)]
+        without = checkpoints - carried_at
+        if without:
+            listed = "" if policy.checkpoints else " (no checkpoints listed means all)"
+            add("warning", ("checkpoints",) if policy.checkpoints else ("rule",),
+                f"rule {rule.kind} reads `{facts}` facts, which requests at {_cps(without)}"
+                f" do not carry{listed}: it does not apply there, only at"
+                f" {_cps(carried_at)}; list `checkpoints: [{_cps(carried_at & checkpoints)}]`"
+                " to say so")
     if isinstance(rule, CounterSpec) and rule.scope in ("agent", "device", "group"):
         src_var = "agent" if rule.scope == "group" else rule.scope
         if src_var not in carried and not (rule.scope == "group" and "device" in carried):

@@ -41,6 +41,7 @@ from pdp.policy.rules import (
     MaxStepPercent,
     QualityGate,
     RequireApproval,
+    local_time,
 )
 
 Values = dict[str, str]
@@ -105,7 +106,7 @@ def explain_tls_insecure(_: TlsInsecureRemote, ctx: EvalContext) -> Values:
 
 
 def _local(ctx: EvalContext, tz: Any) -> Values:
-    local = ctx.now.astimezone(tz)
+    local = local_time(ctx.now, tz)
     return {"now": ctx.now.isoformat(), "local_time": local.strftime("%Y-%m-%d %H:%M"),
             "weekday": WEEKDAYS[local.weekday()], "timezone": str(tz.key)}
 
@@ -149,11 +150,12 @@ def explain_approval(rule: RequireApproval, ctx: EvalContext) -> Values:
 
 def explain_device(rule: DeviceConstraints, ctx: EvalContext) -> Values:
     device = ctx.section("device")
-    platform = str(device.get("platform", "")).lower()
-    out = {"device.platform": platform}
+    platform = device.get("platform", "")
+    out = {"device.platform": render(platform)}
+    key = platform.strip().lower() if isinstance(platform, str) else ""
     for plat, minimum in rule.min_os_version:
-        if plat.lower() == platform:
-            out["device.os_version"] = str(device.get("os_version", ""))
+        if plat == key:
+            out["device.os_version"] = render(device.get("os_version", ""))
             out["min_os_version"] = minimum
     if rule.min_memory_bytes:
         out["device.memory_bytes"] = render(device.get("memory_bytes", 0))

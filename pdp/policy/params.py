@@ -6,19 +6,24 @@ Every typed rule parses its parameters through this, so a bad value anywhere rea
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
+import math
+import zoneinfo
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pdp.cel import CelError
-from pdp.cel.domain import quantity
+from pdp.cel.domain import compare_versions, quantity
 from pdp.policy.model import PolicyError
 
 # Raise a PolicyError for a field path (relative to the rule's parameters).
 Fail = Callable[[tuple[str | int, ...], str], PolicyError]
 
-
+#: Names that load on some hosts but mean that host's own setting (or no zone at all).
+HOST_ZONES = frozenset({"localtime", "local", "posixrules", "factory", ""})
 
 class Params:
     """A mapping of parameters plus the path prefix used in error messages."""
@@ -56,10 +61,12 @@ class Params:
         raw = self._get(key, default)
         if raw is None:
             raise self.error(key, "required")
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < minimum or (
-                maximum is not None and raw > maximum):
+        # NaN passes every bound check (each comparison is false) and then makes every
+        # comparison in evaluation false too: refused, as is infinity.
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(
+                raw) or raw < minimum or (maximum is not None and raw > maximum):
             bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-            raise self.error(key, f"expected a number {bound}, got {raw!r}")
+            raise self.error(key, f"expected a finite number {bound}, got {raw!r}")
         return float(raw)
 
     def optional_number(self, key: str) -> float | None:
@@ -95,11 +102,40 @@ class Params:
         return Params(self._get(key, {}), self.fail, (*self.path, key))
 
     def timezone(self, key: str = "timezone") -> ZoneInfo:
+        """An IANA zone name exactly as tzdata spells it (``UTC``, ``Etc/GMT-2``, ...).
+
+        Why so strict: ``localtime`` (and a case-folded name on a case-insensitive file
+        system) loads on some hosts and means that host's own zone, so sidecars would
+        disagree about the day or the hour."""
         name = self.string(key, "UTC")
+        if name not in iana_zone_names():
+            if name.strip().lower() in HOST_ZONES:
+                raise self.error(key, f"{name!r} is not a fixed time zone (it depends on the"
+                                      " host, so sidecars would disagree); name an IANA zone"
+                                      " such as Europe/Berlin or UTC")
+            close = [z for z in iana_zone_names() if z.lower() == name.strip().lower()]
+            hint = f"; did you mean {close[0]!r}?" if close else \
+                " (expected a tzdata name such as Europe/Berlin or UTC)"
+            raise self.error(key, f"unknown IANA time zone {name!r}{hint}")
         try:
             return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise self.error(key, f"unknown IANA time zone {name!r}") from None
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise self.error(key, f"time zone {name!r} has no data on this host") from None
+
+    def version(self, key: str) -> str:
+        """A dotted version (``"10"``, ``"16.4.1"``, ``v2.1.0-rc1``); an integer is taken as
+        written. A float is refused: YAML reads ``16.10`` as 16.1."""
+        raw = self._get(key, None)
+        if raw is None:
+            raise self.error(key, "required")
+        if isinstance(raw, float):
+            raise self.error(key, f"write the version as a string ('{raw}' in quotes): YAML"
+                                  " reads an unquoted 16.10 as the number 16.1")
+        if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+            raw = str(raw)
+        if not isinstance(raw, str) or not valid_version(raw):
+            raise self.error(key, f"expected a version like '10' or '16.4.1', got {raw!r}")
+        return raw.strip()
 
     def timestamp(self, key: str) -> datetime:
         raw = self._get(key, None)
@@ -129,6 +165,29 @@ class Params:
         unknown = sorted(str(k) for k in self.data if k not in self.seen)
         if unknown:
             raise self.error(unknown[0], "unknown field")
+
+
+def valid_version(text: str) -> bool:
+    """Whether ``text`` is a version the device rules can compare."""
+    try:
+        compare_versions(text.strip(), text.strip())
+    except CelError:
+        return False
+    return True
+
+
+@functools.cache
+def iana_zone_names() -> frozenset[str]:
+    """The zone names tzdata lists (the ``tzdata`` package, a dependency: the same list on
+    every host); without it, what this host has, minus host-dependent names."""
+    try:
+        text = importlib.resources.files("tzdata").joinpath("zones").read_text(
+            encoding="utf-8")
+        names = frozenset(text.split())
+    except (ModuleNotFoundError, OSError):
+        names = frozenset(zoneinfo.available_timezones())
+    return frozenset(n for n in names if n.lower() not in HOST_ZONES
+                     and not n.startswith(("posix/", "right/")))
 
 
 def parse_quantity(text: str) -> int | None:

@@ -7,14 +7,17 @@ every stateless policy has allowed, so a denied decision never consumes a slot.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
+from pdp.cel import CelError
 from pdp.cel.domain import compare_versions
 from pdp.policy.evalctx import EvalContext
+from pdp.policy.model import Checkpoint
 from pdp.policy.params import Params
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -38,7 +41,25 @@ class StatelessRule:
         raise NotImplementedError
 
 
+def _shown(value: Any, limit: int = 64) -> str:
+    """A request value in a message: repr, cut short (requests are not trusted to be small)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def local_time(now: datetime, tz: ZoneInfo) -> datetime:
+    """``now`` on the wall clock of ``tz``. A naive ``now`` is taken as UTC: converting it
+    as it is would use the host's own zone."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    return now.astimezone(tz)
+
+
 # ---------------------------------------------------------------- clock rules
+#
+# Clock rules read the local wall clock of their zone: a day is the local calendar day (23
+# or 25 hours long across a DST change), an hour the local hour (an hour a DST jump skips
+# does not happen that day; an hour that repeats is allowed or blocked both times).
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,7 @@ class BlockedDays(StatelessRule):
         return cls(frozenset(days), p.timezone())
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
-        local = ctx.now.astimezone(self.tz)
+        local = local_time(ctx.now, self.tz)
         if local.weekday() in self.days:
             return Deny("BLOCKED_DAY", f"deployments are blocked on {WEEKDAYS[local.weekday()]}s"
                         f" ({self.tz.key}, local time {local:%Y-%m-%d %H:%M})")
@@ -75,14 +96,17 @@ class AllowedHours(StatelessRule):
 
     @classmethod
     def parse(cls, p: Params) -> AllowedHours:
+        """start_hour 0-23, end_hour 0-24 (exclusive); end before start wraps midnight;
+        0 -> 24 is the whole day. Equal hours are refused: empty or all day, unclear."""
         start = p.integer("start_hour", minimum=0, maximum=23)
         end = p.integer("end_hour", minimum=0, maximum=24)
-        if start == end % 24:
-            raise p.error("end_hour", "must differ from start_hour (the window would be empty)")
+        if start == end:
+            raise p.error("end_hour", "must differ from start_hour (the window would be empty;"
+                                      " for the whole day write start_hour: 0, end_hour: 24)")
         return cls(start, end, p.timezone())
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
-        local = ctx.now.astimezone(self.tz)
+        local = local_time(ctx.now, self.tz)
         h = local.hour
         inside = (self.start_hour <= h < self.end_hour) if self.start_hour < self.end_hour else (
             h >= self.start_hour or h < self.end_hour)  # window wraps midnight
@@ -112,12 +136,24 @@ class FreezeWindows(StatelessRule):
         return cls(tuple(windows))
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
+        """Windows are absolute instants (their offsets say where they were written), so a
+        DST change never moves them. Retry after the freeze lifts: the end of this window,
+        or of the last window that overlaps or touches it."""
+        now = ctx.now if ctx.now.tzinfo is not None else ctx.now.replace(tzinfo=UTC)
         for start, end, reason in self.windows:
-            if start <= ctx.now < end:
+            if start <= now < end:
+                lifts = end
+                extended = True
+                while extended:
+                    extended = False
+                    for s2, e2, _ in self.windows:
+                        if s2 <= lifts < e2:
+                            lifts, extended = e2, True
                 why = f" ({reason})" if reason else ""
+                until = "" if lifts == end else f"; frozen until {lifts.isoformat()}"
                 return Deny("CHANGE_FREEZE",
-                            f"change freeze from {start.isoformat()} to {end.isoformat()}{why}",
-                            (end - ctx.now).total_seconds())
+                            f"change freeze from {start.isoformat()} to {end.isoformat()}{why}"
+                            f"{until}", (lifts - now).total_seconds())
         return None
 
 
@@ -145,8 +181,12 @@ class MaxStepPercent(StatelessRule):
         prev = rollout.get("previous_step_percent", 0.0)
         if not isinstance(pct, int | float) or isinstance(pct, bool):
             return None
-        if not isinstance(prev, int | float) or isinstance(prev, bool):
-            prev = 0.0
+        if not math.isfinite(pct):  # NaN would compare false and allow any step
+            return Deny("STEP_TOO_LARGE", f"rollout step_percent {pct!r} is not a number;"
+                                          f" at most {self.max_percent:g}% per step is allowed")
+        if not isinstance(prev, int | float) or isinstance(prev, bool) or not math.isfinite(
+                prev):
+            prev = 0.0  # unknown: the step counts from nothing (the larger increase)
         increase = pct - prev
         if increase > self.max_percent + 1e-9:
             return Deny("STEP_TOO_LARGE",
@@ -170,10 +210,11 @@ class RequireApproval(StatelessRule):
         rollout = ctx.section("rollout")
         step = rollout.get("step", 0)
         author = rollout.get("created_by", "")
+        approvals = rollout.get("approvals") or []
         approvers = {
-            a.get("actor", "") for a in rollout.get("approvals", []) or []
-            if isinstance(a, dict) and a.get("actor") and a.get("actor") != author
-            and (not self.per_step or a.get("step", 0) == step)
+            a["actor"] for a in (approvals if isinstance(approvals, list) else [])
+            if isinstance(a, dict) and isinstance(a.get("actor"), str) and a["actor"]
+            and a["actor"] != author and (not self.per_step or a.get("step", 0) == step)
         }
         if len(approvers) >= self.min_approvals:
             return None
@@ -185,39 +226,101 @@ class RequireApproval(StatelessRule):
 
 @dataclass(frozen=True)
 class DeviceConstraints(StatelessRule):
+    """Constraints on the device a config goes to: OS version per platform, memory, groups.
+
+    The rule needs device facts: it applies where a request carries a device (every
+    ``device`` checkpoint request; a push or auto-apply only when it carries one, which the
+    gRPC API does not) and does not apply elsewhere. Where it applies, a fact the device does
+    not report, or reports as junk, denies and names the value: never "allowed because
+    unreadable". A platform the rule names no minimum for has no OS constraint.
+    """
+
     kind: ClassVar[str] = "device_constraints"
-    min_os_version: tuple[tuple[str, str], ...]
+    min_os_version: tuple[tuple[str, str], ...]  # (platform, lower case; minimum version)
     min_memory_bytes: int
     allowed_groups: frozenset[str]
 
     @classmethod
     def parse(cls, p: Params) -> DeviceConstraints:
         versions = p.mapping("min_os_version")
-        pairs = tuple((str(k), versions.string(str(k))) for k in versions.data)
-        return cls(pairs, p.quantity("min_memory", 0), frozenset(p.strings("allowed_groups")))
+        pairs: dict[str, str] = {}
+        for k in list(versions.data):
+            key = str(k)
+            platform = key.strip().lower()
+            if not platform:
+                raise versions.error(key, "expected a platform name")
+            if platform in pairs:
+                raise versions.error(key, f"platform {platform!r} is given twice (platforms"
+                                          " are compared ignoring case)")
+            if not isinstance(k, str):
+                raise versions.error(key, f"expected a platform name, got {k!r}")
+            pairs[platform] = versions.version(key)
+        groups = p.strings("allowed_groups")
+        for i, g in enumerate(groups):
+            if not g.strip():
+                raise p.fail((*p.path, "allowed_groups", i), "expected a group name, got ''")
+        rule = cls(tuple(pairs.items()), p.quantity("min_memory", 0), frozenset(groups))
+        if not rule.min_os_version and not rule.min_memory_bytes and not rule.allowed_groups:
+            raise p.fail(p.path, "required: at least one of min_os_version, min_memory,"
+                                 " allowed_groups")
+        return rule
+
+    def applies(self, ctx: EvalContext) -> bool:
+        """Whether this request has device facts to judge (see the class docstring)."""
+        return ctx.checkpoint is Checkpoint.DEVICE or bool(ctx.section("device"))
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
+        if not self.applies(ctx):
+            return None
         device = ctx.section("device")
-        platform = str(device.get("platform", "")).lower()
-        for plat, minimum in self.min_os_version:
-            if plat.lower() == platform:
-                have = str(device.get("os_version", ""))
-                if not have or compare_versions(have, minimum) < 0:
-                    return Deny("DEVICE_CONSTRAINT",
-                                f"{platform} {have or '(unknown version)'} is older than the"
-                                f" minimum {minimum}")
+        if self.min_os_version:
+            deny = self._os_version(device)
+            if deny is not None:
+                return deny
         if self.min_memory_bytes:
-            mem = device.get("memory_bytes", 0)
-            if not isinstance(mem, int) or mem < self.min_memory_bytes:
+            mem = device.get("memory_bytes")
+            if not isinstance(mem, int) or isinstance(mem, bool) or mem <= 0:
+                return Deny("DEVICE_CONSTRAINT",
+                            f"device reports no usable memory size ({_shown(mem)}); the"
+                            f" minimum is {self.min_memory_bytes} bytes")
+            if mem < self.min_memory_bytes:
                 return Deny("DEVICE_CONSTRAINT",
                             f"device memory {mem} bytes is below the minimum"
                             f" {self.min_memory_bytes} bytes")
         if self.allowed_groups:
-            groups = set(device.get("groups", []) or [])
+            raw = device.get("groups")
+            groups = {g for g in raw if isinstance(g, str)} if isinstance(raw, list) else set()
             if not groups & self.allowed_groups:
                 return Deny("DEVICE_CONSTRAINT",
                             f"device is in none of the allowed groups"
-                            f" {sorted(self.allowed_groups)}")
+                            f" {sorted(self.allowed_groups)} (its groups:"
+                            f" {sorted(groups) if groups else _shown(raw)})")
+        return None
+
+    def _os_version(self, device: Mapping[str, Any]) -> Deny | None:
+        raw = device.get("platform")
+        platform = raw.strip().lower() if isinstance(raw, str) else ""
+        if not platform:
+            return Deny("DEVICE_CONSTRAINT",
+                        f"device reports no platform ({_shown(raw)}); minimum OS versions are"
+                        f" set for {', '.join(p for p, _ in self.min_os_version)}")
+        minimum = dict(self.min_os_version).get(platform)
+        if minimum is None:
+            return None
+        have = device.get("os_version")
+        if not isinstance(have, str) or not have.strip():
+            return Deny("DEVICE_CONSTRAINT",
+                        f"{platform} device reports no OS version ({_shown(have)}); the"
+                        f" minimum is {minimum}")
+        try:
+            older = compare_versions(have.strip(), minimum) < 0
+        except CelError:
+            return Deny("DEVICE_CONSTRAINT",
+                        f"{platform} OS version {_shown(have)} is not a version (expected"
+                        f" e.g. 16.4.1); the minimum is {minimum}")
+        if older:
+            return Deny("DEVICE_CONSTRAINT",
+                        f"{platform} {have.strip()} is older than the minimum {minimum}")
         return None
 
 
@@ -253,6 +356,7 @@ class QualityGate(StatelessRule):
     * ``require_eval`` (default true): the gate blocks until an evaluation has produced the
       metrics and they pass; ``false``: metrics not measured yet do not block (only measured
       values are checked).
+    * it applies at ``rollout_precondition`` (and to any request carrying metrics).
     """
 
     kind: ClassVar[str] = "quality_gate"
@@ -274,8 +378,14 @@ class QualityGate(StatelessRule):
             keys = c.strings("keys")
             if keys and scope != "fine_grained":
                 raise c.error("keys", "keys need scope: fine_grained")
+            for i, k in enumerate(keys):
+                if not k.strip("/"):
+                    raise c.fail((*c.path, "keys", i), f"expected a key, got {k!r}")
+            metric = c.string("metric")
+            if not metric.strip() or metric.startswith("/") or metric.endswith("/"):
+                raise c.error("metric", f"expected a metric name, got {metric!r}")
             conds.append(QualityCondition(
-                c.string("metric"), "=" if op == "==" else op,
+                metric, "=" if op == "==" else op,
                 0.0 if op == "exists" else c.number("threshold", minimum=-1e300), keys))
             c.reject_unknown()
         acc = p.optional_number("min_accuracy")
@@ -285,7 +395,10 @@ class QualityGate(StatelessRule):
         raw = p._get("max_quality_drop", None)
         if isinstance(raw, Mapping):
             dp = p.mapping("max_quality_drop")
-            drops.append((dp.string("metric", "accuracy"), dp.number("max")))
+            metric = dp.string("metric", "accuracy")
+            if not metric.strip():
+                raise dp.error("metric", "expected a metric name, got ''")
+            drops.append((metric, dp.number("max")))
             dp.reject_unknown()
         elif raw is not None:
             drops.append(("accuracy", p.number("max_quality_drop")))
@@ -305,7 +418,15 @@ class QualityGate(StatelessRule):
                     out.append(k)
         return sorted(out)
 
+    def applies(self, ctx: EvalContext) -> bool:
+        """Where metrics can be: the rollout precondition (``CheckRollout.metrics``), or a
+        request that carries some. A push never does, so a gate there would deny every push
+        as "not measured": like device rules, it does not apply where its facts cannot be."""
+        return ctx.checkpoint is Checkpoint.ROLLOUT_PRECONDITION or bool(ctx.section("metrics"))
+
     def evaluate(self, ctx: EvalContext) -> Deny | None:
+        if not self.applies(ctx):
+            return None
         metrics = ctx.section("metrics")
         for c in self.conditions:
             keys = self._in_scope(metrics, c)
@@ -333,7 +454,7 @@ class QualityGate(StatelessRule):
                 return Deny("QUALITY_GATE_FAILED",
                             f"quality gate failed: metric {missing!r} was not measured (needed"
                             f" for the max quality drop of {metric!r})")
-            if base - cur > max_drop + 1e-12:
+            if not math.isfinite(base - cur) or base - cur > max_drop + 1e-12:
                 return Deny("QUALITY_GATE_FAILED",
                             f"quality gate failed: metric {metric!r} = {cur:g} dropped"
                             f" {base - cur:g} below its baseline {base:g} (at most {max_drop:g})")
@@ -372,7 +493,13 @@ class AutoRollback(StatelessRule):
         out = []
         for metric, limit in self.thresholds:
             v = metrics.get(metric)
-            if isinstance(v, int | float) and not isinstance(v, bool) and v > limit:
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                continue
+            if math.isnan(v):  # compares false with everything: unreadable, so a breach
+                out.append(Deny("HEALTH_THRESHOLD_EXCEEDED",
+                                f"metric {metric!r} = {v!r} is not a number (threshold"
+                                f" {limit:g})"))
+            elif v > limit:
                 out.append(Deny("HEALTH_THRESHOLD_EXCEEDED",
                                 f"metric {metric!r} = {v:g} exceeds the threshold {limit:g}"))
         return out
@@ -413,28 +540,40 @@ class CounterSpec:
         return str(raw), None
 
 
+#: Upper bounds on counter parameters: a year of window, a billion deploys. Larger values
+#: load, then overflow the store's expiry times or its doubles and deny every request.
+MAX_MINUTES = 366 * 24 * 60
+MAX_HOURS = 366 * 24
+MAX_COUNT = 1_000_000_000
+
+
 def _parse_counter(kind: str, p: Params) -> CounterSpec:
     if kind == "daily_cap":
         scope, expr = CounterSpec.parse_scope(p, "tenant")
-        return CounterSpec(kind, scope, expr, max_count=p.integer("max_count", minimum=1),
+        return CounterSpec(kind, scope, expr,
+                           max_count=p.integer("max_count", minimum=1, maximum=MAX_COUNT),
                            timezone=p.timezone().key)
     if kind == "cooldown":
         scope, expr = CounterSpec.parse_scope(p, "agent")
-        return CounterSpec(kind, scope, expr,
-                           min_interval_seconds=60 * p.integer("minutes", minimum=1))
+        return CounterSpec(kind, scope, expr, min_interval_seconds=60 * p.integer(
+            "minutes", minimum=1, maximum=MAX_MINUTES))
     if kind == "velocity":
         scope, expr = CounterSpec.parse_scope(p, "tenant")
-        return CounterSpec(kind, scope, expr, max_count=p.integer("max_count", minimum=1),
-                           window_seconds=60 * p.integer("window_minutes", minimum=1))
+        return CounterSpec(kind, scope, expr,
+                           max_count=p.integer("max_count", minimum=1, maximum=MAX_COUNT),
+                           window_seconds=60 * p.integer("window_minutes", minimum=1,
+                                                         maximum=MAX_MINUTES))
     if kind == "rollback_rate":
         scope, expr = CounterSpec.parse_scope(p, "tenant")
         return CounterSpec(kind, scope, expr,
                            threshold_percent=p.number("threshold_percent", maximum=100.0),
-                           window_seconds=3600 * p.integer("window_hours", minimum=1),
-                           min_deployments=p.integer("min_deployments", 1, minimum=1))
+                           window_seconds=3600 * p.integer("window_hours", minimum=1,
+                                                           maximum=MAX_HOURS),
+                           min_deployments=p.integer("min_deployments", 1, minimum=1,
+                                                     maximum=MAX_COUNT))
     # min_step_duration: always per rollout
-    return CounterSpec(kind, "rollout", None,
-                       min_interval_seconds=60 * p.integer("minutes", minimum=1))
+    return CounterSpec(kind, "rollout", None, min_interval_seconds=60 * p.integer(
+        "minutes", minimum=1, maximum=MAX_MINUTES))
 
 
 STATELESS: dict[str, Any] = {r.kind: r for r in (

@@ -19,9 +19,15 @@ def rule(yaml_rule: str) -> Any:
     return p.rule
 
 
-def ctx(now: datetime | None = None, **activation: Any) -> EvalContext:
-    return EvalContext("t", Checkpoint.PUSH, now or datetime(2026, 11, 23, 12, tzinfo=UTC),
+def ctx(now: datetime | None = None, checkpoint: Checkpoint = Checkpoint.PUSH,
+        **activation: Any) -> EvalContext:
+    return EvalContext("t", checkpoint, now or datetime(2026, 11, 23, 12, tzinfo=UTC),
                        activation)
+
+
+def gate(metrics: dict[str, float]) -> EvalContext:
+    """Quality gates apply at the rollout precondition (where metrics are)."""
+    return ctx(checkpoint=Checkpoint.ROLLOUT_PRECONDITION, metrics=metrics)
 
 
 def code(d: Deny | None) -> str | None:
@@ -116,14 +122,14 @@ def test_device_constraints() -> None:
 def test_quality_gate_scopes() -> None:
     latest = rule("  quality_gate:\n    min_accuracy: 0.9\n    conditions:\n"
                   "      - {metric: latency_ms, op: '<=', threshold: 200}\n")
-    assert latest.evaluate(ctx(metrics={"accuracy": 0.95, "latency_ms": 150})) is None
-    assert code(latest.evaluate(ctx(metrics={"accuracy": 0.85, "latency_ms": 150}))) == \
+    assert latest.evaluate(gate({"accuracy": 0.95, "latency_ms": 150})) is None
+    assert code(latest.evaluate(gate({"accuracy": 0.85, "latency_ms": 150}))) == \
         "QUALITY_GATE_FAILED"
-    assert code(latest.evaluate(ctx(metrics={"latency_ms": 150}))) == "QUALITY_GATE_FAILED"
+    assert code(latest.evaluate(gate({"latency_ms": 150}))) == "QUALITY_GATE_FAILED"
     fine = rule("  quality_gate:\n    scope: fine_grained\n    min_accuracy: 0.9\n")
     ok = {"accuracy/eu": 0.95, "accuracy/us": 0.91}
-    assert fine.evaluate(ctx(metrics=ok)) is None
-    assert code(fine.evaluate(ctx(metrics={**ok, "accuracy/apac": 0.8}))) == \
+    assert fine.evaluate(gate(ok)) is None
+    assert code(fine.evaluate(gate({**ok, "accuracy/apac": 0.8}))) == \
         "QUALITY_GATE_FAILED"
 
 
@@ -155,7 +161,7 @@ GATE = "  quality_gate:\n    scope: {scope}\n    conditions:\n      - {cond}\n"
 ])
 def test_quality_gate_operators_and_scopes(scope: str, cond: str, metrics: dict[str, float],
                                            denied_metric: str | None) -> None:
-    d = rule(GATE.format(scope=scope, cond=cond)).evaluate(ctx(metrics=metrics))
+    d = rule(GATE.format(scope=scope, cond=cond)).evaluate(gate(metrics))
     if denied_metric is None:
         assert d is None
     else:
@@ -173,7 +179,7 @@ def test_quality_gate_operators_and_scopes(scope: str, cond: str, metrics: dict[
 ])
 def test_quality_gate_shorthands(params: str, metrics: dict[str, float],
                                  denied: str | None) -> None:
-    d = rule(f"  quality_gate:\n    {params}\n").evaluate(ctx(metrics=metrics))
+    d = rule(f"  quality_gate:\n    {params}\n").evaluate(gate(metrics))
     assert (d is None) == (denied is None)
     if d is not None:
         assert repr(denied) in d.message
@@ -206,7 +212,7 @@ def test_auto_rollback_defaults_and_breaches(params: str, metrics: dict[str, flo
     found = r.breaches(ctx(metrics=metrics))
     assert [m for m in breached] == [d.message.split("'")[1] for d in found]
     assert all(d.code == "HEALTH_THRESHOLD_EXCEEDED" for d in found)
-    assert code(r.evaluate(ctx(metrics=metrics))) == ("HEALTH_THRESHOLD_EXCEEDED" if breached
+    assert code(r.evaluate(gate(metrics))) == ("HEALTH_THRESHOLD_EXCEEDED" if breached
                                                       else None)
 
 
@@ -275,11 +281,11 @@ def test_byte_quantities(text: Any, expected: int) -> None:
 
 def test_quality_gate_require_eval_blocks_until_an_evaluation_passes() -> None:
     blocking = rule("  quality_gate: {min_accuracy: 0.9}\n")
-    d = blocking.evaluate(ctx(metrics={}))
+    d = blocking.evaluate(gate({}))
     assert code(d) == "QUALITY_GATE_FAILED" and d is not None
     assert "blocked until an evaluation passes" in d.message
-    assert blocking.evaluate(ctx(metrics={"accuracy": 0.95})) is None
+    assert blocking.evaluate(gate({"accuracy": 0.95})) is None
     lenient = rule("  quality_gate: {min_accuracy: 0.9, max_quality_drop: 0.02,"
                    " require_eval: false}\n")
-    assert lenient.evaluate(ctx(metrics={})) is None            # nothing measured yet
-    assert code(lenient.evaluate(ctx(metrics={"accuracy": 0.5}))) == "QUALITY_GATE_FAILED"
+    assert lenient.evaluate(gate({})) is None            # nothing measured yet
+    assert code(lenient.evaluate(gate({"accuracy": 0.5}))) == "QUALITY_GATE_FAILED"
