@@ -8,10 +8,10 @@ unless that tenant relaxed them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pdp.policy.compiled import CompiledPolicy
-from pdp.policy.model import Checkpoint, Status
+from pdp.policy.model import Checkpoint, LabelSelector, MatchFilter, Status
 
 #: Selections a policy set remembers (cleared when full: label sets are few in practice).
 _SELECTIONS = 4096
@@ -64,20 +64,24 @@ class PolicySet:
                device_labels: Mapping[str, str] | None) -> list[CompiledPolicy]:
         """The policies that apply; remembered per (tenant, checkpoint, change, labels): a
         fleet asks with the same few label sets over and over. The list is shared: read it,
-        do not change it."""
+        do not change it.
+
+        Labels that are not a mapping (only in-process callers can send them) cannot be
+        matched: every policy with a selector on that side is selected, so it may deny
+        rather than be skipped."""
+        agent = _labels(agent_labels)
+        device = _labels(device_labels)
         key: tuple[object, ...] | None = None
         hit = None
         try:
-            key = (tenant, checkpoint, tuple(change.items()),
-                   tuple(agent_labels.items()) if agent_labels else (),
-                   tuple(device_labels.items()) if device_labels else ())
+            key = (tenant, checkpoint, _key(change), _key(agent), _key(device))
             hit = self._selections.get(key)
-        except (TypeError, AttributeError):  # unhashable or odd values: not remembered
+        except TypeError:  # unhashable values: not remembered
             key = None
         if hit is not None:
             return hit
         found = [p for p in self.for_tenant(tenant, checkpoint)
-                 if p.policy.match.matches(change, agent_labels, device_labels)]
+                 if _matches(p.policy.match, change, agent, device)]
         if key is not None:
             if len(self._selections) >= _SELECTIONS:
                 self._selections.clear()
@@ -86,3 +90,43 @@ class PolicySet:
 
     def all(self) -> Iterable[CompiledPolicy]:
         return [*self.builtins, *self.policies]
+
+
+class _Unreadable:
+    """Labels that are not a mapping: no selector can say they do not match."""
+
+
+_UNREADABLE = _Unreadable()
+
+
+def _labels(labels: object) -> Mapping[str, str] | _Unreadable | None:
+    if labels is None or isinstance(labels, Mapping):
+        return labels
+    return _UNREADABLE
+
+
+def _key(values: Mapping[str, str] | _Unreadable | None) -> object:
+    """A cache key for one label map (or the change) that two inputs share only if every
+    selector treats them alike: None (no agent / no device) is not ``{}`` (an agent without
+    labels: ``NotIn`` and ``DoesNotExist`` match it); keys and values keep their types
+    (``1``, ``1.0``, ``True`` and ``"1"`` differ); order does not matter. Raises TypeError
+    for unhashable values."""
+    if values is None or isinstance(values, _Unreadable):
+        return values
+    return frozenset((type(k), k, type(v), v) for k, v in values.items())
+
+
+def _matches(match: MatchFilter, change: Mapping[str, str],
+             agent_labels: Mapping[str, str] | _Unreadable | None,
+             device_labels: Mapping[str, str] | _Unreadable | None) -> bool:
+    """``match.matches``, except that what cannot be compared (labels that are not a
+    mapping, unhashable values) counts as matching: selecting a policy can only add denies,
+    skipping it could allow what it forbids."""
+    if isinstance(agent_labels, _Unreadable):
+        match, agent_labels = replace(match, agent_selector=LabelSelector()), None
+    if isinstance(device_labels, _Unreadable):
+        match, device_labels = replace(match, device_selector=LabelSelector()), None
+    try:
+        return match.matches(change, agent_labels, device_labels)
+    except TypeError:
+        return True

@@ -508,3 +508,71 @@ async def test_overlapping_freeze_windows_retry_after_the_last_one() -> None:
     d = await decide_at("2026-12-21T00:00Z", rule_yaml)
     assert d.reasons[0].retry_after_s == 13 * 86400
     assert "frozen until 2027-01-03" in d.reasons[0].message
+
+
+# ---------------------------------------------------------------- 6. same request, same answer
+
+SELECTORS = """\
+tenant: t
+name: not-canary
+match:
+  agent_selector: {match_expressions: [{key: track, operator: NotIn, values: [canary]}]}
+rule: {cel: {deny: 'true', message: '"not canary"'}}
+---
+tenant: t
+name: no-track
+match:
+  agent_selector: {match_expressions: [{key: track, operator: DoesNotExist}]}
+rule: {cel: {deny: 'true', message: '"no track"'}}
+---
+tenant: t
+name: track-1
+match:
+  agent_selector: {match_labels: {track: "1"}}
+rule: {cel: {deny: 'true', message: '"track 1"'}}
+"""
+
+
+def agent_push(labels: Any, *, with_labels: bool = True) -> CheckRequest:
+    agent: dict[str, Any] = {"id": "a1"}
+    if with_labels:
+        agent["labels"] = labels
+    return CheckRequest(tenant="t", checkpoint=Checkpoint.PUSH, agent=agent, config_yaml="a: 1")
+
+
+LABELS: list[tuple[str, CheckRequest]] = [
+    ("empty", agent_push({})),
+    ("absent", agent_push(None, with_labels=False)),
+    ("none", agent_push(None)),
+    ("str-1", agent_push({"track": "1"})),
+    ("int-1", agent_push({"track": 1})),
+    ("true", agent_push({"track": True})),
+    ("float-1", agent_push({"track": 1.0})),
+    ("canary", agent_push({"track": "canary"})),
+    ("other-order", agent_push({"zone": "a", "track": "1"})),
+    ("list", agent_push({"track": ["1"]})),
+]
+
+
+async def _answers(reqs: list[CheckRequest]) -> list[list[str]]:
+    engine, _ = engine_for(SELECTORS)
+    return [denied_by(await engine.check(r, 5.0)) for r in reqs]
+
+
+@pytest.mark.parametrize("first", [name for name, _ in LABELS])
+async def test_an_answer_does_not_depend_on_what_was_asked_before(first: str) -> None:
+    alone = {name: (await _answers([req]))[0] for name, req in LABELS}
+    [earlier] = [req for name, req in LABELS if name == first]
+    for name, req in LABELS:
+        _, after = await _answers([earlier, req])
+        assert after == alone[name], (first, name)
+    # what the selectors say, for the record
+    assert alone["empty"] == ["not-canary", "no-track"]
+    assert alone["str-1"] == ["not-canary", "track-1"]
+    assert alone["int-1"] == ["not-canary"]  # 1 is not the label value "1"
+    assert alone["canary"] == []
+
+
+async def test_labels_that_are_not_a_mapping_select_every_selector_policy() -> None:
+    [answer] = await _answers([agent_push("track=canary")])
+    assert answer == ["not-canary", "no-track", "track-1"]
