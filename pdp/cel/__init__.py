@@ -12,7 +12,9 @@ plain function call on plain Python values.
 
 Errors: every exception leaving the API is a CelError.  CelCompileError (``.line``,
 ``.column``, str() has a caret snippet) at compile time; CelEvalError for runtime errors;
-DeadlineExceeded / CostLimitExceeded (both BudgetExceeded) when the budget runs out.
+DeadlineExceeded / CostLimitExceeded (both BudgetExceeded) when the budget runs out;
+SizeLimitExceeded (a CostLimitExceeded) when an operation would build a value over the hard
+size caps (Environment(max_string_bytes=..., max_list_size=...)).  Cost units: meter.py.
 
 Values: int, float (double), str, bytes, bool, None (null), list, dict; ``UInt`` for uint;
 ``Timestamp`` / ``Duration`` (nanosecond precision; ``datetime`` / ``timedelta`` accepted
@@ -31,6 +33,7 @@ from .errors import (
     CelEvalError,
     CostLimitExceeded,
     DeadlineExceeded,
+    SizeLimitExceeded,
 )
 from .program import Budget, Environment, Program
 from .values import Duration, Optional, Timestamp, TypeValue, UInt
@@ -49,6 +52,7 @@ __all__ = [
     "Optional",
     "Program",
     "ProgramCache",
+    "SizeLimitExceeded",
     "Timestamp",
     "TypeValue",
     "UInt",

@@ -216,7 +216,11 @@ class CodeGen:
             self.stmts.append(self._clock_check())
 
     def grow_fn(self, grow: M.Grow) -> py.expr:
-        """A namespace slot calling ``grow`` through meter.charged with this env's caps."""
+        """A namespace slot calling ``grow`` with this environment's caps; the built-in
+        grow functions check the clock on large charges themselves, others go through
+        meter.charged."""
+        if getattr(grow, "__module__", None) == M.__name__:
+            return self.slot(functools.partial(grow, self.limits), "_g")
         return self.slot(functools.partial(M.charged, grow, self.limits), "_g")
 
     # -- entry ---------------------------------------------------------------------------
@@ -571,11 +575,13 @@ class CodeGen:
             # "k" in m: a dict key test; anything else through contains_in
             t = self.tmp()
             lit = _const(x.value)
-            if self.scan_charge(t, c):
-                test = _is(_call("_type", _name(t)), _name("_dict"))
-            else:
-                test = _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(c))),
-                           _name("_dict"))
+            if self.in_loop(c):
+                self.stmts.append(_assign(t, self.expr(c)))
+                return self.scan_charged(_is(_call("_type", _name(t)), _name("_dict")),
+                                         py.Compare(left=lit, ops=[py.In()],
+                                                    comparators=[_name(t)]), lit, t)
+            test = _is(_call("_type", py.NamedExpr(target=_store(t), value=self.expr(c))),
+                       _name("_dict"))
             return py.IfExp(test=test, body=py.Compare(left=lit, ops=[py.In()],
                                                        comparators=[_name(t)]),
                             orelse=_call("_in", lit, _name(t)))
@@ -592,28 +598,33 @@ class CodeGen:
                 py.Compare(left=_name(t), ops=[py.In()], comparators=[strs])])
         tx, tc = self.tmp(), self.tmp()
         self.stmts.append(_assign(tx, self.expr(x)))
-        if not self.scan_charge(tc, c):
-            self.stmts.append(_assign(tc, self.expr(c)))
+        self.stmts.append(_assign(tc, self.expr(c)))
         both = py.BoolOp(op=py.And(), values=[
             _is(_call("_type", _name(tc)), _name("_dict")),
             _is(_call("_type", _name(tx)), _name("_str"))])
+        if self.in_loop(c):
+            return self.scan_charged(both, py.Compare(left=_name(tx), ops=[py.In()],
+                                                      comparators=[_name(tc)]), _name(tx), tc)
         return py.IfExp(test=both, body=py.Compare(left=_name(tx), ops=[py.In()],
                                                    comparators=[_name(tc)]),
                         orelse=_call("_in", _name(tx), _name(tc)))
 
-    def scan_charge(self, t: str, c: A.Expr) -> bool:
-        """Inside a loop, evaluate ``c`` into ``t`` and charge a list membership test by the
-        list's length (the iteration's own check catches the limit and the clock): a loop
-        over ``x in list`` is quadratic.  Outside loops a test is bounded by the input."""
-        if len(self.levels) < 2 or self.typ(c).kind == "map":
-            return False
-        self.stmts.append(_assign(t, self.expr(c)))
-        self.stmts.append(py.If(
-            test=_is(_call("_type", _name(t)), _name("_list")),
-            body=[py.AugAssign(target=_store("_cost"), op=py.Add(), value=py.BinOp(
+    def in_loop(self, c: A.Expr) -> bool:
+        """Inside a loop, a list membership test is charged by the list's length (the
+        iteration's own check catches the limit and the clock): a loop over ``x in list``
+        is quadratic.  Outside loops one test is bounded by the input."""
+        return len(self.levels) > 1 and self.typ(c).kind != "map"
+
+    def scan_charged(self, fast_test: py.expr, fast: py.expr, x: py.expr, t: str) -> py.expr:
+        """``fast`` (a dict key test) when ``fast_test``, else the charged generic test."""
+        v = self.tmp("_v")
+        charge = py.If(test=_is(_call("_type", _name(t)), _name("_list")), body=[
+            py.AugAssign(target=_store("_cost"), op=py.Add(), value=py.BinOp(
                 left=_call("_len", _name(t)), op=py.RShift(),
-                right=_const(M.CHARS_PER_UNIT_SHIFT)))], orelse=[]))
-        return True
+                right=_const(M.CHARS_PER_UNIT_SHIFT)))], orelse=[])
+        self.stmts.append(py.If(test=fast_test, body=[_assign(v, fast)], orelse=[
+            charge, _assign(v, _call("_in", x, _name(t)))]))
+        return _name(v)
 
     def string_method(self, name: str, recv: py.expr, arg: A.Const,
                       impl_slot: py.expr) -> py.expr:

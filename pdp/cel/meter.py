@@ -19,8 +19,9 @@ hard caps (``Limits``: characters of a string / bytes, elements of a list / map)
 Each ``grow_*`` function takes ``(limits, deadline, *call arguments)`` and returns the
 units to charge (0 when the operands are of types the operation does not build from; the
 implementation then raises its usual error).  A charge of ``LARGE_CHARGE`` units or more
-checks the clock at once (via :func:`charged`), so a few big operations cannot run far past
-the deadline between the periodic checks of loops.
+checks the clock at once (``_charge``; :func:`charged` wraps grow functions that do not),
+so a few big operations cannot run far past the deadline between the periodic checks of
+loops.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def units(n: int) -> int:
     return 1 + (n >> CHARS_PER_UNIT_SHIFT)
 
 
+def _charge(n: int, dl: float) -> int:
+    """Units for ``n`` characters / elements; a large charge checks the clock at once."""
+    u = 1 + (n >> CHARS_PER_UNIT_SHIFT)
+    if u >= LARGE_CHARGE and time.monotonic() > dl:
+        raise DeadlineExceeded("evaluation deadline exceeded")
+    return u
+
+
 def _str_cap(lim: Limits, n: int, what: str) -> None:
     if n > lim.max_string:
         raise SizeLimitExceeded(f"{what} would build {n} characters, over the limit of "
@@ -69,7 +78,8 @@ def _list_cap(lim: Limits, n: int, what: str) -> None:
 
 
 def charged(grow: Grow, lim: Limits, dl: float, *args: Any) -> int:
-    """Units for a call about to happen; checks the clock when the charge is large."""
+    """Units for a call about to happen, through a grow function that may not check the
+    clock itself (the built-in ones here do, via _charge)."""
     n = grow(lim, dl, *args)
     if n >= LARGE_CHARGE and time.monotonic() > dl:
         raise DeadlineExceeded("evaluation deadline exceeded")
@@ -90,10 +100,7 @@ def grow_add(lim: Limits, dl: float, a: Any, b: Any) -> int:
         _list_cap(lim, n, "'+'")
     else:
         return 0
-    n = units(n)
-    if n >= LARGE_CHARGE and time.monotonic() > dl:
-        raise DeadlineExceeded("evaluation deadline exceeded")
-    return n
+    return _charge(n, dl)
 
 
 def grow_collect(lim: Limits, dl: float, rng: Any) -> int:
@@ -101,7 +108,7 @@ def grow_collect(lim: Limits, dl: float, rng: Any) -> int:
     if not isinstance(rng, list | tuple | dict):
         return 0
     _list_cap(lim, len(rng), "comprehension")
-    return units(len(rng))
+    return _charge(len(rng), dl)
 
 
 def merge_cap(lim: Limits, acc: dict[Any, Any], entry: Any) -> None:
@@ -127,7 +134,7 @@ def grow_replace(lim: Limits, dl: float, s: Any, old: Any, new: Any, n: Any = -1
             count = min(count, n)
         size += count * (len(new) - len(old))
     _str_cap(lim, size, "replace")
-    return units(len(s) + size)
+    return _charge(len(s) + size, dl)
 
 
 def grow_split(lim: Limits, dl: float, s: Any, sep: Any, n: Any = -1) -> int:
@@ -138,7 +145,7 @@ def grow_split(lim: Limits, dl: float, s: Any, sep: Any, n: Any = -1) -> int:
     if n >= 0:
         count = min(count, n)
     _list_cap(lim, count, "split")
-    return units(len(s) + count)
+    return _charge(len(s) + count, dl)
 
 
 def grow_join(lim: Limits, dl: float, lst: Any, sep: Any = "") -> int:
@@ -149,7 +156,7 @@ def grow_join(lim: Limits, dl: float, lst: Any, sep: Any = "") -> int:
         return units(len(lst))  # join raises its error
     size = sum(map(len, lst)) + len(sep) * max(0, len(lst) - 1)
     _str_cap(lim, size, "join")
-    return units(size + len(lst))
+    return _charge(size + len(lst), dl)
 
 
 def grow_same(what: str) -> Grow:
@@ -158,13 +165,13 @@ def grow_same(what: str) -> Grow:
         if not isinstance(s, str):
             return 0
         _str_cap(lim, len(s), what)
-        return units(len(s))
+        return _charge(len(s), dl)
     return grow
 
 
 def grow_scan(lim: Limits, dl: float, s: Any, *rest: Any) -> int:
     """Functions that traverse their receiver and build nothing big (indexOf, ...)."""
-    return units(len(s)) if isinstance(s, str | bytes) else 0
+    return _charge(len(s), dl) if isinstance(s, str | bytes) else 0
 
 
 def grow_substring(lim: Limits, dl: float, s: Any, start: Any, end: Any = None) -> int:
@@ -176,7 +183,7 @@ def grow_substring(lim: Limits, dl: float, s: Any, start: Any, end: Any = None) 
         if 0 <= start <= stop <= len(s):
             size = stop - start
     _str_cap(lim, size, "substring")
-    return units(size)
+    return _charge(size, dl)
 
 
 def grow_quote(lim: Limits, dl: float, s: Any) -> int:
@@ -184,14 +191,14 @@ def grow_quote(lim: Limits, dl: float, s: Any) -> int:
         return 0
     size = 2 * len(s) + 2  # every character may become an escape
     _str_cap(lim, size, "strings.quote")
-    return units(size)
+    return _charge(size, dl)
 
 
 def grow_matches(lim: Limits, dl: float, s: Any, pattern: Any) -> int:
     """RE2 is linear in the input: charged by the text and the pattern."""
     if not _all_str(s, pattern):
         return 0
-    return 4 + units(len(s) + len(pattern))
+    return 3 + _charge(len(s) + len(pattern), dl)
 
 
 _PREC = re.compile(r"%\.([0-9]+)")
@@ -208,7 +215,7 @@ def grow_format(lim: Limits, dl: float, fmt: Any, args: Any) -> int:
     per_char = 8 if _HEX.search(fmt) else 1  # %x of a string: 2 hex digits per UTF-8 byte
     size += _text_size(lim, dl, args, per_char, lim.max_string - size)
     _str_cap(lim, size, "format")
-    return units(size)
+    return _charge(size, dl)
 
 
 def _text_size(lim: Limits, dl: float, v: Any, per_char: int, room: int) -> int:
@@ -246,7 +253,7 @@ def _text_size(lim: Limits, dl: float, v: Any, per_char: int, room: int) -> int:
 def grow_to_string(lim: Limits, dl: float, v: Any) -> int:
     if isinstance(v, bytes):
         _str_cap(lim, len(v), "string()")
-        return units(len(v))
+        return _charge(len(v), dl)
     return 0
 
 
@@ -254,7 +261,7 @@ def grow_to_bytes(lim: Limits, dl: float, v: Any) -> int:
     if isinstance(v, str):
         size = len(v) if v.isascii() else 4 * len(v)
         _str_cap(lim, size, "bytes()")
-        return units(size)
+        return _charge(size, dl)
     return 0
 
 
@@ -263,11 +270,11 @@ def grow_b64_encode(lim: Limits, dl: float, b: Any) -> int:
         return 0
     size = 4 * ((len(b) + 2) // 3)
     _str_cap(lim, size, "base64.encode")
-    return units(size)
+    return _charge(size, dl)
 
 
 def grow_b64_decode(lim: Limits, dl: float, s: Any) -> int:
     if not isinstance(s, str):
         return 0
     _str_cap(lim, len(s), "base64.decode")
-    return units(len(s))
+    return _charge(len(s), dl)
