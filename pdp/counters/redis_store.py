@@ -191,8 +191,9 @@ class RedisCounterStore:
         self._losses: dict[str, _Loss] = {}
         self._id = secrets.token_hex(6)
         self._unknown_mark = "?" + self._id
-        # the longest window of any rule seen (ms): how long ``wait`` mode waits
-        self._longest_ms = max(self._retention_ms, _LONGEST_DAY_MS)
+        # how long ``wait`` mode waits (ms): the longest window of any rule this process has
+        # sent, and at least a day (a DAILY_CAP it has not seen yet may exist)
+        self._longest_ms = _LONGEST_DAY_MS
 
     @classmethod
     def from_settings(

@@ -206,7 +206,7 @@ async def test_wait_mode_resumes_after_the_longest_window(
     deny = fleet.new()  # another sidecar, in the default deny mode
     tenant = new_tenant()
     long_cool = CounterRule("long@v1", CounterKind.COOLDOWN, "agent:a",
-                            min_interval_seconds=3 * RETENTION)  # longer than retention
+                            min_interval_seconds=3 * RETENTION)  # longer than a day
     assert (await a.reserve(tenant, [long_cool], timeout=TIMEOUT)).allowed
     assert (await deny.reserve(tenant, [CAP], timeout=TIMEOUT)).allowed
     await lose_state(srv, "restart")
@@ -218,7 +218,7 @@ async def test_wait_mode_resumes_after_the_longest_window(
     assert "state_lost=wait" in str(info.value)
     assert hooks.audit[0]["resumes_at"].endswith("Z")
 
-    fleet.clock.advance(2 * RETENTION)  # past the event retention, not the cooldown
+    fleet.clock.advance(2 * RETENTION)  # past a day, not the cooldown
     with pytest.raises(CounterStateLost):
         await a.peek(tenant, [CAP], timeout=TIMEOUT)
     fleet.clock.advance(RETENTION + 1)
@@ -230,6 +230,24 @@ async def test_wait_mode_resumes_after_the_longest_window(
     assert f"{tenant_prefix(tenant)}:lost" not in keys
     # the deny-mode sidecar never noticed; the re-created marker is an acknowledgement
     assert not (await deny.reserve(tenant, [CAP], timeout=TIMEOUT)).allowed
+
+
+async def test_wait_mode_waits_at_least_a_day(fleet: Sidecars, srv: RedisServer) -> None:
+    """A sidecar that has only used short windows still waits out a daily cap it may not
+    have seen (25 hours: the longest local day)."""
+    hooks = Hooks()
+    a = fleet.new(hooks, state_lost="wait")
+    tenant = new_tenant()
+    assert (await a.reserve(tenant, [COOL], timeout=TIMEOUT)).allowed
+    await lose_state(srv, "flushall")
+    with pytest.raises(CounterStateLost):
+        await a.reserve(tenant, [COOL], timeout=TIMEOUT)
+    assert hooks.lost[0].resumes_at == pytest.approx(T0 + 25 * 3600)
+    fleet.clock.advance(25 * 3600 - 60)
+    with pytest.raises(CounterStateLost):
+        await a.reserve(tenant, [COOL], timeout=TIMEOUT)
+    fleet.clock.advance(120)
+    assert (await a.reserve(tenant, [COOL], timeout=TIMEOUT)).allowed
 
 
 async def test_the_old_marker_coming_back_ends_the_loss(
