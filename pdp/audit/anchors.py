@@ -14,7 +14,8 @@ A checkpoint is written twice:
 * as one line, the same event, appended to the anchor file (``<audit file>.anchors`` by
   default): append-only, small, for an operator to ship off the host. The line is written
   only after the ledger is fsync'd through the checkpoint, so an anchor never names records
-  a crash could still take away.
+  a crash could still take away. The anchor file is fsync'd every N records / T seconds and
+  at close (see sinks/file.py for why not with every batch).
 
 The event::
 
@@ -132,6 +133,7 @@ class AnchorFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._fd: int | None = None
+        self.synced_at = time.monotonic()
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,12 @@ class AnchorFile:
         while view:
             view = view[os.write(self._fd, view):]
         if fsync:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._fd is not None:
             os.fsync(self._fd)
+            self.synced_at = time.monotonic()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -267,6 +274,12 @@ class Anchorer:
         if pending >= self.every_records:
             return True
         return (now if now is not None else time.monotonic()) - self.last_time >= self.every_s
+
+    def file_sync_due(self, new_records: int) -> bool:
+        """Whether the anchor file should be fsync'd with the next checkpoint: it covers
+        ``every_records``, or the file has gone ``every_s`` without."""
+        return (self.unanchored + new_records >= self.every_records
+                or time.monotonic() - self.file.synced_at >= self.every_s)
 
     def seconds_left(self) -> float:
         return max(0.0, self.last_time + self.every_s - time.monotonic())

@@ -21,8 +21,9 @@ Why this shape:
 * With an anchor key (``anchor_key_file``) the writer ends some batches with a signed
   checkpoint (anchors.py): every ``anchor_every_records`` records or ``anchor_every_s``
   seconds, at shutdown, and every batch that has durable waiters, so in ``sync`` mode a
-  decision is answered only once a checkpoint covering it is on disk, in the ledger and in
-  the anchor file. Group commit keeps that to one line and one small fsync per batch.
+  decision is answered only once a checkpoint covering it is fsync'd in the ledger and
+  written to the anchor file. Group commit keeps that to one line (and one small write) per
+  batch, with no fsync of its own.
 """
 
 from __future__ import annotations

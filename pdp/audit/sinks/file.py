@@ -7,8 +7,12 @@ exclusive ``flock`` on ``<file>.lock`` enforces it.
 
 With an ``Anchorer`` the ledger also writes signed checkpoints (anchors.py): ``append(...,
 anchor=True)`` chains a checkpoint of the head after the batch as the batch's last record, in
-the same write, fsyncs, and only then appends the checkpoint to the anchor file (and fsyncs
-that): one more line and one small fsync per anchored batch.
+the same write, fsyncs, and only then appends the checkpoint to the anchor file: one more line
+and one small write per anchored batch. The anchor file itself is fsync'd with the periodic
+checkpoints (every N records / T seconds) and at close, not per batch: a second fsync per batch
+would double a sync-mode answer's disk wait, and buys nothing the ledger's fsync'd checkpoint
+does not already give. Its line is in the file (what a shipper or a verifier reads) before the
+answer; only a power loss can take the newest lines, never make one name records not on disk.
 """
 
 from __future__ import annotations
@@ -179,14 +183,16 @@ class Ledger:
 
         ``anchor`` (with an anchorer): end the batch with a checkpoint of the head after it, in
         the same write; the file is fsync'd, then the checkpoint is appended to the anchor file
-        and fsync'd (``synced`` covers both: acknowledge only then).
+        (``synced`` covers both: acknowledge only then).
 
         On a write error the file is cut back to the last whole record, so a retry of the
         unwritten rest produces the same seqs and hashes.
         """
         anchorer = self.anchorer if anchor else None
+        sync_anchors = False
         if anchorer is not None:
             fsync = True
+            sync_anchors = anchorer.file_sync_due(len(events))
         entries = make_entries(events, self.head)
         checkpoint: Entry | None = None
         cp_event: dict[str, Any] = {}
@@ -246,7 +252,7 @@ class Ledger:
                 return AppendResult(entries, exc, False, checkpoint)
         if anchorer is not None and checkpoint is not None:
             try:  # only now: an anchor must never name records a crash could take away
-                anchorer.file.append(cp_event)
+                anchorer.file.append(cp_event, fsync=sync_anchors)
             except OSError as exc:
                 anchorer.written(len(entries))
                 return AppendResult(entries, exc, False, checkpoint)
