@@ -16,6 +16,7 @@ from pdp.v1 import admin_pb2 as apb
 from pdp.v1 import admin_pb2_grpc
 from pdp.v1 import common_pb2 as cpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
+from tests.support.auditlog import wait_for_events
 from tests.support.pdpserver import PdpServer
 from tests.support.procs import RedisServer
 
@@ -54,8 +55,10 @@ def start(tmp_path: Path, people: People, *extra: str, name: str = "s") -> PdpSe
     work = tmp_path / name
     work.mkdir(exist_ok=True)
     (tmp_path / "no-policies").mkdir(exist_ok=True)
+    # No policies at first: tenant acme is decided by the built-ins until it has one.
     return PdpServer(work, policy_dir=tmp_path / "no-policies",
-                     args=["--auth-tokens-file", str(people.file), *extra]).start()
+                     args=["--auth-tokens-file", str(people.file), "--unknown-tenants",
+                           "builtins", *extra]).start()
 
 
 @pytest.fixture
@@ -101,8 +104,11 @@ def test_lifecycle_four_eyes_shadow_and_enforcement(tmp_path: Path, people: Peop
             1, cpb.POLICY_STATUS_DRAFT, "alice")
         time.sleep(1.2)  # the reload follows within a second
         d = check(server, people)
-        assert d.outcome == cpb.OUTCOME_ALLOW
-        assert [r.policy for r in d.shadow_denies] == ["no-debug"]  # drafts only shadow
+        assert d.outcome == cpb.OUTCOME_ALLOW  # drafts only shadow, after the answer
+        [would] = wait_for_events(server.audit_file,
+                                  lambda e: e.get("type") == "Policy.WouldDeny"
+                                  and e.get("decision_id") == d.decision_id)
+        assert would["policy"] == "no-debug"
         # four eyes: the author may not approve (even with the approver role elsewhere)
         approve = apb.ApprovePolicyRequest(tenant="acme", name="no-debug", version=1)
         assert code_of(lambda: stub.ApprovePolicy(approve, timeout=5,
