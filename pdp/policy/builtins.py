@@ -86,16 +86,15 @@ def removed_exporter(ctx: EvalContext) -> tuple[str, str, str, bool] | None:
     for pipeline, exporter in _used_exporters(previous):
         pipelines.setdefault(exporter, pipeline)
     active = _active_exporters(ctx)
-    if active is not None:
-        for exporter in active:
-            if exporter not in receiving:
-                return (exporter, pipelines.get(exporter, ""), "agent.active_exporters",
-                        exporter in defined)
+    source = "agent.active_exporters" if active is not None else \
+        "previous_config.service.pipelines"
+    carrying = active if active is not None else list(pipelines)
+    gone = [e for e in carrying if e not in receiving]
+    if not gone:
         return None
-    for exporter, pipeline in pipelines.items():
-        if exporter not in receiving:
-            return exporter, pipeline, "previous_config.service.pipelines", exporter in defined
-    return None
+    # A deleted exporter first: the plainer mistake, and the one a reader looks for.
+    exporter = min(gone, key=lambda e: e in defined)
+    return exporter, pipelines.get(exporter, ""), source, exporter in defined
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,16 @@ async def test_active_exporters_left_out_of_every_pipeline_are_removed() -> None
     assert ok.allowed, ok.reasons
 
 
+async def test_a_deleted_exporter_is_named_before_one_left_out() -> None:
+    agent = {"id": "a1", "labels": {}, "active_exporters": ["otlp/a", "otlp/b"]}
+    new = {"exporters": {"otlp/a": {}}}  # otlp/a left out (no pipelines), otlp/b deleted
+    d = await decide(CheckRequest(tenant="t", checkpoint=Checkpoint.PUSH, agent=agent,
+                                  config_yaml=cfg(new), previous_config_yaml=cfg(RUNNING)))
+    assert denied_by(d) == [REMOVAL]
+    assert "exporter 'otlp/b' is removed" in d.reasons[0].message
+    assert "'logs'" in d.reasons[0].message
+
+
 async def test_a_connector_is_not_an_exporter() -> None:
     running = {"exporters": {"otlp/a": {"endpoint": "localhost:4317"}},
                "connectors": {"spanmetrics": {}},
