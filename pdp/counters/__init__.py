@@ -18,6 +18,7 @@ from pdp.counters.model import (
     ReserveResult,
 )
 from pdp.counters.redis_store import RedisCounterStore
+from pdp.counters.scopes import scope_key
 from pdp.counters.settings import CounterSettings
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "ReserveResult",
     "SystemClock",
     "open_counter_store",
+    "scope_key",
 ]

@@ -8,7 +8,6 @@ policy allowed, in one store call, so a denied decision never consumes a slot.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,11 +18,12 @@ import structlog
 
 from pdp.cel import Budget, BudgetExceeded, DeadlineExceeded
 from pdp.counters import (
-    CounterEventKind,
     CounterKind,
     CounterRule,
+    CounterStateLost,
     CounterStore,
     CounterStoreUnavailable,
+    scope_key,
 )
 from pdp.engine.buckets import (
     BUCKET_SCOPES,
@@ -37,7 +37,9 @@ from pdp.engine.context import (
     build_context,
 )
 from pdp.engine.deadline import Deadline
-from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
+from pdp.engine.decision import Decision, Explanation, Reason
+from pdp.engine.ids import new_decision_ids
+from pdp.engine.outcomes import Outcomes
 from pdp.engine.recorder import AuditSink, Recorder
 from pdp.engine.request import CheckRequest
 from pdp.engine.shadow import ShadowJob, ShadowOptions, ShadowRunner, shadow_of
@@ -48,7 +50,6 @@ from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint
 from pdp.policy.policyset import PolicySet
 from pdp.policy.rules import (
-    AutoRollback,
     Deny,
 )
 from pdp.telemetry import NO_TELEMETRY, DecisionTelemetry
@@ -126,38 +127,6 @@ class _Pending:
             return ctx
         return EvalContext(ctx.tenant, ctx.checkpoint, ctx.now,
                            {**ctx.activation, "agent": agent})
-
-
-@dataclass
-class HealthVerdict:
-    decision_id: str
-    rollback: bool
-    reasons: list[Reason]
-    evaluated: list[PolicyRef]
-
-
-def new_decision_id() -> str:
-    """A random (version 4) UUID, as ``str(uuid.uuid4())`` spells it; built directly, at
-    under half the cost."""
-    return _uuid4_text(os.urandom(16))
-
-
-def new_decision_ids(n: int) -> list[str]:
-    """``n`` of them from one read of the random source (one per agent of a step)."""
-    raw = os.urandom(16 * n)
-    return [_uuid4_text(raw[i:i + 16]) for i in range(0, 16 * n, 16)]
-
-
-def _uuid4_text(random16: bytes) -> str:
-    b = bytearray(random16)
-    b[6] = b[6] & 0x0F | 0x40  # version 4
-    b[8] = b[8] & 0x3F | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _ref(p: CompiledPolicy) -> PolicyRef:
-    return p.ref
 
 
 def cap_message(text: str, limit: int) -> str:
@@ -251,6 +220,9 @@ class Engine:
                                       list[CompiledPolicy]]] = {}
         self.shadow = ShadowRunner(self._evaluate_policy, self._reason, audit.emit,
                                    self.options.shadow, peek=self._peek_counter)
+        self.shadow.on_skip = telemetry.record_shadow_skipped
+        self.outcomes = Outcomes(lambda: self.policies, counters, audit.emit, self._reason,
+                                 self.options.counter_timeout_s)
 
     async def _peek_counter(self, p: CompiledPolicy, ctx: EvalContext,
                             budget: Budget) -> Deny | None:
@@ -264,6 +236,8 @@ class Engine:
                                              " store was asked")
         try:
             result = await self.counters.peek(ctx.tenant, [rule], timeout=timeout)
+        except CounterStateLost as exc:
+            return Deny("COUNTER_STATE_LOST", f"counter rules deny: {exc}")
         except (CounterStoreUnavailable, ValueError) as exc:
             return Deny("COUNTER_STORE_UNAVAILABLE", f"counter store unavailable: {exc}")
         if result.allowed:
@@ -476,7 +450,8 @@ class Engine:
             item.rules.extend(shared.rules)  # scopes the bucket shares: the same rules
             item.by_id = shared.by_id
         elif shared.rules is not None and agent_id and type(agent_id) is str:
-            scope = f"agent:{agent_id}"  # what CompiledPolicy.scope_key makes of it
+            scope = scope_key("agent", agent_id)
+            assert scope is not None  # agent_id is a non-empty str
             item.rules.extend([r.rescoped(scope) if mine else r
                                for r, mine in zip(shared.rules, shared.per_agent or (),
                                                   strict=True)])
@@ -700,6 +675,11 @@ class Engine:
                 else:
                     results = await self.counters.reserve_batch(
                         tenant, [i.rules for i in todo], timeout=timeout)
+        except CounterStateLost as exc:
+            for i in todo:
+                i.decision.reasons.append(_system(
+                    "COUNTER_STATE_LOST", f"counter rules deny: {exc}"))
+            return
         except (CounterStoreUnavailable, ValueError) as exc:
             self.telemetry.record_counter_error(tenant)
             for i in todo:
@@ -719,47 +699,3 @@ class Engine:
 
                 i.decision.explanations.append(Explanation(
                     denier.name, explain_counter(denier.counter, result.retry_after_seconds)))
-
-    async def record_event(self, tenant: str, kind: CounterEventKind, scope_keys: Sequence[str],
-                           deadline: Deadline) -> str:
-        """A deploy / rollback / step advance happened: feed the counters, audit it."""
-        event_id = new_decision_id()
-        await self.counters.record_event(tenant, kind, scope_keys,
-                                         timeout=max(0.001, deadline.remaining()))
-        self.audit.emit({"type": "Rollout.Event", "event_id": event_id, "tenant": tenant,
-                         "kind": kind.value, "scope_keys": list(scope_keys),
-                         "time": datetime.now(UTC).isoformat()})
-        return event_id
-
-    async def evaluate_health(self, tenant: str, activation: dict[str, Any],
-                              change: dict[str, str],
-                              deadline: Deadline | None = None) -> HealthVerdict:
-        """Auto-rollback thresholds of the tenant's policies against live metrics."""
-        now = datetime.now(UTC)
-        ctx = EvalContext(tenant, Checkpoint.ROLLOUT_PRECONDITION, now,
-                          {**activation, "now": now})
-        verdict = HealthVerdict(new_decision_id(), False, [], [])
-        seen = set()
-        for cp in Checkpoint:
-            for p in self.policies.select(tenant, cp, change, None, None):
-                if not isinstance(p.stateless, AutoRollback) or p.shadow or p.name in seen:
-                    continue
-                seen.add(p.name)
-                verdict.evaluated.append(_ref(p))
-                verdict.reasons.extend(self._reason(p, d) for d in p.stateless.breaches(ctx))
-        verdict.rollback = bool(verdict.reasons)
-        if verdict.rollback:
-            # Feeds ROLLBACK_RATE: the same scope keys RecordEvent(ROLLBACK) would use.
-            rollout_id = (activation.get("rollout") or {}).get("id")
-            keys = ["tenant", *([f"rollout:{rollout_id}"] if rollout_id else [])]
-            try:
-                await self.record_event(tenant, CounterEventKind.ROLLBACK, keys,
-                                        deadline or Deadline.after(self.options.counter_timeout_s))
-            except CounterStoreUnavailable as exc:  # the verdict stands; say it was not counted
-                log.error("rollback_event_not_recorded", tenant=tenant, error=repr(exc))
-        self.audit.emit({"type": "Rollout.HealthEvaluated", "decision_id": verdict.decision_id,
-                         "tenant": tenant, "time": now.isoformat(), "rollback": verdict.rollback,
-                         "reasons": [r.message for r in verdict.reasons],
-                         "metrics": activation.get("metrics", {})})
-        return verdict
-

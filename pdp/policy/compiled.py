@@ -20,6 +20,7 @@ from pdp.cel import (
     Program,
     ProgramCache,
 )
+from pdp.counters.scopes import scope_key
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import CelRule, Policy, PolicyError, PolicyRef, Status
 from pdp.policy.rules import CounterSpec, Deny, StatelessRule
@@ -100,7 +101,7 @@ class CompiledPolicy:
                 value = self.scope_program.evaluate(ctx.activation, budget=budget)
             except CelEvalError:
                 return None
-            return None if value is None or value == "" else f"expr:{value}"
+            return scope_key("expr", value)
         source = "agent" if scope == "group" else scope
         section = ctx.section(source)
         if scope == "group":
@@ -108,7 +109,7 @@ class CompiledPolicy:
                                                  None)
         else:
             value = section.get("id")
-        return f"{scope}:{value}" if value else None
+        return scope_key(scope, value or None)
 
 
 def compile_policy(policy: Policy, env: Environment, cache: ProgramCache, *,

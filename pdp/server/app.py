@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +25,7 @@ from pdp.audit.anchors import AnchorKeyError
 from pdp.audit.files import AuditFileError
 from pdp.audit.log import AuditLog
 from pdp.audit.settings import AuditSettings
-from pdp.cel import ProgramCache, pdp_environment
+from pdp.cel import ProgramCache
 from pdp.counters import CounterSettings, CounterStore, open_counter_store
 from pdp.engine.context import ConfigCache
 from pdp.engine.engine import Engine, EngineOptions
@@ -35,11 +36,17 @@ from pdp.policy.store import PolicyStore, StoreError
 from pdp.server.admin import PolicyAdminService
 from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
 from pdp.server.edges import EdgeInterceptor
-from pdp.server.policies import PolicyReloader, open_policy_store, seed
+from pdp.server.policies import PolicyReloader, cel_environment, open_policy_store, seed
 from pdp.server.services import DecisionService
 from pdp.server.tls import TLSConfigError, server_credentials
 from pdp.settings import Settings
-from pdp.telemetry import LoopLagMonitor, TelemetrySettings, create_telemetry
+from pdp.telemetry import (
+    NO_TELEMETRY,
+    DecisionTelemetry,
+    LoopLagMonitor,
+    TelemetrySettings,
+    create_telemetry,
+)
 from pdp.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, decision_pb2
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -56,14 +63,23 @@ class StartupError(RuntimeError):
     """The server cannot start as configured; the message says what to fix."""
 
 
-def open_counters(settings: Settings) -> CounterStore:
-    """In-process without a Redis URL; otherwise Redis (it connects lazily, fails closed)."""
+def open_counters(settings: Settings, telemetry: DecisionTelemetry = NO_TELEMETRY,
+                  emit: Callable[[dict[str, Any]], None] | None = None) -> CounterStore:
+    """In-process without a Redis URL; otherwise Redis (it connects lazily, fails closed).
+
+    A Redis that comes back without pdp's state (``CounterStateLost``) is counted in the
+    counter-error metric (code COUNTER_STATE_LOST) and written to the audit log."""
     timeout = max(0.05, settings.redis_timeout_ms / 1000)
     # Each call is bounded by its decision's deadline; op_timeout is only the socket-level
     # backstop, so it must not be shorter than a whole step's reservation may take.
-    return open_counter_store(CounterSettings(
-        url=settings.redis_url, cluster=settings.redis_cluster, connect_timeout=timeout,
-        op_timeout=max(1.0, timeout), pool_size=settings.redis_pool_size))
+    return open_counter_store(
+        CounterSettings(url=settings.redis_url, cluster=settings.redis_cluster,
+                        connect_timeout=timeout, op_timeout=max(1.0, timeout),
+                        pool_size=settings.redis_pool_size,
+                        state_lost=settings.counter_state_lost),
+        on_state_lost=lambda change: telemetry.record_counter_error(
+            change.tenant, "COUNTER_STATE_LOST"),
+        on_audit_event=emit)
 
 
 def audit_settings(settings: Settings) -> AuditSettings:
@@ -130,10 +146,11 @@ async def start(settings: Settings) -> Running:
         await audit.start()
     except (AuditFileError, AnchorKeyError) as exc:
         raise StartupError(f"audit: {exc}") from None
-    store = open_policy_store(settings, audit.emit, cache)
+    env = cel_environment(settings)
+    store = open_policy_store(settings, audit.emit, cache, env)
     try:
         await seed(store, settings)
-        reloader = PolicyReloader(store, pdp_environment(), cache,
+        reloader = PolicyReloader(store, env, cache,
                                   settings.cel_max_cost_estimate,
                                   settings.policy_store_stale_s)
         policies = await reloader.load()
@@ -149,7 +166,7 @@ async def start(settings: Settings) -> Running:
         enabled=settings.telemetry_enabled, otlp_endpoint=settings.otlp_endpoint,
         prometheus_port=settings.prometheus_port, policy_spans=settings.telemetry_policy_spans,
         sample_ratio=settings.telemetry_sample_ratio))
-    counters = open_counters(settings)
+    counters = open_counters(settings, telemetry, audit.emit)
     notifier = Notifier(NotifySettings(smtp_host=settings.notify_smtp_host,
                                        smtp_port=settings.notify_smtp_port,
                                        smtp_from=settings.notify_smtp_from), counters)

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from pdp.cel import Environment, ProgramCache
+from pdp.cel.env import new_pdp_environment
 from pdp.policy.builtins import builtin_policies
 from pdp.policy.compiled import CompiledPolicy, compile_or_broken
 from pdp.policy.model import Policy, PolicyError
@@ -36,11 +37,20 @@ log = structlog.get_logger("pdp.policies")
 Key = tuple[str, str, int, str, str]
 
 
+def cel_environment(settings: Settings) -> Environment:
+    """pdp's CEL environment with the configured hard caps on built values (admission and
+    evaluation use the same one, so what is admitted is what runs)."""
+    return new_pdp_environment(max_string_bytes=settings.cel_max_string_bytes,
+                               max_list_size=settings.cel_max_list_size)
+
+
 def open_policy_store(settings: Settings, on_event: Callable[[dict[str, Any]], None],
-                      cache: ProgramCache | None = None) -> PolicyStore:
+                      cache: ProgramCache | None = None,
+                      env: Environment | None = None) -> PolicyStore:
     """The configured store; its admission check compiles into ``cache`` (shared with the
     engine, so a policy admitted here is not compiled again when it is loaded)."""
-    validate = compile_validator(settings.cel_max_cost_estimate, cache)
+    validate = compile_validator(settings.cel_max_cost_estimate, cache,
+                                 env if env is not None else cel_environment(settings))
     if settings.policy_store.startswith("sqlite:"):
         path = Path(settings.policy_store.removeprefix("sqlite:"))
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
-from pdp.counters import CounterEventKind, CounterStoreUnavailable
+from pdp.counters import CounterEventKind, CounterStoreUnavailable, scope_key
 from pdp.engine.deadline import Deadline
 from pdp.engine.engine import Engine
+from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server import convert
 from pdp.server.auth import current_caller
@@ -166,13 +167,14 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 raise InvalidRequest("kind", "required: DEPLOY, ROLLBACK or STEP_ADVANCE")
             if kind is CounterEventKind.STEP_ADVANCE and not request.rollout.id:
                 raise InvalidRequest("rollout.id", "required for STEP_ADVANCE")
-            keys = ["tenant"]
-            for scope, value in (("rollout", request.rollout.id), ("agent", request.agent_id),
-                                 ("device", request.device_id), ("group", request.group)):
-                if value:
-                    keys.append(f"{scope}:{value}")
-            event_id = await self.engine.record_event(tenant, kind, keys,
-                                                      deadline_for(context, self.deadline_s))
+            keys = [k for k in (scope_key("tenant"), scope_key("rollout", request.rollout.id),
+                                scope_key("agent", request.agent_id),
+                                scope_key("device", request.device_id),
+                                scope_key("group", request.group)) if k is not None]
+            rollout = {"id": request.rollout.id, "step": request.rollout.step}
+            event_id, _ = await self.engine.outcomes.record_event(
+                tenant, kind, keys, deadline_for(context, self.deadline_s),
+                key=event_key(kind, rollout, request.event_id))
             return dpb.RecordEventResponse(event_id=event_id)
         return await guarded(context, run)
 
@@ -183,7 +185,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
             tenant = convert.tenant_of(request.tenant)
             if not request.metrics:
                 raise InvalidRequest("metrics", "required: at least one metric")
-            verdict = await self.engine.evaluate_health(
+            verdict = await self.engine.outcomes.evaluate_health(
                 tenant, {"rollout": convert.rollout_dict(request.rollout),
                          "metrics": dict(request.metrics)}, convert.change_dict(request.change),
                 deadline_for(context, self.deadline_s))

@@ -65,6 +65,10 @@ class DecisionTelemetry(Protocol):
         :class:`pdp.telemetry.lag.LoopLagMonitor`)."""
         ...
 
+    def record_shadow_skipped(self, n: int) -> None:
+        """``n`` decisions' drafts were skipped: the shadow backlog was full."""
+        ...
+
     def observe_cache(self, fn: CacheStatsFn) -> None:
         """Register the compiled-expression cache's ``() -> (hits, misses)``."""
         ...

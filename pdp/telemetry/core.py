@@ -51,6 +51,7 @@ M_AUDIT_QUEUE = "pdp.audit.queue_depth"
 M_AUDIT_SPOOLED = "pdp.audit.spooled_events"
 M_NOTIFY = "pdp.notifications"
 M_LOOP_LAG = "pdp.event_loop.lag"
+M_SHADOW_SKIPPED = "pdp.shadow.skipped"
 
 SPAN_POLICY = "pdp.policy"
 SPAN_COUNTERS = "pdp.counters.reserve"
@@ -209,6 +210,9 @@ class Telemetry:
             M_DEADLINE, unit="1", description="Decisions denied with DEADLINE_EXCEEDED")
         self._counter_errors = m.create_counter(
             M_COUNTER_ERRORS, unit="1", description="Counter-store calls that failed")
+        self._shadow_skipped = m.create_counter(
+            M_SHADOW_SKIPPED, unit="1",
+            description="Decisions whose draft policies were not evaluated (backlog full)")
         self._loop_lag = m.create_histogram(
             M_LOOP_LAG, unit="s", description="How late the event loop ran a periodic timer",
             explicit_bucket_boundaries_advisory=LAG_BUCKETS_S)
@@ -252,6 +256,9 @@ class Telemetry:
 
     def record_loop_lag(self, lag_s: float) -> None:
         self._loop_lag.record(lag_s)
+
+    def record_shadow_skipped(self, n: int) -> None:
+        self._shadow_skipped.add(n)
 
     def observe_cache(self, fn: CacheStatsFn) -> None:
         self._cache_fns.append(fn)

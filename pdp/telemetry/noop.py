@@ -51,6 +51,9 @@ class NoTelemetry:
     def record_loop_lag(self, lag_s: float) -> None:
         pass
 
+    def record_shadow_skipped(self, n: int) -> None:
+        pass
+
     def observe_cache(self, fn: CacheStatsFn) -> None:
         pass
 

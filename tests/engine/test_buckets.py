@@ -152,7 +152,7 @@ async def test_explain_and_budget_outcomes_are_not_shared() -> None:
 def test_decision_ids_are_random_version_4_uuids() -> None:
     import uuid
 
-    from pdp.engine.engine import new_decision_id, new_decision_ids
+    from pdp.engine.ids import new_decision_id, new_decision_ids
 
     ids = [new_decision_id() for _ in range(2000)] + new_decision_ids(2000)
     assert len(set(ids)) == len(ids)

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from pdp.audit import events as ev
-from pdp.cel import ProgramCache
+from pdp.cel import Environment, ProgramCache
 from pdp.policy.builtins import BUILTIN_NAMES, builtin_policies
 from pdp.policy.loader import load_text
 from pdp.policy.model import Policy, PolicyError, Status, validate_name
@@ -59,16 +59,19 @@ MutateFn = Callable[[PolicyRecord], Mutation | None]
 
 
 def compile_validator(max_cost: int | None = None,
-                      cache: ProgramCache | None = None) -> Validator:
-    """A validator that compiles the policy's CEL with pdp's environment (raises PolicyError
-    with line:column on a compile error, or when the estimated cost exceeds ``max_cost``)."""
+                      cache: ProgramCache | None = None,
+                      env: Environment | None = None) -> Validator:
+    """A validator that compiles the policy's CEL with pdp's environment (``env``: the one
+    the server evaluates with, size caps included; raises PolicyError with line:column on a
+    compile error, or when the estimated cost exceeds ``max_cost``)."""
     from pdp.cel.env import pdp_environment
     from pdp.policy.compiled import compile_policy
 
     programs = cache if cache is not None else ProgramCache(maxsize=1000)
+    environment = env if env is not None else pdp_environment()
 
     def validate(policy: Policy) -> object:
-        return compile_policy(policy, pdp_environment(), programs, max_cost=max_cost)
+        return compile_policy(policy, environment, programs, max_cost=max_cost)
 
     return validate
 
