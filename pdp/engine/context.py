@@ -455,6 +455,12 @@ def parse_config(text: str, field: str, *, deadline: float | None = None,
     return build.root, build.size
 
 
+#: Config texts remembered as refused (malformed, over a limit, or too slow to parse).
+FAILED_MAX = 1024
+#: A text that ran out of time is tried again after this long even with no more time.
+FAILED_SLOW_TTL_S = 60.0
+
+
 class ConfigCache:
     """LRU of parsed configs by SHA-256 of their text, bounded by count and estimated bytes."""
 
@@ -474,6 +480,9 @@ class ConfigCache:
         # Recent text objects and their keys: a step's requests share one config text
         # object (and one previous config), which then is hashed once, not once per agent.
         self._recent: dict[int, tuple[str, bytes, int]] = {}
+        # Texts refused before, by key: (kind, problem, seconds spent, when) -- see
+        # _refused_before; bounded LRU.
+        self._failed: OrderedDict[bytes, tuple[str, str, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -493,13 +502,50 @@ class ConfigCache:
         hit = self._hit(key, text, size)
         if hit is not None:
             return hit[0]
-        build = self._start(text, field, size, deadline)
-        if size > SLICE_PARSE_BYTES:
-            while not build.run(time.monotonic() + SLICE_S):
-                await asyncio.sleep(0)
-        else:
-            build.run()
+        self._refused_before(key, field, deadline)
+        started = time.monotonic()
+        try:
+            build = self._start(text, field, size, deadline)
+            if size > SLICE_PARSE_BYTES:
+                while not build.run(time.monotonic() + SLICE_S):
+                    await asyncio.sleep(0)
+            else:
+                build.run()
+        except (InvalidRequest, ConfigRejected) as exc:
+            self._remember_failure(key, exc, time.monotonic() - started)
+            raise
         return self._store(key, text, size, build)
+
+    def _refused_before(self, key: bytes, field: str, deadline: float | None) -> None:
+        """Refuse at once a text that was refused before: the same problem (the parse is
+        deterministic), or, if it ran out of time, when there is no more time now than it
+        had then. Repeating a config that cannot be parsed costs a hash, not a parse."""
+        failed = self._failed.get(key)
+        if failed is None:
+            return
+        kind, problem, spent, at = failed
+        now = time.monotonic()
+        if kind == "slow":
+            if now - at > FAILED_SLOW_TTL_S or (
+                    deadline is not None and deadline - now > spent * 1.25) or deadline is None:
+                return  # more time than it had: try again
+            raise ParseDeadlineExceeded(
+                field, f"it did not parse within {spent * 1000:.0f} ms"
+                       f" {now - at:.0f} s ago; not parsed again with"
+                       f" {max(0.0, deadline - now) * 1000:.0f} ms left")
+        self._failed.move_to_end(key)
+        if kind == "invalid":
+            raise InvalidRequest(field, problem)
+        raise ConfigRejected(field, problem)
+
+    def _remember_failure(self, key: bytes, exc: InvalidRequest | ConfigRejected,
+                          spent: float) -> None:
+        kind = ("slow" if isinstance(exc, ParseDeadlineExceeded)
+                else "invalid" if isinstance(exc, InvalidRequest) else "rejected")
+        self._failed[key] = (kind, exc.problem, spent, time.monotonic())
+        self._failed.move_to_end(key)
+        while len(self._failed) > FAILED_MAX:
+            self._failed.popitem(last=False)
 
     def parse(self, text: str, field: str, deadline: float | None = None) -> Any:
         """Parsed value of ``text`` in one go (no yielding); for callers outside the loop."""

@@ -40,6 +40,7 @@ from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, Explanation, Reason
 from pdp.engine.ids import new_decision_ids
 from pdp.engine.outcomes import Outcomes
+from pdp.engine.overruns import OVERRUN_CODES, Overruns, fingerprint
 from pdp.engine.recorder import AuditSink, Recorder
 from pdp.engine.request import CheckRequest
 from pdp.engine.shadow import ShadowJob, ShadowOptions, ShadowRunner, shadow_of
@@ -177,6 +178,10 @@ def _counter_rule(p: CompiledPolicy, scope: str) -> CounterRule | str:
         return str(exc)
 
 
+#: A deadline overrun is remembered (see overruns.py) only when the policy itself ran this
+#: long: one cut short at its start says nothing about the policy.
+MIN_OVERRUN_S = 0.002
+
 #: Checkpoints that ask about a collector config: it must be there, and be a mapping.
 _CONFIG_CHECKPOINTS = frozenset({Checkpoint.PUSH, Checkpoint.AUTO_APPLY})
 
@@ -221,6 +226,7 @@ class Engine:
         self.shadow = ShadowRunner(self._evaluate_policy, self._reason, audit.emit,
                                    self.options.shadow, peek=self._peek_counter)
         self.shadow.on_skip = telemetry.record_shadow_skipped
+        self.overruns = Overruns()
         self.outcomes = Outcomes(lambda: self.policies, counters, audit.emit, self._reason,
                                  self.options.counter_timeout_s)
 
@@ -243,6 +249,12 @@ class Engine:
         if result.allowed:
             return None
         return Deny(result.code, result.message, result.retry_after_seconds)
+
+    def _fingerprint(self, req: CheckRequest) -> bytes:
+        digest = self.configs.digest
+        return fingerprint(req, (digest(req.config_yaml) if req.config_yaml else None,
+                                 digest(req.previous_config_yaml)
+                                 if req.previous_config_yaml else None))
 
     def _reason(self, p: CompiledPolicy, deny: Deny) -> Reason:
         return _reason(p, deny, self.options.max_message_bytes)
@@ -469,8 +481,9 @@ class Engine:
                   share: bool = False, decision_id: str = "") -> _Pending:
         """The stateless phase; returns the counter rules still to reserve (if all allowed).
         With ``share``, also what other agents of its bucket may take (``item.shared``)."""
-        agent_labels = (req.agent or {}).get("labels")
-        device_labels = (req.device or {}).get("labels")
+        # No agent: None (selectors that need one do not match); an agent without labels: {}.
+        agent_labels = None if req.agent is None else req.agent.get("labels") or {}
+        device_labels = None if req.device is None else req.device.get("labels") or {}
         if memo is None:
             selected = self.policies.select(req.tenant, req.checkpoint, req.change,
                                             agent_labels, device_labels)
@@ -501,13 +514,26 @@ class Engine:
         counted: list[CompiledPolicy] = []
         traced = self.telemetry.enabled
         evaluated = decision.evaluated
+        overruns = self.overruns
+        fp: bytes | None = None
         for p in live:
             evaluated.append(p.ref)
-            if traced:
-                with self.telemetry.policy_span(p.name):
+            deny = None
+            if overruns and overruns.watched(p):
+                fp = fp or self._fingerprint(req)
+                deny = overruns.recall(p, fp, deadline.remaining())
+            if deny is None:
+                began = time.monotonic()
+                if traced:
+                    with self.telemetry.policy_span(p.name):
+                        deny = self._evaluate_one(p, ctx, budget, deadline, memo, group)
+                else:
                     deny = self._evaluate_one(p, ctx, budget, deadline, memo, group)
-            else:
-                deny = self._evaluate_one(p, ctx, budget, deadline, memo, group)
+                if deny is not None and deny.code in OVERRUN_CODES:
+                    spent = time.monotonic() - began
+                    if deny.code == "COST_LIMIT_EXCEEDED" or spent >= MIN_OVERRUN_S:
+                        fp = fp or self._fingerprint(req)
+                        overruns.remember(p, fp, deny, spent)
             if deny is not None:
                 decision.reasons.append(self._reason(p, deny))
                 if req.explain:

@@ -208,3 +208,47 @@ async def test_a_push_without_a_mapping_config_is_denied(config: str | None,
     [reason] = d.reasons
     assert reason.code == "INVALID_CONFIG" and what in reason.message
     assert reason.message.startswith("config.yaml:")
+
+
+async def test_a_request_that_ran_a_policy_out_of_budget_is_denied_at_once_next_time() -> None:
+    """The same request again (a retry loop, an attacker) does not burn the budget again:
+    the remembered overrun denies it with the same code, without evaluating."""
+    engine, _ = engine_for(CEL.format(name="slow", extra="", deny=RUNAWAY))
+    first = await engine.check(push(ITEMS), 0.05)
+    assert first.reasons[0].code in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
+    again = await engine.check(push(ITEMS), 0.05)
+    assert again.reasons[0].code == first.reasons[0].code
+    assert "not evaluated again" in again.reasons[0].message
+    assert engine.overruns.short_cuts == 1
+    # Another request (another agent) is evaluated: its own overrun, not a remembered one.
+    other = await engine.check(push(ITEMS, agent="a2"), 0.05)
+    assert "not evaluated again" not in other.reasons[0].message
+    # With more time than the overrun had, a deadline overrun is tried again.
+    if first.reasons[0].code == "DEADLINE_EXCEEDED":
+        more = await engine.check(push(ITEMS), 0.5)
+        assert "not evaluated again" not in more.reasons[0].message
+
+
+async def test_a_config_refused_before_is_refused_again_without_parsing() -> None:
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
+    bomb = "a: " + "[" * 100 + "]" * 100 + "\n"
+    first = await engine.check(push(bomb), 1.0)
+    misses = engine.configs.misses
+    again = await engine.check(push(bomb), 1.0)
+    assert engine.configs.misses == misses  # not parsed again
+    assert first.reasons[0].code == again.reasons[0].code == "INVALID_CONFIG"
+    assert first.reasons[0].message == again.reasons[0].message
+
+
+async def test_a_config_too_slow_to_parse_is_not_parsed_again_with_no_more_time() -> None:
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
+    big = "items: [" + ",".join(str(i) for i in range(90_000)) + "]"
+    first = await engine.check(push(big), 0.001)
+    assert first.reasons[0].code == "DEADLINE_EXCEEDED"
+    misses = engine.configs.misses
+    again = await engine.check(push(big), 0.001)
+    assert again.reasons[0].code == "DEADLINE_EXCEEDED"
+    assert "not parsed again" in again.reasons[0].message
+    assert engine.configs.misses == misses
+    plenty = await engine.check(push(big), 60.0)  # enough time: parsed, and decided
+    assert plenty.allowed
