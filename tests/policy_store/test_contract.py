@@ -18,6 +18,7 @@ from pdp.policy.store import (
     PolicyNotFound,
     PolicyStore,
     StaleVersion,
+    TenantExists,
     UnknownTenant,
     grpc_status_name,
     seed_from_directory,
@@ -209,7 +210,7 @@ async def test_not_found(backend: Backend, store: PolicyStore) -> None:
     for call in (store.get(t, "nope"), store.history(t, "nope"),
                  store.approve(t, "nope", 1, "bob"), store.activate(t, "nope", 1, "bob"),
                  store.retire(t, "nope", "bob"), store.reactivate(t, "nope", "bob"),
-                 store.set_builtin_relaxed(t, "no-such-builtin", True, "bob")):
+                 store.request_builtin_relax(t, "no-such-builtin", "bob", reason="x")):
         with pytest.raises(PolicyNotFound) as exc:
             await call
         assert grpc_status_name(exc.value) == "NOT_FOUND"
@@ -248,32 +249,112 @@ async def test_history_records_every_transition(backend: Backend, store: PolicyS
     assert [e["type"] for e in backend.events].count("Policy.Created") == 2
 
 
-async def test_relax_and_restore_builtins(backend: Backend, store: PolicyStore) -> None:
+async def relax(store: PolicyStore, tenant: str, builtin: str = EXPORTER) -> None:
+    """Relaxed with four eyes: requested by one admin, approved by another."""
+    await store.request_builtin_relax(tenant, builtin, "admin", reason="migration")
+    await store.approve_builtin_relax(tenant, builtin, "admin2")
+
+
+async def test_relax_needs_a_second_admin_restore_is_immediate(backend: Backend,
+                                                                store: PolicyStore) -> None:
     t = backend.tenant
     assert await store.relaxed_builtins(t) == frozenset()
     rev = await store.revision()
-    assert await store.set_builtin_relaxed(t, EXPORTER, True, "admin", reason="migration")
+    with pytest.raises(PolicyError, match="justification"):
+        await store.request_builtin_relax(t, EXPORTER, "admin", reason=" ")
+    req = await store.request_builtin_relax(t, EXPORTER, "admin", reason="migration")
+    assert (req.actor, req.reason, req.builtin) == ("admin", "migration", EXPORTER)
     assert await store.revision() > rev
-    assert await store.relaxed_builtins(t) == {EXPORTER}
-    assert not await store.set_builtin_relaxed(t, EXPORTER, True, "admin")  # no-op
+    # requested only: the built-in stays in force, in the listing and the snapshot
+    assert await store.relaxed_builtins(t) == frozenset()
+    assert set(await store.pending_relaxations(t)) == {EXPORTER}
+    assert (await store.snapshot()).relaxed().get(t) is None
     ev = backend.events[-1]
-    assert ev["type"] == "Tenant.BuiltinRelaxed" and ev["builtin"] == EXPORTER
-    assert ev["relaxed"] is True and ev["actor"] == "admin" and ev["reason"] == "migration"
-    assert len(backend.events) == 1
+    assert ev["type"] == "Tenant.BuiltinRelaxRequested" and ev["actor"] == "admin"
+    assert ev["reason"] == "migration" and ev["builtin"] == EXPORTER
+    with pytest.raises(InvalidTransition, match="already requested by 'admin'"):
+        await store.request_builtin_relax(t, EXPORTER, "admin2", reason="again")
+    # the requester cannot approve, in any spelling
+    for same in ("admin", " ADMIN "):
+        with pytest.raises(FourEyesViolation):
+            await store.approve_builtin_relax(t, EXPORTER, same)
+    assert grpc_status_name(FourEyesViolation("x")) == "PERMISSION_DENIED"
+    assert await store.relaxed_builtins(t) == frozenset()
+    await store.approve_builtin_relax(t, EXPORTER, "admin2")
+    assert await store.relaxed_builtins(t) == {EXPORTER}
+    assert await store.pending_relaxations(t) == {}
+    ev = backend.events[-1]
+    assert ev["type"] == "Tenant.BuiltinRelaxed" and ev["relaxed"] is True
+    assert ev["actor"] == "admin2" and ev["requested_by"] == "admin"
+    assert ev["reason"] == "migration"
     rows = {r.name: r for r in await store.list(t)}
     assert rows[EXPORTER].relaxed and rows[EXPORTER].status is Status.RETIRED
     snap = await store.snapshot()
     assert snap.tenants[t].relaxed == {EXPORTER} and snap.relaxed()[t] == {EXPORTER}
+    with pytest.raises(InvalidTransition, match="already relaxed"):
+        await store.request_builtin_relax(t, EXPORTER, "admin3", reason="x")
+    with pytest.raises(InvalidTransition):
+        await store.approve_builtin_relax(t, EXPORTER, "admin3")
     # other tenants keep their built-ins
     assert await store.relaxed_builtins(t + "x") == frozenset()
 
-    assert await store.set_builtin_relaxed(t, EXPORTER, False, "admin2")
+    # restore: one admin, at once
+    assert await store.restore_builtin(t, EXPORTER, "admin", reason="done")
     assert await store.relaxed_builtins(t) == frozenset()
-    assert backend.events[-1]["relaxed"] is False
+    assert backend.events[-1]["relaxed"] is False and backend.events[-1]["actor"] == "admin"
+    assert not await store.restore_builtin(t, EXPORTER, "admin")  # no-op, no event
     h = await store.history(t, EXPORTER)
     assert h.builtin and h.versions == ()
-    assert [(x.action, x.actor) for x in h.transitions] == [("relax", "admin"),
-                                                            ("restore", "admin2")]
+    assert [(x.action, x.actor) for x in h.transitions] == [
+        ("request-relax", "admin"), ("relax", "admin2"), ("restore", "admin")]
+    assert [e["type"] for e in backend.events] == [
+        "Tenant.BuiltinRelaxRequested", "Tenant.BuiltinRelaxed", "Tenant.BuiltinRelaxed"]
+
+
+async def test_restore_withdraws_a_pending_request(backend: Backend,
+                                                   store: PolicyStore) -> None:
+    t = backend.tenant
+    await store.request_builtin_relax(t, EXPORTER, "admin", reason="migration")
+    assert await store.restore_builtin(t, EXPORTER, "admin2")
+    assert await store.pending_relaxations(t) == {}
+    assert backend.events[-1]["withdrawn_request_by"] == "admin"
+    with pytest.raises(InvalidTransition, match="no pending relax request"):
+        await store.approve_builtin_relax(t, EXPORTER, "admin2")
+    assert await store.relaxed_builtins(t) == frozenset()
+    # a second instance sees the same pending request
+    await store.request_builtin_relax(t, EXPORTER, "admin", reason="again")
+    other = backend.open()
+    assert (await other.pending_relaxations(t))[EXPORTER].actor == "admin"
+    await other.approve_builtin_relax(t, EXPORTER, "admin2")
+    assert await store.relaxed_builtins(t) == {EXPORTER}
+
+
+async def test_create_tenant(backend: Backend, store: PolicyStore) -> None:
+    t = backend.tenant
+    rev = await store.revision()
+    info = await store.create_tenant(t, "root", reason="new team")
+    assert (info.name, info.created_by, info.reason) == (t, "root", "new team")
+    assert info.created_at is not None and info.created_at > 1_600_000_000
+    assert await store.revision() > rev
+    ev = backend.events[-1]
+    assert (ev["type"], ev["tenant"], ev["actor"], ev["reason"]) == (
+        "Tenant.Created", t, "root", "new team")
+    # known with no policies: in the snapshot the engine's known tenants come from
+    snap = await store.snapshot()
+    assert t in snap.tenants and snap.tenants[t].policies == ()
+    with pytest.raises(TenantExists):
+        await store.create_tenant(t, "root2")
+    assert grpc_status_name(TenantExists("x")) == "ALREADY_EXISTS"
+    assert len([e for e in backend.events if e["type"] == "Tenant.Created"]) == 1
+    # a tenant known from its policies exists too, without a creation record
+    other = t + "-p"
+    await store.put_draft(other, policy_yaml(other), "alice", 0)
+    with pytest.raises(TenantExists):
+        await store.create_tenant(other, "root")
+    listed = {i.name: i for i in await backend.open().list_tenants()}
+    assert listed[t].created_by == "root" and listed[other].created_by == ""
+    with pytest.raises(PolicyError):
+        await store.create_tenant("bad tenant!", "root")
 
 
 async def test_snapshot(backend: Backend, store: PolicyStore) -> None:
@@ -394,7 +475,8 @@ async def test_unknown_tenant(backend: Backend) -> None:
     await store.put_draft(t, policy_yaml(t), "alice", 0)
     for call in (store.list("intruder"), store.get("intruder", "no-debug"),
                  store.put_draft("intruder", policy_yaml("intruder"), "alice", 0),
-                 store.set_builtin_relaxed("intruder", EXPORTER, True, "a")):
+                 store.request_builtin_relax("intruder", EXPORTER, "a", reason="x"),
+                 store.create_tenant("intruder", "root")):
         with pytest.raises(UnknownTenant):
             await call
 
@@ -405,7 +487,9 @@ async def test_state_survives_reopen(backend: Backend) -> None:
     await active_policy(first, t, "a")
     await active_policy(first, t, "a", deny="true")
     await first.put_draft(t, policy_yaml(t, "b"), "alice", 0)
-    await first.set_builtin_relaxed(t, EXPORTER, True, "admin")
+    await relax(first, t)
+    await first.request_builtin_relax(t, "default-deny-tls-insecure-on-non-localhost", "admin",
+                                      reason="pending")
     snap = await first.snapshot()
     listing = await first.list(t)
     history = await first.history(t, "a")

@@ -35,16 +35,18 @@ from pdp.policy.builtins import BUILTIN_NAMES, builtin_policies
 from pdp.policy.loader import load_text
 from pdp.policy.model import Policy, PolicyError, Status, validate_name
 from pdp.policy.store import lifecycle
-from pdp.policy.store.errors import PolicyNotFound, UnknownTenant
+from pdp.policy.store.errors import PolicyNotFound, TenantExists, UnknownTenant
 from pdp.policy.store.records import (
+    BuiltinChange,
     Event,
     Mutation,
     PolicyHistory,
     PolicyRecord,
     PolicySummary,
+    RelaxRequest,
     StoreSnapshot,
+    TenantInfo,
     TenantSnapshot,
-    Transition,
     VersionRecord,
 )
 
@@ -53,9 +55,14 @@ _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 log = logging.getLogger(__name__)
 
+#: Audit event of :meth:`PolicyStore.create_tenant`.
+TENANT_CREATED = "Tenant.Created"
+
 Validator = Callable[[Policy], object]
 EventSink = Callable[[Event], None]
 MutateFn = Callable[[PolicyRecord], Mutation | None]
+#: (relaxed now, pending request) -> what to write, or None for nothing.
+BuiltinFn = Callable[[bool, RelaxRequest | None], BuiltinChange | None]
 
 
 def compile_validator(max_cost: int | None = None,
@@ -82,6 +89,8 @@ class TenantState:
 
     records: Mapping[str, PolicyRecord]
     relaxed: frozenset[str]
+    #: Relax requests waiting for a second admin, by built-in.
+    pending: Mapping[str, RelaxRequest] = dataclasses.field(default_factory=dict)
 
 
 class PolicyStore(abc.ABC):
@@ -109,10 +118,21 @@ class PolicyStore(abc.ABC):
         mutation (if any), register the tenant and bump the revision."""
 
     @abc.abstractmethod
-    async def _set_relaxed(self, tenant: str, builtin: str, relaxed: bool,
-                           transition: Transition) -> bool:
-        """Atomically set the relaxed flag; if it changed, append ``transition`` and bump the
-        revision. Returns whether it changed."""
+    async def _update_builtin(self, tenant: str, builtin: str,
+                              fn: BuiltinFn) -> BuiltinChange | None:
+        """Atomically: read the built-in's relaxed flag and pending request, call ``fn``
+        (pure; may run more than once; an exception aborts with nothing written) and write
+        its change (flag, pending request, transition), registering the tenant and bumping
+        the revision."""
+
+    @abc.abstractmethod
+    async def _create_tenant(self, info: TenantInfo) -> bool:
+        """Atomically register ``info.name`` with its creation record and bump the revision;
+        False (nothing written) when the tenant is known already."""
+
+    @abc.abstractmethod
+    async def _tenant_infos(self) -> dict[str, TenantInfo]:
+        """Creation records of the tenants an admin created, by name."""
 
     @abc.abstractmethod
     async def _read_record(self, tenant: str, name: str) -> PolicyRecord:
@@ -236,25 +256,72 @@ class PolicyStore(abc.ABC):
         self._emit(mutation.events)
         return mutation.result
 
-    async def set_builtin_relaxed(self, tenant: str, builtin: str, relaxed: bool, actor: str,
-                                  *, reason: str = "") -> bool:
-        """Relax (``True``) or restore (``False``) a built-in for ``tenant``. Returns whether
-        anything changed (relaxing a relaxed built-in is a no-op without an event)."""
+    async def request_builtin_relax(self, tenant: str, builtin: str, actor: str, *,
+                                    reason: str) -> RelaxRequest:
+        """Ask to relax a built-in for ``tenant``; it stays in force until another admin
+        approves (:meth:`approve_builtin_relax`). ``InvalidTransition`` if it is relaxed or
+        a request is pending already."""
         self._check_tenant(tenant)
         actor = _check_actor(actor)
-        if builtin not in BUILTIN_NAMES:
-            raise PolicyNotFound(f"no built-in policy {builtin!r}; built-ins are "
-                                 + ", ".join(sorted(BUILTIN_NAMES)))
+        _check_builtin(builtin)
+        if not reason.strip():
+            raise PolicyError("justification: required to relax a built-in",
+                              field_path="justification")
         now = self.clock()
-        t = Transition(tenant, builtin, 0, "relax" if relaxed else "restore",
-                       Status.ACTIVE if relaxed else Status.RETIRED,
-                       Status.RETIRED if relaxed else Status.ACTIVE, actor, now, reason)
-        changed = await self._set_relaxed(tenant, builtin, relaxed, t)
-        if changed:
-            event = ev.builtin_relaxed(tenant, builtin, actor, reason=reason, time=now)
-            event["relaxed"] = relaxed
-            self._emit((event,))
-        return changed
+        change = await self._apply_builtin(tenant, builtin, lambda relaxed, pending:
+                                           lifecycle.request_relax(tenant, builtin, relaxed,
+                                                                   pending, actor, reason,
+                                                                   now))
+        assert change is not None and change.pending is not None
+        return change.pending
+
+    async def approve_builtin_relax(self, tenant: str, builtin: str, actor: str) -> None:
+        """Relax the built-in as requested; ``FourEyesViolation`` if ``actor`` asked."""
+        self._check_tenant(tenant)
+        actor = _check_actor(actor)
+        _check_builtin(builtin)
+        now = self.clock()
+        await self._apply_builtin(tenant, builtin, lambda relaxed, pending:
+                                  lifecycle.approve_relax(tenant, builtin, relaxed, pending,
+                                                          actor, now))
+
+    async def restore_builtin(self, tenant: str, builtin: str, actor: str, *,
+                              reason: str = "") -> bool:
+        """Put the built-in back in force at once (one admin suffices: it only tightens),
+        withdrawing a pending request. Returns whether anything changed."""
+        self._check_tenant(tenant)
+        actor = _check_actor(actor)
+        _check_builtin(builtin)
+        now = self.clock()
+        change = await self._apply_builtin(tenant, builtin, lambda relaxed, pending:
+                                           lifecycle.restore(tenant, builtin, relaxed,
+                                                             pending, actor, reason, now))
+        return change is not None
+
+    async def create_tenant(self, tenant: str, actor: str, *, reason: str = "") -> TenantInfo:
+        """Make ``tenant`` known (decisions for it are no longer UNKNOWN_TENANT), audited as
+        ``Tenant.Created``. ``TenantExists`` when it is known already."""
+        self._check_tenant(tenant)
+        actor = _check_actor(actor)
+        now = self.clock()
+        info = TenantInfo(tenant, actor, now, reason)
+        if not await self._create_tenant(info):
+            raise TenantExists(f"tenant {tenant!r} exists already")
+        self._emit(({"type": TENANT_CREATED, "time": ev.format_time(now), "tenant": tenant,
+                     "actor": actor, "reason": reason},))
+        return info
+
+    async def list_tenants(self) -> list[TenantInfo]:
+        """Every known tenant, sorted: created ones with their creation record."""
+        infos = await self._tenant_infos()
+        return [infos.get(name) or TenantInfo(name) for name in await self.tenants()]
+
+    async def _apply_builtin(self, tenant: str, builtin: str,
+                             fn: BuiltinFn) -> BuiltinChange | None:
+        change = await self._update_builtin(tenant, builtin, fn)
+        if change is not None:
+            self._emit(change.events)
+        return change
 
     # ---------------------------------------------------------------- reads
 
@@ -306,6 +373,11 @@ class PolicyStore(abc.ABC):
     async def relaxed_builtins(self, tenant: str) -> frozenset[str]:
         self._check_tenant(tenant)
         return (await self._read_tenant(tenant)).relaxed
+
+    async def pending_relaxations(self, tenant: str) -> dict[str, RelaxRequest]:
+        """Relax requests of ``tenant`` waiting for a second admin, by built-in."""
+        self._check_tenant(tenant)
+        return dict((await self._read_tenant(tenant)).pending)
 
     async def snapshot(self) -> StoreSnapshot:
         """What the engine evaluates, consistently at one revision: per tenant the ACTIVE
@@ -398,6 +470,12 @@ def _check_actor(actor: str) -> str:
     if not isinstance(actor, str) or not actor.strip():
         raise PolicyError("actor is required: who makes the change", field_path="actor")
     return actor.strip()
+
+
+def _check_builtin(builtin: str) -> None:
+    if builtin not in BUILTIN_NAMES:
+        raise PolicyNotFound(f"no built-in policy {builtin!r}; built-ins are "
+                             + ", ".join(sorted(BUILTIN_NAMES)))
 
 
 def _check_name(name: str) -> None:

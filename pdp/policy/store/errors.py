@@ -28,6 +28,12 @@ class UnknownTenant(PolicyNotFound):
     grpc_status = "NOT_FOUND"
 
 
+class TenantExists(StoreError):
+    """CreateTenant of a tenant the store knows already. -> ``ALREADY_EXISTS``"""
+
+    grpc_status = "ALREADY_EXISTS"
+
+
 class StaleVersion(StoreError):
     """Optimistic concurrency: the caller edited an older version. -> ``ABORTED``"""
 
@@ -86,6 +92,7 @@ __all__ = [
     "StaleVersion",
     "StoreError",
     "StoreUnavailable",
+    "TenantExists",
     "UnknownTenant",
     "grpc_status_name",
 ]

@@ -13,6 +13,12 @@ Lifecycle::
     retire:      the ACTIVE version -> RETIRED
     reactivate:  the most recently retired version -> ACTIVE (only while none is active)
 
+Built-ins, per tenant (four eyes on switching a guardrail off, none on switching it on)::
+
+    request_relax:  in force -> in force, with a pending request by admin A
+    approve_relax:  pending (A) -> relaxed, approved by admin B != A
+    restore:        relaxed or pending -> in force at once (one admin; withdraws a request)
+
 Superseding is recorded as RETIRED (there is no separate status): a superseded version is
 indistinguishable from a retired one except by its transition's reason, and ``reactivate``
 after ``retire`` brings back the version that was last retired, not an older superseded one.
@@ -32,7 +38,14 @@ from pdp.policy.store.errors import (
     PolicyNotFound,
     StaleVersion,
 )
-from pdp.policy.store.records import Mutation, PolicyRecord, Transition, VersionRecord
+from pdp.policy.store.records import (
+    BuiltinChange,
+    Mutation,
+    PolicyRecord,
+    RelaxRequest,
+    Transition,
+    VersionRecord,
+)
 
 
 def same_person(a: str, b: str) -> bool:
@@ -191,3 +204,63 @@ def seed(rec: PolicyRecord, yaml_text: str, content_hash: str, status: Status, a
                                       "seeded from the policy directory"))
         prev = step
     return Mutation((record,), tuple(transitions), tuple(events), record)
+
+
+# --- built-ins ------------------------------------------------------------------------------
+
+def _builtin_event(type_: str, tenant: str, builtin: str, actor: str, now: float,
+                   **extra: object) -> ev.Event:
+    return {"type": type_, "time": ev.format_time(now), "tenant": tenant, "builtin": builtin,
+            "actor": actor, **extra}
+
+
+RELAX_REQUESTED = "Tenant.BuiltinRelaxRequested"
+
+
+def request_relax(tenant: str, builtin: str, relaxed: bool, pending: RelaxRequest | None,
+                  actor: str, reason: str, now: float) -> BuiltinChange:
+    """Record a relax request; the built-in stays in force until another admin approves."""
+    if relaxed:
+        raise InvalidTransition(f"built-in {builtin!r} is already relaxed for tenant"
+                                f" {tenant!r}")
+    if pending is not None:
+        raise InvalidTransition(
+            f"relaxing built-in {builtin!r} for tenant {tenant!r} was already requested by"
+            f" {pending.actor!r}: another admin approves it, or restore withdraws it")
+    request = RelaxRequest(tenant, builtin, actor, now, reason)
+    t = Transition(tenant, builtin, 0, "request-relax", Status.ACTIVE, Status.ACTIVE, actor,
+                   now, reason)
+    event = _builtin_event(RELAX_REQUESTED, tenant, builtin, actor, now, reason=reason)
+    return BuiltinChange(False, request, t, (event,))
+
+
+def approve_relax(tenant: str, builtin: str, relaxed: bool, pending: RelaxRequest | None,
+                  actor: str, now: float) -> BuiltinChange:
+    """Apply a pending request; ``FourEyesViolation`` when its requester approves."""
+    if pending is None:
+        state = "is relaxed already" if relaxed else "has no pending relax request"
+        raise InvalidTransition(f"built-in {builtin!r} of tenant {tenant!r} {state}")
+    if same_person(pending.actor, actor):
+        raise FourEyesViolation(f"{actor!r} requested relaxing {builtin!r} and cannot approve"
+                                " it: approval must come from another admin")
+    reason = f"{pending.reason} (requested by {pending.actor})".strip()
+    t = Transition(tenant, builtin, 0, "relax", Status.ACTIVE, Status.RETIRED, actor, now,
+                   reason)
+    event = _builtin_event(ev.BUILTIN_RELAXED, tenant, builtin, actor, now,
+                           reason=pending.reason, relaxed=True, requested_by=pending.actor)
+    return BuiltinChange(True, None, t, (event,))
+
+
+def restore(tenant: str, builtin: str, relaxed: bool, pending: RelaxRequest | None,
+            actor: str, reason: str, now: float) -> BuiltinChange | None:
+    """Back in force at once; a pending request is withdrawn. None: nothing to do."""
+    if not relaxed and pending is None:
+        return None
+    extra: dict[str, object] = {"reason": reason, "relaxed": False}
+    if pending is not None:
+        extra["withdrawn_request_by"] = pending.actor
+    t = Transition(tenant, builtin, 0, "restore" if relaxed else "withdraw-relax",
+                   Status.RETIRED if relaxed else Status.ACTIVE, Status.ACTIVE, actor, now,
+                   reason)
+    event = _builtin_event(ev.BUILTIN_RELAXED, tenant, builtin, actor, now, **extra)
+    return BuiltinChange(False, None, t, (event,))

@@ -79,6 +79,55 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class RelaxRequest:
+    """A request to relax a built-in for a tenant, waiting for a second admin: the built-in
+    stays in force until someone other than ``actor`` approves it."""
+
+    tenant: str
+    builtin: str
+    actor: str
+    at: float
+    reason: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> RelaxRequest:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class BuiltinChange:
+    """What one relax / approve / restore step writes for one built-in of one tenant: the
+    new relaxed flag, the pending request that remains (None: none), the transition and
+    the audit events to emit once committed."""
+
+    relaxed: bool
+    pending: RelaxRequest | None
+    transition: Transition
+    events: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    """A known tenant. ``created_by`` is empty for a tenant known only from its state
+    (policies, built-in settings) rather than created by an admin."""
+
+    name: str
+    created_by: str = ""
+    created_at: float | None = None
+    reason: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TenantInfo:
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
 class PolicyRecord:
     """Everything stored about one policy name: versions (ascending) and transitions (in the
     order they happened). Empty when the policy does not exist."""

@@ -7,8 +7,10 @@ Keys (records are the same JSON the SQLite store keeps)::
     pdp:{tenant}:policy:v:<name>       hash: version number -> VersionRecord JSON
     pdp:{tenant}:policy:t:<name>       list: Transition JSON, append-only, in order
     pdp:{tenant}:policy:relaxed        set of relaxed built-ins
+    pdp:{tenant}:policy:relax_requests hash: built-in -> pending RelaxRequest JSON
     pdp:{pdp-policy}:revision          store revision (every change increments it)
-    pdp:{pdp-policy}:tenants           set of tenants with stored state
+    pdp:{pdp-policy}:tenants           set of tenants with stored state (or created)
+    pdp:{pdp-policy}:tenant_info       hash: tenant -> TenantInfo JSON (created by an admin)
 
 Atomicity: a change WATCHes the tenant's ``rev`` key, reads the policy, applies the shared
 lifecycle rule in Python and writes everything — versions, transitions, both counters — in
@@ -34,9 +36,17 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, WatchError
 
-from pdp.policy.store.base import MutateFn, PolicyStore, TenantState
+from pdp.policy.store.base import BuiltinFn, MutateFn, PolicyStore, TenantState
 from pdp.policy.store.errors import StoreUnavailable
-from pdp.policy.store.records import Mutation, PolicyRecord, Transition, VersionRecord
+from pdp.policy.store.records import (
+    BuiltinChange,
+    Mutation,
+    PolicyRecord,
+    RelaxRequest,
+    TenantInfo,
+    Transition,
+    VersionRecord,
+)
 
 T = TypeVar("T")
 
@@ -129,22 +139,48 @@ class RedisPolicyStore(PolicyStore):
         await self._guard(self._transaction(tenant, body))
         return out[0] if out else None
 
-    async def _set_relaxed(self, tenant: str, builtin: str, relaxed: bool,
-                           transition: Transition) -> bool:
+    async def _update_builtin(self, tenant: str, builtin: str,
+                              fn: BuiltinFn) -> BuiltinChange | None:
         p = self._p(tenant)
+        out: list[BuiltinChange] = []
 
         async def body(pipe: Any) -> bool:
-            if bool(await pipe.sismember(f"{p}:relaxed", builtin)) == relaxed:
+            out.clear()
+            relaxed = bool(await pipe.sismember(f"{p}:relaxed", builtin))
+            raw = await pipe.hget(f"{p}:relax_requests", builtin)
+            change = fn(relaxed, None if raw is None else RelaxRequest.from_json(_s(raw)))
+            if change is None:
                 return False
             pipe.multi()
-            if relaxed:
+            if change.relaxed:
                 pipe.sadd(f"{p}:relaxed", builtin)
             else:
                 pipe.srem(f"{p}:relaxed", builtin)
-            pipe.rpush(f"{p}:t:{builtin}", transition.to_json())
+            if change.pending is not None:
+                pipe.hset(f"{p}:relax_requests", builtin, change.pending.to_json())
+            else:
+                pipe.hdel(f"{p}:relax_requests", builtin)
+            pipe.rpush(f"{p}:t:{builtin}", change.transition.to_json())
+            out.append(change)
             return True
 
-        return await self._guard(self._transaction(tenant, body)) is not None
+        await self._guard(self._transaction(tenant, body))
+        return out[0] if out else None
+
+    async def _create_tenant(self, info: TenantInfo) -> bool:
+        async def body(pipe: Any) -> bool:
+            if await pipe.sismember(f"{GLOBAL}:tenants", info.name):
+                return False
+            pipe.multi()
+            pipe.hset(f"{GLOBAL}:tenant_info", info.name, info.to_json())
+            return True
+
+        # The tenant set itself is written by _transaction, with the revisions.
+        return await self._guard(self._transaction(info.name, body)) is not None
+
+    async def _tenant_infos(self) -> dict[str, TenantInfo]:
+        raw = await self._guard(self.client.hgetall(f"{GLOBAL}:tenant_info"))
+        return {_s(k): TenantInfo.from_json(_s(v)) for k, v in raw.items()}
 
     async def _record_from(self, r: Any, tenant: str, name: str,
                            transitions: bool = True) -> PolicyRecord:
@@ -168,13 +204,15 @@ class RedisPolicyStore(PolicyStore):
             for name in names:
                 pipe.hgetall(f"{p}:v:{name}")
             pipe.smembers(f"{p}:relaxed")
+            pipe.hgetall(f"{p}:relax_requests")
             results = await pipe.execute()
         records = {}
-        for name, raw in zip(names, results[:-1], strict=True):
+        for name, raw in zip(names, results[:-2], strict=True):
             versions = sorted((VersionRecord.from_json(_s(v)) for v in raw.values()),
                               key=lambda v: v.version)
             records[name] = PolicyRecord(tenant, name, tuple(versions))
-        return TenantState(records, frozenset(_s(b) for b in results[-1]))
+        pending = {_s(b): RelaxRequest.from_json(_s(v)) for b, v in results[-1].items()}
+        return TenantState(records, frozenset(_s(b) for b in results[-2]), pending)
 
     async def _consistent(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
         """``read()`` with a guarantee that ``key`` did not change meanwhile (WATCH it, read,

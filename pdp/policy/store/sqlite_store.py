@@ -15,6 +15,8 @@ Tables (records stored as the same JSON both backends use)::
     versions(tenant, name, version, status, data)
     transitions(id, tenant, name, data)    -- append-only, id orders them
     relaxed(tenant, builtin)
+    relax_requests(tenant, builtin, data)  -- pending relax requests (RelaxRequest JSON)
+    tenant_info(tenant, data)              -- tenants created by an admin (TenantInfo JSON)
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pdp.policy.store.base import MutateFn, PolicyStore, TenantState
+from pdp.policy.store.base import BuiltinFn, MutateFn, PolicyStore, TenantState
 from pdp.policy.store.errors import StoreUnavailable
-from pdp.policy.store.records import Mutation, PolicyRecord, Transition, VersionRecord
+from pdp.policy.store.records import (
+    BuiltinChange,
+    Mutation,
+    PolicyRecord,
+    RelaxRequest,
+    TenantInfo,
+    Transition,
+    VersionRecord,
+)
 
 T = TypeVar("T")
 
@@ -50,6 +60,11 @@ CREATE INDEX IF NOT EXISTS transitions_by_name ON transitions (tenant, name, id)
 CREATE TABLE IF NOT EXISTS relaxed (
     tenant TEXT NOT NULL, builtin TEXT NOT NULL, PRIMARY KEY (tenant, builtin)
 );
+CREATE TABLE IF NOT EXISTS relax_requests (
+    tenant TEXT NOT NULL, builtin TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (tenant, builtin)
+);
+CREATE TABLE IF NOT EXISTS tenant_info (tenant TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
 
 POLL_INTERVAL = 0.2
@@ -138,8 +153,10 @@ class SqlitePolicyStore(PolicyStore):
             by_name.setdefault(v.name, []).append(v)
         relaxed = frozenset(row[0] for row in conn.execute(
             "SELECT builtin FROM relaxed WHERE tenant = ?", (tenant,)))
+        pending = {row[0]: RelaxRequest.from_json(row[1]) for row in conn.execute(
+            "SELECT builtin, data FROM relax_requests WHERE tenant = ?", (tenant,))}
         return TenantState({n: PolicyRecord(tenant, n, tuple(vs)) for n, vs in by_name.items()},
-                           relaxed)
+                           relaxed, pending)
 
     # ------------------------------------------------------------------ primitives
 
@@ -162,23 +179,51 @@ class SqlitePolicyStore(PolicyStore):
 
         return await self._write(tx)
 
-    async def _set_relaxed(self, tenant: str, builtin: str, relaxed: bool,
-                           transition: Transition) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
-            if relaxed:
-                cur = conn.execute("INSERT OR IGNORE INTO relaxed (tenant, builtin)"
-                                   " VALUES (?, ?)", (tenant, builtin))
+    async def _update_builtin(self, tenant: str, builtin: str,
+                              fn: BuiltinFn) -> BuiltinChange | None:
+        def tx(conn: sqlite3.Connection) -> BuiltinChange | None:
+            relaxed = conn.execute("SELECT 1 FROM relaxed WHERE tenant = ? AND builtin = ?",
+                                   (tenant, builtin)).fetchone() is not None
+            row = conn.execute("SELECT data FROM relax_requests WHERE tenant = ? AND"
+                               " builtin = ?", (tenant, builtin)).fetchone()
+            change = fn(relaxed, None if row is None else RelaxRequest.from_json(row[0]))
+            if change is None:
+                return None
+            if change.relaxed:
+                conn.execute("INSERT OR IGNORE INTO relaxed (tenant, builtin) VALUES (?, ?)",
+                             (tenant, builtin))
             else:
-                cur = conn.execute("DELETE FROM relaxed WHERE tenant = ? AND builtin = ?",
-                                   (tenant, builtin))
+                conn.execute("DELETE FROM relaxed WHERE tenant = ? AND builtin = ?",
+                             (tenant, builtin))
+            conn.execute("DELETE FROM relax_requests WHERE tenant = ? AND builtin = ?",
+                         (tenant, builtin))
+            if change.pending is not None:
+                conn.execute("INSERT INTO relax_requests (tenant, builtin, data)"
+                             " VALUES (?, ?, ?)", (tenant, builtin, change.pending.to_json()))
+            conn.execute("INSERT INTO transitions (tenant, name, data) VALUES (?, ?, ?)",
+                         (tenant, builtin, change.transition.to_json()))
+            self._bump(conn, tenant)
+            return change
+
+        return await self._write(tx)
+
+    async def _create_tenant(self, info: TenantInfo) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT OR IGNORE INTO tenants (tenant) VALUES (?)",
+                               (info.name,))
             if cur.rowcount == 0:
                 return False
-            conn.execute("INSERT INTO transitions (tenant, name, data) VALUES (?, ?, ?)",
-                         (tenant, builtin, transition.to_json()))
-            self._bump(conn, tenant)
+            conn.execute("INSERT OR REPLACE INTO tenant_info (tenant, data) VALUES (?, ?)",
+                         (info.name, info.to_json()))
+            self._bump(conn, info.name)
             return True
 
         return await self._write(tx)
+
+    async def _tenant_infos(self) -> dict[str, TenantInfo]:
+        return await self._run(lambda conn: {row[0]: TenantInfo.from_json(row[1]) for row in
+                                             conn.execute("SELECT tenant, data FROM"
+                                                          " tenant_info")})
 
     async def _read_record(self, tenant: str, name: str) -> PolicyRecord:
         return await self._run(lambda conn: self._record(conn, tenant, name))
