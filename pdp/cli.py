@@ -12,10 +12,13 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pdp.admin_cli import add_policy_admin_commands
 from pdp.settings import FIELDS, SettingsError, describe, load_settings
+
+if TYPE_CHECKING:
+    import grpc
 
 
 def _serve_parser(sub: Any) -> None:
@@ -183,8 +186,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(serve(settings))
     except StartupError as exc:
-        print(f"pdp serve: cannot start: {exc}", file=sys.stderr)
+        holder = _lock_holder(Path(settings.audit_file + ".lock")) if str(exc).startswith(
+            "audit:") else None
+        print(f"pdp serve: cannot start: {exc}" + (f" (held by {holder})" if holder else ""),
+              file=sys.stderr)
         return 2
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """Which process holds the flock on ``lock``: "pid N: its command line", from
+    /proc/locks (Linux), so a second `pdp serve` in the same directory says whom to stop.
+    None where that cannot be told (another OS, the holder already gone)."""
+    try:
+        st = lock.stat()
+        entries = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for entry in entries:
+        fields = entry.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF" (blocked waiters have a "->")
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where:
+            pid = fields[4]
+            if pid == str(os.getpid()):
+                continue
+            try:
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                command = " ".join(raw.decode(errors="replace").split("\0")).strip()
+            except OSError:
+                command = ""
+            return f"pid {pid}" + (f": {command[:200]}" if command else "")
+    return None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -195,14 +227,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         method, req = request_from_file(args.file)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # RequestFileError: one line naming the file
         print(f"pdp check: bad request file: {exc}", file=sys.stderr)
         return 2
     try:
         with PdpClient(args.address, timeout=args.timeout) as client:
             d = client.call(method, req)
     except grpc.RpcError as exc:
-        print(f"pdp check: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"pdp check: {_rpc_error(exc)}", file=sys.stderr)
         return 2
     if args.json:
         print(json_format.MessageToJson(d.raw))
@@ -224,11 +256,24 @@ def cmd_health(args: argparse.Namespace) -> int:
     try:
         with PdpClient(args.address, timeout=args.timeout) as client:
             status = client.health()
-    except grpc.RpcError as exc:
-        print(f"UNAVAILABLE: {exc.code().name}: {exc.details()}")
-        return 1
+    except grpc.RpcError as exc:  # no answer at all: an error (2), not a status (1)
+        print(f"pdp health: {args.address}: {_rpc_error(exc)}", file=sys.stderr)
+        return 2
     print(status)
     return 0 if status == "SERVING" else 1
+
+
+def _rpc_error(exc: grpc.RpcError) -> str:
+    """One line for a failed call: the status code, then grpc's text on one line (for a
+    server that is not there it repeats the code and adds a multi-part connection error)."""
+    call = cast(Any, exc)  # an RpcError raised by a call is also a grpc.Call
+    code = str(call.code().name) if hasattr(call, "code") else "UNKNOWN"
+    details = " ".join(str(call.details() if hasattr(call, "details") else exc).split())
+    details = details.removeprefix(f"{code}: ")
+    if code == "UNAVAILABLE" and "failed to connect" in details:
+        reason = details.rsplit(": ", 1)[-1]
+        return f"UNAVAILABLE: no server answers ({reason})"
+    return f"{code}: {details}"
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

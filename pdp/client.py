@@ -96,23 +96,58 @@ KINDS = {
 }
 
 
+class RequestFileError(ValueError):
+    """A request file cannot be turned into a request; the message is one line naming the
+    file (``pdp check`` prints it and exits 2: an unreadable input is never a deny)."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def request_from_file(path: str | Path) -> tuple[str, Any]:
     """Read a request YAML: ``kind`` (push, auto_apply, device, rollout), then the request's
     fields; ``config`` / ``previous_config`` may be YAML text or a mapping, or use
-    ``config_file`` / ``previous_config_file`` relative to the request file."""
+    ``config_file`` / ``previous_config_file`` relative to the request file.
+
+    Raises :class:`RequestFileError` for every input problem (unreadable file, bad YAML, a
+    field the request has not or a value of the wrong type, a missing ``config_file``)."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RequestFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RequestFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RequestFileError(f"{where}: not valid YAML: {_one_line(problem)}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping")
+        raise RequestFileError(f"{path}: expected a mapping")
     try:
         return request_message(data, path.parent)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise RequestFileError(f"{path}: {_one_line(str(exc))}") from None
+
+
+def _read_config_file(base: Path, key: str, name: str) -> str:
+    target = (base / name).resolve()
+    try:
+        return target.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RequestFileError(f"{key}_file: cannot read {target}: {exc.strerror or exc}"
+                               ) from None
+    except UnicodeDecodeError as exc:
+        raise RequestFileError(f"{key}_file: {target} is not UTF-8 text (byte {exc.start})"
+                               ) from None
 
 
 def request_message(data: Mapping[str, Any], base: Path) -> tuple[str, Any]:
-    """The request-file shape as (RPC method name, protobuf request). Raises ValueError
-    (json_format.ParseError is one) or OSError for a ``*_file`` that cannot be read."""
+    """The request-file shape as (RPC method name, protobuf request). Raises ValueError for
+    every input problem, :class:`RequestFileError` for a ``*_file`` that cannot be read
+    (naming its resolved path)."""
     data = dict(data)
     kind = str(data.pop("kind", "push"))
     if kind not in KINDS:
@@ -120,7 +155,7 @@ def request_message(data: Mapping[str, Any], base: Path) -> tuple[str, Any]:
     method, cls = KINDS[kind]
     for key in ("config", "previous_config"):
         if f"{key}_file" in data:
-            data[key] = (base / str(data.pop(f"{key}_file"))).read_text(encoding="utf-8")
+            data[key] = _read_config_file(base, key, str(data.pop(f"{key}_file")))
         value = data.get(key)
         if isinstance(value, dict | list) and not (isinstance(value, dict) and "yaml" in value):
             data[key] = {"yaml": yaml.safe_dump(value, sort_keys=False)}
@@ -128,7 +163,12 @@ def request_message(data: Mapping[str, Any], base: Path) -> tuple[str, Any]:
             data[key] = {"yaml": value}
     if kind == "auto_apply":
         data["checkpoint"] = "CHECKPOINT_AUTO_APPLY"
-    return method, json_format.ParseDict(data, cls())
+    try:
+        return method, json_format.ParseDict(data, cls())
+    except (json_format.ParseError, TypeError) as exc:
+        # ParseError is no ValueError, and its text lists the message's fields on a second
+        # line: callers get a one-line ValueError like every other input problem
+        raise ValueError(_one_line(str(exc))) from None
 
 
 _RESPONSE_DECISION = "decision"

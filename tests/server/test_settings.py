@@ -50,22 +50,27 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
         load_settings(config_file=str(f), env={})
 
 
-def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _serve(cwd: Path, *args: str, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    """`pdp serve` in ``cwd`` (a temp dir: its default var/ paths must not meet those of a
+    server someone runs in the checkout)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+    root = str(Path(__file__).resolve().parents[2])
+    base["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [base.get("PYTHONPATH")])])
     return subprocess.run([sys.executable, "-m", "pdp.cli", "serve", *args],
                           env={**base, **(env or {})}, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, cwd=cwd)
 
 
-def test_serve_refuses_to_start_on_a_bad_setting() -> None:
-    out = _serve(env={"PDP_DEADLINE_MSS": "5"})
+def test_serve_refuses_to_start_on_a_bad_setting(tmp_path: Path) -> None:
+    out = _serve(tmp_path, env={"PDP_DEADLINE_MSS": "5"})
     assert out.returncode == 2
     assert "PDP_DEADLINE_MSS: unknown setting" in out.stderr
 
 
 def test_serve_refuses_to_start_on_an_invalid_policy(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("tenant: t\nname: a\nrule: {daily_cap: {max_count: x}}\n")
-    out = _serve("--policy-dir", str(tmp_path), "--listen", "127.0.0.1:1")
+    out = _serve(tmp_path, "--policy-dir", str(tmp_path), "--listen", "127.0.0.1:1")
     assert out.returncode == 2
     assert "p.yaml:3:" in out.stderr and "rule.daily_cap.max_count" in out.stderr
 
