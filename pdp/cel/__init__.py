@@ -36,6 +36,7 @@ from .errors import (
     SizeLimitExceeded,
 )
 from .program import Budget, Environment, Program
+from .references import roots as read_roots
 from .values import Duration, Optional, Timestamp, TypeValue, UInt
 
 __all__ = [
@@ -58,4 +59,5 @@ __all__ = [
     "UInt",
     "new_pdp_environment",
     "pdp_environment",
+    "read_roots",
 ]

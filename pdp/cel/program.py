@@ -23,6 +23,7 @@ from .errors import CelCompileError, CelError, DeadlineExceeded
 from .functions import Registry
 from .meter import DEFAULT_MAX_LIST, DEFAULT_MAX_STRING, Limits
 from .parser import parse
+from .references import conjunction, conjuncts, references
 from .runtime import to_cel_error
 from .types import T, parse_type
 
@@ -46,12 +47,13 @@ class Budget:
 class Program:
     """A compiled expression: call :meth:`evaluate` with an activation (name -> value)."""
 
-    __slots__ = ("_fn", "check_errors", "cost_estimate", "cost_hotspot", "result_type",
-                 "source", "source_hash", "uses_budget")
+    __slots__ = ("_fn", "check_errors", "cost_estimate", "cost_hotspot", "reads",
+                 "result_type", "source", "source_hash", "uses_budget")
 
     def __init__(self, source: str, fn: Callable[[Any, Any], Any], cost_estimate: int,
                  result_type: T, check_errors: list[CelCompileError],
-                 uses_budget: bool = True, cost_hotspot: str = "") -> None:
+                 uses_budget: bool = True, cost_hotspot: str = "",
+                 reads: frozenset[str] = frozenset()) -> None:
         self.source = source
         self.source_hash = hashlib.sha256(source.encode("utf-8")).hexdigest()
         self._fn = fn
@@ -60,6 +62,8 @@ class Program:
         self.check_errors = check_errors
         self.uses_budget = uses_budget
         self.cost_hotspot = cost_hotspot  # "line:column `text`: why", the costliest part
+        # Variables it reads: "var" (the whole value) or "var.field" (see references.py).
+        self.reads = reads
 
     def evaluate(self, activation: Mapping[str, Any], budget: Budget | None = None) -> Any:
         """Evaluate; raises CelEvalError, or DeadlineExceeded / CostLimitExceeded."""
@@ -138,7 +142,33 @@ class Environment:
         gen = CodeGen(source, chk, self.registry, self.limits)
         fn = _with_recursion(lambda: gen.generate(tree))
         return Program(source, fn, est.cost, chk.result, chk.errors, gen.uses_budget,
-                       hotspot)
+                       hotspot, references(tree, chk))
+
+    def compile_conjuncts(self, source: str, keep: Callable[[frozenset[str]], bool]
+                          ) -> Program | None:
+        """For ``a && b && c``: the conjuncts whose reads ``keep`` accepts, as one program
+        (None when that is none or all of them). Used to find, once for many requests, a
+        part of a deny expression that is false for all of them: then the whole is false
+        (CEL's ``&&`` is false as soon as any side is, whatever the others give). Compiled
+        from the checked tree of ``source``, not from re-written text."""
+        tree = self.parse(source)
+        chk = _with_recursion(lambda: Checker(source, self.decls, self.registry,
+                                              self.container).check(tree))
+        if chk.errors:
+            return None
+        parts = conjuncts(tree)
+        kept = [c for c in parts if keep(references(c, chk))]
+        if not kept or len(kept) == len(parts):
+            return None
+        sub = conjunction(kept)
+        chk = _with_recursion(lambda: Checker(source, self.decls, self.registry,
+                                              self.container).check(sub))
+        est = _with_recursion(lambda: estimate_detail(
+            sub, self.registry, self.inputs, self.limits, chk.types, chk.calls))
+        gen = CodeGen(source, chk, self.registry, self.limits)
+        fn = _with_recursion(lambda: gen.generate(sub))
+        return Program(source, fn, est.cost, chk.result, chk.errors, gen.uses_budget,
+                       "", references(sub, chk))
 
     def cache_key(self) -> str:
         """Identity of this environment for the program cache."""

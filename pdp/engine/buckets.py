@@ -15,13 +15,10 @@ request did not ask for explanations. The batch is decided at one instant (one
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pdp.cel import ast as cel_ast
-from pdp.cel.parser import parse as cel_parse
 from pdp.counters import CounterRule
 from pdp.engine.decision import PolicyRef, Reason
 from pdp.engine.request import CheckRequest
@@ -109,35 +106,19 @@ def request_key(req: CheckRequest) -> Hashable | None:
             agent_part)
 
 
-@functools.lru_cache(maxsize=65_536)
-def reads_agent_id(source: str) -> bool:
-    """Whether a CEL source may see ``agent.id``: true unless every use of ``agent`` is a
-    field selection other than ``id`` (``agent.labels``, ``has(agent.group)``). Whole-map
-    uses (``agent["id"]``, ``agent.exists(...)``, ``string(agent)``) count as reading it."""
-    try:
-        root = cel_parse(source)
-    except Exception:
-        return True
-    stack: list[tuple[cel_ast.Expr, cel_ast.Expr | None]] = [(root, None)]
-    while stack:
-        e, parent = stack.pop()
-        if isinstance(e, cel_ast.Ident) and e.name == "agent" and not (
-                isinstance(parent, cel_ast.Select) and parent.operand is e
-                and parent.field != "id"):
-            return True
-        stack.extend((c, e) for c in cel_ast.children(e))
-    return False
+def reads_agent_id(reads: frozenset[str]) -> bool:
+    """Whether an expression that reads ``reads`` may see ``agent.id``: it reads the field,
+    or the whole agent (``agent["id"]``, ``agent.exists(...)``, ``string(agent)``)."""
+    return "agent" in reads or "agent.id" in reads
 
 
 def id_free(p: CompiledPolicy) -> bool:
-    """Whether ``p``'s verdict (deny or not) cannot depend on ``agent.id``. Typed rules read
-    the id only for a counter scope, and counter rules are made per agent anyway; a broken
-    policy denies everyone alike. The deny *message* may still name the agent (checked
-    only for policies that deny: ``message_id_free``)."""
-    if p.broken is not None or p.stateless is not None or p.deny is None:
-        return True
-    return not reads_agent_id(p.deny.source)
+    """Whether ``p``'s verdict (deny or not) cannot depend on ``agent.id``, by what it
+    reads (a counter rule's per-agent scope is made per agent anyway; a broken policy
+    denies everyone alike). The deny *message* may still name the agent (checked only for
+    policies that deny: ``message_id_free``)."""
+    return not reads_agent_id(p.verdict_reads)
 
 
 def message_id_free(p: CompiledPolicy) -> bool:
-    return p.message is None or not reads_agent_id(p.message.source)
+    return not reads_agent_id(p.message_reads)

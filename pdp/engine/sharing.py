@@ -11,101 +11,39 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pdp.cel import Program, new_pdp_environment
-from pdp.cel import ast as cel_ast
-from pdp.cel.explain import unparse as cel_unparse
-from pdp.cel.parser import parse as cel_parse
+from pdp.cel import Program, pdp_environment, read_roots
 from pdp.counters import CounterRule
 from pdp.engine.buckets import BUDGET_CODES, id_free, message_id_free
 from pdp.engine.decision import Decision
 from pdp.engine.request import CheckRequest
-from pdp.policy.builtins import TlsInsecureRemote
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.policyset import PolicySet
-from pdp.policy.rules import Deny, DeviceConstraints, MaxStepPercent, RequireApproval
+from pdp.policy.rules import Deny
 
 #: CEL variables whose value differs between the agents of one step (or between calls).
 PER_AGENT_VARS = frozenset({"agent", "now"})
 
 
 @functools.lru_cache(maxsize=65_536)
-def _idents(source: str) -> frozenset[str] | None:
-    """Every identifier a CEL source names (variables, and conservatively also comprehension
-    variables), or None if it does not parse here."""
-    try:
-        root = cel_parse(source)
-    except Exception:
-        return None
-    return frozenset(_names_in(root))
-
-
-#: Typed rules that read neither the agent nor the clock (checked against their code: they
-#: read only the rollout, the device or the config section of the context).
-_SHAREABLE_TYPED: frozenset[type] = frozenset({MaxStepPercent, RequireApproval,
-                                               DeviceConstraints, TlsInsecureRemote})
-
-
-def _names_in(root: cel_ast.Expr) -> set[str]:
-    names: set[str] = set()
-    stack = [root]
-    while stack:
-        e = stack.pop()
-        if isinstance(e, cel_ast.Ident):
-            names.add(e.name)
-        stack.extend(cel_ast.children(e))
-    return names
-
-
-@functools.cache
-def _prefix_env() -> Any:
-    return new_pdp_environment()
-
-
-@functools.lru_cache(maxsize=65_536)
 def agent_free_conjuncts(source: str) -> Program | None:
-    """For ``a && b && agent... && c``: the conjuncts that name no per-agent variable, as one
-    program. When it is false for a batch, the whole expression is false for every agent of
-    it (CEL's ``&&`` is false as soon as any side is, whatever the others give)."""
+    """For ``a && b && agent... && c``: the conjuncts that read no per-agent variable, as
+    one program (compiled from the checked tree; see Environment.compile_conjuncts). When it
+    is false for a group of agents, the whole expression is false for every agent of it."""
     try:
-        root = cel_parse(source)
-    except Exception:
-        return None
-    conjuncts: list[cel_ast.Expr] = []
-    stack = [root]
-    while stack:
-        e = stack.pop()
-        if (isinstance(e, cel_ast.Call) and e.function == "_&&_" and e.target is None
-                and len(e.args) == 2):
-            stack.extend(reversed(e.args))
-        else:
-            conjuncts.append(e)
-    free = [c for c in conjuncts if not _names_in(c) & PER_AGENT_VARS]
-    if not free or len(free) == len(conjuncts):
-        return None
-    try:
-        return _prefix_env().compile(" && ".join(f"({cel_unparse(c)})" for c in free))  # type: ignore[no-any-return]
+        return pdp_environment().compile_conjuncts(
+            source, lambda reads: not read_roots(reads) & PER_AGENT_VARS)
     except Exception:
         return None
 
 
 def shareable(p: CompiledPolicy) -> bool:
-    """Whether a policy's verdict can be shared by the agents of one batch whose other inputs
-    are the same: a CEL rule (its programs see nothing but the activation) that names no
-    per-agent variable, or a typed rule of a kind known to read nothing per-agent. Other
-    typed rules, broken and counter-only policies are evaluated per agent."""
-    if p.broken is not None:
+    """Whether a policy's verdict (and message) can be shared by the agents of one batch
+    whose other inputs are the same: it reads no per-agent variable, by what its rule
+    declares (typed rules) or what the checker found (CEL). Broken and counter-only
+    policies are evaluated per agent."""
+    if p.broken is not None or (p.stateless is None and p.deny is None):
         return False
-    if p.stateless is not None:
-        return type(p.stateless) in _SHAREABLE_TYPED
-    if p.deny is None:
-        return False
-    for prog in (p.deny, p.message):
-        if prog is None:
-            continue
-        found = _idents(prog.source)
-        if found is None or found & PER_AGENT_VARS:
-            return False
-    return True
+    return not read_roots(p.verdict_reads | p.message_reads) & PER_AGENT_VARS
 
 
 #: Distinct sets of shared inputs (config, rollout, ...) one batch tracks; agents beyond

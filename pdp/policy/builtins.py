@@ -108,6 +108,8 @@ class ExporterRemoval(StatelessRule):
     """
 
     kind: ClassVar[str] = "builtin_exporter_removal"
+    reads: ClassVar[frozenset[str]] = frozenset(
+        {"config", "previous_config", "agent.active_exporters"})
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
         found = removed_exporter(ctx)
@@ -336,6 +338,7 @@ class TlsInsecureRemote(StatelessRule):
     component whose endpoint is not this host."""
 
     kind: ClassVar[str] = "builtin_tls_insecure"
+    reads: ClassVar[frozenset[str]] = frozenset({"config"})
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
         found = insecure_remote_exporter(ctx.activation.get("config"))

@@ -47,6 +47,23 @@ class CompiledPolicy:
         return PolicyRef(self.policy.name, self.policy.version, self.content_hash,
                          self.policy.status.value, self.policy.builtin)
 
+    @functools.cached_property
+    def verdict_reads(self) -> frozenset[str]:
+        """What the allow/deny verdict (not its message, not the counters) depends on, as
+        CEL variable paths (see pdp.cel.references); ``*`` = unknown, assume everything."""
+        if self.broken is not None:
+            return frozenset()  # denies every request alike
+        if self.stateless is not None:
+            return type(self.stateless).reads
+        if self.deny is not None:
+            return self.deny.reads
+        return frozenset()  # a counter rule: decided by the store, per request
+
+    @functools.cached_property
+    def message_reads(self) -> frozenset[str]:
+        """What a deny's message depends on besides the verdict."""
+        return self.message.reads if self.message is not None else frozenset()
+
     @property
     def shadow(self) -> bool:
         """Drafts (and approved, not yet active versions) never block: would-deny only."""

@@ -34,7 +34,15 @@ class Deny:
 
 
 class StatelessRule:
+    """A typed rule: a verdict from the request alone (no counters).
+
+    ``reads`` declares what of the request the rule looks at, as CEL variable paths
+    (``rollout``, ``agent.active_exporters``, ``now`` for the clock): the engine shares a
+    verdict between requests (the agents of one step) only when they agree on all of it,
+    and a test checks every rule against what it really reads (tests/policy)."""
+
     kind: ClassVar[str]
+    reads: ClassVar[frozenset[str]]
     checkpoints_hint: ClassVar[tuple[str, ...]] = ()
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:  # pragma: no cover - abstract
@@ -65,6 +73,7 @@ def local_time(now: datetime, tz: ZoneInfo) -> datetime:
 @dataclass(frozen=True)
 class BlockedDays(StatelessRule):
     kind: ClassVar[str] = "blocked_days"
+    reads: ClassVar[frozenset[str]] = frozenset({"now"})
     days: frozenset[int]  # 0 = Monday
     tz: ZoneInfo
 
@@ -90,6 +99,7 @@ class BlockedDays(StatelessRule):
 @dataclass(frozen=True)
 class AllowedHours(StatelessRule):
     kind: ClassVar[str] = "allowed_hours"
+    reads: ClassVar[frozenset[str]] = frozenset({"now"})
     start_hour: int
     end_hour: int
     tz: ZoneInfo
@@ -120,6 +130,7 @@ class AllowedHours(StatelessRule):
 @dataclass(frozen=True)
 class FreezeWindows(StatelessRule):
     kind: ClassVar[str] = "freeze_windows"
+    reads: ClassVar[frozenset[str]] = frozenset({"now"})
     windows: tuple[tuple[datetime, datetime, str], ...]
 
     @classmethod
@@ -169,6 +180,7 @@ class MaxStepPercent(StatelessRule):
     """
 
     kind: ClassVar[str] = "max_step_percent"
+    reads: ClassVar[frozenset[str]] = frozenset({"rollout"})
     max_percent: float = 100.0
 
     @classmethod
@@ -199,6 +211,7 @@ class MaxStepPercent(StatelessRule):
 @dataclass(frozen=True)
 class RequireApproval(StatelessRule):
     kind: ClassVar[str] = "require_approval"
+    reads: ClassVar[frozenset[str]] = frozenset({"rollout"})
     per_step: bool
     min_approvals: int
 
@@ -236,6 +249,7 @@ class DeviceConstraints(StatelessRule):
     """
 
     kind: ClassVar[str] = "device_constraints"
+    reads: ClassVar[frozenset[str]] = frozenset({"device"})
     min_os_version: tuple[tuple[str, str], ...]  # (platform, lower case; minimum version)
     min_memory_bytes: int
     allowed_groups: frozenset[str]
@@ -360,6 +374,7 @@ class QualityGate(StatelessRule):
     """
 
     kind: ClassVar[str] = "quality_gate"
+    reads: ClassVar[frozenset[str]] = frozenset({"metrics"})
     scope: str  # all_latest | fine_grained
     conditions: tuple[QualityCondition, ...]
     max_drop: tuple[tuple[str, float], ...] = ()  # (metric, max drop vs baseline)
@@ -475,6 +490,7 @@ class AutoRollback(StatelessRule):
     """
 
     kind: ClassVar[str] = "auto_rollback"
+    reads: ClassVar[frozenset[str]] = frozenset({"metrics"})
     thresholds: tuple[tuple[str, float], ...] = (
         ("error_rate", DEFAULT_MAX_ERROR_RATE), ("crash_rate", DEFAULT_MAX_CRASH_RATE))
 

@@ -108,7 +108,9 @@ def test_only_cel_without_per_agent_variables_is_shared() -> None:
         + "---\ntenant: t\nname: clock\nrule: {freeze_windows: {windows: [{start:"
         " '2001-01-01T00:00:00Z', end: '2001-01-02T00:00:00Z'}]}}\n")
     got = {p.name: shareable(p) for p in engine.policies.policies}
-    assert got == {"cfg": False, "msg": False, "plain": True, "typed": True, "clock": False}
+    # "cfg"'s `agent` is its comprehension variable (the checker resolves it as a local),
+    # not the request's agent: it reads only the config.
+    assert got == {"cfg": True, "msg": False, "plain": True, "typed": True, "clock": False}
     builtins = {p.name: shareable(p) for p in engine.policies.builtins}
     assert builtins == {"default-deny-exporter-removal": False,  # reads the agent
                         "default-deny-tls-insecure-on-non-localhost": True}

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pdp.cel import pdp_environment
 from pdp.engine.buckets import id_free, message_id_free, reads_agent_id, request_key
 from pdp.engine.request import CheckRequest
 from tests.engine.test_batch_sharing import _count_deny
@@ -33,11 +34,12 @@ def step(n: int, config: str = "a: 1", labels: dict[str, str] | None = None,
     ("agent['id'] == 'a3'", True),
     ("agent.exists(k, k == 'id')", True),
     ("string(agent) != ''", True),
-    ("[1].exists(agent, agent == 1)", True),  # conservative about shadowing
-    ("not valid cel (", True),
+    ("[1].exists(agent, agent == 1)", False),  # the comprehension's own `agent`
+    ("[agent].exists(a, a.labels.x == 'y')", True),  # the whole agent, through a local
 ])
 def test_which_cel_reads_the_agent_id(source: str, reads: bool) -> None:
-    assert reads_agent_id(source) is reads
+    """From what the checker resolved (pdp.cel.references), not from the text."""
+    assert reads_agent_id(pdp_environment().compile(source).reads) is reads
 
 
 def test_request_keys_differ_exactly_where_answers_may() -> None:
