@@ -17,6 +17,7 @@ from pdp.audit.sinks.file import Ledger
 from pdp.audit.sinks.stdout import StdoutSink
 from pdp.audit.verify import verify_paths
 from tests.audit.conftest import decision
+from tests.support.wait import eventually
 
 
 def file_events(settings: AuditSettings) -> list[dict[str, Any]]:
@@ -84,7 +85,7 @@ async def test_several_sinks_one_down(settings: AuditSettings) -> None:
             if i % 10 == 0:
                 await asyncio.sleep(0.005)
         await log.flush()
-        await asyncio.sleep(0.05)
+        await eventually(lambda: not log.stats().sink_healthy["flaky"], "flaky marked down")
         assert log.stats().sink_healthy == {"stdout": True, "flaky": False}
         assert log.stats().sink_pending["flaky"] > 0
         flaky.down = False

@@ -17,6 +17,7 @@ from pdp.audit import (
     WatchOverflowError,
 )
 from pdp.audit.files import ledger_files
+from tests.support.wait import eventually
 
 
 def ev(i: int) -> dict[str, object]:
@@ -73,7 +74,7 @@ async def test_from_seq_none_is_live_only(small: AuditSettings) -> None:
         await log.flush()
         it = log.watch()
         task = asyncio.create_task(collect(it, 25))
-        await asyncio.sleep(0.05)
+        await eventually(lambda: log.stats().watchers == 1, "the watcher attached")
         for i in range(20, 25):
             log.emit(ev(i))
         recs = await task
@@ -138,7 +139,7 @@ async def test_watch_ends_when_log_closes(small: AuditSettings) -> None:
             got.append(rec["seq"])
 
     task = asyncio.create_task(run())
-    await asyncio.sleep(0.05)
+    await eventually(lambda: got == [1], "the watcher read the record")
     await log.close()
     await asyncio.wait_for(task, 5)
     assert got == [1]

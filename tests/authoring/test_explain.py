@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,8 @@ import pytest
 import yaml
 
 from pdp.authoring.harness import Sandbox, load_policies, request_from_mapping
-from pdp.cel import pdp_environment
-from pdp.cel.explain import explain_expression, unparse
+from pdp.cel import Budget, pdp_environment
+from pdp.cel.explain import DEFAULT_EXPLAIN_COST, explain_expression, unparse
 from pdp.engine.decision import Decision
 from pdp.engine.request import CheckRequest
 from pdp.policy import explain as X
@@ -23,6 +24,16 @@ from pdp.server.convert import decision_pb
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
+#: The decision's budget, which explanations share: generous, so that a loaded machine
+#: cannot cut an explanation short (what a short budget does is tested on its own).
+BUDGET_S = 30.0
+
+
+def roomy() -> Budget:
+    """An explanation budget no load can exhaust: the default's cost limit, 30 s of time."""
+    return Budget(deadline=time.monotonic() + BUDGET_S, cost_limit=DEFAULT_EXPLAIN_COST)
+
+
 def decide(policies_yaml: str, req: CheckRequest, now: datetime | None = None,
            builtins: bool = True, repeat: int = 1) -> Decision:
     sandbox = Sandbox.of(load_text(policies_yaml) if policies_yaml else [], builtins=builtins)
@@ -30,7 +41,7 @@ def decide(policies_yaml: str, req: CheckRequest, now: datetime | None = None,
         sandbox.set_time(now)
     d = None
     for _ in range(repeat):
-        d = asyncio.run(sandbox.engine.check(req, 1.0))
+        d = asyncio.run(sandbox.engine.check(req, BUDGET_S))
     assert d is not None
     return d
 
@@ -69,18 +80,18 @@ def test_explain_mode_finds_the_element_and_its_values() -> None:
     cfg = {"exporters": {"a": {"endpoint": "localhost:1", "tls": {"insecure": True}},
                          "otlp/x": {"endpoint": "x.example.com:4317",
                                     "tls": {"insecure": True}}}}
-    v = explain_expression(env, src, {"config": cfg})
+    v = explain_expression(env, src, {"config": cfg}, budget=roomy())
     assert v["e"] == "otlp/x"
     assert v["config.exporters[e].tls.insecure"] == "true"
     assert v["config.exporters[e].endpoint"] == "x.example.com:4317"
     assert v["config.exporters[e].endpoint.isLocalhost()"] == "false"
     # all() false: the element that broke it; || true: only the true operand
     v = explain_expression(env, "!config.xs.all(x, x < 10) || config.y == 1",
-                           {"config": {"xs": [1, 12], "y": 0}})
+                           {"config": {"xs": [1, 12], "y": 0}}, budget=roomy())
     assert v["x"] == "12" and v["x < 10"] == "false" and "config.y == 1" not in v
     # budget / size limits stop explaining, never raise
     v = explain_expression(env, "config.exists(x, x == 99)", {"config": list(range(100))},
-                           max_values=1)
+                           max_values=1, budget=roomy())
     assert "(explanation)" in v
 
 
@@ -191,7 +202,7 @@ def test_each_example_deny_is_explained(name: str) -> None:
     req = request_from_mapping(yaml.safe_load(path.read_text()), path.parent)
     req.explain = True
     sandbox = Sandbox.of(load_policies(EXAMPLES / "policies"))
-    d = asyncio.run(sandbox.engine.check(req, 1.0))
+    d = asyncio.run(sandbox.engine.check(req, BUDGET_S))
     policy, expected = EXPECTED_EXAMPLES[name]
     assert [r.policy for r in d.reasons] == [policy]
     got = values(d, policy)

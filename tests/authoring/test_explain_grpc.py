@@ -21,7 +21,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdpServer]:
     # Tenant t1 exists (it has a policy); the built-in is what denies below.
     (policy_dir / "t1.yaml").write_text(
         "tenant: t1\nname: quiet\nrule: {cel: {deny: 'false'}}\n")
-    srv = PdpServer(root, policy_dir=policy_dir, env={"PYTHONPATH": str(ROOT)}).start()
+    # The explanation shares the decision's budget: a generous one, so load cannot cut it.
+    srv = PdpServer(root, policy_dir=policy_dir, env={"PYTHONPATH": str(ROOT)},
+                    args=["--deadline-ms", "30000"]).start()
     try:
         yield srv
     finally:

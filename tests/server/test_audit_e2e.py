@@ -14,6 +14,7 @@ import grpc
 from pdp.client import push_request
 from pdp.v1 import decision_pb2_grpc as dgrpc
 from tests.support.pdpserver import PdpServer
+from tests.support.wait import eventually
 
 
 def verify(*paths: Path) -> subprocess.CompletedProcess[str]:
@@ -45,7 +46,7 @@ def test_sync_durability_keeps_every_answered_decision_across_kill_9(tmp_path: P
                     answered.append(r.decision.decision_id)
 
             tasks = [asyncio.ensure_future(caller(n)) for n in range(16)]
-            await asyncio.sleep(1.5)
+            await eventually(lambda: len(answered) >= 100, "100 answered decisions")
             assert server.proc is not None
             server.proc.send_signal(signal.SIGKILL)
             await asyncio.wait_for(asyncio.gather(*tasks), 20)

@@ -63,7 +63,7 @@ def test_a_blocked_loop_warns_once_then_counts_what_it_did_not_log() -> None:
         with structlog.testing.capture_logs() as logs:
             monitor.start()
             for _ in range(2):
-                time.sleep(0.2)  # hold the loop: the next sample is late by about that
+                time.sleep(0.2)  # not-a-wait: holds the loop, so the next sample is late by that
                 before = monitor.samples
                 deadline = time.monotonic() + PATIENCE_S
                 while monitor.samples == before:
