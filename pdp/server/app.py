@@ -19,7 +19,7 @@ from typing import Any, cast
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from pdp.audit.anchors import AnchorKeyError
 from pdp.audit.files import AuditFileError
@@ -211,9 +211,9 @@ async def start(settings: Settings) -> Running:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)
+        enable_reflection(
+            (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+            server)
     ports = []
     try:
         if settings.listen and credentials is not None:
@@ -247,6 +247,52 @@ async def start(settings: Settings) -> Running:
              "in-process", audit_file=settings.audit_file, deadline_ms=settings.deadline_ms)
     return Running(server, health_servicer, engine, audit, counters, ports, store, reloader,
                    edges, lag)
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+_REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+def _add_reflection_v1_descriptor() -> None:
+    """Put ``grpc.reflection.v1`` in the default descriptor pool, so that reflection can
+    describe itself under that name too. v1 is v1alpha renamed (same messages, same field
+    numbers); grpcio-reflection ships only v1alpha, so the file is derived from it."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    pool = descriptor_pool.Default()
+    with contextlib.suppress(KeyError):
+        pool.FindFileByName(_REFLECTION_V1_FILE)
+        return
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name, proto.package = _REFLECTION_V1_FILE, "grpc.reflection.v1"
+    proto.ClearField("options")
+    for message in proto.message_type:
+        for f in message.field:
+            if f.HasField("type_name"):  # scalars have none (setting "" would add one)
+                f.type_name = f.type_name.replace(old, new)
+    for service in proto.service:
+        for m in service.method:
+            m.input_type, m.output_type = (m.input_type.replace(old, new),
+                                           m.output_type.replace(old, new))
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def enable_reflection(service_names: tuple[str, ...], server: grpc.aio.Server) -> None:
+    """Server reflection on ``grpc.reflection.v1`` (current grpcurl, Postman) and
+    ``grpc.reflection.v1alpha`` (older clients). The two protocols have the same wire
+    format, so one v1alpha servicer answers both."""
+    _add_reflection_v1_descriptor()
+    servicer = reflection.aio.ReflectionServicer(
+        (*service_names, reflection.SERVICE_NAME, REFLECTION_V1))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
+    }),))
 
 
 def _audit_service(audit: AuditLog) -> audit_pb2_grpc.AuditServiceServicer:

@@ -31,7 +31,12 @@ import structlog
 
 from pdp.engine.request import InvalidRequest
 from pdp.server.auth import is_public
-from pdp.server.limits import check_limits, decode_problem, internal_text, status_text
+from pdp.server.limits import (
+    abort_invalid,
+    check_limits,
+    decode_violation,
+    internal_text,
+)
 
 log = structlog.get_logger("pdp.server")
 
@@ -40,11 +45,15 @@ SHUTTING_DOWN = "server is shutting down; retry on another instance"
 
 class Refused:
     """What the deserializer returns instead of a request it cannot accept (raising there
-    would make grpc answer UNKNOWN); the handler answers INVALID_ARGUMENT with ``text``."""
+    would make grpc answer UNKNOWN); the handler answers INVALID_ARGUMENT naming ``field``
+    ("" = the whole request) and the ``problem``, with ``text`` as the status message when
+    given (see :func:`abort_invalid`)."""
 
-    __slots__ = ("text",)
+    __slots__ = ("field", "problem", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, field: str, problem: str, text: str | None = None) -> None:
+        self.field = field
+        self.problem = problem
         self.text = text
 
 
@@ -61,12 +70,13 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None
         try:
             msg = deserialize(data)
         except Exception:  # DecodeError, and whatever else the runtime may raise
-            return Refused(decode_problem(data, desc))
+            field, problem = decode_violation(data, desc)
+            return Refused(field, problem, problem)  # the text names the field already
         if limited:
             try:
                 check_limits(msg)
             except InvalidRequest as exc:
-                return Refused(str(exc))
+                return Refused(exc.field, exc.problem)
         return msg
     return decode
 
@@ -131,7 +141,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             log.debug("call_started", method=method)  # filtered out below debug: ~free
             if isinstance(request, Refused):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(request.text))
+                await abort_invalid(context, request.field, request.problem, request.text)
 
         async def failed(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
             log.exception("call_failed", method=method, error=repr(exc)[:1000])
@@ -141,8 +151,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                               context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             async for request in self._until_drained(requests, context):
                 if isinstance(request, Refused):
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                        status_text(request.text))
+                    await abort_invalid(context, request.field, request.problem,
+                                        request.text)
                 yield request
 
         if handler.unary_unary is not None:

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
+import grpc
+from google.protobuf import any_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from pdp.engine.request import InvalidRequest
 
@@ -182,6 +186,27 @@ def status_text(msg: str, limit: int = STATUS_TEXT_BYTES) -> str:
     tail = f"… ({len(msg)} characters)"
     keep = raw[:max(0, limit - len(tail.encode()))].decode("utf-8", "ignore")
     return keep + tail
+
+
+FIELD_BYTES = 256  # a field path in a BadRequest (paths are pdp's; map keys are the caller's)
+
+
+async def abort_invalid(context: grpc.aio.ServicerContext[Any, Any], field: str,
+                        problem: str, text: str | None = None) -> NoReturn:
+    """End the call with INVALID_ARGUMENT: the text (``field: problem`` unless ``text`` is
+    given), plus a ``google.rpc.BadRequest`` naming the field, so a client (or a gateway)
+    can point at it without parsing the text. ``field`` is "" when the whole request is the
+    problem. Everything is cut to fit the status trailers."""
+    text = status_text(text if text is not None else f"{field}: {problem}" if field
+                       else problem)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(
+            field=status_text(field, FIELD_BYTES), description=status_text(problem))]))
+    status = rpc_status.to_status(status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=text, details=[detail]))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
 def internal_text(exc: BaseException, limit: int = 200) -> str:
@@ -416,13 +441,19 @@ def _bad_utf8(data: bytes, desc: Descriptor, path: str) -> str | None:
 def decode_problem(data: bytes, desc: Descriptor | None) -> str:
     """Why ``data`` is not a ``desc`` message, for the INVALID_ARGUMENT text. Only called
     once the protobuf runtime has refused it (which does not say why)."""
+    return decode_violation(data, desc)[1]
+
+
+def decode_violation(data: bytes, desc: Descriptor | None) -> tuple[str, str]:
+    """(field, problem) for a request the runtime refused: the field is the string field
+    with invalid UTF-8 when that is the reason, else "" (the whole request)."""
     head = "request could not be decoded"
     if desc is None:
-        return f"{head}: not a valid protobuf message"
+        return "", f"{head}: not a valid protobuf message"
     try:
         field = _bad_utf8(data, desc, "")
     except (ValueError, IndexError):
-        return f"{head}: not a valid {desc.full_name} message (malformed protobuf)"
+        return "", f"{head}: not a valid {desc.full_name} message (malformed protobuf)"
     if field is not None:
-        return f"{head}: invalid UTF-8 in a string field ({field})"
-    return f"{head}: not a valid {desc.full_name} message"
+        return field, f"{head}: invalid UTF-8 in a string field ({field})"
+    return "", f"{head}: not a valid {desc.full_name} message"

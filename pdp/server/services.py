@@ -21,7 +21,7 @@ from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server import convert
 from pdp.server.auth import current_caller
-from pdp.server.limits import internal_text, status_text
+from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -66,8 +66,8 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any],
     deliver); a bug's text says its type and how it starts, the log has the rest."""
     try:
         return await call()
-    except InvalidRequest as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
+    except InvalidRequest as exc:  # the text, and a BadRequest naming the field
+        await abort_invalid(context, exc.field, exc.problem)
     except CounterStoreUnavailable as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE,
                             status_text(f"counter store unavailable: {exc}"))
