@@ -20,6 +20,7 @@ from pdp.cel import (
     Program,
     ProgramCache,
 )
+from pdp.counters import CounterRule
 from pdp.counters.scopes import scope_key
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import CelRule, Policy, PolicyError, PolicyRef, Status
@@ -105,6 +106,15 @@ class CompiledPolicy:
         except CelEvalError as exc:
             return f"{default} (message expression failed: {exc})"
         return text if isinstance(text, str) else str(text)
+
+    def counter_rule(self, scope_key: str) -> CounterRule | str:
+        """The store's rule for this policy at ``scope_key``, or why it is invalid."""
+        assert self.counter is not None
+        try:
+            return self.counter.rule(f"{self.name}@v{self.policy.version}", scope_key,
+                                     counter_id=self.name)
+        except ValueError as exc:
+            return str(exc)
 
     def scope_key(self, ctx: EvalContext, budget: Budget) -> str | None:
         """The counter scope as a string, or None when the request lacks what it needs."""

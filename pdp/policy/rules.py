@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from pdp.cel import CelError
 from pdp.cel.domain import compare_versions
+from pdp.counters import CounterKind, CounterRule
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint
 from pdp.policy.params import Params
@@ -532,6 +533,12 @@ class AutoRollback(StatelessRule):
 class CounterSpec:
     """A counter rule: what the engine reserves in the counter store, and in whose scope."""
 
+    #: The counter store's kind for each counter rule (the store knows how each counts).
+    KINDS: ClassVar[dict[str, CounterKind]] = {
+        "daily_cap": CounterKind.DAILY_CAP, "cooldown": CounterKind.COOLDOWN,
+        "velocity": CounterKind.VELOCITY, "rollback_rate": CounterKind.ROLLBACK_RATE,
+        "min_step_duration": CounterKind.MIN_STEP_DURATION}
+
     kind: str  # daily_cap | cooldown | velocity | rollback_rate | min_step_duration
     scope: str  # one of SCOPES
     scope_expression: str | None = None
@@ -541,6 +548,15 @@ class CounterSpec:
     timezone: str = "UTC"
     threshold_percent: float = 0.0
     min_deployments: int = 0
+
+    def rule(self, rule_id: str, scope_key: str, counter_id: str) -> CounterRule:
+        """The store's rule at ``scope_key``; ValueError when the store cannot take it."""
+        return CounterRule(
+            rule_id=rule_id, kind=self.KINDS[self.kind], scope_key=scope_key,
+            max_count=self.max_count, window_seconds=float(self.window_seconds),
+            min_interval_seconds=float(self.min_interval_seconds), timezone=self.timezone,
+            threshold_percent=self.threshold_percent,
+            min_deployments=max(1, self.min_deployments), counter_id=counter_id)
 
     @classmethod
     def parse_scope(cls, p: Params, default: str) -> tuple[str, str | None]:

@@ -12,13 +12,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from pdp.engine.decision import Decision, PolicyRef, Reason
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest, Override
 from pdp.policy.model import NAME_RE, Checkpoint
+from pdp.reasons import ReasonCode
 from pdp.v1 import common_pb2 as cpb
 from pdp.v1 import decision_pb2 as dpb
+
+log = structlog.get_logger("pdp.server")
 
 CHECKPOINT_FROM_PB = {
     cpb.CHECKPOINT_ROLLOUT_PRECONDITION: Checkpoint.ROLLOUT_PRECONDITION,
@@ -31,11 +35,19 @@ STATUS_TO_PB = {"draft": cpb.POLICY_STATUS_DRAFT, "approved": cpb.POLICY_STATUS_
                 "active": cpb.POLICY_STATUS_ACTIVE, "retired": cpb.POLICY_STATUS_RETIRED}
 
 
+#: pdp.reasons.ReasonCode -> the protobuf enum (every member has a value: a test checks it).
+REASON_CODE_TO_PB: dict[str, cpb.ReasonCode.ValueType] = {
+    c.value: cpb.ReasonCode.Value("REASON_CODE_" + c.value) for c in ReasonCode}
+
+
 def reason_code(code: str) -> cpb.ReasonCode.ValueType:
-    try:
-        return cpb.ReasonCode.Value("REASON_CODE_" + code)
-    except ValueError:
-        return cpb.REASON_CODE_POLICY_DENIED
+    """The API value of a reason code. A code outside ReasonCode is a bug (tests scan the
+    code base for them): it is logged and sent as UNSPECIFIED, never as another reason."""
+    found = REASON_CODE_TO_PB.get(code)
+    if found is None:
+        log.error("unknown_reason_code", code=code[:100])
+        return cpb.REASON_CODE_UNSPECIFIED
+    return found
 
 
 def tenant_of(tenant: str) -> str:

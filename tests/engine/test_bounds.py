@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pdp.counters import CounterKind, CounterRule
-from pdp.engine.engine import cap_message
+from pdp.engine.reasons import cap_message
 from pdp.engine.shadow import ShadowOptions
 from tests.engine.test_engine import CEL, engine_for, push
 
