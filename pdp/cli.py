@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pdp.admin_cli import add_policy_admin_commands
-from pdp.settings import FIELDS, SettingsError, describe, load_settings
+from pdp.settings import FIELDS, SettingsError, describe, is_switch, load_settings
 
 if TYPE_CHECKING:
     import grpc
@@ -32,8 +32,12 @@ def _serve_parser(sub: Any) -> None:
                                    " (later wins).")
     p.add_argument("--config", help="YAML settings file (env PDP_CONFIG)")
     for (flag, env, default, help_), name in zip(rows, FIELDS, strict=True):
-        p.add_argument(flag, dest=name, default=None, metavar="VALUE",
-                       help=f"{help_} [env {env}; default {default}]")
+        if is_switch(name):  # `--reflection` alone is true; `--reflection false` still works
+            p.add_argument(flag, dest=name, default=None, metavar="BOOL", nargs="?",
+                           const="true", help=f"{help_} [env {env}; default {default}]")
+        else:
+            p.add_argument(flag, dest=name, default=None, metavar="VALUE",
+                           help=f"{help_} [env {env}; default {default}]")
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:

@@ -190,6 +190,14 @@ CLIENT_ENV = {"PDP_ADDRESS", "PDP_TIMEOUT", "PDP_CONFIG", "PDP_TENANT", "PDP_TOK
               "PDP_CA_FILE", "PDP_CERT_FILE", "PDP_KEY_FILE"}
 
 
+def is_switch(name: str) -> bool:
+    """A true/false setting (``bool`` or ``bool | None``): its flag works as a plain switch,
+    ``--telemetry-enabled`` alone meaning true (a value is still accepted)."""
+    hint = _HINTS[name]
+    return hint is bool or (get_origin(hint) in (typing.Union, types.UnionType)
+                            and set(get_args(hint)) == {bool, type(None)})
+
+
 def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pdp.settings import Settings, SettingsError, load_settings
+from pdp.settings import FIELDS, Settings, SettingsError, load_settings
 
 
 def test_defaults_are_the_embedded_default() -> None:
@@ -96,3 +96,15 @@ def test_the_dockerfile_environment_is_valid_settings() -> None:
     s = load_settings(env=env)
     assert s.listen == "0.0.0.0:50051" and s.policy_store.startswith("sqlite:/var/lib/pdp/")
     assert re.search(r'HEALTHCHECK .*\n\s+CMD \["pdp", "health"', text)
+
+
+def test_boolean_flags_are_plain_switches() -> None:
+    from pdp.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--telemetry-enabled", "--reflection", "false",
+                                      "--redis-cluster", "--deadline-ms", "10"])
+    s = load_settings(env={}, overrides={name: getattr(args, name) for name in FIELDS})
+    assert (s.telemetry_enabled, s.reflection, s.redis_cluster, s.deadline_ms) == (
+        True, False, True, 10)
+    unset = build_parser().parse_args(["serve"])
+    assert load_settings(env={}, overrides={n: getattr(unset, n) for n in FIELDS}) == Settings()
