@@ -6,9 +6,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from pdp.api.convert import REASON_CODE_TO_PB, reason_code
 from pdp.counters import model as counter_model
 from pdp.reasons import ReasonCode
-from pdp.server.convert import REASON_CODE_TO_PB, reason_code
 from pdp.v1 import common_pb2 as cpb
 
 ROOT = Path(__file__).resolve().parents[1] / "pdp"
@@ -49,7 +49,8 @@ def test_counter_store_codes_are_reason_codes() -> None:
 
 
 def test_every_reason_code_has_its_api_value_and_back() -> None:
-    api = {n.removeprefix("REASON_CODE_") for n in cpb.ReasonCode.keys()} - {"UNSPECIFIED"}
+    api = {n.removeprefix("REASON_CODE_")
+           for n in cpb.ReasonCode.DESCRIPTOR.values_by_name} - {"UNSPECIFIED"}
     assert api == {c.value for c in ReasonCode}
     assert all(reason_code(c) == REASON_CODE_TO_PB[c] != cpb.REASON_CODE_UNSPECIFIED
                for c in ReasonCode)

@@ -23,7 +23,7 @@ from pdp.policy.compiled import CompiledPolicy, compile_or_broken
 from pdp.policy.loader import load_directory, load_file
 from pdp.policy.model import Checkpoint, Policy
 from pdp.policy.policyset import PolicySet
-from pdp.server import convert
+from pdp.api import convert
 
 DEFAULT_BUDGET_S = 1.0  # generous: authoring tools must not deny on a slow CI machine
 

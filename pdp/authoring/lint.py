@@ -42,7 +42,7 @@ DEFAULT_MAX_COST = 100_000_000   # settings.cel_max_cost_estimate
 DEFAULT_WARN_COST = 1_000_000    # the engine's default per-decision cost budget
 
 ALL = frozenset(Checkpoint)
-# What each checkpoint's request carries (see pdp.server.convert).
+# What each checkpoint's request carries (see pdp.api.convert).
 CARRIES: dict[Checkpoint, frozenset[str]] = {
     Checkpoint.PUSH: frozenset({"agent", "rollout", "config", "previous_config", "change"}),
     Checkpoint.AUTO_APPLY: frozenset({"agent", "rollout", "config", "previous_config",

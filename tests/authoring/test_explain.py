@@ -19,7 +19,7 @@ from pdp.engine.request import CheckRequest
 from pdp.policy import explain as X
 from pdp.policy.loader import load_text
 from pdp.policy.model import Checkpoint
-from pdp.server.convert import decision_pb
+from pdp.api.convert import decision_pb
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

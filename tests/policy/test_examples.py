@@ -20,7 +20,7 @@ from pdp.policy.compiled import compile_or_broken
 from pdp.policy.loader import load_directory
 from pdp.policy.model import Checkpoint
 from pdp.policy.policyset import PolicySet
-from pdp.server import convert
+from pdp.api import convert
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = ROOT / "examples" / "requests"
