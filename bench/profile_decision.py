@@ -57,8 +57,8 @@ async def build(policy_dir: Path, audit_file: Path, redis_url: str | None) -> An
 
 
 async def run(args: argparse.Namespace, base: Path) -> None:
-    from pdp.engine.request import Caller
     from pdp.api import convert
+    from pdp.engine.request import Caller
     from pdp.server.app import stop
     from pdp.server.services import DecisionService
     from pdp.v1 import decision_pb2 as dpb
@@ -147,8 +147,8 @@ AUDIT_STAGE = "audit: records, writer, fsync"
 async def batch_stages(running: Any, svc: Any, ctx: Any, args: argparse.Namespace) -> None:
     """Per-stage wall time of a CheckPushBatch (fresh agent ids each repetition), the audit
     writer's share measured by waiting for it after each call."""
-    from pdp.engine.request import Caller
     from pdp.api import convert
+    from pdp.engine.request import Caller
     from pdp.v1 import decision_pb2 as dpb
 
     eng = running.engine

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pdp.api import convert
 from pdp.cel import ProgramCache, pdp_environment
 from pdp.client import request_message
 from pdp.counters import ManualClock, MemoryCounterStore
@@ -23,7 +24,6 @@ from pdp.policy.compiled import CompiledPolicy, compile_or_broken
 from pdp.policy.loader import load_directory, load_file
 from pdp.policy.model import Checkpoint, Policy
 from pdp.policy.policyset import PolicySet
-from pdp.api import convert
 
 DEFAULT_BUDGET_S = 1.0  # generous: authoring tools must not deny on a slow CI machine
 

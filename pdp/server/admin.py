@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 import yaml
 
+from pdp.api.convert import STATUS_TO_PB, tenant_of
 from pdp.policy.model import PolicyError
 from pdp.policy.store import (
     PolicyStore,
@@ -23,7 +24,6 @@ from pdp.policy.store import (
     grpc_status_name,
 )
 from pdp.server.auth import PermissionDenied, Principal, authorize, current_principal
-from pdp.api.convert import STATUS_TO_PB, tenant_of
 from pdp.server.limits import status_text
 from pdp.v1 import admin_pb2 as apb
 from pdp.v1 import common_pb2 as cpb

@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 
+from pdp.api import convert
 from pdp.counters import CounterEventKind, CounterStoreUnavailable, scope_key
 from pdp.engine.deadline import Deadline
 from pdp.engine.engine import Engine
 from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
-from pdp.api import convert
 from pdp.server.auth import current_caller
 from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.v1 import decision_pb2 as dpb

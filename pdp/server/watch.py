@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
+from pdp.api.convert import tenant_of
 from pdp.audit.log import AuditLog
 from pdp.audit.watch import AuditHistoryUnavailableError, WatchError, WatchOverflowError
-from pdp.api.convert import tenant_of
 from pdp.server.limits import status_text
 from pdp.v1 import audit_pb2 as apb
 from pdp.v1 import audit_pb2_grpc

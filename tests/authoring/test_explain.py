@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pdp.api.convert import decision_pb
 from pdp.authoring.harness import Sandbox, load_policies, request_from_mapping
 from pdp.cel import Budget, pdp_environment
 from pdp.cel.explain import DEFAULT_EXPLAIN_COST, explain_expression, unparse
@@ -19,7 +20,6 @@ from pdp.engine.request import CheckRequest
 from pdp.policy import explain as X
 from pdp.policy.loader import load_text
 from pdp.policy.model import Checkpoint
-from pdp.api.convert import decision_pb
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

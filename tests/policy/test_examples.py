@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pdp.api import convert
 from pdp.cel import ProgramCache, pdp_environment
 from pdp.client import request_from_file
 from pdp.counters import MemoryCounterStore
@@ -20,7 +21,6 @@ from pdp.policy.compiled import compile_or_broken
 from pdp.policy.loader import load_directory
 from pdp.policy.model import Checkpoint
 from pdp.policy.policyset import PolicySet
-from pdp.api import convert
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = ROOT / "examples" / "requests"

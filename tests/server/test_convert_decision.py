@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from google.protobuf import duration_pb2
 
-from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
 from pdp.api import convert
+from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
 from pdp.v1 import common_pb2 as cpb
 
 
