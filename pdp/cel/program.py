@@ -26,6 +26,7 @@ from .parser import parse
 from .references import conjunction, conjuncts, references
 from .runtime import to_cel_error
 from .types import T, parse_type
+from .unparse import unparse
 
 
 class Budget:
@@ -184,7 +185,6 @@ def _describe(source: str, node: A.Expr | None, note: str) -> str:
     if node is None:
         return "the whole expression"
     from .errors import _line_col
-    from .explain import unparse
     line, col = _line_col(source, node.offset)
     text = unparse(node)
     if len(text) > 80:

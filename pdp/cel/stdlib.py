@@ -150,7 +150,9 @@ def cel_eq(a: Any, b: Any) -> bool:
     d1, d2 = as_dur(a), as_dur(b)
     if d1 is not None and d2 is not None:
         return d1.ns == d2.ns
-    if ta is tb and ta in (TypeValue, Optional):
+    if ta is tb is Optional:
+        return bool(a.has == b.has and (not a.has or cel_eq(a.value, b.value)))
+    if ta is tb is TypeValue:
         return bool(a == b)
     return False
 

@@ -107,8 +107,9 @@ class Optional:
             return False
         if not self.has:
             return True
-        from .stdlib import cel_eq
-        return cel_eq(self.value, other.value)
+        # Python's equality of the wrapped values; CEL's ``==`` on optionals (1 == 1.0
+        # inside them too) is stdlib.cel_eq, which compares optionals itself.
+        return bool(self.value == other.value)
 
     def __hash__(self) -> int:
         return hash(("opt", self.has))

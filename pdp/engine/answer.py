@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from pdp.cel import Budget
 from pdp.engine.decision import Decision
+from pdp.engine.options import EngineOptions
 from pdp.engine.pending import Pending
 from pdp.engine.reasons import explanation
 from pdp.engine.recorder import Recorder
@@ -20,9 +20,6 @@ from pdp.notify import Notifier
 from pdp.policy.policyset import PolicySet
 from pdp.reasons import ReasonCode
 from pdp.telemetry import DecisionTelemetry
-
-if TYPE_CHECKING:
-    from pdp.engine.engine import EngineOptions
 
 
 def combine(item: Pending) -> Decision:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +27,7 @@ from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, Reason
 from pdp.engine.evaluate import Evaluator
 from pdp.engine.ids import new_decision_ids
+from pdp.engine.options import EngineOptions
 from pdp.engine.outcomes import Outcomes
 from pdp.engine.overruns import Overruns
 from pdp.engine.pending import Pending
@@ -35,50 +35,12 @@ from pdp.engine.reasons import system_reason
 from pdp.engine.recorder import AuditSink, Recorder
 from pdp.engine.request import CheckRequest
 from pdp.engine.reserve import reserve_all
-from pdp.engine.shadow import ShadowOptions, ShadowRunner
+from pdp.engine.shadow import ShadowRunner
 from pdp.engine.sharing import BatchMemo
 from pdp.notify import Notifier
 from pdp.policy.policyset import PolicySet
 from pdp.reasons import ReasonCode
 from pdp.telemetry import NO_TELEMETRY, DecisionTelemetry
-
-
-@dataclass
-class EngineOptions:
-    cost_limit: int = 1_000_000
-    #: The one counter-store call of a single decision may take at most this (and never more
-    #: than what is left of the decision's deadline).
-    counter_timeout_s: float = 0.02
-    #: A step's (CheckPushBatch) budget when the caller's own deadline is not shorter: one
-    #: budget for the whole step, shared fairly by its agents (never more than the single
-    #: decision budget each).
-    step_budget_s: float = 1.0
-    #: The one counter-store call of a step may take at most this; the agents' shares of the
-    #: step budget leave it room.
-    step_counter_timeout_s: float = 0.1
-    #: A step gives the event loop a turn at least this often (other calls, health checks).
-    yield_every_s: float = 0.002
-    #: Deny messages (policy messages, error texts) are cut to this many UTF-8 bytes.
-    max_message_bytes: int = 5 * 1024
-    #: Drafts: their own budget and backlog, after the answer (see shadow.py).
-    shadow: ShadowOptions = field(default_factory=ShadowOptions)
-    #: Evaluate drafts within the decision and report them in ``shadow_denies`` (offline
-    #: tools only: policy tests, replay). A server never sets it: drafts must not touch the
-    #: live answer or its latency.
-    shadow_inline: bool = False
-    #: A tenant pdp does not know (no policy, never created): ``deny`` (UNKNOWN_TENANT), or
-    #: ``builtins`` (decided by the built-ins alone: single-tenant set-ups only).
-    unknown_tenants: str = "deny"
-    # Returns why the policy set cannot be trusted (policy store out of reach), or None.
-    policies_stale: Callable[[], str | None] | None = None
-    # Decision time source (policy tests and replay pin it); None = the wall clock.
-    now: Callable[[], datetime] | None = None
-    # A Config.Seen / Policies.Seen event is written again when its last copy is older than
-    # this (see Recorder).
-    seen_refresh_s: float = 3600.0
-    # Make a decision's audit records just after its answer instead of before: only for an
-    # audit log that does not wait for the disk (``async`` durability). See Recorder.
-    audit_after_answer: bool = False
 
 
 class Engine:
@@ -214,3 +176,6 @@ def _refused(req: CheckRequest, decision_id: str, started: float, reason: Reason
     decision = Decision(decision_id, False, req.checkpoint.value, datetime.now(UTC))
     decision.reasons.append(reason)
     return Pending(req, decision, started, None, [], {})
+
+
+__all__ = ["Engine", "EngineOptions"]

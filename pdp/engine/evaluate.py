@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -23,6 +22,7 @@ from pdp.engine.buckets import BUCKET_SCOPES, Stateless
 from pdp.engine.context import ConfigCache
 from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, Reason
+from pdp.engine.options import EngineOptions
 from pdp.engine.overruns import OVERRUN_CODES, Overruns, fingerprint
 from pdp.engine.pending import Pending
 from pdp.engine.reasons import explanation, policy_reason, system_reason
@@ -36,9 +36,6 @@ from pdp.policy.policyset import PolicySet
 from pdp.policy.rules import Deny
 from pdp.reasons import ReasonCode
 from pdp.telemetry import DecisionTelemetry
-
-if TYPE_CHECKING:
-    from pdp.engine.engine import EngineOptions
 
 log = structlog.get_logger("pdp.engine")
 

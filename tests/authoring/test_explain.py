@@ -14,7 +14,8 @@ import yaml
 from pdp.api.convert import decision_pb
 from pdp.authoring.harness import Sandbox, load_policies, request_from_mapping
 from pdp.cel import Budget, pdp_environment
-from pdp.cel.explain import DEFAULT_EXPLAIN_COST, explain_expression, unparse
+from pdp.cel.explain import DEFAULT_EXPLAIN_COST, explain_expression
+from pdp.cel.unparse import unparse
 from pdp.engine.decision import Decision
 from pdp.engine.request import CheckRequest
 from pdp.policy import explain as X
