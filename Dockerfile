@@ -16,6 +16,14 @@ ENV PDP_LISTEN=0.0.0.0:50051 \
     PDP_POLICY_DIR=/policies \
     PDP_POLICY_STORE=sqlite:/var/lib/pdp/state/policies.sqlite3 \
     PDP_AUDIT_FILE=/var/lib/pdp/audit/audit.jsonl
+# Authentication is OFF by default: on 0.0.0.0 anyone who reaches the port may ask for
+# decisions (nothing else) and pdp logs AUTHENTICATION_OFF_ON_A_NETWORK_ADDRESS at start.
+# Turn it on with a tokens file (sha256 digests, roles per tenant; see the README's
+# "Authentication and roles"), mounted read-only:
+#   docker run -v $PWD/tokens.yaml:/etc/pdp/tokens.yaml:ro \
+#     -e PDP_AUTH_TOKENS_FILE=/etc/pdp/tokens.yaml pdp      (or: pdp serve --auth-tokens-file)
+# or mTLS: PDP_TLS_CERT_FILE, PDP_TLS_KEY_FILE, PDP_TLS_CLIENT_CA_FILE, PDP_AUTH_ROLES_FILE.
+# With either set, callers without credentials are refused (UNAUTHENTICATED).
 # /policies seeds the policy store; the store (lifecycle state) and the audit trail must
 # outlive the container.
 RUN mkdir -p /var/lib/pdp/state /var/lib/pdp/audit && chown -R pdp /var/lib/pdp

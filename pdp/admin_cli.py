@@ -1,5 +1,8 @@
 """`pdp policy ...`: the policy lifecycle from a terminal or a CI job, over PolicyAdminService.
 
+Tenants: `pdp admin tenant create NAME` / `pdp admin tenant list` (:func:`add_admin_commands`),
+also reachable as `pdp policy tenant create NAME`.
+
 Credentials: a bearer token (``--token`` / ``PDP_TOKEN``) and/or TLS files (``--ca-file``,
 ``--cert-file``, ``--key-file``). Exit 0 on success, 1 when the server refused, 2 on errors.
 """
@@ -81,11 +84,37 @@ def add_policy_admin_commands(sub: Any) -> None:
     get.add_argument("--version", type=int, default=0)
     cmd("list", "policies of a tenant with status, author and approver")
     cmd("summary", "the tenant's active guardrails, readable")
-    for name, help_ in (("relax", "turn a built-in off for the tenant (admin)"),
-                        ("restore", "turn a relaxed built-in back on (admin)")):
+    for name, help_ in (("relax", "ask to turn a built-in off for the tenant (admin; in"
+                                  " force until another admin runs approve-relax)"),
+                        ("approve-relax", "approve another admin's relax request (admin)"),
+                        ("restore", "turn a built-in back on at once, or withdraw a relax"
+                                    " request (admin)")):
         p = cmd(name, help_)
         p.add_argument("builtin")
-        p.add_argument("--why", default="", help="justification (required to relax)")
+        if name != "approve-relax":
+            p.add_argument("--why", default="", help="justification (required to relax)")
+    _add_tenant_commands(sub)
+
+
+def add_admin_commands(sub: Any) -> None:
+    """`pdp admin tenant create NAME | list`: add an ``admin`` parser to the top-level
+    subparsers (its handler is :func:`run`)."""
+    admin = sub.add_parser("admin", help="server administration: tenants")
+    _add_tenant_commands(admin.add_subparsers(dest="admin_command", required=True))
+
+
+def _add_tenant_commands(sub: Any) -> None:
+    tenant = sub.add_parser("tenant", help="known tenants: create (admin), list (readers)")
+    tsub = tenant.add_subparsers(dest="tenant_command", required=True)
+    create = tsub.add_parser("create", help="make a tenant known, so decisions for it are no"
+                                            " longer denied UNKNOWN_TENANT (admin)")
+    add_connection_args(create)
+    create.add_argument("name")
+    create.add_argument("--why", default="", help="justification (audited)")
+    create.set_defaults(handler=_tenant_create, command_name="tenant create")
+    listing = tsub.add_parser("list", help="the known tenants you may read")
+    add_connection_args(listing)
+    listing.set_defaults(handler=_tenant_list, command_name="tenant list")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,12 +126,16 @@ def run(args: argparse.Namespace) -> int:
             return handler(admin_pb2_grpc.PolicyAdminServiceStub(ch), args,
                            {"timeout": args.timeout, "metadata": metadata})
     except grpc.RpcError as exc:
-        print(f"pdp policy {args.policy_command}: {exc.code().name}: {exc.details()}",
-              file=sys.stderr)
+        print(f"pdp {_what(args)}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1 if exc.code() != grpc.StatusCode.UNAVAILABLE else 2
     except OSError as exc:
-        print(f"pdp policy {args.policy_command}: {exc}", file=sys.stderr)
+        print(f"pdp {_what(args)}: {exc}", file=sys.stderr)
         return 2
+
+
+def _what(args: argparse.Namespace) -> str:
+    named = getattr(args, "command_name", None)
+    return named or f"policy {getattr(args, 'policy_command', '')}".strip()
 
 
 def _show(policy: Any) -> int:
@@ -172,7 +205,25 @@ def _summary(stub: Any, args: argparse.Namespace, kw: Any) -> int:
 
 
 def _relaxed(resp: Any) -> int:
-    return _print(", ".join(resp.relaxed_builtins) or "(none relaxed)")
+    _print("relaxed: " + (", ".join(resp.relaxed_builtins) or "(none)"))
+    for p in resp.pending_relaxations:
+        print(f"pending: {p.builtin} requested by {p.requested_by} ({p.justification});"
+              " in force until another admin approves")
+    return 0
+
+
+def _tenant_create(stub: Any, args: argparse.Namespace, kw: Any) -> int:
+    t = stub.CreateTenant(apb.CreateTenantRequest(tenant=args.name, justification=args.why),
+                          **kw).tenant
+    return _print(f"created tenant {t.name} (by {t.created_by})")
+
+
+def _tenant_list(stub: Any, args: argparse.Namespace, kw: Any) -> int:
+    for t in stub.ListTenants(apb.ListTenantsRequest(), **kw).tenants:
+        made = (f"created by {t.created_by} {t.created_at.ToJsonString()}" if t.created_by
+                else "has policies")
+        print(f"{t.name:<40} {made}")
+    return 0
 
 
 _handlers: dict[str, Callable[..., int]] = {
@@ -192,6 +243,8 @@ _handlers: dict[str, Callable[..., int]] = {
     "summary": _summary,
     "relax": lambda s, a, kw: _relaxed(s.SetBuiltinRelaxed(apb.SetBuiltinRelaxedRequest(
         tenant=a.tenant, builtin=a.builtin, relaxed=True, justification=a.why), **kw)),
+    "approve-relax": lambda s, a, kw: _relaxed(s.ApproveBuiltinRelaxation(
+        apb.ApproveBuiltinRelaxationRequest(tenant=a.tenant, builtin=a.builtin), **kw)),
     "restore": lambda s, a, kw: _relaxed(s.SetBuiltinRelaxed(apb.SetBuiltinRelaxedRequest(
         tenant=a.tenant, builtin=a.builtin, relaxed=False, justification=a.why), **kw)),
 }

@@ -20,6 +20,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 ENV_PREFIX = "PDP_"
+#: The role names of pdp.server.roles (kept here so settings import nothing of the server).
+AUTH_ROLES = ("checker", "rollout-engine", "reader", "auditor", "author", "approver", "admin")
 
 
 class SettingsError(ValueError):
@@ -119,7 +121,8 @@ class Settings:
         None, "refuse callers without credentials (default: on when a tokens/roles file is set)")
     auth_anonymous_roles: tuple[str, ...] = _s(
         ("*:checker",), "roles of callers without credentials when auth is not required,"
-                        " as TENANT:ROLE ('*' = every tenant)")
+                        " as TENANT:ROLE ('*' = every tenant); '' = none: callers without"
+                        " credentials are refused (UNAUTHENTICATED), decisions included")
     auth_unix_socket_roles: tuple[str, ...] = _s(
         (), "roles granted to callers on the unix socket, as TENANT:ROLE")
     workers: int = _s(1, "server processes sharing the port (SO_REUSEPORT)")
@@ -167,10 +170,9 @@ class Settings:
         for name in ("auth_anonymous_roles", "auth_unix_socket_roles"):
             for entry in getattr(self, name):
                 tenant, sep, role = entry.partition(":")
-                if not sep or not tenant or role not in ("checker", "author", "approver",
-                                                         "admin"):
+                if not sep or not tenant or role not in AUTH_ROLES:
                     raise SettingsError(f"{name}: {entry!r} is not TENANT:ROLE with ROLE one"
-                                        " of checker, author, approver, admin")
+                                        f" of {', '.join(AUTH_ROLES)}")
         for name in ("cel_max_string_bytes", "cel_max_list_size"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")

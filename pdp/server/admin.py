@@ -1,8 +1,10 @@
 """PolicyAdminService: the policy lifecycle over gRPC, on top of a PolicyStore.
 
 The actor of every change is the authenticated caller (never a field the caller fills in), so
-four eyes means two different credentials. Store errors map to gRPC statuses by their kind;
-nothing is half-written (the store guarantees that).
+four eyes means two different credentials. Each method reads the tenant from its typed request
+(PutDraft / ValidatePolicy: from the policy it parses) and authorises the caller on that
+tenant before touching the store (:func:`pdp.server.roles.authorize`). Store errors map to
+gRPC statuses by their kind; nothing is half-written (the store guarantees that).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import grpc
 import yaml
 
 from pdp.api.convert import STATUS_TO_PB, tenant_of
-from pdp.policy.model import PolicyError
+from pdp.policy.model import Policy, PolicyError, Status
 from pdp.policy.store import (
     PolicyStore,
     PolicySummary,
+    RelaxRequest,
     StoreError,
+    TenantInfo,
     VersionRecord,
     grpc_status_name,
 )
-from pdp.server.auth import PermissionDenied, Principal, authorize, current_principal
 from pdp.server.limits import status_text
+from pdp.server.roles import Permission, Principal, authorize, authorize_any
 from pdp.v1 import admin_pb2 as apb
 from pdp.v1 import common_pb2 as cpb
 from pdp.v1 import policy_pb2 as ppb
@@ -96,12 +100,33 @@ def _yaml_of(request: Any) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def _tenant_in_yaml(text: str) -> str:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return ""
-    return str(data.get("tenant", "")) if isinstance(data, dict) else ""
+def _parse_one(text: str) -> Policy:
+    """The one policy of a PutDraft / ValidatePolicy text, parsed as the store will parse it
+    (so the tenant authorised is the tenant stored)."""
+    from pdp.policy.loader import load_text
+
+    policies = load_text(text, "<request>", default_status=Status.DRAFT)
+    if len(policies) != 1:
+        raise PolicyError(f"expected exactly one policy, found {len(policies)}")
+    return policies[0]
+
+
+def pending_pb(requests: dict[str, RelaxRequest]) -> list[apb.PendingRelaxation]:
+    out = []
+    for builtin in sorted(requests):
+        r = requests[builtin]
+        pb = apb.PendingRelaxation(builtin=builtin, requested_by=r.actor,
+                                   justification=r.reason)
+        pb.requested_at.FromDatetime(_ts(r.at))
+        out.append(pb)
+    return out
+
+
+def tenant_pb(info: TenantInfo) -> apb.Tenant:
+    pb = apb.Tenant(name=info.name, created_by=info.created_by)
+    if info.created_at is not None:
+        pb.created_at.FromDatetime(_ts(info.created_at))
+    return pb
 
 
 class PolicyAdminService:
@@ -121,30 +146,26 @@ class PolicyAdminService:
         except StoreError as exc:
             await context.abort(getattr(grpc.StatusCode, grpc_status_name(exc)),
                                 status_text(str(exc)))
-        except PermissionDenied as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, status_text(str(exc)))
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
-    def _principal() -> Principal:
-        principal = current_principal()
-        if principal is None:  # the interceptor always sets one; refuse rather than guess
-            raise PermissionDenied("no authenticated caller for a policy change")
-        return principal
-
-    def _actor(self) -> str:
-        return self._principal().identity
+    async def _on(context: grpc.aio.ServicerContext[Any, Any], tenant: str,
+                  permission: Permission) -> tuple[str, Principal]:
+        """The request's tenant, checked, and the caller authorised on it."""
+        tenant = tenant_of(tenant)
+        return tenant, await authorize(context, tenant, permission)
 
     async def PutDraft(self, request: apb.PutDraftRequest,
                        context: grpc.aio.ServicerContext[Any, Any]) -> apb.PutDraftResponse:
         async def run() -> apb.PutDraftResponse:
+            # Refuse callers who may write drafts nowhere before parsing anything they sent.
+            await authorize_any(context, Permission.WRITE_DRAFTS)
             text = _yaml_of(request)
-            tenant = tenant_of(_tenant_in_yaml(text) or request.policy.tenant)
-            # The interceptor authorized the tenant it could see; check the parsed one too.
-            authorize(self._principal(), "/pdp.v1.PolicyAdminService/PutDraft", tenant)
-            rec = await self.store.put_draft(tenant, text, self._actor(),
+            tenant, caller = await self._on(context, _parse_one(text).tenant,
+                                            Permission.WRITE_DRAFTS)
+            rec = await self.store.put_draft(tenant, text, caller.identity,
                                              request.expected_version)
             return apb.PutDraftResponse(policy=policy_pb(rec, self.store))
         return await self._run(context, run)
@@ -152,12 +173,18 @@ class PolicyAdminService:
     async def ValidatePolicy(self, request: apb.ValidatePolicyRequest,
                              context: grpc.aio.ServicerContext[Any, Any]
                              ) -> apb.ValidatePolicyResponse:
-        from pdp.policy.loader import load_text
-
         async def run() -> apb.ValidatePolicyResponse:
+            await authorize_any(context, Permission.WRITE_DRAFTS)
             text = _yaml_of(request)
             try:
-                [policy] = load_text(text, "<request>")
+                policy = _parse_one(text)
+            except PolicyError as exc:  # no tenant to authorise: only the text's problems
+                await authorize_any(context, Permission.WRITE_DRAFTS, final=True)
+                return apb.ValidatePolicyResponse(valid=False, problems=[apb.PolicyProblem(
+                    field=exc.field_path, line=exc.line, column=exc.column,
+                    message=str(exc))])
+            await self._on(context, policy.tenant, Permission.WRITE_DRAFTS)
+            try:
                 compiled = self.validate(policy)
             except PolicyError as exc:
                 return apb.ValidatePolicyResponse(valid=False, problems=[apb.PolicyProblem(
@@ -175,8 +202,9 @@ class PolicyAdminService:
                             context: grpc.aio.ServicerContext[Any, Any]
                             ) -> apb.ApprovePolicyResponse:
         async def run() -> apb.ApprovePolicyResponse:
-            rec = await self.store.approve(tenant_of(request.tenant), request.name,
-                                           request.version, self._actor())
+            tenant, caller = await self._on(context, request.tenant, Permission.APPROVE)
+            rec = await self.store.approve(tenant, request.name, request.version,
+                                           caller.identity)
             return apb.ApprovePolicyResponse(policy=policy_pb(rec, self.store))
         return await self._run(context, run)
 
@@ -184,8 +212,9 @@ class PolicyAdminService:
                              context: grpc.aio.ServicerContext[Any, Any]
                              ) -> apb.ActivatePolicyResponse:
         async def run() -> apb.ActivatePolicyResponse:
-            rec = await self.store.activate(tenant_of(request.tenant), request.name,
-                                            request.version, self._actor())
+            tenant, caller = await self._on(context, request.tenant, Permission.ADMINISTER)
+            rec = await self.store.activate(tenant, request.name, request.version,
+                                            caller.identity)
             return apb.ActivatePolicyResponse(policy=policy_pb(rec, self.store))
         return await self._run(context, run)
 
@@ -193,7 +222,8 @@ class PolicyAdminService:
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> apb.RetirePolicyResponse:
         async def run() -> apb.RetirePolicyResponse:
-            rec = await self.store.retire(tenant_of(request.tenant), request.name, self._actor())
+            tenant, caller = await self._on(context, request.tenant, Permission.ADMINISTER)
+            rec = await self.store.retire(tenant, request.name, caller.identity)
             return apb.RetirePolicyResponse(policy=policy_pb(rec, self.store))
         return await self._run(context, run)
 
@@ -201,16 +231,16 @@ class PolicyAdminService:
                                context: grpc.aio.ServicerContext[Any, Any]
                                ) -> apb.ReactivatePolicyResponse:
         async def run() -> apb.ReactivatePolicyResponse:
-            rec = await self.store.reactivate(tenant_of(request.tenant), request.name,
-                                              self._actor())
+            tenant, caller = await self._on(context, request.tenant, Permission.ADMINISTER)
+            rec = await self.store.reactivate(tenant, request.name, caller.identity)
             return apb.ReactivatePolicyResponse(policy=policy_pb(rec, self.store))
         return await self._run(context, run)
 
     async def GetPolicy(self, request: apb.GetPolicyRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> apb.GetPolicyResponse:
         async def run() -> apb.GetPolicyResponse:
-            rec = await self.store.get(tenant_of(request.tenant), request.name,
-                                       request.version or None)
+            tenant, _ = await self._on(context, request.tenant, Permission.READ_POLICIES)
+            rec = await self.store.get(tenant, request.name, request.version or None)
             return apb.GetPolicyResponse(policy=policy_pb(rec, self.store))
         return await self._run(context, run)
 
@@ -218,20 +248,22 @@ class PolicyAdminService:
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> apb.ListPoliciesResponse:
         async def run() -> apb.ListPoliciesResponse:
-            tenant = tenant_of(request.tenant)
+            tenant, _ = await self._on(context, request.tenant, Permission.READ_POLICIES)
             rows = await self.store.list(tenant)
             relaxed = await self.store.relaxed_builtins(tenant)
             return apb.ListPoliciesResponse(
                 policies=[summary_pb(tenant, r) for r in rows
                           if request.include_builtins or not r.builtin],
-                relaxed_builtins=sorted(relaxed))
+                relaxed_builtins=sorted(relaxed),
+                pending_relaxations=pending_pb(await self.store.pending_relaxations(tenant)))
         return await self._run(context, run)
 
     async def GetPolicyHistory(self, request: apb.GetPolicyHistoryRequest,
                                context: grpc.aio.ServicerContext[Any, Any]
                                ) -> apb.GetPolicyHistoryResponse:
         async def run() -> apb.GetPolicyHistoryResponse:
-            h = await self.store.history(tenant_of(request.tenant), request.name)
+            tenant, _ = await self._on(context, request.tenant, Permission.READ_POLICIES)
+            h = await self.store.history(tenant, request.name)
             out = apb.GetPolicyHistoryResponse(
                 versions=[policy_pb(v, self.store) for v in h.versions])
             for t in h.transitions:
@@ -247,14 +279,51 @@ class PolicyAdminService:
     async def SetBuiltinRelaxed(self, request: apb.SetBuiltinRelaxedRequest,
                                 context: grpc.aio.ServicerContext[Any, Any]
                                 ) -> apb.SetBuiltinRelaxedResponse:
+        """relaxed=true only requests it (four eyes: ApproveBuiltinRelaxation by another
+        admin); relaxed=false restores at once: tightening needs no second pair of eyes."""
         async def run() -> apb.SetBuiltinRelaxedResponse:
-            tenant = tenant_of(request.tenant)
-            if request.relaxed and not request.justification.strip():
-                raise ValueError("justification: required to relax a built-in")
-            await self.store.set_builtin_relaxed(tenant, request.builtin, request.relaxed,
-                                                 self._actor(), reason=request.justification)
+            tenant, caller = await self._on(context, request.tenant, Permission.ADMINISTER)
+            if request.relaxed:
+                await self.store.request_builtin_relax(tenant, request.builtin, caller.identity,
+                                                       reason=request.justification)
+            else:
+                await self.store.restore_builtin(tenant, request.builtin, caller.identity,
+                                                 reason=request.justification)
             return apb.SetBuiltinRelaxedResponse(
-                relaxed_builtins=sorted(await self.store.relaxed_builtins(tenant)))
+                relaxed_builtins=sorted(await self.store.relaxed_builtins(tenant)),
+                pending_relaxations=pending_pb(await self.store.pending_relaxations(tenant)))
+        return await self._run(context, run)
+
+    async def ApproveBuiltinRelaxation(self, request: apb.ApproveBuiltinRelaxationRequest,
+                                       context: grpc.aio.ServicerContext[Any, Any]
+                                       ) -> apb.ApproveBuiltinRelaxationResponse:
+        async def run() -> apb.ApproveBuiltinRelaxationResponse:
+            tenant, caller = await self._on(context, request.tenant, Permission.ADMINISTER)
+            await self.store.approve_builtin_relax(tenant, request.builtin, caller.identity)
+            return apb.ApproveBuiltinRelaxationResponse(
+                relaxed_builtins=sorted(await self.store.relaxed_builtins(tenant)),
+                pending_relaxations=pending_pb(await self.store.pending_relaxations(tenant)))
+        return await self._run(context, run)
+
+    async def CreateTenant(self, request: apb.CreateTenantRequest,
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> apb.CreateTenantResponse:
+        async def run() -> apb.CreateTenantResponse:
+            tenant, caller = await self._on(context, request.tenant, Permission.ADMINISTER)
+            info = await self.store.create_tenant(tenant, caller.identity,
+                                                  reason=request.justification)
+            return apb.CreateTenantResponse(tenant=tenant_pb(info))
+        return await self._run(context, run)
+
+    async def ListTenants(self, request: apb.ListTenantsRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]
+                          ) -> apb.ListTenantsResponse:
+        """Only the tenants the caller may read (all of them for a reader on ``*``)."""
+        async def run() -> apb.ListTenantsResponse:
+            caller = await authorize_any(context, Permission.READ_POLICIES, final=True)
+            return apb.ListTenantsResponse(tenants=[
+                tenant_pb(t) for t in await self.store.list_tenants()
+                if caller.may(Permission.READ_POLICIES, t.name)])
         return await self._run(context, run)
 
 

@@ -105,6 +105,28 @@ def _roles(entries: tuple[str, ...]) -> dict[str, list[str]]:
     return out
 
 
+def _is_loopback(listen: str) -> bool:
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
+
+
+def warn_if_open(settings: Settings, auth: Authenticator) -> None:
+    """Anyone who can reach a non-loopback port may then call as the anonymous caller."""
+    if settings.listen and not _is_loopback(settings.listen) and auth.anonymous_allowed:
+        log.warning(
+            "AUTHENTICATION_OFF_ON_A_NETWORK_ADDRESS", listen=settings.listen,
+            anonymous_roles=auth.anonymous.describe_roles(),
+            fix="set --auth-tokens-file (PDP_AUTH_TOKENS_FILE) or mTLS with --auth-roles-file,"
+                " or --auth-anonymous-roles '' to refuse callers without credentials")
+
+
 def authenticator(settings: Settings) -> Authenticator:
     try:
         return Authenticator(
@@ -133,6 +155,7 @@ class Running:
 async def start(settings: Settings) -> Running:
     cache = ProgramCache(maxsize=settings.cel_cache_size)
     auth = authenticator(settings)
+    warn_if_open(settings, auth)
     credentials = None
     if settings.tls_cert_file and settings.tls_key_file:
         try:

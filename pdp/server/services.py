@@ -1,5 +1,8 @@
 """gRPC servicers: map protobuf to the engine and back; nothing else.
 
+Each method reads the tenant from its typed request and authorises the caller on it
+(:func:`pdp.server.roles.authorize`) before anything is decided or recorded.
+
 Every request gets one deadline: the configured budget, or less if the caller's own gRPC
 deadline is shorter. Requests that cannot be decided get INVALID_ARGUMENT naming the field;
 anything unexpected is an error status, never an allow.
@@ -20,8 +23,8 @@ from pdp.engine.deadline import Deadline
 from pdp.engine.engine import Engine
 from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
-from pdp.server.auth import current_caller
 from pdp.server.limits import abort_invalid, internal_text, status_text
+from pdp.server.roles import Permission, authorize, current_caller
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -33,11 +36,6 @@ EVENT_KINDS = {
     dpb.EVENT_KIND_ROLLBACK: CounterEventKind.ROLLBACK,
     dpb.EVENT_KIND_STEP_ADVANCE: CounterEventKind.STEP_ADVANCE,
 }
-
-
-def caller_of(tenant: str) -> Caller:
-    """The authenticated caller (set by the auth interceptor), with its roles on ``tenant``."""
-    return current_caller(tenant)
 
 
 def deadline_for(context: grpc.aio.ServicerContext[Any, Any], budget_s: float) -> Deadline:
@@ -90,7 +88,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
         received_at = time.monotonic()  # the budget covers conversion too
 
         async def run() -> Any:
-            req = build(caller_of(tenant))
+            req = build(current_caller(tenant))
             tel = self.engine.telemetry
             if not tel.enabled:
                 decision = await self.engine.check(req, self.deadline_s,
@@ -110,12 +108,14 @@ class DecisionService(dgrpc.DecisionServiceServicer):
 
     async def CheckPush(self, request: dpb.CheckPushRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushResponse:
+        await authorize(context, request.tenant, Permission.DECIDE)
         decision = await self._check(context, request.tenant,
                                      lambda c: convert.check_push_request(request, c))
         return dpb.CheckPushResponse(decision=decision)
 
     async def CheckDevice(self, request: dpb.CheckDeviceRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckDeviceResponse:
+        await authorize(context, request.tenant, Permission.DECIDE)
         decision = await self._check(context, request.tenant,
                                      lambda c: convert.check_device_request(request, c))
         return dpb.CheckDeviceResponse(decision=decision)
@@ -123,6 +123,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
     async def CheckRollout(self, request: dpb.CheckRolloutRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> dpb.CheckRolloutResponse:
+        await authorize(context, request.tenant, Permission.DECIDE)
         decision = await self._check(context, request.tenant,
                                      lambda c: convert.check_rollout_request(request, c))
         return dpb.CheckRolloutResponse(decision=decision)
@@ -130,6 +131,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
     async def _batch(self, request: dpb.CheckPushBatchRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushBatchResponse:
         received_at = time.monotonic()  # the step's budget covers conversion too
+        await authorize(context, request.tenant, Permission.DECIDE)  # every batch of a stream
 
         async def run() -> dpb.CheckPushBatchResponse:
             convert.tenant_of(request.tenant)
@@ -138,7 +140,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                                                f" limit of {self.max_batch} per batch")
             if not request.agents:
                 raise InvalidRequest("agents", "required: at least one agent")
-            reqs = convert.check_push_batch_requests(request, caller_of(request.tenant))
+            reqs = convert.check_push_batch_requests(request, current_caller(request.tenant))
             decisions = await self.engine.check_batch(reqs, self.deadline_s,
                                                       caller_deadline(context),
                                                       received_at=received_at)
@@ -160,6 +162,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
 
     async def RecordEvent(self, request: dpb.RecordEventRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> dpb.RecordEventResponse:
+        await authorize(context, request.tenant, Permission.RECORD_EVENTS)
+
         async def run() -> dpb.RecordEventResponse:
             tenant = convert.tenant_of(request.tenant)
             kind = EVENT_KINDS.get(request.kind)
@@ -181,6 +185,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
     async def EvaluateHealth(self, request: dpb.EvaluateHealthRequest,
                              context: grpc.aio.ServicerContext[Any, Any]
                              ) -> dpb.EvaluateHealthResponse:
+        await authorize(context, request.tenant, Permission.DECIDE)
+
         async def run() -> dpb.EvaluateHealthResponse:
             tenant = convert.tenant_of(request.tenant)
             if not request.metrics:

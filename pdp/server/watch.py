@@ -1,4 +1,8 @@
-"""AuditService.Watch: the audit log's records as a gRPC server stream."""
+"""AuditService.Watch: the audit log's records as a gRPC server stream.
+
+Records carry config texts and identities, so watching needs the auditor role (or admin) on
+the tenant watched. A watch of every tenant (no tenant filter) needs it on ``*``.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pdp.api.convert import tenant_of
 from pdp.audit.log import AuditLog
 from pdp.audit.watch import AuditHistoryUnavailableError, WatchError, WatchOverflowError
 from pdp.server.limits import status_text
+from pdp.server.roles import Permission, authorize
 from pdp.v1 import audit_pb2 as apb
 from pdp.v1 import audit_pb2_grpc
 
@@ -38,11 +43,14 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
     async def Watch(self, request: apb.WatchRequest,
                     context: grpc.aio.ServicerContext[Any, Any]
                     ) -> AsyncIterator[apb.WatchResponse]:
-        try:
-            tenant = tenant_of(request.tenant)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
-            return
+        tenant: str | None = None
+        if request.tenant:  # empty: every tenant, for auditors of every tenant only
+            try:
+                tenant = tenant_of(request.tenant)
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
+                return
+        await authorize(context, tenant or "", Permission.READ_AUDIT)
         from_seq: int | None = request.from_sequence
         if not request.from_sequence and not request.from_beginning:
             from_seq = None

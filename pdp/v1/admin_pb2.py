@@ -22,58 +22,75 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from pdp.v1 import policy_pb2 as pdp_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pdp/v1/admin.proto\x12\x06pdp.v1\x1a\x13pdp/v1/policy.proto\"Y\n\x0fPutDraftRequest\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\x0c\n\x04yaml\x18\x03 \x01(\t\"2\n\x10PutDraftResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"E\n\x14\x41pprovePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"7\n\x15\x41pprovePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"F\n\x15\x41\x63tivatePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"8\n\x16\x41\x63tivatePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"3\n\x13RetirePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"6\n\x14RetirePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"7\n\x17ReactivatePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\":\n\x18ReactivatePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"A\n\x10GetPolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"3\n\x11GetPolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"?\n\x13ListPoliciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10include_builtins\x18\x02 \x01(\x08\"R\n\x14ListPoliciesResponse\x12 \n\x08policies\x18\x01 \x03(\x0b\x32\x0e.pdp.v1.Policy\x12\x18\n\x10relaxed_builtins\x18\x02 \x03(\t\"7\n\x17GetPolicyHistoryRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"k\n\x18GetPolicyHistoryResponse\x12 \n\x08versions\x18\x01 \x03(\x0b\x32\x0e.pdp.v1.Policy\x12-\n\x0btransitions\x18\x02 \x03(\x0b\x32\x18.pdp.v1.PolicyTransition\"E\n\x15ValidatePolicyRequest\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"^\n\rPolicyProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07warning\x18\x05 \x01(\x08\"g\n\x16ValidatePolicyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\'\n\x08problems\x18\x02 \x03(\x0b\x32\x15.pdp.v1.PolicyProblem\x12\x15\n\rcost_estimate\x18\x03 \x01(\x03\"c\n\x18SetBuiltinRelaxedRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x62uiltin\x18\x02 \x01(\t\x12\x0f\n\x07relaxed\x18\x03 \x01(\x08\x12\x15\n\rjustification\x18\x04 \x01(\t\"5\n\x19SetBuiltinRelaxedResponse\x12\x18\n\x10relaxed_builtins\x18\x01 \x03(\t2\xa3\x06\n\x12PolicyAdminService\x12=\n\x08PutDraft\x12\x17.pdp.v1.PutDraftRequest\x1a\x18.pdp.v1.PutDraftResponse\x12L\n\rApprovePolicy\x12\x1c.pdp.v1.ApprovePolicyRequest\x1a\x1d.pdp.v1.ApprovePolicyResponse\x12O\n\x0e\x41\x63tivatePolicy\x12\x1d.pdp.v1.ActivatePolicyRequest\x1a\x1e.pdp.v1.ActivatePolicyResponse\x12I\n\x0cRetirePolicy\x12\x1b.pdp.v1.RetirePolicyRequest\x1a\x1c.pdp.v1.RetirePolicyResponse\x12U\n\x10ReactivatePolicy\x12\x1f.pdp.v1.ReactivatePolicyRequest\x1a .pdp.v1.ReactivatePolicyResponse\x12@\n\tGetPolicy\x12\x18.pdp.v1.GetPolicyRequest\x1a\x19.pdp.v1.GetPolicyResponse\x12I\n\x0cListPolicies\x12\x1b.pdp.v1.ListPoliciesRequest\x1a\x1c.pdp.v1.ListPoliciesResponse\x12U\n\x10GetPolicyHistory\x12\x1f.pdp.v1.GetPolicyHistoryRequest\x1a .pdp.v1.GetPolicyHistoryResponse\x12O\n\x0eValidatePolicy\x12\x1d.pdp.v1.ValidatePolicyRequest\x1a\x1e.pdp.v1.ValidatePolicyResponse\x12X\n\x11SetBuiltinRelaxed\x12 .pdp.v1.SetBuiltinRelaxedRequest\x1a!.pdp.v1.SetBuiltinRelaxedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12pdp/v1/admin.proto\x12\x06pdp.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13pdp/v1/policy.proto\"Y\n\x0fPutDraftRequest\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\x0c\n\x04yaml\x18\x03 \x01(\t\"2\n\x10PutDraftResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"E\n\x14\x41pprovePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"7\n\x15\x41pprovePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"F\n\x15\x41\x63tivatePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"8\n\x16\x41\x63tivatePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"3\n\x13RetirePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"6\n\x14RetirePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"7\n\x17ReactivatePolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\":\n\x18ReactivatePolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"A\n\x10GetPolicyRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"3\n\x11GetPolicyResponse\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\"?\n\x13ListPoliciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x18\n\x10include_builtins\x18\x02 \x01(\x08\"\x8a\x01\n\x14ListPoliciesResponse\x12 \n\x08policies\x18\x01 \x03(\x0b\x32\x0e.pdp.v1.Policy\x12\x18\n\x10relaxed_builtins\x18\x02 \x03(\t\x12\x36\n\x13pending_relaxations\x18\x03 \x03(\x0b\x32\x19.pdp.v1.PendingRelaxation\"\x83\x01\n\x11PendingRelaxation\x12\x0f\n\x07\x62uiltin\x18\x01 \x01(\t\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\x12\x15\n\rjustification\x18\x03 \x01(\t\x12\x30\n\x0crequested_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x17GetPolicyHistoryRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"k\n\x18GetPolicyHistoryResponse\x12 \n\x08versions\x18\x01 \x03(\x0b\x32\x0e.pdp.v1.Policy\x12-\n\x0btransitions\x18\x02 \x03(\x0b\x32\x18.pdp.v1.PolicyTransition\"E\n\x15ValidatePolicyRequest\x12\x1e\n\x06policy\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Policy\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"^\n\rPolicyProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\x05\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07warning\x18\x05 \x01(\x08\"g\n\x16ValidatePolicyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\'\n\x08problems\x18\x02 \x03(\x0b\x32\x15.pdp.v1.PolicyProblem\x12\x15\n\rcost_estimate\x18\x03 \x01(\x03\"c\n\x18SetBuiltinRelaxedRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x62uiltin\x18\x02 \x01(\t\x12\x0f\n\x07relaxed\x18\x03 \x01(\x08\x12\x15\n\rjustification\x18\x04 \x01(\t\"m\n\x19SetBuiltinRelaxedResponse\x12\x18\n\x10relaxed_builtins\x18\x01 \x03(\t\x12\x36\n\x13pending_relaxations\x18\x02 \x03(\x0b\x32\x19.pdp.v1.PendingRelaxation\"B\n\x1f\x41pproveBuiltinRelaxationRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x62uiltin\x18\x02 \x01(\t\"t\n ApproveBuiltinRelaxationResponse\x12\x18\n\x10relaxed_builtins\x18\x01 \x03(\t\x12\x36\n\x13pending_relaxations\x18\x02 \x03(\x0b\x32\x19.pdp.v1.PendingRelaxation\"<\n\x13\x43reateTenantRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x15\n\rjustification\x18\x02 \x01(\t\"6\n\x14\x43reateTenantResponse\x12\x1e\n\x06tenant\x18\x01 \x01(\x0b\x32\x0e.pdp.v1.Tenant\"\x14\n\x12ListTenantsRequest\"6\n\x13ListTenantsResponse\x12\x1f\n\x07tenants\x18\x01 \x03(\x0b\x32\x0e.pdp.v1.Tenant\"Z\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ncreated_by\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xa5\x08\n\x12PolicyAdminService\x12=\n\x08PutDraft\x12\x17.pdp.v1.PutDraftRequest\x1a\x18.pdp.v1.PutDraftResponse\x12L\n\rApprovePolicy\x12\x1c.pdp.v1.ApprovePolicyRequest\x1a\x1d.pdp.v1.ApprovePolicyResponse\x12O\n\x0e\x41\x63tivatePolicy\x12\x1d.pdp.v1.ActivatePolicyRequest\x1a\x1e.pdp.v1.ActivatePolicyResponse\x12I\n\x0cRetirePolicy\x12\x1b.pdp.v1.RetirePolicyRequest\x1a\x1c.pdp.v1.RetirePolicyResponse\x12U\n\x10ReactivatePolicy\x12\x1f.pdp.v1.ReactivatePolicyRequest\x1a .pdp.v1.ReactivatePolicyResponse\x12@\n\tGetPolicy\x12\x18.pdp.v1.GetPolicyRequest\x1a\x19.pdp.v1.GetPolicyResponse\x12I\n\x0cListPolicies\x12\x1b.pdp.v1.ListPoliciesRequest\x1a\x1c.pdp.v1.ListPoliciesResponse\x12U\n\x10GetPolicyHistory\x12\x1f.pdp.v1.GetPolicyHistoryRequest\x1a .pdp.v1.GetPolicyHistoryResponse\x12O\n\x0eValidatePolicy\x12\x1d.pdp.v1.ValidatePolicyRequest\x1a\x1e.pdp.v1.ValidatePolicyResponse\x12X\n\x11SetBuiltinRelaxed\x12 .pdp.v1.SetBuiltinRelaxedRequest\x1a!.pdp.v1.SetBuiltinRelaxedResponse\x12m\n\x18\x41pproveBuiltinRelaxation\x12\'.pdp.v1.ApproveBuiltinRelaxationRequest\x1a(.pdp.v1.ApproveBuiltinRelaxationResponse\x12I\n\x0c\x43reateTenant\x12\x1b.pdp.v1.CreateTenantRequest\x1a\x1c.pdp.v1.CreateTenantResponse\x12\x46\n\x0bListTenants\x12\x1a.pdp.v1.ListTenantsRequest\x1a\x1b.pdp.v1.ListTenantsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pdp.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUTDRAFTREQUEST']._serialized_start=51
-  _globals['_PUTDRAFTREQUEST']._serialized_end=140
-  _globals['_PUTDRAFTRESPONSE']._serialized_start=142
-  _globals['_PUTDRAFTRESPONSE']._serialized_end=192
-  _globals['_APPROVEPOLICYREQUEST']._serialized_start=194
-  _globals['_APPROVEPOLICYREQUEST']._serialized_end=263
-  _globals['_APPROVEPOLICYRESPONSE']._serialized_start=265
-  _globals['_APPROVEPOLICYRESPONSE']._serialized_end=320
-  _globals['_ACTIVATEPOLICYREQUEST']._serialized_start=322
-  _globals['_ACTIVATEPOLICYREQUEST']._serialized_end=392
-  _globals['_ACTIVATEPOLICYRESPONSE']._serialized_start=394
-  _globals['_ACTIVATEPOLICYRESPONSE']._serialized_end=450
-  _globals['_RETIREPOLICYREQUEST']._serialized_start=452
-  _globals['_RETIREPOLICYREQUEST']._serialized_end=503
-  _globals['_RETIREPOLICYRESPONSE']._serialized_start=505
-  _globals['_RETIREPOLICYRESPONSE']._serialized_end=559
-  _globals['_REACTIVATEPOLICYREQUEST']._serialized_start=561
-  _globals['_REACTIVATEPOLICYREQUEST']._serialized_end=616
-  _globals['_REACTIVATEPOLICYRESPONSE']._serialized_start=618
-  _globals['_REACTIVATEPOLICYRESPONSE']._serialized_end=676
-  _globals['_GETPOLICYREQUEST']._serialized_start=678
-  _globals['_GETPOLICYREQUEST']._serialized_end=743
-  _globals['_GETPOLICYRESPONSE']._serialized_start=745
-  _globals['_GETPOLICYRESPONSE']._serialized_end=796
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=798
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=861
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=863
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=945
-  _globals['_GETPOLICYHISTORYREQUEST']._serialized_start=947
-  _globals['_GETPOLICYHISTORYREQUEST']._serialized_end=1002
-  _globals['_GETPOLICYHISTORYRESPONSE']._serialized_start=1004
-  _globals['_GETPOLICYHISTORYRESPONSE']._serialized_end=1111
-  _globals['_VALIDATEPOLICYREQUEST']._serialized_start=1113
-  _globals['_VALIDATEPOLICYREQUEST']._serialized_end=1182
-  _globals['_POLICYPROBLEM']._serialized_start=1184
-  _globals['_POLICYPROBLEM']._serialized_end=1278
-  _globals['_VALIDATEPOLICYRESPONSE']._serialized_start=1280
-  _globals['_VALIDATEPOLICYRESPONSE']._serialized_end=1383
-  _globals['_SETBUILTINRELAXEDREQUEST']._serialized_start=1385
-  _globals['_SETBUILTINRELAXEDREQUEST']._serialized_end=1484
-  _globals['_SETBUILTINRELAXEDRESPONSE']._serialized_start=1486
-  _globals['_SETBUILTINRELAXEDRESPONSE']._serialized_end=1539
-  _globals['_POLICYADMINSERVICE']._serialized_start=1542
-  _globals['_POLICYADMINSERVICE']._serialized_end=2345
+  _globals['_PUTDRAFTREQUEST']._serialized_start=84
+  _globals['_PUTDRAFTREQUEST']._serialized_end=173
+  _globals['_PUTDRAFTRESPONSE']._serialized_start=175
+  _globals['_PUTDRAFTRESPONSE']._serialized_end=225
+  _globals['_APPROVEPOLICYREQUEST']._serialized_start=227
+  _globals['_APPROVEPOLICYREQUEST']._serialized_end=296
+  _globals['_APPROVEPOLICYRESPONSE']._serialized_start=298
+  _globals['_APPROVEPOLICYRESPONSE']._serialized_end=353
+  _globals['_ACTIVATEPOLICYREQUEST']._serialized_start=355
+  _globals['_ACTIVATEPOLICYREQUEST']._serialized_end=425
+  _globals['_ACTIVATEPOLICYRESPONSE']._serialized_start=427
+  _globals['_ACTIVATEPOLICYRESPONSE']._serialized_end=483
+  _globals['_RETIREPOLICYREQUEST']._serialized_start=485
+  _globals['_RETIREPOLICYREQUEST']._serialized_end=536
+  _globals['_RETIREPOLICYRESPONSE']._serialized_start=538
+  _globals['_RETIREPOLICYRESPONSE']._serialized_end=592
+  _globals['_REACTIVATEPOLICYREQUEST']._serialized_start=594
+  _globals['_REACTIVATEPOLICYREQUEST']._serialized_end=649
+  _globals['_REACTIVATEPOLICYRESPONSE']._serialized_start=651
+  _globals['_REACTIVATEPOLICYRESPONSE']._serialized_end=709
+  _globals['_GETPOLICYREQUEST']._serialized_start=711
+  _globals['_GETPOLICYREQUEST']._serialized_end=776
+  _globals['_GETPOLICYRESPONSE']._serialized_start=778
+  _globals['_GETPOLICYRESPONSE']._serialized_end=829
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=831
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=894
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=897
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1035
+  _globals['_PENDINGRELAXATION']._serialized_start=1038
+  _globals['_PENDINGRELAXATION']._serialized_end=1169
+  _globals['_GETPOLICYHISTORYREQUEST']._serialized_start=1171
+  _globals['_GETPOLICYHISTORYREQUEST']._serialized_end=1226
+  _globals['_GETPOLICYHISTORYRESPONSE']._serialized_start=1228
+  _globals['_GETPOLICYHISTORYRESPONSE']._serialized_end=1335
+  _globals['_VALIDATEPOLICYREQUEST']._serialized_start=1337
+  _globals['_VALIDATEPOLICYREQUEST']._serialized_end=1406
+  _globals['_POLICYPROBLEM']._serialized_start=1408
+  _globals['_POLICYPROBLEM']._serialized_end=1502
+  _globals['_VALIDATEPOLICYRESPONSE']._serialized_start=1504
+  _globals['_VALIDATEPOLICYRESPONSE']._serialized_end=1607
+  _globals['_SETBUILTINRELAXEDREQUEST']._serialized_start=1609
+  _globals['_SETBUILTINRELAXEDREQUEST']._serialized_end=1708
+  _globals['_SETBUILTINRELAXEDRESPONSE']._serialized_start=1710
+  _globals['_SETBUILTINRELAXEDRESPONSE']._serialized_end=1819
+  _globals['_APPROVEBUILTINRELAXATIONREQUEST']._serialized_start=1821
+  _globals['_APPROVEBUILTINRELAXATIONREQUEST']._serialized_end=1887
+  _globals['_APPROVEBUILTINRELAXATIONRESPONSE']._serialized_start=1889
+  _globals['_APPROVEBUILTINRELAXATIONRESPONSE']._serialized_end=2005
+  _globals['_CREATETENANTREQUEST']._serialized_start=2007
+  _globals['_CREATETENANTREQUEST']._serialized_end=2067
+  _globals['_CREATETENANTRESPONSE']._serialized_start=2069
+  _globals['_CREATETENANTRESPONSE']._serialized_end=2123
+  _globals['_LISTTENANTSREQUEST']._serialized_start=2125
+  _globals['_LISTTENANTSREQUEST']._serialized_end=2145
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=2147
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=2201
+  _globals['_TENANT']._serialized_start=2203
+  _globals['_TENANT']._serialized_end=2293
+  _globals['_POLICYADMINSERVICE']._serialized_start=2296
+  _globals['_POLICYADMINSERVICE']._serialized_end=3357
 # @@protoc_insertion_point(module_scope)

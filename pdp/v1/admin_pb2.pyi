@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from pdp.v1 import policy_pb2 as _policy_pb2
 import builtins as _builtins
@@ -316,25 +317,62 @@ class ListPoliciesResponse(_message.Message):
 
     POLICIES_FIELD_NUMBER: _builtins.int
     RELAXED_BUILTINS_FIELD_NUMBER: _builtins.int
+    PENDING_RELAXATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.Policy]: ...
     @_builtins.property
     def relaxed_builtins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Built-ins relaxed for this tenant."""
 
+    @_builtins.property
+    def pending_relaxations(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingRelaxation]:
+        """Relax requests waiting for a second admin (those built-ins are still in force)."""
+
     def __init__(
         self,
         *,
         policies: _abc.Iterable[_policy_pb2.Policy] | None = ...,
         relaxed_builtins: _abc.Iterable[_builtins.str] | None = ...,
+        pending_relaxations: _abc.Iterable[Global___PendingRelaxation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies", "relaxed_builtins", b"relaxed_builtins"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_relaxations", b"pending_relaxations", "policies", b"policies", "relaxed_builtins", b"relaxed_builtins"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListPoliciesResponse: _TypeAlias = ListPoliciesResponse  # noqa: Y015
+
+@_typing.final
+class PendingRelaxation(_message.Message):
+    """A request to relax a built-in that no second admin has approved yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUILTIN_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    builtin: _builtins.str
+    requested_by: _builtins.str
+    justification: _builtins.str
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        builtin: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        justification: _builtins.str = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requested_at", b"requested_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin", b"builtin", "justification", b"justification", "requested_at", b"requested_at", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingRelaxation: _TypeAlias = PendingRelaxation  # noqa: Y015
 
 @_typing.final
 class GetPolicyHistoryRequest(_message.Message):
@@ -499,17 +537,173 @@ class SetBuiltinRelaxedResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RELAXED_BUILTINS_FIELD_NUMBER: _builtins.int
+    PENDING_RELAXATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def relaxed_builtins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def pending_relaxations(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingRelaxation]: ...
     def __init__(
         self,
         *,
         relaxed_builtins: _abc.Iterable[_builtins.str] | None = ...,
+        pending_relaxations: _abc.Iterable[Global___PendingRelaxation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["relaxed_builtins", b"relaxed_builtins"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_relaxations", b"pending_relaxations", "relaxed_builtins", b"relaxed_builtins"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetBuiltinRelaxedResponse: _TypeAlias = SetBuiltinRelaxedResponse  # noqa: Y015
+
+@_typing.final
+class ApproveBuiltinRelaxationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    BUILTIN_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    builtin: _builtins.str
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        builtin: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builtin", b"builtin", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveBuiltinRelaxationRequest: _TypeAlias = ApproveBuiltinRelaxationRequest  # noqa: Y015
+
+@_typing.final
+class ApproveBuiltinRelaxationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELAXED_BUILTINS_FIELD_NUMBER: _builtins.int
+    PENDING_RELAXATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def relaxed_builtins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def pending_relaxations(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingRelaxation]: ...
+    def __init__(
+        self,
+        *,
+        relaxed_builtins: _abc.Iterable[_builtins.str] | None = ...,
+        pending_relaxations: _abc.Iterable[Global___PendingRelaxation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_relaxations", b"pending_relaxations", "relaxed_builtins", b"relaxed_builtins"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveBuiltinRelaxationResponse: _TypeAlias = ApproveBuiltinRelaxationResponse  # noqa: Y015
+
+@_typing.final
+class CreateTenantRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    JUSTIFICATION_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    justification: _builtins.str
+    """Why the tenant is created (audited)."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        justification: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["justification", b"justification", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTenantRequest: _TypeAlias = CreateTenantRequest  # noqa: Y015
+
+@_typing.final
+class CreateTenantResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant(self) -> Global___Tenant: ...
+    def __init__(
+        self,
+        *,
+        tenant: Global___Tenant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTenantResponse: _TypeAlias = CreateTenantResponse  # noqa: Y015
+
+@_typing.final
+class ListTenantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantsRequest: _TypeAlias = ListTenantsRequest  # noqa: Y015
+
+@_typing.final
+class ListTenantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tenant]: ...
+    def __init__(
+        self,
+        *,
+        tenants: _abc.Iterable[Global___Tenant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTenantsResponse: _TypeAlias = ListTenantsResponse  # noqa: Y015
+
+@_typing.final
+class Tenant(_message.Message):
+    """A known tenant. created_by is empty for a tenant known only because it has policies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    created_by: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tenant: _TypeAlias = Tenant  # noqa: Y015

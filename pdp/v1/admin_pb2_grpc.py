@@ -27,6 +27,7 @@ if _version_not_supported:
 
 class PolicyAdminServiceStub:
     """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete.
+    Who may call what: the role table in the README (pdp/server/roles.py).
     """
 
     def __init__(self, channel):
@@ -85,10 +86,26 @@ class PolicyAdminServiceStub:
                 request_serializer=pdp_dot_v1_dot_admin__pb2.SetBuiltinRelaxedRequest.SerializeToString,
                 response_deserializer=pdp_dot_v1_dot_admin__pb2.SetBuiltinRelaxedResponse.FromString,
                 _registered_method=True)
+        self.ApproveBuiltinRelaxation = channel.unary_unary(
+                '/pdp.v1.PolicyAdminService/ApproveBuiltinRelaxation',
+                request_serializer=pdp_dot_v1_dot_admin__pb2.ApproveBuiltinRelaxationRequest.SerializeToString,
+                response_deserializer=pdp_dot_v1_dot_admin__pb2.ApproveBuiltinRelaxationResponse.FromString,
+                _registered_method=True)
+        self.CreateTenant = channel.unary_unary(
+                '/pdp.v1.PolicyAdminService/CreateTenant',
+                request_serializer=pdp_dot_v1_dot_admin__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=pdp_dot_v1_dot_admin__pb2.CreateTenantResponse.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/pdp.v1.PolicyAdminService/ListTenants',
+                request_serializer=pdp_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=pdp_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyAdminServiceServicer:
     """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete.
+    Who may call what: the role table in the README (pdp/server/roles.py).
     """
 
     def PutDraft(self, request, context):
@@ -149,7 +166,30 @@ class PolicyAdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetBuiltinRelaxed(self, request, context):
-        """Relax (turn off) or restore a built-in policy for one tenant.
+        """relaxed=true requests relaxing (turning off) a built-in for one tenant: it stays in force
+        until a different admin approves (ApproveBuiltinRelaxation). relaxed=false restores it at
+        once (and withdraws a pending request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveBuiltinRelaxation(self, request, context):
+        """Approve a pending relax request; the approver must differ from the requester.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTenant(self, request, context):
+        """Make a tenant known (decisions for unknown tenants are denied UNKNOWN_TENANT).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """The known tenants the caller may read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +248,21 @@ def add_PolicyAdminServiceServicer_to_server(servicer, server):
                     request_deserializer=pdp_dot_v1_dot_admin__pb2.SetBuiltinRelaxedRequest.FromString,
                     response_serializer=pdp_dot_v1_dot_admin__pb2.SetBuiltinRelaxedResponse.SerializeToString,
             ),
+            'ApproveBuiltinRelaxation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveBuiltinRelaxation,
+                    request_deserializer=pdp_dot_v1_dot_admin__pb2.ApproveBuiltinRelaxationRequest.FromString,
+                    response_serializer=pdp_dot_v1_dot_admin__pb2.ApproveBuiltinRelaxationResponse.SerializeToString,
+            ),
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=pdp_dot_v1_dot_admin__pb2.CreateTenantRequest.FromString,
+                    response_serializer=pdp_dot_v1_dot_admin__pb2.CreateTenantResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=pdp_dot_v1_dot_admin__pb2.ListTenantsRequest.FromString,
+                    response_serializer=pdp_dot_v1_dot_admin__pb2.ListTenantsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pdp.v1.PolicyAdminService', rpc_method_handlers)
@@ -218,6 +273,7 @@ def add_PolicyAdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PolicyAdminService:
     """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete.
+    Who may call what: the role table in the README (pdp/server/roles.py).
     """
 
     @staticmethod
@@ -480,6 +536,87 @@ class PolicyAdminService:
             '/pdp.v1.PolicyAdminService/SetBuiltinRelaxed',
             pdp_dot_v1_dot_admin__pb2.SetBuiltinRelaxedRequest.SerializeToString,
             pdp_dot_v1_dot_admin__pb2.SetBuiltinRelaxedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveBuiltinRelaxation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdp.v1.PolicyAdminService/ApproveBuiltinRelaxation',
+            pdp_dot_v1_dot_admin__pb2.ApproveBuiltinRelaxationRequest.SerializeToString,
+            pdp_dot_v1_dot_admin__pb2.ApproveBuiltinRelaxationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdp.v1.PolicyAdminService/CreateTenant',
+            pdp_dot_v1_dot_admin__pb2.CreateTenantRequest.SerializeToString,
+            pdp_dot_v1_dot_admin__pb2.CreateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pdp.v1.PolicyAdminService/ListTenants',
+            pdp_dot_v1_dot_admin__pb2.ListTenantsRequest.SerializeToString,
+            pdp_dot_v1_dot_admin__pb2.ListTenantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

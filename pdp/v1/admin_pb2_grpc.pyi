@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class PolicyAdminServiceStub:
-    """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete."""
+    """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete.
+    Who may call what: the role table in the README (pdp/server/roles.py).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -46,11 +48,22 @@ class PolicyAdminServiceStub:
     ValidatePolicy: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ValidatePolicyRequest, _admin_pb2.ValidatePolicyResponse]
     """Check a policy without storing it: compile errors with line:column, cost estimate."""
     SetBuiltinRelaxed: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetBuiltinRelaxedRequest, _admin_pb2.SetBuiltinRelaxedResponse]
-    """Relax (turn off) or restore a built-in policy for one tenant."""
+    """relaxed=true requests relaxing (turning off) a built-in for one tenant: it stays in force
+    until a different admin approves (ApproveBuiltinRelaxation). relaxed=false restores it at
+    once (and withdraws a pending request).
+    """
+    ApproveBuiltinRelaxation: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApproveBuiltinRelaxationRequest, _admin_pb2.ApproveBuiltinRelaxationResponse]
+    """Approve a pending relax request; the approver must differ from the requester."""
+    CreateTenant: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateTenantRequest, _admin_pb2.CreateTenantResponse]
+    """Make a tenant known (decisions for unknown tenants are denied UNKNOWN_TENANT)."""
+    ListTenants: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]
+    """The known tenants the caller may read."""
 
 @_typing.type_check_only
 class PolicyAdminServiceAsyncStub(PolicyAdminServiceStub):
-    """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete."""
+    """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete.
+    Who may call what: the role table in the README (pdp/server/roles.py).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PutDraft: _aio.UnaryUnaryMultiCallable[_admin_pb2.PutDraftRequest, _admin_pb2.PutDraftResponse]  # type: ignore[assignment]
@@ -66,10 +79,21 @@ class PolicyAdminServiceAsyncStub(PolicyAdminServiceStub):
     ValidatePolicy: _aio.UnaryUnaryMultiCallable[_admin_pb2.ValidatePolicyRequest, _admin_pb2.ValidatePolicyResponse]  # type: ignore[assignment]
     """Check a policy without storing it: compile errors with line:column, cost estimate."""
     SetBuiltinRelaxed: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetBuiltinRelaxedRequest, _admin_pb2.SetBuiltinRelaxedResponse]  # type: ignore[assignment]
-    """Relax (turn off) or restore a built-in policy for one tenant."""
+    """relaxed=true requests relaxing (turning off) a built-in for one tenant: it stays in force
+    until a different admin approves (ApproveBuiltinRelaxation). relaxed=false restores it at
+    once (and withdraws a pending request).
+    """
+    ApproveBuiltinRelaxation: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApproveBuiltinRelaxationRequest, _admin_pb2.ApproveBuiltinRelaxationResponse]  # type: ignore[assignment]
+    """Approve a pending relax request; the approver must differ from the requester."""
+    CreateTenant: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateTenantRequest, _admin_pb2.CreateTenantResponse]  # type: ignore[assignment]
+    """Make a tenant known (decisions for unknown tenants are denied UNKNOWN_TENANT)."""
+    ListTenants: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListTenantsRequest, _admin_pb2.ListTenantsResponse]  # type: ignore[assignment]
+    """The known tenants the caller may read."""
 
 class PolicyAdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete."""
+    """Policy lifecycle per tenant: draft -> approved (four eyes) -> active -> retired. No delete.
+    Who may call what: the role table in the README (pdp/server/roles.py).
+    """
 
     @_abc_1.abstractmethod
     def PutDraft(
@@ -143,6 +167,33 @@ class PolicyAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.SetBuiltinRelaxedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SetBuiltinRelaxedResponse, _abc.Awaitable[_admin_pb2.SetBuiltinRelaxedResponse]]:
-        """Relax (turn off) or restore a built-in policy for one tenant."""
+        """relaxed=true requests relaxing (turning off) a built-in for one tenant: it stays in force
+        until a different admin approves (ApproveBuiltinRelaxation). relaxed=false restores it at
+        once (and withdraws a pending request).
+        """
+
+    @_abc_1.abstractmethod
+    def ApproveBuiltinRelaxation(
+        self,
+        request: _admin_pb2.ApproveBuiltinRelaxationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApproveBuiltinRelaxationResponse, _abc.Awaitable[_admin_pb2.ApproveBuiltinRelaxationResponse]]:
+        """Approve a pending relax request; the approver must differ from the requester."""
+
+    @_abc_1.abstractmethod
+    def CreateTenant(
+        self,
+        request: _admin_pb2.CreateTenantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.CreateTenantResponse, _abc.Awaitable[_admin_pb2.CreateTenantResponse]]:
+        """Make a tenant known (decisions for unknown tenants are denied UNKNOWN_TENANT)."""
+
+    @_abc_1.abstractmethod
+    def ListTenants(
+        self,
+        request: _admin_pb2.ListTenantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListTenantsResponse, _abc.Awaitable[_admin_pb2.ListTenantsResponse]]:
+        """The known tenants the caller may read."""
 
 def add_PolicyAdminServiceServicer_to_server(servicer: PolicyAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,5 +1,7 @@
-"""A stand-in for the pdp services: every RPC of the three pdp services, answering an empty
-response and reporting the principal it saw (trailing metadata ``x-principal``)."""
+"""A stand-in for the pdp services: every RPC of the three pdp services, authorising like the
+real ones (:func:`pdp.server.roles.authorize` on the tenant of each request message),
+answering an empty response and reporting the principal it saw (trailing metadata
+``x-principal``). ``forgetful=True`` handlers never authorise (the interceptor's backstop)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from pdp.server import auth
+from pdp.server.roles import RPC_PERMISSION, authorize
 from pdp.v1 import admin_pb2, audit_pb2, decision_pb2
 
 SERVICES: list[ServiceDescriptor] = [
@@ -31,17 +34,35 @@ def _seen(context: grpc.aio.ServicerContext[Any, Any]) -> None:
     context.set_trailing_metadata((("x-principal", "-" if p is None else p.identity),))
 
 
-def _handler(m: MethodDescriptor) -> grpc.RpcMethodHandler:
+def tenant_in(request: Any) -> str:
+    """The fake's own reading of a request's tenant (the real services read their typed
+    fields)."""
+    if request.DESCRIPTOR.fields_by_name.get("batch") is not None:
+        return str(request.batch.tenant)
+    if request.DESCRIPTOR.fields_by_name.get("policy") is not None:
+        return str(request.policy.tenant)
+    return str(getattr(request, "tenant", ""))
+
+
+def _handler(m: MethodDescriptor, forgetful: bool) -> grpc.RpcMethodHandler:
     req, resp = msg_class(m.input_type), msg_class(m.output_type)
     kw = {"request_deserializer": req.FromString, "response_serializer": resp.SerializeToString}
+    permission = RPC_PERMISSION[f"/{m.containing_service.full_name}/{m.name}"]
+
+    async def check(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if not forgetful:
+            await authorize(context, tenant_in(request), permission)
+
     if not m.client_streaming and not m.server_streaming:
         async def uu(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await check(request, context)
             _seen(context)
             return resp()
         return grpc.unary_unary_rpc_method_handler(uu, **kw)
     if not m.client_streaming:
         async def us(request: Any, context: grpc.aio.ServicerContext[Any, Any]
                      ) -> AsyncIterator[Any]:
+            await check(request, context)
             _seen(context)
             yield resp()
             yield resp()
@@ -50,15 +71,16 @@ def _handler(m: MethodDescriptor) -> grpc.RpcMethodHandler:
     async def ss(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
                  ) -> AsyncIterator[Any]:
         _seen(context)
-        async for _ in requests:
+        async for request in requests:
+            await check(request, context)
             yield resp()
     assert m.server_streaming
     return grpc.stream_stream_rpc_method_handler(ss, **kw)
 
 
-def generic_handlers() -> list[grpc.GenericRpcHandler]:
+def generic_handlers(forgetful: bool = False) -> list[grpc.GenericRpcHandler]:
     return [grpc.method_handlers_generic_handler(
-        s.full_name, {m.name: _handler(m) for m in s.methods}) for s in SERVICES]
+        s.full_name, {m.name: _handler(m, forgetful) for m in s.methods}) for s in SERVICES]
 
 
 def request_for(method: str, tenant: str) -> Any:
@@ -68,7 +90,7 @@ def request_for(method: str, tenant: str) -> Any:
         msg.batch.tenant = tenant
     elif "policy" in m.input_type.fields_by_name:
         msg.policy.tenant = tenant
-    else:
+    elif "tenant" in m.input_type.fields_by_name:
         msg.tenant = tenant
     return msg
 

@@ -18,6 +18,7 @@ from pdp.server.auth import (
     Unauthenticated,
     hash_token,
 )
+from pdp.server.roles import Permission, PermissionDenied, require
 from tests.auth.certs import CA
 
 
@@ -199,8 +200,8 @@ def test_roles_file_maps_certificate(tmp_path: Path, ca: CA) -> None:
     assert cn.identity == "deployer" and cn.roles_on("zzz") == {"checker"}
     stranger = a.authenticate_parts([], pem_context(ca.issue("who").cert_pem), "ipv4:1.1.1.1:1")
     assert stranger.identity == "who" and stranger.roles == {}
-    with pytest.raises(auth.PermissionDenied, match="'who' needs role 'checker'"):
-        auth.authorize(stranger, "/pdp.v1.DecisionService/CheckPush", "acme")
+    with pytest.raises(PermissionDenied, match="'who' needs role 'admin' or 'checker'"):
+        require(stranger, Permission.DECIDE, "acme")
     # A token wins over the certificate when both are presented.
     with pytest.raises(Unauthenticated):
         a.authenticate_parts(bearer("x"), pem_context(both.cert_pem), "ipv4:1.1.1.1:1")
@@ -232,23 +233,23 @@ def test_anonymous_default_is_checker_never_admin() -> None:
     assert not a.require_auth
     p = a.authenticate_parts(None, {}, "ipv4:127.0.0.1:1")
     assert p.identity == "anonymous" and p.method == "anonymous"
-    auth.authorize(p, "/pdp.v1.DecisionService/CheckPush", "acme")
-    auth.authorize(p, "/pdp.v1.DecisionService/CheckPushStream", "other")
+    require(p, Permission.DECIDE, "acme")
+    require(p, Permission.DECIDE, "other")
     assert not p.caller("acme").is_admin
-    for method in ("/pdp.v1.PolicyAdminService/ActivatePolicy",
-                   "/pdp.v1.PolicyAdminService/PutDraft",
-                   "/pdp.v1.PolicyAdminService/ApprovePolicy"):
-        with pytest.raises(auth.PermissionDenied, match="'anonymous'"):
-            auth.authorize(p, method, "acme")
+    for permission in set(Permission) - {Permission.DECIDE}:  # decisions, nothing else
+        with pytest.raises(PermissionDenied, match="'anonymous'"):
+            require(p, permission, "acme")
 
 
 def test_configurable_anonymous_and_forced_auth() -> None:
     a = Authenticator(anonymous_roles={"acme": ["checker", "author"]})
     p = a.authenticate_parts([], {}, "ipv4:127.0.0.1:1")
     assert p.roles_on("acme") == {"checker", "author"} and p.roles_on("beta") == frozenset()
+    # No anonymous roles at all: callers without credentials are not let in, decisions
+    # included (the setting auth_anonymous_roles: "").
     none = Authenticator(anonymous_roles={})
-    with pytest.raises(auth.PermissionDenied):
-        auth.authorize(none.authenticate_parts([], {}, "ipv4:1.1.1.1:1"),
-                       "/pdp.v1.DecisionService/CheckPush", "acme")
+    assert not none.anonymous_allowed
+    with pytest.raises(Unauthenticated, match="authentication required"):
+        none.authenticate_parts([], {}, "ipv4:1.1.1.1:1")
     with pytest.raises(Unauthenticated):
         Authenticator(require_auth=True).authenticate_parts([], {}, "ipv4:127.0.0.1:1")

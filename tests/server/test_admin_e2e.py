@@ -1,10 +1,12 @@
-"""Policy lifecycle through the real server: four eyes, shadow drafts, hot reload, restart."""
+"""Policy lifecycle through the real server: four eyes (on policies and on relaxing a
+built-in), tenants created by an admin, shadow drafts, hot reload, restart."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -33,11 +35,13 @@ DEBUG_CONFIG = "exporters: {debug: {}}\n"
 
 
 class People:
-    """Bearer tokens for an author, an approver, an admin and a checker of tenant acme."""
+    """Bearer tokens for an author, an approver, two admins, a reader and a checker of tenant
+    acme, and an admin of tenant beta."""
 
     def __init__(self, tmp_path: Path) -> None:
         roles = {"alice": ["author", "checker"], "bob": ["approver", "checker"],
-                 "carol": ["admin"], "engine": ["checker"], "beta-admin": []}
+                 "carol": ["admin"], "dave": ["admin"], "reader": ["reader"],
+                 "engine": ["checker"], "beta-admin": []}
         entries, self.tokens = [], {}
         for who, rs in roles.items():
             token, digest = new_token()
@@ -51,14 +55,15 @@ class People:
         return (("authorization", f"Bearer {self.tokens[who]}"),)
 
 
-def start(tmp_path: Path, people: People, *extra: str, name: str = "s") -> PdpServer:
+def start(tmp_path: Path, people: People, *extra: str, name: str = "s",
+          unknown_tenants: str = "builtins") -> PdpServer:
     work = tmp_path / name
     work.mkdir(exist_ok=True)
     (tmp_path / "no-policies").mkdir(exist_ok=True)
     # No policies at first: tenant acme is decided by the built-ins until it has one.
     return PdpServer(work, policy_dir=tmp_path / "no-policies",
                      args=["--auth-tokens-file", str(people.file), "--unknown-tenants",
-                           "builtins", *extra]).start()
+                           unknown_tenants, *extra]).start()
 
 
 @pytest.fixture
@@ -140,12 +145,18 @@ def test_lifecycle_four_eyes_shadow_and_enforcement(tmp_path: Path, people: Peop
                           metadata=people.md("carol"))
         time.sleep(1.2)
         assert check(server, people).outcome == cpb.OUTCOME_ALLOW  # retired: not evaluated
-        listed = stub.ListPolicies(apb.ListPoliciesRequest(tenant="acme", include_builtins=True),
-                                   timeout=5, metadata=people.md("engine")).policies
+        listing = apb.ListPoliciesRequest(tenant="acme", include_builtins=True)
+        listed = stub.ListPolicies(listing, timeout=5, metadata=people.md("reader")).policies
         assert {p.name for p in listed} >= {"no-debug", "default-deny-exporter-removal"}
+        # a checker decides and reads nothing; no credentials: not let in at all
+        assert code_of(lambda: stub.ListPolicies(listing, timeout=5,
+                                                 metadata=people.md("engine"))) == \
+            grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: stub.ListPolicies(listing, timeout=5)) == \
+            grpc.StatusCode.UNAUTHENTICATED
         history = stub.GetPolicyHistory(apb.GetPolicyHistoryRequest(tenant="acme",
                                                                     name="no-debug"),
-                                        timeout=5, metadata=people.md("engine"))
+                                        timeout=5, metadata=people.md("reader"))
         assert [t.actor for t in history.transitions] == ["alice", "bob", "carol", "carol"]
     finally:
         server.stop()
@@ -173,6 +184,128 @@ def test_tenant_isolation_on_admin_rpcs(tmp_path: Path, people: People) -> None:
         server.stop()
 
 
+REMOVED_EXPORTER = ("exporters: {otlp: {}}\nservice: {pipelines: {traces: {exporters:"
+                    " [otlp]}}}\n")
+PREVIOUS_WITH_DEBUG = ("exporters: {otlp: {}, debug: {}}\nservice: {pipelines: {traces:"
+                       " {exporters: [otlp, debug]}}}\n")
+
+
+def exporter_removal(server: PdpServer, people: People) -> cpb.Decision:
+    """A push that removes the debug exporter: denied while the built-in is in force."""
+    stub = dgrpc.DecisionServiceStub(grpc.insecure_channel(server.address))
+    req = push_request("acme", "agent-1", config_yaml=REMOVED_EXPORTER,
+                       previous_config_yaml=PREVIOUS_WITH_DEBUG)
+    req.agent.active_exporters.extend(["otlp", "debug"])
+    return stub.CheckPush(req, timeout=5, metadata=people.md("engine")).decision
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_relaxing_a_builtin_takes_two_admins_restoring_one(tmp_path: Path,
+                                                            people: People) -> None:
+    server = start(tmp_path, people)
+    builtin = "default-deny-exporter-removal"
+    try:
+        stub = admin(server)
+        assert exporter_removal(server, people).outcome == cpb.OUTCOME_DENY
+        relax = apb.SetBuiltinRelaxedRequest(tenant="acme", builtin=builtin, relaxed=True,
+                                             justification="migration")
+        resp = stub.SetBuiltinRelaxed(relax, timeout=5, metadata=people.md("carol"))
+        assert list(resp.relaxed_builtins) == []
+        [pending] = resp.pending_relaxations
+        assert (pending.builtin, pending.requested_by) == (builtin, "carol")
+        listed = stub.ListPolicies(apb.ListPoliciesRequest(tenant="acme"), timeout=5,
+                                   metadata=people.md("reader"))
+        assert [p.requested_by for p in listed.pending_relaxations] == ["carol"]
+        # requested, not approved: the guardrail stays in force
+        assert exporter_removal(server, people).outcome == cpb.OUTCOME_DENY
+        approve = apb.ApproveBuiltinRelaxationRequest(tenant="acme", builtin=builtin)
+        assert code_of(lambda: stub.ApproveBuiltinRelaxation(
+            approve, timeout=5, metadata=people.md("carol"))) == \
+            grpc.StatusCode.PERMISSION_DENIED  # the requester
+        assert code_of(lambda: stub.ApproveBuiltinRelaxation(
+            approve, timeout=5, metadata=people.md("bob"))) == \
+            grpc.StatusCode.PERMISSION_DENIED  # not an admin
+        assert exporter_removal(server, people).outcome == cpb.OUTCOME_DENY
+        done = stub.ApproveBuiltinRelaxation(approve, timeout=5, metadata=people.md("dave"))
+        assert list(done.relaxed_builtins) == [builtin] and not done.pending_relaxations
+        wait_until(lambda: exporter_removal(server, people).outcome == cpb.OUTCOME_ALLOW,
+                   "the approved relaxation was not applied")
+        # restore: one admin, effective at once (within the reload)
+        restore = apb.SetBuiltinRelaxedRequest(tenant="acme", builtin=builtin, relaxed=False)
+        assert not stub.SetBuiltinRelaxed(restore, timeout=5,
+                                          metadata=people.md("carol")).relaxed_builtins
+        wait_until(lambda: exporter_removal(server, people).outcome == cpb.OUTCOME_DENY,
+                   "the restored built-in was not back in force")
+        events = wait_for_events(server.audit_file,
+                                 lambda e: str(e.get("type", "")).startswith("Tenant.Builtin"),
+                                 count=3)
+        assert [(e["type"], e["actor"], e.get("relaxed")) for e in events] == [
+            ("Tenant.BuiltinRelaxRequested", "carol", None),
+            ("Tenant.BuiltinRelaxed", "dave", True),
+            ("Tenant.BuiltinRelaxed", "carol", False)]
+        assert events[1]["requested_by"] == "carol" and events[1]["reason"] == "migration"
+    finally:
+        server.stop()
+
+
+def test_a_tenant_created_by_an_admin_is_known(tmp_path: Path, people: People) -> None:
+    server = start(tmp_path, people, unknown_tenants="deny")
+    try:
+        stub = admin(server)
+        assert check(server, people, "a: 1").reasons[0].code == \
+            cpb.REASON_CODE_UNKNOWN_TENANT
+        create = apb.CreateTenantRequest(tenant="acme", justification="onboarding")
+        for who in ("alice", "bob", "reader", "engine", "beta-admin"):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.CreateTenant(create, timeout=5, metadata=people.md(who))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, who
+        made = stub.CreateTenant(create, timeout=5, metadata=people.md("carol")).tenant
+        assert (made.name, made.created_by) == ("acme", "carol")
+        assert code_of(lambda: stub.CreateTenant(create, timeout=5,
+                                                 metadata=people.md("dave"))) == \
+            grpc.StatusCode.ALREADY_EXISTS
+        wait_until(lambda: check(server, people, "a: 1").outcome == cpb.OUTCOME_ALLOW,
+                   "decisions for the created tenant are still denied")
+        listed = stub.ListTenants(apb.ListTenantsRequest(), timeout=5,
+                                  metadata=people.md("reader")).tenants
+        assert [(t.name, t.created_by) for t in listed] == [("acme", "carol")]
+        assert not stub.ListTenants(apb.ListTenantsRequest(), timeout=5,
+                                    metadata=people.md("beta-admin")).tenants
+        [event] = wait_for_events(server.audit_file,
+                                  lambda e: e.get("type") == "Tenant.Created")
+        assert (event["tenant"], event["actor"], event["reason"]) == (
+            "acme", "carol", "onboarding")
+    finally:
+        server.stop()
+
+
+def test_pdp_admin_tenant_create(tmp_path: Path, people: People) -> None:
+    import os
+    import subprocess
+    import sys
+
+    server = start(tmp_path, people, unknown_tenants="deny")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+    env.update(PDP_ADDRESS=server.address, PDP_TOKEN=people.tokens["carol"])
+    try:
+        made = subprocess.run([sys.executable, "-m", "pdp.cli", "policy", "tenant", "create",
+                               "acme", "--why", "onboarding"], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        assert "created tenant acme (by carol)" in made.stdout
+        again = subprocess.run([sys.executable, "-m", "pdp.cli", "policy", "tenant", "create",
+                                "acme"], env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "ALREADY_EXISTS" in again.stderr
+    finally:
+        server.stop()
+
+
 def test_restart_on_the_same_sqlite_file_keeps_the_lifecycle(tmp_path: Path,
                                                              people: People) -> None:
     db = f"sqlite:{tmp_path / 'policies.sqlite3'}"
@@ -187,7 +320,7 @@ def test_restart_on_the_same_sqlite_file_keeps_the_lifecycle(tmp_path: Path,
         d = check(again, people)
         assert d.outcome == cpb.OUTCOME_DENY and d.reasons[0].policy == "no-debug"
         got = admin(again).GetPolicy(apb.GetPolicyRequest(tenant="acme", name="no-debug"),
-                                     timeout=5, metadata=people.md("engine")).policy
+                                     timeout=5, metadata=people.md("reader")).policy
         assert (got.meta.status, got.meta.author, got.meta.approver) == (
             cpb.POLICY_STATUS_ACTIVE, "alice", "bob")
     finally:
@@ -248,20 +381,28 @@ def test_pdp_policy_command_walks_the_lifecycle(tmp_path: Path, people: People) 
             assert pdp("carol", "activate", "--tenant", "acme", name, "1").returncode == 0
         assert pdp("carol", "relax", "--tenant", "acme", "default-deny-exporter-removal",
                    "--why", "migration").returncode == 0
-        listed = pdp("engine", "list", "--tenant", "acme")
+        pending = pdp("reader", "list", "--tenant", "acme")
+        assert "Relaxed" not in pending.stdout  # requested only: still in force
+        refused = pdp("carol", "approve-relax", "--tenant", "acme",
+                      "default-deny-exporter-removal")
+        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+        assert pdp("dave", "approve-relax", "--tenant", "acme",
+                   "default-deny-exporter-removal").returncode == 0
+        listed = pdp("reader", "list", "--tenant", "acme")
         assert listed.returncode == 0
         rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
         assert "Active" in rows["no-debug"] and "alice" in rows["no-debug"]
         assert "bob" in rows["no-debug"] and "Custom" in rows["no-debug"]
         assert "Relaxed" in rows["default-deny-exporter-removal"]
-        summary = pdp("engine", "summary", "--tenant", "acme")
+        summary = pdp("reader", "summary", "--tenant", "acme")
         assert summary.returncode == 0
         assert "no debug exporter" in summary.stdout
         assert "at most 20 per day (Europe/Berlin) per tenant" in summary.stdout
         assert "default-deny-exporter-removal: relaxed" in summary.stdout
-        got = pdp("engine", "get", "--tenant", "acme", "no-debug")
+        got = pdp("reader", "get", "--tenant", "acme", "no-debug")
         assert got.stdout == NO_DEBUG
-        history = pdp("engine", "history", "--tenant", "acme", "no-debug")
+        assert pdp("engine", "get", "--tenant", "acme", "no-debug").returncode == 1
+        history = pdp("reader", "history", "--tenant", "acme", "no-debug")
         assert "-> Active by carol" in history.stdout
     finally:
         server.stop()
