@@ -134,6 +134,10 @@ FIELD_LIMITS: dict[str, Limit] = {
     "pdp.v1.SetBuiltinRelaxedRequest.tenant": text(ID),
     "pdp.v1.SetBuiltinRelaxedRequest.builtin": text(ID),
     "pdp.v1.SetBuiltinRelaxedRequest.justification": text(TEXT),
+    "pdp.v1.ApproveBuiltinRelaxationRequest.tenant": text(ID),
+    "pdp.v1.ApproveBuiltinRelaxationRequest.builtin": text(ID),
+    "pdp.v1.CreateTenantRequest.tenant": text(ID),
+    "pdp.v1.CreateTenantRequest.justification": text(TEXT),
     # policy.proto (the policy message of PutDraft / ValidatePolicy)
     "pdp.v1.Policy.tenant": text(ID),
     "pdp.v1.Policy.name": text(ID),

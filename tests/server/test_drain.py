@@ -42,7 +42,9 @@ def test_sigterm_answers_calls_in_flight_and_refuses_later_ones(tmp_path: Path) 
     # test would fail instead of passing slowly.
     server = PdpServer(tmp_path, args=["--max-config-bytes", str(32 * 1024 * 1024),
                                       "--shutdown-grace-s", "600",
-                                      "--deadline-ms", "60000"]).start()
+                                      "--deadline-ms", "60000",
+                                      # Watch needs the auditor's role
+                                      "--auth-anonymous-roles", "*:checker,*:auditor"]).start()
     try:
         async def main() -> None:
             async with grpc.aio.insecure_channel(

@@ -169,7 +169,10 @@ def test_a_rollback_counts_once_whoever_reports_it_and_however_often(
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "rb.yaml").write_text(ROLLBACK_POLICIES)
-    server = PdpServer(tmp_path, policy_dir=policies, args=["--redis-url", redis.url]).start()
+    # RecordEvent needs the rollout engine's role: give it to callers without credentials.
+    server = PdpServer(tmp_path, policy_dir=policies,
+                       args=["--redis-url", redis.url, "--auth-anonymous-roles",
+                             "*:rollout-engine"]).start()
     try:
         with grpc.insecure_channel(server.address) as ch:
             stub = dgrpc.DecisionServiceStub(ch)
