@@ -229,39 +229,11 @@ def policies_seen(tenant: str, sha256: str, policies: list[dict[str, Any]], *,
             "policies_sha256": sha256, "policies": policies}
 
 
-_DECISION_FIELDS = frozenset({
-    "type", "time", "tenant", "decision_id", "checkpoint", "caller", "subject", "allowed",
-    "reasons", "shadow_denies", "override", "elapsed_ms", "request"})
-_SUBJECT_FIELDS = frozenset({"agent_id", "device_id", "rollout_id"})
-_REASON_FIELDS = frozenset({"policy", "version", "rule", "code", "message"})
-
-
-def _documented(d: Any) -> bool:
-    """Already in the documented form (as the engine builds it): every field present, with
-    the types ``decision_event`` would give them. Then it is used as is, not rebuilt."""
-    if type(d) is not dict or d.get("type") != DECISION or not d.keys() >= _DECISION_FIELDS:
-        return False
-    subject, reasons, shadow = d["subject"], d["reasons"], d["shadow_denies"]
-    if (type(d["time"]) is not str or type(d["allowed"]) is not bool
-            or type(subject) is not dict or not subject.keys() >= _SUBJECT_FIELDS
-            or type(reasons) is not list or type(shadow) is not list):
-        return False
-    for r in (*reasons, *shadow) if reasons or shadow else ():
-        if type(r) is not dict or not r.keys() >= _REASON_FIELDS:
-            return False
-    if "policies" in d:  # listed (the engine names it by hash instead)
-        policies = d["policies"]
-        return type(policies) is list and all(type(p) is dict for p in policies)
-    return type(d.get("policies_sha256")) is str
-
-
 def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
     """The ``Decision`` event: the decision dict with the documented fields present and time
     filled in. Extra fields the engine adds (request ids, flags) are kept, not dropped: the
     audit record is the evidence, and replay may need them. A dict that is already in that
     form is returned as is (the log owns events; nobody mutates them afterwards)."""
-    if _documented(d):
-        return d  # type: ignore[return-value]
     subject = d.get("subject") or {}
     ev: Event = dict(d)
     ev.update({
@@ -289,15 +261,16 @@ def decision_event(d: DecisionInput | Mapping[str, Any]) -> Event:
     return ev
 
 
-def events_for_decision(d: DecisionInput | Mapping[str, Any], *,
-                        documented: bool = False) -> list[Event]:
-    """The ``Decision`` event followed by the ``PushDenied`` / ``WouldDeny`` events it implies.
+def events_for_decision(d: DecisionInput | Mapping[str, Any]) -> list[Event]:
+    """The ``Decision`` event of a decision given as a mapping (normalised to the documented
+    form) followed by the events it implies (see :func:`with_derived`)."""
+    return with_derived(decision_event(d))
 
-    Derived events carry the ``decision_id`` (not the request) so they stay small and the
-    request is masked in one place only. ``documented``: the caller built ``d`` in the
-    documented form (the engine does, per decision), so it is not checked again.
-    """
-    decision: Event = d if documented else decision_event(d)  # type: ignore[assignment]
+
+def with_derived(decision: Event) -> list[Event]:
+    """A ``Decision`` event (in the documented form) followed by the ``PushDenied`` /
+    ``WouldDeny`` events it implies. Derived events carry the ``decision_id`` (not the
+    request) so they stay small and the request is masked in one place only."""
     out = [decision]
     denied = not decision["allowed"]
     if not denied and not decision["shadow_denies"]:

@@ -41,8 +41,15 @@ import structlog
 from pdp.audit.anchors import TORN_TAIL, Anchorer, AnchorKey
 from pdp.audit.chain import EncodedEvent, Entry, Record, encode_event
 from pdp.audit.delivery import Forwarder
-from pdp.audit.events import DecisionInput, Event, events_for_decision, format_time
+from pdp.audit.events import (
+    DecisionInput,
+    Event,
+    events_for_decision,
+    format_time,
+    with_derived,
+)
 from pdp.audit.masking import Masker
+from pdp.audit.record import DecisionRecord
 from pdp.audit.settings import AuditSettings
 from pdp.audit.sinks import Sink
 from pdp.audit.sinks.file import Ledger
@@ -274,13 +281,16 @@ class AuditLog:
             await self.flush(fsync=False)
         await self._queue.put(item)
 
-    async def log_decision(self, decision: DecisionInput | Mapping[str, Any]) -> None:
+    async def log_decision(self, decision: DecisionRecord | DecisionInput | Mapping[str, Any]
+                           ) -> None:
         """Audit one decision (Decision + derived events), honouring ``durability``.
 
-        What the decision path calls: in ``async`` mode it returns at once, in ``sync`` mode
-        after the events are fsync'd (one fsync covers them and concurrent decisions).
+        What the decision path calls (with a DecisionRecord, encoded once; a mapping is
+        normalised first): in ``async`` mode it returns at once, in ``sync`` mode after the
+        events are fsync'd (one fsync covers them and concurrent decisions).
         """
-        events = events_for_decision(decision)
+        events = (with_derived(decision.to_event()) if isinstance(decision, DecisionRecord)
+                  else events_for_decision(decision))
         if self.settings.durability == "sync":
             if self._state != "running":
                 raise AuditClosedError(f"audit log is {self._state}")

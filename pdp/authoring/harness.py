@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from pdp.api import convert
+from pdp.audit.record import DecisionRecord
 from pdp.cel import ProgramCache, pdp_environment
 from pdp.client import request_message
 from pdp.counters import ManualClock, MemoryCounterStore
@@ -34,7 +35,7 @@ class NullAudit:
     def emit(self, event: dict[str, Any]) -> None:
         pass
 
-    async def log_decision(self, decision: dict[str, Any]) -> None:
+    async def log_decision(self, decision: DecisionRecord) -> None:
         pass
 
 

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from pdp.audit.events import config_seen, events_for_decision, policies_seen
+from pdp.audit.events import config_seen, policies_seen, with_derived
+from pdp.audit.record import DecisionRecord
 from pdp.engine.context import ConfigCache
 from pdp.engine.decision import Decision, PolicyRef, policies_list
 from pdp.engine.request import CheckRequest
@@ -42,7 +43,7 @@ class AuditSink(Protocol):
     def emit(self, event: dict[str, Any]) -> None:
         """Queue an event; never blocks the decision."""
 
-    async def log_decision(self, decision: dict[str, Any]) -> None:
+    async def log_decision(self, decision: DecisionRecord) -> None:
         """Audit a decision (and its derived events); waits for fsync in sync mode only."""
 
 
@@ -116,14 +117,15 @@ class Recorder:
         for _ in range(len(todo) if limit is None else min(limit, len(todo))):
             req, decision = todo.popleft()
             try:
-                for ev in events_for_decision(self.event(req, decision), documented=True):
+                for ev in with_derived(self.event(req, decision).to_event()):
                     self.audit.emit(ev)
             except Exception as exc:  # a defect: say which decision has no record, loudly
                 log.critical("audit_record_failed", decision_id=decision.decision_id,
                              tenant=req.tenant, error=repr(exc))
 
-    def event(self, req: CheckRequest, decision: Decision) -> dict[str, Any]:
-        """The Decision event, after the Seen events it names (emitted first if due)."""
+    def event(self, req: CheckRequest, decision: Decision) -> DecisionRecord:
+        """The decision's audit record, after the Seen events it names (emitted first if
+        due)."""
         configs = (self._config_ref(req.tenant, "config", req.config_yaml),
                    self._config_ref(req.tenant, "previous_config", req.previous_config_yaml))
         event = decision_event(req, decision, configs=configs,
@@ -181,7 +183,7 @@ class Recorder:
 
 def decision_event(req: CheckRequest, decision: Decision, *,
                    configs: tuple[str | None, str | None] | None = None,
-                   policies_ref: str | None = None) -> dict[str, Any]:
+                   policies_ref: str | None = None) -> DecisionRecord:
     """The audit record of one decision: enough of the request to replay it later.
 
     With ``configs`` (the SHA-256 of the config and previous config texts) the request names
@@ -202,32 +204,27 @@ def decision_event(req: CheckRequest, decision: Decision, *,
         request["config_sha256"], request["previous_config_sha256"] = configs
     agent, device, rollout = req.agent, req.device, req.rollout
     override = req.override
-    # Insertion order is the order the record shows (format v3 does not sort keys).
-    event: dict[str, Any] = {
-        "type": "Decision",
-        "time": decision.decided_at.isoformat(),
-        "tenant": req.tenant,
-        "decision_id": decision.decision_id,
-        "checkpoint": decision.checkpoint,
-        "allowed": decision.allowed,
-        "reasons": [r.to_dict() for r in decision.reasons],
-        "shadow_denies": [r.to_dict() for r in decision.shadow_denies],
-        "overridden": decision.overridden,
-        "override": None if override is None else {
+    return DecisionRecord(
+        time=decision.decided_at.isoformat(),
+        tenant=req.tenant,
+        decision_id=decision.decision_id,
+        checkpoint=decision.checkpoint,
+        allowed=decision.allowed,
+        reasons=[r.to_dict() for r in decision.reasons],
+        shadow_denies=[r.to_dict() for r in decision.shadow_denies],
+        overridden=decision.overridden,
+        override=None if override is None else {
             "actor": override.actor, "justification": override.justification,
             "honoured": decision.overridden, "caller_is_admin": req.caller.is_admin},
-        "caller": req.caller.identity,
-        "request_id": req.request_id,
-        "subject": {
+        caller=req.caller.identity,
+        request_id=req.request_id,
+        subject={
             "agent_id": agent.get("id", "") if agent else "",
             "device_id": device.get("id", "") if device else "",
             "rollout_id": rollout.get("id", "") if rollout else "",
         },
-        "elapsed_ms": round(decision.elapsed_s * 1000, 3),
-        "request": request,
-    }
-    if policies_ref is None:
-        event["policies"] = policies_list(decision.evaluated)
-    else:
-        event["policies_sha256"] = policies_ref
-    return event
+        elapsed_ms=round(decision.elapsed_s * 1000, 3),
+        request=request,
+        policies=policies_list(decision.evaluated) if policies_ref is None else None,
+        policies_sha256=policies_ref,
+    )

@@ -1,7 +1,7 @@
 """A recorded audit history for replay tests and the replay benchmark.
 
 Decisions are made into audit records the way the server does: the engine's
-``decision_event`` -> pdp.audit's ``events_for_decision`` (Decision + PushDenied events) ->
+``decision_event`` -> pdp.audit's ``with_derived`` (Decision + PushDenied events) ->
 ``to_jsonable`` -> chained with ``make_entry``. The result verifies with ``pdp audit verify``.
 """
 
@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pdp.audit.chain import ChainHead, make_entry
-from pdp.audit.events import config_seen, events_for_decision, to_jsonable
+from pdp.audit.events import config_seen, to_jsonable, with_derived
 from pdp.engine.decision import Decision, PolicyRef, Reason
 from pdp.engine.recorder import decision_event
 from pdp.engine.request import CheckRequest
@@ -77,9 +77,9 @@ def generate(path: Path, n: int, *, end: datetime | None = None, tenant: str = "
                 if (req.tenant, sha) not in seen:
                     seen.add((req.tenant, sha))
                     events.append(config_seen(req.tenant, "config", sha, config))
-                events += events_for_decision(decision_event(req, d, configs=(sha, None)))
+                events += with_derived(decision_event(req, d, configs=(sha, None)).to_event())
             else:
-                events = events_for_decision(decision_event(req, d))
+                events = with_derived(decision_event(req, d).to_event())
             for event in events:
                 entry = make_entry(to_jsonable(event), head)
                 f.write(entry.line)

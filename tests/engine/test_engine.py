@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pdp.audit.record import DecisionRecord
 from pdp.cel import ProgramCache, pdp_environment
 from pdp.counters import CounterSettings, MemoryCounterStore
 from pdp.counters import open_counter_store as open_store
@@ -36,9 +37,10 @@ class Collected:
         self.events.append(event)
         self.order.append(event)
 
-    async def log_decision(self, decision: dict[str, Any]) -> None:
-        self.decisions.append(decision)
-        self.order.append(decision)
+    async def log_decision(self, decision: DecisionRecord) -> None:
+        event = decision.to_event()
+        self.decisions.append(event)
+        self.order.append(event)
 
 
 def engine_for(policies_yaml: str, counters: Any = None, relaxed: dict[str, frozenset[str]]
@@ -308,9 +310,10 @@ async def test_audit_after_answer_says_which_decision_has_no_record(
 
 
 async def test_engine_decision_events_are_in_the_documented_form() -> None:
-    """The engine hands its Decision events to the audit log as documented (not checked
-    again there): allowed, denied, shadow-denied, overridden and explained ones alike."""
-    from pdp.audit.events import _documented, decision_event
+    """The engine's typed records encode to Decision events in the documented form: the
+    same event the audit module makes of it when given as a plain mapping (allowed,
+    denied, shadow-denied, overridden and explained ones alike)."""
+    from pdp.audit.events import decision_event
 
     engine, audit = engine_for(
         CEL.format(name="p", extra="", deny="agent.id == 'a1'")
@@ -325,8 +328,7 @@ async def test_engine_decision_events_are_in_the_documented_form() -> None:
     recorded = [e for e in audit.events if e["type"] == "Decision"]
     assert len(recorded) == len(reqs)
     for ev in recorded:
-        assert _documented(ev), ev
-        assert decision_event(ev) is ev
+        assert decision_event(dict(ev)) == ev
 
 
 async def test_audit_after_answer_backlog_stays_bounded_and_in_order() -> None:

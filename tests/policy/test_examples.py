@@ -30,7 +30,7 @@ class _Audit:
     def emit(self, event: dict[str, Any]) -> None:
         pass
 
-    async def log_decision(self, decision: dict[str, Any]) -> None:
+    async def log_decision(self, decision: Any) -> None:
         pass
 
 
