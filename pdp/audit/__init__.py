@@ -14,9 +14,10 @@ Use::
 
     pdp.audit.verify.main(["var/audit/"])     # 0 ok, 1 tampered, 2 error
 
-Modules: events (model), record (the typed decision record), chain (hashing), masking, settings, files (on-disk layout),
-sinks/file (the ledger), sinks/redis_stream, sinks/stdout, spool, delivery (per-sink
-forwarding with spool), watch, log (the pipeline), verify.
+Modules: events (model), record (the typed decision record), chain (hashing), masking,
+settings, files (on-disk layout), sinks/file (the ledger), sinks/redis_stream,
+sinks/stdout, spool, delivery (per-sink forwarding with spool), watch, log (the pipeline),
+verify.
 """
 
 from pdp.audit.chain import GENESIS, ChainHead, Entry, Record
@@ -52,8 +53,9 @@ from pdp.audit.watch import AuditHistoryUnavailableError, WatchError, WatchOverf
 __all__ = [
     "BUILTIN_RELAXED", "DECISION", "EVENT_TYPES", "GENESIS", "POLICY_ACTIVATED",
     "POLICY_APPROVED", "POLICY_CREATED", "POLICY_REACTIVATED", "POLICY_RETIRED", "PUSH_DENIED",
-    "WOULD_DENY", "DecisionRecord", "AuditClosedError", "AuditFileError", "AuditHistoryUnavailableError",
+    "WOULD_DENY", "AuditClosedError", "AuditFileError", "AuditHistoryUnavailableError",
     "AuditLog", "AuditSettings", "AuditStats", "AuditWriteError", "ChainHead", "DecisionInput",
+    "DecisionRecord",
     "Entry", "Event", "Masker", "Record", "WatchError", "WatchOverflowError", "builtin_relaxed",
     "decision_event", "events_for_decision", "policy_activated", "policy_approved",
     "policy_created", "policy_reactivated", "policy_retired",
