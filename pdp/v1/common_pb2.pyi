@@ -326,7 +326,11 @@ class Decision(_message.Message):
 
     @_builtins.property
     def shadow_denies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]:
-        """Denies from draft policies in shadow mode: reported, never blocking."""
+        """Denies from draft policies in shadow mode: reported, never blocking. A server
+        evaluates drafts after the answer (they must not touch its outcome or latency), so
+        their would-denies are Policy.WouldDeny audit events and this field is empty; offline
+        tools (pdp test, pdp eval) fill it.
+        """
 
     @_builtins.property
     def evaluated_policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyRef]:
