@@ -55,10 +55,8 @@ async def reserve_all(counters: CounterStore, telemetry: DecisionTelemetry,
         i.decision.reasons.append(reason(denier, deny) if denier is not None
                                   else system_reason(ReasonCode(result.code), result.message))
         if i.req.explain and denier is not None and denier.counter is not None:
-            from pdp.policy.explain import explain_counter
-
             i.decision.explanations.append(Explanation(
-                denier.name, explain_counter(denier.counter, result.retry_after_seconds)))
+                denier.name, denier.counter.explain(result.retry_after_seconds)))
 
 
 def _deny_all(todo: Sequence[Pending], reason: Reason) -> None:

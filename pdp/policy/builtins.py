@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from pdp.cel import CelError
 from pdp.cel.domain import endpoint_host, is_localhost
+from pdp.cel.explain import render
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint, Policy, Status
 from pdp.policy.rules import Deny, StatelessRule
@@ -125,6 +126,23 @@ class ExporterRemoval(StatelessRule):
             why = f"pipeline {pipeline!r} of the running config still sends through it"
         return Deny("POLICY_DENIED", f"exporter {exporter!r} {how} but {why}; ask an admin"
                                      " for an override if this is intended")
+
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        found = removed_exporter(ctx)
+        if found is None:
+            return {}
+        exporter, pipeline, source, defined = found
+        out = {"exporter": exporter, "source": source,
+               "defined": render(defined),
+               "receiving": render(sorted(receiving_exporters(ctx.activation.get("config"))))}
+        if pipeline:
+            out["pipeline"] = pipeline
+        if source == "agent.active_exporters":
+            out["agent.active_exporters"] = render(_active_exporters(ctx) or [])
+        else:
+            out["config.exporters"] = render(sorted(
+                str(k) for k in _exporters(ctx.activation.get("config"))))
+        return out
 
 
 # ---------------------------------------------------------------- transport security
@@ -348,6 +366,14 @@ class TlsInsecureRemote(StatelessRule):
                     f"{found.section} {found.name!r} {found.what} ({found.setting}:"
                     f" {found.value}) towards {found.host}; transport security may be turned"
                     " off only towards localhost endpoints")
+
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        found = insecure_remote_exporter(ctx.activation.get("config"))
+        if found is None:
+            return {}
+        out = {found.section: found.name, "endpoint": found.endpoint, "host": found.host,
+               found.setting: found.value, "localhost": "false"}
+        return out
 
 
 def builtin_policies() -> list[Policy]:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from pdp.cel import CelError
 from pdp.cel.domain import compare_versions
+from pdp.cel.explain import render
 from pdp.counters import CounterKind, CounterRule
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint
@@ -49,11 +50,22 @@ class StatelessRule:
     def evaluate(self, ctx: EvalContext) -> Deny | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        """The values behind a deny (the offending element, what it was compared with),
+        for requests that asked for explanations; it reads what ``evaluate`` reads."""
+        return {}
+
 
 def _shown(value: Any, limit: int = 64) -> str:
     """A request value in a message: repr, cut short (requests are not trusted to be small)."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _local(ctx: EvalContext, tz: ZoneInfo) -> dict[str, str]:
+    local = local_time(ctx.now, tz)
+    return {"now": ctx.now.isoformat(), "local_time": local.strftime("%Y-%m-%d %H:%M"),
+            "weekday": WEEKDAYS[local.weekday()], "timezone": str(tz.key)}
 
 
 def local_time(now: datetime, tz: ZoneInfo) -> datetime:
@@ -96,6 +108,10 @@ class BlockedDays(StatelessRule):
                         f" ({self.tz.key}, local time {local:%Y-%m-%d %H:%M})")
         return None
 
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        return {**_local(ctx, self.tz),
+                "blocked_days": ",".join(WEEKDAYS[d] for d in sorted(self.days))}
+
 
 @dataclass(frozen=True)
 class AllowedHours(StatelessRule):
@@ -126,6 +142,10 @@ class AllowedHours(StatelessRule):
         return Deny("OUTSIDE_ALLOWED_HOURS",
                     f"deployments are allowed only {self.start_hour:02d}:00-{self.end_hour:02d}:00"
                     f" {self.tz.key}; local time is {local:%H:%M}")
+
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        return {**_local(ctx, self.tz),
+                "allowed_hours": f"{self.start_hour:02d}:00-{self.end_hour:02d}:00"}
 
 
 @dataclass(frozen=True)
@@ -168,6 +188,13 @@ class FreezeWindows(StatelessRule):
                             f"{until}", (lifts - now).total_seconds())
         return None
 
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        for start, end, reason in self.windows:
+            if start <= ctx.now < end:
+                return {"now": ctx.now.isoformat(), "window.start": start.isoformat(),
+                        "window.end": end.isoformat(), "window.reason": reason}
+        return {"now": ctx.now.isoformat()}
+
 
 # ---------------------------------------------------------------- request rules
 
@@ -208,6 +235,16 @@ class MaxStepPercent(StatelessRule):
                         " allowed")
         return None
 
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        rollout = ctx.section("rollout")
+        pct = rollout.get("step_percent", 0.0)
+        prev = rollout.get("previous_step_percent", 0.0)
+        out = {"rollout.step_percent": render(pct), "rollout.previous_step_percent": render(prev),
+               "max_percent": f"{self.max_percent:g}"}
+        if isinstance(pct, int | float) and isinstance(prev, int | float):
+            out["increase"] = f"{pct - prev:g}"
+        return out
+
 
 @dataclass(frozen=True)
 class RequireApproval(StatelessRule):
@@ -236,6 +273,13 @@ class RequireApproval(StatelessRule):
         return Deny("APPROVAL_REQUIRED",
                     f"{what} needs {self.min_approvals} approval(s) from someone other than its"
                     f" author; has {len(approvers)}")
+
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        rollout = ctx.section("rollout")
+        return {"rollout.step": render(rollout.get("step", 0)),
+                "rollout.created_by": render(rollout.get("created_by", "")),
+                "rollout.approvals": render(rollout.get("approvals") or []),
+                "min_approvals": str(self.min_approvals), "per_step": render(self.per_step)}
 
 
 @dataclass(frozen=True)
@@ -337,6 +381,23 @@ class DeviceConstraints(StatelessRule):
             return Deny("DEVICE_CONSTRAINT",
                         f"{platform} {have.strip()} is older than the minimum {minimum}")
         return None
+
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        device = ctx.section("device")
+        platform = device.get("platform", "")
+        out = {"device.platform": render(platform)}
+        key = platform.strip().lower() if isinstance(platform, str) else ""
+        for plat, minimum in self.min_os_version:
+            if plat == key:
+                out["device.os_version"] = render(device.get("os_version", ""))
+                out["min_os_version"] = minimum
+        if self.min_memory_bytes:
+            out["device.memory_bytes"] = render(device.get("memory_bytes", 0))
+            out["min_memory_bytes"] = str(self.min_memory_bytes)
+        if self.allowed_groups:
+            out["device.groups"] = render(device.get("groups") or [])
+            out["allowed_groups"] = render(sorted(self.allowed_groups))
+        return out
 
 
 _OPS: dict[str, Any] = {
@@ -476,6 +537,29 @@ class QualityGate(StatelessRule):
                             f" {base - cur:g} below its baseline {base:g} (at most {max_drop:g})")
         return None
 
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        metrics = ctx.section("metrics")
+        for c in self.conditions:
+            keys = self._in_scope(metrics, c)
+            if not keys:
+                return {"metric": c.metric, "value": "(not measured)", "op": c.op,
+                        "keys": render(list(c.keys))}
+            if c.op == "exists":
+                continue
+            for k in keys:
+                v = metrics[k]
+                if not isinstance(v, int | float) or not _OPS[c.op](v, c.threshold):
+                    return {"metric": k, "value": render(v), "op": c.op,
+                            "threshold": f"{c.threshold:g}"}
+        for metric, max_drop in self.max_drop:
+            base, cur = metrics.get(BASELINE_PREFIX + metric), metrics.get(metric)
+            out = {"metric": metric, "value": render(cur), "baseline": render(base),
+                   "max_drop": f"{max_drop:g}"}
+            if isinstance(base, int | float) and isinstance(cur, int | float):
+                out["drop"] = f"{base - cur:g}"
+            return out
+        return {}
+
 
 DEFAULT_MAX_ERROR_RATE = 0.05
 DEFAULT_MAX_CRASH_RATE = 0.01
@@ -525,6 +609,16 @@ class AutoRollback(StatelessRule):
         found = self.breaches(ctx)
         return found[0] if found else None
 
+    def explain(self, ctx: EvalContext) -> dict[str, str]:
+        metrics = ctx.section("metrics")
+        out: dict[str, str] = {}
+        for metric, limit in self.thresholds:
+            v = metrics.get(metric)
+            if isinstance(v, int | float) and not isinstance(v, bool) and v > limit:
+                out[f"metrics.{metric}"] = f"{v:g}"
+                out[f"max_{metric}"] = f"{limit:g}"
+        return out
+
 
 # ---------------------------------------------------------------- counter rules
 
@@ -548,6 +642,21 @@ class CounterSpec:
     timezone: str = "UTC"
     threshold_percent: float = 0.0
     min_deployments: int = 0
+
+    def explain(self, retry_after_s: float | None = None) -> dict[str, str]:
+        """Counter rules deny in the store; say which counter and its parameters."""
+        out = {"counter": self.kind, "scope": self.scope}
+        if self.max_count:
+            out["max_count"] = str(self.max_count)
+        if self.window_seconds:
+            out["window_seconds"] = str(self.window_seconds)
+        if self.min_interval_seconds:
+            out["min_interval_seconds"] = str(self.min_interval_seconds)
+        if self.threshold_percent:
+            out["threshold_percent"] = f"{self.threshold_percent:g}"
+        if retry_after_s is not None:
+            out["retry_after_s"] = f"{retry_after_s:g}"
+        return out
 
     def rule(self, rule_id: str, scope_key: str, counter_id: str) -> CounterRule:
         """The store's rule at ``scope_key``; ValueError when the store cannot take it."""
