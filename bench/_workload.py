@@ -84,7 +84,7 @@ def tenant_policies(tenant: str, count: int, *, counters: bool = True,
     docs = []
     for i in range(count):
         name, kind, body = kinds[i] if i < len(kinds) else stateless[i % len(stateless)]
-        fmt = {"i": i, "s": 60 - (i % 50), "pct": 50 + i % 50, "big": 10**12 + i, "d": 2 + i % 7}
+        fmt = {"i": i, "s": 60 - (i % 50), "pct": 50 + i % 50, "big": 10**9 - i, "d": 2 + i % 7}
         if kind == "cel":
             rule = "  cel:\n    deny: >\n" + "\n".join(
                 "      " + line.strip() for line in expr_fmt(body, fmt).strip().splitlines())

@@ -68,6 +68,9 @@ async def run(args: argparse.Namespace, base: Path) -> None:
     running = await build(pol, base / "audit" / "audit.jsonl", args.redis_url)
     svc = DecisionService(running.engine, 0.05, 5000)
     ctx = FakeContext()
+    # The servicers authorise the caller the auth interceptor names: name one here.
+    from pdp.server.roles import Principal, begin_call
+    begin_call(Principal("bench", {"*": frozenset({"checker"})}), "bench")
     try:
         if args.batch:
             reqs = []
