@@ -8,12 +8,14 @@ runtime reports them instead.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from . import ast as A
 from . import types as TY
 from .errors import CelCompileError
 from .functions import Overload, Registry
+from .parser import OPT_ELEMENT, OPT_INDEX, OPT_SELECT
 from .types import DYN, Subst, T
 
 TYPE_NAMES: dict[str, T] = {
@@ -192,6 +194,9 @@ class Checker:
                         self.out.refs[id(e)] = Resolved("type", name)
                         return TY.type_of(TYPE_NAMES[name])
         ot = self.s.resolve(self.visit(e.operand))
+        if ot.kind == "object":
+            ft = self.field_of(ot, e.field, e)
+            return TY.BOOL if e.test_only else ft
         if ot.kind == "map":
             if not self.s.assignable(ot.params[0], TY.STRING):
                 return self.error(f"type '{ot}' does not support field selection", e)
@@ -200,7 +205,9 @@ class Checker:
             res = DYN
         elif ot.kind == "optional":
             inner = self.s.resolve(ot.params[0])
-            if inner.kind == "map":
+            if inner.kind == "object":
+                res = TY.optional_of(self.field_of(inner, e.field, e))
+            elif inner.kind == "map":
                 res = TY.optional_of(inner.params[1])
             elif inner.kind in ("dyn", "param"):
                 res = TY.optional_of(DYN)
@@ -213,8 +220,58 @@ class Checker:
             return self.error(f"type '{ot}' does not support field selection", e)
         return TY.BOOL if e.test_only else res
 
+    def field_of(self, t: T, name: str, at: A.Expr) -> T:
+        """The type of field ``name`` of object type ``t``; an unknown field is an error
+        naming the closest declared one (a typo must fail at admission, not deny later)."""
+        ft = t.field(name)
+        if ft is not None:
+            return ft
+        names = [n for n, _ in t.fields]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = (f"; did you mean `{close[0]}`?" if close
+                else f"; its fields are {', '.join(names)}")
+        return self.error(f"no field `{name}` on {t.name}{hint}", at)
+
+    def _optional_access(self, e: A.Call) -> T:
+        """``a.?f`` / ``a[?k]``: optional.of the field / element when present, else none;
+        on an optional operand, none stays none."""
+        base = self.s.resolve(self.visit(e.args[0]))
+        key = e.args[1]
+        kt = self.visit(key)
+        inner = base
+        if base.kind == "optional":
+            inner = self.s.resolve(base.params[0])
+        if inner.kind in ("dyn", "param", "error"):
+            return TY.optional_of(DYN)
+        if e.function == OPT_SELECT:
+            assert isinstance(key, A.Const)
+            if inner.kind == "object":
+                return TY.optional_of(self.field_of(inner, str(key.value), e))
+            if inner.kind == "map" and self.s.assignable(inner.params[0], TY.STRING):
+                return TY.optional_of(inner.params[1])
+            return self.error(f"type '{self.s.finalize(inner)}' does not support field "
+                              f"selection", e)
+        if inner.kind == "list" and self.s.assignable(TY.INT, kt):
+            return TY.optional_of(inner.params[0])
+        if inner.kind == "map" and self.s.assignable(inner.params[0], kt):
+            return TY.optional_of(inner.params[1])
+        if inner.kind == "object" and self.s.assignable(TY.STRING, kt):
+            return TY.optional_of(DYN)
+        return self.error(f"found no matching overload for '_[?_]' applied to "
+                          f"'({self.s.finalize(base)}, {self.s.finalize(kt)})'", e)
+
     def _call(self, e: A.Call) -> T:
         fn = e.function
+        if fn in (OPT_SELECT, OPT_INDEX) and e.target is None:
+            return self._optional_access(e)
+        if fn == OPT_ELEMENT and e.target is None:
+            vt = self.s.resolve(self.visit(e.args[0]))
+            if vt.kind == "optional":
+                return vt.params[0]
+            if vt.kind in ("dyn", "param", "error"):
+                return DYN
+            return self.error(f"expected type 'optional_type' but found "
+                              f"'{self.s.finalize(vt)}'", e.args[0])
         if fn in ("_&&_", "_||_"):
             for a in e.args:
                 at = self.visit(a)
@@ -250,10 +307,34 @@ class Checker:
         if f is None:
             return self.error(f"undeclared reference to '{name}' "
                               f"(in container '{self.container}')", e)
+        matched, results = self._overloads(f.overloads, member, arg_types)
+        if not matched and any(self.s.resolve(t).kind == "object" for t in arg_types):
+            # a record passed whole to a function none of whose overloads takes it is dyn
+            # there (checked at run time, as before sections were typed); its fields stay typed
+            arg_types = [DYN if self.s.resolve(t).kind == "object" else t for t in arg_types]
+            matched, results = self._overloads(f.overloads, member, arg_types)
+        if not matched:
+            shown = [str(self.s.finalize(t)) for t in arg_types]
+            sig = (f"{shown[0]}.({', '.join(shown[1:])})" if member
+                   else f"({', '.join(shown)})")
+            return self.error(f"found no matching overload for '{name}' applied to '{sig}'"
+                              + _operands(name, args, shown), e)
+        self.out.overloads[id(e)] = matched
+        res = results[0]
+        if not any(TY.is_dynish(self.s.resolve(t)) for t in arg_types):
+            return res  # concrete arguments: the first matching overload decides
+        for r in results[1:]:
+            if self.s.resolve(r) != self.s.resolve(res):
+                return DYN
+        return res
+
+    def _overloads(self, overloads: list[Overload], member: bool, arg_types: list[T]
+                   ) -> tuple[list[Overload], list[T]]:
+        """The overloads the argument types fit, and their result types."""
         matched: list[Overload] = []
         results: list[T] = []
-        for ov in f.overloads:
-            if ov.member != member or len(ov.params) != len(args):
+        for ov in overloads:
+            if ov.member != member or len(ov.params) != len(arg_types):
                 continue
             inst: dict[str, T] = {}
             params = [self._instantiate(p, inst) for p in ov.params]
@@ -263,19 +344,7 @@ class Checker:
                 results.append(self._instantiate(ov.result, inst))
             else:
                 self.s.m = saved
-        if not matched:
-            shown = [str(self.s.finalize(t)) for t in arg_types]
-            sig = (f"{shown[0]}.({', '.join(shown[1:])})" if member
-                   else f"({', '.join(shown)})")
-            return self.error(f"found no matching overload for '{name}' applied to '{sig}'", e)
-        self.out.overloads[id(e)] = matched
-        res = results[0]
-        if not any(TY.is_dynish(self.s.resolve(t)) for t in arg_types):
-            return res  # concrete arguments: the first matching overload decides
-        for r in results[1:]:
-            if self.s.resolve(r) != self.s.resolve(res):
-                return DYN
-        return res
+        return matched, results
 
     def _instantiate(self, t: T, inst: dict[str, T]) -> T:
         if t.kind == "param":
@@ -315,6 +384,8 @@ class Checker:
             v1, v2 = (TY.INT, rt.params[0]) if e.var2 else (rt.params[0], DYN)
         elif rt.kind == "map":
             v1, v2 = rt.params[0], rt.params[1]
+        elif rt.kind == "object":
+            v1, v2 = TY.STRING, DYN
         elif rt.kind in ("dyn", "param", "error"):
             v1, v2 = DYN, DYN
         else:
@@ -348,6 +419,23 @@ class Checker:
                 return last
             return TY.map_of(DYN, DYN)
         raise AssertionError(k)
+
+
+_OPERATOR_TEXT = {"_==_": "==", "_!=_": "!=", "_<_": "<", "_<=_": "<=", "_>_": ">",
+                  "_>=_": ">=", "_+_": "+", "_-_": "-", "_*_": "*", "_/_": "/", "_%_": "%",
+                  "@in": "in"}
+
+
+def _operands(name: str, args: list[A.Expr], shown: list[str]) -> str:
+    """For an operator on typed operands, which operand has which type (the author sees
+    ``agent.labels.env`` is a string, not just ``(string, int)``)."""
+    op = _OPERATOR_TEXT.get(name)
+    if op is None or len(args) != 2 or "dyn" in shown:
+        return ""
+    from .unparse import unparse
+
+    a, b = (unparse(x) for x in args)
+    return f": `{a}` is {shown[0]} and `{b}` is {shown[1]}, `{op}` needs matching types"
 
 
 def _const_type(v: object) -> T:

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import ast as A
 from . import domain as D
+from . import ext_optionals as O
 from . import meter as M
 from . import runtime as R
 from . import stdlib as S
@@ -34,7 +35,8 @@ from .checker import TYPE_VALUE_NAMES, CheckResult
 from .cost import loop_body_nodes, static_nodes
 from .errors import CelCompileError
 from .functions import Registry
-from .types import T
+from .parser import OPT_ELEMENT, OPT_INDEX, OPT_SELECT
+from .types import DEFERRED_OBJECTS, T
 from .values import INT64_MAX, INT64_MIN, TYPE_VALUES, Optional
 
 _BASE_NS: dict[str, Any] = {
@@ -50,6 +52,8 @@ _BASE_NS: dict[str, Any] = {
     "_Opt": Optional, "_noov": S.raise_no_overload, "_merge": None, "_UNSET": object(),
     "_startswith": str.startswith, "_endswith": str.endswith,
     "_KNOWN": S.KNOWN_EXACT_TYPES, "_tyis": S.is_type_named,
+    "_optsel": O.opt_select, "_optidx": O.opt_index, "_optlist": O.opt_list,
+    "_optmap": O.opt_map, "_vget": R.deferred_value,
 }
 # pure conversions whose literal calls are evaluated at compile time (immutable results)
 _FOLDABLE = (S.to_duration, S.to_timestamp)
@@ -283,6 +287,11 @@ class CodeGen:
         if isinstance(e, A.Call):
             return self.call(e)
         if isinstance(e, A.ListExpr):
+            if any(_opt_element(x) is not None for x in e.elements):
+                return _call("_optlist", py.Tuple(elts=[py.Tuple(elts=[
+                    _const(_opt_element(x) is not None),
+                    self.expr(_opt_element(x) or x)], ctx=py.Load()) for x in e.elements],
+                    ctx=py.Load()))
             return py.List(elts=[self.expr(x) for x in e.elements], ctx=py.Load())
         if isinstance(e, A.MapExpr):
             return self.map_expr(e)
@@ -417,6 +426,9 @@ class CodeGen:
     def _select(self, e: A.Select) -> py.expr:
         operand = self.expr(e.operand)
         f = _const(e.field)
+        ot = self.typ(e.operand)
+        if not e.test_only and ot.kind == "object" and ot.name in DEFERRED_OBJECTS:
+            return _call("_vget", operand, f)
         t = self.tmp()
         if e.test_only:
             fast: py.expr = py.Compare(left=f, ops=[py.In()], comparators=[_name(t)])
@@ -429,6 +441,11 @@ class CodeGen:
         return py.IfExp(test=test, body=fast, orelse=slow)
 
     def map_expr(self, e: A.MapExpr) -> py.expr:
+        if any(_opt_element(v) is not None for _, v in e.entries):
+            return _call("_optmap", py.Tuple(elts=[py.Tuple(elts=[
+                self.expr(k), self.expr(_opt_element(v) or v),
+                _const(_opt_element(v) is not None)], ctx=py.Load()) for k, v in e.entries],
+                ctx=py.Load()))
         keys = [k.value for k, _ in e.entries if isinstance(k, A.Const)]
         if (len(keys) == len(e.entries) and all(type(k) is str for k in keys)
                 and len(set(keys)) == len(keys)):
@@ -460,6 +477,9 @@ class CodeGen:
             return _call("_neg", self.expr(args[0]))
         if fn == "_[_]":
             return self.index(e)
+        if fn in (OPT_SELECT, OPT_INDEX):
+            return _call("_optsel" if fn == OPT_SELECT else "_optidx", self.expr(args[0]),
+                         self.expr(args[1]))
         if fn == "@in":
             return self.in_op(e)
         if e.target is not None and not args and self._pure_member(e) is not None:
@@ -952,6 +972,13 @@ class CodeGen:
             test=py.Attribute(value=_name(o), attr="has", ctx=py.Load()),
             body=body, orelse=[_assign(r, _name(o))]))
         return _name(r)
+
+
+def _opt_element(e: A.Expr) -> A.Expr | None:
+    """The value of a ``?`` list element / map entry (None: an ordinary one)."""
+    if isinstance(e, A.Call) and e.function == OPT_ELEMENT and e.target is None:
+        return e.args[0]
+    return None
 
 
 def _merge_entry(lim: M.Limits, acc: dict[Any, Any], entry: Any) -> None:

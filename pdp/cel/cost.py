@@ -248,6 +248,8 @@ class _Estimator:
                     assert found[2] is not None
                     return 0, found[2]  # range[var]: one element's share
             return 0, _ZERO if self.kind(e) in _SCALAR else sizes[0]
+        if fn in ("_?._", "_[?_]", "@optelem") and e.target is None:
+            return 0, sizes[0]  # the optional holds (a part of) its operand
         if fn == "@in":  # a list membership test scans the list
             return (0 if self.kind(e.args[1]) == "map" else units(sizes[1].elems)), _ZERO
         if fn in ("_&&_", "_||_", "_?_:_", "!_", "-_") or fn.startswith("_"):

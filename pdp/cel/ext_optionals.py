@@ -1,6 +1,7 @@
 """The optional-types library: optional.of / ofNonZeroValue / none, hasValue, value, or,
-orValue (optMap / optFlatMap are macros).  The ``.?`` / ``[?`` syntax is not enabled, see
-the conformance runner's notes."""
+orValue (optMap / optFlatMap are macros), and what generated code calls for the optional
+syntax an environment with this library parses: ``a.?f``, ``a[?k]``, ``[?x]``,
+``{?k: x}`` -- so that a guard for an absent section is one token, not a ``has`` chain."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 from .errors import CelEvalError
 from .functions import Registry
-from .stdlib import no_overload
-from .values import OPTIONAL_NONE, Duration, Optional, Timestamp
+from .stdlib import make_map, map_get, no_overload, type_name
+from .values import OPTIONAL_NONE, Duration, Optional, Timestamp, UInt
 
 
 def opt_of(v: Any) -> Optional:
@@ -67,6 +68,64 @@ def or_(o: Any, other: Any) -> Any:
 def or_value(o: Any, default: Any) -> Any:
     opt = _opt("orValue", o)
     return opt.value if opt.has else default
+
+
+def opt_select(c: Any, field: str) -> Optional:
+    """``c.?field``: the field's value wrapped, or none when ``c`` has no such key."""
+    if isinstance(c, dict):
+        if field in c:
+            return Optional(True, c[field])
+        return OPTIONAL_NONE
+    if type(c) is Optional:
+        return opt_select(c.value, field) if c.has else c
+    raise CelEvalError(f"type '{type_name(c)}' does not support field selection")
+
+
+def opt_index(c: Any, k: Any) -> Optional:
+    """``c[?k]``: the element wrapped, or none when the index / key is not there; a key
+    of a type the container cannot have is an error, as for ``c[k]``."""
+    tc = type(c)
+    if tc is list or tc is tuple:
+        tk = type(k)
+        if tk is float and k == k and k % 1 == 0:
+            k = int(k)
+        elif tk is not int and tk is not UInt:
+            raise no_overload("_[?_]", c, k)
+        return Optional(True, c[k]) if 0 <= k < len(c) else OPTIONAL_NONE
+    if isinstance(c, dict):
+        if type(k) not in (str, int, UInt, bool, float):
+            raise no_overload("_[?_]", c, k)
+        found, v = map_get(c, k)
+        return Optional(True, v) if found else OPTIONAL_NONE
+    if tc is Optional:
+        return opt_index(c.value, k) if c.has else c
+    raise no_overload("_[?_]", c, k)
+
+
+def opt_list(items: tuple[tuple[bool, Any], ...]) -> list[Any]:
+    """A list literal with ``?`` elements: those are kept only when present (unwrapped)."""
+    out = []
+    for optional, v in items:
+        if not optional:
+            out.append(v)
+        elif type(v) is not Optional:
+            raise no_overload("optional element", v)
+        elif v.has:
+            out.append(v.value)
+    return out
+
+
+def opt_map(entries: tuple[tuple[Any, Any, bool], ...]) -> dict[Any, Any]:
+    """A map literal with ``?`` entries: those are kept only when present (unwrapped)."""
+    pairs = []
+    for k, v, optional in entries:
+        if not optional:
+            pairs.append((k, v))
+        elif type(v) is not Optional:
+            raise no_overload("optional entry", v)
+        elif v.has:
+            pairs.append((k, v.value))
+    return make_map(tuple(pairs))
 
 
 def register_optionals(r: Registry) -> None:

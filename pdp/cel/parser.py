@@ -15,6 +15,13 @@ from .errors import CelCompileError
 from .lexer import RESERVED, Lexer, Token
 from .values import UInt
 
+#: Internal function names of the optional syntax (cel-spec's optional extension):
+#: ``a.?f`` is OPT_SELECT(a, "f"), ``a[?k]`` OPT_INDEX(a, k); ``[?x]`` and ``{?k: x}`` wrap
+#: ``x`` in OPT_ELEMENT (only the literal's builder understands it).
+OPT_SELECT = "_?._"
+OPT_INDEX = "_[?_]"
+OPT_ELEMENT = "@optelem"
+
 MAX_DEPTH = 100
 MAX_SOURCE = 100_000
 INT64_MAX = (1 << 63) - 1
@@ -30,7 +37,8 @@ _BINOPS: list[dict[str, str]] = [
 class Parser:
     """Parses one expression; ``parse()`` returns the root node or raises CelCompileError."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, optional_syntax: bool = False) -> None:
+        self.optional_syntax = optional_syntax
         if len(source) > MAX_SOURCE:
             raise CelCompileError(f"expression code point size exceeds limit {MAX_SOURCE}",
                                   source, 0)
@@ -153,11 +161,17 @@ class Parser:
             t = self.peek()
             if t.kind == ".":
                 self.advance()
-                if self.peek().kind in ("?",):
-                    raise self.error("unsupported syntax '.?'", t.offset)
+                optional = self.peek().kind == "?"
+                if optional:
+                    if not self.optional_syntax:
+                        raise self.error("unsupported syntax '.?'", t.offset)
+                    self.advance()
                 name_tok = self.expect("IDENT", "a field name")
                 name = str(name_tok.value)
-                if self.peek().kind == "(":
+                if optional:
+                    # a.?f: optional.of(a.f) when a has f, else optional.none()
+                    e = A.Call(t.offset, OPT_SELECT, [e, A.Const(name_tok.offset, name)])
+                elif self.peek().kind == "(":
                     lp = self.advance()
                     args = self.args(")")
                     e = self.make_call(lp.offset, name, args, e)
@@ -165,13 +179,16 @@ class Parser:
                     e = A.Select(t.offset, e, name)
             elif t.kind == "[":
                 self.advance()
-                if self.peek().kind == "?":
-                    raise self.error("unsupported syntax '[?'", t.offset)
+                optional = self.peek().kind == "?"
+                if optional:
+                    if not self.optional_syntax:
+                        raise self.error("unsupported syntax '[?'", t.offset)
+                    self.advance()
                 self._enter(t.offset)
                 idx = self.expr()
                 self.depth -= 1
                 self.expect("]", "']'")
-                e = A.Call(t.offset, "_[_]", [e, idx])
+                e = A.Call(t.offset, OPT_INDEX if optional else "_[_]", [e, idx])
             else:
                 return e
 
@@ -239,12 +256,21 @@ class Parser:
             raise self.error("unsupported syntax '?'", t.offset)
         raise self.error(f"Syntax error: mismatched input {self._describe(t)}", t.offset)
 
+    def _optional_marker(self) -> bool:
+        """``?`` before a list element or map entry: kept only when its value is present."""
+        if self.peek().kind != "?":
+            return False
+        if not self.optional_syntax:
+            raise self.error("unsupported syntax '?'", self.peek().offset)
+        self.advance()
+        return True
+
     def list_items(self, close: str) -> list[A.Expr]:
         out: list[A.Expr] = []
         while not self.accept(close):
-            if self.peek().kind == "?":
-                raise self.error("unsupported syntax '?'", self.peek().offset)
-            out.append(self.expr())
+            optional = self._optional_marker()
+            x = self.expr()
+            out.append(A.Call(x.offset, OPT_ELEMENT, [x]) if optional else x)
             if not self.accept(","):
                 self.expect(close, repr(close))
                 break
@@ -253,12 +279,11 @@ class Parser:
     def map_entries(self) -> list[tuple[A.Expr, A.Expr]]:
         out: list[tuple[A.Expr, A.Expr]] = []
         while not self.accept("}"):
-            if self.peek().kind == "?":
-                raise self.error("unsupported syntax '?'", self.peek().offset)
+            optional = self._optional_marker()
             k = self.expr()
             self.expect(":", "':'")
             v = self.expr()
-            out.append((k, v))
+            out.append((k, A.Call(v.offset, OPT_ELEMENT, [v]) if optional else v))
             if not self.accept(","):
                 self.expect("}", "'}'")
                 break
@@ -321,6 +346,7 @@ class Parser:
         return e.name
 
 
-def parse(source: str) -> A.Expr:
-    """Parse ``source`` into an expression tree (raises CelCompileError)."""
-    return Parser(source).parse()
+def parse(source: str, optional_syntax: bool = False) -> A.Expr:
+    """Parse ``source`` into an expression tree (raises CelCompileError); the optional
+    syntax (``.?``, ``[?``, ``[?x]``, ``{?k: x}``) only with ``optional_syntax``."""
+    return Parser(source, optional_syntax).parse()

@@ -108,7 +108,10 @@ class Environment:
         self.registry = Registry()
         register_core(self.registry)
         from .extensions import register_extensions
-        register_extensions(self.registry, tuple(extensions))
+        extensions = tuple(extensions)
+        register_extensions(self.registry, extensions)
+        # ``.?`` / ``[?`` come with the optional library, as in cel-go's OptionalTypes
+        self.optional_syntax = "optionals" in extensions
         for k, v in (variables or {}).items():
             self.declare(k, v)
 
@@ -122,7 +125,7 @@ class Environment:
         self.registry.add(name, sigs, impl, cost=cost)
 
     def parse(self, source: str) -> A.Expr:
-        tree: A.Expr = _with_recursion(lambda: parse(source))
+        tree: A.Expr = _with_recursion(lambda: parse(source, self.optional_syntax))
         return tree
 
     def compile(self, source: str, max_cost: int | None = None, check: bool = True) -> Program:

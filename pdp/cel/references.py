@@ -24,6 +24,10 @@ def references(tree: A.Expr, checked: CheckResult) -> frozenset[str]:
             root = ref.name
             if isinstance(parent, A.Select) and parent.operand is e and "." not in root:
                 out.add(f"{root}.{parent.field}")
+            elif (isinstance(parent, A.Call) and parent.function == "_?._"
+                  and parent.args[0] is e and isinstance(parent.args[1], A.Const)
+                  and "." not in root):
+                out.add(f"{root}.{parent.args[1].value}")  # agent.?labels reads agent.labels
             else:
                 out.add(root)
             if isinstance(e, A.Select):

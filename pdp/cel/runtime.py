@@ -31,6 +31,25 @@ def to_cel_error(e: BaseException) -> CelError:
     return CelEvalError(f"evaluation error: {type(e).__name__}")
 
 
+class Deferred:
+    """The error a named variable (a policy's ``variables:``) raised, kept as its value: it
+    is raised where the variable is read, so ``has(x) && variables.v`` behaves as if the
+    expression were written out there (an unread or short-circuited failure is harmless)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: CelError) -> None:
+        self.error = error
+
+
+def deferred_value(values: Any, name: str) -> Any:
+    """``variables.name``: the value, or the error it evaluated to raised now."""
+    v = values[name]
+    if type(v) is Deferred:
+        raise v.error
+    return v
+
+
 def absorb(e: BaseException) -> CelError:
     """Turn an exception into an error *value* that ``&&``/``||`` may absorb; budget
     exhaustion is never absorbed."""

@@ -9,11 +9,21 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class T:
     """A CEL type.  ``kind`` is a primitive name, ``list``, ``map``, ``type``, ``optional``,
-    ``param`` (a type parameter, named by ``name``) or ``abstract`` (named, with params)."""
+    ``param`` (a type parameter, named by ``name``), ``abstract`` (named, with params) or
+    ``object`` (a declared record, named by ``name``, with ``fields``: the request sections
+    policies read, so that a misspelt field is a compile error; at run time a plain dict)."""
 
     kind: str
     params: tuple[T, ...] = ()
     name: str = ""
+    fields: tuple[tuple[str, T], ...] = ()
+
+    def field(self, name: str) -> T | None:
+        """The type of field ``name`` of an object type (None: no such field)."""
+        for n, t in self.fields:
+            if n == name:
+                return t
+        return None
 
     def __str__(self) -> str:
         k = self.kind
@@ -26,6 +36,8 @@ class T:
         if k == "optional":
             return f"optional_type({self.params[0]})"
         if k == "param":
+            return self.name
+        if k == "object":
             return self.name
         if k == "abstract":
             inner = ", ".join(str(p) for p in self.params)
@@ -55,6 +67,15 @@ def type_of(t: T) -> T:
 
 def optional_of(t: T) -> T:
     return T("optional", (t,))
+
+
+#: Object types whose field values may be runtime.Deferred errors (a policy's variables).
+DEFERRED_OBJECTS = frozenset({"variables"})
+
+
+def object_of(type_name: str, /, **fields: T) -> T:
+    """A record type: ``object_of("agent", id=STRING, labels=map_of(STRING, STRING))``."""
+    return T("object", name=type_name, fields=tuple(fields.items()))
 
 
 _fresh = itertools.count()
@@ -155,6 +176,10 @@ class Subst:
             return False
         if a.kind in ("dyn", "error") or b.kind in ("dyn", "error"):
             return True
+        if a.kind == "map" and b.kind == "object":
+            # a record is a map with string keys wherever it is used as one ("k" in agent,
+            # agent["id"], iteration): typed only where it is selected by field name
+            return self._assign(a.params[0], STRING) and self._assign(a.params[1], DYN)
         if a.kind == "null" and b.kind in ("optional", "abstract", "timestamp", "duration"):
             return True
         if b.kind == "null" and a.kind in ("optional", "abstract", "timestamp", "duration"):

@@ -70,6 +70,12 @@ def unparse(e: A.Expr) -> str:
     return _unparse(e)[0]
 
 
+def _entry(k: A.Expr, v: A.Expr) -> str:
+    if isinstance(v, A.Call) and v.function == "@optelem" and v.target is None:
+        return f"?{unparse(k)}: {unparse(v.args[0])}"
+    return f"{unparse(k)}: {unparse(v)}"
+
+
 def _wrap(e: A.Expr, min_prec: int) -> str:
     text, prec = _unparse(e)
     return f"({text})" if prec < min_prec else text
@@ -86,8 +92,7 @@ def _unparse(e: A.Expr) -> tuple[str, int]:
     if isinstance(e, A.ListExpr):
         return "[" + ", ".join(unparse(x) for x in e.elements) + "]", _POSTFIX
     if isinstance(e, A.MapExpr):
-        return "{" + ", ".join(f"{unparse(k)}: {unparse(v)}" for k, v in e.entries) + "}", \
-            _POSTFIX
+        return "{" + ", ".join(_entry(k, v) for k, v in e.entries) + "}", _POSTFIX
     if isinstance(e, A.StructExpr):
         return e.type_name + "{" + ", ".join(f"{k}: {unparse(v)}" for k, v in e.fields) \
             + "}", _POSTFIX
@@ -113,6 +118,12 @@ def _unparse(e: A.Expr) -> tuple[str, int]:
             return f"{_wrap(c, 1)} ? {_wrap(a, 1)} : {_wrap(b, _TOP)}", _TOP
         if f == "_[_]":
             return f"{_wrap(e.args[0], _POSTFIX)}[{unparse(e.args[1])}]", _POSTFIX
+        if f == "_[?_]":
+            return f"{_wrap(e.args[0], _POSTFIX)}[?{unparse(e.args[1])}]", _POSTFIX
+        if f == "_?._" and isinstance(e.args[1], A.Const):
+            return f"{_wrap(e.args[0], _POSTFIX)}.?{e.args[1].value}", _POSTFIX
+        if f == "@optelem":
+            return "?" + unparse(e.args[0]), _TOP
         return f"{f}(" + ", ".join(unparse(a) for a in e.args) + ")", _POSTFIX
     return (f"{_wrap(e.target, _POSTFIX)}.{f}(" + ", ".join(unparse(a) for a in e.args)
             + ")", _POSTFIX)

@@ -25,6 +25,7 @@ import yaml.constructor
 import yaml.events
 import yaml.nodes
 
+from pdp.cel.collector import collector_view
 from pdp.engine.request import CheckRequest, InvalidRequest
 from pdp.policy.evalctx import EvalContext
 
@@ -605,6 +606,24 @@ class ConfigCache:
         self._recent[id(text)] = (text, key, size)
 
 
+#: Collector views (pdp.cel.collector) of recent parsed configs, by identity: a step's agents
+#: share one parsed config object, so its view is built once and is the same object for all
+#: of them (the batch memo compares activations by identity first). Bounded; cleared when full.
+_VIEWS: dict[int, tuple[Any, dict[str, Any]]] = {}
+_VIEWS_MAX = 256
+
+
+def _collector(config: Any) -> dict[str, Any]:
+    hit = _VIEWS.get(id(config))
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    view = collector_view(config)
+    if len(_VIEWS) >= _VIEWS_MAX:
+        _VIEWS.clear()
+    _VIEWS[id(config)] = (config, view)
+    return view
+
+
 async def build_context(req: CheckRequest, configs: ConfigCache, now: datetime | None = None,
                         *, deadline: float | None = None) -> EvalContext:
     """The CEL activation and typed-rule input for ``req``.
@@ -628,6 +647,7 @@ async def build_context(req: CheckRequest, configs: ConfigCache, now: datetime |
         "rollout": req.rollout or {},
         "config": config,
         "previous_config": previous,
+        "collector": _collector(config),
         "metrics": req.metrics,
         "now": now,
     }
