@@ -135,6 +135,19 @@ class Settings:
     notify_smtp_host: str = _s("127.0.0.1", "SMTP server for email notifications")
     notify_smtp_port: int = _s(25, "SMTP port for email notifications")
     notify_smtp_from: str = _s("pdp@localhost", "sender of email notifications")
+    notify_state: str | None = _s(
+        None, "SQLite file keeping undelivered notifications and the day's email slots"
+              " (default: notify.sqlite3 beside the audit file); with redis_url they are"
+              " kept in Redis instead, shared by the fleet")
+    notify_retry_for_s: float = _s(
+        6 * 3600.0, "retry an undelivered notification this long, then give it up"
+                    " (audited as Notification.GivenUp)")
+    notify_backoff_initial_s: float = _s(1.0, "first wait before retrying a notification;"
+                                              " doubles with each attempt")
+    notify_backoff_max_s: float = _s(300.0, "longest wait between a notification's attempts")
+    notify_attempt_timeout_s: float = _s(
+        10.0, "most one attempt to deliver a notification may take (a receiver that accepts"
+              " and never answers is given up on after this)")
 
     def validate(self) -> Settings:
         """Cross-field and range checks; raise SettingsError naming the setting."""

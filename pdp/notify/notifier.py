@@ -1,16 +1,23 @@
-"""The asynchronous sender: a bounded queue of (violation, channel) deliveries drained by a
-few worker tasks, with retries, the daily email limit, and outcome counts."""
+"""The asynchronous sender: notifications go from a bounded in-memory queue into a durable
+outbox (:mod:`pdp.notify.store`), from which each channel's oldest is attempted, retried
+with backoff for hours, and finally sent, suppressed or given up (and audited)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
+import hashlib
 import json
 import random
 import smtplib
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
@@ -19,7 +26,6 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
-from pdp.counters import CounterKind, CounterRule, CounterStore, CounterStoreUnavailable
 from pdp.notify.channels import (
     Channel,
     EmailChannel,
@@ -39,18 +45,31 @@ from pdp.notify.payloads import (
     webhook_body,
 )
 from pdp.notify.settings import NotifySettings
+from pdp.notify.store import (
+    ALREADY_SENT,
+    BUSY,
+    Delivery,
+    NotifyState,
+    StateUnavailable,
+    open_state,
+)
+from pdp.telemetry.logs import current_trace_id
 
 log = structlog.get_logger("pdp.notify")
 
 # Outcome names in :meth:`Notifier.counts`.
 SENT = "sent"            # delivered (2xx / SMTP accepted)
-FAILED = "failed"        # gave up: permanent error or retries exhausted
-RETRIED = "retried"      # one more attempt after a transient error
-DROPPED = "dropped"      # queue full or notifier closed: never attempted
+FAILED = "failed"        # given up: permanent error, or retried for retry_for_s in vain
+RETRIED = "retried"      # one more attempt scheduled after a transient error
+DROPPED = "dropped"      # queue full or notifier closed: never stored
 SUPPRESSED = "suppressed"  # email already sent today for this policy
+BACKLOG = "backlog"      # a level, not a count: deliveries waiting in the store now
 
-EMAIL_COUNTER_PREFIX = "notify-email:"
+GIVEN_UP_EVENT = "Notification.GivenUp"
 _RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_BATCH = 256  # notifications stored per write
+_STATE_RETRY_MAX_S = 5.0  # store unreachable: look again at least this often
+_SHARED_POLL_S = 1.0  # a shared (Redis) outbox: other sidecars' deliveries are seen this soon
 
 
 class _Transient(Exception):
@@ -63,50 +82,64 @@ class _Permanent(Exception):
     pass
 
 
-def email_rule(policy: str) -> CounterRule:
-    """The counter rule that limits mail to one per UTC day for ``policy`` (per tenant)."""
-    cid = EMAIL_COUNTER_PREFIX + policy
-    return CounterRule(rule_id=cid, kind=CounterKind.DAILY_CAP, scope_key="policy",
-                       max_count=1, timezone="UTC", counter_id=cid)
+def channel_key(ch: Channel) -> str:
+    """The ordering key of a channel: its kind and a hash of its whole configuration, so
+    two policies naming the same endpoint share one ordered line, and no secret shows."""
+    blob = json.dumps(asdict(ch), sort_keys=True, default=str).encode()
+    return f"{ch.kind}:{hashlib.sha256(blob).hexdigest()[:24]}"
 
 
 class Notifier:
     """Deliver violation notifications without ever touching the decision path.
 
     * :meth:`notify` is synchronous, O(channels), never blocks and never raises: it copies
-      the summary and enqueues one delivery per channel (dropped and counted when the queue
-      is full).
-    * :meth:`start` (on the server's event loop) spawns the workers; :meth:`close` drains
-      what is queued (bounded by a timeout), then stops them.
-    * Email consults the shared ``counter_store`` (``DAILY_CAP`` 1, UTC, counter
-      ``notify-email:<policy>``) before sending. When the store is unreachable the
-      sidecar falls back to a local once-a-day memory, so an outage costs at most one mail
-      per sidecar per policy per day, never a flood. No store: local memory only.
-    * :meth:`counts` returns ``{(channel_kind, outcome): n}`` for metrics
-      (``Telemetry.observe_notifications(notifier.counts)``).
+      the summary (and the current trace id) and queues one delivery per channel (dropped
+      and counted when the queue is full).
+    * :meth:`start` (on the server's event loop) starts the task that writes queued
+      deliveries to the store and the one that attempts them; :meth:`close` stores what is
+      queued, lets due attempts finish (bounded by a timeout), then stops. What was not
+      delivered stays in the store for the next start (or another sidecar).
+    * Email: at most one per UTC day per tenant + policy, counted when a mail is *sent*:
+      an attempt leases the day's slot, confirms it once the SMTP server accepted the mail
+      and frees it when sending failed. When the store is unreachable this sidecar falls
+      back to its own memory (at most one mail per sidecar per policy per day).
+    * Delivery is at least once: a receiver may see a delivery again after a crash or a
+      lost answer (webhooks carry ``X-PDP-Delivery`` to recognise it).
+    * :meth:`counts` returns ``{(channel_kind, outcome): n}`` for metrics, plus
+      ``(kind, "backlog")``: deliveries waiting in the store.
+    * ``emit`` receives the ``Notification.GivenUp`` audit events.
     """
 
     def __init__(
         self,
         settings: NotifySettings | None = None,
-        counter_store: CounterStore | None = None,
         *,
+        state: NotifyState | None = None,
         http_client: httpx.AsyncClient | None = None,
+        emit: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.settings = settings or NotifySettings()
-        self.counter_store = counter_store
-        self._queue: asyncio.Queue[tuple[Violation, Channel]] = asyncio.Queue(
-            self.settings.queue_size)
+        self.settings = s = settings or NotifySettings()
+        self._state = state if state is not None else open_state(
+            s.state_path, s.redis_url, cluster=s.redis_cluster, timeout_s=s.redis_timeout_s)
+        self._own_state = state is None
+        self._emit = emit
+        self._queue: asyncio.Queue[tuple[Violation, Channel]] = asyncio.Queue(s.queue_size)
         self._client = http_client
         self._own_client = http_client is None
-        self._workers: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._holder = uuid.uuid4().hex  # this notifier, as the holder of channel leases
         self._counts: dict[tuple[str, str], int] = {}
+        self._backlog: dict[str, int] = {}
         self._counts_lock = threading.Lock()
-        # (tenant, policy) -> UTC date (YYYY-MM-DD) for which this sidecar knows a mail went
+        self._next_due: float | None = 0.0
+        self._holding = 0  # taken from the queue, not in the store yet
+        self._state_down = False  # say so once per outage, not on every look
+        # (tenant, policy) -> UTC day for which this sidecar knows a mail went out
         self._emailed: dict[tuple[str, str], str] = {}
-        self._email_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # -- public ----------------------------------------------------------------------------
 
@@ -121,7 +154,8 @@ class Notifier:
         if not channels:
             return 0
         try:
-            v = Violation(policy_name, tenant, dict(decision_summary))
+            v = Violation(policy_name, tenant, dict(decision_summary),
+                          trace_id=current_trace_id())
             loop = self._loop
             if loop is not None and not loop.is_closed():
                 try:
@@ -138,50 +172,72 @@ class Notifier:
             return 0
 
     def counts(self) -> dict[tuple[str, str], int]:
+        """Outcomes so far, and the backlog per kind (once a kind has had one)."""
         with self._counts_lock:
-            return dict(self._counts)
+            out = dict(self._counts)
+            for kind, n in self._backlog.items():
+                out[(kind, BACKLOG)] = n
+            return out
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Queued in memory plus waiting in the store (as last seen)."""
+        with self._counts_lock:
+            return self._queue.qsize() + sum(self._backlog.values())
 
     async def start(self) -> None:
-        if self._workers:
+        if self._tasks:
             return
         if self._closed:
             raise RuntimeError("notifier is closed")
         self._loop = asyncio.get_running_loop()
+        s = self.settings
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=self.settings.http_timeout_s, follow_redirects=False,
-                trust_env=self.settings.http_trust_env,
-                headers={"User-Agent": "pdp-notify/1"})
-        for i in range(self.settings.workers):
-            t = asyncio.create_task(self._worker(), name=f"pdp-notify-{i}")
-            t.add_done_callback(self._worker_done)
-            self._workers.append(t)
+                timeout=s.attempt_timeout_s, follow_redirects=False,
+                trust_env=s.http_trust_env, headers={"User-Agent": "pdp-notify/1"})
+        for name, coro in (("pdp-notify-store", self._store_loop()),
+                           ("pdp-notify-send", self._dispatch_loop())):
+            t = asyncio.create_task(coro, name=name)
+            t.add_done_callback(self._task_done)
+            self._tasks.append(t)
 
     async def drain(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued delivery finished (tests, shutdown); False on timeout."""
-        try:
-            await asyncio.wait_for(self._queue.join(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        """Wait until every delivery was sent, suppressed or given up (tests, tools);
+        False when some are still queued, in flight or waiting for a retry at ``timeout``."""
+        until = time.monotonic() + timeout
+        while True:
+            if self._queue.empty() and not self._holding and not self._inflight:
+                with contextlib.suppress(StateUnavailable):
+                    if not sum((await self._refresh_backlog()).values()):
+                        return True
+            if time.monotonic() >= until:
+                return False
+            self._wake.set()
+            await asyncio.sleep(0.02)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, drain for up to ``timeout`` seconds, then stop the workers."""
+        """Stop accepting; store what is queued and let the attempts due now finish for up
+        to ``timeout`` seconds; then stop. The rest stays in the store for the next start."""
         if self._closed:
             return
         self._closed = True
-        if self._workers and not await self.drain(timeout):
-            log.warning("notifier closed with deliveries pending", pending=self._queue.qsize())
-        for t in self._workers:
+        until = time.monotonic() + timeout
+        if self._tasks:
+            while time.monotonic() < until and not self._settled():
+                self._wake.set()
+                await asyncio.sleep(0.02)
+            if not self._settled():
+                log.warning("notifier closed with deliveries in flight or queued",
+                            queued=self._queue.qsize(), in_flight=len(self._inflight))
+        tasks = [*self._tasks, *self._inflight.values()]
+        for t in tasks:
             t.cancel()
-        for t in self._workers:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        self._workers.clear()
+        self._tasks.clear()
+        self._inflight.clear()
         while not self._queue.empty():
             _, ch = self._queue.get_nowait()
             self._queue.task_done()
@@ -189,8 +245,15 @@ class Notifier:
         if self._own_client and self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._own_state:
+            await self._state.close()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _settled(self) -> bool:
+        """Nothing queued, nothing in flight, nothing in the store due now."""
+        due = self._next_due is not None and self._next_due <= time.time()
+        return self._queue.empty() and not self._holding and not self._inflight and not due
 
     def _count(self, kind: str, outcome: str, n: int = 1) -> None:
         with self._counts_lock:
@@ -209,70 +272,189 @@ class Notifier:
             except asyncio.QueueFull:
                 self._count(ch.kind, DROPPED)
                 log.warning("notification dropped: queue full", channel=ch.kind,
-                            policy=v.policy, tenant=v.tenant)
+                            policy=v.policy, tenant=v.tenant, trace_id=v.trace_id or None,
+                            decision_id=v.decision_id)
         return queued
 
-    def _worker_done(self, t: asyncio.Task[None]) -> None:
+    def _task_done(self, t: asyncio.Task[None]) -> None:
         if not t.cancelled() and t.exception() is not None:
-            log.error("notify worker died", exc_info=t.exception())
+            log.error("notify task died", task=t.get_name(), exc_info=t.exception())
 
-    async def _worker(self) -> None:
+    async def _store_loop(self) -> None:
+        """Queue -> store, in batches, in order. While the store is unreachable the batch
+        is held (and the queue fills, then drops) rather than lost."""
         while True:
-            v, ch = await self._queue.get()
-            try:
-                await self._deliver(v, ch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug, not a delivery failure: still never kill the worker
-                self._count(ch.kind, FAILED)
-                log.error("notification crashed", channel=ch.kind, policy=v.policy,
-                          tenant=v.tenant, exc_info=True)
-            finally:
+            batch = [await self._queue.get()]
+            while len(batch) < _BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            items: list[Delivery] = []
+            for v, ch in batch:
+                try:
+                    items.append(self._render(v, ch))
+                except Exception:
+                    self._count(ch.kind, FAILED)
+                    log.error("notification cannot be rendered", channel=ch.kind,
+                              policy=v.policy, tenant=v.tenant, trace_id=v.trace_id or None,
+                              exc_info=True)
+            delay = 0.1
+            self._holding = len(batch)
+            while items:
+                try:
+                    await self._state.push(items)
+                    self._state_up()
+                    break
+                except StateUnavailable as e:
+                    self._state_failed(e, held=len(items))
+                    await asyncio.sleep(delay)
+                    delay = min(_STATE_RETRY_MAX_S, delay * 2)
+            self._holding = 0
+            for _ in batch:
                 self._queue.task_done()
+            self._next_due = 0.0
+            self._wake.set()
 
-    async def _deliver(self, v: Violation, ch: Channel) -> None:
-        if isinstance(ch, EmailChannel):
-            if not await self._email_allowed(v):
-                self._count(ch.kind, SUPPRESSED)
-                log.info("notification email suppressed: already sent today",
-                         policy=v.policy, tenant=v.tenant)
-                return
-            msg = email_message(ch, v, self.settings.smtp_from, self.settings.public_url)
-            await self._with_retries(v, ch, lambda: self._send_mail(msg))
-            return
-        await self._with_retries(v, ch, lambda: self._send_http(v, ch))
-
-    async def _with_retries(
-        self, v: Violation, ch: Channel, attempt: Callable[[], Awaitable[None]]
-    ) -> None:
+    async def _dispatch_loop(self) -> None:
+        """Attempt every channel's due head, at most ``workers`` at a time; sleep until
+        the next one is due, or something is stored or finished."""
         s = self.settings
-        for n in range(s.max_attempts):
-            try:
-                await attempt()
-            except _Permanent as e:
-                self._fail(v, ch, str(e), n + 1)
-                return
-            except _Transient as e:
-                if n + 1 >= s.max_attempts:
-                    self._fail(v, ch, str(e), n + 1)
-                    return
-                delay = min(s.backoff_max_s, s.backoff_initial_s * 2**n) * random.uniform(0.8, 1.2)
-                if e.retry_after is not None:
-                    delay = min(s.backoff_max_s, max(delay, e.retry_after))
-                self._count(ch.kind, RETRIED)
-                log.info("notification retry", channel=ch.kind, policy=v.policy,
-                         tenant=v.tenant, attempt=n + 1, error=str(e), delay_s=round(delay, 3))
-                await asyncio.sleep(delay)
+        lease_s = s.attempt_timeout_s + 30.0
+        while True:
+            self._wake.clear()
+            wait: float | None = _SHARED_POLL_S if self._state.shared else None
+            free = s.workers - len(self._inflight)
+            if free > 0:
+                try:
+                    heads, later = await self._state.heads(
+                        time.time(), self._holder, lease_s, set(self._inflight), free)
+                    self._state_up()
+                except StateUnavailable as e:
+                    self._state_failed(e)
+                    heads, later, wait = [], None, _STATE_RETRY_MAX_S
+                for d in heads:
+                    t = asyncio.create_task(self._attempt(d), name=f"pdp-notify-{d.kind}")
+                    self._inflight[d.channel] = t
+                # a full batch may have left due heads behind: not settled yet
+                self._next_due = 0.0 if len(heads) >= free else later
+                if later is not None:
+                    left = max(0.0, later - time.time())
+                    wait = left if wait is None else min(wait, left)
+                with contextlib.suppress(StateUnavailable):
+                    await self._refresh_backlog()
+            if wait is None:
+                await self._wake.wait()
             else:
-                self._count(ch.kind, SENT)
-                log.info("notification sent", channel=ch.kind, policy=v.policy,
-                         tenant=v.tenant, attempts=n + 1, decision_id=v.decision_id)
-                return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
 
-    def _fail(self, v: Violation, ch: Channel, error: str, attempts: int) -> None:
-        self._count(ch.kind, FAILED)
-        log.error("notification failed", channel=ch.kind, policy=v.policy, tenant=v.tenant,
-                  attempts=attempts, error=error, decision_id=v.decision_id)
+    def _state_failed(self, e: StateUnavailable, **kw: Any) -> None:
+        if not self._state_down:
+            self._state_down = True
+            log.warning("notification store unavailable; notifications are held in memory"
+                        " until it is back", error=str(e), **kw)
+
+    def _state_up(self) -> None:
+        if self._state_down:
+            self._state_down = False
+            log.info("notification store reachable again")
+
+    async def _refresh_backlog(self) -> dict[str, int]:
+        backlog = await self._state.backlog()
+        with self._counts_lock:
+            for kind in self._backlog:
+                self._backlog[kind] = 0
+            self._backlog.update(backlog)
+        return backlog
+
+    async def _attempt(self, d: Delivery) -> None:
+        try:
+            if d.kind == EmailChannel.kind:
+                outcome, error, retry_after = await self._try_email(d)
+            else:
+                outcome, error, retry_after = await self._try_http(d)
+            await self._settle(d, outcome, error, retry_after)
+        except asyncio.CancelledError:
+            raise
+        except StateUnavailable as e:  # it stays in the store; its lease runs out
+            log.warning("notification outcome not stored; it will be attempted again",
+                        channel=d.kind, policy=d.policy, tenant=d.tenant, error=str(e),
+                        trace_id=d.trace_id or None, decision_id=d.decision_id)
+        except Exception:  # a bug, not a delivery failure: never kill the dispatcher
+            log.error("notification crashed", channel=d.kind, policy=d.policy,
+                      tenant=d.tenant, trace_id=d.trace_id or None, exc_info=True)
+        finally:
+            self._inflight.pop(d.channel, None)
+            self._wake.set()
+
+    async def _settle(self, d: Delivery, outcome: str, error: str,
+                      retry_after: float | None) -> None:
+        s = self.settings
+        where = {"channel": d.kind, "policy": d.policy, "tenant": d.tenant,
+                 "decision_id": d.decision_id, "trace_id": d.trace_id or None}
+        if outcome in (SENT, SUPPRESSED):
+            await self._state.finish(d, self._holder)
+            self._count(d.kind, outcome)
+            if outcome == SENT:
+                log.info("notification sent", attempts=d.attempts + 1, **where)
+            else:
+                log.info("notification email suppressed: already sent today", **where)
+            return
+        d.attempts += 1
+        d.error = error
+        now = time.time()
+        delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (d.attempts - 1))
+        delay *= random.uniform(0.8, 1.2)
+        if retry_after is not None:
+            delay = min(s.backoff_max_s, max(delay, retry_after))
+        out_of_time = now + delay > d.give_up_at
+        out_of_tries = s.max_attempts is not None and d.attempts >= s.max_attempts
+        if outcome == FAILED or out_of_time or out_of_tries:
+            await self._state.finish(d, self._holder)
+            self._count(d.kind, FAILED)
+            why = ("permanent error" if outcome == FAILED else
+                   "retried for too long" if out_of_time else "too many attempts")
+            log.error("notification failed", attempts=d.attempts, error=error, given_up=why,
+                      **where)
+            self._given_up(d, why)
+            return
+        d.next_at = now + delay
+        await self._state.retry_later(d, self._holder)
+        self._count(d.kind, RETRIED)
+        log.info("notification retry", attempt=d.attempts, error=error,
+                 delay_s=round(delay, 3), **where)
+
+    def _given_up(self, d: Delivery, why: str) -> None:
+        if self._emit is None:
+            return
+        event: dict[str, Any] = {
+            "type": GIVEN_UP_EVENT,
+            "time": _iso(time.time()), "tenant": d.tenant, "policy": d.policy,
+            "channel": d.kind, "decision_id": d.decision_id, "delivery_id": d.id,
+            "first_at": _iso(d.created), "attempts": d.attempts, "reason": why,
+            "error": d.error[:500]}
+        if d.trace_id:
+            event["trace_id"] = d.trace_id
+        try:
+            self._emit(event)
+        except Exception:
+            log.error("notification given up, and its audit event failed", channel=d.kind,
+                      policy=d.policy, tenant=d.tenant, exc_info=True)
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def _render(self, v: Violation, ch: Channel) -> Delivery:
+        now = time.time()
+        request: dict[str, Any]
+        if isinstance(ch, EmailChannel):
+            msg = email_message(ch, v, self.settings.smtp_from, self.settings.public_url)
+            request = {"message": msg.as_string()}
+        else:
+            url, body, headers = self._request(v, ch)
+            request = {"url": url, "headers": headers, "body": body.decode()}
+        return Delivery(id=uuid.uuid4().hex, channel=channel_key(ch), kind=ch.kind,
+                        tenant=v.tenant, policy=v.policy, decision_id=v.decision_id,
+                        trace_id=v.trace_id, created=now,
+                        give_up_at=now + self.settings.retry_for_s, request=request,
+                        next_at=now)
 
     def _request(self, v: Violation, ch: Channel) -> tuple[str, bytes, dict[str, str]]:
         src = self.settings.source
@@ -292,14 +474,31 @@ class Notifier:
         if isinstance(ch, GoogleChatChannel):
             headers["Content-Type"] = "application/json; charset=UTF-8"
             return ch.url, _dump(google_chat_payload(v, self.settings.public_url)), headers
-        raise _Permanent(f"not an HTTP channel: {ch.kind}")
+        raise ValueError(f"not an HTTP channel: {ch.kind}")
 
-    async def _send_http(self, v: Violation, ch: Channel) -> None:
-        url, body, headers = self._request(v, ch)
+    # -- attempts: (outcome, error, retry_after); outcome SENT / SUPPRESSED / RETRIED /
+    # FAILED (permanent) ---------------------------------------------------------------------
+
+    async def _try_http(self, d: Delivery) -> tuple[str, str, float | None]:
+        try:
+            await asyncio.wait_for(self._send_http(d), self.settings.attempt_timeout_s)
+        except TimeoutError:
+            host = urlsplit(d.request["url"]).hostname
+            return RETRIED, (f"{host} gave no answer within"
+                             f" {self.settings.attempt_timeout_s:g} s"), None
+        except _Transient as e:
+            return RETRIED, str(e), e.retry_after
+        except _Permanent as e:
+            return FAILED, str(e), None
+        return SENT, "", None
+
+    async def _send_http(self, d: Delivery) -> None:
+        url: str = d.request["url"]
         assert self._client is not None
         host = urlsplit(url).hostname  # never log the URL: chat webhooks embed their key
         try:
-            r = await self._client.post(url, content=body, headers=headers)
+            r = await self._client.post(url, content=d.request["body"].encode(),
+                                        headers=d.request["headers"])
         except httpx.TimeoutException as e:
             raise _Transient(f"timeout talking to {host}: {type(e).__name__}") from None
         except httpx.TransportError as e:
@@ -310,6 +509,54 @@ class Notifier:
         if r.status_code in _RETRY_STATUS:
             raise _Transient(detail, _retry_after(r.headers.get("Retry-After")))
         raise _Permanent(detail)
+
+    async def _try_email(self, d: Delivery) -> tuple[str, str, float | None]:
+        """Lease the day's slot, send, then confirm the slot (sent) or free it (failed)."""
+        s = self.settings
+        key = (d.tenant, d.policy)
+        day = datetime.now(UTC).date().isoformat()
+        if self._emailed.get(key) == day:
+            return SUPPRESSED, "", None
+        shared = True
+        try:
+            claim = await self._state.claim_email(d.tenant, d.policy, day, d.id,
+                                                  s.attempt_timeout_s + 30.0)
+        except StateUnavailable as e:
+            log.warning("email limit: notification store unavailable, using local limit",
+                        policy=d.policy, tenant=d.tenant, error=str(e),
+                        trace_id=d.trace_id or None)
+            shared = False
+        else:
+            if claim == ALREADY_SENT:
+                self._remember_email(key, day)
+                return SUPPRESSED, "", None
+            if claim == BUSY:
+                return RETRIED, "another attempt is sending today's mail", None
+        msg = email.message_from_string(d.request["message"], policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        try:
+            await asyncio.wait_for(self._send_mail(msg), s.attempt_timeout_s)
+        except TimeoutError:  # it may still go out: keep the lease until it runs out
+            return RETRIED, f"SMTP gave no answer within {s.attempt_timeout_s:g} s", None
+        except (_Transient, _Permanent) as e:
+            if shared:
+                with contextlib.suppress(StateUnavailable):
+                    await self._state.release_email(d.tenant, d.policy, day, d.id)
+            return (RETRIED if isinstance(e, _Transient) else FAILED), str(e), None
+        self._remember_email(key, day)
+        if shared:
+            try:
+                await self._state.confirm_email(d.tenant, d.policy, day, d.id)
+            except StateUnavailable as e:
+                log.warning("email sent but not recorded in the notification store",
+                            policy=d.policy, tenant=d.tenant, error=str(e),
+                            trace_id=d.trace_id or None)
+        return SENT, "", None
+
+    def _remember_email(self, key: tuple[str, str], day: str) -> None:
+        if len(self._emailed) > 10_000:  # forget earlier days
+            self._emailed = {k: v for k, v in self._emailed.items() if v == day}
+        self._emailed[key] = day
 
     async def _send_mail(self, msg: EmailMessage) -> None:
         try:
@@ -328,10 +575,10 @@ class Notifier:
         s = self.settings
         smtp: smtplib.SMTP
         if s.smtp_ssl:
-            smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s,
+            smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.attempt_timeout_s,
                                     context=ssl.create_default_context())
         else:
-            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_s)
+            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.attempt_timeout_s)
         with smtp:
             if s.smtp_starttls:
                 smtp.starttls(context=ssl.create_default_context())
@@ -339,34 +586,9 @@ class Notifier:
                 smtp.login(s.smtp_username, s.smtp_password or "")
             smtp.send_message(msg)
 
-    async def _email_allowed(self, v: Violation) -> bool:
-        """Claim today's mail for (tenant, policy): shared store first, local memory as the
-        shortcut (already claimed here today) and the fallback (store unreachable)."""
-        key = (v.tenant, v.policy)
-        lock = self._email_locks.get(key)
-        if lock is None:
-            lock = self._email_locks[key] = asyncio.Lock()
-        async with lock:  # workers of this sidecar claim one at a time per policy
-            today = datetime.now(UTC).date().isoformat()
-            if self._emailed.get(key) == today:
-                return False
-            allowed = True
-            if self.counter_store is not None:
-                try:
-                    res = await self.counter_store.reserve(
-                        v.tenant, [email_rule(v.policy)],
-                        timeout=self.settings.email_counter_timeout_s)
-                except CounterStoreUnavailable as e:
-                    log.warning("email limit: counter store unavailable, using local limit",
-                                policy=v.policy, tenant=v.tenant, error=str(e))
-                else:
-                    allowed = res.allowed
-            if len(self._emailed) > 10_000:  # forget earlier days
-                self._emailed = {k: d for k, d in self._emailed.items() if d == today}
-                self._email_locks = {k: lk for k, lk in self._email_locks.items()
-                                     if k in self._emailed or k == key}
-            self._emailed[key] = today
-            return allowed
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _dump(obj: object) -> bytes:

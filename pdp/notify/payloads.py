@@ -29,6 +29,7 @@ class Violation:
     summary: Mapping[str, Any]
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    trace_id: str = ""  # the deciding call's trace, for the notification's log lines
 
     @property
     def decision_id(self) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,9 +191,22 @@ async def start(settings: Settings) -> Running:
         prometheus_port=settings.prometheus_port, policy_spans=settings.telemetry_policy_spans,
         sample_ratio=settings.telemetry_sample_ratio))
     counters = open_counters(settings, telemetry, audit.emit)
-    notifier = Notifier(NotifySettings(smtp_host=settings.notify_smtp_host,
-                                       smtp_port=settings.notify_smtp_port,
-                                       smtp_from=settings.notify_smtp_from), counters)
+    try:
+        notifier = Notifier(NotifySettings(
+            smtp_host=settings.notify_smtp_host, smtp_port=settings.notify_smtp_port,
+            smtp_from=settings.notify_smtp_from, retry_for_s=settings.notify_retry_for_s,
+            backoff_initial_s=settings.notify_backoff_initial_s,
+            backoff_max_s=settings.notify_backoff_max_s,
+            attempt_timeout_s=settings.notify_attempt_timeout_s, redis_url=settings.redis_url,
+            redis_cluster=settings.redis_cluster,
+            state_path=settings.notify_state or str(
+                Path(settings.audit_file).resolve().parent / "notify.sqlite3")),
+            emit=audit.emit)
+    except (ValueError, OSError, sqlite3.Error) as exc:
+        await counters.close()
+        await store.close()
+        await audit.close()
+        raise StartupError(f"notify: {exc}") from None
     await notifier.start()
     telemetry.observe_cache(lambda: (cache.hits, cache.misses))
     telemetry.observe_audit(lambda: audit.stats().queue_depth,

@@ -25,6 +25,7 @@ from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.server.roles import Permission, authorize, current_caller
+from pdp.telemetry import log_step
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -141,9 +142,17 @@ class DecisionService(dgrpc.DecisionServiceServicer):
             if not request.agents:
                 raise InvalidRequest("agents", "required: at least one agent")
             reqs = convert.check_push_batch_requests(request, current_caller(request.tenant))
-            decisions = await self.engine.check_batch(reqs, self.deadline_s,
-                                                      caller_deadline(context),
-                                                      received_at=received_at)
+            # One span per step, in the caller's trace; its log lines are written inside it.
+            with self.engine.telemetry.decision_span(
+                    "pdp.push_step", carrier(context),
+                    {"pdp.tenant": request.tenant, "pdp.checkpoint": "push",
+                     "pdp.step.size": len(reqs)}) as span:
+                decisions = await self.engine.check_batch(reqs, self.deadline_s,
+                                                          caller_deadline(context),
+                                                          received_at=received_at)
+                allowed, denied = log_step(log, request.tenant, "push", decisions)
+                span.set_attribute("pdp.step.allowed", allowed)
+                span.set_attribute("pdp.step.denied", denied)
             out = dpb.CheckPushBatchResponse()
             convert.fill_batch_response(out, (a.id for a in request.agents), decisions)
             return out

@@ -44,6 +44,11 @@ when decisions evaluate many policies.
 The span context is taken from the W3C ``traceparent`` (and ``tracestate``) entries of the
 carrier; without them the span joins the current context (or starts a new trace).
 
+A step (``CheckPushBatch``, each message of ``CheckPushStream``) is one ``decision_span``
+named ``pdp.push_step`` with ``pdp.step.size`` / ``pdp.step.allowed`` / ``pdp.step.denied``;
+:func:`log_step` writes its log lines inside it (info: one per deny and one for the step;
+debug: one per allow).
+
 Logs: add :func:`add_trace_ids` to the structlog processors (after ``merge_contextvars``,
 before the renderer) in ``pdp/logging.py``; every event logged inside a decision span then
 carries ``trace_id`` and ``span_id`` next to the bound ``decision_id``.
@@ -53,13 +58,14 @@ Metric names (Prometheus form): ``pdp_decisions_total{outcome,tenant,checkpoint}
 ``pdp_deadline_exceeded_total{tenant,checkpoint}``, ``pdp_counter_store_errors_total{code,tenant}``,
 ``pdp_cel_cache_hit_ratio``, ``pdp_cel_cache_lookups_total{result}``, ``pdp_audit_queue_depth``,
 ``pdp_audit_spooled_events``, ``pdp_notifications_total{channel,result}``,
+``pdp_notifications_backlog{channel}`` (the ``backlog`` entries of the notifier's counts),
 ``pdp_event_loop_lag_seconds_*`` (from :class:`LoopLagMonitor`, a task the server runs).
 """
 
 from pdp.telemetry.base import DecisionTelemetry
 from pdp.telemetry.core import Telemetry
 from pdp.telemetry.lag import LoopLagMonitor
-from pdp.telemetry.logs import add_trace_ids
+from pdp.telemetry.logs import add_trace_ids, current_trace_id, log_step
 from pdp.telemetry.noop import NO_TELEMETRY, NoTelemetry
 from pdp.telemetry.settings import TelemetrySettings
 
@@ -83,4 +89,6 @@ __all__ = [
     "TelemetrySettings",
     "add_trace_ids",
     "create_telemetry",
+    "current_trace_id",
+    "log_step",
 ]

@@ -50,6 +50,9 @@ M_CACHE_LOOKUPS = "pdp.cel.cache.lookups"
 M_AUDIT_QUEUE = "pdp.audit.queue_depth"
 M_AUDIT_SPOOLED = "pdp.audit.spooled_events"
 M_NOTIFY = "pdp.notifications"
+M_NOTIFY_BACKLOG = "pdp.notifications.backlog"
+# The notifier's counts carry its backlog (a level, not a count) under this result name.
+NOTIFY_BACKLOG = "backlog"
 M_LOOP_LAG = "pdp.event_loop.lag"
 M_SHADOW_SKIPPED = "pdp.shadow.skipped"
 
@@ -231,6 +234,9 @@ class Telemetry:
         m.create_observable_counter(
             M_NOTIFY, callbacks=[self._observe_notify], unit="1",
             description="Violation notifications by channel and result")
+        m.create_observable_gauge(
+            M_NOTIFY_BACKLOG, callbacks=[self._observe_notify_backlog], unit="1",
+            description="Violation notifications waiting for a retry, by channel")
 
     def _labels(self, tenant: str, checkpoint: str) -> dict[str, str]:
         if self.settings.tenant_label:
@@ -318,7 +324,7 @@ class Telemetry:
     def _observe_audit_spooled(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._observe_int(1)
 
-    def _observe_notify(self, options: CallbackOptions) -> Iterable[Observation]:
+    def _notify_totals(self) -> dict[tuple[str, str], int]:
         merged: dict[tuple[str, str], int] = {}
         for fn in self._notify_fns:
             try:
@@ -326,5 +332,14 @@ class Telemetry:
                     merged[key] = merged.get(key, 0) + n
             except Exception:
                 log.warning("notification stats callback failed", exc_info=True)
+        return merged
+
+    def _observe_notify(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"channel": ch, "result": res})
-                for (ch, res), n in sorted(merged.items())]
+                for (ch, res), n in sorted(self._notify_totals().items())
+                if res != NOTIFY_BACKLOG]
+
+    def _observe_notify_backlog(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"channel": ch})
+                for (ch, res), n in sorted(self._notify_totals().items())
+                if res == NOTIFY_BACKLOG]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +58,13 @@ class HttpReceiver:
 
 @pytest.fixture
 def http_receiver() -> Iterator[HttpReceiver]:
+    with serve_http() as rec:
+        yield rec
+
+
+@contextlib.contextmanager
+def serve_http(port: int = 0) -> Iterator[HttpReceiver]:
+    """An :class:`HttpReceiver` on ``port`` (0: any free one), e.g. one that was down."""
     rec = HttpReceiver()
 
     class Handler(BaseHTTPRequestHandler):
@@ -80,7 +89,7 @@ def http_receiver() -> Iterator[HttpReceiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     rec.port = server.server_address[1]
     t = threading.Thread(target=server.serve_forever, daemon=True)
@@ -117,3 +126,15 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
     finally:
         ctl.stop()
+
+
+@contextlib.contextmanager
+def hanging_receiver() -> Iterator[str]:
+    """A URL whose server accepts connections and never answers (nor reads)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}/hang"
+    finally:
+        srv.close()

@@ -8,13 +8,16 @@ import hmac
 import itertools
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pdp.notify import (
+    BACKLOG,
     DROPPED,
     FAILED,
+    GIVEN_UP_EVENT,
     RETRIED,
     SENT,
     Channel,
@@ -38,10 +41,15 @@ SUMMARY: dict[str, Any] = {
 
 
 def fast(**kw: Any) -> NotifySettings:
-    base: dict[str, Any] = dict(backoff_initial_s=0.01, backoff_max_s=0.05, http_timeout_s=2.0,
-                                http_trust_env=False)
+    base: dict[str, Any] = dict(backoff_initial_s=0.01, backoff_max_s=0.05,
+                                attempt_timeout_s=2.0, http_trust_env=False)
     base.update(kw)
     return NotifySettings(**base)
+
+
+def outcomes(n: Notifier) -> dict[tuple[str, str], int]:
+    """The notifier's counts without the backlog levels (0 once all is delivered)."""
+    return {k: v for k, v in n.counts().items() if k[1] != BACKLOG}
 
 
 async def test_all_http_channels(http_receiver: HttpReceiver) -> None:
@@ -59,7 +67,8 @@ async def test_all_http_channels(http_receiver: HttpReceiver) -> None:
         assert await n.drain(10)
     finally:
         await n.close()
-    assert n.counts() == {(k, SENT): 1 for k in ("webhook", "pagerduty", "opsgenie", "google_chat")}
+    kinds = ("webhook", "pagerduty", "opsgenie", "google_chat")
+    assert outcomes(n) == {(k, SENT): 1 for k in kinds}
 
     (hook,) = rec.on("/hook")
     expected = "sha256=" + hmac.new(b"topsecret", hook.body, hashlib.sha256).hexdigest()
@@ -112,7 +121,7 @@ async def test_webhook_retries_with_backoff_then_succeeds(http_receiver: HttpRec
     hits = rec.on("/hook")
     assert len(hits) == 3
     assert len({h.body for h in hits}) == 1  # same delivery, same signature, on every try
-    assert n.counts() == {("webhook", RETRIED): 2, ("webhook", SENT): 1}
+    assert outcomes(n) == {("webhook", RETRIED): 2, ("webhook", SENT): 1}
 
 
 async def test_backoff_grows_exponentially(http_receiver: HttpReceiver) -> None:
@@ -143,7 +152,7 @@ async def test_permanent_error_not_retried_and_counted(http_receiver: HttpReceiv
     finally:
         await n.close()
     assert len(rec.on("/pd")) == 1
-    assert n.counts() == {("pagerduty", FAILED): 1}
+    assert outcomes(n) == {("pagerduty", FAILED): 1}
 
 
 async def test_unreachable_endpoint_fails_after_retries() -> None:
@@ -156,7 +165,7 @@ async def test_unreachable_endpoint_fails_after_retries() -> None:
         assert await n.drain(10)
     finally:
         await n.close()
-    assert n.counts() == {("google_chat", RETRIED): 2, ("google_chat", FAILED): 1}
+    assert outcomes(n) == {("google_chat", RETRIED): 2, ("google_chat", FAILED): 1}
 
 
 async def test_notify_never_blocks_and_drops_when_full(http_receiver: HttpReceiver) -> None:
@@ -218,7 +227,7 @@ async def test_notify_from_another_thread(http_receiver: HttpReceiver) -> None:
         assert await n.drain(10)
     finally:
         await n.close()
-    assert n.counts() == {("webhook", SENT): 1}
+    assert outcomes(n) == {("webhook", SENT): 1}
 
 
 async def test_email_delivered(smtp_sink: SmtpSink) -> None:
@@ -238,18 +247,50 @@ async def test_email_delivered(smtp_sink: SmtpSink) -> None:
     assert smtp_sink.envelopes == [("pdp@example.com", ["oncall@example.com"])]
 
 
-async def test_close_drops_what_it_cannot_send(http_receiver: HttpReceiver) -> None:
+async def test_close_keeps_what_it_could_not_send(http_receiver: HttpReceiver,
+                                                  tmp_path: Path) -> None:
+    """What is not delivered at close stays in the store; the next start delivers it."""
     rec = http_receiver
     rec.delay_s = 0.5
-    n = Notifier(fast(workers=1))
+    state = str(tmp_path / "notify.sqlite3")
+    n = Notifier(fast(workers=1, state_path=state))
     await n.start()
     chan = [WebhookChannel(url=rec.url("/hook"), secret="s")]
-    for _ in range(5):
-        n.notify("p", "t", SUMMARY, chan)
+    for i in range(5):
+        n.notify("p", "t", {**SUMMARY, "decision_id": f"d-{i}"}, chan)
     await n.close(timeout=0.2)
-    counts = n.counts()
-    assert counts.get(("webhook", DROPPED), 0) >= 3
+    assert n.counts().get(("webhook", DROPPED), 0) == 0
     assert n.notify("p", "t", SUMMARY, chan) == 0  # closed: dropped, not raised
+    rec.delay_s = 0.0
+    again = Notifier(fast(state_path=state))
+    await again.start()
+    try:
+        assert await again.drain(10)
+    finally:
+        await again.close()
+    ids = [h.json()["decision"]["decision_id"] for h in rec.on("/hook")]
+    assert sorted(set(ids)) == [f"d-{i}" for i in range(5)]  # at least once, none lost
+    first = [i for k, i in enumerate(ids) if i not in ids[:k]]
+    assert first == [f"d-{i}" for i in range(5)]  # in order
+
+
+async def test_permanent_error_is_given_up_and_audited(http_receiver: HttpReceiver) -> None:
+    http_receiver.script["/hook"] = [410]
+    events: list[dict[str, Any]] = []
+    n = Notifier(fast(), emit=events.append)
+    await n.start()
+    try:
+        n.notify("p", "t", SUMMARY, [WebhookChannel(url=http_receiver.url("/hook"),
+                                                    secret="s")])
+        assert await n.drain(10)
+    finally:
+        await n.close()
+    (ev,) = events
+    assert ev["type"] == GIVEN_UP_EVENT and ev["channel"] == "webhook"
+    assert ev["decision_id"] == "d-123" and ev["policy"] == "p" and ev["tenant"] == "t"
+    assert ev["reason"] == "permanent error" and "410" in ev["error"]
+    assert outcomes(n) == {("webhook", FAILED): 1}
+    assert n.counts()[("webhook", BACKLOG)] == 0
 
 
 @pytest.mark.parametrize("status", [200, 202, 204])
@@ -263,4 +304,4 @@ async def test_any_2xx_is_success(http_receiver: HttpReceiver, status: int) -> N
         assert await n.drain(10)
     finally:
         await n.close()
-    assert n.counts() == {("pagerduty", SENT): 1}
+    assert outcomes(n) == {("pagerduty", SENT): 1}

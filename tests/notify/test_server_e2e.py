@@ -91,3 +91,30 @@ rule: {cel: {deny: '"debug" in config.exporters'}}
     assert len(smtp_sink.messages) == 1
     assert "no-debug" in smtp_sink.messages[0]["Subject"]
     assert smtp_sink.envelopes[0][1] == ["oncall@example.com"]
+
+
+def test_notification_log_lines_carry_the_callers_trace_id(tmp_path: Path,
+                                                           http_receiver: HttpReceiver) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(f"""\
+tenant: acme
+name: no-debug
+notify:
+  - webhook: {{url: "{http_receiver.url('/hook')}", secret: s3cret}}
+rule: {{cel: {{deny: '"debug" in config.exporters'}}}}
+""")
+    server = PdpServer(tmp_path, policy_dir=policies,
+                       args=["--telemetry-enabled", "true"]).start()
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            d = dgrpc.DecisionServiceStub(ch).CheckPush(
+                push_request("acme", "a1", config_yaml="exporters: {debug: {}}"), timeout=5,
+                metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)).decision
+        http_receiver.wait_for(1, "/hook")
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+    [sent] = [ln for ln in server.log().splitlines() if '"notification sent"' in ln]
+    assert trace_id in sent and d.decision_id in sent

@@ -28,7 +28,8 @@ def test_scrape_serves_all_metrics() -> None:
     hits_misses = [30, 10]
     tel.observe_cache(lambda: (hits_misses[0], hits_misses[1]))
     tel.observe_audit(lambda: 4, lambda: 17)
-    tel.observe_notifications(lambda: {("webhook", "sent"): 3, ("email", "suppressed"): 2})
+    tel.observe_notifications(lambda: {("webhook", "sent"): 3, ("email", "suppressed"): 2,
+                                       ("webhook", "backlog"): 7})
     tel.start()
     try:
         assert tel.prometheus_port
@@ -62,6 +63,9 @@ def test_scrape_serves_all_metrics() -> None:
         assert sample(text, "pdp_audit_queue_depth") == 4
         assert sample(text, "pdp_audit_spooled_events") == 17
         assert sample(text, "pdp_notifications_total", channel="webhook", result="sent") == 3
+        # the backlog is a level (a gauge), not one of the counted results
+        assert sample(text, "pdp_notifications_backlog", channel="webhook") == 7
+        assert 'result="backlog"' not in text
 
         # observable gauges are read at scrape time
         hits_misses[:] = [90, 10]
