@@ -25,7 +25,7 @@ from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.server.roles import Permission, authorize, current_caller
-from pdp.telemetry import log_step
+from pdp.telemetry import log_decision, log_step
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -95,6 +95,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 decision = await self.engine.check(req, self.deadline_s,
                                                    caller_deadline(context),
                                                    received_at=received_at)
+                log_decision(log, req.tenant, req.checkpoint.value, decision)
                 return convert.decision_pb(decision)
             with tel.decision_span(f"pdp.{req.checkpoint.value}", carrier(context),
                                    {"pdp.tenant": req.tenant,
@@ -104,6 +105,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                                                    received_at=received_at)
                 span.set_attribute("pdp.outcome", "allow" if decision.allowed else "deny")
                 span.set_attribute("pdp.decision_id", decision.decision_id)
+                log_decision(log, req.tenant, req.checkpoint.value, decision)
             return convert.decision_pb(decision)
         return await guarded(context, run)
 

@@ -65,7 +65,7 @@ Metric names (Prometheus form): ``pdp_decisions_total{outcome,tenant,checkpoint}
 from pdp.telemetry.base import DecisionTelemetry
 from pdp.telemetry.core import Telemetry
 from pdp.telemetry.lag import LoopLagMonitor
-from pdp.telemetry.logs import add_trace_ids, current_trace_id, log_step
+from pdp.telemetry.logs import add_trace_ids, current_trace_id, log_decision, log_step
 from pdp.telemetry.noop import NO_TELEMETRY, NoTelemetry
 from pdp.telemetry.settings import TelemetrySettings
 
@@ -90,5 +90,6 @@ __all__ = [
     "add_trace_ids",
     "create_telemetry",
     "current_trace_id",
+    "log_decision",
     "log_step",
 ]

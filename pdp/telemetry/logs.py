@@ -75,19 +75,28 @@ def log_step(logger: Any, tenant: str, checkpoint: str,
     allowed = denied = 0
     debug = _debug_enabled(logger)
     for d in decisions:
+        log_decision(logger, tenant, checkpoint, d, debug)
         if d.allowed:
             allowed += 1
-            if debug:
-                logger.debug("decision_allowed", decision_id=d.decision_id, tenant=tenant,
-                             checkpoint=checkpoint)
-            continue
-        denied += 1
-        logger.info("decision_denied", decision_id=d.decision_id, tenant=tenant,
-                    checkpoint=checkpoint, reasons=[r.code for r in d.reasons],
-                    policies=sorted({r.policy for r in d.reasons if r.policy}))
+        else:
+            denied += 1
     logger.info("step", tenant=tenant, checkpoint=checkpoint, agents=len(decisions),
                 allowed=allowed, denied=denied)
     return allowed, denied
+
+
+def log_decision(logger: Any, tenant: str, checkpoint: str, d: LoggedDecision,
+                 debug: bool | None = None) -> None:
+    """One decision: a ``decision_denied`` line at info for a deny (id, codes, policies),
+    ``decision_allowed`` at debug for an allow. Call it inside the call's span."""
+    if d.allowed:
+        if debug if debug is not None else _debug_enabled(logger):
+            logger.debug("decision_allowed", decision_id=d.decision_id, tenant=tenant,
+                         checkpoint=checkpoint)
+        return
+    logger.info("decision_denied", decision_id=d.decision_id, tenant=tenant,
+                checkpoint=checkpoint, reasons=[r.code for r in d.reasons],
+                policies=sorted({r.policy for r in d.reasons if r.policy}))
 
 
 def _debug_enabled(logger: Any) -> bool:
