@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -47,12 +46,6 @@ class AuditSink(Protocol):
         """Audit a decision (and its derived events); waits for fsync in sync mode only."""
 
 
-def _debug_enabled() -> bool:
-    bound = log.bind()  # the logger as configured (structlog caches it on first use)
-    check = getattr(bound, "is_enabled_for", None)
-    return True if check is None else bool(check(logging.DEBUG))
-
-
 class Recorder:
     """Makes decisions' audit records and hands them to ``audit``, now or after the answer.
 
@@ -71,9 +64,6 @@ class Recorder:
         # id(shared list of policies_list) -> (that list, its SHA-256): each hashed once.
         self._policy_shas: dict[int, tuple[list[dict[str, Any]], str]] = {}
         self._policies_seen: OrderedDict[tuple[str, str], float] = OrderedDict()
-        # Whether the per-decision debug line is wanted, asked once (logging is configured
-        # before the engine is made): a filtered-out call still cost ~4 µs per decision.
-        self._debug = _debug_enabled()
         # Decisions answered whose audit events are not queued yet (FIFO, decision order).
         self._unrecorded: deque[tuple[CheckRequest, Decision]] = deque()
         self._draining = False
@@ -130,10 +120,6 @@ class Recorder:
                    self._config_ref(req.tenant, "previous_config", req.previous_config_yaml))
         event = decision_event(req, decision, configs=configs,
                                policies_ref=self._policies_ref(req.tenant, decision.evaluated))
-        if self._debug:
-            log.debug("decision", decision_id=decision.decision_id, tenant=req.tenant,
-                      allowed=decision.allowed, reasons=[r.code for r in decision.reasons],
-                      elapsed_ms=round(decision.elapsed_s * 1000, 3))
         return event
 
     def _config_ref(self, tenant: str, field: str, text: str | None) -> str | None:

@@ -224,24 +224,27 @@ async def test_single_decisions_reuse_their_counter_rules() -> None:
     assert len(seen) == 5 and all(r is seen[0] for r in seen)
 
 
-async def test_the_per_decision_debug_line_is_written_only_at_debug_level(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_decisions_log_denies_at_info_and_allows_only_at_debug() -> None:
+    """The decision log line is the server's (telemetry.log_decision, in the call's span):
+    a deny at info, an allow at debug only; the engine itself writes none."""
     import structlog
     from structlog.testing import capture_logs
 
-    import pdp.engine.recorder as recorder_module
     from pdp.logging import configure_logging
+    from pdp.telemetry import log_decision
 
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="agent.id == 'bad'"))
+    allowed = await engine.check(push(), 1.0)
+    denied = await engine.check(push(agent="bad"), 1.0)
     try:
-        for level, expected in (("debug", True), ("warning", False)):
+        for level, allow_line in (("debug", True), ("info", False)):
             configure_logging(level)
-            # A fresh logger: structlog caches a logger at its first use, with the levels
-            # configured then (in the server, logging is configured once, before that).
-            monkeypatch.setattr(recorder_module, "log", structlog.get_logger("pdp.engine"))
-            engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
-            assert engine.recorder._debug is expected
+            log = structlog.get_logger(f"pdp.test.{level}")
             with capture_logs() as logs:
-                await engine.check(push(), 1.0)
-            assert any(x["event"] == "decision" for x in logs) is expected, level
+                for d in (allowed, denied):
+                    log_decision(log, "t", "push", d)
+            events = [x["event"] for x in logs]
+            assert ("decision_allowed" in events) is allow_line, level
+            assert "decision_denied" in events, level
     finally:
         structlog.reset_defaults()
