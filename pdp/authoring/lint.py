@@ -1,7 +1,7 @@
 """``pdp policy lint DIR|FILE``: problems a policy author can fix before admission.
 
-* errors: YAML / schema problems and CEL compile errors (``file:line:column`` of the field,
-  plus the line:column inside the expression), duplicate names, a cost estimate above the
+* errors: YAML / schema problems and CEL compile errors (``file:line:column`` inside the
+  expression, as ``pdp serve`` reports them), duplicate names, a cost estimate above the
   server's limit (the server would keep such a policy as broken: it denies everything).
 * warnings: a cost estimate above the warning threshold; match filters that can never match
   at the policy's checkpoints (an agent selector on a device-only policy, a device selector
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from pdp.cel import CelCompileError, Environment, Program, pdp_environment
+from pdp.cel import CelCompileError, Environment, Program, ProgramCache, pdp_environment
 from pdp.cel import ast as A
+from pdp.policy.compiled import compile_policy
 from pdp.policy.loader import parse_document
 from pdp.policy.model import CelRule, Checkpoint, LabelSelector, Policy, PolicyError
 from pdp.policy.rules import (
@@ -152,21 +153,39 @@ def lint_policy(policy: Policy, doc: Located, src: str, env: Environment, *,
     carried = frozenset().union(*(CARRIES[c] for c in checkpoints))
     rule: Any = policy.rule
     # -- CEL: compile errors, cost ---------------------------------------------------------
-    expressions: list[tuple[tuple[Any, ...], str]] = []
+    expressions: list[tuple[tuple[Any, ...], str, Program | None]] = []
     if isinstance(rule, CelRule):
-        expressions.append((("rule", "cel", "deny"), rule.deny))
-        if rule.message:
-            expressions.append((("rule", "cel", "message"), rule.message))
-    elif isinstance(rule, CounterSpec) and rule.scope_expression is not None:
-        expressions.append((("rule", rule.kind, "scope", "expression"), rule.scope_expression))
-    for path, source in expressions:
-        field = ".".join(map(str, path))
+        # compiled as the server compiles it (variables first, typed), errors at the file
+        # line and column inside the expression
         try:
-            program: Program = env.compile(source)
-        except CelCompileError as exc:
-            where = f" (expression {exc.line}:{exc.column})" if exc.offset >= 0 else ""
-            add("error", path, f"{field}{where}: {exc.message}")
-            continue
+            compiled = compile_policy(policy, env, ProgramCache(64))
+        except PolicyError as exc:
+            out.append(Finding("error", src, exc.line, exc.column, policy.name,
+                               f"{exc.field_path}: {exc.problem}" if exc.field_path
+                               else exc.problem))
+            return out
+        programs: dict[str, Program | None] = {
+            f"rule.cel.variables.{n}": p for n, p in compiled.variables}
+        programs.update({"rule.cel.deny": compiled.deny, "rule.cel.message": compiled.message,
+                         "rule.cel.violations": compiled.violations})
+        for field_path, source in rule.expressions():
+            parts = field_path.split(".", 3)
+            path = tuple(parts[:3]) + (tuple(parts[3:]) if len(parts) > 3 else ())
+            expressions.append((path, source, programs.get(field_path)))
+    elif isinstance(rule, CounterSpec) and rule.scope_expression is not None:
+        expressions.append((("rule", rule.kind, "scope", "expression"), rule.scope_expression,
+                            None))
+    for path, source, compiled_program in expressions:
+        field = ".".join(map(str, path))
+        if compiled_program is not None:
+            program: Program = compiled_program
+        else:
+            try:
+                program = env.compile(source)
+            except CelCompileError as exc:
+                where = f" (expression {exc.line}:{exc.column})" if exc.offset >= 0 else ""
+                add("error", path, f"{field}{where}: {exc.message}")
+                continue
         if program.cost_estimate > max_cost:
             add("error", path, f"{field}: estimated worst-case cost {program.cost_estimate}"
                                f" exceeds the server limit {max_cost}; the server would deny"

@@ -75,8 +75,8 @@ class Checker:
         self.out.result = self.s.finalize(t)
         return self.out
 
-    def error(self, msg: str, node: A.Expr) -> T:
-        exc = CelCompileError(msg, self.src, node.offset)
+    def error(self, msg: str, node: A.Expr, offset: int | None = None) -> T:
+        exc = CelCompileError(msg, self.src, node.offset if offset is None else offset)
         if self.strict:
             raise exc
         self.out.errors.append(exc)
@@ -230,7 +230,9 @@ class Checker:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         hint = (f"; did you mean `{close[0]}`?" if close
                 else f"; its fields are {', '.join(names)}")
-        return self.error(f"no field `{name}` on {t.name}{hint}", at)
+        start = self.src.find(name, at.offset)  # point at the name, not at the dot
+        return self.error(f"no field `{name}` on {t.name}{hint}", at,
+                          start if start >= 0 else at.offset)
 
     def _optional_access(self, e: A.Call) -> T:
         """``a.?f`` / ``a[?k]``: optional.of the field / element when present, else none;

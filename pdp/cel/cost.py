@@ -317,7 +317,8 @@ def _format(est: _Estimator, e: A.Call, sz: list[Sz]) -> tuple[int, Sz]:
     from .meter import _HEX, _PREC
     size = len(fmt) + sum(int(p) for p in _PREC.findall(fmt))
     per_char = 8 if _HEX.search(fmt) else 1
-    size += _NUMBER_TEXT * max(sz[1].elems, 1) + per_char * sz[1].chars
+    values = sz[1] if len(sz) > 1 else _ZERO  # unchecked ``s.format()``: fails at run time
+    size += _NUMBER_TEXT * max(values.elems, 1) + per_char * values.chars
     out = Sz(size, 0)
     return est.built(e, out, True, False), out
 

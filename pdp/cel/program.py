@@ -99,6 +99,8 @@ class Environment:
                  max_string_bytes: int = DEFAULT_MAX_STRING,
                  max_list_size: int = DEFAULT_MAX_LIST) -> None:
         self.decls: dict[str, T] = {}
+        self._key = ""  # cache_key, once computed
+        self._key_decls: dict[str, T] | None = None
         self.container = container
         if assumed_size is not None:
             max_input_elements = assumed_size
@@ -118,11 +120,13 @@ class Environment:
     def declare(self, name: str, typ: T | str) -> None:
         """Declare a variable (``typ`` as a T or in the compact syntax: ``map(string, dyn)``)."""
         self.decls[name] = parse_type(typ) if isinstance(typ, str) else typ
+        self._key = ""
 
     def declare_function(self, name: str, sigs: str | Iterable[str],
                          impl: Callable[..., Any], cost: int = 0) -> None:
         """Add a custom function (signatures as in functions.parse_sig)."""
         self.registry.add(name, sigs, impl, cost=cost)
+        self._key = ""
 
     def parse(self, source: str) -> A.Expr:
         tree: A.Expr = _with_recursion(lambda: parse(source, self.optional_syntax))
@@ -175,12 +179,19 @@ class Environment:
                        "", references(sub, chk))
 
     def cache_key(self) -> str:
-        """Identity of this environment for the program cache."""
+        """Identity of this environment for the program cache (declarations in full: two
+        record types of one name may have different fields). Remembered until a declaration
+        changes through declare / declare_function."""
+        key = getattr(self, "_key", "")
+        if key and getattr(self, "_key_decls", None) is self.decls:
+            return key
         parts = [self.container, repr(self.inputs), str(self.limits.max_string),
                  str(self.limits.max_list)]
-        parts += [f"{k}:{v}" for k, v in sorted(self.decls.items())]
+        parts += [f"{k}:{v!r}" for k, v in sorted(self.decls.items())]
         parts += sorted(self.registry.funcs)
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        self._key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        self._key_decls = self.decls
+        return self._key
 
 
 def _describe(source: str, node: A.Expr | None, note: str) -> str:

@@ -186,7 +186,14 @@ class Evaluator:
                         fp = fp or self._fingerprint(req)
                         overruns.remember(p, fp, deny, spent)
             if deny is not None:
-                decision.reasons.append(self.reason(p, deny))
+                if deny.violations:  # one reason per violation (a CEL violations rule)
+                    decision.reasons.extend(self.reason(p, replace(deny, message=m))
+                                            for m in deny.violations)
+                    if deny.omitted:
+                        decision.reasons.append(self.reason(p, replace(
+                            deny, message=f"... and {deny.omitted} more violations")))
+                else:
+                    decision.reasons.append(self.reason(p, deny))
                 if req.explain:
                     decision.explanations.append(explanation(p, ctx, deny.code, budget))
                 if deny.code == ReasonCode.DEADLINE_EXCEEDED:

@@ -7,7 +7,9 @@ that denies every request it applies to (fail-closed) with the compile error as 
 
 from __future__ import annotations
 
+import copy
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,10 @@ from pdp.cel import (
     Environment,
     Program,
     ProgramCache,
+    read_roots,
 )
+from pdp.cel.runtime import Deferred
+from pdp.cel.types import T, object_of
 from pdp.counters import CounterRule
 from pdp.counters.scopes import scope_key
 from pdp.policy.evalctx import EvalContext
@@ -37,6 +42,9 @@ class CompiledPolicy:
     counter: CounterSpec | None = None
     scope_program: Program | None = None
     broken: str | None = None  # compile error: the policy denies with this reason
+    violations: Program | None = None  # a list of messages, one reason each
+    variables: tuple[tuple[str, Program], ...] = ()  # evaluated once per decision, in order
+    env: Environment | None = None  # what the CEL rule compiled against (with its variables)
 
     @property
     def name(self) -> str:
@@ -56,14 +64,28 @@ class CompiledPolicy:
             return frozenset()  # denies every request alike
         if self.stateless is not None:
             return type(self.stateless).reads
+        if self.violations is not None:  # the messages are the verdict
+            return self._through_variables(self.violations.reads)
         if self.deny is not None:
-            return self.deny.reads
+            return self._through_variables(self.deny.reads)
         return frozenset()  # a counter rule: decided by the store, per request
 
     @functools.cached_property
     def message_reads(self) -> frozenset[str]:
         """What a deny's message depends on besides the verdict."""
-        return self.message.reads if self.message is not None else frozenset()
+        if self.message is None:
+            return frozenset()
+        return self._through_variables(self.message.reads)
+
+    def _through_variables(self, reads: frozenset[str]) -> frozenset[str]:
+        """``reads`` with ``variables.*`` replaced by what the variables read (all of
+        them: every variable is evaluated, whichever the expression names)."""
+        if not self.variables:
+            return reads
+        out = {r for r in reads if read_roots(frozenset({r})) != {"variables"}}
+        for _, prog in self.variables:
+            out |= {r for r in prog.reads if not r.startswith("variables")}
+        return frozenset(out)
 
     @property
     def shadow(self) -> bool:
@@ -80,27 +102,48 @@ class CompiledPolicy:
             return Deny("POLICY_INVALID", f"policy does not compile: {self.broken}")
         if self.stateless is not None:
             return self.stateless.evaluate(ctx)
-        if self.deny is None:
+        if self.deny is None and self.violations is None:
             return None  # counter rules are reserved later, by the engine
         try:
-            result = self.deny.evaluate(ctx.activation, budget=budget)
+            activation = self.activation(ctx, budget)
+            if self.violations is not None:
+                return _violations(self.violations.evaluate(activation, budget=budget))
+            assert self.deny is not None
+            result = self.deny.evaluate(activation, budget=budget)
         except CostLimitExceeded as exc:
             return Deny("COST_LIMIT_EXCEEDED", f"evaluation exceeded its cost budget: {exc}")
         except CelEvalError as exc:
-            return Deny("POLICY_ERROR", f"deny expression failed, so the policy denies: {exc}")
+            what = "violations" if self.violations is not None else "deny"
+            return Deny("POLICY_ERROR", f"{what} expression failed, so the policy denies: {exc}")
         if result is False:
             return None
         if result is not True:
             return Deny("POLICY_ERROR",
                         f"deny expression returned {type(result).__name__}, expected bool")
-        return Deny("POLICY_DENIED", self._message(ctx, budget))
+        return Deny("POLICY_DENIED", self._message(activation, budget))
 
-    def _message(self, ctx: EvalContext, budget: Budget) -> str:
+    def activation(self, ctx: EvalContext, budget: Budget | None = None) -> Mapping[str, Any]:
+        """The request's activation, plus ``variables`` when the rule has any: each
+        evaluated once, in order; one that fails holds its error, raised where it is read.
+        Cost and deadline errors propagate (they are the decision's, not the variable's)."""
+        if not self.variables:
+            return ctx.activation
+        values: dict[str, Any] = {}
+        activation = dict(ctx.activation)
+        activation["variables"] = values
+        for name, prog in self.variables:
+            try:
+                values[name] = prog.evaluate(activation, budget=budget)
+            except CelEvalError as exc:
+                values[name] = Deferred(CelEvalError(f"variable {name}: {exc}"))
+        return activation
+
+    def _message(self, activation: Mapping[str, Any], budget: Budget) -> str:
         default = self.policy.description or f"denied by policy {self.policy.name}"
         if self.message is None:
             return default
         try:
-            text = self.message.evaluate(ctx.activation, budget=budget)
+            text = self.message.evaluate(activation, budget=budget)
         except CostLimitExceeded:
             return default + " (message expression exceeded its cost budget)"
         except CelEvalError as exc:
@@ -144,11 +187,7 @@ def compile_policy(policy: Policy, env: Environment, cache: ProgramCache, *,
     """Compile ``policy``; raises PolicyError (with line:column of the expression) on failure."""
     rule: Any = policy.rule
     if isinstance(rule, CelRule):
-        deny = _compile(env, cache, rule.deny, policy, "rule.cel.deny", max_cost)
-        message = None
-        if rule.message:
-            message = _compile(env, cache, rule.message, policy, "rule.cel.message", max_cost)
-        return CompiledPolicy(policy, policy.content_hash, deny=deny, message=message)
+        return _compile_cel(policy, rule, env, cache, max_cost)
     if isinstance(rule, CounterSpec):
         scope_program = None
         if rule.scope_expression is not None:
@@ -170,9 +209,88 @@ def compile_or_broken(policy: Policy, env: Environment, cache: ProgramCache, *,
         return CompiledPolicy(policy, policy.content_hash, broken=str(exc))
 
 
+#: At most this many violations become reasons; the last one says how many more there were.
+MAX_VIOLATIONS = 100
+
+
+def _violations(result: Any) -> Deny | None:
+    """A violations expression's value as a deny (None for an empty list)."""
+    if not isinstance(result, list | tuple):
+        return Deny("POLICY_ERROR", f"violations expression returned {type(result).__name__},"
+                                    " expected a list of strings")
+    if not result:
+        return None
+    texts = tuple(v if isinstance(v, str) else _text(v) for v in result[:MAX_VIOLATIONS])
+    omitted = len(result) - len(texts)
+    summary = texts[0] if len(result) == 1 else f"{texts[0]} (and {len(result) - 1} more)"
+    return Deny("POLICY_DENIED", summary, violations=texts, omitted=omitted)
+
+
+def _text(v: Any) -> str:
+    from pdp.cel.explain import render
+
+    return render(v)
+
+
+def _compile_cel(policy: Policy, rule: CelRule, env: Environment, cache: ProgramCache,
+                 max_cost: int | None) -> CompiledPolicy:
+    """Variables first, each against the ones before it (typed by what they evaluate to),
+    then deny / violations / message against all of them."""
+    variables: list[tuple[str, Program]] = []
+    scope = env
+    for name, source in rule.variables:
+        prog = _compile(scope, cache, source, policy, f"rule.cel.variables.{name}", max_cost)
+        variables.append((name, prog))
+        scope = _with_variables(env, tuple((n, p.result_type) for n, p in variables))
+    deny = violations = message = None
+    if rule.violations is not None:
+        violations = _compile(scope, cache, rule.violations, policy, "rule.cel.violations",
+                              max_cost)
+    else:
+        deny = _compile(scope, cache, rule.deny, policy, "rule.cel.deny", max_cost)
+    if rule.message:
+        message = _compile(scope, cache, rule.message, policy, "rule.cel.message", max_cost)
+    return CompiledPolicy(policy, policy.content_hash, deny=deny, message=message,
+                          violations=violations, variables=tuple(variables), env=scope)
+
+
+_SCOPES: dict[tuple[int, tuple[tuple[str, T], ...]], tuple[Environment, Environment]] = {}
+
+
+def _with_variables(env: Environment, types: tuple[tuple[str, T], ...]) -> Environment:
+    """``env`` plus ``variables`` declared as a record of ``types`` (so ``variables.nme`` is
+    a compile error naming ``name``); one per set of variable types, shared by policies."""
+    key = (id(env), types)
+    hit = _SCOPES.get(key)
+    if hit is not None and hit[0] is env:
+        return hit[1]
+    scope = copy.copy(env)
+    scope.decls = dict(env.decls)
+    scope.declare("variables", object_of("variables", **dict(types)))
+    if len(_SCOPES) >= 4096:
+        _SCOPES.clear()
+    _SCOPES[key] = (env, scope)
+    return scope
+
+
 def _compile(env: Environment, cache: ProgramCache, source: str, policy: Policy,
              field_path: str, max_cost: int | None) -> Program:
     try:
         return cache.get_or_compile(env, source, max_cost=max_cost)
     except CelCompileError as exc:
-        raise PolicyError(str(exc), field_path=field_path, source=policy.source) from None
+        raise compile_error(exc, policy, field_path) from None
+
+
+def compile_error(exc: CelCompileError, policy: Policy, field_path: str) -> PolicyError:
+    """A CEL compile error as a policy error at the file line and column inside the
+    expression (where the YAML loader recorded it), with the expression's line and a caret."""
+    rule: Any = policy.rule
+    loc = rule.locations.get(field_path) if isinstance(rule, CelRule) else None
+    if loc is None or exc.offset < 0:
+        return PolicyError(str(exc), field_path=field_path, source=policy.source)
+    line, column = loc.position(exc.source, exc.offset)
+    lines = exc.source.split("\n")
+    text = lines[exc.line - 1] if 0 < exc.line <= len(lines) else ""
+    snippet = f"{exc.message}\n | {text}\n | {'.' * (exc.column - 1)}^"
+    return PolicyError(snippet, field_path=field_path, source=loc.file, line=line,
+                       column=column)

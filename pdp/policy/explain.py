@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 from pdp.cel import Budget, Environment, pdp_environment
-from pdp.cel.explain import explain_expression
+from pdp.cel.explain import explain_expression, render
+from pdp.cel.runtime import Deferred
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import CelRule
@@ -37,8 +38,7 @@ def explain_policy(p: CompiledPolicy, ctx: EvalContext, code: str = "",
     rule: Any = p.policy.rule
     try:
         if isinstance(rule, CelRule):
-            return explain_expression(env or pdp_environment(), rule.deny, ctx.activation,
-                                      budget=budget)
+            return explain_cel(p, rule, ctx, env, budget)
         if isinstance(rule, StatelessRule):
             return rule.explain(ctx)
         if isinstance(rule, CounterSpec):
@@ -46,6 +46,24 @@ def explain_policy(p: CompiledPolicy, ctx: EvalContext, code: str = "",
     except Exception as exc:  # an explanation must never break a decision
         return {"(explanation)": f"cannot explain: {type(exc).__name__}: {exc}"}
     return {}
+
+
+def explain_cel(p: CompiledPolicy, rule: CelRule, ctx: EvalContext, env: Environment | None,
+                budget: Budget | None) -> Values:
+    """The deny expression's deciding values; for a violations rule, the list it gave. The
+    values of the rule's variables come first, as ``variables.NAME``."""
+    activation = p.activation(ctx, budget)
+    out: Values = {}
+    values = activation.get("variables")
+    if isinstance(values, dict):
+        out.update({f"variables.{k}": render(v) for k, v in values.items()
+                    if not isinstance(v, Deferred)})
+    if p.violations is not None:
+        out["violations"] = render(p.violations.evaluate(activation, budget=budget))
+        return out
+    out.update(explain_expression(p.env or env or pdp_environment(), rule.deny, activation,
+                                  budget=budget))
+    return out
 
 
 def explain_counter(rule: CounterSpec, retry_after_s: float | None = None) -> Values:

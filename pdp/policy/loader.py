@@ -6,12 +6,14 @@ because the people reading them are editing YAML by hand.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pdp.cel.lexer import RESERVED
 from pdp.notify import ChannelConfigError, parse_channels
 from pdp.policy.model import (
     CelRule,
@@ -31,6 +33,7 @@ from pdp.policy.yamlpos import Located, Path_, format_path, load_documents
 TOP_KEYS = {"tenant", "name", "description", "checkpoints", "match", "enabled", "status",
             "rule", "version", "author", "approver", "apiVersion", "kind", "notify"}
 OPERATORS = {"in", "not_in", "notin", "exists", "does_not_exist", "doesnotexist"}
+VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def load_text(text: str, source: str = "<policy>", *,
@@ -105,7 +108,7 @@ def parse_document(doc: Located, source: str, *,
         status = Status(status_raw.lower())
     except ValueError:
         raise fail(("status",), f"unknown status {status_raw!r}") from None
-    rule = _parse_rule(top.mapping("rule"))
+    rule = _parse_rule(top.mapping("rule"), doc, source)
     try:
         channels = tuple(parse_channels(data.get("notify"), path="notify"))
     except ChannelConfigError as exc:
@@ -128,23 +131,92 @@ def parse_document(doc: Located, source: str, *,
     )
 
 
-def _parse_rule(p: Params) -> Any:
+def _parse_rule(p: Params, doc: Located | None = None, source: str = "") -> Any:
     kinds = [str(k) for k in p.data]
     if len(kinds) != 1:
         raise p.fail(p.path, "exactly one rule is required: cel or one of "
                      + ", ".join(TYPED_KINDS) + (f"; got {', '.join(kinds)}" if kinds else ""))
     kind = kinds[0]
     if kind == "cel":
-        c = p.mapping("cel")
-        rule = CelRule(deny=c.string("deny"), message=c.data.get("message"))
-        c.seen.add("message")
-        if rule.message is not None and not isinstance(rule.message, str):
-            raise c.error("message", "expected a CEL expression string")
-        c.reject_unknown()
-        return rule
+        return _parse_cel(p.mapping("cel"), doc, source)
     if kind not in TYPED_KINDS:
         raise p.error(kind, "unknown rule kind; expected cel or one of " + ", ".join(TYPED_KINDS))
     return parse_typed(kind, p.mapping(kind))
+
+
+def _parse_cel(c: Params, doc: Located | None, source: str) -> CelRule:
+    """``deny`` (+ ``message``) or ``violations``, with optional ``variables``; each
+    expression's place in the file is kept for compile errors (see ExprLocation)."""
+    for key in ("deny", "message", "violations"):
+        if c.data.get(key) is not None and not isinstance(c.data[key], str):
+            raise c.error(key, "expected a CEL expression string")
+    has_deny, has_violations = "deny" in c.data, "violations" in c.data
+    if has_deny == has_violations:
+        raise c.fail(c.path, "exactly one of deny (with an optional message) or violations"
+                     " (a list of messages) is required")
+    if has_violations and "message" in c.data:
+        raise c.error("message", "violations are their own messages; message goes with deny")
+    deny = c.string("deny") if has_deny else ""
+    violations = c.string("violations") if has_violations else None
+    message = c.data.get("message")
+    c.seen.add("message")
+    variables = _parse_variables(c)
+    c.reject_unknown()
+    locations: dict[str, Any] = {}
+    if doc is not None:
+        paths: list[tuple[str, ...]] = [("deny",), ("message",), ("violations",)]
+        paths += [("variables", name) for name, _ in variables]
+        for sub in paths:
+            full = (*c.path, *sub)
+            raw_path = full if sub[0] != "variables" else _variable_path(doc, c.path, sub[1])
+            loc = doc.location(raw_path, source)
+            if loc is not None:
+                locations[format_path(full)] = loc
+    return CelRule(deny=deny, message=message, variables=variables, violations=violations,
+                   locations=locations)
+
+
+def _parse_variables(c: Params) -> tuple[tuple[str, str], ...]:
+    """``variables:`` as a mapping ``name: expression`` (in order) or, as Kubernetes writes
+    them, a list of ``{name, expression}``."""
+    raw = c.data.get("variables")
+    c.seen.add("variables")
+    if raw is None:
+        return ()
+    pairs: list[tuple[str, Any, tuple[str | int, ...]]] = []
+    if isinstance(raw, Mapping):
+        pairs = [(str(k), v, ("variables", str(k))) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        for i, item in enumerate(raw):
+            if not isinstance(item, Mapping) or set(item) != {"name", "expression"}:
+                raise c.error("variables", f"item {i}: expected {{name, expression}}")
+            pairs.append((str(item["name"]), item["expression"], ("variables", i, "expression")))
+    else:
+        raise c.error("variables", "expected a mapping of name: CEL expression")
+    out: list[tuple[str, str]] = []
+    for name, expr, path in pairs:
+        if not VARIABLE_NAME.match(name) or name in RESERVED:
+            raise c.fail((*c.path, *path[:2]), f"variable name {name!r}: expected letters,"
+                         " digits and '_', not starting with a digit, not a reserved word")
+        if name in dict(out):
+            raise c.fail((*c.path, *path[:2]), f"variable {name!r} is defined twice")
+        if not isinstance(expr, str) or not expr.strip():
+            raise c.fail((*c.path, *path), "expected a CEL expression string")
+        out.append((name, expr))
+    return tuple(out)
+
+
+def _variable_path(doc: Located, rule_path: tuple[str | int, ...], name: str
+                   ) -> tuple[str | int, ...]:
+    """The document path of variable ``name``'s expression (mapping or list form)."""
+    raw: Any = doc.value
+    for part in (*rule_path, "variables"):
+        raw = raw[part]
+    if isinstance(raw, list):
+        for i, item in enumerate(raw):
+            if str(item.get("name")) == name:
+                return (*rule_path, "variables", i, "expression")
+    return (*rule_path, "variables", name)
 
 
 def _parse_selector(p: Params) -> LabelSelector:

@@ -110,11 +110,32 @@ class MatchFilter:
 
 @dataclass(frozen=True)
 class CelRule:
-    """Deny when ``deny`` evaluates to true; ``message`` (CEL, optional) explains why."""
+    """Deny when ``deny`` evaluates to true; ``message`` (CEL, optional) explains why. Or
+    ``violations`` instead of both: a list of strings, one reason each (empty: allow), so a
+    policy names every offending element without repeating its condition in a message.
+
+    ``variables`` are named expressions, evaluated once per decision in order and read as
+    ``variables.NAME`` by the later ones, ``deny``, ``message`` and ``violations``.
+    ``locations``: where each expression is in its YAML file (by field path, e.g.
+    ``rule.cel.deny``), so a compile error names the file line and column in it."""
 
     deny: str
     message: str | None = None
     kind: str = "cel"
+    variables: tuple[tuple[str, str], ...] = ()
+    violations: str | None = None
+    locations: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def expressions(self) -> list[tuple[str, str]]:
+        """(field path, source) of every expression, in evaluation order."""
+        out = [(f"rule.cel.variables.{n}", src) for n, src in self.variables]
+        if self.violations is not None:
+            out.append(("rule.cel.violations", self.violations))
+        else:
+            out.append(("rule.cel.deny", self.deny))
+        if self.message:
+            out.append(("rule.cel.message", self.message))
+        return out
 
 
 @dataclass(frozen=True)

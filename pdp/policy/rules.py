@@ -33,6 +33,11 @@ class Deny:
     code: str
     message: str
     retry_after_s: float | None = None
+    # A CEL ``violations`` rule: one message per offending element (the engine gives one
+    # reason each; ``message`` sums them up for single-reason paths), and how many more
+    # there were than it keeps.
+    violations: tuple[str, ...] = ()
+    omitted: int = 0
 
 
 class StatelessRule:

@@ -18,6 +18,62 @@ Path_ = tuple[str | int, ...]
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+@dataclass(frozen=True)
+class ExprLocation:
+    """Where a scalar (a CEL expression) is in its file, to turn an offset in the parsed
+    string into the file's line and column: an error in an expression must point into the
+    YAML the author edits, whether the scalar is plain, quoted, folded (``>``) or literal."""
+
+    file: str
+    line: int        # 1-based, of the scalar's first character (its indicator or quote)
+    column: int
+    raw: str         # the scalar's text as written in the file
+    style: str       # "" plain, "'", '"', "|" or ">"
+
+    def position(self, value: str, offset: int) -> tuple[int, int]:
+        """File (line, column) of ``value[offset]``: the n-th non-blank character of the
+        value is the n-th non-blank character of the scalar's text (folding and indenting
+        only move blanks); the scalar's start when that does not hold."""
+        raw, start = self.raw, 0
+        if self.style in ("|", ">"):
+            nl = raw.find("\n")
+            start = len(raw) if nl < 0 else nl + 1
+        elif self.style in ("'", '"'):
+            start = 1
+        offset = max(0, min(offset, len(value)))
+        while offset < len(value) and value[offset].isspace():
+            offset += 1
+        wanted = sum(1 for c in value[:offset] if not c.isspace())
+        seen, i, last = 0, start, start
+        while i < len(raw):
+            c = raw[i]
+            width = 1  # characters of raw text for one character of the value
+            if self.style == '"' and c == "\\":
+                esc = raw[i + 1:i + 2]
+                if esc in ("t", "n", "r", " ", "\n", "\t", "_", "N", "L", "P"):
+                    i += 2  # an escape giving a blank (or a line continuation)
+                    continue
+                width = {"x": 4, "u": 6, "U": 10}.get(esc, 2)
+            elif self.style == "'" and raw.startswith("''", i):
+                width = 2
+            if not c.isspace():
+                if seen == wanted:
+                    return self._line_col(i)
+                seen += 1
+                last = i + width
+            i += width
+        if seen == wanted and seen:  # the end of the expression (a syntax error at EOF)
+            return self._line_col(last)
+        return self.line, self.column
+
+    def _line_col(self, i: int) -> tuple[int, int]:
+        before = self.raw[:i]
+        nl = before.rfind("\n")
+        if nl < 0:
+            return self.line, self.column + i
+        return self.line + before.count("\n"), i - nl
+
+
 @dataclass
 class Located:
     """One YAML document as plain values, plus where every path starts (1-based)."""
@@ -25,6 +81,17 @@ class Located:
     value: Any
     positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
     start_line: int = 1
+    # scalar paths -> (start index, end index in the stream, style), for ExprLocation
+    spans: dict[Path_, tuple[int, int, str]] = field(default_factory=dict)
+    text: str = ""
+
+    def location(self, path: Path_, file: str) -> ExprLocation | None:
+        """Where the scalar at ``path`` is written (None: not a scalar of this document)."""
+        span = self.spans.get(path)
+        if span is None or not self.text:
+            return None
+        line, column = self.positions[path]
+        return ExprLocation(file, line, column, self.text[span[0]:span[1]], span[2])
 
     def where(self, path: Path_) -> tuple[int, int]:
         """Closest known position for ``path`` (falls back to the nearest parent)."""
@@ -49,8 +116,8 @@ def load_documents(text: str) -> list[Located]:
             node = loader.get_node()
             if node is None:  # pragma: no cover - check_node said there is one
                 break
-            loc = Located(None, start_line=node.start_mark.line + 1)
-            loc.value = _build(loader, node, (), loc.positions)
+            loc = Located(None, start_line=node.start_mark.line + 1, text=text)
+            loc.value = _build(loader, node, (), loc.positions, loc.spans)
             docs.append(loc)
     finally:
         loader.dispose()
@@ -58,8 +125,11 @@ def load_documents(text: str) -> list[Located]:
 
 
 def _build(loader: Any, node: yaml.Node, path: Path_,
-           pos: dict[Path_, tuple[int, int]]) -> Any:
+           pos: dict[Path_, tuple[int, int]],
+           spans: dict[Path_, tuple[int, int, str]] | None = None) -> Any:
     pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if spans is not None and isinstance(node, yaml.ScalarNode):
+        spans[path] = (node.start_mark.index, node.end_mark.index, node.style or "")
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
@@ -72,8 +142,9 @@ def _build(loader: Any, node: yaml.Node, path: Path_,
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark)
             child = (*path, str(key))
-            out[key] = _build(loader, value_node, child, pos)
+            out[key] = _build(loader, value_node, child, pos, spans)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, (*path, i), pos) for i, item in enumerate(node.value)]
+        return [_build(loader, item, (*path, i), pos, spans)
+                for i, item in enumerate(node.value)]
     return loader.construct_object(node, deep=True)

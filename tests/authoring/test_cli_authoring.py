@@ -141,7 +141,8 @@ def test_lint_findings(tmp_path: Path) -> None:
     out = io.StringIO()
     assert lint.main([str(f)], warn_cost=1000, max_cost=100_000_000, out=out) == 1
     text = out.getvalue()
-    assert f"{f}:5:11: error: policy syntax: rule.cel.deny (expression 1:" in text
+    # the file line and column inside the expression (its end, for a missing ')')
+    assert f"{f}:5:25: error: policy syntax: rule.cel.deny: Syntax error" in text
     assert "policy costly: rule.cel.deny: estimated worst-case cost" in text
     assert "warning: policy agent-on-device: agent_selector never matches" in text
     assert "rule.cel.deny reads `agent`, which requests at checkpoints device" in text
