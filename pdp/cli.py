@@ -89,6 +89,8 @@ def _authoring_parsers(sub: Any) -> None:
     test.add_argument("path", help="policy directory (or one policy file)")
     test.add_argument("--tests", help="test file or directory (default: PATH)")
     test.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    from pdp.authoring.eval import add_parser as add_eval_parser
+    add_eval_parser(sub)
     policy = sub.add_parser("policy", help="policy authoring tools")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)
     lint = policy_sub.add_parser("lint", help="compile errors, cost warnings, ineffective"
@@ -302,11 +304,18 @@ def cmd_counters(args: argparse.Namespace) -> int:
     return counters_main([args.counters_command, *args.argv])
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pdp.authoring.eval import run
+
+    _quiet()
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "check": cmd_check, "health": cmd_health,
                 "audit": cmd_audit, "test": cmd_test, "policy": cmd_policy,
-                "replay": cmd_replay, "counters": cmd_counters}
+                "replay": cmd_replay, "counters": cmd_counters, "eval": cmd_eval}
     return handlers[args.command](args)
 
 
