@@ -5,7 +5,7 @@ run on the authoring Sandbox, the same in-process engine ``pdp test`` uses, so t
 the one a server with those policies would give (drafts run in shadow and only report
 "would deny"; counters start empty). It prints the decision, each policy's verdict and, with
 ``--explain``, the values that made each deny. Exit codes as ``pdp check``: 0 allow, 1 deny,
-2 error (unreadable policies or request).
+2 error (unreadable policies or request, a policy that does not compile).
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ def evaluate(policies: str | Path, request: str | Path, *, explain: bool = False
     if explain:
         req = replace(req, explain=True)
     sandbox = Sandbox.of(loaded, builtins=builtins)
+    broken = [p.broken for p in sandbox.policies.policies if p.broken is not None]
+    if broken:  # a server would keep them as deny-everything: say so, do not decide
+        return {"error": "policy does not compile: " + "\n".join(broken)}
     decision = asyncio.run(sandbox.engine.check(req, EVAL_BUDGET_S))
     denied = {r.policy for r in decision.reasons if r.policy}
     would = {r.policy for r in decision.shadow_denies if r.policy}
