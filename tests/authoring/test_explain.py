@@ -176,20 +176,21 @@ def test_counter_rule() -> None:
 
 EXPECTED_EXAMPLES = {
     "push-deny-debug-exporter-in-prod.yaml":
-        ("no-debug-exporter-in-prod", {'config.exporters["debug"]': '{"verbosity":"detailed"}'}),
+        ("no-debug-exporter-in-prod", {"n": "debug", "collector.exporters[n].type": "debug"}),
+    # violations rules: the list, and the element that made the first one (its condition)
     "push-deny-debug-exporter-production-group.yaml":
-        ("no-debug-exporter-in-production-group", {"n": "debug"}),
+        ("no-debug-exporter-in-production-group", {"n": "debug", "e.type": "debug"}),
     "push-deny-hostmetrics-interval.yaml":
         ("hostmetrics-interval-at-least-60s",
-         {"r": "hostmetrics", "config.receivers[r].collection_interval": "30s"}),
+         {"n": "hostmetrics", 'r.settings.?collection_interval.orValue("60s")': "30s",
+          "violations": '["receiver hostmetrics has collection_interval below 60s: 30s"]'}),
     "push-deny-no-tail-sampling.yaml":
         ("traces-through-tail-sampling",
-         {"p": "traces", "config.service.pipelines[p].processors": '["batch"]'}),
+         {"n": "traces", "p.processor_types": '["batch"]',
+          '"tail_sampling" in p.processor_types': "false"}),
     "push-deny-non-eu-endpoint.yaml":
-        ("eu-endpoints-only", {"n": "otlp/us",
-                               "config.exporters[n].endpoint": "ingest.us.example.com:4317",
-                               "config.exporters[n].endpoint.endpointHost()":
-                                   "ingest.us.example.com"}),
+        ("eu-endpoints-only", {"n": "otlp/us", "e.host": "ingest.us.example.com",
+                               "e.local": "false"}),
     "push-deny-step-too-large.yaml": ("small-steps", {"increase": "50"}),
     "push-deny-tls-insecure.yaml":
         ("default-deny-tls-insecure-on-non-localhost",
