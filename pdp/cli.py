@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pdp.admin_cli import add_policy_admin_commands
+from pdp.admin_cli import add_admin_commands, add_policy_admin_commands
 from pdp.settings import FIELDS, SettingsError, describe, is_switch, load_settings
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                " siblings included (default: every ledger"
                                                " beside the audit_file setting)")
     _authoring_parsers(sub)
+    add_admin_commands(sub)  # `pdp admin tenant create NAME | list`
     return parser
 
 
@@ -128,6 +129,12 @@ def cmd_test(args: argparse.Namespace) -> int:
 
     _quiet()
     return test_main(args.path, args.tests, verbose=args.verbose)
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from pdp.admin_cli import run
+
+    return run(args)
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
@@ -315,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "check": cmd_check, "health": cmd_health,
                 "audit": cmd_audit, "test": cmd_test, "policy": cmd_policy,
-                "replay": cmd_replay, "counters": cmd_counters, "eval": cmd_eval}
+                "replay": cmd_replay, "counters": cmd_counters, "eval": cmd_eval,
+                "admin": cmd_admin}
     return handlers[args.command](args)
 
 

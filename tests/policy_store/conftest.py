@@ -1,4 +1,5 @@
-"""One contract suite, run against every policy-store backend (real redis-server processes).
+"""One contract suite, run against every policy-store backend (real redis-server processes:
+one Redis, and a real three-master Redis Cluster).
 
 ``backend`` gives a factory for store instances that share one underlying store (the same
 SQLite file / the same Redis), each recording the audit events it emits, plus a fresh tenant.
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from pdp.policy.store import PolicyStore, RedisPolicyStore, SqlitePolicyStore
-from tests.support.procs import RedisServer
+from tests.support.procs import RedisCluster, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,15 @@ def redis_srv() -> Iterator[RedisServer]:
         server.close()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 def new_tenant() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
@@ -34,7 +44,7 @@ def new_tenant() -> str:
 @dataclass
 class Backend:
     name: str
-    location: str  # SQLite file path or Redis URL
+    location: str  # SQLite file path or Redis URL (``?cluster=true``: a Redis Cluster)
     tenant: str = field(default_factory=new_tenant)
     events: list[dict[str, Any]] = field(default_factory=list)
     stores: list[PolicyStore] = field(default_factory=list)
@@ -55,16 +65,19 @@ class Backend:
         return [e["type"] for e in self.events]
 
 
-BACKENDS = ["sqlite", "redis"]
+BACKENDS = ["sqlite", "redis", "cluster"]
 
 
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "sqlite":
         b = Backend("sqlite", str(tmp_path / "policies.db"))
-    else:
+    elif request.param == "redis":
         srv: RedisServer = request.getfixturevalue("redis_srv")
         b = Backend("redis", srv.url)
+    else:  # the URL form an operator writes in --policy-store
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        b = Backend("cluster", cluster.url + "?cluster=true")
     try:
         yield b
     finally:

@@ -3,10 +3,8 @@ built-in), tenants created by an admin, shadow drafts, hot reload, restart."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -18,9 +16,10 @@ from pdp.v1 import admin_pb2 as apb
 from pdp.v1 import admin_pb2_grpc
 from pdp.v1 import common_pb2 as cpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
-from tests.support.auditlog import wait_for_events
+from tests.support.auditlog import audit_events, wait_for_events
 from tests.support.pdpserver import PdpServer
 from tests.support.procs import RedisServer
+from tests.support.wait import DEADLINE_S, wait_until
 
 NO_DEBUG = """\
 tenant: acme
@@ -107,13 +106,21 @@ def test_lifecycle_four_eyes_shadow_and_enforcement(tmp_path: Path, people: Peop
                               metadata=people.md("alice")).policy
         assert (draft.meta.version, draft.meta.status, draft.meta.author) == (
             1, cpb.POLICY_STATUS_DRAFT, "alice")
-        time.sleep(1.2)  # the reload follows within a second
-        d = check(server, people)
-        assert d.outcome == cpb.OUTCOME_ALLOW  # drafts only shadow, after the answer
-        [would] = wait_for_events(server.audit_file,
-                                  lambda e: e.get("type") == "Policy.WouldDeny"
-                                  and e.get("decision_id") == d.decision_id)
-        assert would["policy"] == "no-debug"
+        # Once the server has reloaded, a decision's draft would deny: the decision is still
+        # allowed (drafts only shadow, after the answer); until then nothing would deny.
+        decided: list[str] = []
+
+        def shadow_denied() -> bool:
+            d = check(server, people)
+            assert d.outcome == cpb.OUTCOME_ALLOW
+            decided.append(d.decision_id)
+            return any(e.get("type") == "Policy.WouldDeny" for e in audit_events(
+                server.audit_file))
+
+        wait_until(shadow_denied, "no decision was shadow-denied by the draft")
+        [would, *_] = wait_for_events(server.audit_file,
+                                      lambda e: e.get("type") == "Policy.WouldDeny")
+        assert would["policy"] == "no-debug" and would["decision_id"] in decided
         # four eyes: the author may not approve (even with the approver role elsewhere)
         approve = apb.ApprovePolicyRequest(tenant="acme", name="no-debug", version=1)
         assert code_of(lambda: stub.ApprovePolicy(approve, timeout=5,
@@ -126,7 +133,8 @@ def test_lifecycle_four_eyes_shadow_and_enforcement(tmp_path: Path, people: Peop
             grpc.StatusCode.PERMISSION_DENIED  # activation needs admin
         active = stub.ActivatePolicy(activate, timeout=5, metadata=people.md("carol")).policy
         assert active.meta.status == cpb.POLICY_STATUS_ACTIVE and active.meta.content_hash
-        time.sleep(1.2)
+        wait_until(lambda: check(server, people).outcome == cpb.OUTCOME_DENY,
+                   "the activated policy is not enforced")
         d = check(server, people)
         assert d.outcome == cpb.OUTCOME_DENY and d.reasons[0].policy == "no-debug"
         # stale update is refused (optimistic concurrency), nothing written
@@ -143,8 +151,8 @@ def test_lifecycle_four_eyes_shadow_and_enforcement(tmp_path: Path, people: Peop
         assert "rule.cel.deny" in err.value.details()
         stub.RetirePolicy(apb.RetirePolicyRequest(tenant="acme", name="no-debug"), timeout=5,
                           metadata=people.md("carol"))
-        time.sleep(1.2)
-        assert check(server, people).outcome == cpb.OUTCOME_ALLOW  # retired: not evaluated
+        wait_until(lambda: check(server, people).outcome == cpb.OUTCOME_ALLOW,
+                   "the retired policy is still evaluated")
         listing = apb.ListPoliciesRequest(tenant="acme", include_builtins=True)
         listed = stub.ListPolicies(listing, timeout=5, metadata=people.md("reader")).policies
         assert {p.name for p in listed} >= {"no-debug", "default-deny-exporter-removal"}
@@ -197,13 +205,6 @@ def exporter_removal(server: PdpServer, people: People) -> cpb.Decision:
                        previous_config_yaml=PREVIOUS_WITH_DEBUG)
     req.agent.active_exporters.extend(["otlp", "debug"])
     return stub.CheckPush(req, timeout=5, metadata=people.md("engine")).decision
-
-
-def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 def test_relaxing_a_builtin_takes_two_admins_restoring_one(tmp_path: Path,
@@ -286,22 +287,30 @@ def test_a_tenant_created_by_an_admin_is_known(tmp_path: Path, people: People) -
 
 
 def test_pdp_admin_tenant_create(tmp_path: Path, people: People) -> None:
+    """`pdp admin tenant create|list`, and its alias under `pdp policy tenant`."""
     import os
     import subprocess
     import sys
 
     server = start(tmp_path, people, unknown_tenants="deny")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
-    env.update(PDP_ADDRESS=server.address, PDP_TOKEN=people.tokens["carol"])
+
+    def pdp(who: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
+        env.update(PDP_ADDRESS=server.address, PDP_TOKEN=people.tokens[who])
+        return subprocess.run([sys.executable, "-m", "pdp.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
     try:
-        made = subprocess.run([sys.executable, "-m", "pdp.cli", "policy", "tenant", "create",
-                               "acme", "--why", "onboarding"], env=env, capture_output=True,
-                              text=True, timeout=60)
+        made = pdp("carol", "admin", "tenant", "create", "acme", "--why", "onboarding")
         assert made.returncode == 0, made.stderr
         assert "created tenant acme (by carol)" in made.stdout
-        again = subprocess.run([sys.executable, "-m", "pdp.cli", "policy", "tenant", "create",
-                                "acme"], env=env, capture_output=True, text=True, timeout=60)
+        again = pdp("carol", "policy", "tenant", "create", "acme")
         assert again.returncode == 1 and "ALREADY_EXISTS" in again.stderr
+        refused = pdp("alice", "admin", "tenant", "create", "other")
+        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+        listed = pdp("reader", "admin", "tenant", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.split()[:4] == ["acme", "created", "by", "carol"]
     finally:
         server.stop()
 
@@ -344,10 +353,9 @@ def test_hot_reload_across_two_servers_sharing_redis(tmp_path: Path, people: Peo
     try:
         assert check(two, people).outcome == cpb.OUTCOME_ALLOW
         activate_no_debug(admin(one), people)
-        activated = time.monotonic()
-        while check(two, people).outcome != cpb.OUTCOME_DENY:
-            assert time.monotonic() - activated < 1.0, "not enforced by the other server in 1 s"
-            time.sleep(0.02)
+        # How fast the other server follows is bench material; here: it does follow.
+        wait_until(lambda: check(two, people).outcome == cpb.OUTCOME_DENY,
+                   "the policy activated on one server is not enforced by the other")
     finally:
         one.stop()
         two.stop()
@@ -415,17 +423,36 @@ def test_policy_store_out_of_reach_denies_after_the_grace(tmp_path: Path, people
     try:
         assert check(server, people, "a: 1").outcome == cpb.OUTCOME_ALLOW
         redis.kill()
-        time.sleep(0.2)  # the probe runs every second: the last success is < 1.2 s old
-        assert check(server, people, "a: 1").outcome == cpb.OUTCOME_ALLOW  # a blip: last set
-        deadline = time.monotonic() + 10
-        while (d := check(server, people, "a: 1")).outcome == cpb.OUTCOME_ALLOW:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        # Within the grace the last loaded policies still decide; once the store has been
+        # out of reach for longer, decisions deny and say why. (The grace itself is time:
+        # the first check right after the kill is usually inside it, but on a loaded machine
+        # it need not be, so the test only requires that the deny comes, and recovers.)
+        wait_until(lambda: check(server, people, "a: 1").outcome == cpb.OUTCOME_DENY,
+                   "no deny while the policy store is out of reach", timeout=DEADLINE_S)
+        d = check(server, people, "a: 1")
         assert d.reasons[0].code == cpb.REASON_CODE_POLICY_STORE_UNAVAILABLE
         redis.start()
-        deadline = time.monotonic() + 10
-        while check(server, people, "a: 1").outcome != cpb.OUTCOME_ALLOW:
-            assert time.monotonic() < deadline, "did not recover after the store came back"
-            time.sleep(0.1)
+        wait_until(lambda: check(server, people, "a: 1").outcome == cpb.OUTCOME_ALLOW,
+                   "did not recover after the store came back", timeout=DEADLINE_S)
+    finally:
+        server.stop()
+
+
+def test_policy_store_blip_keeps_the_loaded_policies(tmp_path: Path, people: People,
+                                                     redis: RedisServer) -> None:
+    """Inside the grace (an hour here, so no machine is slow enough to leave it) the last
+    loaded policies keep deciding while the store is out of reach."""
+    server = start(tmp_path, people, "--policy-store", redis.url,
+                   "--policy-store-stale-s", "3600")
+    try:
+        activate_no_debug(admin(server), people)
+        wait_until(lambda: check(server, people).outcome == cpb.OUTCOME_DENY,
+                   "the activated policy is not enforced")
+        redis.kill()
+        for _ in range(3):
+            d = check(server, people)
+            assert d.outcome == cpb.OUTCOME_DENY and d.reasons[0].policy == "no-debug"
+            assert check(server, people, "exporters: {otlp: {}}\n").outcome == \
+                cpb.OUTCOME_ALLOW
     finally:
         server.stop()

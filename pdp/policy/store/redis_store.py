@@ -1,16 +1,31 @@
-"""Redis policy store: one shared store for a fleet of sidecars.
+"""Redis policy store: one shared store for a fleet of sidecars, on one Redis or a Redis Cluster.
 
-Keys (records are the same JSON the SQLite store keeps)::
+Keys (records are the same JSON the SQLite store keeps); ``T`` is the tenant prefix and ``G``
+the store's global prefix, which depend on the deployment (below)::
 
-    pdp:{tenant}:policy:rev            tenant change counter (the WATCH target)
-    pdp:{tenant}:policy:names          set of custom policy names
-    pdp:{tenant}:policy:v:<name>       hash: version number -> VersionRecord JSON
-    pdp:{tenant}:policy:t:<name>       list: Transition JSON, append-only, in order
-    pdp:{tenant}:policy:relaxed        set of relaxed built-ins
-    pdp:{tenant}:policy:relax_requests hash: built-in -> pending RelaxRequest JSON
-    pdp:{pdp-policy}:revision          store revision (every change increments it)
-    pdp:{pdp-policy}:tenants           set of tenants with stored state (or created)
-    pdp:{pdp-policy}:tenant_info       hash: tenant -> TenantInfo JSON (created by an admin)
+    T:rev               tenant change counter (the WATCH target)
+    T:names             set of custom policy names
+    T:v:<name>          hash: version number -> VersionRecord JSON
+    T:t:<name>          list: Transition JSON, append-only, in order
+    T:relaxed           set of relaxed built-ins
+    T:relax_requests    hash: built-in -> pending RelaxRequest JSON
+    G:revision          store revision (every change increments it)
+    G:tenants           set of tenants with stored state (or created)
+    G:tenant_info       hash: tenant -> TenantInfo JSON (created by an admin)
+
+One Redis: ``T`` = ``pdp:{<tenant>}:policy``, ``G`` = ``pdp:{pdp-policy}`` (the layout
+existing stores have; it is kept so they need no migration).
+
+Redis Cluster (``cluster=True``, or ``?cluster=true`` on the URL): every key of the store
+carries the one hash tag ``{pdp-policies}``: ``T`` = ``pdp:{pdp-policies}:policy:t:<tenant>``
+(tenant escaped as counter keys are), ``G`` = ``pdp:{pdp-policies}:policy``. A change writes
+its tenant's keys *and* the global revision and tenant set in one MULTI/EXEC, and a snapshot
+WATCHes the global revision while it reads every tenant: Redis Cluster runs a transaction
+(and WATCH) only on keys of one slot, so the whole store lives in one slot, on one master.
+That costs nothing that matters: the store is small and written by people (policy
+lifecycle), read once per change by each sidecar; the decision load is the counters', and
+their keys spread over the cluster by tenant. A tenant named ``pdp-policies`` cannot
+collide: counter keys never use the ``policy`` component.
 
 Atomicity: a change WATCHes the tenant's ``rev`` key, reads the policy, applies the shared
 lifecycle rule in Python and writes everything — versions, transitions, both counters — in
@@ -19,11 +34,8 @@ retried on fresh data; a rule violation raises before MULTI, so nothing is writt
 
 Notification: after each change the new revision is PUBLISHed on ``pdp:policy:changes``;
 ``watch_revisions`` listens there and also polls the revision key every 0.5 s, so a lost
-message (or a reconnect) delays a reload by at most that long.
-
-Deployment: the tenant keys are hash-tagged per tenant, but one change also touches the two
-global ``{pdp-policy}`` keys in the same transaction, which Redis Cluster would reject as
-CROSSSLOT: this store needs a single Redis (or a primary with replicas / Sentinel).
+message (or a reconnect) delays a reload by at most that long. Classic (not sharded) pub/sub
+works on a cluster too: a PUBLISH on any node reaches subscribers on every node.
 """
 
 from __future__ import annotations
@@ -32,10 +44,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, WatchError
 
+from pdp.counters.keys import esc
 from pdp.policy.store.base import BuiltinFn, MutateFn, PolicyStore, TenantState
 from pdp.policy.store.errors import StoreUnavailable
 from pdp.policy.store.records import (
@@ -51,8 +66,25 @@ from pdp.policy.store.records import (
 T = TypeVar("T")
 
 GLOBAL = "pdp:{pdp-policy}"
+#: Every key of a store on Redis Cluster carries this hash tag: one slot (see above).
+CLUSTER_TAG = "{pdp-policies}"
+CLUSTER_GLOBAL = f"pdp:{CLUSTER_TAG}:policy"
 CHANNEL = "pdp:policy:changes"
 POLL_INTERVAL = 0.5
+_TRUE = ("1", "true", "yes", "on")
+
+
+def split_cluster_flag(url: str) -> tuple[str, bool | None]:
+    """``url`` without its ``cluster`` query parameter, and that parameter's value (None
+    when absent): ``redis://node:6379/0?cluster=true`` names a Redis Cluster, so the
+    ``policy_store`` setting alone says what the store is."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flags = [v for k, v in query if k == "cluster"]
+    if not flags:
+        return url, None
+    rest = urlencode([(k, v) for k, v in query if k != "cluster"])
+    return urlunsplit(parts._replace(query=rest)), flags[-1].strip().lower() in _TRUE
 
 
 def _s(value: Any) -> str:
@@ -60,26 +92,40 @@ def _s(value: Any) -> str:
 
 
 class RedisPolicyStore(PolicyStore):
-    def __init__(self, client: aioredis.Redis, *, owns_client: bool = False,
+    def __init__(self, client: aioredis.Redis | RedisCluster, *, owns_client: bool = False,
                  poll_interval: float = POLL_INTERVAL, channel: str = CHANNEL,
                  **kwargs: Any) -> None:
+        """``client``: a :class:`redis.asyncio.RedisCluster` selects the cluster key layout
+        (one hash tag for the whole store)."""
         super().__init__(**kwargs)
-        self.client = client
+        self.client: Any = client  # the two clients share the calls used here
+        self.cluster = isinstance(client, RedisCluster)
         self.owns_client = owns_client
         self.poll_interval = poll_interval
         self.channel = channel
         self._closed = False
+        self._global = CLUSTER_GLOBAL if self.cluster else GLOBAL
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisPolicyStore:
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0,
-                                         socket_connect_timeout=5.0)
+    def from_url(cls, url: str, *, cluster: bool | None = None,
+                 **kwargs: Any) -> RedisPolicyStore:
+        """``cluster``: the URL names one node of a Redis Cluster (default: the URL's
+        ``cluster`` query parameter, else false)."""
+        url, flag = split_cluster_flag(url)
+        common: dict[str, Any] = {"decode_responses": True, "socket_timeout": 5.0,
+                                  "socket_connect_timeout": 5.0}
+        client: aioredis.Redis | RedisCluster
+        if cluster if cluster is not None else bool(flag):
+            client = RedisCluster.from_url(url, **common)
+        else:
+            client = aioredis.Redis.from_url(url, **common)
         return cls(client, owns_client=True, **kwargs)
 
     # ------------------------------------------------------------------ keys
 
-    @staticmethod
-    def _p(tenant: str) -> str:
+    def _p(self, tenant: str) -> str:
+        if self.cluster:
+            return f"{CLUSTER_GLOBAL}:t:{esc(tenant)}"
         return f"pdp:{{{tenant}}}:policy"
 
     async def _guard(self, call: Awaitable[T]) -> T:
@@ -104,11 +150,11 @@ class RedisPolicyStore(PolicyStore):
                 try:
                     await pipe.watch(f"{p}:rev")
                     if not await body(pipe):
-                        await pipe.reset()  # type: ignore[no-untyped-call]
+                        await pipe.reset()
                         return None
                     pipe.incr(f"{p}:rev")
-                    pipe.sadd(f"{GLOBAL}:tenants", tenant)
-                    pipe.incr(f"{GLOBAL}:revision")
+                    pipe.sadd(f"{self._global}:tenants", tenant)
+                    pipe.incr(f"{self._global}:revision")
                     result = await pipe.execute()
                     revision = int(result[-1])
                     break
@@ -169,17 +215,17 @@ class RedisPolicyStore(PolicyStore):
 
     async def _create_tenant(self, info: TenantInfo) -> bool:
         async def body(pipe: Any) -> bool:
-            if await pipe.sismember(f"{GLOBAL}:tenants", info.name):
+            if await pipe.sismember(f"{self._global}:tenants", info.name):
                 return False
             pipe.multi()
-            pipe.hset(f"{GLOBAL}:tenant_info", info.name, info.to_json())
+            pipe.hset(f"{self._global}:tenant_info", info.name, info.to_json())
             return True
 
         # The tenant set itself is written by _transaction, with the revisions.
         return await self._guard(self._transaction(info.name, body)) is not None
 
     async def _tenant_infos(self) -> dict[str, TenantInfo]:
-        raw = await self._guard(self.client.hgetall(f"{GLOBAL}:tenant_info"))
+        raw = await self._guard(self.client.hgetall(f"{self._global}:tenant_info"))
         return {_s(k): TenantInfo.from_json(_s(v)) for k, v in raw.items()}
 
     async def _record_from(self, r: Any, tenant: str, name: str,
@@ -222,7 +268,7 @@ class RedisPolicyStore(PolicyStore):
                 try:
                     await pipe.watch(key)
                     value = await read()
-                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.multi()
                     pipe.exists(key)
                     await pipe.execute()
                     return value
@@ -235,17 +281,17 @@ class RedisPolicyStore(PolicyStore):
 
     async def _read_all(self) -> tuple[int, dict[str, TenantState]]:
         async def read() -> tuple[int, dict[str, TenantState]]:
-            revision = int(await self.client.get(f"{GLOBAL}:revision") or 0)
-            tenants = sorted(_s(t) for t in await self.client.smembers(f"{GLOBAL}:tenants"))
+            revision = int(await self.client.get(f"{self._global}:revision") or 0)
+            tenants = sorted(_s(t) for t in await self.client.smembers(f"{self._global}:tenants"))
             return revision, {t: await self._tenant_state(t) for t in tenants}
 
-        return await self._guard(self._consistent(f"{GLOBAL}:revision", read))
+        return await self._guard(self._consistent(f"{self._global}:revision", read))
 
     async def revision(self) -> int:
-        return int(await self._guard(self.client.get(f"{GLOBAL}:revision")) or 0)
+        return int(await self._guard(self.client.get(f"{self._global}:revision")) or 0)
 
     async def tenants(self) -> list[str]:
-        members = await self._guard(self.client.smembers(f"{GLOBAL}:tenants"))
+        members = await self._guard(self.client.smembers(f"{self._global}:tenants"))
         return sorted(_s(t) for t in members)
 
     async def watch_revisions(self, since: int | None = None) -> AsyncIterator[int]:
