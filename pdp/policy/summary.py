@@ -16,6 +16,8 @@ def describe_rule(rule: object) -> str:
     """The rule's parameters in words (falls back to the rule's kind)."""
     r = rule
     if isinstance(r, CelRule):
+        if r.violations:
+            return "deny for each of " + " ".join(r.violations.split())
         return "deny when " + " ".join(r.deny.split())
     if isinstance(r, rules.MaxStepPercent):
         return f"a rollout step may grow by at most {r.max_percent:g}% of the fleet"

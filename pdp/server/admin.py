@@ -51,6 +51,9 @@ def policy_pb(rec: VersionRecord, store: PolicyStore) -> ppb.Policy:
     if getattr(p.rule, "kind", "") == "cel":
         pb.cel.deny = p.rule.deny
         pb.cel.message = p.rule.message or ""
+        pb.cel.violations = p.rule.violations or ""
+        pb.cel.variables.extend(ppb.CelVariable(name=n, expression=e)
+                                for n, e in p.rule.variables)
     pb.match.subjects.extend(sorted(p.match.subjects))
     pb.match.sources.extend(sorted(p.match.sources))
     pb.match.types.extend(sorted(p.match.types))
@@ -84,10 +87,15 @@ def _yaml_of(request: Any) -> str:
     if p.WhichOneof("rule") != "cel":
         raise PolicyError("send typed rules as YAML (field yaml); the policy message carries"
                           " only CEL rules", field_path="policy.rule")
-    doc: dict[str, Any] = {"tenant": p.tenant, "name": p.name, "description": p.description,
-                           "rule": {"cel": {"deny": p.cel.deny}}}
+    cel: dict[str, Any] = {"violations": p.cel.violations} if p.cel.violations else {
+        "deny": p.cel.deny}
     if p.cel.message:
-        doc["rule"]["cel"]["message"] = p.cel.message
+        cel["message"] = p.cel.message
+    if p.cel.variables:
+        cel["variables"] = [{"name": v.name, "expression": v.expression}
+                            for v in p.cel.variables]
+    doc: dict[str, Any] = {"tenant": p.tenant, "name": p.name, "description": p.description,
+                           "rule": {"cel": cel}}
     names = {v: k for k, v in _CHECKPOINTS.items()}
     if p.checkpoints:
         doc["checkpoints"] = [names[c] for c in p.checkpoints if c in names]

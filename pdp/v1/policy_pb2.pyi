@@ -354,22 +354,58 @@ class CelRule(_message.Message):
 
     DENY_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
     deny: _builtins.str
     message: _builtins.str
     """Optional CEL expression producing the deny message (a string)."""
+    violations: _builtins.str
+    """Instead of deny and message: a CEL expression giving a list of strings, one reason
+    each (an empty list allows).
+    """
+    @_builtins.property
+    def variables(self) -> _containers.RepeatedCompositeFieldContainer[Global___CelVariable]:
+        """Named expressions, evaluated once per decision in order, read as variables.NAME by
+        the later ones and by deny, message and violations.
+        """
+
     def __init__(
         self,
         *,
         deny: _builtins.str = ...,
         message: _builtins.str = ...,
+        violations: _builtins.str = ...,
+        variables: _abc.Iterable[Global___CelVariable] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny", b"deny", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny", b"deny", "message", b"message", "variables", b"variables", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CelRule: _TypeAlias = CelRule  # noqa: Y015
+
+@_typing.final
+class CelVariable(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EXPRESSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    expression: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        expression: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expression", b"expression", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CelVariable: _TypeAlias = CelVariable  # noqa: Y015
 
 @_typing.final
 class BlockedDaysRule(_message.Message):
