@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pdp.cel import Budget, DeadlineExceeded, pdp_environment
+from pdp.cel import Budget, DeadlineExceeded, new_pdp_environment
 
 
 def collector_config(n: int, insecure_at: int | None = None) -> dict[str, Any]:
@@ -111,7 +111,9 @@ def main() -> None:
     quick = "--quick" in sys.argv
     budget_s = 0.1 if quick else 0.4
     acts = {5: activation(5), 200: activation(200)}
-    env = pdp_environment()
+    # Untyped declarations: the expressions read made-up fields (agent.version_major, ...),
+    # as the other engines compared here see them (all dyn).
+    env = new_pdp_environment(typed=False)
     try:
         from cel_expr_python import cel as gcel
         genv = gcel.NewEnv(variables={v: gcel.Type.DYN for v in VARIABLES})
