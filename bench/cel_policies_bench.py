@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _load_config() -> Any:
     try:  # the engine's loader (no implicit timestamps), when importable
-        from pdp.engine.context import ConfigLoader
+        from pdp.engine.configparse import ConfigLoader
         loader: Any = ConfigLoader
     except ImportError:
         loader = yaml.SafeLoader

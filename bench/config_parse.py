@@ -20,12 +20,8 @@ from typing import Any
 
 import yaml
 
-from pdp.engine.context import (
-    ConfigCache,
-    ConfigLoader,
-    _BaseLoader,
-    parse_config,
-)
+from pdp.engine.configparse import ConfigLoader, _BaseLoader, parse_config
+from pdp.engine.context import ConfigCache
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,19 +14,18 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pdp.engine import context
-from pdp.engine.context import (
+from pdp.engine import configparse, context
+from pdp.engine.configparse import (
     MAX_DEPTH,
     MAX_NODES,
     MAX_SCALAR_CHARS,
-    ConfigCache,
+    ConfigBuild,
     ConfigLoader,
     ConfigRejected,
     ParseDeadlineExceeded,
-    _Build,
-    build_context,
     parse_config,
 )
+from pdp.engine.context import ConfigCache, build_context
 from pdp.engine.request import CheckRequest, InvalidRequest
 from pdp.policy.model import Checkpoint
 
@@ -285,12 +284,12 @@ class _Clock:
 
 def test_the_deadline_stops_the_parse_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     text = "items: [" + ",".join(str(i) for i in range(50_000)) + "]"
-    monkeypatch.setattr(context, "time", _Clock())
-    build = _Build(text, "config.yaml", deadline=1.0)
+    monkeypatch.setattr(configparse, "time", _Clock())
+    build = ConfigBuild(text, "config.yaml", deadline=1.0)
     with pytest.raises(ParseDeadlineExceeded, match="deadline"):
         build.run()
     # It stopped itself at the first look at the clock, not at the end of the text.
-    assert build.stack and len(build.stack[-1].container) < context.CHECK_EVERY
+    assert build.stack and len(build.stack[-1].container) < configparse.CHECK_EVERY
 
 
 async def test_load_with_a_spent_deadline_denies_and_caches_nothing() -> None:
@@ -333,7 +332,7 @@ async def test_large_parses_yield_to_the_loop(monkeypatch: pytest.MonkeyPatch) -
     value = await ConfigCache(10, 8 << 20).load(text, "config.yaml")
     task.cancel()
     assert len(value["items"]) == 20_000
-    assert ticks - started >= 20_000 // context.CHECK_EVERY - 1
+    assert ticks - started >= 20_000 // configparse.CHECK_EVERY - 1
 
 
 # -- numbers ----------------------------------------------------------------------------------
