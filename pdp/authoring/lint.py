@@ -21,22 +21,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from pdp.cel import CelCompileError, Environment, Program, ProgramCache, pdp_environment
+from pdp.cel import (
+    CelCompileError,
+    Environment,
+    Program,
+    ProgramCache,
+    pdp_environment,
+    read_roots,
+)
 from pdp.cel import ast as A
 from pdp.policy.compiled import compile_policy
 from pdp.policy.loader import parse_document
 from pdp.policy.model import CelRule, Checkpoint, LabelSelector, Policy, PolicyError
-from pdp.policy.rules import (
-    AllowedHours,
-    AutoRollback,
-    BlockedDays,
-    CounterSpec,
-    DeviceConstraints,
-    FreezeWindows,
-    MaxStepPercent,
-    QualityGate,
-    RequireApproval,
-)
+from pdp.policy.rules import CounterSpec, StatelessRule
 from pdp.policy.yamlpos import Located, load_documents
 
 DEFAULT_MAX_COST = 100_000_000   # settings.cel_max_cost_estimate
@@ -52,19 +49,7 @@ CARRIES: dict[Checkpoint, frozenset[str]] = {
     Checkpoint.ROLLOUT_PRECONDITION: frozenset({"rollout", "config", "previous_config",
                                                 "metrics", "change"}),
 }
-# Input each typed rule reads (None: the clock, always there).
-RULE_INPUT: dict[type, str | None] = {
-    DeviceConstraints: "device", QualityGate: "metrics", MaxStepPercent: "rollout",
-    RequireApproval: "rollout", BlockedDays: None, AllowedHours: None, FreezeWindows: None,
-    AutoRollback: None,
-}
 REQUEST_VARS = ("agent", "device", "rollout", "config", "previous_config", "metrics")
-# Typed rules that apply only where a request carries their facts (they do not apply, and
-# so never deny, at the other checkpoints): the facts, and the checkpoints that carry them.
-FACTS_ONLY_AT: dict[type, tuple[str, frozenset[Checkpoint]]] = {
-    DeviceConstraints: ("device", frozenset({Checkpoint.DEVICE})),
-    QualityGate: ("metrics", frozenset({Checkpoint.ROLLOUT_PRECONDITION})),
-}
 
 
 @dataclass(frozen=True)
@@ -219,13 +204,18 @@ def lint_policy(policy: Policy, doc: Located, src: str, env: Environment, *,
         if problem:
             add("warning", ("match", label), f"{label} can never match: {problem}")
     # -- typed rules: input the checkpoints carry ------------------------------------------
-    needs = RULE_INPUT.get(type(rule))
-    if needs is not None and needs not in carried:
+    # What each typed rule reads and needs comes from its own declaration (reads,
+    # needs_facts): a new rule type is linted without an entry here.
+    inputs = (sorted(read_roots(type(rule).reads) & set(REQUEST_VARS))
+              if isinstance(rule, StatelessRule) else [])
+    missing = [v for v in inputs if v not in carried]
+    facts = getattr(rule, "needs_facts", None)
+    if missing:
         add("warning", ("rule",),
-            f"rule {rule.kind} reads `{needs}`, which requests at {_cps(checkpoints)} do not"
-            " carry: the checkpoints and the rule have an empty intersection")
-    elif type(rule) in FACTS_ONLY_AT:
-        facts, carried_at = FACTS_ONLY_AT[type(rule)]
+            f"rule {rule.kind} reads `{missing[0]}`, which requests at {_cps(checkpoints)} do"
+            " not carry: the checkpoints and the rule have an empty intersection")
+    elif facts is not None:
+        carried_at = frozenset(cp for cp, vs in CARRIES.items() if facts in vs)
         without = checkpoints - carried_at
         if without:
             listed = "" if policy.checkpoints else " (no checkpoints listed means all)"

@@ -50,6 +50,9 @@ class StatelessRule:
 
     kind: ClassVar[str]
     reads: ClassVar[frozenset[str]]
+    #: The request section without which the rule does not apply at all (it allows): the
+    #: device constraints where no device is named, a quality gate without metrics.
+    needs_facts: ClassVar[str | None] = None
     checkpoints_hint: ClassVar[tuple[str, ...]] = ()
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:  # pragma: no cover - abstract
@@ -300,6 +303,7 @@ class DeviceConstraints(StatelessRule):
 
     kind: ClassVar[str] = "device_constraints"
     reads: ClassVar[frozenset[str]] = frozenset({"device"})
+    needs_facts: ClassVar[str | None] = "device"
     min_os_version: tuple[tuple[str, str], ...]  # (platform, lower case; minimum version)
     min_memory_bytes: int
     allowed_groups: frozenset[str]
@@ -442,6 +446,7 @@ class QualityGate(StatelessRule):
 
     kind: ClassVar[str] = "quality_gate"
     reads: ClassVar[frozenset[str]] = frozenset({"metrics"})
+    needs_facts: ClassVar[str | None] = "metrics"
     scope: str  # all_latest | fine_grained
     conditions: tuple[QualityCondition, ...]
     max_drop: tuple[tuple[str, float], ...] = ()  # (metric, max drop vs baseline)
