@@ -48,7 +48,9 @@ class ConfigCache:
         self.max_nodes = max_nodes
         self.max_depth = max_depth
         self.max_scalar = max_scalar
-        self._items: OrderedDict[bytes, tuple[Any, int]] = OrderedDict()
+        # key -> (parsed value, estimated bytes, what was derived from it: see derived())
+        self._items: OrderedDict[bytes, tuple[Any, int, dict[Any, Any]]] = OrderedDict()
+        self._by_value: dict[int, bytes] = {}  # id(parsed value) -> key, for derived()
         self.total_bytes = 0
         self.hits = 0
         self.misses = 0
@@ -145,7 +147,19 @@ class ConfigCache:
         raw = text.encode()
         return hashlib.sha256(raw).digest(), len(raw)
 
-    def _hit(self, key: bytes, text: str, size: int) -> tuple[Any, int] | None:
+    def derived(self, value: Any) -> dict[Any, Any]:
+        """A memo of what is worked out from the parsed ``value`` alone (its collector view,
+        verdicts of rules that read nothing else): it lives and dies with the cache entry,
+        so it never keeps a config alive that the cache dropped. A value not in the cache
+        gets a fresh, unshared dict."""
+        key = self._by_value.get(id(value))
+        entry = self._items.get(key) if key is not None else None
+        if entry is None or entry[0] is not value:
+            return {}
+        return entry[2]
+
+    def _hit(self, key: bytes, text: str, size: int
+             ) -> tuple[Any, int, dict[Any, Any]] | None:
         entry = self._items.get(key)
         if entry is not None:
             self.hits += 1
@@ -165,14 +179,20 @@ class ConfigCache:
         value, estimate = build.root, build.size
         old = self._items.pop(key, None)  # a concurrent parse of the same text got here first
         if old is not None:
-            self.total_bytes -= old[1]
+            self._forget(key, old)
         if estimate <= self.cache_bytes:
-            self._items[key] = (value, estimate)
+            self._items[key] = (value, estimate, {})
+            self._by_value[id(value)] = key
             self.total_bytes += estimate
             while len(self._items) > self.maxsize or self.total_bytes > self.cache_bytes:
-                self.total_bytes -= self._items.popitem(last=False)[1][1]
+                self._forget(*self._items.popitem(last=False))
         self._remember(text, key, size)
         return value
+
+    def _forget(self, key: bytes, entry: tuple[Any, int, dict[Any, Any]]) -> None:
+        self.total_bytes -= entry[1]
+        if self._by_value.get(id(entry[0])) == key:
+            del self._by_value[id(entry[0])]
 
     def _remember(self, text: str, key: bytes, size: int) -> None:
         if len(self._recent) >= 8:
@@ -183,18 +203,13 @@ class ConfigCache:
 #: Collector views (pdp.cel.collector) of recent parsed configs, by identity: a step's agents
 #: share one parsed config object, so its view is built once and is the same object for all
 #: of them (the batch memo compares activations by identity first). Bounded; cleared when full.
-_VIEWS: dict[int, tuple[Any, dict[str, Any]]] = {}
-_VIEWS_MAX = 256
-
-
-def _collector(config: Any) -> dict[str, Any]:
-    hit = _VIEWS.get(id(config))
-    if hit is not None and hit[0] is config:
-        return hit[1]
-    view = collector_view(config)
-    if len(_VIEWS) >= _VIEWS_MAX:
-        _VIEWS.clear()
-    _VIEWS[id(config)] = (config, view)
+def _collector(configs: ConfigCache, config: Any) -> dict[str, Any]:
+    """The collector view of ``config``, worked out once per parsed config (a step's agents
+    share the object: the batch memo compares activations by identity first)."""
+    memo = configs.derived(config)
+    view: dict[str, Any] | None = memo.get("collector")
+    if view is None:
+        view = memo["collector"] = collector_view(config)
     return view
 
 
@@ -221,7 +236,7 @@ async def build_context(req: CheckRequest, configs: ConfigCache, now: datetime |
         "rollout": req.rollout or {},
         "config": config,
         "previous_config": previous,
-        "collector": _collector(config),
+        "collector": _collector(configs, config),
         "metrics": req.metrics,
         "now": now,
     }

@@ -214,6 +214,8 @@ class Evaluator:
         if deadline.expired():
             return Deny(ReasonCode.DEADLINE_EXCEEDED,
                         "the decision deadline ran out before this policy was evaluated")
+        if p.config_only:
+            return self._config_verdict(p, ctx, budget)
         if group >= 0 and memo is not None:
             if memo.isshareable(p):
                 return self._evaluate_shared(p, ctx, budget, memo, group)
@@ -221,6 +223,22 @@ class Evaluator:
                     and self._false_for_group(p, ctx, budget, memo, group):
                 return None
         return self.evaluate_policy(p, ctx, budget)
+
+    def _config_verdict(self, p: CompiledPolicy, ctx: EvalContext,
+                        budget: Budget) -> Deny | None:
+        """A config-only typed rule's verdict, once per (config, previous config): kept
+        with the parsed config in the cache (it goes when the config does)."""
+        config, previous = ctx.activation.get("config"), ctx.activation.get("previous_config")
+        memo = self.configs.derived(config)
+        key = ("verdict", id(p), id(previous))
+        hit = memo.get(key)
+        if hit is not None and hit[0] is p and hit[1] is previous:
+            deny: Deny | None = hit[2]
+            return deny
+        deny = self.evaluate_policy(p, ctx, budget)
+        if deny is None or deny.code not in OVERRUN_CODES:
+            memo[key] = (p, previous, deny)
+        return deny
 
     def _false_for_group(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
                          memo: BatchMemo, group: int) -> bool:

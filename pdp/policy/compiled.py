@@ -71,6 +71,14 @@ class CompiledPolicy:
         return frozenset()  # a counter rule: decided by the store, per request
 
     @functools.cached_property
+    def config_only(self) -> bool:
+        """A typed rule whose verdict depends on the parsed configs alone: the same for
+        every request with the same config texts, so it may be worked out once per config
+        (they are parsed once, cached and never mutated)."""
+        return (self.broken is None and self.stateless is not None
+                and self.verdict_reads <= {"config", "previous_config"})
+
+    @functools.cached_property
     def message_reads(self) -> frozenset[str]:
         """What a deny's message depends on besides the verdict."""
         if self.message is None:

@@ -214,19 +214,29 @@ async def test_a_request_that_ran_a_policy_out_of_budget_is_denied_at_once_next_
     """The same request again (a retry loop, an attacker) does not burn the budget again:
     the remembered overrun denies it with the same code, without evaluating."""
     engine, _ = engine_for(CEL.format(name="slow", extra="", deny=RUNAWAY))
-    first = await engine.check(push(ITEMS), 0.05)
-    assert first.reasons[0].code in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
-    again = await engine.check(push(ITEMS), 0.05)
-    assert again.reasons[0].code == first.reasons[0].code
+    # A small cost limit: the overrun is the cost limit, whatever the machine's speed.
+    engine.options = replace(engine.options, cost_limit=20_000)
+    first = await engine.check(push(ITEMS), 10.0)
+    assert first.reasons[0].code == "COST_LIMIT_EXCEEDED"
+    again = await engine.check(push(ITEMS), 10.0)
+    assert again.reasons[0].code == "COST_LIMIT_EXCEEDED"
     assert "not evaluated again" in again.reasons[0].message
     assert engine.overruns.short_cuts == 1
     # Another request (another agent) is evaluated: its own overrun, not a remembered one.
-    other = await engine.check(push(ITEMS, agent="a2"), 0.05)
+    other = await engine.check(push(ITEMS, agent="a2"), 10.0)
     assert "not evaluated again" not in other.reasons[0].message
-    # With more time than the overrun had, a deadline overrun is tried again.
-    if first.reasons[0].code == "DEADLINE_EXCEEDED":
-        more = await engine.check(push(ITEMS), 0.5)
-        assert "not evaluated again" not in more.reasons[0].message
+
+
+async def test_a_deadline_overrun_is_tried_again_only_with_more_time() -> None:
+    engine, _ = engine_for(CEL.format(name="slow", extra="", deny=RUNAWAY))
+    engine.options = replace(engine.options, cost_limit=10**15)  # only the clock stops it
+    first = await engine.check(push(ITEMS), 0.05)
+    assert first.reasons[0].code == "DEADLINE_EXCEEDED"  # 9 M comparisons: never in 50 ms
+    again = await engine.check(push(ITEMS), 0.01)  # less time than it had
+    assert again.reasons[0].code == "DEADLINE_EXCEEDED"
+    assert "not evaluated again" in again.reasons[0].message
+    more = await engine.check(push(ITEMS), 0.5)  # ten times more: evaluated (and overruns)
+    assert "not evaluated again" not in more.reasons[0].message
 
 
 async def test_a_config_refused_before_is_refused_again_without_parsing() -> None:
@@ -254,3 +264,40 @@ async def test_a_config_too_slow_to_parse_is_not_parsed_again_with_no_more_time(
     assert engine.configs.misses == misses
     plenty = await engine.check(push(big), 60.0)  # enough time: parsed, and decided
     assert plenty.allowed
+
+
+async def test_a_config_only_rule_is_worked_out_once_per_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typed rule that reads only the configs (the TLS built-in) gives the same verdict
+    for every request with the same config text: it is worked out once per parsed config."""
+    from pdp.policy.builtins import TlsInsecureRemote
+
+    calls = 0
+    real = TlsInsecureRemote.evaluate
+
+    def counting(self: TlsInsecureRemote, ctx: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(self, ctx)
+
+    monkeypatch.setattr(TlsInsecureRemote, "evaluate", counting)
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
+    insecure = "exporters: {otlp: {endpoint: 'x.example.com:4317', tls: {insecure: true}}}\n"
+    decisions = [await engine.check(push(insecure, agent=f"a{i}"), 1.0) for i in range(5)]
+    assert calls == 1
+    assert {d.reasons[0].message for d in decisions} == {decisions[0].reasons[0].message}
+    assert all(d.reasons[0].policy == "default-deny-tls-insecure-on-non-localhost"
+               for d in decisions)
+    await engine.check(push(insecure + "receivers: {}\n"), 1.0)  # another text: worked out
+    assert calls == 2
+
+
+async def test_what_is_derived_from_a_config_goes_with_it() -> None:
+    from pdp.engine.context import ConfigCache
+
+    cache = ConfigCache(1, 1 << 20)
+    a = await cache.load("a: 1", "config.yaml")
+    cache.derived(a)["x"] = 1
+    assert cache.derived(a) == {"x": 1}
+    await cache.load("b: 2", "config.yaml")  # a is evicted (one entry)
+    assert cache.derived(a) == {}  # nothing of it is kept

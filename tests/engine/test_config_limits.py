@@ -376,7 +376,7 @@ def test_cache_is_bounded_in_estimated_bytes() -> None:
         cache.parse(_big(i), "config.yaml")
         assert cache.total_bytes <= cache.cache_bytes
     assert len(cache) == 3
-    assert cache.total_bytes == sum(size for _, size in cache._items.values())
+    assert cache.total_bytes == sum(size for _, size, _ in cache._items.values())
     # The most recent stay; the oldest went first.
     cache.parse(_big(11), "config.yaml")
     assert cache.hits == 1
