@@ -54,12 +54,14 @@ class Stateless:
     shadow: tuple[CompiledPolicy, ...] = ()
 
 
-def _frozen(value: Any) -> Hashable:
+def frozen(value: Any) -> Hashable:
+    """``value`` as a hashable key that tells apart what CEL tells apart (1, 1.0, true);
+    TypeError for values it does not know."""
     t = type(value)
     if t is dict:  # in the dict's order (see _agent_key); keys tagged too: {1: x} != {true: x}
-        return ("dict", *((_frozen(k), _frozen(v)) for k, v in value.items()))
+        return ("dict", *((frozen(k), frozen(v)) for k, v in value.items()))
     if t is list or t is tuple:
-        return ("list", *(_frozen(v) for v in value))
+        return ("list", *(frozen(v) for v in value))
     if t is str or t is int or t is bool or t is float or value is None:
         return (t.__name__, value)  # CEL tells 1 from 1.0 and true: so does the key
     raise TypeError(f"no bucket key for {t.__name__}")
@@ -70,7 +72,7 @@ def _agent_key(agent: dict[str, Any]) -> Hashable:
     batch conversion builds every agent's dict in one order; two dicts with the same items
     in another order only miss sharing, they never share wrongly). Strings and string maps
     (the usual case) as they are, tagged so a string never equals a map; the rest through
-    ``_frozen``, which tells 1 from 1.0 and true."""
+    ``frozen``, which tells 1 from 1.0 and true."""
     out: list[Any] = []
     for k, v in agent.items():
         if k == "id":
@@ -84,7 +86,7 @@ def _agent_key(agent: dict[str, Any]) -> Hashable:
         elif t is list and not v:
             out.append(("list",))
         else:
-            out.append(("any", _frozen(v)))
+            out.append(("any", frozen(v)))
     return tuple(out)
 
 
@@ -97,7 +99,7 @@ def request_key(req: CheckRequest) -> Hashable | None:
     """
     try:
         agent_part = _agent_key(req.agent or {})
-        metrics = _frozen(req.metrics) if req.metrics else ()  # a new (empty) dict each
+        metrics = frozen(req.metrics) if req.metrics else ()  # a new (empty) dict each
     except TypeError:
         return None
     return (req.tenant, req.checkpoint, req.request_id, req.explain,

@@ -12,13 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import structlog
 
 from pdp.cel import Budget, BudgetExceeded, DeadlineExceeded
 from pdp.counters import CounterRule, CounterStateLost, CounterStore, CounterStoreUnavailable
 from pdp.counters import scope_key as make_scope_key
-from pdp.engine.buckets import BUCKET_SCOPES, Stateless
+from pdp.engine.buckets import BUCKET_SCOPES, Stateless, frozen
 from pdp.engine.context import ConfigCache
 from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, Reason
@@ -44,8 +45,17 @@ COUNTER_RULE_CACHE = 4096
 #: A deadline overrun is remembered (see overruns.py) only when the policy itself ran this
 #: long: one cut short at its start says nothing about the policy.
 MIN_OVERRUN_S = 0.002
+#: Verdicts remembered per parsed config (see Evaluator._config_verdict); cleared when full.
+VERDICTS_PER_CONFIG = 256
 #: Checkpoints that ask about a collector config: it must be there, and be a mapping.
 CONFIG_CHECKPOINTS = frozenset({Checkpoint.PUSH, Checkpoint.AUTO_APPLY})
+
+
+def _field(activation: dict[str, Any], path: str) -> Any:
+    """The value at ``section.field`` of an activation (None when absent)."""
+    section, _, name = path.partition(".")
+    value = activation.get(section)
+    return value.get(name) if isinstance(value, dict) else None
 
 
 def config_problem(req: CheckRequest, ctx: EvalContext) -> str | None:
@@ -214,8 +224,8 @@ class Evaluator:
         if deadline.expired():
             return Deny(ReasonCode.DEADLINE_EXCEEDED,
                         "the decision deadline ran out before this policy was evaluated")
-        if p.config_only:
-            return self._config_verdict(p, ctx, budget)
+        if p.config_keyed is not None:
+            return self._config_verdict(p, p.config_keyed, ctx, budget)
         if group >= 0 and memo is not None:
             if memo.isshareable(p):
                 return self._evaluate_shared(p, ctx, budget, memo, group)
@@ -224,19 +234,27 @@ class Evaluator:
                 return None
         return self.evaluate_policy(p, ctx, budget)
 
-    def _config_verdict(self, p: CompiledPolicy, ctx: EvalContext,
+    def _config_verdict(self, p: CompiledPolicy, fields: tuple[str, ...], ctx: EvalContext,
                         budget: Budget) -> Deny | None:
-        """A config-only typed rule's verdict, once per (config, previous config): kept
-        with the parsed config in the cache (it goes when the config does)."""
-        config, previous = ctx.activation.get("config"), ctx.activation.get("previous_config")
-        memo = self.configs.derived(config)
-        key = ("verdict", id(p), id(previous))
+        """The verdict of a rule that reads the configs and ``fields``, once per (config,
+        previous config, values of ``fields``): kept with the parsed config in the cache
+        (it goes when the config does; at most VERDICTS_PER_CONFIG per config)."""
+        act = ctx.activation
+        config, previous = act.get("config"), act.get("previous_config")
+        try:
+            values = tuple(frozen(_field(act, f)) for f in fields)
+        except TypeError:
+            return self.evaluate_policy(p, ctx, budget)
+        memo: dict[Any, Any] = self.configs.derived(config).setdefault("verdicts", {})
+        key = (id(p), id(previous), values)
         hit = memo.get(key)
         if hit is not None and hit[0] is p and hit[1] is previous:
             deny: Deny | None = hit[2]
             return deny
         deny = self.evaluate_policy(p, ctx, budget)
         if deny is None or deny.code not in OVERRUN_CODES:
+            if len(memo) >= VERDICTS_PER_CONFIG:
+                memo.clear()
             memo[key] = (p, previous, deny)
         return deny
 

@@ -71,12 +71,18 @@ class CompiledPolicy:
         return frozenset()  # a counter rule: decided by the store, per request
 
     @functools.cached_property
-    def config_only(self) -> bool:
-        """A typed rule whose verdict depends on the parsed configs alone: the same for
-        every request with the same config texts, so it may be worked out once per config
-        (they are parsed once, cached and never mutated)."""
-        return (self.broken is None and self.stateless is not None
-                and self.verdict_reads <= {"config", "previous_config"})
+    def config_keyed(self) -> tuple[str, ...] | None:
+        """For a typed rule whose verdict follows from the parsed configs plus a few fields
+        (``agent.active_exporters``): those fields, so its verdict may be worked out once per
+        config and fields (parsed configs are cached and never mutated). None for the other
+        rules (CEL is charged to the budget; whole sections and the clock change per
+        request, and the rules that read them are cheap)."""
+        if self.broken is not None or self.stateless is None:
+            return None
+        extra = self.verdict_reads - {"config", "previous_config"}
+        if extra == self.verdict_reads or not all("." in r for r in extra):
+            return None
+        return tuple(sorted(extra))
 
     @functools.cached_property
     def message_reads(self) -> frozenset[str]:

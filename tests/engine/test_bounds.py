@@ -301,3 +301,34 @@ async def test_what_is_derived_from_a_config_goes_with_it() -> None:
     assert cache.derived(a) == {"x": 1}
     await cache.load("b: 2", "config.yaml")  # a is evicted (one entry)
     assert cache.derived(a) == {}  # nothing of it is kept
+
+
+async def test_a_rule_keyed_by_the_config_and_a_field_is_worked_out_once_per_both(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exporter-removal built-in reads the configs and ``agent.active_exporters``: its
+    verdict is remembered per (configs, that field's value), and differs where it does."""
+    from pdp.policy.builtins import ExporterRemoval
+
+    calls = 0
+    real = ExporterRemoval.evaluate
+
+    def counting(self: ExporterRemoval, ctx: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(self, ctx)
+
+    monkeypatch.setattr(ExporterRemoval, "evaluate", counting)
+    engine, _ = engine_for(CEL.format(name="p", extra="", deny="false"))
+    prev = ("exporters: {a: {}, b: {}}\nservice: {pipelines: {logs: {receivers: [r],"
+            " exporters: [a, b]}}}\n")
+    new = "exporters: {a: {}}\nservice: {pipelines: {logs: {receivers: [r], exporters: [a]}}}\n"
+
+    def req(agent: str, active: list[str]) -> Any:
+        r = push(new, agent=agent, previous_config_yaml=prev)
+        r.agent["active_exporters"] = active
+        return r
+
+    same = [await engine.check(req(f"a{i}", ["b"]), 1.0) for i in range(4)]
+    assert calls == 1 and all(not d.allowed for d in same)
+    other = await engine.check(req("a9", ["a"]), 1.0)  # b carries nothing here: allowed
+    assert calls == 2 and other.allowed
