@@ -176,11 +176,12 @@ class Evaluator:
         counted: list[CompiledPolicy] = []
         traced = self.telemetry.enabled
         overruns = self.overruns
+        watching = bool(overruns)  # only policies that overran before are looked up
         fp: bytes | None = None
         for p in live:
             decision.evaluated.append(p.ref)
             deny = None
-            if overruns and overruns.watched(p):
+            if watching and overruns.watched(p):
                 fp = fp or self._fingerprint(req)
                 deny = overruns.recall(p, fp, deadline.remaining())
             if deny is None:
@@ -242,7 +243,7 @@ class Evaluator:
         act = ctx.activation
         config, previous = act.get("config"), act.get("previous_config")
         try:
-            values = tuple(frozen(_field(act, f)) for f in fields)
+            values = tuple([frozen(_field(act, f)) for f in fields]) if fields else ()
         except TypeError:
             return self.evaluate_policy(p, ctx, budget)
         memo: dict[Any, Any] = self.configs.derived(config).setdefault("verdicts", {})
