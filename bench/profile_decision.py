@@ -40,6 +40,9 @@ class FakeContext:
     def time_remaining(self) -> float | None:
         return None
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
     async def abort(self, code: Any, details: str) -> None:
         raise RuntimeError(f"{code}: {details}")
 
