@@ -129,7 +129,10 @@ class Settings:
     telemetry_enabled: bool = _s(False, "OpenTelemetry spans and metrics (off: no cost)")
     otlp_endpoint: str | None = _s(None, "OTLP/gRPC collector for spans and metrics,"
                                          " e.g. http://127.0.0.1:4317")
-    prometheus_port: int | None = _s(None, "serve Prometheus /metrics on this port")
+    prometheus_port: int | None = _s(None, "also serve /metrics (the same as on http_listen) on"
+                                           " this loopback port")
+    http_listen: str = _s("127.0.0.1:50052", "HTTP HOST:PORT of /healthz, /readyz and /metrics"
+                                             " (Kubernetes probes, Prometheus); '' = none")
     telemetry_policy_spans: bool = _s(True, "a child span per evaluated policy")
     telemetry_sample_ratio: float = _s(1.0, "share of decision traces sampled (0-1)")
     notify_smtp_host: str = _s("127.0.0.1", "SMTP server for email notifications")
@@ -157,6 +160,10 @@ class Settings:
             host, sep, port = self.listen.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise SettingsError(f"listen: {self.listen!r} is not HOST:PORT")
+        if self.http_listen:
+            host, sep, port = self.http_listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise SettingsError(f"http_listen: {self.http_listen!r} is not HOST:PORT")
         for name in ("deadline_ms", "cel_cost_limit", "cel_cache_size", "config_cache_size",
                      "config_cache_bytes", "config_max_nodes", "step_budget_ms",
                      "shadow_budget_ms", "shadow_backlog",

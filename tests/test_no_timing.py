@@ -29,15 +29,7 @@ ALLOWED = {"support/procs.py", "support/pdpserver.py", "support/auditlog.py",
 
 #: Found in files other engineers were editing when this scan was added (issue 20): to be
 #: fixed there. A (file, function) listed here is reported, not failed; remove it once fixed.
-PENDING: set[tuple[str, str]] = {
-    ("counters/test_failure.py", "_run_outage"),
-    ("counters/test_failure.py", "test_cluster_node_killed_and_restarted"),
-    ("counters/test_fastredis.py", "test_timed_out_call_never_leaks_its_late_reply"),
-    ("counters/test_redis.py", "test_skewed_sidecars_share_one_cooldown"),
-    ("counters/test_redis.py", "test_keys_expire_for_real"),
-    ("notify/test_delivery.py", "test_notify_never_blocks_and_drops_when_full"),
-    ("server/test_watch.py", "main"),
-}
+PENDING: set[tuple[str, str]] = set()
 
 CLOCKS = {"monotonic", "perf_counter", "time", "monotonic_ns", "perf_counter_ns", "time_ns"}
 PRAGMA = "# not-a-wait:"

@@ -38,6 +38,13 @@ from pdp.server.admin import PolicyAdminService
 from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
 from pdp.server.edges import EdgeInterceptor
 from pdp.server.policies import PolicyReloader, cel_environment, open_policy_store, seed
+from pdp.server.probes import (
+    Check,
+    ProbeBindError,
+    ProbeServer,
+    ReadyFn,
+    RpcMetricsInterceptor,
+)
 from pdp.server.services import DecisionService
 from pdp.server.tls import TLSConfigError, server_credentials
 from pdp.settings import Settings
@@ -45,8 +52,10 @@ from pdp.telemetry import (
     NO_TELEMETRY,
     DecisionTelemetry,
     LoopLagMonitor,
+    RpcMetrics,
     TelemetrySettings,
     create_telemetry,
+    new_registry,
 )
 from pdp.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, decision_pb2
 from pdp.v1 import decision_pb2_grpc as dgrpc
@@ -151,12 +160,49 @@ class Running:
     reloader: PolicyReloader
     edges: EdgeInterceptor
     lag: LoopLagMonitor
+    probes: ProbeServer | None = None
+    metrics_server: Any = None  # prometheus_port's own server
+
+
+def warn_ineffective(settings: Settings) -> None:
+    """Settings that do nothing without another one: said at start-up, not switched on
+    behind the operator's back (telemetry on adds spans and their cost to every decision)."""
+    if settings.telemetry_enabled:
+        return
+    if settings.prometheus_port is not None:
+        log.warning("SETTING_WITHOUT_EFFECT", setting="prometheus_port",
+                    effect="its /metrics has process and gRPC metrics only",
+                    fix="--telemetry-enabled adds the decision metrics (pdp_*)")
+    if settings.otlp_endpoint:
+        log.warning("SETTING_WITHOUT_EFFECT", setting="otlp_endpoint",
+                    effect="nothing is exported", fix="--telemetry-enabled")
+
+
+def readiness(settings: Settings, running: Running) -> ReadyFn:
+    """The checks of ``/readyz`` (see :mod:`pdp.server.probes` for what ready means)."""
+    async def checks() -> list[Check]:
+        out: list[Check] = [
+            ("policies", True, f"{len(running.engine.policies.policies)} loaded"),
+            ("draining", not running.edges.draining,
+             "yes: shutting down" if running.edges.draining else "no"),
+        ]
+        stale = running.reloader.stale_reason()
+        out.append(("policy_store", stale is None, stale or "reachable"))
+        if settings.redis_url:
+            try:
+                up = await asyncio.wait_for(running.counters.ping(), 2.0)
+            except TimeoutError:
+                up = False
+            out.append(("counter_store", up, "reachable" if up else "unreachable"))
+        return out
+    return checks
 
 
 async def start(settings: Settings) -> Running:
     cache = ProgramCache(maxsize=settings.cel_cache_size)
     auth = authenticator(settings)
     warn_if_open(settings, auth)
+    warn_ineffective(settings)
     credentials = None
     if settings.tls_cert_file and settings.tls_key_file:
         try:
@@ -186,10 +232,13 @@ async def start(settings: Settings) -> Running:
         await store.close()
         await audit.close()
         raise StartupError(f"policy_store: {exc}") from None
+    # One registry behind every /metrics (probe address, prometheus_port): process and
+    # per-RPC metrics always, the decision metrics when telemetry is on.
+    registry = new_registry()
     telemetry = create_telemetry(TelemetrySettings(
         enabled=settings.telemetry_enabled, otlp_endpoint=settings.otlp_endpoint,
-        prometheus_port=settings.prometheus_port, policy_spans=settings.telemetry_policy_spans,
-        sample_ratio=settings.telemetry_sample_ratio))
+        policy_spans=settings.telemetry_policy_spans,
+        sample_ratio=settings.telemetry_sample_ratio), registry)
     counters = open_counters(settings, telemetry, audit.emit)
     try:
         notifier = Notifier(NotifySettings(
@@ -239,7 +288,9 @@ async def start(settings: Settings) -> Running:
     # The edge interceptor comes first: it decodes requests (and refuses bad ones) before
     # authentication sees them, and drains on shutdown.
     edges = EdgeInterceptor()
-    server = grpc.aio.server(options=options, interceptors=[edges, AuthInterceptor(auth)])
+    # The RPC metrics come before the edge, so calls it refuses are counted too.
+    server = grpc.aio.server(options=options, interceptors=[
+        RpcMetricsInterceptor(RpcMetrics(registry)), edges, AuthInterceptor(auth)])
     dgrpc.add_DecisionServiceServicer_to_server(
         DecisionService(engine, settings.deadline_ms / 1000, settings.max_batch_agents), server)
     admin_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
@@ -278,12 +329,31 @@ async def start(settings: Settings) -> Running:
     gc.freeze()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = Running(server, health_servicer, engine, audit, counters, ports, store, reloader,
+                      edges, lag)
+    what = "http_listen"
+    try:
+        if settings.http_listen:
+            running.probes = ProbeServer(settings.http_listen, registry,
+                                         readiness(settings, running),
+                                         asyncio.get_running_loop(),
+                                         reuse_port=settings.workers > 1).start()
+        if settings.prometheus_port is not None:
+            from prometheus_client import start_http_server
+
+            what = "prometheus_port"
+            running.metrics_server, _ = start_http_server(
+                settings.prometheus_port, addr="127.0.0.1", registry=registry)
+    except (ProbeBindError, OSError) as exc:
+        await stop(running, 0.0)
+        raise StartupError(f"{what}: {exc}") from None
     log.info("started", listen=ports, policies=len(policies.policies),
              policy_store=settings.policy_store,
              tenants=len(policies.tenants()), counters="redis" if settings.redis_url else
-             "in-process", audit_file=settings.audit_file, deadline_ms=settings.deadline_ms)
-    return Running(server, health_servicer, engine, audit, counters, ports, store, reloader,
-                   edges, lag)
+             "in-process", audit_file=settings.audit_file, deadline_ms=settings.deadline_ms,
+             http=(f"{settings.http_listen.rpartition(':')[0]}:{running.probes.port}"
+                   if running.probes else None))
+    return running
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -361,6 +431,12 @@ async def stop(running: Running, grace_s: float) -> None:
     running.engine.shadow.drain()  # drafts not evaluated yet: noted in the audit, not run
     await running.audit.close()
     await running.counters.close()
+    # Last: the kubelet sees the process alive (and not ready) until it is about to exit.
+    if running.metrics_server is not None:
+        running.metrics_server.shutdown()
+        running.metrics_server.server_close()
+    if running.probes is not None:
+        await asyncio.to_thread(running.probes.close)
     log.info("stopped")
 
 

@@ -60,24 +60,34 @@ Metric names (Prometheus form): ``pdp_decisions_total{outcome,tenant,checkpoint}
 ``pdp_audit_spooled_events``, ``pdp_notifications_total{channel,result}``,
 ``pdp_notifications_backlog{channel}`` (the ``backlog`` entries of the notifier's counts),
 ``pdp_event_loop_lag_seconds_*`` (from :class:`LoopLagMonitor`, a task the server runs).
+
+The server builds one Prometheus registry (:func:`new_registry`: process metrics, and the
+per-RPC ``grpc_server_*`` of :class:`RpcMetrics`, recorded with telemetry on or off) and
+passes it to :func:`create_telemetry`, so its ``/metrics`` (probe address, and
+``prometheus_port``) serves the decision metrics above beside them.
 """
+
+from prometheus_client import CollectorRegistry
 
 from pdp.telemetry.base import DecisionTelemetry
 from pdp.telemetry.core import Telemetry
 from pdp.telemetry.lag import LoopLagMonitor
 from pdp.telemetry.logs import add_trace_ids, current_trace_id, log_decision, log_step
 from pdp.telemetry.noop import NO_TELEMETRY, NoTelemetry
+from pdp.telemetry.registry import RpcMetrics, new_registry
 from pdp.telemetry.settings import TelemetrySettings
 
 
-def create_telemetry(settings: TelemetrySettings) -> Telemetry | NoTelemetry:
+def create_telemetry(settings: TelemetrySettings,
+                     registry: CollectorRegistry | None = None) -> Telemetry | NoTelemetry:
     """:class:`Telemetry` when ``settings.enabled``, else the shared :class:`NoTelemetry`.
 
-    Does not start anything; call ``start()``.
+    ``registry``: expose the metrics in this Prometheus registry (the server's one, see
+    :func:`new_registry`). Does not start anything; call ``start()``.
     """
     if not settings.enabled:
         return NO_TELEMETRY
-    return Telemetry(settings)
+    return Telemetry(settings, registry)
 
 
 __all__ = [
@@ -85,6 +95,7 @@ __all__ = [
     "DecisionTelemetry",
     "LoopLagMonitor",
     "NoTelemetry",
+    "RpcMetrics",
     "Telemetry",
     "TelemetrySettings",
     "add_trace_ids",
@@ -92,4 +103,5 @@ __all__ = [
     "current_trace_id",
     "log_decision",
     "log_step",
+    "new_registry",
 ]

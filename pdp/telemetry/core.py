@@ -69,8 +69,12 @@ class Telemetry:
     exported until the readers exist).
     """
 
-    def __init__(self, settings: TelemetrySettings) -> None:
+    def __init__(self, settings: TelemetrySettings, registry: Any = None) -> None:
+        """``registry``: a ``prometheus_client.CollectorRegistry`` the metrics are exposed
+        in (the server's, served on its probe address, see :mod:`pdp.telemetry.registry`);
+        None: a private one, only when ``prometheus_port`` is set."""
         self.settings = settings
+        self._shared_registry = registry
         self._policy_spans = settings.policy_spans
         self._lock = threading.Lock()
         self._started = False
@@ -134,16 +138,18 @@ class Telemetry:
                     OTLPMetricExporter(endpoint=s.otlp_endpoint, insecure=insecure,
                                        headers=headers, timeout=s.otlp_timeout_s),
                     export_interval_millis=s.metric_export_interval_s * 1000))
-            if s.prometheus_port is not None:
+            if s.prometheus_port is not None or self._shared_registry is not None:
                 from opentelemetry.exporter.prometheus import PrometheusMetricReader
                 from prometheus_client import CollectorRegistry, start_http_server
 
-                self.registry = CollectorRegistry(auto_describe=True)
+                self.registry = (self._shared_registry if self._shared_registry is not None
+                                 else CollectorRegistry(auto_describe=True))
                 readers.append(PrometheusMetricReader(registry=self.registry))
-                server, thread = start_http_server(
-                    s.prometheus_port, addr=s.prometheus_host, registry=self.registry)
-                self._prom_server, self._prom_thread = server, thread
-                self.prometheus_port = int(server.server_port)
+                if s.prometheus_port is not None:
+                    server, thread = start_http_server(
+                        s.prometheus_port, addr=s.prometheus_host, registry=self.registry)
+                    self._prom_server, self._prom_thread = server, thread
+                    self.prometheus_port = int(server.server_port)
             old = self.meter_provider
             self.meter_provider = MeterProvider(resource=self.resource, metric_readers=readers)
             old.shutdown()

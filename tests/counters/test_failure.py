@@ -1,8 +1,10 @@
 """Fail-closed under load: Redis killed, restarted, or hung while callers keep reserving.
 
-During the outage every call must raise CounterStoreUnavailable (nothing else) within its
-timeout plus a small margin; once Redis is back, the same store instance allows again
-within 2 seconds, with no help from the caller.
+During the outage every call must raise CounterStoreUnavailable (nothing else), and keep
+returning (every caller makes call after call: none hangs on the dead connection); once Redis
+is back, the same store instance allows again, with no help from the caller, and keeps
+allowing. Each phase lasts until its condition holds (polled, with a generous deadline):
+how fast is measured in ``bench/``, not asserted here.
 
 The servers killed here run with an fsynced append-only file, as pdp's README asks of a
 production Redis: they come back with their data, so this is about connections healing.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pdp.counters import (
@@ -25,9 +28,9 @@ from pdp.counters import (
     open_counter_store,
 )
 from tests.support.procs import RedisCluster, RedisServer
+from tests.support.wait import DEADLINE_S
 
 TIMEOUT = 0.15
-MARGIN = 0.3  # event-loop scheduling on a busy 2-core CI box (several test processes)
 CALLERS = 24
 # what survives a SIGKILL: every write fsynced before its reply
 PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
@@ -35,14 +38,14 @@ PERSISTENT = ("--appendonly", "yes", "--appendfsync", "always")
 
 @dataclass
 class Load:
-    """Concurrent callers reserving in a loop; every call's start, duration and outcome."""
+    """Concurrent callers reserving in a loop; every call's caller, start, end and outcome."""
 
     store: CounterStore
-    calls: list[tuple[float, float, str]] = field(default_factory=list)
+    calls: list[tuple[int, float, float, str]] = field(default_factory=list)
     stop: bool = False
     t_down: float = 0.0  # outage starts
     t_up: float = 0.0  # restart / resume requested
-    t_ready: float = 0.0  # Redis accepts connections again
+    t_healed: float = 0.0  # every caller was allowed again
 
     async def caller(self, i: int) -> None:
         rule = CounterRule("v", CounterKind.VELOCITY, f"agent:{i}", max_count=10**6,
@@ -56,12 +59,28 @@ class Load:
                 outcome = "unavailable"
             except Exception as e:  # anything else is a bug: record it, never hide it
                 outcome = f"error:{type(e).__name__}:{e}"
-            t1 = time.monotonic()
-            self.calls.append((t0, t1 - t0, outcome))
+            self.calls.append((i, t0, time.monotonic(), outcome))
             await asyncio.sleep(0.005)
 
-    def between(self, a: float, b: float) -> list[tuple[float, float, str]]:
-        return [c for c in self.calls if a <= c[0] and c[0] + c[1] <= b]
+    def between(self, a: float, b: float = float("inf")
+                ) -> list[tuple[int, float, float, str]]:
+        """Calls that started at or after ``a`` and ended by ``b``."""
+        return [c for c in self.calls if a <= c[1] and c[2] <= b]
+
+    def each_caller(self, calls: list[tuple[int, float, float, str]], n: int) -> bool:
+        """Every caller has at least ``n`` of ``calls``."""
+        per = [0] * CALLERS
+        for c in calls:
+            per[c[0]] += 1
+        return min(per) >= n
+
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not after {DEADLINE_S:g} s;"
+                                     f" outcomes: {sorted({c[3] for c in self.calls})}")
+            await asyncio.sleep(0.02)
 
 
 async def _run_outage(srv: RedisServer, outage: str) -> Load:
@@ -74,22 +93,31 @@ async def _run_outage(srv: RedisServer, outage: str) -> Load:
     assert await store.ping()
     tasks = [asyncio.create_task(load.caller(i)) for i in range(CALLERS)]
     try:
-        await asyncio.sleep(0.5)
+        await load.until(lambda: load.each_caller(load.calls, 2), "every caller was served")
         load.t_down = time.monotonic()
         if outage == "kill":
             srv.kill()
         else:
             assert srv.proc is not None
             srv.proc.send_signal(signal.SIGSTOP)
-        await asyncio.sleep(1.0)
+        # an outage long enough for every caller to fail twice: none hangs on it
+        await load.until(lambda: load.each_caller(load.between(load.t_down + 0.01), 2),
+                         "every caller kept getting answers during the outage")
         load.t_up = time.monotonic()
         if outage == "kill":
             await asyncio.to_thread(srv.start)
         else:
             assert srv.proc is not None
             srv.proc.send_signal(signal.SIGCONT)
-        load.t_ready = time.monotonic()
-        await asyncio.sleep(2.5)
+
+        def healed() -> bool:
+            return load.each_caller([c for c in load.between(load.t_up)
+                                     if c[3] == "allow"], 1)
+        await load.until(healed, "every caller allowed again once Redis was back")
+        load.t_healed = time.monotonic()
+        # ...and stays healed: the next calls of every caller are allowed too
+        await load.until(lambda: load.each_caller(load.between(load.t_healed), 3),
+                         "every caller kept calling after the recovery")
     finally:
         load.stop = True
         await asyncio.gather(*tasks)
@@ -98,20 +126,16 @@ async def _run_outage(srv: RedisServer, outage: str) -> Load:
 
 
 def _check(load: Load) -> None:
-    t_down, t_up, t_ready = load.t_down, load.t_up, load.t_ready
-    errors = [c for c in load.calls if c[2].startswith("error")]
+    errors = [c for c in load.calls if c[3].startswith("error")]
     assert not errors, errors[:5]
-    slow = [c for c in load.calls if c[1] > TIMEOUT + MARGIN]
-    assert not slow, slow[:5]
-    before = load.between(0, t_down)
-    assert before and all(c[2] == "allow" for c in before)
-    during = load.between(t_down + 0.01, t_up)
-    assert len(during) > CALLERS, "the load kept calling during the outage"
-    assert all(c[2] == "unavailable" for c in during), {c[2] for c in during}
-    first_ok = min(c[0] + c[1] for c in load.calls if c[0] >= t_up and c[2] == "allow")
-    assert first_ok - t_ready < 2.0
-    tail = load.between(t_ready + 2.0, float("inf"))
-    assert tail and all(c[2] == "allow" for c in tail), {c[2] for c in tail}
+    before = load.between(0, load.t_down)
+    assert before and all(c[3] == "allow" for c in before)
+    # started after the outage began and ended before Redis was back: refused, nothing else
+    during = load.between(load.t_down + 0.01, load.t_up)
+    assert len(during) >= 2 * CALLERS, "the load kept calling during the outage"
+    assert all(c[3] == "unavailable" for c in during), {c[3] for c in during}
+    healed = load.between(load.t_healed)
+    assert healed and all(c[3] == "allow" for c in healed), {c[3] for c in healed}
 
 
 async def test_redis_killed_and_restarted_under_load() -> None:
@@ -147,27 +171,25 @@ async def test_cluster_node_killed_and_restarted() -> None:
         assert (await store.reserve(tenant, [rule], timeout=1)).allowed
         owner = _owner(cluster, tenant)
         owner.kill()
-        t_end = time.monotonic() + 1.0
-        while time.monotonic() < t_end:
-            t0 = time.monotonic()
+        for _ in range(10):  # refused, every time, and each call returns
             try:
                 await store.reserve(tenant, [rule], timeout=TIMEOUT)
                 raise AssertionError("allowed while the owning master was down")
             except CounterStoreUnavailable:
                 pass
-            assert time.monotonic() - t0 < TIMEOUT + MARGIN
             await asyncio.sleep(0.02)
         await asyncio.to_thread(owner.start)
-        t_up = time.monotonic()
+        # A rebooted cluster master refuses writes for ~2 s by design (Redis's
+        # CLUSTER_WRITABLE_DELAY); the store itself retries nothing and needs no restart.
+        deadline = time.monotonic() + DEADLINE_S
         while True:
             try:
                 if (await store.reserve(tenant, [rule], timeout=TIMEOUT)).allowed:
                     break
             except CounterStoreUnavailable:
                 pass
-            # a rebooted cluster master refuses writes for ~2 s by design (Redis's
-            # CLUSTER_WRITABLE_DELAY); the store itself retries nothing and needs no restart
-            assert time.monotonic() - t_up < 5.0, "no allow within 5 s of the node's return"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no allow within {DEADLINE_S:g} s of the node's return")
             await asyncio.sleep(0.02)
     finally:
         await store.close()

@@ -207,3 +207,12 @@ async def test_cluster_store_lives_in_one_slot(redis_cluster: RedisCluster) -> N
         assert any(tenant in k for k in keys)
     finally:
         await store.close()
+
+
+def test_cluster_flag_of_the_store_url() -> None:
+    from pdp.policy.store.redis_store import split_cluster_flag
+
+    assert split_cluster_flag("redis://h:7000/0") == ("redis://h:7000/0", None)
+    assert split_cluster_flag("redis://h:7000/0?cluster=true") == ("redis://h:7000/0", True)
+    assert split_cluster_flag("rediss://u:p@h:7000/0?ssl_cert_reqs=none&cluster=no") == (
+        "rediss://u:p@h:7000/0?ssl_cert_reqs=none", False)

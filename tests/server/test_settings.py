@@ -95,7 +95,8 @@ def test_the_dockerfile_environment_is_valid_settings() -> None:
     assert {"PDP_LISTEN", "PDP_POLICY_DIR", "PDP_POLICY_STORE", "PDP_AUDIT_FILE"} <= set(env)
     s = load_settings(env=env)
     assert s.listen == "0.0.0.0:50051" and s.policy_store.startswith("sqlite:/var/lib/pdp/")
-    assert re.search(r'HEALTHCHECK .*\n\s+CMD \["pdp", "health"', text)
+    assert s.http_listen == "0.0.0.0:50052"  # the HEALTHCHECK asks its /healthz
+    assert re.search(r"HEALTHCHECK .*\n\s+CMD .*/healthz.*\|\| exit 1\n", text)
 
 
 def test_boolean_flags_are_plain_switches() -> None:

@@ -23,6 +23,9 @@ class PdpServer:
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # Its own probe port too: never the default one a server in the checkout may hold.
+        self.http_port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
         self.workdir = workdir
         self.audit_file = workdir / "audit" / "audit.jsonl"
         self.log_file = workdir / "server.log"
@@ -45,6 +48,7 @@ class PdpServer:
         env.update(self.env)
         cmd = [sys.executable, "-m", "pdp.cli", "serve", "--listen", self.address,
                "--policy-dir", str(self.policy_dir), "--audit-file", str(self.audit_file),
+               "--http-listen", f"127.0.0.1:{self.http_port}",
                "--log-level", "debug", *self.args]
         self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log,
