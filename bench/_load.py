@@ -135,7 +135,9 @@ class Server:
             cmd = [sys.executable, "-m", "pdp.cli", "serve", "--listen", self.address,
                    "--policy-dir", str(self.policy_dir),
                    "--audit-file", str(self.workdir / "audit" / "audit.jsonl"),
-                   "--log-level", "warning", "--workers", str(self.workers), *self.args]
+                   "--log-level", "warning", "--workers", str(self.workers),
+                   # the probe port on a free port: several servers run side by side
+                   "--http-listen", f"127.0.0.1:{free_port()}", *self.args]
         self._log = open(self.workdir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
