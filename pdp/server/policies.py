@@ -55,8 +55,11 @@ def open_policy_store(settings: Settings, on_event: Callable[[dict[str, Any]], N
         path = Path(settings.policy_store.removeprefix("sqlite:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return SqlitePolicyStore(path, validate=validate, on_event=on_event)
-    return RedisPolicyStore.from_url(settings.policy_store, validate=validate,
-                                     on_event=on_event)
+    # On the same Redis Cluster as the counters (--redis-cluster) when it is that URL;
+    # otherwise the URL's own ?cluster=true says so.
+    same = settings.redis_cluster and settings.policy_store == settings.redis_url
+    return RedisPolicyStore.from_url(settings.policy_store, cluster=True if same else None,
+                                     validate=validate, on_event=on_event)
 
 
 async def seed(store: PolicyStore, settings: Settings) -> None:
