@@ -21,6 +21,7 @@ from pdp.audit.chain import Entry, entry_from_line
 from pdp.audit.sinks import Sink
 from pdp.audit.spool import Spool
 from pdp.audit.watch import HistoryReader, WatchError
+from pdp.backoff import Backoff
 
 log = structlog.get_logger("pdp.audit")
 
@@ -96,7 +97,7 @@ class Forwarder:
         self._mem.clear()
 
     async def _run(self) -> None:
-        backoff = self.retry_initial
+        backoff = Backoff(self.retry_initial, self.retry_max)
         while True:
             if not self.pending:
                 self._idle.set()
@@ -150,14 +151,13 @@ class Forwarder:
                 if self._closing:
                     self._idle.set()
                     return
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.retry_max)
+                await asyncio.sleep(backoff.next())
                 continue
             self._inflight = []
             if from_spool:
                 self.spool.consume(lines)
             self.delivered += len(batch)
-            backoff = self.retry_initial
+            backoff.reset()
             if not self.healthy:
                 log.info("audit sink back", sink=self.name, spooled=self.spool.pending)
                 self.healthy = True

@@ -55,6 +55,7 @@ from pdp.audit.sinks import Sink
 from pdp.audit.sinks.file import Ledger
 from pdp.audit.spool import Spool
 from pdp.audit.watch import WatchHub
+from pdp.backoff import Backoff
 
 log = structlog.get_logger("pdp.audit")
 
@@ -481,7 +482,7 @@ class AuditLog:
         contention without adding CPU. Batches that must be fsync'd (their waiters are
         answered only after it), and writes that may rotate the file, go to the thread.
         """
-        backoff = 0.05
+        backoff = Backoff(0.05, 2.0)
         ledger = self._ledger
         while events:
             step = self.settings.inline_max
@@ -513,8 +514,7 @@ class AuditLog:
             log.error("audit file write failed; retrying", error=str(res.error),
                       written=n, remaining=len(events))
             if events:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(backoff.next())
 
     def _after_write(self, entries: list[Entry], waiters: list[asyncio.Future[int] | None] | None,
                      sync_error: BaseException | None) -> None:

@@ -317,18 +317,6 @@ class CodeGen:
             return self.slot(TYPE_VALUES[TYPE_VALUE_NAMES[r.name]], "_ty")
         return _call("_undeclared", _const(r.name))
 
-    def _path_root(self, e: A.Expr) -> A.Expr | None:
-        """Root identifier of a select / constant-index chain (``a.b["c"].d``)."""
-        while True:
-            if isinstance(e, A.Select) and not e.test_only and id(e) not in self.chk.refs:
-                e = e.operand
-            elif (isinstance(e, A.Call) and e.function == "_[_]" and e.target is None
-                  and isinstance(e.args[1], A.Const)):
-                e = e.args[0]
-            else:
-                break
-        return e if isinstance(e, A.Ident | A.Select) else None
-
     def _path_key(self, e: A.Expr) -> tuple[Any, ...] | None:
         """Structural key of a path expression (CEL names), for counting repeats."""
         steps: list[Any] = []

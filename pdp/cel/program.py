@@ -122,12 +122,6 @@ class Environment:
         self.decls[name] = parse_type(typ) if isinstance(typ, str) else typ
         self._key = ""
 
-    def declare_function(self, name: str, sigs: str | Iterable[str],
-                         impl: Callable[..., Any], cost: int = 0) -> None:
-        """Add a custom function (signatures as in functions.parse_sig)."""
-        self.registry.add(name, sigs, impl, cost=cost)
-        self._key = ""
-
     def parse(self, source: str) -> A.Expr:
         tree: A.Expr = _with_recursion(lambda: parse(source, self.optional_syntax))
         return tree
@@ -181,7 +175,7 @@ class Environment:
     def cache_key(self) -> str:
         """Identity of this environment for the program cache (declarations in full: two
         record types of one name may have different fields). Remembered until a declaration
-        changes through declare / declare_function."""
+        changes through declare."""
         key = getattr(self, "_key", "")
         if key and getattr(self, "_key_decls", None) is self.decls:
             return key

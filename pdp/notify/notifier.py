@@ -10,7 +10,6 @@ import email
 import email.policy
 import hashlib
 import json
-import random
 import smtplib
 import ssl
 import threading
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import structlog
 
+from pdp.backoff import delay_after
 from pdp.notify.channels import (
     Channel,
     EmailChannel,
@@ -401,8 +401,7 @@ class Notifier:
         d.attempts += 1
         d.error = error
         now = time.time()
-        delay = min(s.backoff_max_s, s.backoff_initial_s * 2 ** (d.attempts - 1))
-        delay *= random.uniform(0.8, 1.2)
+        delay = delay_after(d.attempts, s.backoff_initial_s, s.backoff_max_s, jitter=0.2)
         if retry_after is not None:
             delay = min(s.backoff_max_s, max(delay, retry_after))
         out_of_time = now + delay > d.give_up_at
