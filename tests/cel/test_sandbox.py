@@ -184,3 +184,19 @@ def test_arbitrary_text_never_crashes(src: str) -> None:
         return
     with contextlib.suppress(CelError):
         prog.evaluate(ACT)
+
+
+def test_matches_answers_the_same_through_re2s_public_api(monkeypatch: Any) -> None:
+    """The low-level RE2 matcher is a private part of google-re2, used only when present:
+    the public API gives the same answers (a release without it still works)."""
+    import pdp.cel.regex as R
+
+    cases = [("abc", "b"), ("héllo", "l+o"), ("x", "^$"), ("", "^$"), ("a\nb", "a.b"),
+             ("aaa", "^(a+)+$"), ("tls.insecure", "[.]insecure$")]
+    fast = [R.matches(s, p) for s, p in cases]
+    monkeypatch.setattr(R, "_FAST", False)
+    R.compile_re.cache_clear()
+    try:
+        assert [R.matches(s, p) for s, p in cases] == fast
+    finally:
+        R.compile_re.cache_clear()
