@@ -57,7 +57,7 @@ class PdpServer:
             self.wait_serving()
         return self
 
-    def wait_serving(self, timeout: float = 20.0) -> None:
+    def wait_serving(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         with self.channel() as ch:
             stub = health_pb2_grpc.HealthStub(ch)
@@ -77,7 +77,7 @@ class PdpServer:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
-    def terminate(self, timeout: float = 15.0) -> int:
+    def terminate(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=timeout)
