@@ -81,6 +81,8 @@ class Settings:
     deadline_ms: int = _s(50, "decision budget; shorter if the caller's gRPC deadline is shorter")
     step_budget_ms: int = _s(1000, "one budget for a whole CheckPushBatch step, shared fairly by"
                              " its agents (shorter if the caller's gRPC deadline is shorter)")
+    step_agent_max_ms: int = _s(20, "most one agent of a step may take at once (other calls wait"
+                                " at most this long for a step's slow policy)")
     shadow_budget_ms: int = _s(10, "budget of one decision's draft (shadow) policies, evaluated"
                                " after the answer")
     shadow_backlog: int = _s(1024, "decisions whose drafts may wait for evaluation; beyond it"
@@ -166,7 +168,7 @@ class Settings:
                 raise SettingsError(f"http_listen: {self.http_listen!r} is not HOST:PORT")
         for name in ("deadline_ms", "cel_cost_limit", "cel_cache_size", "config_cache_size",
                      "config_cache_bytes", "config_max_nodes", "step_budget_ms",
-                     "shadow_budget_ms", "shadow_backlog",
+                     "step_agent_max_ms", "shadow_budget_ms", "shadow_backlog",
                      "max_batch_agents", "max_config_bytes", "audit_queue_size",
                      "audit_rotate_bytes", "redis_timeout_ms", "redis_pool_size", "workers",
                      "audit_seen_refresh_s", "audit_anchor_every_records",

@@ -111,15 +111,14 @@ class Engine:
         """Decide many requests of one tenant (a rollout step) with ONE counter-store call.
 
         One deadline covers the step: ``budget_s`` for a single request,
-        ``options.step_budget_s`` for a step (never past ``outer``); each agent gets a fair
-        share of what is left (at most ``budget_s``, see budget.py), and the loop gets a
-        turn every ``options.yield_every_s``.
+        ``options.step_budget_s`` for a step (never past ``outer``), shared fairly by its
+        agents (see budget.py), and the loop gets a turn every ``options.yield_every_s``.
         """
         opts = self._options
         policies = self.policies  # the set this call started with, whatever reloads
         n = len(reqs)
         budget = StepBudget.start(n, budget_s, opts.step_budget_s, opts.step_counter_timeout_s,
-                                  outer, received_at)
+                                  outer, received_at, opts.step_agent_max_s)
         memo = BatchMemo(policies) if n > 1 else None
         now = opts.now() if opts.now else None
         if memo is not None and now is None:

@@ -24,6 +24,9 @@ class EngineOptions:
     step_counter_timeout_s: float = 0.1
     #: A step gives the event loop a turn at least this often (other calls, health checks).
     yield_every_s: float = 0.002
+    #: No agent of a step takes more than this at once (the loop gets a turn between
+    #: agents, so this bounds how long other calls wait for a step's slow policy).
+    step_agent_max_s: float = 0.02
     #: Deny messages (policy messages, error texts) are cut to this many UTF-8 bytes.
     max_message_bytes: int = 5 * 1024
     #: Drafts: their own budget and backlog, after the answer (see shadow.py).

@@ -275,6 +275,7 @@ async def start(settings: Settings) -> Running:
                                   seen_refresh_s=settings.audit_seen_refresh_s,
                                   audit_after_answer=settings.audit_durability == "async",
                                   step_budget_s=settings.step_budget_ms / 1000,
+                                  step_agent_max_s=settings.step_agent_max_ms / 1000,
                                   unknown_tenants=settings.unknown_tenants,
                                   shadow=ShadowOptions(
                                       budget_s=settings.shadow_budget_ms / 1000,

@@ -54,7 +54,10 @@ def engine_for(policies_yaml: str, counters: Any = None, relaxed: dict[str, froz
     audit = Collected()
     engine = Engine(PolicySet(compiled, builtins, relaxed or {}, known_tenants=tenants),
                     counters or MemoryCounterStore(), audit, ConfigCache(10, 8 << 20),
-                    EngineOptions(counter_timeout_s=0.2))
+                    # Generous step budgets: these tests are about behaviour, not timing,
+                    # and a busy machine stalls (tests about budgets set their own).
+                    EngineOptions(counter_timeout_s=0.2, step_budget_s=60.0,
+                                  step_agent_max_s=10.0))
     return engine, audit
 
 
