@@ -1,0 +1,137 @@
+"""The three interceptors of ``pdp serve`` as one: RPC metrics, then the edge, then auth.
+
+Why: each interceptor wraps a call in its own coroutine, and on a unary call (the decisions:
+``CheckPush``, ``CheckPushBatch``) those layers cost more together than one by one (measured
+in bench/README.md, "Sixth pass"). :class:`ServerStack` does for a unary call what
+``[RpcMetricsInterceptor, EdgeInterceptor, AuthInterceptor]`` do in that order, in one
+coroutine with the per-method work (metric children, the method's split name) done once:
+
+* the call is counted and timed by method, type and final status (:mod:`pdp.server.probes`);
+* the request is decoded by the edge's deserializer (a refused one is INVALID_ARGUMENT), a
+  call that starts while draining is UNAVAILABLE, an exception the handler lets escape is
+  INTERNAL (:mod:`pdp.server.edges`);
+* the caller is authenticated and an answer nobody authorised is not sent
+  (:mod:`pdp.server.auth`).
+
+Streaming calls and the public services (health, reflection) go through the three
+interceptors' own wrappers, composed in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+
+from pdp.server.auth import AuthInterceptor
+from pdp.server.auth import _abort as _auth_abort
+from pdp.server.auth import _wrap as _auth_wrap
+from pdp.server.edges import SHUTTING_DOWN, EdgeInterceptor, Refused, safe_deserializer
+from pdp.server.limits import abort_invalid, internal_text
+from pdp.server.probes import RpcMetricsInterceptor, _code_of
+from pdp.server.roles import AuthError, begin_call, is_public
+from pdp.telemetry.registry import UNARY, split_method
+
+log = structlog.get_logger("pdp.server")
+
+
+class ServerStack(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """``metrics``, ``edges`` and ``auth`` in one interceptor (see the module docstring)."""
+
+    def __init__(self, metrics: RpcMetricsInterceptor, edges: EdgeInterceptor,
+                 auth: AuthInterceptor) -> None:
+        self.metrics = metrics
+        self.edges = edges
+        self.auth = auth
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self.wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        """``handler`` as the three interceptors would leave it."""
+        if handler.unary_unary is not None and not is_public(method):
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
+                request_deserializer=safe_deserializer(handler.request_deserializer),
+                response_serializer=handler.response_serializer)
+        inner = (handler if is_public(method)
+                 else _auth_wrap(handler, method, self.auth.authenticator))
+        return self.metrics._wrap(self.edges._wrap(inner, method), method)
+
+    def _unary(self, inner: Callable[..., Awaitable[Any]], method: str
+               ) -> Callable[..., Awaitable[Any]]:
+        edges, authenticator = self.edges, self.auth.authenticator
+        rpc = self.metrics.metrics
+        service, name = split_method(method)
+        # The labelled children are looked up once per method, not per call.
+        started_child = rpc._child(rpc._started, (UNARY, service, name))
+        seconds_child = rpc._child(rpc._seconds, (UNARY, service, name))
+        handled: dict[str, Any] = {}
+
+        def done(context: grpc.aio.ServicerContext[Any, Any], started: float,
+                 default: str) -> None:
+            code = _code_of(context, default)
+            child = handled.get(code)
+            if child is None:
+                child = handled[code] = rpc._child(rpc._handled, (UNARY, service, name, code))
+            child.inc()
+            seconds_child.observe(time.perf_counter() - started)
+
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started_child.inc()
+            started = time.perf_counter()
+            default = "UNKNOWN"
+            try:
+                # the edge: draining, undecodable or over-limit requests
+                if edges.draining:
+                    log.debug("call_refused", method=method, reason="draining")
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                if isinstance(request, Refused):
+                    await abort_invalid(context, request.field, request.problem, request.text)
+                log.debug("call_started", method=method)  # filtered out below debug: ~free
+                edges._enter()
+                try:
+                    # auth: who is calling; the servicer authorises
+                    try:
+                        principal = authenticator.authenticate(context)
+                    except AuthError as exc:
+                        await _auth_abort(context, exc)
+                        raise
+                    state = begin_call(principal, method)
+                    response = await inner(request, context)
+                    if not state.checked:
+                        log.error("rpc_without_authorization", method=method)
+                        await context.abort(grpc.StatusCode.INTERNAL, f"{method}: the service"
+                                            " did not authorise this call; refused")
+                    default = "OK"
+                    return response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    log.exception("call_failed", method=method, error=repr(exc)[:1000])
+                    await context.abort(grpc.StatusCode.INTERNAL, internal_text(exc))
+                finally:
+                    edges._leave()
+            except asyncio.CancelledError:
+                default = "CANCELLED"
+                raise
+            finally:
+                done(context, started, default)
+        return call
