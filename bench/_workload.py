@@ -140,3 +140,38 @@ def batch_request(tenant: str, agent_ids: list[str]) -> object:
         req.agents.add(id=a, labels={"env": "prod", "region": "eu"}, group="eu-prod")
     del json_format
     return req
+
+
+# -- the realistic workload: the examples as a user writes them --------------------------------
+
+EXAMPLES = ROOT / "examples"
+REALISTIC_REQUEST = EXAMPLES / "requests" / "push-allow.yaml"
+
+
+def write_realistic_policy_dir(directory: Path) -> int:
+    """examples/policies (not their unit tests) with the daily cap raised, so that a benchmark
+    measures the allow path (the cap of 5 000 would deny after the first seconds of load).
+    Returns the number of files written."""
+    import re
+
+    directory.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for src in sorted((EXAMPLES / "policies").glob("*.yaml")):
+        if src.name.endswith(".test.yaml"):
+            continue
+        text = re.sub(r"max_count: \d+", "max_count: 1000000000", src.read_text())
+        (directory / src.name).write_text(text)
+        n += 1
+    return n
+
+
+def realistic_push_bytes(agent_id: str | None = None) -> bytes:
+    """examples/requests/push-allow.yaml (its real collector config), serialized; with
+    ``agent_id`` the agent's id replaced (the rest of the request unchanged)."""
+    from pdp.client import request_from_file
+
+    method, msg = request_from_file(REALISTIC_REQUEST)
+    assert method == "CheckPush", method
+    if agent_id is not None:
+        msg.agent.id = agent_id
+    return bytes(msg.SerializeToString())
