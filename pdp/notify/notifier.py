@@ -1,6 +1,11 @@
 """The asynchronous sender: notifications go from a bounded in-memory queue into a durable
 outbox (:mod:`pdp.notify.store`), from which each channel's oldest is attempted, retried
-with backoff for hours, and finally sent, suppressed or given up (and audited)."""
+with backoff for hours, and finally sent, suppressed or given up (and audited).
+Timeouts are ``asyncio.timeout`` blocks, never ``asyncio.wait_for``: on Python 3.11 a
+``wait_for`` whose awaitable finishes just as its task is cancelled swallows the
+cancellation, and a loop that sets the event it waits on while closing hit exactly that (a
+shutdown that never finished). Shutdown also waits for cancelled tasks only so long.
+"""
 
 from __future__ import annotations
 
@@ -233,9 +238,10 @@ class Notifier:
         tasks = [*self._tasks, *self._inflight.values()]
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if tasks:  # bounded: a task that ignored its cancellation must not hang shutdown
+            _, stuck = await asyncio.wait(tasks, timeout=2.0)
+            if stuck:
+                log.error("notifier tasks did not stop when cancelled", tasks=len(stuck))
         self._tasks.clear()
         self._inflight.clear()
         while not self._queue.empty():
@@ -344,7 +350,8 @@ class Notifier:
                 await self._wake.wait()
             else:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):  # not wait_for: see module docstring
+                        await self._wake.wait()
 
     def _state_failed(self, e: StateUnavailable, **kw: Any) -> None:
         if not self._state_down:
@@ -480,7 +487,8 @@ class Notifier:
 
     async def _try_http(self, d: Delivery) -> tuple[str, str, float | None]:
         try:
-            await asyncio.wait_for(self._send_http(d), self.settings.attempt_timeout_s)
+            async with asyncio.timeout(self.settings.attempt_timeout_s):
+                await self._send_http(d)
         except TimeoutError:
             host = urlsplit(d.request["url"]).hostname
             return RETRIED, (f"{host} gave no answer within"
@@ -534,7 +542,8 @@ class Notifier:
         msg = email.message_from_string(d.request["message"], policy=email.policy.default)
         assert isinstance(msg, EmailMessage)
         try:
-            await asyncio.wait_for(self._send_mail(msg), s.attempt_timeout_s)
+            async with asyncio.timeout(s.attempt_timeout_s):
+                await self._send_mail(msg)
         except TimeoutError:  # it may still go out: keep the lease until it runs out
             return RETRIED, f"SMTP gave no answer within {s.attempt_timeout_s:g} s", None
         except (_Transient, _Permanent) as e:

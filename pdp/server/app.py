@@ -191,7 +191,8 @@ def readiness(settings: Settings, running: Running) -> ReadyFn:
         out.append(("policy_store", stale is None, stale or "reachable"))
         if settings.redis_url:
             try:
-                up = await asyncio.wait_for(running.counters.ping(), 2.0)
+                async with asyncio.timeout(2.0):
+                    up = await running.counters.ping()
             except TimeoutError:
                 up = False
             out.append(("counter_store", up, "reachable" if up else "unreachable"))

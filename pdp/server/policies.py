@@ -132,7 +132,8 @@ class PolicyReloader:
     async def _check_reachable(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.store.revision(), timeout=2.0)
+                async with asyncio.timeout(2.0):
+                    await self.store.revision()
                 self.last_ok = time.monotonic()
             except asyncio.CancelledError:
                 raise
