@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -57,6 +57,7 @@ from pdp.server.roles import (
     current_principal,
     is_public,
 )
+from pdp.server.wrapping import WrappingInterceptor
 
 log = structlog.get_logger("pdp.server")
 
@@ -182,44 +183,33 @@ def _auth_context(context: grpc.aio.ServicerContext[Any, Any]) -> Mapping[str, A
     return value if isinstance(value, Mapping) else {}
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: AuthError) -> None:
+async def abort_auth_error(context: grpc.aio.ServicerContext[Any, Any],
+                           exc: AuthError) -> None:
     code = (grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated)
             else grpc.StatusCode.PERMISSION_DENIED)
     await context.abort(code, status_text(str(exc)))
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class AuthInterceptor(WrappingInterceptor):
     """Authenticate every call (health and reflection pass untouched); the servicer
     authorises. An answer whose servicer never called ``authorize`` is not sent."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        super().__init__()
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or is_public(method):
-            return handler
-        # The registered handlers are the same objects on every call: wrap each one once.
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap(handler, method, self.authenticator)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return handler if is_public(method) else wrap_handler(handler, method,
+                                                              self.authenticator)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str,
+def wrap_handler(handler: grpc.RpcMethodHandler, method: str,
           auth: Authenticator) -> grpc.RpcMethodHandler:
     async def begin(context: grpc.aio.ServicerContext[Any, Any]) -> CallAuth:
         try:
             principal = auth.authenticate(context)
         except AuthError as exc:
-            await _abort(context, exc)
+            await abort_auth_error(context, exc)
             raise
         return begin_call(principal, method)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -37,6 +37,7 @@ from pdp.server.limits import (
     decode_violation,
     internal_text,
 )
+from pdp.server.wrapping import WrappingInterceptor
 
 log = structlog.get_logger("pdp.server")
 
@@ -81,7 +82,7 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None
     return decode
 
 
-class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class EdgeInterceptor(WrappingInterceptor):
     """See the module docstring. Put it first in the server's interceptor list."""
 
     def __init__(self) -> None:
@@ -90,7 +91,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._drained = asyncio.Event()  # set once draining starts
         self._idle = asyncio.Event()
         self._idle.set()
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        super().__init__()
 
     def drain(self) -> None:
         """Refuse calls from now on; open server streams end after their current answer."""
@@ -116,22 +117,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if self.in_flight == 0:
             self._idle.set()
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         counted = not is_public(method)
         kwargs = {"request_deserializer": safe_deserializer(handler.request_deserializer),
                   "response_serializer": handler.response_serializer}

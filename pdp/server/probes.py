@@ -40,6 +40,7 @@ import grpc
 import structlog
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from pdp.server.wrapping import WrappingInterceptor
 from pdp.telemetry.registry import (
     BIDI_STREAM,
     CLIENT_STREAM,
@@ -187,31 +188,16 @@ def _code_of(context: grpc.aio.ServicerContext[Any, Any], default: str = "OK") -
     return default
 
 
-class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class RpcMetricsInterceptor(WrappingInterceptor):
     """Counts and times every call (:class:`~pdp.telemetry.RpcMetrics`) by method, type
     and final status. Put it first, outside the edge interceptor, so that calls the edge
     refuses (draining, undecodable requests) are counted with their status too."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
         self.metrics = metrics
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        super().__init__()
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         metrics = self.metrics
         kwargs = {"request_deserializer": handler.request_deserializer,
                   "response_serializer": handler.response_serializer}

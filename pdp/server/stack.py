@@ -27,19 +27,18 @@ from typing import Any
 import grpc
 import structlog
 
-from pdp.server.auth import AuthInterceptor
-from pdp.server.auth import _abort as _auth_abort
-from pdp.server.auth import _wrap as _auth_wrap
+from pdp.server.auth import AuthInterceptor, abort_auth_error, wrap_handler
 from pdp.server.edges import SHUTTING_DOWN, EdgeInterceptor, Refused, safe_deserializer
 from pdp.server.limits import abort_invalid, internal_text
 from pdp.server.probes import RpcMetricsInterceptor, _code_of
 from pdp.server.roles import AuthError, begin_call, is_public
+from pdp.server.wrapping import WrappingInterceptor
 from pdp.telemetry.registry import UNARY, split_method
 
 log = structlog.get_logger("pdp.server")
 
 
-class ServerStack(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerStack(WrappingInterceptor):
     """``metrics``, ``edges`` and ``auth`` in one interceptor (see the module docstring)."""
 
     def __init__(self, metrics: RpcMetricsInterceptor, edges: EdgeInterceptor,
@@ -47,22 +46,7 @@ class ServerStack(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.metrics = metrics
         self.edges = edges
         self.auth = auth
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self.wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        super().__init__()
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         """``handler`` as the three interceptors would leave it."""
@@ -72,8 +56,8 @@ class ServerStack(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 request_deserializer=safe_deserializer(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         inner = (handler if is_public(method)
-                 else _auth_wrap(handler, method, self.auth.authenticator))
-        return self.metrics._wrap(self.edges._wrap(inner, method), method)
+                 else wrap_handler(handler, method, self.auth.authenticator))
+        return self.metrics.wrap(self.edges.wrap(inner, method), method)
 
     def _unary(self, inner: Callable[..., Awaitable[Any]], method: str
                ) -> Callable[..., Awaitable[Any]]:
@@ -112,7 +96,7 @@ class ServerStack(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     try:
                         principal = authenticator.authenticate(context)
                     except AuthError as exc:
-                        await _auth_abort(context, exc)
+                        await abort_auth_error(context, exc)
                         raise
                     state = begin_call(principal, method)
                     response = await inner(request, context)
