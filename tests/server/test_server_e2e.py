@@ -184,3 +184,22 @@ def test_unix_socket_listener(tmp_path: Path) -> None:
             assert client.check_push("acme", "agent-1", config_yaml=SAFE_CONFIG).allowed
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("config", "what"), [
+    ("", "got empty"), ("just a string", "got a str"), ("[1, 2]", "got a list")])
+def test_a_push_without_a_mapping_config_is_denied_with_a_reason(
+        pdp_server: PdpServer, config: str, what: str) -> None:
+    """Over the wire: an empty or scalar config is never an allow."""
+    with PdpClient(pdp_server.address) as client:
+        d = client.check_push("acme", "agent-9", config_yaml=config)
+    assert not d.allowed
+    assert [(r.code, what in r.message) for r in d.reasons] == [("INVALID_CONFIG", True)]
+
+
+def test_a_typo_in_the_tenant_is_denied_not_decided_by_the_builtins(
+        pdp_server: PdpServer) -> None:
+    with PdpClient(pdp_server.address) as client:
+        d = client.check_push("aume", "agent-1", config_yaml="exporters: {}\n")
+    assert not d.allowed and d.reasons[0].code == "UNKNOWN_TENANT"
+    assert "'aume'" in d.reasons[0].message
