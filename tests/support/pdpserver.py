@@ -21,11 +21,8 @@ class PdpServer:
     def __init__(self, workdir: Path, *, policy_dir: Path | None = None,
                  env: dict[str, str] | None = None, args: list[str] | None = None,
                  credentials: grpc.ChannelCredentials | None = None) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        # Its own probe port too: never the default one a server in the checkout may hold.
-        self.http_port = free_port()
-        self.http_url = f"http://127.0.0.1:{self.http_port}"
+        self._port_retries = 0
+        self._pick_ports()
         self.workdir = workdir
         self.audit_file = workdir / "audit" / "audit.jsonl"
         self.log_file = workdir / "server.log"
@@ -34,6 +31,13 @@ class PdpServer:
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.credentials = credentials  # TLS servers: how the health probe connects
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Its own probe port too: never the default one a server in the checkout may hold.
+        self.http_port = free_port()
+        self.http_url = f"http://127.0.0.1:{self.http_port}"
 
     def channel(self) -> grpc.Channel:
         if self.credentials is None:
@@ -51,10 +55,23 @@ class PdpServer:
                "--http-listen", f"127.0.0.1:{self.http_port}",
                "--log-level", "debug", *self.args]
         self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
+        logged = self.log_file.stat().st_size
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
         if wait:
-            self.wait_serving()
+            try:
+                self.wait_serving()
+            except RuntimeError:
+                # A port found free a moment ago can be taken by another process before
+                # the server binds it: that is the harness's race, not the server's
+                # behaviour, so pick fresh ports and start again (a few times at most).
+                tail = self.log_file.read_bytes()[logged:]
+                if b"Address already in use" not in tail or self._port_retries >= 5:
+                    raise
+                self._port_retries += 1
+                self._log.close()
+                self._pick_ports()
+                return self.start(wait=True)
         return self
 
     def wait_serving(self, timeout: float = 60.0) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import random
 import shutil
 import socket
 import subprocess
@@ -36,8 +37,31 @@ def redis_exe(name: str) -> str:
                        " installs it, or `apt-get install -y redis-server`")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """Ask the kernel for a port that is free right now on loopback."""
+    """A port that is free right now on loopback, outside the kernel's ephemeral range.
+
+    Why outside: a port the kernel hands out for `bind(0)` is in the same range it uses
+    for outgoing connections, so between this check and the server binding it, any
+    client connection on the machine may take it. Below the range only listeners compete.
+    """
+    low, high = _ephemeral_range()
+    span = (10000, low - 1) if low > 12000 else (high + 1, 65535)
+    for _ in range(200):
+        port = random.randint(*span)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
