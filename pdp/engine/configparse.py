@@ -3,9 +3,12 @@
 The parse is bounded before and while it runs: the text's size is checked first (by the
 cache), then the value is built from the event stream (``ConfigBuild``), counting nodes (after
 alias expansion), nesting depth and scalar length as it goes and looking at the clock every
-``CHECK_EVERY`` events. A limit or the decision's deadline stops the parse itself; nothing is
-left running on a thread. The values equal ``yaml.load(text, Loader=ConfigLoader)`` (safe YAML
-1.1 without implicit timestamps), except where a limit refuses the text.
+``CHECK_EVERY`` events. libyaml reads the text through ``_Feed`` in chunks, which looks at the
+clock and at how much text went by without an event: a scanner stuck in one long token (a
+4 MB scalar or comment) is stopped there, not after it. A limit or the decision's deadline
+stops the parse itself; nothing is left running on a thread. The values equal
+``yaml.load(text, Loader=ConfigLoader)`` (safe YAML 1.1 without implicit timestamps), except
+where a limit refuses the text.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ CACHE_BYTES = 64 * 1024 * 1024
 SLICE_PARSE_BYTES = 16 * 1024
 SLICE_S = 0.002
 CHECK_EVERY = 256  # events between looks at the clock (a power of two)
+FEED_CHUNK = 16 * 1024  # bytes handed to libyaml at a time (its own raw buffer's size)
 
 # Retained-size estimate of a parsed value (bytes), summed while building: every node costs
 # NODE_BYTES (the object's header plus its slot in a list), a scalar also its text's length,
@@ -104,6 +108,43 @@ _SeqStart, _SeqEnd = yaml.events.SequenceStartEvent, yaml.events.SequenceEndEven
 _DocStart, _StreamEnd = yaml.events.DocumentStartEvent, yaml.events.StreamEndEvent
 
 
+class _Feed:
+    """The text, handed to libyaml chunk by chunk, so that a long token cannot outrun the bound.
+
+    Why: libyaml scans a whole scalar (or comment) before it emits its event, so the per-event
+    checks of ``ConfigBuild.run`` see a 4 MB scalar only after scanning all of it. Every
+    chunk libyaml asks for passes here: past the deadline, or past ``max_gap`` bytes since
+    the build loop last saw an event, the parse stops at once.
+    """
+
+    __slots__ = ("data", "deadline", "field", "gap", "max_gap", "max_scalar", "pos")
+
+    def __init__(self, data: bytes, field: str, deadline: float | None, max_scalar: int) -> None:
+        self.data = data
+        self.pos = 0
+        self.field = field
+        self.deadline = deadline
+        self.max_scalar = max_scalar
+        # A scalar of max_scalar characters is at most 4 bytes each in UTF-8, plus the chunk
+        # libyaml was reading when it started and the one it looks ahead into.
+        self.max_gap = 4 * max_scalar + 2 * FEED_CHUNK
+        self.gap = 0  # bytes fed since the build loop last took an event (it resets this)
+
+    def read(self, size: int) -> bytes:
+        pos = self.pos
+        chunk = self.data[pos:pos + min(size, FEED_CHUNK)]
+        self.pos = pos + len(chunk)
+        self.gap += len(chunk)
+        if self.gap > self.max_gap:
+            raise ConfigRejected(self.field, f"more than {self.max_gap} bytes without a value"
+                                 f" near byte {pos} (a scalar or comment longer than"
+                                 f" {self.max_scalar} characters)")
+        if pos and self.deadline is not None and time.monotonic() >= self.deadline:
+            raise ParseDeadlineExceeded(self.field,
+                                        "the decision deadline ran out while parsing")
+        return chunk
+
+
 class _Frame:
     """An open mapping or sequence: what is built so far and where it started."""
 
@@ -135,7 +176,14 @@ class ConfigBuild:
         self.max_nodes = max_nodes
         self.max_depth = max_depth
         self.max_scalar = max_scalar
-        parser: Any = _CParser(text) if _CParser is not None else yaml.SafeLoader(text)
+        self.feed: _Feed | None = None
+        if _CParser is None:
+            parser: Any = yaml.SafeLoader(text)
+        elif len(text) * 4 <= 4 * max_scalar + 2 * FEED_CHUNK:
+            parser = _CParser(text)  # too short for a token to outrun the bound: no feed
+        else:
+            self.feed = _Feed(text.encode(), field, deadline, max_scalar)
+            parser = _CParser(self.feed)
         self.next_event = parser.get_event
         self.stack: list[_Frame] = []
         self.anchors: dict[str, tuple[Any, int, int]] = {}  # value, nodes, estimated bytes
@@ -158,6 +206,7 @@ class ConfigBuild:
         if deadline is not None and time.monotonic() >= deadline:
             raise ParseDeadlineExceeded(field, "the decision deadline ran out while parsing")
         get, stack, anchors, plain = self.next_event, self.stack, self.anchors, _PLAIN
+        feed = self.feed if self.feed is not None else _Feed(b"", field, None, 0)  # a sink
         max_nodes, max_scalar = self.max_nodes, self.max_scalar
         nodes, size = self.nodes, self.size
         top = stack[-1] if stack else None
@@ -174,6 +223,7 @@ class ConfigBuild:
                         self.nodes, self.size = nodes, size
                         return False
                 event = get()
+                feed.gap = 0
                 kind = type(event)
                 if kind is _Scalar:
                     text = event.value

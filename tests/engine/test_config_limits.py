@@ -245,6 +245,38 @@ def test_scalar_length_limit(template: str) -> None:
         new(template.format("x" * (MAX_SCALAR_CHARS + 1)))
 
 
+@pytest.mark.parametrize("template", ["s: {}\n", "s: '{}'\n", "s: |-\n  {}\n",
+                                      "a: 1\n# {}\n", "a: 1\n{}"])
+def test_a_long_token_is_stopped_while_libyaml_scans_it(template: str) -> None:
+    """libyaml scans a whole scalar or comment before its event: the feed stops it early."""
+    text = template.format("x" * (4 << 20)) if "{}" in template else template
+    if template == "a: 1\n{}":
+        text = "a: 1\n" + " " * (4 << 20) + "\n"  # 4 MB of blanks: no event either
+    build = ConfigBuild(text, "config.yaml")
+    with pytest.raises(ConfigRejected, match="without a value") as err:
+        build.run()
+    assert err.value.field == "config.yaml"
+    assert build.feed is not None
+    # Refused after reading about the bound, not the 4 MB.
+    assert build.feed.pos <= build.feed.max_gap + 2 * configparse.FEED_CHUNK < len(text) // 4
+
+
+def test_a_long_config_with_short_tokens_parses_through_the_feed() -> None:
+    items = ",".join(f"'{i:06d}'" for i in range(60_000))  # ~600 KB: above the feed threshold
+    text = f"items: [{items}]\nlast: {'y' * MAX_SCALAR_CHARS}\n"
+    build = ConfigBuild(text, "config.yaml")
+    assert build.run() and build.feed is not None
+    assert len(build.root["items"]) == 60_000 and len(build.root["last"]) == MAX_SCALAR_CHARS
+    assert build.root == yaml.load(text, Loader=ConfigLoader)
+
+
+def test_the_feed_looks_at_the_deadline_inside_a_token() -> None:
+    feed = configparse._Feed(b"x" * (1 << 20), "config.yaml", 0.0, MAX_SCALAR_CHARS)
+    feed.read(configparse.FEED_CHUNK)  # the first chunk is always handed over
+    with pytest.raises(ParseDeadlineExceeded, match="deadline"):
+        feed.read(configparse.FEED_CHUNK)
+
+
 async def test_size_limit_is_checked_before_parsing() -> None:
     cache = ConfigCache(10, 1000)
     assert await cache.load("a: " + "x" * 990, "config.yaml") == {"a": "x" * 990}
