@@ -36,6 +36,7 @@ from pdp.policy.model import PolicyError
 from pdp.policy.store import PolicyStore, StoreError
 from pdp.server.admin import PolicyAdminService
 from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
+from pdp.server.ceilings import Ceilings
 from pdp.server.edges import EdgeInterceptor
 from pdp.server.policies import PolicyReloader, cel_environment, open_policy_store, seed
 from pdp.server.probes import (
@@ -292,7 +293,9 @@ async def start(settings: Settings) -> Running:
     # sees them, and drains on shutdown. The RPC metrics come before the edge, so calls it
     # refuses are counted too. The three run as one interceptor (ServerStack): as three,
     # a unary call paid ~60 µs more of server CPU (bench/README.md, "Sixth pass").
-    edges = EdgeInterceptor()
+    edges = EdgeInterceptor(Ceilings(
+        items={"pdp.v1.CheckPushBatchRequest.agents": settings.max_batch_agents},
+        byte_limits={"pdp.v1.Config.yaml": settings.max_config_bytes}))
     server = grpc.aio.server(options=options, interceptors=[ServerStack(
         RpcMetricsInterceptor(RpcMetrics(registry)), edges, AuthInterceptor(auth))])
     dgrpc.add_DecisionServiceServicer_to_server(

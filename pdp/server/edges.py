@@ -31,6 +31,7 @@ import structlog
 
 from pdp.engine.request import InvalidRequest
 from pdp.server.auth import is_public
+from pdp.server.ceilings import Ceilings, too_large
 from pdp.server.limits import (
     abort_invalid,
     check_limits,
@@ -58,22 +59,36 @@ class Refused:
         self.text = text
 
 
-def safe_deserializer(deserialize: Callable[[bytes], Any] | None
-                      ) -> Callable[[bytes], Any] | None:
+def safe_deserializer(deserialize: Callable[[bytes], Any] | None,
+                      ceilings: Ceilings | None = None) -> Callable[[bytes], Any] | None:
     """``deserialize`` returning :class:`Refused` instead of raising, and checking the
-    field limits of pdp's own messages."""
+    field limits of pdp's own messages: a request longer than any valid one of its type
+    (``ceilings``) is refused before it is decoded, a settings-bounded list (the agents of
+    a batch) is counted before its elements are checked."""
     if deserialize is None:
         return None
     desc = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
     limited = desc is not None and desc.full_name.startswith("pdp.")
+    ceiling: int | None = None
+    counted: list[tuple[str, int]] = []
+    if ceilings is not None and limited and desc is not None:
+        ceiling = ceilings.of(desc)
+        counted = [(f.name, ceilings.items[f.full_name]) for f in desc.fields
+                   if f.full_name in ceilings.items]
 
     def decode(data: bytes) -> Any:
+        if ceiling is not None and len(data) > ceiling:
+            return Refused("", too_large(len(data), ceiling, desc))
         try:
             msg = deserialize(data)
         except Exception:  # DecodeError, and whatever else the runtime may raise
             field, problem = decode_violation(data, desc)
             return Refused(field, problem, problem)  # the text names the field already
         if limited:
+            for name, most in counted:
+                n = len(getattr(msg, name))
+                if n > most:
+                    return Refused(name, f"{n} entries is more than the limit of {most}")
             try:
                 check_limits(msg)
             except InvalidRequest as exc:
@@ -85,7 +100,8 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None
 class EdgeInterceptor(WrappingInterceptor):
     """See the module docstring. Put it first in the server's interceptor list."""
 
-    def __init__(self) -> None:
+    def __init__(self, ceilings: Ceilings | None = None) -> None:
+        self.ceilings = ceilings
         self.draining = False
         self.in_flight = 0
         self._drained = asyncio.Event()  # set once draining starts
@@ -119,7 +135,8 @@ class EdgeInterceptor(WrappingInterceptor):
 
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         counted = not is_public(method)
-        kwargs = {"request_deserializer": safe_deserializer(handler.request_deserializer),
+        kwargs = {"request_deserializer": safe_deserializer(handler.request_deserializer,
+                                                            self.ceilings),
                   "response_serializer": handler.response_serializer}
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> None:

@@ -53,7 +53,8 @@ class ServerStack(WrappingInterceptor):
         if handler.unary_unary is not None and not is_public(method):
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method),
-                request_deserializer=safe_deserializer(handler.request_deserializer),
+                request_deserializer=safe_deserializer(handler.request_deserializer,
+                                                       self.edges.ceilings),
                 response_serializer=handler.response_serializer)
         inner = (handler if is_public(method)
                  else wrap_handler(handler, method, self.auth.authenticator))
