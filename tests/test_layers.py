@@ -12,7 +12,7 @@ layer, never one of its own layer or above):
     policy                              policies, rules, stores
     cel, counters, audit, notify        the leaves the policy layer builds on
     telemetry                           spans and metrics
-    settings, reasons, backoff          shared plain values and helpers
+    settings, reasons, backoff, turns   shared plain values and helpers
 
 Only the top four layers may import ``grpc`` or the generated ``pdp.v1``. Also: no import
 cycle between modules, anywhere (lazy imports inside functions count).
@@ -35,7 +35,7 @@ LAYERS: list[set[str]] = [
     {"policy"},
     {"cel", "counters", "audit", "notify"},
     {"telemetry"},
-    {"settings", "reasons", "backoff"},
+    {"settings", "reasons", "backoff", "turns"},
 ]
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 GRPC_ALLOWED = {"cli", "admin_cli", "server", "authoring", "logging", "api", "client"}

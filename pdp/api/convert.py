@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,6 +144,13 @@ def check_push_batch_requests(msg: dpb.CheckPushBatchRequest,
     """One CheckRequest per agent, as ``check_push_request`` would build it for a single
     push carrying that agent (same validation, same order, errors named ``agents[i].…``),
     with what the agents have in common converted once and shared (never mutated)."""
+    return list(iter_push_batch_requests(msg, caller))
+
+
+def iter_push_batch_requests(msg: dpb.CheckPushBatchRequest,
+                             caller: Caller) -> Iterator[CheckRequest]:
+    """``check_push_batch_requests`` one agent at a time, so the server can give the event
+    loop turns while it converts a large step."""
     tenant = tenant_of(msg.tenant)
     agents = msg.agents
     try:
@@ -157,17 +164,15 @@ def check_push_batch_requests(msg: dpb.CheckPushBatchRequest,
     config = msg.config.yaml or None
     previous = msg.previous_config.yaml or None
     explain, request_id = msg.explain, msg.request_id
-    out = []
     for i, agent in enumerate(agents):
         try:
             a = first if i == 0 else agent_dict(agent)
         except InvalidRequest as exc:
             raise _in_batch(i, exc) from None
-        out.append(CheckRequest(
+        yield CheckRequest(
             tenant=tenant, checkpoint=checkpoint, change=change, agent=a, rollout=rollout,
             config_yaml=config, previous_config_yaml=previous, override=override,
-            caller=caller, explain=explain, request_id=request_id))
-    return out
+            caller=caller, explain=explain, request_id=request_id)
 
 
 def check_device_request(msg: dpb.CheckDeviceRequest, caller: Caller) -> CheckRequest:
@@ -287,13 +292,22 @@ def fill_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[str
     """The decisions of a step, each distinct list of evaluated policies written once in
     ``evaluated_sets`` and named by index (keyed by the refs' identities: a policy version's
     ref is one object, and the decisions hold them alive meanwhile)."""
+    for _ in filling_batch_response(out, agent_ids, decisions):
+        pass
+
+
+def filling_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[str],
+                           decisions: Sequence[Decision]) -> Iterator[int]:
+    """``fill_batch_response`` yielding each decision's index once it is in ``out`` (the
+    server gives the event loop turns meanwhile); ``out`` is complete when it ends."""
     sets: dict[tuple[int, ...], int] = {}  # the refs are shared per policy version
     add = out.decisions.add
     # Decisions with no reasons (most of a step) differ only in id and elapsed time: the
     # rest is copied from one message built per (outcome, checkpoint, instant).
     common: tuple[Any, ...] | None = None
     template = cpb.Decision()
-    for agent_id, d in zip(agent_ids, decisions, strict=True):
+    for i, (agent_id, d) in enumerate(zip(agent_ids, decisions, strict=True)):
+        yield i
         key = tuple(map(id, d.evaluated))
         index = sets.get(key)
         if index is None:

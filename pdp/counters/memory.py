@@ -39,6 +39,7 @@ from pdp.counters.model import (
     ReserveResult,
 )
 from pdp.counters.settings import DEFAULT_EVENT_BUCKET_SECONDS, DEFAULT_EVENT_RETENTION_SECONDS
+from pdp.turns import Turns
 
 
 @dataclass(slots=True)
@@ -111,9 +112,20 @@ class MemoryCounterStore:
     ) -> list[ReserveResult]:
         validate_items(items, self.event_retention_seconds)
         prefix = keys.tenant_prefix(tenant)
-        with self._lock:
-            now = self._now()
-            return [self._reserve_one(prefix, rules, now) for rules in items]
+        # A large step is reserved in slices with turns for the event loop in between (other
+        # calls are not held for all of it). Each agent's reservation is whole (checked and
+        # committed under the lock without a turn), so no cap is ever overshot; another
+        # call may reserve between two agents of the step, as it could between two steps.
+        out: list[ReserveResult] = []
+        turns = Turns()
+        now = self._now()
+        for i, rules in enumerate(items):
+            if turns.due(i):
+                await turns.take()
+                now = self._now()  # the step's clock moves on only where others could run
+            with self._lock:
+                out.append(self._reserve_one(prefix, rules, now))
+        return out
 
     async def peek(
         self, tenant: str, rules: Sequence[CounterRule], *, timeout: float

@@ -26,6 +26,7 @@ from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.server.roles import Permission, authorize, current_caller
 from pdp.telemetry import log_decision, log_step
+from pdp.turns import Turns
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -143,7 +144,15 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                                                f" limit of {self.max_batch} per batch")
             if not request.agents:
                 raise InvalidRequest("agents", "required: at least one agent")
-            reqs = convert.check_push_batch_requests(request, current_caller(request.tenant))
+            # A large step is converted, logged and answered with turns for the event loop
+            # in between, as it is decided: other calls are not held meanwhile.
+            turns = Turns()
+            reqs: list[CheckRequest] = []
+            for i, one in enumerate(convert.iter_push_batch_requests(
+                    request, current_caller(request.tenant))):
+                if turns.due(i):
+                    await turns.take()
+                reqs.append(one)
             # One span per step, in the caller's trace; its log lines are written inside it.
             with self.engine.telemetry.decision_span(
                     "pdp.push_step", carrier(context),
@@ -152,11 +161,14 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 decisions = await self.engine.check_batch(reqs, self.deadline_s,
                                                           caller_deadline(context),
                                                           received_at=received_at)
-                allowed, denied = log_step(log, request.tenant, "push", decisions)
+                allowed, denied = await log_step(log, request.tenant, "push", decisions)
                 span.set_attribute("pdp.step.allowed", allowed)
                 span.set_attribute("pdp.step.denied", denied)
             out = dpb.CheckPushBatchResponse()
-            convert.fill_batch_response(out, (a.id for a in request.agents), decisions)
+            for i in convert.filling_batch_response(out, (a.id for a in request.agents),
+                                                    decisions):
+                if turns.due(i):
+                    await turns.take()
             return out
         return await guarded(context, run)
 
