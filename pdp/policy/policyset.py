@@ -31,6 +31,11 @@ class PolicySet:
     _known: frozenset[str] = field(default_factory=frozenset, init=False, repr=False)
     _selections: dict[tuple[object, ...], list[CompiledPolicy]] = field(
         default_factory=dict, init=False, repr=False)
+    #: Per index entry: whether any of its policies filters on the change, on agent labels,
+    #: on device labels. What no policy filters on is left out of the selection key, and
+    #: where none filters at all, selection is the index entry itself.
+    _filters: dict[tuple[str, Checkpoint], tuple[bool, bool, bool]] = field(
+        default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         live = [p for p in self.policies
@@ -45,7 +50,12 @@ class PolicySet:
             relaxed = self.relaxed.get(tenant, frozenset())
             mine = [b for b in self.builtins if b.name not in relaxed] + by_tenant.get(tenant, [])
             for cp in Checkpoint:
-                self._index[(tenant, cp)] = [p for p in mine if p.policy.applies_to(cp)]
+                found = self._index[(tenant, cp)] = [p for p in mine if p.policy.applies_to(cp)]
+                matches = [p.policy.match for p in found]
+                self._filters[(tenant, cp)] = (
+                    any(m.subjects or m.sources or m.types for m in matches),
+                    any(not m.agent_selector.empty for m in matches),
+                    any(not m.device_selector.empty for m in matches))
 
     def tenants(self) -> set[str]:
         return set(self._tenants)
@@ -69,19 +79,24 @@ class PolicySet:
         Labels that are not a mapping (only in-process callers can send them) cannot be
         matched: every policy with a selector on that side is selected, so it may deny
         rather than be skipped."""
+        entry = (tenant, checkpoint) if (tenant, checkpoint) in self._index else ("", checkpoint)
+        policies = self._index[entry]
+        by_change, by_agent, by_device = self._filters[entry]
+        if not (by_change or by_agent or by_device):
+            return policies
         agent = _labels(agent_labels)
         device = _labels(device_labels)
         key: tuple[object, ...] | None = None
         hit = None
         try:
-            key = (tenant, checkpoint, _key(change), _key(agent), _key(device))
+            key = (entry, _key(change) if by_change else None,
+                   _key(agent) if by_agent else None, _key(device) if by_device else None)
             hit = self._selections.get(key)
         except TypeError:  # unhashable values: not remembered
             key = None
         if hit is not None:
             return hit
-        found = [p for p in self.for_tenant(tenant, checkpoint)
-                 if _matches(p.policy.match, change, agent, device)]
+        found = [p for p in policies if _matches(p.policy.match, change, agent, device)]
         if key is not None:
             if len(self._selections) >= _SELECTIONS:
                 self._selections.clear()

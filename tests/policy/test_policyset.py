@@ -39,3 +39,31 @@ def test_selection_follows_labels_and_is_remembered_per_label_set() -> None:
     # Values that cannot be a key are still selected, just not remembered.
     odd = ps.select("t", Checkpoint.PUSH, {}, {"region": ["eu"]}, None)  # type: ignore[dict-item]
     assert [p.name for p in odd] == ["everywhere"]
+
+
+def test_only_what_some_policy_filters_on_keys_the_selection() -> None:
+    """Where no policy of a tenant filters on labels or the change, selection is the tenant's
+    list itself, whatever the request carries; where one does, only that part matters."""
+    env, cache = pdp_environment(), ProgramCache(10)
+    text = POLICIES + """\
+---
+tenant: plain
+name: a
+rule: {cel: {deny: 'false'}}
+---
+tenant: plain
+name: b
+rule: {cel: {deny: 'false'}}
+"""
+    ps = PolicySet([compile_or_broken(p, env, cache) for p in load_text(text, "p")], [])
+    everything = ps.for_tenant("plain", Checkpoint.PUSH)
+    for change, agent in [({}, None), ({"subject": "x"}, {"region": "eu"}),
+                          ({}, {"region": ["unhashable"]}), ({}, "not a mapping")]:
+        assert ps.select("plain", Checkpoint.PUSH, change, agent, None) is everything  # type: ignore[arg-type]
+    # "t" filters on agent labels only: the change and the device do not split its key.
+    a = ps.select("t", Checkpoint.PUSH, {"subject": "x"}, {"region": "eu"}, {"os": "1"})
+    b = ps.select("t", Checkpoint.PUSH, {"subject": "y"}, {"region": "eu"}, None)
+    assert a is b and [p.name for p in a] == ["everywhere", "eu-only"]
+    # Labels that are not a mapping still select every selector policy (fail closed).
+    odd = ps.select("t", Checkpoint.PUSH, {}, "not a mapping", None)  # type: ignore[arg-type]
+    assert [p.name for p in odd] == ["everywhere", "eu-only"]
