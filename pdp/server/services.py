@@ -25,13 +25,14 @@ from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.server.roles import Permission, authorize, current_caller
-from pdp.telemetry import log_decision, log_step
+from pdp.telemetry import debug_enabled, log_decision, log_step
 from pdp.turns import Turns
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
 log = structlog.get_logger("pdp.server")
 T = TypeVar("T")
+R = TypeVar("R", dpb.CheckPushResponse, dpb.CheckDeviceResponse, dpb.CheckRolloutResponse)
 
 EVENT_KINDS = {
     dpb.EVENT_KIND_DEPLOY: CounterEventKind.DEPLOY,
@@ -84,20 +85,26 @@ class DecisionService(dgrpc.DecisionServiceServicer):
         self.engine = engine
         self.deadline_s = deadline_s
         self.max_batch = max_batch
+        # Whether allowed decisions are logged (debug): read once, as logging is configured
+        # before the services are built, not asked of the logger per decision.
+        self.debug = debug_enabled(log)
 
     async def _check(self, context: grpc.aio.ServicerContext[Any, Any], tenant: str,
-                     build: Callable[[Caller], CheckRequest]) -> Any:
+                     build: Callable[[Caller], CheckRequest], response: R) -> R:
+        """Decide one request and write the decision into ``response.decision`` (in place:
+        no copy of the message)."""
         received_at = time.monotonic()  # the budget covers conversion too
 
-        async def run() -> Any:
+        async def run() -> R:
             req = build(current_caller(tenant))
             tel = self.engine.telemetry
             if not tel.enabled:
                 decision = await self.engine.check(req, self.deadline_s,
                                                    caller_deadline(context),
                                                    received_at=received_at)
-                log_decision(log, req.tenant, req.checkpoint.value, decision)
-                return convert.decision_pb(decision)
+                log_decision(log, req.tenant, req.checkpoint.value, decision, self.debug)
+                convert.fill_decision_pb(response.decision, decision)
+                return response
             with tel.decision_span(f"pdp.{req.checkpoint.value}", carrier(context),
                                    {"pdp.tenant": req.tenant,
                                     "pdp.checkpoint": req.checkpoint.value}) as span:
@@ -106,31 +113,32 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                                                    received_at=received_at)
                 span.set_attribute("pdp.outcome", "allow" if decision.allowed else "deny")
                 span.set_attribute("pdp.decision_id", decision.decision_id)
-                log_decision(log, req.tenant, req.checkpoint.value, decision)
-            return convert.decision_pb(decision)
+                log_decision(log, req.tenant, req.checkpoint.value, decision, self.debug)
+            convert.fill_decision_pb(response.decision, decision)
+            return response
         return await guarded(context, run)
 
     async def CheckPush(self, request: dpb.CheckPushRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushResponse:
         await authorize(context, request.tenant, Permission.DECIDE)
-        decision = await self._check(context, request.tenant,
-                                     lambda c: convert.check_push_request(request, c))
-        return dpb.CheckPushResponse(decision=decision)
+        return await self._check(context, request.tenant,
+                                 lambda c: convert.check_push_request(request, c),
+                                 dpb.CheckPushResponse())
 
     async def CheckDevice(self, request: dpb.CheckDeviceRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckDeviceResponse:
         await authorize(context, request.tenant, Permission.DECIDE)
-        decision = await self._check(context, request.tenant,
-                                     lambda c: convert.check_device_request(request, c))
-        return dpb.CheckDeviceResponse(decision=decision)
+        return await self._check(context, request.tenant,
+                                 lambda c: convert.check_device_request(request, c),
+                                 dpb.CheckDeviceResponse())
 
     async def CheckRollout(self, request: dpb.CheckRolloutRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> dpb.CheckRolloutResponse:
         await authorize(context, request.tenant, Permission.DECIDE)
-        decision = await self._check(context, request.tenant,
-                                     lambda c: convert.check_rollout_request(request, c))
-        return dpb.CheckRolloutResponse(decision=decision)
+        return await self._check(context, request.tenant,
+                                 lambda c: convert.check_rollout_request(request, c),
+                                 dpb.CheckRolloutResponse())
 
     async def _batch(self, request: dpb.CheckPushBatchRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushBatchResponse:

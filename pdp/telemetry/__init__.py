@@ -72,7 +72,13 @@ from prometheus_client import CollectorRegistry
 from pdp.telemetry.base import DecisionTelemetry
 from pdp.telemetry.core import Telemetry
 from pdp.telemetry.lag import LoopLagMonitor
-from pdp.telemetry.logs import add_trace_ids, current_trace_id, log_decision, log_step
+from pdp.telemetry.logs import (
+    add_trace_ids,
+    current_trace_id,
+    debug_enabled,
+    log_decision,
+    log_step,
+)
 from pdp.telemetry.noop import NO_TELEMETRY, NoTelemetry
 from pdp.telemetry.registry import RpcMetrics, new_registry
 from pdp.telemetry.settings import TelemetrySettings
@@ -101,6 +107,7 @@ __all__ = [
     "add_trace_ids",
     "create_telemetry",
     "current_trace_id",
+    "debug_enabled",
     "log_decision",
     "log_step",
     "new_registry",

@@ -76,7 +76,7 @@ async def log_step(logger: Any, tenant: str, checkpoint: str,
     loop in between (a thousand denies is a thousand writes).
     """
     allowed = denied = 0
-    debug = _debug_enabled(logger)
+    debug = debug_enabled(logger)
     turns = Turns()
     for i, d in enumerate(decisions):
         if turns.due(i):
@@ -96,7 +96,7 @@ def log_decision(logger: Any, tenant: str, checkpoint: str, d: LoggedDecision,
     """One decision: a ``decision_denied`` line at info for a deny (id, codes, policies),
     ``decision_allowed`` at debug for an allow. Call it inside the call's span."""
     if d.allowed:
-        if debug if debug is not None else _debug_enabled(logger):
+        if debug if debug is not None else debug_enabled(logger):
             logger.debug("decision_allowed", decision_id=d.decision_id, tenant=tenant,
                          checkpoint=checkpoint)
         return
@@ -105,6 +105,7 @@ def log_decision(logger: Any, tenant: str, checkpoint: str, d: LoggedDecision,
                 policies=sorted({r.policy for r in d.reasons if r.policy}))
 
 
-def _debug_enabled(logger: Any) -> bool:
+def debug_enabled(logger: Any) -> bool:
+    """Whether ``logger`` writes debug lines (ask once, not per decision: it binds)."""
     check = getattr(logger.bind(), "is_enabled_for", None)
     return True if check is None else bool(check(logging.DEBUG))
