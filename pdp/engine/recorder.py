@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from pdp import turns
 from pdp.audit.events import config_seen, policies_seen, with_derived
 from pdp.audit.record import DecisionRecord
 from pdp.engine.context import ConfigCache
@@ -28,9 +29,9 @@ log = structlog.get_logger("pdp.engine")
 
 #: Distinct (tenant, field, config hash) remembered as already written to the audit log.
 CONFIGS_SEEN_MAX = 4096
-#: Decisions whose audit events one loop turn makes after their answers (at least; a
-#: quarter of the backlog when that is more, so it keeps up with steps back to back).
-RECORD_SLICE = 64
+#: Decisions whose audit events one loop turn makes after their answers, at least (the rest
+#: of a turn's slice is bounded in time: pdp.turns.EVERY_S).
+RECORD_MIN = 8
 #: Answered decisions whose records may wait for the loop: past this, the next step records
 #: the backlog before its own answer (memory stays bounded under any load).
 RECORD_BACKLOG = 8192
@@ -91,20 +92,26 @@ class Recorder:
 
     def _drain(self) -> None:
         """A slice per loop turn: a step's thousand records in one callback would hold the
-        loop (and the GIL) for milliseconds while other calls wait."""
+        loop (and the GIL) for milliseconds while other calls wait. The slice is bounded in
+        time (``pdp.turns.EVERY_S``), not in records, so the hold is the same on a slow
+        machine; the backlog bound (RECORD_BACKLOG) keeps memory bounded if it falls behind."""
         try:
-            self.record_pending(max(RECORD_SLICE, len(self._unrecorded) // 4))
+            self.record_pending(until=time.monotonic() + turns.EVERY_S)
         finally:  # whatever happened, the rest is not left behind
             if self._unrecorded:
                 asyncio.get_running_loop().call_soon(self._drain)
             else:
                 self._draining = False
 
-    def record_pending(self, limit: int | None = None) -> None:
-        """Queue the audit events of (up to ``limit``) answered decisions not yet recorded;
-        shutdown calls it before closing the audit log, so none is left behind."""
+    def record_pending(self, limit: int | None = None, until: float | None = None) -> None:
+        """Queue the audit events of (up to ``limit``, or until the monotonic time
+        ``until``, at least RECORD_MIN) answered decisions not yet recorded; shutdown calls
+        it with neither, so none is left behind."""
         todo = self._unrecorded
-        for _ in range(len(todo) if limit is None else min(limit, len(todo))):
+        for i in range(len(todo) if limit is None else min(limit, len(todo))):
+            if until is not None and i >= RECORD_MIN and not i & 3 \
+                    and time.monotonic() >= until:
+                return
             req, decision = todo.popleft()
             try:
                 for ev in with_derived(self.event(req, decision).to_event()):

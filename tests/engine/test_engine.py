@@ -260,16 +260,25 @@ async def test_a_long_step_has_the_step_budget_not_one_decisions() -> None:
         (r.code, r.message) for d in decisions for r in d.reasons}
 
 
-async def test_audit_after_answer_records_on_the_next_loop_turns_in_order() -> None:
+async def test_audit_after_answer_records_on_the_next_loop_turns_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``audit_after_answer`` (async durability) the answer does not wait for its audit
     records: they are queued on the loop's next turns, a slice at a time, in decision order,
     each after the Seen events it names, with the derived events; none is skipped."""
+    from pdp import turns
+    from pdp.engine.recorder import RECORD_MIN
+
+    monkeypatch.setattr(turns, "EVERY_S", 0.0)  # every slice as short as it may be
     engine, audit = engine_for(CEL.format(name="p", extra="", deny="agent.id == 'a3'"))
     engine.options = replace(engine.options, audit_after_answer=True)
     decisions = await engine.check_batch([push(agent=f"a{i}") for i in range(150)], 1.0)
     single = await engine.check(push(agent="solo"), 1.0)
     assert audit.events == []  # answered first
-    for _ in range(3):  # 151 decisions, one FIFO: three slices of 64
+    await asyncio.sleep(0)
+    assert len([e for e in audit.events if e["type"] == "Decision"]) == RECORD_MIN  # a slice
+    for _ in range(1000):  # one FIFO, a slice per turn, until it is empty
+        if not engine.recorder.backlog:
+            break
         await asyncio.sleep(0)
     recorded = [e for e in audit.events if e["type"] == "Decision"]
     assert [e["decision_id"] for e in recorded] == [
