@@ -12,7 +12,9 @@ Sections (every ratio against a baseline measured in the same run; the machine i
 2. memory    server VmRSS growth over N adversarial decisions (after one warm-up pass);
              target <= 64 MiB.
 3. benign    p99 of benign CheckPush (10 policies) alone vs with adversarial load alongside
-             (another process); target <= 2x.
+             (another process); target <= 2x. Control: the same with ordinary calls (another
+             tenant's, allowed) at the adversarial load's rate, to separate what adversarial
+             inputs cost from what any load costs on this machine.
 4. health    grpc.health.v1 Check latency while 1 000-agent steps with a slow policy run;
              target: every check <= 50 ms.
 5. draft     live p50 of a tenant with a runaway draft vs the same tenant without it
@@ -154,7 +156,9 @@ def memory_section(h: C.Harness, payloads: list[tuple[str, bytes]], n: int) -> d
 # -- 3. benign alongside adversarial load --------------------------------------------------------
 
 def _load_worker(address: str, token: str, payloads: list[tuple[str, bytes]], seconds: float,
-                 threads: int, counter: Any) -> None:
+                 threads: int, counter: Any, rate: float = 0.0) -> None:
+    """``threads`` closed loops over ``payloads`` for ``seconds``; with ``rate`` (calls/s,
+    all threads together) each thread paces itself to its share instead of going flat out."""
     import grpc
 
     ch = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20),
@@ -164,7 +168,12 @@ def _load_worker(address: str, token: str, payloads: list[tuple[str, bytes]], se
 
     def loop(k: int) -> None:
         i = k
+        gap = threads / rate if rate > 0 else 0.0
+        due = time.monotonic()
         while time.monotonic() < end:
+            if gap:
+                due += gap
+                time.sleep(max(0.0, due - time.monotonic()))
             method, p = payloads[i % len(payloads)]
             i += threads
             with contextlib.suppress(grpc.RpcError):
@@ -198,16 +207,27 @@ def benign_section(h: C.Harness, payloads: list[tuple[str, bytes]], n: int,
     ctx = multiprocessing.get_context("spawn")
     counter = ctx.Value("l", 0)
     small = [(m, p) for m, p in payloads if len(p) < 1 << 20]  # the client must keep up
-    proc = ctx.Process(target=_load_worker, args=(h.server.address, h.people.tokens["engine"],
-                                                  small, seconds + 5, 2, counter))
-    proc.start()
-    time.sleep(2.0)  # the worker imports and connects
-    start = counter.value
-    t0 = time.monotonic()
-    along, k2 = benign_latency(h, BENIGN, n)
-    adv_rate = (counter.value - start) / (time.monotonic() - t0)
-    proc.join()
-    return {"alone": alone, "along": along, "kinds": k1 | k2, "adv_rate": adv_rate}
+
+    def alongside(load: list[tuple[str, bytes]], rate: float) -> tuple[list[float], set[str],
+                                                                       float]:
+        counter.value = 0
+        proc = ctx.Process(target=_load_worker, args=(
+            h.server.address, h.people.tokens["engine"], load, seconds + 5, 2, counter, rate))
+        proc.start()
+        time.sleep(2.0)  # the worker imports and connects
+        start = counter.value
+        t0 = time.monotonic()
+        lat, kinds = benign_latency(h, BENIGN, n)
+        got = (counter.value - start) / (time.monotonic() - t0)
+        proc.join()
+        return lat, kinds, got
+
+    along, k2, adv_rate = alongside(small, 0.0)
+    # The control: ordinary calls (another tenant's, allowed) at the adversarial load's rate,
+    # to tell what the adversarial inputs cost from what any load costs on this machine.
+    ordinary, k3, ord_rate = alongside([(I.CHECK_PUSH, push_bytes(LIVE))], adv_rate)
+    return {"alone": alone, "along": along, "kinds": k1 | k2 | k3, "adv_rate": adv_rate,
+            "ordinary": ordinary, "ord_rate": ord_rate}
 
 
 # -- 4. health during a slow 1 000-agent step ------------------------------------------------------
@@ -330,6 +350,7 @@ def main() -> None:
     missed = [r for r in timed if r[7] == "MISSED"]
     growth_mib = (mem["after"] - mem["before"]) / 1024
     a99, b99 = pct(ben["alone"], 0.99), pct(ben["along"], 0.99)
+    o99 = pct(ben["ordinary"], 0.99)
     h99, hmax = pct(hl["lat"], 0.99), max(hl["lat"]) if hl["lat"] else float("nan")
     l50, d50 = pct(dr["lat"][LIVE], 0.5), pct(dr["lat"][LIVE_DRAFT], 0.5)
     same = dr["kinds"][LIVE] == dr["kinds"][LIVE_DRAFT] == {"allow"}
@@ -355,6 +376,9 @@ def main() -> None:
         f" (p50 {ms(pct(ben['along'], 0.5))} vs {ms(pct(ben['alone'], 0.5))};"
         f" {ben['adv_rate']:.0f} adversarial calls/s alongside) | {b99 / a99:.2f}x |"
         f" {verdict(b99 / a99 <= 2)} |",
+        f"| (control) benign p99 alongside ordinary calls at the same rate | {ms(o99)}"
+        f" (p50 {ms(pct(ben['ordinary'], 0.5))}; {ben['ord_rate']:.0f} ordinary calls/s) |"
+        f" {o99 / a99:.2f}x | adversarial / ordinary {b99 / o99:.2f}x |",
         f"| health check <= 50 ms during 1 000-agent steps with a slow policy | max"
         f" {ms(hmax)}, p99 {ms(h99)} over {len(hl['lat'])} checks ({hl['failures']} failed);"
         f" {len(hl['steps'])} steps, median {ms(pct(hl['steps'], 0.5))}, outcome"

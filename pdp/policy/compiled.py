@@ -31,6 +31,9 @@ from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import CelRule, Policy, PolicyError, PolicyRef, Status
 from pdp.policy.rules import CounterSpec, Deny, StatelessRule
 
+#: Activation variables that follow from the request's configs alone (``collector`` is the
+#: collector view of ``config``).
+CONFIG_ONLY = frozenset({"config", "previous_config", "collector"})
 
 @dataclass(frozen=True)
 class CompiledPolicy:
@@ -72,13 +75,21 @@ class CompiledPolicy:
 
     @functools.cached_property
     def config_keyed(self) -> tuple[str, ...] | None:
-        """For a typed rule whose verdict follows from the parsed configs plus a few fields
+        """For a rule whose verdict follows from the parsed configs plus a few fields
         (``agent.active_exporters``): those fields, so its verdict may be worked out once per
-        config and fields (parsed configs are cached and never mutated). None for the other
-        rules (CEL is charged to the budget; whole sections and the clock change per
-        request, and the rules that read them are cheap)."""
-        if self.broken is not None or self.stateless is None:
+        config and fields (parsed configs are cached and never mutated). A typed rule
+        qualifies by what it declares it reads; a CEL rule when its verdict, its message and
+        its variables read nothing but the configs (and their collector view), or nothing
+        at all: CEL is deterministic, so a costly expression over one config (a fleet pushes
+        the same config to every agent) is paid once, not per request. None for the rest
+        (whole sections and the clock change per request)."""
+        if self.broken is not None:
             return None
+        if self.stateless is None:
+            if self.deny is None and self.violations is None:
+                return None  # a counter rule: decided by the store, per request
+            reads = self.verdict_reads | self.message_reads
+            return () if read_roots(reads) <= CONFIG_ONLY else None
         extra = self.verdict_reads - {"config", "previous_config"}
         if extra == self.verdict_reads or not all("." in r for r in extra):
             return None

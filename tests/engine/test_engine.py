@@ -361,3 +361,37 @@ async def test_audit_after_answer_backlog_stays_bounded_and_in_order() -> None:
         await asyncio.sleep(0)
     assert engine.recorder.backlog == 0
     assert [e["decision_id"] for e in audit.events if e["type"] == "Decision"] == ids
+
+
+async def test_a_cel_verdict_that_reads_only_the_config_is_worked_out_once_per_config(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CEL rule whose verdict and message read nothing but the configs (or nothing) is
+    evaluated once per parsed config, its deny reused with its message; one that reads the
+    agent is evaluated per request."""
+    from pdp.policy.compiled import CompiledPolicy
+
+    engine, _ = engine_for(
+        CEL.format(name="by-config", extra="", deny="config.a == 1") + "---\n"
+        + CEL.format(name="constant", extra="", deny="'ab'.size() == 3") + "---\n"
+        + CEL.format(name="by-agent", extra="", deny="agent.id == 'a2' && config.a == 1"))
+    keyed = {p.name: p.config_keyed for p in engine.policies.all()}
+    assert keyed["by-config"] == () and keyed["constant"] == () and keyed["by-agent"] is None
+    calls: list[str] = []
+    real = CompiledPolicy.evaluate
+
+    def counted(self: CompiledPolicy, ctx: Any, budget: Any) -> Any:
+        calls.append(self.name)
+        return real(self, ctx, budget)
+
+    monkeypatch.setattr(CompiledPolicy, "evaluate", counted)
+    text = "a: 1\nb: [1, 2]\n"
+    first = await engine.check(push(text, agent="a1"), 1.0)
+    second = await engine.check(push(text, agent="a2"), 1.0)
+    other = await engine.check(push("a: 2\n", agent="a1"), 1.0)
+    assert calls.count("by-config") == 2 and calls.count("constant") == 2  # two configs
+    assert calls.count("by-agent") == 3
+    deny = {r.policy: r.message for r in first.reasons}
+    assert {r.policy: r.message for r in second.reasons if r.policy != "by-agent"} == deny
+    assert [r.policy for r in first.reasons if r.policy in ("by-config", "by-agent")] == [
+        "by-config"]
+    assert [r.policy for r in other.reasons if r.policy in ("by-config", "by-agent")] == []
