@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any
 
 import structlog
 
+from pdp import turns
 from pdp.audit.anchors import TORN_TAIL, Anchorer, AnchorKey
 from pdp.audit.chain import EncodedEvent, Entry, Record, encode_event
 from pdp.audit.delivery import Forwarder
@@ -62,6 +64,8 @@ log = structlog.get_logger("pdp.audit")
 #: Inline writes only while the file has this much room before it rotates (rotation renames
 #: and fsyncs: the worker thread's job).
 _INLINE_ROOM = 1 << 20
+#: The fewest records an inline slice writes, however slow the last one was.
+_INLINE_MIN = 4
 
 
 class AuditWriteError(Exception):
@@ -144,6 +148,7 @@ class AuditLog:
         self._fsyncs = 0
         self._write_errors = 0
         self._unsynced = False  # records written since the last fsync
+        self._record_s = 0.0  # seconds per record of the last inline slice (its pace)
         self._lost = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -485,12 +490,20 @@ class AuditLog:
         backoff = Backoff(0.05, 2.0)
         ledger = self._ledger
         while events:
+            # A slice is at most inline_max records and about one turn's worth of time
+            # (pdp.turns.EVERY_S at the last slice's pace), so a slow machine holds the
+            # loop no longer than a fast one.
             step = self.settings.inline_max
+            if step and self._record_s > 0:
+                step = max(_INLINE_MIN, min(step, int(turns.EVERY_S / self._record_s)))
             # Durable waiters are answered only once a checkpoint covers them (with anchors).
             anchor = ledger.anchoring and (bool(waiters) or ledger.anchor_due(len(events)))
             if not sync and not anchor and step and ledger.room() > _INLINE_ROOM:
                 chunk = events[:step]
+                began = time.perf_counter()
                 res = self._append(chunk, False)
+                if res.error is None and chunk:
+                    self._record_s = (time.perf_counter() - began) / len(chunk)
             else:
                 chunk = events
                 res = await asyncio.to_thread(self._append, events, sync, anchor)

@@ -20,6 +20,7 @@ from pdp.notify import Notifier
 from pdp.policy.policyset import PolicySet
 from pdp.reasons import ReasonCode
 from pdp.telemetry import DecisionTelemetry
+from pdp.turns import Turns
 
 
 def combine(item: Pending) -> Decision:
@@ -50,7 +51,10 @@ class Answerer:
         later = opts.audit_after_answer
         jobs: list[ShadowJob] = []
         out = []
-        for item in pending:
+        turns = Turns()
+        for i, item in enumerate(pending):
+            if turns.due(i):
+                await turns.take()  # a large step: other calls run between slices
             if item.shadow:
                 job = ShadowJob(item.req, item.shadow_ctx(), item.decision.decision_id,
                                 item.shadow)

@@ -272,10 +272,10 @@ async def test_audit_after_answer_records_on_the_next_loop_turns_in_order(
     engine, audit = engine_for(CEL.format(name="p", extra="", deny="agent.id == 'a3'"))
     engine.options = replace(engine.options, audit_after_answer=True)
     decisions = await engine.check_batch([push(agent=f"a{i}") for i in range(150)], 1.0)
-    single = await engine.check(push(agent="solo"), 1.0)
     assert audit.events == []  # answered first
     await asyncio.sleep(0)
     assert len([e for e in audit.events if e["type"] == "Decision"]) == RECORD_MIN  # a slice
+    single = await engine.check(push(agent="solo"), 1.0)  # queued behind the step's records
     for _ in range(1000):  # one FIFO, a slice per turn, until it is empty
         if not engine.recorder.backlog:
             break
