@@ -35,7 +35,7 @@ from pdp.engine.reasons import system_reason
 from pdp.engine.recorder import AuditSink, Recorder
 from pdp.engine.request import CheckRequest
 from pdp.engine.reserve import reserve_all
-from pdp.engine.shadow import ShadowRunner
+from pdp.engine.shadow import Repeats, ShadowRunner
 from pdp.engine.sharing import BatchMemo
 from pdp.notify import Notifier
 from pdp.policy.policyset import PolicySet
@@ -62,7 +62,9 @@ class Engine:
         self.evaluator = Evaluator(lambda: self._options, configs, counters, telemetry)
         self.shadow = ShadowRunner(self.evaluator.evaluate_policy, self.evaluator.reason,
                                    audit.emit, self._options.shadow,
-                                   peek=self.evaluator.peek_counter)
+                                   peek=self.evaluator.peek_counter,
+                                   repeats=Repeats(self.evaluator.overruns,
+                                                   self.evaluator.fingerprint))
         self.shadow.on_skip = telemetry.record_shadow_skipped
         self.answerer = Answerer(lambda: self._options, self.recorder, self.shadow, telemetry,
                                  notifier)

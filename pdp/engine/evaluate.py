@@ -24,7 +24,7 @@ from pdp.engine.context import ConfigCache
 from pdp.engine.deadline import Deadline
 from pdp.engine.decision import Decision, Reason
 from pdp.engine.options import EngineOptions
-from pdp.engine.overruns import OVERRUN_CODES, Overruns, fingerprint
+from pdp.engine.overruns import OVERRUN_CODES, Overruns, fingerprint, worth_remembering
 from pdp.engine.pending import Pending
 from pdp.engine.reasons import explanation, policy_reason, system_reason
 from pdp.engine.request import CheckRequest
@@ -42,9 +42,6 @@ log = structlog.get_logger("pdp.engine")
 
 #: Counter rules (policy, scope) single decisions keep between calls; cleared when full.
 COUNTER_RULE_CACHE = 4096
-#: A deadline overrun is remembered (see overruns.py) only when the policy itself ran this
-#: long: one cut short at its start says nothing about the policy.
-MIN_OVERRUN_S = 0.002
 #: Verdicts remembered per parsed config (see Evaluator._config_verdict); cleared when full.
 VERDICTS_PER_CONFIG = 256
 #: Checkpoints that ask about a collector config: it must be there, and be a mapping.
@@ -182,7 +179,7 @@ class Evaluator:
             decision.evaluated.append(p.ref)
             deny = None
             if watching and overruns.watched(p):
-                fp = fp or self._fingerprint(req)
+                fp = fp or self.fingerprint(req)
                 deny = overruns.recall(p, fp, deadline.remaining())
             if deny is None:
                 began = time.monotonic()
@@ -193,8 +190,8 @@ class Evaluator:
                     deny = self._evaluate_one(p, ctx, budget, deadline, memo, group)
                 if deny is not None and deny.code in OVERRUN_CODES:
                     spent = time.monotonic() - began
-                    if deny.code == ReasonCode.COST_LIMIT_EXCEEDED or spent >= MIN_OVERRUN_S:
-                        fp = fp or self._fingerprint(req)
+                    if worth_remembering(deny, spent):
+                        fp = fp or self.fingerprint(req)
                         overruns.remember(p, fp, deny, spent)
             if deny is not None:
                 if deny.violations:  # one reason per violation (a CEL violations rule)
@@ -213,7 +210,8 @@ class Evaluator:
                 counted.append(p)
         return counted
 
-    def _fingerprint(self, req: CheckRequest) -> bytes:
+    def fingerprint(self, req: CheckRequest) -> bytes:
+        """What tells this request from another for the overrun memo (configs by hash)."""
         digest = self.configs.digest
         return fingerprint(req, (digest(req.config_yaml) if req.config_yaml else None,
                                  digest(req.previous_config_yaml)

@@ -23,6 +23,15 @@ from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.rules import Deny
 
 OVERRUN_CODES = frozenset({"DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED"})
+#: A deadline overrun is remembered only when the policy itself ran this long: one cut
+#: short at its start says nothing about the policy.
+MIN_OVERRUN_S = 0.002
+
+
+def worth_remembering(deny: Deny | None, spent_s: float) -> bool:
+    """Whether ``deny`` (after ``spent_s`` of evaluation) is an overrun to remember."""
+    return deny is not None and deny.code in OVERRUN_CODES and (
+        deny.code == "COST_LIMIT_EXCEEDED" or spent_s >= MIN_OVERRUN_S)
 
 
 @dataclass(frozen=True)

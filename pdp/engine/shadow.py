@@ -25,6 +25,7 @@ import structlog
 
 from pdp.cel import Budget
 from pdp.engine.decision import Reason
+from pdp.engine.overruns import Overruns, worth_remembering
 from pdp.engine.request import CheckRequest
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
@@ -66,23 +67,49 @@ Peek = Callable[[CompiledPolicy, EvalContext, Budget], Awaitable[Deny | None]]
 Emit = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class Repeats:
+    """Where overruns are remembered, and how a request is told from another."""
+
+    overruns: Overruns
+    fingerprint: Callable[[CheckRequest], bytes]
+
+
 async def evaluate_shadow(job: ShadowJob, evaluate: Evaluate, peek: Peek | None,
                           options: ShadowOptions,
-                          reason: Callable[[CompiledPolicy, Deny], Reason]) -> list[Reason]:
+                          reason: Callable[[CompiledPolicy, Deny], Reason],
+                          repeats: Repeats | None = None) -> list[Reason]:
     """The would-denies of ``job``'s policies under a budget of their own (fail-closed: a
     policy that errs or runs out of budget would deny, and says why). Counter rules are
-    asked last, and only when every stateless draft passed, as live ones are."""
+    asked last, and only when every stateless draft passed, as live ones are.
+
+    With ``repeats`` (the live decisions' overrun memo and request fingerprint), a draft
+    that ran the same request out of its budget before would-denies at once, as a live
+    policy does: a runaway draft costs its budget once per distinct request, not on every
+    push (each of those was ``budget_s`` of the loop taken from live calls)."""
     budget = Budget(deadline=time.monotonic() + options.budget_s,
                     cost_limit=options.cost_limit)
     out: list[Reason] = []
     counted: list[CompiledPolicy] = []
+    key: bytes | None = None
     for p in job.policies:
-        if time.monotonic() >= budget.deadline_at:
+        now = time.monotonic()
+        if now >= budget.deadline_at:
             out.append(reason(p, Deny("DEADLINE_EXCEEDED",
                                       "the shadow budget ran out before this draft was"
                                       " evaluated")))
             continue
-        deny = evaluate(p, job.ctx, budget)
+        deny = None
+        if repeats is not None and repeats.overruns.watched(p):
+            key = key or repeats.fingerprint(job.req)
+            deny = repeats.overruns.recall(p, key, budget.deadline_at - now)
+        if deny is None:
+            deny = evaluate(p, job.ctx, budget)
+            spent = time.monotonic() - now
+            if repeats is not None and worth_remembering(deny, spent):
+                assert deny is not None
+                key = key or repeats.fingerprint(job.req)
+                repeats.overruns.remember(p, key, deny, spent)
         if deny is not None:
             out.append(reason(p, deny))
         elif p.counter is not None:
@@ -115,8 +142,9 @@ class ShadowRunner:
 
     def __init__(self, evaluate: Evaluate, reason: Callable[[CompiledPolicy, Deny], Reason],
                  emit: Emit, options: ShadowOptions | None = None,
-                 peek: Peek | None = None) -> None:
+                 peek: Peek | None = None, repeats: Repeats | None = None) -> None:
         self._evaluate = evaluate
+        self._repeats = repeats
         self._peek = peek
         self._reason = reason
         self._emit = emit
@@ -183,11 +211,11 @@ class ShadowRunner:
         own record (which then derives the WouldDeny events)."""
         self.evaluated += 1
         return await evaluate_shadow(job, self._evaluate, self._peek, self.options,
-                                     self._reason)
+                                     self._reason, self._repeats)
 
     async def run_one(self, job: ShadowJob) -> list[Reason]:
         denies = await evaluate_shadow(job, self._evaluate, self._peek, self.options,
-                                       self._reason)
+                                       self._reason, self._repeats)
         self.evaluated += 1
         for ev in would_deny_events(job, denies):
             self._emit(ev)
@@ -215,5 +243,5 @@ def shadow_of(policies: Sequence[CompiledPolicy]) -> tuple[list[CompiledPolicy],
     return live, [p for p in policies if p.shadow]
 
 
-__all__ = ["ShadowJob", "ShadowOptions", "ShadowRunner", "evaluate_shadow", "shadow_of",
+__all__ = ["Repeats", "ShadowJob", "ShadowOptions", "ShadowRunner", "evaluate_shadow", "shadow_of",
            "would_deny_events"]

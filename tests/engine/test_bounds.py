@@ -342,3 +342,29 @@ async def test_a_rule_keyed_by_the_config_and_a_field_is_worked_out_once_per_bot
     assert calls == 1 and all(not d.allowed for d in same)
     other = await engine.check(req("a9", ["a"]), 1.0)  # b carries nothing here: allowed
     assert calls == 2 and other.allowed
+
+
+async def test_a_runaway_draft_runs_out_of_budget_once_per_request() -> None:
+    """A draft that ran a request out of its shadow budget would-denies at once when the
+    same request comes again (the live overrun memo), instead of taking its budget of the
+    loop on every push; a different request is evaluated."""
+    engine, audit = engine_for(CEL.format(name="runaway", extra="status: draft\n",
+                                          deny=RUNAWAY))
+    engine.options = replace(engine.options, shadow=ShadowOptions(budget_s=0.005, share=1.0))
+    engine.shadow.options = engine.options.shadow
+
+    def would() -> list[dict[str, Any]]:
+        return [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
+
+    for i in range(3):
+        d = await engine.check(push(ITEMS, agent="a1"), 1.0)
+        assert d.allowed  # a draft never changes the live answer
+        await _poll(lambda i=i: len(would()) == i + 1, "the draft's would-deny")
+    first, *again = would()
+    assert first["code"] in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
+    assert "not evaluated again" not in first["message"]
+    assert all(e["code"] == first["code"] and "not evaluated again" in e["message"]
+               for e in again)
+    await engine.check(push(ITEMS, agent="a2"), 1.0)  # another request: evaluated
+    await _poll(lambda: len(would()) == 4, "the other request's would-deny")
+    assert "not evaluated again" not in would()[-1]["message"]
