@@ -486,9 +486,16 @@ class AuditLog:
         slices: the process is bound by the GIL, so a worker thread adds hand-offs and lock
         contention without adding CPU. Batches that must be fsync'd (their waiters are
         answered only after it), and writes that may rotate the file, go to the thread.
+        A periodic checkpoint that falls due on a batch nobody waits for is written after
+        the batch's records, on its own (the thread then only signs and fsyncs): chaining a
+        thousand records on the worker thread holds the GIL against the loop in 5 ms turns.
         """
         backoff = Backoff(0.05, 2.0)
         ledger = self._ledger
+        if events and not sync and not waiters and ledger.anchoring and self.settings.inline_max \
+                and ledger.anchor_due(len(events)) and ledger.room() > _INLINE_ROOM:
+            await self._write_inline_then_anchor(events)
+            return
         while events:
             # A slice is at most inline_max records and about one turn's worth of time
             # (pdp.turns.EVERY_S at the last slice's pace), so a slow machine holds the
@@ -528,6 +535,32 @@ class AuditLog:
                       written=n, remaining=len(events))
             if events:
                 await asyncio.sleep(backoff.next())
+
+    async def _write_inline_then_anchor(self, events: list[Any]) -> None:
+        """The records in inline slices (nobody waits on them), then the due checkpoint."""
+        ledger = self._ledger
+        step = self.settings.inline_max
+        while events:
+            n = step
+            if self._record_s > 0:
+                n = max(_INLINE_MIN, min(step, int(turns.EVERY_S / self._record_s)))
+            if ledger.room() <= _INLINE_ROOM:  # near a rotation: the usual path (thread)
+                await self._write(events, None, sync=False)
+                return
+            chunk = events[:n]
+            began = time.perf_counter()
+            res = self._append(chunk, False)
+            if res.error is not None:  # the usual path retries and reports
+                await self._write(events, None, sync=False)
+                return
+            self._record_s = (time.perf_counter() - began) / len(chunk)
+            self._unsynced = True
+            self._after_write(res.published, None, None)
+            events = events[len(chunk):]
+            if events:
+                await asyncio.sleep(0)
+        if ledger.anchor_due(0):
+            await self._checkpoint()
 
     def _after_write(self, entries: list[Entry], waiters: list[asyncio.Future[int] | None] | None,
                      sync_error: BaseException | None) -> None:

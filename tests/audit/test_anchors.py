@@ -338,6 +338,22 @@ async def test_anchors_every_n_records_and_at_shutdown(settings: AuditSettings,
     assert res.ok and not res.warnings, str(res)
 
 
+async def test_a_large_batch_is_written_inline_then_anchored(settings: AuditSettings,
+                                                             key_file: Path,
+                                                             key: AnchorKey) -> None:
+    """A batch nobody waits for, with a checkpoint due, is written in inline slices and
+    the checkpoint follows its last record (the worker thread only signs and syncs)."""
+    s = anchored_settings(settings, key_file, anchor_every_records=10, anchor_every_s=1e6)
+    async with AuditLog(s) as log:
+        for i in range(35):
+            log.emit({"type": "Test", "tenant": "t", "i": i})
+        await log.flush(fsync=False)
+        got = [int(a.event["seq"]) for a in read_anchors(s.anchor_path)[0]]
+        assert got and got[-1] == 35  # after the batch's last record, not inside it
+    res = verify_paths([Path(s.path).parent], key)
+    assert res.ok and not res.warnings, str(res)
+
+
 async def test_anchor_on_a_timer_when_idle(settings: AuditSettings, key_file: Path) -> None:
     s = anchored_settings(settings, key_file, anchor_every_records=10**6, anchor_every_s=0.05)
     async with AuditLog(s) as log:
