@@ -20,6 +20,7 @@ from pdp.counters import ManualClock, MemoryCounterStore
 from pdp.engine.context import ConfigCache
 from pdp.engine.engine import Engine, EngineOptions
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest, Override
+from pdp.engine.shadow import ShadowOptions
 from pdp.policy.builtins import builtin_policies
 from pdp.policy.compiled import CompiledPolicy, compile_or_broken
 from pdp.policy.loader import load_directory, load_file
@@ -68,6 +69,11 @@ class Sandbox:
         self.engine = Engine(self.policies, MemoryCounterStore(self.clock), NullAudit(),
                              ConfigCache(self.config_cache_size, 64 << 20),
                              EngineOptions(counter_timeout_s=DEFAULT_BUDGET_S, shadow_inline=True,
+                                           # drafts (and their explanations) get the same
+                                           # generous budget as live policies here: a
+                                           # server's 10 ms shadow slice made results
+                                           # depend on how busy the machine was
+                                           shadow=ShadowOptions(budget_s=DEFAULT_BUDGET_S),
                                            unknown_tenants="builtins", now=lambda: self._now))
         self.set_time(self._now)
 

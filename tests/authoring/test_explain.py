@@ -209,3 +209,15 @@ def test_each_example_deny_is_explained(name: str) -> None:
     assert [r.policy for r in d.reasons] == [policy]
     got = values(d, policy)
     assert expected.items() <= got.items(), got
+
+
+def test_offline_drafts_get_the_generous_budget_not_a_servers_shadow_slice() -> None:
+    """pdp test / pdp eval decide drafts inline; their verdicts and explanations must not
+    depend on how busy the machine is (a server gives drafts 10 ms; that failed under load)."""
+    from pdp.authoring.harness import DEFAULT_BUDGET_S, Sandbox
+    from pdp.engine.shadow import ShadowOptions
+
+    sandbox = Sandbox.of([], builtins=False)
+    assert sandbox.engine.options.shadow.budget_s == DEFAULT_BUDGET_S
+    assert sandbox.engine.options.shadow.budget_s > ShadowOptions().budget_s * 10
+    assert sandbox.engine.shadow.options.budget_s == DEFAULT_BUDGET_S
