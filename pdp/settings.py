@@ -81,8 +81,10 @@ class Settings:
     deadline_ms: int = _s(50, "decision budget; shorter if the caller's gRPC deadline is shorter")
     step_budget_ms: int = _s(1000, "one budget for a whole CheckPushBatch step, shared fairly by"
                              " its agents (shorter if the caller's gRPC deadline is shorter)")
-    step_agent_max_ms: int = _s(20, "most one agent of a step may take at once (other calls wait"
-                                " at most this long for a step's slow policy)")
+    step_agent_max_ms: int = _s(20, "most one agent of a large step may take at once (other"
+                                " calls wait at most this long for a step's slow policy);"
+                                " in a step whose equal share per agent is larger, an agent"
+                                " may take that share, up to deadline_ms")
     shadow_budget_ms: int = _s(10, "budget of one decision's draft (shadow) policies, evaluated"
                                " after the answer")
     shadow_backlog: int = _s(1024, "decisions whose drafts may wait for evaluation; beyond it"

@@ -43,9 +43,14 @@ class StepBudget:
             step = outer
         room = 0.0 if n <= 1 else min(counter_room_s, max(0.0, step.remaining()) / 4)
         eval_end = step.expires_at - room
-        reserve = max(0.0, eval_end - t0) / max(1, n) * RESERVE_SHARE
-        return cls(step, eval_end, min(budget_s, agent_max_s) if n > 1 else budget_s,
-                   reserve, n)
+        equal = max(0.0, eval_end - t0) / max(1, n)
+        reserve = equal * RESERVE_SHARE
+        # One agent may use up to agent_max_s, or its equal share of the step where that is
+        # more, but never more than a single decision's budget: in a small step an agent
+        # gets what one push would (a pause of the machine does not deny it while most of
+        # the step's time is left); in a large one, no agent holds the others up.
+        per_agent = min(budget_s, max(agent_max_s, equal))
+        return cls(step, eval_end, per_agent if n > 1 else budget_s, reserve, n)
 
     def share(self, index: int, now: float) -> Deadline:
         """The deadline of agent ``index`` (0-based) starting ``now``."""

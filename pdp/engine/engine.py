@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pdp.counters import CounterStore
+from pdp.engine import sharing
 from pdp.engine.answer import Answerer
 from pdp.engine.buckets import request_key
 from pdp.engine.budget import StepBudget
@@ -60,6 +61,7 @@ class Engine:
         self.telemetry = telemetry
         self.notifier = notifier
         self.evaluator = Evaluator(lambda: self._options, configs, counters, telemetry)
+        sharing.prepare()  # what the first step would otherwise pay inside its budget
         self.shadow = ShadowRunner(self.evaluator.evaluate_policy, self.evaluator.reason,
                                    audit.emit, self._options.shadow,
                                    peek=self.evaluator.peek_counter,

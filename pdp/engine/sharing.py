@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pdp.cel import Program, pdp_environment, read_roots
+from pdp.cel import Environment, Program, pdp_environment, read_roots
 from pdp.counters import CounterRule
 from pdp.engine.buckets import BUDGET_CODES, id_free, message_id_free
 from pdp.engine.decision import Decision
@@ -24,13 +24,26 @@ from pdp.policy.rules import Deny
 PER_AGENT_VARS = frozenset({"agent", "now"})
 
 
+@functools.lru_cache(maxsize=1)
+def _environment() -> Environment:
+    """One environment for these compilations, made on first use: making one registers
+    every function and extension (tens of milliseconds on a slow machine), which inside the
+    first step after a start used to take an agent's whole share of the budget."""
+    return pdp_environment()
+
+
+def prepare() -> None:
+    """Make the environment now (at start-up), not inside the first step's budget."""
+    _environment()
+
+
 @functools.lru_cache(maxsize=65_536)
 def agent_free_conjuncts(source: str) -> Program | None:
     """For ``a && b && agent... && c``: the conjuncts that read no per-agent variable, as
     one program (compiled from the checked tree; see Environment.compile_conjuncts). When it
     is false for a group of agents, the whole expression is false for every agent of it."""
     try:
-        return pdp_environment().compile_conjuncts(
+        return _environment().compile_conjuncts(
             source, lambda reads: not read_roots(reads) & PER_AGENT_VARS)
     except Exception:
         return None

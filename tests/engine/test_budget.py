@@ -33,3 +33,17 @@ def test_a_single_decision_has_its_whole_budget_and_the_caller_caps_a_step() -> 
     capped = StepBudget.start(100, 0.05, 1.0, 0.1, Deadline(t0 + 0.2), t0)
     assert capped.step.expires_at == pytest.approx(t0 + 0.2)
     assert all(capped.share(i, t0).expires_at <= capped.eval_end for i in range(100))
+
+
+def test_in_a_small_step_an_agent_may_take_what_a_single_push_would() -> None:
+    """The per-agent cap protects large steps; in a small one (an equal share above the
+    cap) an agent gets its share, up to one decision's budget, so a pause of the machine in
+    one agent does not deny it while most of the step's time is left."""
+    t0 = 10.0
+    small = StepBudget.start(4, 0.05, 1.0, 0.1, None, t0, agent_max_s=0.02)
+    assert small.per_agent_s == pytest.approx(0.05)
+    assert small.share(0, t0).expires_at - t0 == pytest.approx(0.05)
+    middle = StepBudget.start(40, 0.05, 1.0, 0.1, None, t0, agent_max_s=0.02)
+    assert 0.02 < middle.per_agent_s < 0.05  # its equal share
+    large = StepBudget.start(1000, 0.05, 1.0, 0.1, None, t0, agent_max_s=0.02)
+    assert large.per_agent_s == pytest.approx(0.02)
