@@ -114,6 +114,8 @@ class Server:
     workers: int = 1
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: The checkout whose pdp runs (another commit's worktree for an A/B, bench/ab_unary.py).
+    root: Path = ROOT
 
     @property
     def address(self) -> str:
@@ -127,17 +129,22 @@ class Server:
     def start(self) -> Server:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root),
+                                             *filter(None, [env.get("PYTHONPATH")])])
         if self.policy_dir is None:
             cmd = [sys.executable, str(ROOT / "bench" / "floor_server.py"),
                    "--listen", self.address]
         else:
+            # the probe port on a free port: several servers run side by side (a tree from
+            # before the probes has no such flag)
+            probe = (["--http-listen", f"127.0.0.1:{free_port()}"]
+                     if "http_listen" in (self.root / "pdp" / "settings.py").read_text()
+                     else [])
             cmd = [sys.executable, "-m", "pdp.cli", "serve", "--listen", self.address,
                    "--policy-dir", str(self.policy_dir),
                    "--audit-file", str(self.workdir / "audit" / "audit.jsonl"),
                    "--log-level", "warning", "--workers", str(self.workers),
-                   # the probe port on a free port: several servers run side by side
-                   "--http-listen", f"127.0.0.1:{free_port()}", *self.args]
+                   *probe, *self.args]
         self._log = open(self.workdir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)

@@ -15,7 +15,6 @@ temporary git worktree, removed afterwards. Nothing is written to bench/RESULTS.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -30,23 +29,6 @@ for p in (str(ROOT), str(HERE)):
 
 import _load as L  # noqa: E402
 from _workload import push_bytes, write_policy_dir  # noqa: E402
-
-
-def serve(tree: Path, work: Path, policies: Path, extra: list[str]) -> L.Server:
-    """`pdp serve` from ``tree``'s own package (PYTHONPATH), with the suite's options."""
-    s = L.Server(work, policies, extra)
-    work.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PDP_")}
-    env["PYTHONPATH"] = str(tree)
-    probe = (["--http-listen", f"127.0.0.1:{L.free_port()}"]
-             if "http_listen" in (tree / "pdp" / "settings.py").read_text() else [])
-    cmd = [sys.executable, "-m", "pdp.cli", "serve", "--listen", s.address,
-           "--policy-dir", str(policies), "--audit-file", str(work / "audit" / "audit.jsonl"),
-           "--log-level", "warning", *probe, *extra]
-    s._log = open(work / "server.log", "ab")  # type: ignore[attr-defined]  # noqa: SIM115
-    s.proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=s._log,  # type: ignore[attr-defined]
-                              stderr=subprocess.STDOUT)
-    return s
 
 
 def main() -> int:
@@ -75,7 +57,8 @@ def main() -> int:
                 if args.redis:
                     redis[name] = L.RedisServer().start()
                     extra = ["--redis-url", redis[name].url]
-                servers[name] = serve(tree, base / f"s-{name}", policies, extra)
+                servers[name] = L.Server(base / f"s-{name}", policies, extra,
+                                         root=tree).start()
             for s in servers.values():
                 s.wait()
             run(servers, args)

@@ -144,20 +144,32 @@ def interleaved_latency(targets: dict[str, L.Server], payloads: dict[str, list[b
 
 # -- sections ------------------------------------------------------------------------------
 
-def floor_section(base: Path, redis: L.RedisServer, sz: Sizes) -> None:
-    print("1. floor: empty handler vs CheckPush (embedded) vs CheckPush (Redis counters)")
-    pol = base / "pol-floor"
-    write_policy_dir(pol, {"acme": 10})
+def trio(base: Path, prefix: str, pol: Path, redis: L.RedisServer) -> dict[str, L.Server]:
+    """The empty handler, pdp on the embedded default and pdp with Redis counters, started
+    and serving (the comparison of the floor and realistic sections)."""
     servers = {
-        "floor": L.Server(base / "s-floor"),
-        "embedded": L.Server(base / "s-embedded", pol),
-        "redis": L.Server(base / "s-redis", pol, ["--redis-url", redis.url]),
+        "floor": L.Server(base / f"{prefix}-floor"),
+        "embedded": L.Server(base / f"{prefix}-embedded", pol),
+        "redis": L.Server(base / f"{prefix}-redis", pol, ["--redis-url", redis.url]),
     }
     try:
         for s in servers.values():
             s.start()
         for s in servers.values():
             s.wait()
+    except BaseException:
+        for s in servers.values():
+            s.stop()
+        raise
+    return servers
+
+
+def floor_section(base: Path, redis: L.RedisServer, sz: Sizes) -> None:
+    print("1. floor: empty handler vs CheckPush (embedded) vs CheckPush (Redis counters)")
+    pol = base / "pol-floor"
+    write_policy_dir(pol, {"acme": 10})
+    servers = trio(base, "s", pol, redis)
+    try:
         payload = [push_bytes("acme", f"agent-{i}") for i in range(100)]
         _check_allowed(servers["redis"].address, payload[0])
         lat = interleaved_latency(servers, dict.fromkeys(servers, payload), sz.lat_n, sz.rounds)
@@ -199,16 +211,8 @@ def realistic_section(base: Path, redis: L.RedisServer, sz: Sizes) -> None:
     print("1b. realistic: examples/policies + examples/requests/push-allow.yaml, floor vs pdp")
     pol = base / "pol-real"
     write_realistic_policy_dir(pol)
-    servers = {
-        "floor": L.Server(base / "s-real-floor"),
-        "embedded": L.Server(base / "s-real-embedded", pol),
-        "redis": L.Server(base / "s-real-redis", pol, ["--redis-url", redis.url]),
-    }
+    servers = trio(base, "s-real", pol, redis)
     try:
-        for s in servers.values():
-            s.start()
-        for s in servers.values():
-            s.wait()
         # Sequential calls: the example request to 100 agents in turn; load: the request as is.
         payload = [realistic_push_bytes(f"agent-eu-{i}") for i in range(100)]
         one = realistic_push_bytes()

@@ -7,7 +7,6 @@ fourth item, and a witness task counts how often it ran while the loop was in pr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ from pdp import turns
 from pdp.counters import CounterKind, CounterRule, ManualClock
 from pdp.counters.memory import MemoryCounterStore
 from pdp.telemetry import log_step
+from tests.support.wait import runs_meanwhile
 
 T0 = 1_795_428_000.0
 
@@ -24,28 +24,6 @@ T0 = 1_795_428_000.0
 @pytest.fixture(autouse=True)
 def every_item(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(turns, "EVERY_S", 0.0)
-
-
-async def runs_meanwhile(work: Awaitable[Any]) -> tuple[Any, int]:
-    """``work``'s result and how many times another task ran before it finished."""
-    ran = 0
-    finished = False
-
-    async def witness() -> None:
-        nonlocal ran
-        while not finished:
-            ran += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(witness())
-    await asyncio.sleep(0)
-    ran = 0  # only what runs while ``work`` is in progress counts
-    try:
-        result = await work
-    finally:
-        finished = True
-        await task
-    return result, ran
 
 
 def test_turns_are_due_every_fourth_item_once_the_interval_passed() -> None:

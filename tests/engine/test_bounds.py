@@ -15,6 +15,7 @@ from pdp.counters import CounterKind, CounterRule
 from pdp.engine.reasons import cap_message
 from pdp.engine.shadow import ShadowOptions
 from tests.engine.test_engine import CEL, engine_for, push
+from tests.support.wait import runs_meanwhile
 
 # Quadratic over the config's items: runs for minutes unless the budget stops it.
 RUNAWAY = "config.items.all(x, !config.items.exists(y, y == x + 1000000))"
@@ -105,22 +106,8 @@ async def test_a_step_keeps_the_event_loop_turning() -> None:
     engine, _ = engine_for(CEL.format(
         name="slow", extra="", deny=RUNAWAY + " && agent.id != ''"))
     engine.options = replace(engine.options, step_budget_s=0.3)
-    turns = 0
-    done = False
-
-    async def ticker() -> None:
-        nonlocal turns
-        while not done:
-            turns += 1
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    before = turns
-    await engine.check_batch([push(ITEMS, agent=f"a{i}") for i in range(50)], 0.05)
-    during = turns - before
-    done = True
-    await task
+    _, during = await runs_meanwhile(
+        engine.check_batch([push(ITEMS, agent=f"a{i}") for i in range(50)], 0.05))
     # One turn per agent at least (each agent's share is a few ms, the loop gets a turn
     # every 2 ms); without yielding the ticker would not have run at all.
     assert during >= 10, during

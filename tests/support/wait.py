@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 DEADLINE_S = 30.0  # generous: CI shares 2 cores with other work
 
@@ -31,3 +32,25 @@ async def eventually(condition: Callable[[], object], what: str = "the condition
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: still not true after {timeout:g} s")
         await asyncio.sleep(interval)
+
+
+async def runs_meanwhile(work: Awaitable[Any]) -> tuple[Any, int]:
+    """``work``'s result and how many times another task ran before it finished."""
+    ran = 0
+    finished = False
+
+    async def witness() -> None:
+        nonlocal ran
+        while not finished:
+            ran += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(witness())
+    await asyncio.sleep(0)
+    ran = 0  # only what runs while ``work`` is in progress counts
+    try:
+        result = await work
+    finally:
+        finished = True
+        await task
+    return result, ran
