@@ -71,6 +71,9 @@ def test_healthz_readyz_and_metrics(tmp_path: Path) -> None:
         # the call is counted before its answer leaves; decision metrics may come after
         wait_until(lambda: any(n == "pdp_decisions_total" for n, _, _ in samples(metrics())),
                    "the decision metrics on /metrics")
+        # a refused call is counted in the server's finally, which may follow its answer
+        wait_until(lambda: handled(metrics(), "CheckPush", "INVALID_ARGUMENT") >= 1,
+                   "the refused call counted")
         text = metrics()
         assert handled(text, "CheckPush", "OK") == 1
         assert handled(text, "CheckPush", "INVALID_ARGUMENT") == 1
