@@ -34,6 +34,13 @@ from pdp.policy.evalctx import EvalContext
 FAILED_MAX = 1024
 #: A text that ran out of time is tried again after this long even with no more time.
 FAILED_SLOW_TTL_S = 60.0
+#: Texts at least this long are hashed on a worker thread: SHA-256 lets go of the GIL while
+#: it runs, so the loop serves other calls meanwhile (half a millisecond per 600 KB here).
+HASH_OFF_LOOP_BYTES = 128 * 1024
+#: Recent text objects whose keys are remembered (see ConfigCache._remember): at most this
+#: many, holding at most RECENT_BYTES of text alive.
+RECENT_MAX = 32
+RECENT_BYTES = 16 * 1024 * 1024
 
 
 class ConfigCache:
@@ -55,8 +62,10 @@ class ConfigCache:
         self.hits = 0
         self.misses = 0
         # Recent text objects and their keys: a step's requests share one config text
-        # object (and one previous config), which then is hashed once, not once per agent.
-        self._recent: dict[int, tuple[str, bytes, int]] = {}
+        # object (and one previous config), which then is hashed once, not once per agent,
+        # and the recorder names a decision's config by the key its parse computed.
+        self._recent: OrderedDict[int, tuple[str, bytes, int]] = OrderedDict()
+        self._recent_bytes = 0
         # Texts refused before, by key: (kind, problem, seconds spent, when) -- see
         # _refused_before; bounded LRU.
         self._failed: OrderedDict[bytes, tuple[str, str, float, float]] = OrderedDict()
@@ -75,7 +84,7 @@ class ConfigCache:
         """
         if not text:
             return None
-        key, size = self._key(text)
+        key, size = await self._key_off_loop(text)
         hit = self._hit(key, text, size)
         if hit is not None:
             return hit[0]
@@ -145,7 +154,19 @@ class ConfigCache:
         if hit is not None and hit[0] is text:
             return hit[1], hit[2]
         raw = text.encode()
-        return hashlib.sha256(raw).digest(), len(raw)
+        key = hashlib.sha256(raw).digest()
+        self._remember(text, key, len(raw))
+        return key, len(raw)
+
+    async def _key_off_loop(self, text: str) -> tuple[bytes, int]:
+        """:meth:`_key`, with a long text hashed on a worker thread (HASH_OFF_LOOP_BYTES)."""
+        hit = self._recent.get(id(text))
+        if (hit is not None and hit[0] is text) or len(text) < HASH_OFF_LOOP_BYTES:
+            return self._key(text)
+        raw = text.encode()
+        key = await asyncio.to_thread(_sha256, raw)
+        self._remember(text, key, len(raw))
+        return key, len(raw)
 
     def derived(self, value: Any) -> dict[Any, Any]:
         """A memo of what is worked out from the parsed ``value`` alone (its collector view,
@@ -195,9 +216,18 @@ class ConfigCache:
             del self._by_value[id(entry[0])]
 
     def _remember(self, text: str, key: bytes, size: int) -> None:
-        if len(self._recent) >= 8:
-            self._recent.clear()
+        old = self._recent.pop(id(text), None)
+        if old is not None:
+            self._recent_bytes -= old[2]
         self._recent[id(text)] = (text, key, size)
+        self._recent_bytes += size
+        while self._recent and (len(self._recent) > RECENT_MAX
+                                or self._recent_bytes > RECENT_BYTES):
+            self._recent_bytes -= self._recent.popitem(last=False)[1][2]
+
+
+def _sha256(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()
 
 
 #: Collector views (pdp.cel.collector) of recent parsed configs, by identity: a step's agents

@@ -46,6 +46,19 @@ class Ceilings:
             self._known[desc.full_name] = self._message(desc, ())
         return self._known[desc.full_name]
 
+    def value_ceiling(self, f: FieldDescriptor) -> int | None:
+        """The largest valid single value of ``f`` on the wire, without its key and length
+        prefix (one element of a repeated field, one entry of a map); None: unbounded."""
+        lim = limit_of(f)
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            key = f.message_type.fields_by_name["key"]
+            value = f.message_type.fields_by_name["value"]
+            k = self._scalar(key, lim.key_chars, ())
+            v = self._scalar(value, lim.chars, ())
+            return None if k is None or v is None else 2 * _KEY + k + v
+        one = self._scalar(f, lim.chars, ())
+        return None if one is None else one - _LENGTH
+
     def _message(self, desc: Descriptor, open_: tuple[str, ...]) -> int | None:
         if desc.full_name in open_:
             return None  # recursive: as deep as the sender likes

@@ -38,6 +38,7 @@ from pdp.server.limits import (
     decode_violation,
     internal_text,
 )
+from pdp.server.wirescan import WireScanner
 from pdp.server.wrapping import WrappingInterceptor
 
 log = structlog.get_logger("pdp.server")
@@ -63,22 +64,30 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None,
                       ceilings: Ceilings | None = None) -> Callable[[bytes], Any] | None:
     """``deserialize`` returning :class:`Refused` instead of raising, and checking the
     field limits of pdp's own messages: a request longer than any valid one of its type
-    (``ceilings``) is refused before it is decoded, a settings-bounded list (the agents of
-    a batch) is counted before its elements are checked."""
+    (``ceilings``) is refused before it is decoded, so is a large one with a field over its
+    limit on the wire (wirescan.py), and a settings-bounded list (the agents of a batch) is
+    counted before its elements are checked."""
     if deserialize is None:
         return None
     desc = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
     limited = desc is not None and desc.full_name.startswith("pdp.")
     ceiling: int | None = None
     counted: list[tuple[str, int]] = []
+    scanner: WireScanner | None = None
     if ceilings is not None and limited and desc is not None:
         ceiling = ceilings.of(desc)
+        scanner = WireScanner(ceilings)
+        scanner.plan(desc)  # built now, not on the first large call
         counted = [(f.name, ceilings.items[f.full_name]) for f in desc.fields
                    if f.full_name in ceilings.items]
 
     def decode(data: bytes) -> Any:
         if ceiling is not None and len(data) > ceiling:
             return Refused("", too_large(len(data), ceiling, desc))
+        if scanner is not None and desc is not None:
+            over = scanner.scan(data, desc)
+            if over is not None:
+                return Refused(over.path, over.problem)
         try:
             msg = deserialize(data)
         except Exception:  # DecodeError, and whatever else the runtime may raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -446,6 +447,66 @@ async def test_a_shared_text_object_is_hashed_once(monkeypatch: pytest.MonkeyPat
         assert await cache.load(text, "config.yaml") == {"a": 1}
     cache.digest(text)
     assert calls == 1 and cache.hits == 4 and cache.misses == 1
+
+
+async def test_a_refused_text_is_hashed_once_for_the_decision_and_its_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorder names a refused config by the key its parse computed: a text that could
+    not be parsed costs one hash, not two."""
+    calls = 0
+    real = hashlib.sha256
+
+    def counting(data: bytes) -> Any:
+        nonlocal calls
+        calls += 1
+        return real(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    cache = ConfigCache(10, 8 << 20)
+    text = "".join(["a: [", "1"])  # not YAML
+    with pytest.raises(InvalidRequest):
+        await cache.load(text, "config.yaml")
+    assert cache.digest(text) == real(text.encode()).digest()
+    assert calls == 1
+
+
+async def test_a_long_text_is_hashed_while_the_loop_serves_others(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SHA-256 lets go of the GIL: a long text is hashed on a worker thread and the loop
+    runs other tasks meanwhile; the key is the same as on the loop, and it is remembered."""
+    from tests.support.wait import runs_meanwhile
+
+    threads: list[str] = []
+    real = context._sha256
+
+    def watched(raw: bytes) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real(raw)
+
+    monkeypatch.setattr(context, "_sha256", watched)
+    text = "items:\n" + "".join(f"  - item{i}\n" for i in range(40_000))
+    assert len(text) >= context.HASH_OFF_LOOP_BYTES
+    cache = ConfigCache(10, 8 << 20)
+    value, _ = await runs_meanwhile(cache.load(text, "config.yaml"))
+    assert len(value["items"]) == 40_000
+    assert len(threads) == 1 and threads[0] != threading.main_thread().name
+    assert cache.digest(text) == hashlib.sha256(text.encode()).digest()
+    assert len(threads) == 1  # the recorder's digest was remembered, not hashed again
+    await cache.load("a: 1", "config.yaml")  # a short text is hashed on the loop
+    assert len(threads) == 1
+
+
+def test_recent_keys_are_bounded_in_count_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(context, "RECENT_BYTES", 1000)
+    cache = ConfigCache(100, 8 << 20)
+    texts = [f"a: {i}" + " " * 300 for i in range(10)]
+    for t in texts:
+        cache.digest(t)
+    assert cache._recent_bytes <= 1000 and len(cache._recent) == 3
+    monkeypatch.setattr(context, "RECENT_BYTES", 1 << 30)
+    for i in range(context.RECENT_MAX * 2):
+        cache.digest(f"b: {i}")
+    assert len(cache._recent) == context.RECENT_MAX
 
 
 def test_settings_feed_the_cache() -> None:

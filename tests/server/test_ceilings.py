@@ -88,6 +88,8 @@ def test_the_ceiling_is_above_every_valid_request(message: Any) -> None:
     assert len(data) <= ceiling
     decoded = safe_deserializer(message.FromString, SETTINGS)(data)  # type: ignore[misc]
     assert not isinstance(decoded, Refused) or "larger than any valid" not in decoded.problem
+    # nor by the walk of its fields on the wire (wirescan.py): every field is at its limit
+    assert not isinstance(decoded, Refused) or "not decoded" not in decoded.problem
 
 
 def test_the_ceiling_follows_the_limits_and_settings() -> None:
