@@ -78,14 +78,18 @@ def run(servers: dict[str, L.Server], args: argparse.Namespace) -> None:
     payloads = [push_bytes("acme", f"agent-{i}") for i in range(100)]
     if not args.load:
         lat: dict[str, list[float]] = {k: [] for k in servers}
+        cpu_s: dict[str, float] = {k: 0.0 for k in servers}  # server CPU in the windows
         for r in range(args.rounds):
             for name, s in (order if r % 2 == 0 else order[::-1]):
+                before = L.cpu_seconds(s.pid)
                 lat[name] += L.latency(s.address, L.CHECK_PUSH, payloads, args.n)
+                cpu_s[name] += L.cpu_seconds(s.pid) - before
         for name, v in lat.items():
             print(f"{name}: p50 {L.pct(v, 0.5) * 1e6:,.0f} µs  p99 {L.pct(v, 0.99) * 1e6:,.0f} µs"
-                  f"  ({len(v)} calls)")
+                  f"  server CPU {cpu_s[name] / len(v) * 1e6:,.0f} µs per call ({len(v)} calls)")
         print(f"new/old: p50 {L.pct(lat['new'], 0.5) / L.pct(lat['old'], 0.5):.3f}"
-              f"  p99 {L.pct(lat['new'], 0.99) / L.pct(lat['old'], 0.99):.3f}")
+              f"  p99 {L.pct(lat['new'], 0.99) / L.pct(lat['old'], 0.99):.3f}"
+              f"  CPU per call {cpu_s['new'] / cpu_s['old']:.3f}")
         return
     res: dict[str, list[L.Window]] = {k: [] for k in servers}
     for _, s in order:  # warm-up

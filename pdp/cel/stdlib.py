@@ -332,6 +332,8 @@ def mod(a: Any, b: Any) -> Any:
         if ta is int:
             if b == 0:
                 raise CelEvalError("modulus by zero")
+            if b == -1 and a == INT64_MIN:
+                raise CelEvalError("integer overflow")  # as cel-go: the quotient overflows
             r = abs(a) % abs(b)
             return -r if a < 0 else r
         if ta is UInt:

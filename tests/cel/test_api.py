@@ -73,6 +73,11 @@ def test_runtime_errors_are_cel_errors() -> None:
         env.compile("config.x").evaluate({})  # missing variable
     with pytest.raises(CelEvalError, match="overflow"):
         env.compile("config.n + 1").evaluate({"config": {"n": 2**63 - 1}})
+    # as cel-go: the smallest int modulo -1 overflows (its quotient does), like / -1
+    for op in ("%", "/"):
+        with pytest.raises(CelEvalError, match="overflow"):
+            env.compile(f"config.n {op} -1").evaluate({"config": {"n": -2**63}})
+    assert env.compile("config.n % -1").evaluate({"config": {"n": -2**63 + 1}}) == 0
     with pytest.raises(CelEvalError):
         env.compile("config.n / 0").evaluate({"config": {"n": 1}})
     with pytest.raises(CelEvalError):
