@@ -256,6 +256,8 @@ class ConfigBuild:
                     elif not top.is_map:
                         top.container.append(value)
                     elif not top.has_key:
+                        if value in top.container:
+                            self._duplicate(value, event)
                         top.key, top.has_key = value, True
                     elif top.key is _MERGE:
                         self._merge(top, value, event)
@@ -314,6 +316,8 @@ class ConfigBuild:
         elif not frame.has_key:
             if isinstance(value, list | dict | set):
                 self._invalid("a mapping key is a sequence or mapping (unhashable)", event)
+            if value in frame.container:
+                self._duplicate(value, event)
             frame.key, frame.has_key = value, True
         elif frame.key is _MERGE:
             self._merge(frame, value, event)
@@ -463,6 +467,14 @@ class ConfigBuild:
     def _reject(self, problem: str, at: bool = False) -> NoReturn:
         raise ConfigRejected(self.field, f"value at {self.path()}: {problem}" if at else
                              f"{problem} at {self.path()}")
+
+    def _duplicate(self, key: Any, event: Any) -> NoReturn:
+        """A key given twice in one mapping. YAML forbids it, parsers differ on which value
+        wins (PyYAML the last, others the first or an error), so what pdp decides on might
+        not be what the agent applies: refused, never guessed. Keys equal as values count as
+        the same (1, 1.0 and true are one key of a map here, as they would be in CEL)."""
+        shown = repr(key) if not isinstance(key, str) else f"'{key[:64]}'"
+        self._invalid(f"found duplicate key {shown} in a mapping", event)
 
     def _invalid(self, problem: str, event: Any) -> NoReturn:
         mark = getattr(event, "start_mark", None) or getattr(event, "mark", None)

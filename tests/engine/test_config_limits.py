@@ -198,7 +198,28 @@ def test_token_soup_parses_or_fails_like_yaml_load(text: str) -> None:
     except ConfigRejected as exc:
         assert "cycle" in str(exc)
         return
+    except InvalidRequest as exc:
+        assert "duplicate key" in str(exc)  # YAML forbids them; PyYAML keeps the last one
+        return
     assert same(got, expected)
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("exporters: {}\nexporters: {debug: {}}\n", "line 2, column 1: found duplicate key"
+                                                 " 'exporters'"),
+    ("a: {x: 1, x: 2}\n", "line 1, column 11: found duplicate key 'x'"),
+    ("1: a\n1.0: b\n", "found duplicate key 1.0"),
+    ("? a\n? a\n", "found duplicate key 'a'"),
+])
+def test_a_key_given_twice_is_refused(text: str, where: str) -> None:
+    """Parsers differ on which value of a duplicated key wins: what pdp decides on could
+    differ from what the agent applies, so the config is refused, never guessed."""
+    with pytest.raises(InvalidRequest, match=where):
+        new(text)
+
+
+def test_merged_keys_may_be_overridden() -> None:
+    assert new("b: &b {x: 1, y: 2}\nd: {<<: *b, x: 3}\n")["d"] == {"x": 3, "y": 2}
 
 
 # -- limits -----------------------------------------------------------------------------------
