@@ -12,9 +12,9 @@ Sections (every ratio against a baseline measured in the same run; the machine i
 2. memory    server VmRSS growth over N adversarial decisions (after one warm-up pass);
              target <= 64 MiB.
 3. benign    p99 of benign CheckPush (10 policies) alone vs with adversarial load alongside
-             (another process); target <= 2x. Control: the same with ordinary calls (another
-             tenant's, allowed) at the adversarial load's rate, to separate what adversarial
-             inputs cost from what any load costs on this machine.
+             (another process: two callers flat out, then one); target <= 2x. Control: the
+             same with ordinary calls (another tenant's, allowed) at the two callers' rate,
+             to separate what adversarial inputs cost from what any load costs here.
 4. health    grpc.health.v1 Check latency while 1 000-agent steps with a slow policy run;
              target: every check <= 50 ms.
 5. draft     live p50 of a tenant with a runaway draft vs the same tenant without it
@@ -208,11 +208,12 @@ def benign_section(h: C.Harness, payloads: list[tuple[str, bytes]], n: int,
     counter = ctx.Value("l", 0)
     small = [(m, p) for m, p in payloads if len(p) < 1 << 20]  # the client must keep up
 
-    def alongside(load: list[tuple[str, bytes]], rate: float) -> tuple[list[float], set[str],
-                                                                       float]:
+    def alongside(load: list[tuple[str, bytes]], rate: float, threads: int = 2
+                  ) -> tuple[list[float], set[str], float]:
         counter.value = 0
         proc = ctx.Process(target=_load_worker, args=(
-            h.server.address, h.people.tokens["engine"], load, seconds + 5, 2, counter, rate))
+            h.server.address, h.people.tokens["engine"], load, seconds + 5, threads, counter,
+            rate))
         proc.start()
         time.sleep(2.0)  # the worker imports and connects
         start = counter.value
@@ -226,8 +227,11 @@ def benign_section(h: C.Harness, payloads: list[tuple[str, bytes]], n: int,
     # The control: ordinary calls (another tenant's, allowed) at the adversarial load's rate,
     # to tell what the adversarial inputs cost from what any load costs on this machine.
     ordinary, k3, ord_rate = alongside([(I.CHECK_PUSH, push_bytes(LIVE))], adv_rate)
-    return {"alone": alone, "along": along, "kinds": k1 | k2 | k3, "adv_rate": adv_rate,
-            "ordinary": ordinary, "ord_rate": ord_rate}
+    # One adversarial caller (a closed loop, as the corpus runs) instead of two flat out:
+    # two saturate a 2-core machine, where any load of that rate costs the benign tail.
+    one, k4, one_rate = alongside(small, 0.0, threads=1)
+    return {"alone": alone, "along": along, "kinds": k1 | k2 | k3 | k4, "adv_rate": adv_rate,
+            "ordinary": ordinary, "ord_rate": ord_rate, "one": one, "one_rate": one_rate}
 
 
 # -- 4. health during a slow 1 000-agent step ------------------------------------------------------
@@ -359,7 +363,7 @@ def main() -> None:
     missed = [r for r in timed if r[7] == "MISSED"]
     growth_mib = (mem["after"] - mem["before"]) / 1024
     a99, b99 = pct(ben["alone"], 0.99), pct(ben["along"], 0.99)
-    o99 = pct(ben["ordinary"], 0.99)
+    o99, n99 = pct(ben["ordinary"], 0.99), pct(ben["one"], 0.99)
     h99, hmax = pct(hl["lat"], 0.99), max(hl["lat"]) if hl["lat"] else float("nan")
     l50, d50 = pct(dr["lat"][LIVE], 0.5), pct(dr["lat"][LIVE_DRAFT], 0.5)
     same = dr["kinds"][LIVE] == dr["kinds"][LIVE_DRAFT] == {"allow"}
@@ -381,10 +385,14 @@ def main() -> None:
         f"| RSS growth over {mem['n']:,} adversarial decisions <= 64 MiB |"
         f" {growth_mib:,.1f} MiB ({mem['before'] / 1024:,.0f} -> {mem['after'] / 1024:,.0f} MiB,"
         f" peak {mem['hwm'] / 1024:,.0f} MiB, {mem['s']:.0f} s) | | {verdict(growth_mib <= 64)} |",
-        f"| benign p99 alongside adversarial load <= 2x alone | {ms(b99)} vs {ms(a99)} alone"
-        f" (p50 {ms(pct(ben['along'], 0.5))} vs {ms(pct(ben['alone'], 0.5))};"
-        f" {ben['adv_rate']:.0f} adversarial calls/s alongside) | {b99 / a99:.2f}x |"
-        f" {verdict(b99 / a99 <= 2)} |",
+        f"| benign p99 alongside adversarial load <= 2x alone: two adversarial callers flat"
+        f" out | {ms(b99)} vs {ms(a99)} alone (p50 {ms(pct(ben['along'], 0.5))} vs"
+        f" {ms(pct(ben['alone'], 0.5))}; {ben['adv_rate']:.0f} adversarial calls/s alongside)"
+        f" | {b99 / a99:.2f}x | {verdict(b99 / a99 <= 2)} |",
+        f"| benign p99 alongside adversarial load <= 2x alone: one adversarial caller flat out"
+        f" | {ms(n99)} vs {ms(a99)} alone (p50 {ms(pct(ben['one'], 0.5))};"
+        f" {ben['one_rate']:.0f} adversarial calls/s alongside) | {n99 / a99:.2f}x |"
+        f" {verdict(n99 / a99 <= 2)} |",
         f"| (control) benign p99 alongside ordinary calls at the same rate | {ms(o99)}"
         f" (p50 {ms(pct(ben['ordinary'], 0.5))}; {ben['ord_rate']:.0f} ordinary calls/s) |"
         f" {o99 / a99:.2f}x | adversarial / ordinary {b99 / o99:.2f}x |",
