@@ -11,12 +11,38 @@ hold is one slice, whatever the step's size or the machine's speed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 #: The longest a loop over a step holds the event loop between turns.
 EVERY_S = 0.002
 #: Items between looks at the clock, minus one (a mask): every 4th item.
 _MASK = 3
+#: The longest background work waits for calls in their answer path (see foreground()).
+DEFER_MAX_S = 0.1
+
+_foreground = 0  # calls inside foreground() right now
+
+
+@contextlib.contextmanager
+def foreground() -> Iterator[None]:
+    """Mark a call's answer path (a step: converting, deciding, building the response).
+    The turns it gives are for other *calls*; background work that observes answers (the
+    audit records of decisions already made, draft policies) waits until no answer is in
+    progress, at most DEFER_MAX_S at a time, so a step's answer does not also carry the
+    records of its own decisions, made in between its turns."""
+    global _foreground
+    _foreground += 1
+    try:
+        yield
+    finally:
+        _foreground -= 1
+
+
+def answering() -> bool:
+    """Whether some call is in its answer path (background work should wait)."""
+    return _foreground > 0
 
 
 class Turns:

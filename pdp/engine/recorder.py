@@ -68,6 +68,7 @@ class Recorder:
         # Decisions answered whose audit events are not queued yet (FIFO, decision order).
         self._unrecorded: deque[tuple[CheckRequest, Decision]] = deque()
         self._draining = False
+        self._deferred_since: float | None = None  # drain waiting for an answer since
 
     async def record(self, req: CheckRequest, decision: Decision) -> None:
         """Before the answer: hand the record over (waits for fsync in ``sync`` mode)."""
@@ -94,14 +95,25 @@ class Recorder:
         """A slice per loop turn: a step's thousand records in one callback would hold the
         loop (and the GIL) for milliseconds while other calls wait. The slice is bounded in
         time (``pdp.turns.EVERY_S``), not in records, so the hold is the same on a slow
-        machine; the backlog bound (RECORD_BACKLOG) keeps memory bounded if it falls behind."""
+        machine; the backlog bound (RECORD_BACKLOG) keeps memory bounded if it falls behind.
+        While a call is in its answer path (``pdp.turns.answering``) the slices wait, up to
+        ``pdp.turns.DEFER_MAX_S``: records observe answers, they do not delay them."""
+        loop = asyncio.get_running_loop()
+        if turns.answering():
+            now = time.monotonic()
+            if self._deferred_since is None:
+                self._deferred_since = now
+            if now - self._deferred_since < turns.DEFER_MAX_S:
+                loop.call_later(turns.EVERY_S, self._drain)
+                return
         try:
             self.record_pending(until=time.monotonic() + turns.EVERY_S)
         finally:  # whatever happened, the rest is not left behind
             if self._unrecorded:
-                asyncio.get_running_loop().call_soon(self._drain)
+                loop.call_soon(self._drain)  # waited long enough: on until the backlog is gone
             else:
                 self._draining = False
+                self._deferred_since = None
 
     def record_pending(self, limit: int | None = None, until: float | None = None) -> None:
         """Queue the audit events of (up to ``limit``, or until the monotonic time

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from pdp import turns
 from pdp.cel import Budget
 from pdp.engine.decision import Reason
 from pdp.engine.overruns import Overruns, worth_remembering
@@ -196,6 +197,10 @@ class ShadowRunner:
         await asyncio.sleep(START_DELAY_S)
         share = min(1.0, max(0.001, self.options.share))
         while self._jobs:
+            waited = 0.0
+            while turns.answering() and waited < turns.DEFER_MAX_S:  # answers go first
+                await asyncio.sleep(turns.EVERY_S)
+                waited += turns.EVERY_S
             job = self._jobs.popleft()
             started = time.monotonic()
             try:

@@ -26,7 +26,7 @@ from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.server.roles import Permission, authorize, current_caller
 from pdp.telemetry import debug_enabled, log_decision, log_step
-from pdp.turns import Turns
+from pdp.turns import Turns, foreground
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
@@ -146,6 +146,10 @@ class DecisionService(dgrpc.DecisionServiceServicer):
         await authorize(context, request.tenant, Permission.DECIDE)  # every batch of a stream
 
         async def run() -> dpb.CheckPushBatchResponse:
+            with foreground():  # the step's own records wait for its answer (turns.py)
+                return await answer()
+
+        async def answer() -> dpb.CheckPushBatchResponse:
             convert.tenant_of(request.tenant)
             if len(request.agents) > self.max_batch:
                 raise InvalidRequest("agents", f"{len(request.agents)} agents is more than the"

@@ -52,6 +52,28 @@ async def test_a_runaway_draft_changes_nothing_of_the_live_decision() -> None:
     assert would["code"] in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
 
 
+async def test_drafts_wait_while_an_answer_is_in_progress(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drafts observe answers: while a call is in its answer path (turns.foreground) the
+    shadow runner waits, and evaluates the drafts once the answer is out."""
+    from pdp import turns
+    from pdp.engine import shadow
+
+    monkeypatch.setattr(turns, "EVERY_S", 0.0)  # its waits are loop turns
+    monkeypatch.setattr(shadow, "START_DELAY_S", 0.0)
+    engine, audit = engine_for(
+        CEL.format(name="draft", extra="status: draft\n", deny="true"))
+    with turns.foreground():
+        decisions = await engine.check_batch([push(agent=f"a{i}") for i in range(3)], 1.0)
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert engine.shadow.backlog == 3
+        assert not [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
+    await _poll(lambda: engine.shadow.backlog == 0, "the drafts to be evaluated")
+    would = [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
+    assert [e["decision_id"] for e in would] == [d.decision_id for d in decisions]
+
+
 async def test_shadow_backlog_is_bounded_skips_are_counted_and_noted() -> None:
     engine, audit = engine_for(
         CEL.format(name="draft", extra="status: draft\n", deny="true"))

@@ -260,6 +260,39 @@ async def test_a_long_step_has_the_step_budget_not_one_decisions() -> None:
         (r.code, r.message) for d in decisions for r in d.reasons}
 
 
+async def test_records_wait_while_an_answer_is_in_progress(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step's answer path gives the loop turns (for other calls); the records of its own
+    decisions wait for it to end (turns.foreground), and are made right after, in order.
+    The wait is bounded (DEFER_MAX_S): a server answering back to back still records."""
+    from pdp import turns
+
+    monkeypatch.setattr(turns, "EVERY_S", 0.0)
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+    engine.options = replace(engine.options, audit_after_answer=True)
+    with turns.foreground():
+        decisions = await engine.check_batch([push(agent=f"a{i}") for i in range(50)], 1.0)
+        for _ in range(20):  # the answer path taking turns: nothing recorded meanwhile
+            await asyncio.sleep(0)
+        assert [e for e in audit.events if e["type"] == "Decision"] == []
+    for _ in range(1000):
+        if not engine.recorder.backlog:
+            break
+        await asyncio.sleep(0)
+    assert [e["decision_id"] for e in audit.events if e["type"] == "Decision"] == [
+        d.decision_id for d in decisions]
+    # Never starved: with an answer in progress for longer than DEFER_MAX_S, it records.
+    monkeypatch.setattr(turns, "DEFER_MAX_S", 0.0)
+    with turns.foreground():
+        more = await engine.check_batch([push(agent=f"b{i}") for i in range(50)], 1.0)
+        for _ in range(1000):
+            if not engine.recorder.backlog:
+                break
+            await asyncio.sleep(0)
+        assert [e["decision_id"] for e in audit.events if e["type"] == "Decision"][-50:] == [
+            d.decision_id for d in more]
+
+
 async def test_audit_after_answer_records_on_the_next_loop_turns_in_order(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``audit_after_answer`` (async durability) the answer does not wait for its audit
