@@ -48,6 +48,10 @@ class Settings:
     audit_file: str = _s("var/audit/audit.jsonl", "JSON-lines audit file")
     audit_durability: Literal["async", "sync"] = _s(
         "async", "sync = every answered decision is fsync'd to the audit file first")
+    audit_sync_timeout_ms: int = _s(
+        1000, "sync durability: the longest an answer waits for its audit record to be"
+              " fsync'd; past it, or while the audit file cannot be written, the call fails"
+              " UNAVAILABLE (no decision is answered without its record)")
     audit_queue_size: int = _s(100_000, "bounded audit queue (events)")
     audit_rotate_bytes: int = _s(256 * 1024 * 1024, "rotate the audit file at this size")
     audit_redis_stream: str | None = _s(None, "also write audit events to this Redis stream")
@@ -172,6 +176,7 @@ class Settings:
                      "config_cache_bytes", "config_max_nodes", "step_budget_ms",
                      "step_agent_max_ms", "shadow_budget_ms", "shadow_backlog",
                      "max_batch_agents", "max_config_bytes", "audit_queue_size",
+                     "audit_sync_timeout_ms",
                      "audit_rotate_bytes", "redis_timeout_ms", "redis_pool_size", "workers",
                      "audit_seen_refresh_s", "audit_anchor_every_records",
                      "audit_anchor_every_s"):

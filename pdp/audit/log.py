@@ -147,6 +147,9 @@ class AuditLog:
         self._written = 0
         self._fsyncs = 0
         self._write_errors = 0
+        self._failing: str | None = None  # the last write error, until a write succeeds
+        self._spill_failing: str | None = None  # the last spill error, until one is kept
+        self._giving_up = False  # close() ran out of time: spill what the file will not take
         self._unsynced = False  # records written since the last fsync
         self._record_s = 0.0  # seconds per record of the last inline slice (its pace)
         self._lost = 0
@@ -208,9 +211,15 @@ class AuditLog:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self) -> None:
+    async def close(self, timeout: float | None = None) -> None:
         """Drain the queue and the overflow spool into the file, fsync, then give the sinks
-        ``close_timeout`` to catch up (what they cannot take stays in their spools)."""
+        ``close_timeout`` to catch up (what they cannot take stays in their spools).
+
+        ``timeout`` bounds the drain into the file (a shutdown has a grace period; a full
+        disk would hold it for ever): past it, what the file has not taken is tried once
+        more and then put in the overflow spool, which the next start writes first; an
+        event the spool cannot take either is logged whole, critically (never dropped
+        silently), and counted in ``stats().lost``."""
         if self._state in ("closing", "closed"):
             return
         if self._state == "new":
@@ -222,6 +231,12 @@ class AuditLog:
             self._ticker.cancel()
         await self._queue.put(_Stop())
         try:
+            done, _ = await asyncio.wait({self._writer}, timeout=timeout)
+            if not done:
+                self._giving_up = True
+                log.critical("audit file did not take the last events in time; they go to"
+                             " the overflow spool", timeout_s=timeout, error=self._failing,
+                             spool=str(self._overflow.path))
             await self._writer
         finally:
             await asyncio.to_thread(self._ledger.close)
@@ -245,6 +260,7 @@ class AuditLog:
             assert self._queue is not None
             try:
                 self._queue.put_nowait(enc)  # bare: most events have no waiter
+                self._spill_failing = None
                 return
             except asyncio.QueueFull:
                 pass
@@ -257,23 +273,47 @@ class AuditLog:
         except OSError as e:
             # Nothing left to put it in. Say so loudly with the event itself, never silently.
             self._lost += 1
+            self._spill_failing = str(e)
             log.critical("audit event lost: overflow spool unwritable", error=str(e),
-                         event=line.decode(errors="replace"))
+                         audit_event=line.decode(errors="replace"))
             return
+        self._spill_failing = None
         if self._state in ("running", "closing") and not self._overflow_active:
             self._overflow_active = True
             log.warning("audit queue full; spilling events to the overflow spool",
                         queue_size=self.settings.queue_size)
+
+    @property
+    def refusing(self) -> str | None:
+        """Why a decision's record could not be kept now, or None. ``sync``: the audit file
+        cannot be written. ``async``: the queue is full and the overflow spool cannot be
+        written either (a full disk). The engine then decides nothing (UNAVAILABLE) rather
+        than answer a decision without its record."""
+        if self.settings.durability == "sync" and self._failing is not None:
+            return f"the audit file cannot be written: {self._failing}"
+        if self._spill_failing is not None:
+            return ("the audit queue is full and its overflow spool cannot be written:"
+                    f" {self._spill_failing}")
+        return None
+
+    @property
+    def failing(self) -> str | None:
+        """Why the audit file cannot be written right now (the last write error, kept until
+        a write succeeds), or None. Readiness reports it; durable writes fail fast on it."""
+        return self._failing
 
     async def emit_durable(self, event: Mapping[str, Any]) -> int:
         """Queue ``event`` and return its seq once it is fsync'd to the audit file.
 
         Waits for queue space instead of spilling (the caller is waiting for the disk
         anyway). Bound it with the decision deadline; raises ``AuditWriteError`` if the
-        fsync failed, ``AuditClosedError`` if the log is not running.
+        fsync failed or the file cannot be written now (``failing``: fail fast rather than
+        wait for a disk that is full), ``AuditClosedError`` if the log is not running.
         """
         if self._state != "running":
             raise AuditClosedError(f"audit log is {self._state}")
+        if self._failing is not None:
+            raise AuditWriteError(f"the audit file cannot be written: {self._failing}")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         await self._enqueue(_Item(self._prepare(event), fut))
         return await fut
@@ -388,7 +428,8 @@ class AuditLog:
         assert self._queue is not None
         stopping = False
         while True:
-            if self._overflow_active and (self._queue.empty() or stopping):
+            if self._overflow_active and (self._queue.empty() or stopping) \
+                    and not self._giving_up:  # giving up: it stays for the next start
                 try:
                     await self._drain_overflow_chunk()
                 except OSError as e:
@@ -527,14 +568,33 @@ class AuditLog:
             if waiters:
                 waiters = waiters[done:]
             if res.error is None:
+                self._failing = None
                 if events:
                     await asyncio.sleep(0)  # decisions run between slices
                 continue
+            if events:  # records held here until the file takes them: durable writes fail
+                self._failing = str(res.error)
             self._write_errors += 1
+            if events and self._giving_up:
+                self._abandon(events, waiters)
+                break
             log.error("audit file write failed; retrying", error=str(res.error),
                       written=n, remaining=len(events))
             if events:
                 await asyncio.sleep(backoff.next())
+        self._failing = None  # everything of this batch is in the file
+
+    def _abandon(self, events: list[Any], waiters: list[asyncio.Future[int] | None] | None
+                 ) -> None:
+        """Shutting down past its grace with the file refusing writes: ``events`` go to the
+        overflow spool (or, failing that, to the log: see _spill); their waiters fail."""
+        for i, ev in enumerate(events):
+            if isinstance(ev, EncodedEvent):  # (one read back from the spool stays there)
+                self._spill(ev)
+            w = waiters[i] if waiters else None
+            if w is not None and not w.done():
+                w.set_exception(AuditWriteError("the audit log closed before the file took"
+                                                " this record"))
 
     async def _write_inline_then_anchor(self, events: list[Any]) -> None:
         """The records in inline slices (nobody waits on them), then the due checkpoint."""

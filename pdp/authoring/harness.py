@@ -39,6 +39,8 @@ class NullAudit:
     async def log_decision(self, decision: DecisionRecord) -> None:
         pass
 
+    refusing: str | None = None  # it keeps nothing, so it never has to refuse
+
 
 def load_policies(path: Path) -> list[Policy]:
     """Policies of a directory (``*.test.yaml`` skipped) or of one file; PolicyError."""

@@ -64,7 +64,7 @@ class Answerer:
                     jobs.append(job)
             d = combine(item)
             if not later:
-                await self.recorder.record(item.req, d)
+                await self.recorder.record(item.req, d, opts.audit_sync_timeout_s)
             if self.telemetry.enabled:
                 self._observe(item.req, d)
             if self.notifier is not None and d.reasons:

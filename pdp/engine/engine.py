@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pdp.audit.log import AuditWriteError
 from pdp.counters import CounterStore
 from pdp.engine import sharing
 from pdp.engine.answer import Answerer
@@ -100,7 +101,8 @@ class Engine:
     async def check(self, req: CheckRequest, budget_s: float,
                     outer: Deadline | None = None, *,
                     received_at: float | None = None) -> Decision:
-        """Decide one request. Raises InvalidRequest for requests that cannot be decided.
+        """Decide one request. Raises InvalidRequest for requests that cannot be decided,
+        AuditWriteError when its audit record could not be kept (see ``AuditLog.refusing``).
 
         ``budget_s`` covers the whole decision from ``received_at`` (``time.monotonic()``
         when the call arrived; now if not given): config parse, selection, evaluation,
@@ -118,6 +120,9 @@ class Engine:
         ``options.step_budget_s`` for a step (never past ``outer``), shared fairly by its
         agents (see budget.py), and the loop gets a turn every ``options.yield_every_s``.
         """
+        refusing = self.recorder.audit.refusing
+        if refusing is not None:  # records that could not be kept: decide nothing
+            raise AuditWriteError(refusing)
         opts = self._options
         policies = self.policies  # the set this call started with, whatever reloads
         n = len(reqs)

@@ -48,3 +48,6 @@ class EngineOptions:
     # Make a decision's audit records just after its answer instead of before: only for an
     # audit log that does not wait for the disk (``async`` durability). See Recorder.
     audit_after_answer: bool = False
+    # ``sync`` durability: the longest an answer waits for its record to be durable; past
+    # it the call fails (AuditWriteError -> UNAVAILABLE). See Recorder.record.
+    audit_sync_timeout_s: float = 1.0

@@ -20,6 +20,7 @@ import structlog
 
 from pdp import turns
 from pdp.audit.events import config_seen, policies_seen, with_derived
+from pdp.audit.log import AuditWriteError
 from pdp.audit.record import DecisionRecord
 from pdp.engine.context import ConfigCache
 from pdp.engine.decision import Decision, PolicyRef, policies_list
@@ -46,6 +47,10 @@ class AuditSink(Protocol):
     async def log_decision(self, decision: DecisionRecord) -> None:
         """Audit a decision (and its derived events); waits for fsync in sync mode only."""
 
+    @property
+    def refusing(self) -> str | None:
+        """Why an event emitted now would be lost (None: it would be kept)."""
+
 
 class Recorder:
     """Makes decisions' audit records and hands them to ``audit``, now or after the answer.
@@ -70,9 +75,18 @@ class Recorder:
         self._draining = False
         self._deferred_since: float | None = None  # drain waiting for an answer since
 
-    async def record(self, req: CheckRequest, decision: Decision) -> None:
-        """Before the answer: hand the record over (waits for fsync in ``sync`` mode)."""
-        await self.audit.log_decision(self.event(req, decision))
+    async def record(self, req: CheckRequest, decision: Decision,
+                     timeout_s: float | None = None) -> None:
+        """Before the answer: hand the record over (waits for fsync in ``sync`` mode), for
+        at most ``timeout_s``: a disk that does not take the record fails the call
+        (``AuditWriteError``) instead of holding it until the caller gives up. The record
+        stays queued and is written once the disk takes it again."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.audit.log_decision(self.event(req, decision))
+        except TimeoutError:
+            raise AuditWriteError(f"the audit record was not durable within"
+                                  f" {timeout_s * 1000 if timeout_s else 0:.0f} ms") from None
 
     def record_after_answer(self, answered: Sequence[tuple[CheckRequest, Decision]]) -> None:
         """The records of ``answered`` are made on the loop's next turns (the caller is not

@@ -190,6 +190,9 @@ def readiness(settings: Settings, running: Running) -> ReadyFn:
         ]
         stale = running.reloader.stale_reason()
         out.append(("policy_store", stale is None, stale or "reachable"))
+        failing = running.audit.failing
+        out.append(("audit", failing is None,
+                    f"cannot write the audit file: {failing}" if failing else "writing"))
         if settings.redis_url:
             try:
                 async with asyncio.timeout(2.0):
@@ -277,6 +280,7 @@ async def start(settings: Settings) -> Running:
                                   policies_stale=reloader.stale_reason,
                                   seen_refresh_s=settings.audit_seen_refresh_s,
                                   audit_after_answer=settings.audit_durability == "async",
+                                  audit_sync_timeout_s=settings.audit_sync_timeout_ms / 1000,
                                   step_budget_s=settings.step_budget_ms / 1000,
                                   step_agent_max_s=settings.step_agent_max_ms / 1000,
                                   unknown_tenants=settings.unknown_tenants,
@@ -436,7 +440,7 @@ async def stop(running: Running, grace_s: float) -> None:
     running.engine.telemetry.shutdown()
     running.engine.record_pending()  # answered decisions whose records were still to come
     running.engine.shadow.drain()  # drafts not evaluated yet: noted in the audit, not run
-    await running.audit.close()
+    await running.audit.close(timeout=max(1.0, until - loop.time()))
     await running.counters.close()
     # Last: the kubelet sees the process alive (and not ready) until it is about to exit.
     if running.metrics_server is not None:

@@ -10,10 +10,12 @@ One address (``http_listen``) serves:
   otherwise. Ready means: policies are loaded (the endpoint starts after they are), the
   server is not draining (SIGTERM: it turns not-ready at once, before the port closes), the
   policy store was reached within ``policy_store_stale_s`` (past it, every decision denies
-  POLICY_STORE_UNAVAILABLE), and the counter store answers a PING when one is configured
-  (without it every counter rule denies COUNTER_STORE_UNAVAILABLE). pdp fails closed, so a
-  replica that is not ready would still answer, but only with denies another replica need
-  not give. The body lists each check (``ok name: detail`` / ``fail name: detail``).
+  POLICY_STORE_UNAVAILABLE), the counter store answers a PING when one is configured
+  (without it every counter rule denies COUNTER_STORE_UNAVAILABLE), and the audit file takes
+  writes (without it calls fail UNAVAILABLE: no decision without its record). pdp fails
+  closed, so a replica that is not ready would still answer, but only with denies (or
+  refusals) another replica need not give. The body lists each check
+  (``ok name: detail`` / ``fail name: detail``).
 * ``/metrics``: the server's Prometheus registry (:mod:`pdp.telemetry.registry`): process
   and per-RPC metrics always, decision metrics with telemetry on.
 

@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from pdp.api import convert
+from pdp.audit import AuditClosedError, AuditWriteError
 from pdp.counters import CounterEventKind, CounterStoreUnavailable, scope_key
 from pdp.engine.deadline import Deadline
 from pdp.engine.engine import Engine
@@ -61,7 +62,8 @@ def caller_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> Deadline | N
 
 async def guarded(context: grpc.aio.ServicerContext[Any, Any],
                   call: Callable[[], Awaitable[T]]) -> T:
-    """Run ``call``; bad input -> INVALID_ARGUMENT, store down -> UNAVAILABLE, bugs -> INTERNAL.
+    """Run ``call``; bad input -> INVALID_ARGUMENT, counter store down or (sync durability)
+    audit record not durable -> UNAVAILABLE, bugs -> INTERNAL.
 
     Texts are cut to fit a gRPC status (an input echoed whole could make it too big to
     deliver); a bug's text says its type and how it starts, the log has the rest."""
@@ -72,6 +74,9 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any],
     except CounterStoreUnavailable as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE,
                             status_text(f"counter store unavailable: {exc}"))
+    except (AuditWriteError, AuditClosedError) as exc:  # sync durability: no record, no answer
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            status_text(f"audit log unavailable: {exc}"))
     except grpc.aio.AbortError:
         raise
     except Exception as exc:

@@ -138,6 +138,107 @@ async def test_write_error_is_retried_without_duplicates(
     assert [e["i"] for e in file_events(settings)] == list(range(100))
 
 
+async def test_a_full_disk_refuses_durable_writes_and_says_so_until_it_takes_them(
+        settings: AuditSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sync durability on a full disk: the record that hit it waits (the writer retries),
+    later durable writes fail at once (AuditWriteError, not a wait until the caller gives
+    up), ``failing`` / ``refusing`` say why; once the disk takes writes again, the waiting
+    record is written and durable writes succeed."""
+    real = Ledger._raw_write
+    full = {"on": False}
+
+    def write(self: Ledger, data: bytes) -> None:
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(Ledger, "_raw_write", write)
+    s = replace(settings, durability="sync")
+    async with AuditLog(s) as log:
+        assert await log.emit_durable({"type": "T", "i": 0}) == 1
+        assert log.failing is None and log.refusing is None
+        full["on"] = True
+        stuck = asyncio.ensure_future(log.emit_durable({"type": "T", "i": 1}))
+        await eventually(lambda: log.failing is not None, "the write to fail")
+        assert "No space left on device" in (log.refusing or "")
+        with pytest.raises(AuditWriteError, match="No space left on device"):
+            await log.emit_durable({"type": "T", "i": 2})
+        assert not stuck.done()  # kept, not dropped: written once the disk takes it
+        full["on"] = False
+        assert await stuck == 2
+        assert log.failing is None and log.refusing is None
+        assert await log.emit_durable({"type": "T", "i": 3}) == 3
+    assert [e["i"] for e in file_events(settings)] == [0, 1, 3]
+
+
+async def test_async_durability_refuses_once_events_would_be_lost(
+        settings: AuditSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Async durability keeps events in the queue, then the overflow spool; when neither can
+    take more (a full disk), ``refusing`` says so: the engine then decides nothing. The
+    events already taken are written once the disk is back."""
+    real = Ledger._raw_write
+    full = {"on": True}
+
+    def write(self: Ledger, data: bytes) -> None:
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    def no_spool(lines: Sequence[bytes]) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Ledger, "_raw_write", write)
+    async with AuditLog(replace(settings, queue_size=10, batch_size=4)) as log:
+        monkeypatch.setattr(log._overflow, "append", no_spool)
+        for i in range(10):
+            log.emit({"type": "T", "i": i})
+        assert log.refusing is None  # the queue holds them
+        log.emit({"type": "T", "i": 10})  # no room, no spool: lost, and said
+        assert "overflow spool cannot be written" in (log.refusing or "")
+        monkeypatch.undo()
+        full["on"] = False
+        await log.flush()
+        log.emit({"type": "T", "i": 11})
+        assert log.refusing is None
+        await log.flush()
+    got = [e["i"] for e in file_events(settings)]
+    assert got[:10] == list(range(10)) and got[-1] == 11
+
+
+async def test_close_on_a_full_disk_is_bounded_and_keeps_every_event_for_the_next_start(
+        settings: AuditSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shutdown does not wait for ever on a disk that refuses writes: past close's
+    timeout, what the file did not take goes to the overflow spool (a durable waiter fails),
+    and the next start writes it, in order, with nothing lost or doubled."""
+    real = Ledger._raw_write
+    full = {"on": False}
+
+    def write(self: Ledger, data: bytes) -> None:
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(Ledger, "_raw_write", write)
+    log = AuditLog(replace(settings, batch_size=4))
+    await log.start()
+    log.emit({"type": "T", "i": 0})
+    await log.flush()
+    full["on"] = True
+    durable = asyncio.ensure_future(log.emit_durable({"type": "T", "i": 1}))
+    await asyncio.sleep(0)  # queued before the disk refuses (later ones are refused at once)
+    for i in range(2, 11):
+        log.emit({"type": "T", "i": i})
+    await eventually(lambda: log.failing is not None, "the write to fail")
+    await log.close(timeout=0.0)  # the grace is spent: give up on the file
+    with pytest.raises(AuditWriteError):
+        await durable
+    assert log.stats().lost == 0
+    full["on"] = False
+    async with AuditLog(settings) as log2:
+        await log2.flush()
+    assert [e["i"] for e in file_events(settings)] == list(range(11))
+
+
 async def test_failed_fsync_fails_the_durable_waiter(
         settings: AuditSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     async with AuditLog(settings) as log:

@@ -34,6 +34,8 @@ class _Audit:
     async def log_decision(self, decision: object) -> None:
         pass
 
+    refusing: str | None = None
+
 
 def _server_engine() -> Engine:
     """The engine as the server builds it from the same directory (drafts in shadow)."""

@@ -42,6 +42,8 @@ class Collected:
         self.decisions.append(event)
         self.order.append(event)
 
+    refusing: str | None = None  # tests set it to see the engine refuse
+
 
 def engine_for(policies_yaml: str, counters: Any = None, relaxed: dict[str, frozenset[str]]
                | None = None, tenants: frozenset[str] = frozenset({"t"})
@@ -258,6 +260,25 @@ async def test_a_long_step_has_the_step_budget_not_one_decisions() -> None:
         gc.enable()
     assert all(d.allowed for d in decisions), {
         (r.code, r.message) for d in decisions for r in d.reasons}
+
+
+async def test_a_record_that_could_not_be_kept_means_no_decision() -> None:
+    """When the audit sink says it could not keep a record (a full disk: see
+    AuditLog.refusing), the engine decides nothing: AuditWriteError (UNAVAILABLE at the
+    API), no record, no counter consumed; once it can, decisions go on."""
+    from pdp.audit import AuditWriteError
+
+    engine, audit = engine_for("tenant: t\nname: cap\nrule: {daily_cap: {max_count: 1}}\n")
+    audit.refusing = "the audit file cannot be written: [Errno 28] No space left on device"
+    with pytest.raises(AuditWriteError, match="No space left"):
+        await engine.check(push(), 0.05)
+    with pytest.raises(AuditWriteError):
+        await engine.check_batch([push(agent="a"), push(agent="b")], 1.0)
+    assert audit.decisions == [] and audit.events == []
+    audit.refusing = None
+    first = await engine.check(push(), 0.05)
+    assert first.allowed  # the cap of 1 was not consumed by the refused calls
+    assert not (await engine.check(push(), 0.05)).allowed
 
 
 async def test_records_wait_while_an_answer_is_in_progress(

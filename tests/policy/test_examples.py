@@ -33,6 +33,8 @@ class _Audit:
     async def log_decision(self, decision: Any) -> None:
         pass
 
+    refusing: str | None = None
+
 
 def _engine() -> Engine:
     env, cache = pdp_environment(), ProgramCache(100)

@@ -52,7 +52,8 @@ def test_healthz_readyz_and_metrics(tmp_path: Path) -> None:
         assert status == 200, body
         assert body.splitlines() == ["ok policies: " + body.split("ok policies: ")[1]
                                      .splitlines()[0], "ok draining: no",
-                                     "ok policy_store: reachable", "ready"]
+                                     "ok policy_store: reachable", "ok audit: writing",
+                                     "ready"]
         assert get(f"{server.http_url}/nope")[0] == 404
 
         stub = dgrpc.DecisionServiceStub(grpc.insecure_channel(server.address))
@@ -127,7 +128,7 @@ def test_readyz_follows_the_counter_store_and_draining(tmp_path: Path) -> None:
         redis.kill()
         wait_until(lambda: get(f"{server.http_url}/readyz") == (
             503, "ok policies: 1 loaded\nok draining: no\nok policy_store: reachable\n"
-                 "fail counter_store: unreachable\nnot ready\n"),
+                 "ok audit: writing\nfail counter_store: unreachable\nnot ready\n"),
             "not ready without the counter store")
         assert get(f"{server.http_url}/healthz")[0] == 200  # alive all the same
         redis.start()

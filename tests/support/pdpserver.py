@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class PdpServer:
     def __init__(self, workdir: Path, *, policy_dir: Path | None = None,
                  env: dict[str, str] | None = None, args: list[str] | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 file_size_limit: int | None = None) -> None:
         self._port_retries = 0
         self._pick_ports()
         self.workdir = workdir
@@ -31,6 +32,9 @@ class PdpServer:
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.credentials = credentials  # TLS servers: how the health probe connects
+        # RLIMIT_FSIZE of the server process: a write past it fails (EFBIG, "File too
+        # large"), as on a full disk, without a small file system to fill (no root needed).
+        self.file_size_limit = file_size_limit
 
     def _pick_ports(self) -> None:
         self.port = free_port()
@@ -50,7 +54,14 @@ class PdpServer:
         env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # this checkout's pdp
         env.update(self.env)
-        cmd = [sys.executable, "-m", "pdp.cli", "serve", "--listen", self.address,
+        launch = [sys.executable, "-m", "pdp.cli"]
+        if self.file_size_limit is not None:  # set in the child itself, then exec pdp
+            launch = [sys.executable, "-c", (
+                "import os, resource, sys; n = int(sys.argv[1]);"
+                " resource.setrlimit(resource.RLIMIT_FSIZE, (n, n));"
+                " os.execv(sys.executable, [sys.executable, '-m', 'pdp.cli', *sys.argv[2:]])"),
+                str(self.file_size_limit)]
+        cmd = [*launch, "serve", "--listen", self.address,
                "--policy-dir", str(self.policy_dir), "--audit-file", str(self.audit_file),
                "--http-listen", f"127.0.0.1:{self.http_port}",
                "--log-level", "debug", *self.args]

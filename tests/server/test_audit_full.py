@@ -1,0 +1,78 @@
+"""An audit file that cannot be written (a full disk) under sync durability: no decision is
+answered without its record. Calls fail UNAVAILABLE saying why, promptly, readiness turns
+503 naming the audit, and every decision a caller got is in the audit file.
+
+The full disk is the server's RLIMIT_FSIZE: a write past it fails ("File too large") like
+one on a full file system, with no root needed to make a small one.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+
+from pdp.v1 import common_pb2 as cpb
+from pdp.v1 import decision_pb2 as dpb
+from pdp.v1 import decision_pb2_grpc as dgrpc
+from tests.server.test_server_e2e import decision_events
+from tests.support.pdpserver import PdpServer
+from tests.support.wait import wait_until
+
+LIMIT = 4 * 1024 * 1024  # bytes any file of the server may reach
+
+
+def _push(i: int) -> dpb.CheckPushRequest:
+    return dpb.CheckPushRequest(
+        tenant="acme", agent=cpb.Agent(id=f"agent-{i}", labels={
+            "env": "dev", **{f"pad{k}": "x" * 1000 for k in range(16)}}),
+        rollout=cpb.Rollout(id="r-1", step=1, step_percent=10),
+        config=cpb.Config(yaml="exporters: {otlp: {}}\n"))
+
+
+def _readyz(s: PdpServer) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"{s.http_url}/readyz", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_sync_audit_on_a_full_disk_answers_nothing_it_cannot_record(tmp_path: Path) -> None:
+    s = PdpServer(tmp_path, file_size_limit=LIMIT,
+                  args=["--audit-durability", "sync", "--log-level", "warning"]).start()
+    answered: list[str] = []
+    refused: list[str] = []
+    try:
+        with s.channel() as ch:
+            stub = dgrpc.DecisionServiceStub(ch)
+            for i in range(2000):  # ~16 KB of audit per decision: the limit comes first
+                try:
+                    resp = stub.CheckPush(_push(i), timeout=30)
+                    answered.append(resp.decision.decision_id)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    refused.append(exc.details())
+                    if len(refused) >= 3:
+                        break
+            assert answered and len(refused) == 3, "the audit file never filled up"
+            for text in refused:
+                assert text.startswith("audit log unavailable:"), text
+            assert "File too large" in refused[-1]  # says why, once it knows
+            code, body = _readyz(s)
+            assert code == 503 and "fail audit: cannot write the audit file" in body, body
+    finally:
+        s.stop()
+    recorded = {e["decision_id"] for e in decision_events(s.audit_file)}
+    assert set(answered) <= recorded  # no answered decision without its record
+
+
+def test_readiness_reports_the_audit_writing(tmp_path: Path) -> None:
+    s = PdpServer(tmp_path).start()
+    try:
+        wait_until(lambda: _readyz(s)[0] == 200, "ready")
+        assert "ok audit: writing" in _readyz(s)[1]
+    finally:
+        s.stop()
