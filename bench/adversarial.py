@@ -12,9 +12,10 @@ Sections (every ratio against a baseline measured in the same run; the machine i
 2. memory    server VmRSS growth over N adversarial decisions (after one warm-up pass);
              target <= 64 MiB.
 3. benign    p99 of benign CheckPush (10 policies) alone vs with adversarial load alongside
-             (another process: two callers flat out, then one); target <= 2x. Control: the
-             same with ordinary calls (another tenant's, allowed) at the two callers' rate,
-             to separate what adversarial inputs cost from what any load costs here.
+             (another process: two callers flat out, then one), in alternating windows;
+             target <= 2x. Control: the same with ordinary calls (another tenant's,
+             allowed) at the two callers' rate, to separate what adversarial inputs cost
+             from what any load costs here.
 4. health    grpc.health.v1 Check latency while 1 000-agent steps with a slow policy run;
              target: every check <= 50 ms.
 5. draft     live p50 of a tenant with a runaway draft vs the same tenant without it
@@ -155,22 +156,27 @@ def memory_section(h: C.Harness, payloads: list[tuple[str, bytes]], n: int) -> d
 
 # -- 3. benign alongside adversarial load --------------------------------------------------------
 
-def _load_worker(address: str, token: str, payloads: list[tuple[str, bytes]], seconds: float,
-                 threads: int, counter: Any, rate: float = 0.0) -> None:
-    """``threads`` closed loops over ``payloads`` for ``seconds``; with ``rate`` (calls/s,
-    all threads together) each thread paces itself to its share instead of going flat out."""
+def _load_worker(address: str, token: str, payloads: list[tuple[str, bytes]], threads: int,
+                 counter: Any, on: Any, stop: Any, rate: float = 0.0) -> None:
+    """``threads`` closed loops over ``payloads`` while ``on`` is set, until ``stop`` is; with
+    ``rate`` (calls/s, all threads together) each thread paces itself to its share instead
+    of going flat out. Idle (not connected anew) while ``on`` is clear, so the benign
+    windows alone and alongside can alternate in one run."""
     import grpc
 
     ch = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20),
                                                  ("grpc.max_receive_message_length", 64 << 20)])
     md = (("authorization", f"Bearer {token}"),)
-    end = time.monotonic() + seconds
 
     def loop(k: int) -> None:
         i = k
         gap = threads / rate if rate > 0 else 0.0
         due = time.monotonic()
-        while time.monotonic() < end:
+        while not stop.value:
+            if not on.value:
+                time.sleep(0.005)
+                due = time.monotonic()
+                continue
             if gap:
                 due += gap
                 time.sleep(max(0.0, due - time.monotonic()))
@@ -200,38 +206,55 @@ def benign_latency(h: C.Harness, tenant: str, n: int) -> tuple[list[float], set[
 
 
 def benign_section(h: C.Harness, payloads: list[tuple[str, bytes]], n: int,
-                   seconds: float) -> dict[str, Any]:
+                   rounds: int) -> dict[str, Any]:
+    """Per load: ``rounds`` pairs of benign windows, alone then alongside (the load process
+    idles, then runs), so both sides of each ratio share the machine's drift."""
     assert h.people is not None
     benign_latency(h, BENIGN, 50)
-    alone, k1 = benign_latency(h, BENIGN, n)
     ctx = multiprocessing.get_context("spawn")
-    counter = ctx.Value("l", 0)
+    counter, on, stop = ctx.Value("l", 0), ctx.Value("b", 0), ctx.Value("b", 0)
     small = [(m, p) for m, p in payloads if len(p) < 1 << 20]  # the client must keep up
+    chunk = max(50, n // rounds)
+    kinds: set[str] = set()
 
-    def alongside(load: list[tuple[str, bytes]], rate: float, threads: int = 2
-                  ) -> tuple[list[float], set[str], float]:
-        counter.value = 0
+    def phase(load: list[tuple[str, bytes]], rate: float, threads: int = 2
+              ) -> tuple[list[float], list[float], float]:
+        counter.value, on.value, stop.value = 0, 0, 0
         proc = ctx.Process(target=_load_worker, args=(
-            h.server.address, h.people.tokens["engine"], load, seconds + 5, threads, counter,
+            h.server.address, h.people.tokens["engine"], load, threads, counter, on, stop,
             rate))
         proc.start()
         time.sleep(2.0)  # the worker imports and connects
-        start = counter.value
-        t0 = time.monotonic()
-        lat, kinds = benign_latency(h, BENIGN, n)
-        got = (counter.value - start) / (time.monotonic() - t0)
+        alone: list[float] = []
+        along: list[float] = []
+        calls, busy = 0, 0.0
+        for _ in range(rounds):
+            on.value = 0
+            time.sleep(0.2)  # its calls in flight finish
+            L.wait_idle(h.pid, limit_s=5.0)  # and the server is done with their aftermath
+            lat, k = benign_latency(h, BENIGN, chunk)
+            alone += lat
+            kinds.update(k)
+            on.value = 1
+            time.sleep(0.3)  # the load is going
+            c0, t0 = counter.value, time.monotonic()
+            lat, k = benign_latency(h, BENIGN, chunk)
+            along += lat
+            kinds.update(k)
+            calls += counter.value - c0
+            busy += time.monotonic() - t0
+        stop.value = 1
         proc.join()
-        return lat, kinds, got
+        return alone, along, calls / busy
 
-    along, k2, adv_rate = alongside(small, 0.0)
+    two = phase(small, 0.0)
     # The control: ordinary calls (another tenant's, allowed) at the adversarial load's rate,
     # to tell what the adversarial inputs cost from what any load costs on this machine.
-    ordinary, k3, ord_rate = alongside([(I.CHECK_PUSH, push_bytes(LIVE))], adv_rate)
+    ordinary = phase([(I.CHECK_PUSH, push_bytes(LIVE))], two[2])
     # One adversarial caller (a closed loop, as the corpus runs) instead of two flat out:
     # two saturate a 2-core machine, where any load of that rate costs the benign tail.
-    one, k4, one_rate = alongside(small, 0.0, threads=1)
-    return {"alone": alone, "along": along, "kinds": k1 | k2 | k3 | k4, "adv_rate": adv_rate,
-            "ordinary": ordinary, "ord_rate": ord_rate, "one": one, "one_rate": one_rate}
+    one = phase(small, 0.0, threads=1)
+    return {"two": two, "ordinary": ordinary, "one": one, "kinds": kinds}
 
 
 # -- 4. health during a slow 1 000-agent step ------------------------------------------------------
@@ -320,6 +343,15 @@ def write_results(lines: list[str]) -> None:
     RESULTS.write_text(text)
 
 
+def _benign_row(ph: tuple[list[float], list[float], float], what: str, load: str, *,
+                target: bool) -> str:
+    alone, along, rate = ph
+    a99, b99 = pct(alone, 0.99), pct(along, 0.99)
+    return (f"| {what} | {ms(b99)} vs {ms(a99)} alone, windows interleaved (p50"
+            f" {ms(pct(along, 0.5))} vs {ms(pct(alone, 0.5))}; {rate:.0f} {load} calls/s"
+            f" alongside) | {b99 / a99:.2f}x | {verdict(b99 / a99 <= 2) if target else ''} |")
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -329,8 +361,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, shorter windows")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     args = ap.parse_args()
-    reps, rss_n, lat_n, load_s, health_s, rounds = (
-        (2, 300, 200, 3.0, 2.0, 2) if args.quick else (5, 10_000, 2000, 10.0, 5.0, 3))
+    reps, rss_n, lat_n, rounds_b, health_s, rounds = (
+        (2, 300, 200, 2, 2.0, 2) if args.quick else (5, 10_000, 2000, 4, 5.0, 3))
     t_start = time.monotonic()
     cases = C.load_cases()
     extra = {"benign": tenant_policies(BENIGN, 10, counters=False),
@@ -348,7 +380,7 @@ def main() -> None:
         print(f"2. memory: {rss_n} adversarial decisions", flush=True)
         mem = memory_section(h, payloads, rss_n)
         print("3. benign alone vs alongside adversarial load", flush=True)
-        ben = benign_section(h, payloads, lat_n, load_s)
+        ben = benign_section(h, payloads, lat_n, rounds_b)
         print("4. health during 1 000-agent steps with a slow policy", flush=True)
         hl = health_section(h, health_s)
         print("5. live p50 with vs without a runaway draft", flush=True)
@@ -362,8 +394,6 @@ def main() -> None:
     timed = [r for r in rows if r[7] in ("met", "MISSED")]
     missed = [r for r in timed if r[7] == "MISSED"]
     growth_mib = (mem["after"] - mem["before"]) / 1024
-    a99, b99 = pct(ben["alone"], 0.99), pct(ben["along"], 0.99)
-    o99, n99 = pct(ben["ordinary"], 0.99), pct(ben["one"], 0.99)
     h99, hmax = pct(hl["lat"], 0.99), max(hl["lat"]) if hl["lat"] else float("nan")
     l50, d50 = pct(dr["lat"][LIVE], 0.5), pct(dr["lat"][LIVE_DRAFT], 0.5)
     same = dr["kinds"][LIVE] == dr["kinds"][LIVE_DRAFT] == {"allow"}
@@ -385,17 +415,12 @@ def main() -> None:
         f"| RSS growth over {mem['n']:,} adversarial decisions <= 64 MiB |"
         f" {growth_mib:,.1f} MiB ({mem['before'] / 1024:,.0f} -> {mem['after'] / 1024:,.0f} MiB,"
         f" peak {mem['hwm'] / 1024:,.0f} MiB, {mem['s']:.0f} s) | | {verdict(growth_mib <= 64)} |",
-        f"| benign p99 alongside adversarial load <= 2x alone: two adversarial callers flat"
-        f" out | {ms(b99)} vs {ms(a99)} alone (p50 {ms(pct(ben['along'], 0.5))} vs"
-        f" {ms(pct(ben['alone'], 0.5))}; {ben['adv_rate']:.0f} adversarial calls/s alongside)"
-        f" | {b99 / a99:.2f}x | {verdict(b99 / a99 <= 2)} |",
-        f"| benign p99 alongside adversarial load <= 2x alone: one adversarial caller flat out"
-        f" | {ms(n99)} vs {ms(a99)} alone (p50 {ms(pct(ben['one'], 0.5))};"
-        f" {ben['one_rate']:.0f} adversarial calls/s alongside) | {n99 / a99:.2f}x |"
-        f" {verdict(n99 / a99 <= 2)} |",
-        f"| (control) benign p99 alongside ordinary calls at the same rate | {ms(o99)}"
-        f" (p50 {ms(pct(ben['ordinary'], 0.5))}; {ben['ord_rate']:.0f} ordinary calls/s) |"
-        f" {o99 / a99:.2f}x | adversarial / ordinary {b99 / o99:.2f}x |",
+        _benign_row(ben["two"], "benign p99 alongside adversarial load <= 2x alone: two"
+                    " adversarial callers flat out", "adversarial", target=True),
+        _benign_row(ben["one"], "benign p99 alongside adversarial load <= 2x alone: one"
+                    " adversarial caller flat out", "adversarial", target=True),
+        _benign_row(ben["ordinary"], "(control) benign p99 alongside ordinary calls at the"
+                    " two callers' rate", "ordinary", target=False),
         f"| health check <= 50 ms during 1 000-agent steps with a slow policy | max"
         f" {ms(hmax)}, p99 {ms(h99)} over {len(hl['lat'])} checks ({hl['failures']} failed);"
         f" {len(hl['steps'])} steps, median {ms(pct(hl['steps'], 0.5))}, outcome"
