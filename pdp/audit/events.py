@@ -41,7 +41,9 @@ Reasons may carry extra fields too (``retry_after_s``, ``builtin``); they are ke
 so the same mask paths apply to it.
 
 Derived events: a denied ``PUSH`` / ``AUTO_APPLY`` decision (a per-agent push) also yields a
-``Rollout.PushDenied``; every shadow deny yields a ``Policy.WouldDeny``.
+``Rollout.PushDenied``; every shadow deny yields a ``Policy.WouldDeny``. A decision whose
+call failed because its record was not durable in time (sync durability, a full disk) is
+followed by a ``Decision.Undelivered`` naming it (:func:`decision_undelivered`).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ POLICY_RETIRED = "Policy.Retired"
 POLICY_REACTIVATED = "Policy.Reactivated"
 BUILTIN_RELAXED = "Tenant.BuiltinRelaxed"
 CONFIG_SEEN = "Config.Seen"
+DECISION_UNDELIVERED = "Decision.Undelivered"
 POLICIES_SEEN = "Policies.Seen"
 
 EVENT_TYPES = frozenset({
@@ -220,6 +223,15 @@ def config_seen(tenant: str, field: str, sha256: str, text: str, *,
     inline form was."""
     return {"type": CONFIG_SEEN, "time": format_time(time), "tenant": tenant,
             "field": field, "config_sha256": sha256, "request": {field: text}}
+
+
+def decision_undelivered(tenant: str, decision_id: str, reason: str, *,
+                         time: str | dt.datetime | float | None = None) -> Event:
+    """The ``Decision`` with this id was made but never answered: its call failed (sync
+    durability: the record was not durable in time) and the record was written later. A
+    reader counts it as not delivered; the caller got UNAVAILABLE, no decision."""
+    return {"type": DECISION_UNDELIVERED, "time": format_time(time), "tenant": tenant,
+            "decision_id": decision_id, "reason": reason}
 
 
 def policies_seen(tenant: str, sha256: str, policies: list[dict[str, Any]], *,

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import structlog
 
 from pdp import turns
-from pdp.audit.events import config_seen, policies_seen, with_derived
+from pdp.audit.events import config_seen, decision_undelivered, policies_seen, with_derived
 from pdp.audit.log import AuditWriteError
 from pdp.audit.record import DecisionRecord
 from pdp.engine.context import ConfigCache
@@ -84,9 +84,14 @@ class Recorder:
         try:
             async with asyncio.timeout(timeout_s):
                 await self.audit.log_decision(self.event(req, decision))
-        except TimeoutError:
-            raise AuditWriteError(f"the audit record was not durable within"
-                                  f" {timeout_s * 1000 if timeout_s else 0:.0f} ms") from None
+        except (TimeoutError, AuditWriteError) as exc:
+            why = str(exc) if isinstance(exc, AuditWriteError) else (
+                f"the audit record was not durable within"
+                f" {timeout_s * 1000 if timeout_s else 0:.0f} ms")
+            # After the record, if it is queued (or written, its fsync failed): a reader
+            # learns the decision was never answered.
+            self.audit.emit(decision_undelivered(req.tenant, decision.decision_id, why))
+            raise AuditWriteError(why) from None
 
     def record_after_answer(self, answered: Sequence[tuple[CheckRequest, Decision]]) -> None:
         """The records of ``answered`` are made on the loop's next turns (the caller is not

@@ -281,6 +281,28 @@ async def test_a_record_that_could_not_be_kept_means_no_decision() -> None:
     assert not (await engine.check(push(), 0.05)).allowed
 
 
+async def test_a_record_that_was_not_durable_fails_the_call_and_is_marked_undelivered(
+        ) -> None:
+    """Sync durability: the record did not become durable (a full disk, a failed fsync).
+    The call fails (AuditWriteError: UNAVAILABLE at the API), and a Decision.Undelivered
+    naming the decision follows the record, for whoever reads the log later."""
+    from pdp.audit import AuditWriteError
+
+    engine, audit = engine_for(CEL.format(name="p", extra="", deny="false"))
+
+    async def not_durable(decision: DecisionRecord) -> None:
+        audit.decisions.append(decision.to_event())
+        raise AuditWriteError("audit record 7 not durable: [Errno 5] Input/output error")
+
+    audit.log_decision = not_durable  # type: ignore[method-assign]
+    with pytest.raises(AuditWriteError, match="not durable"):
+        await engine.check(push(), 0.05)
+    [record] = audit.decisions
+    [marker] = [e for e in audit.events if e["type"] == "Decision.Undelivered"]
+    assert marker["decision_id"] == record["decision_id"]
+    assert "Input/output error" in marker["reason"]
+
+
 async def test_records_wait_while_an_answer_is_in_progress(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A step's answer path gives the loop turns (for other calls); the records of its own

@@ -17,7 +17,7 @@ import grpc
 from pdp.v1 import common_pb2 as cpb
 from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
-from tests.server.test_server_e2e import decision_events
+from tests.server.test_server_e2e import audit_records, decision_events
 from tests.support.pdpserver import PdpServer
 from tests.support.wait import wait_until
 
@@ -67,6 +67,16 @@ def test_sync_audit_on_a_full_disk_answers_nothing_it_cannot_record(tmp_path: Pa
         s.stop()
     recorded = {e["decision_id"] for e in decision_events(s.audit_file)}
     assert set(answered) <= recorded  # no answered decision without its record
+    # A start with room writes what the full disk left in the overflow spool. A decision
+    # in the file that no caller got is marked Decision.Undelivered.
+    again = PdpServer(tmp_path).start()
+    again.stop()
+    events = [r["event"] for r in audit_records(s.audit_file)]
+    undelivered = {e["decision_id"] for e in events  # type: ignore[index]
+                   if e["type"] == "Decision.Undelivered"}  # type: ignore[index]
+    for e in events:
+        if e["type"] == "Decision" and e["decision_id"] not in answered:  # type: ignore[index]
+            assert e["decision_id"] in undelivered, e  # type: ignore[index]
 
 
 def test_readiness_reports_the_audit_writing(tmp_path: Path) -> None:
