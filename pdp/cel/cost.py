@@ -260,7 +260,10 @@ class _Estimator:
         name, _member = self.calls.get(id(e), (fn.lstrip("."), e.target is not None))
         rule = _RULES.get(name)
         f = self.reg.get(name)
-        if rule is not None and f is not None and f.grow is not None:
+        if rule is not None and f is not None and f.grow is not None and any(
+                len(o.params) == len(sizes) for o in f.overloads):
+            # (an unchecked tree may call it with any number of arguments: no overload
+            # takes them, the call fails at runtime, and the generic estimate below does)
             return rule(self, e, sizes)
         result = _ZERO if self.kind(e) in _SCALAR else Sz(
             max((s.chars for s in sizes), default=0), max((s.elems for s in sizes), default=0))

@@ -60,4 +60,7 @@ def serve_workers(settings: Settings) -> int:
     signal.signal(signal.SIGINT, forward)
     for p in procs:
         p.join()
-    return 0 if all(p.exitcode == 0 for p in procs) else 1
+    failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    for name, code in failed:  # which one, and how (a negative code is the signal)
+        print(f"pdp serve: {name} exited {code}", file=sys.stderr)
+    return 1 if failed else 0

@@ -35,4 +35,9 @@ async def run(path: str, spool: str, key: str | None) -> None:
 
 
 if __name__ == "__main__":
+    import structlog
+
+    # stdout carries "ready" and the acks only: the log (a torn line moved aside after the
+    # previous kill, say) goes to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     asyncio.run(run(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None))

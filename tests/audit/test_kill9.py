@@ -39,7 +39,17 @@ def run_and_kill(active: Path, spool: Path, min_acks: int,
          *([str(key)] if key else [])],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
-    assert proc.stdout.readline().strip() == b"ready", proc.stderr.read().decode()[-2000:]
+    errors: list[bytes] = []
+    # stderr is read all along: a writer whose log fills the pipe would stop acking.
+    drain = threading.Thread(target=lambda: errors.extend(proc.stderr or ()))
+    drain.start()
+    first = proc.stdout.readline().strip()
+    if first != b"ready":
+        proc.kill()
+        proc.wait(timeout=10)
+        drain.join(timeout=10)
+        raise AssertionError(f"the writer did not start: {first!r}"
+                             f" {b''.join(errors).decode()[-2000:]}")
     acked: list[int] = []
 
     def read() -> None:  # keeps reading until the pipe closes: every ack printed is counted
@@ -56,7 +66,8 @@ def run_and_kill(active: Path, spool: Path, min_acks: int,
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     reader.join(timeout=10)
-    err = proc.stderr.read().decode()
+    drain.join(timeout=10)
+    err = b"".join(errors).decode()
     assert len(acked) >= min_acks, err[-2000:]
     return acked
 

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pdp.cel import CelCompileError, CelError, Environment
@@ -177,6 +177,8 @@ def test_generated_hostile_expressions(src: str) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=40))
+@example("string()")  # found by CI: the cost estimate assumed an argument unchecked
+@example('"a".replace()')
 def test_arbitrary_text_never_crashes(src: str) -> None:
     try:
         prog = ENV.compile(src, check=False)

@@ -20,7 +20,8 @@ def test_two_workers_share_the_port_and_stop_cleanly(tmp_path: Path) -> None:
             for i in range(60):  # a new connection each time: the kernel spreads them
                 with PdpClient(server.address) as client:
                     assert client.check_push("acme", f"a{i}", config_yaml="a: 1").allowed
-            assert server.terminate(timeout=30) == 0
+            code = server.terminate(timeout=30)
+            assert code == 0, server.log()[-4000:]  # which worker exited how, and why
         finally:
             server.stop()
     per_worker = {}
