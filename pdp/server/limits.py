@@ -399,7 +399,9 @@ def limited_fields(desc: Descriptor) -> list[FieldDescriptor]:
 
 # --- decode errors ---------------------------------------------------------------------------
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
+def read_varint(data: bytes | memoryview, i: int) -> tuple[int, int]:
+    """The varint at ``data[i]`` and the index after it; ValueError if it is too long,
+    IndexError if ``data`` ends inside it (wire walks here and in wirescan.py)."""
     shift = result = 0
     while True:
         b = data[i]
@@ -415,16 +417,16 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
 def _bad_utf8(data: bytes, desc: Descriptor, path: str) -> str | None:
     i, n = 0, len(data)
     while i < n:
-        key, i = _varint(data, i)
+        key, i = read_varint(data, i)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            _, i = _varint(data, i)
+            _, i = read_varint(data, i)
         elif wire == 1:
             i += 8
         elif wire == 5:
             i += 4
         elif wire == 2:
-            length, i = _varint(data, i)
+            length, i = read_varint(data, i)
             chunk = data[i:i + length]
             i += length
             field = desc.fields_by_number.get(number)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from pdp.server.ceilings import Ceilings
-from pdp.server.limits import limit_of
+from pdp.server.limits import limit_of, read_varint
 
 WALK_MIN = 16 * 1024  # shorter requests decode in well under a millisecond: not walked
 DESCEND_MIN = 1024  # a sub-message shorter than this cannot hold a costly field
@@ -96,26 +96,13 @@ class WireScanner:
             _walk(memoryview(data), 0, len(data), plan, "", [MAX_STEPS])
         except Overrun as exc:
             return exc
-        except (_GiveUp, IndexError):
+        except (_GiveUp, IndexError, ValueError):  # not walkable to the end
             return None
         return None
 
 
 _LENGTH_DELIMITED = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES,
                      FieldDescriptor.TYPE_MESSAGE)
-
-
-def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise _GiveUp
 
 
 def _walk(buf: memoryview, pos: int, end: int, msg: _Message, prefix: str,
@@ -125,10 +112,10 @@ def _walk(buf: memoryview, pos: int, end: int, msg: _Message, prefix: str,
         steps[0] -= 1
         if steps[0] < 0:
             raise _GiveUp
-        key, pos = _varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            _, pos = _varint(buf, pos)
+            _, pos = read_varint(buf, pos)
             length = 0
         elif wire == 1:
             pos += 8
@@ -137,7 +124,7 @@ def _walk(buf: memoryview, pos: int, end: int, msg: _Message, prefix: str,
             pos += 4
             length = 0
         elif wire == 2:
-            length, pos = _varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             pos += length
         else:
             raise _GiveUp  # groups (never in pdp's protos) or garbage
