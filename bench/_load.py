@@ -19,7 +19,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -387,3 +389,39 @@ def h2load_throughput(server_pid: int, address: str, method: str, payload: bytes
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(len(s) * q))]
+
+
+@contextlib.contextmanager
+def old_and_new(ref: str, write_policies: Callable[[Path], None], *, redis: bool
+                ) -> Iterator[dict[str, Server]]:
+    """Two servers serving (and waited for) side by side: ``old`` from a git worktree of
+    ``ref``, ``new`` from this checkout, on the same policies (``write_policies`` fills their
+    directory), each with its own redis-server when ``redis``; all stopped and the worktree
+    removed afterwards. For A/B benchmarks read within one run (ab_unary.py, ab_step.py)."""
+    with tempfile.TemporaryDirectory(prefix="pdp-ab-") as tmp:
+        base = Path(tmp)
+        old_tree = base / "old"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f",
+                        str(old_tree), ref], check=True, capture_output=True)
+        stores: dict[str, RedisServer] = {}
+        servers: dict[str, Server] = {}
+        try:
+            policies = base / "policies"
+            write_policies(policies)
+            for name, tree in (("old", old_tree), ("new", ROOT)):
+                extra: list[str] = []
+                if redis:
+                    stores[name] = RedisServer().start()
+                    extra = ["--redis-url", stores[name].url]
+                servers[name] = Server(base / f"s-{name}", policies, extra, root=tree).start()
+            for s in servers.values():
+                s.wait()
+            yield servers
+        finally:
+            for s in servers.values():
+                s.stop()
+            for r in stores.values():
+                r.stop()
+            close_pool()
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(old_tree)], capture_output=True)

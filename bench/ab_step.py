@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,52 +38,30 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="steps per server (after one warm-up)")
     ap.add_argument("--agents", type=int, default=1000)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pdp-ab-step-") as tmp:
-        base = Path(tmp)
-        old_tree = base / "old"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f",
-                        str(old_tree), args.ref], check=True, capture_output=True)
-        servers: dict[str, L.Server] = {}
-        redis: dict[str, L.RedisServer] = {}
-        try:
-            pol = base / "pol"
-            write_policy_dir(pol, {"step": 10}, agent_cooldown=True)
-            for name, tree in (("old", old_tree), ("new", ROOT)):
-                redis[name] = L.RedisServer().start()
-                servers[name] = L.Server(base / f"s-{name}", pol,
-                                         ["--redis-url", redis[name].url], root=tree).start()
-            for s in servers.values():
-                s.wait()
-            channels = {k: grpc.insecure_channel(s.address) for k, s in servers.items()}
-            calls = {k: c.unary_unary(L.CHECK_PUSH_BATCH) for k, c in channels.items()}
-            times: dict[str, list[float]] = {k: [] for k in servers}
-            order = list(servers)
-            for rep in range(args.steps + 1):  # the first is a warm-up
-                for name in (order if rep % 2 == 0 else order[::-1]):
-                    data = batch_request("step", [f"b{rep}-agent-{i}"
-                                                  for i in range(args.agents)])
-                    payload = data.SerializeToString()  # type: ignore[attr-defined]
-                    L.wait_idle(servers[name].pid)
-                    t0 = time.perf_counter()
-                    calls[name](payload, timeout=60)
-                    if rep:
-                        times[name].append(time.perf_counter() - t0)
-            for c in channels.values():
-                c.close()
-            for name, v in times.items():
-                print(f"{name}: median {statistics.median(v) * 1e3:.1f} ms, fastest"
-                      f" {min(v) * 1e3:.1f} ms ({len(v)} steps of {args.agents} agents)")
-            med = {k: statistics.median(v) for k, v in times.items()}
-            print(f"new/old: median {med['new'] / med['old']:.3f}, fastest"
-                  f" {min(times['new']) / min(times['old']):.3f}")
-        finally:
-            for s in servers.values():
-                s.stop()
-            for r in redis.values():
-                r.stop()
-            L.close_pool()
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(old_tree)], capture_output=True)
+    with L.old_and_new(args.ref, lambda d: write_policy_dir(d, {"step": 10},
+                                                            agent_cooldown=True),
+                       redis=True) as servers:
+        channels = {k: grpc.insecure_channel(s.address) for k, s in servers.items()}
+        calls = {k: c.unary_unary(L.CHECK_PUSH_BATCH) for k, c in channels.items()}
+        times: dict[str, list[float]] = {k: [] for k in servers}
+        order = list(servers)
+        for rep in range(args.steps + 1):  # the first is a warm-up
+            for name in (order if rep % 2 == 0 else order[::-1]):
+                data = batch_request("step", [f"b{rep}-agent-{i}" for i in range(args.agents)])
+                payload = data.SerializeToString()  # type: ignore[attr-defined]
+                L.wait_idle(servers[name].pid)
+                t0 = time.perf_counter()
+                calls[name](payload, timeout=60)
+                if rep:
+                    times[name].append(time.perf_counter() - t0)
+        for c in channels.values():
+            c.close()
+    for name, v in times.items():
+        print(f"{name}: median {statistics.median(v) * 1e3:.1f} ms, fastest"
+              f" {min(v) * 1e3:.1f} ms ({len(v)} steps of {args.agents} agents)")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"new/old: median {med['new'] / med['old']:.3f}, fastest"
+          f" {min(times['new']) / min(times['old']):.3f}")
     return 0
 
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,34 +40,9 @@ def main() -> int:
     if args.load and not L.have_h2load():
         print("h2load is not installed (apt-get install nghttp2-client)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="pdp-ab-") as tmp:
-        base = Path(tmp)
-        old_tree = base / "old"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f",
-                        str(old_tree), args.ref], check=True, capture_output=True)
-        redis: dict[str, L.RedisServer] = {}
-        servers: dict[str, L.Server] = {}
-        try:
-            policies = base / "policies"
-            write_policy_dir(policies, {"acme": 10})
-            for name, tree in (("old", old_tree), ("new", ROOT)):
-                extra: list[str] = []
-                if args.redis:
-                    redis[name] = L.RedisServer().start()
-                    extra = ["--redis-url", redis[name].url]
-                servers[name] = L.Server(base / f"s-{name}", policies, extra,
-                                         root=tree).start()
-            for s in servers.values():
-                s.wait()
-            run(servers, args)
-        finally:
-            for s in servers.values():
-                s.stop()
-            for r in redis.values():
-                r.stop()
-            L.close_pool()
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(old_tree)], capture_output=True)
+    with L.old_and_new(args.ref, lambda d: write_policy_dir(d, {"acme": 10}),
+                       redis=args.redis) as servers:
+        run(servers, args)
     return 0
 
 
