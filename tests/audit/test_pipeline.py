@@ -29,6 +29,20 @@ def file_events(settings: AuditSettings) -> list[dict[str, Any]]:
     return out
 
 
+def full_disk(monkeypatch: pytest.MonkeyPatch, on: bool = False) -> dict[str, bool]:
+    """The audit file's writes fail as on a full disk while the returned ``["on"]`` is set."""
+    real = Ledger._raw_write
+    full = {"on": on}
+
+    def write(self: Ledger, data: bytes) -> None:
+        if full["on"]:
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(Ledger, "_raw_write", write)
+    return full
+
+
 class FlakySink:
     """Fails while ``down`` is set; records what it received."""
 
@@ -144,15 +158,7 @@ async def test_a_full_disk_refuses_durable_writes_and_says_so_until_it_takes_the
     later durable writes fail at once (AuditWriteError, not a wait until the caller gives
     up), ``failing`` / ``refusing`` say why; once the disk takes writes again, the waiting
     record is written and durable writes succeed."""
-    real = Ledger._raw_write
-    full = {"on": False}
-
-    def write(self: Ledger, data: bytes) -> None:
-        if full["on"]:
-            raise OSError(28, "No space left on device")
-        real(self, data)
-
-    monkeypatch.setattr(Ledger, "_raw_write", write)
+    full = full_disk(monkeypatch)
     s = replace(settings, durability="sync")
     async with AuditLog(s) as log:
         assert await log.emit_durable({"type": "T", "i": 0}) == 1
@@ -176,18 +182,11 @@ async def test_async_durability_refuses_once_events_would_be_lost(
     """Async durability keeps events in the queue, then the overflow spool; when neither can
     take more (a full disk), ``refusing`` says so: the engine then decides nothing. The
     events already taken are written once the disk is back."""
-    real = Ledger._raw_write
-    full = {"on": True}
-
-    def write(self: Ledger, data: bytes) -> None:
-        if full["on"]:
-            raise OSError(28, "No space left on device")
-        real(self, data)
+    full = full_disk(monkeypatch, on=True)
 
     def no_spool(lines: Sequence[bytes]) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Ledger, "_raw_write", write)
     async with AuditLog(replace(settings, queue_size=10, batch_size=4)) as log:
         monkeypatch.setattr(log._overflow, "append", no_spool)
         for i in range(10):
@@ -210,15 +209,7 @@ async def test_close_on_a_full_disk_is_bounded_and_keeps_every_event_for_the_nex
     """A shutdown does not wait for ever on a disk that refuses writes: past close's
     timeout, what the file did not take goes to the overflow spool (a durable waiter fails),
     and the next start writes it, in order, with nothing lost or doubled."""
-    real = Ledger._raw_write
-    full = {"on": False}
-
-    def write(self: Ledger, data: bytes) -> None:
-        if full["on"]:
-            raise OSError(28, "No space left on device")
-        real(self, data)
-
-    monkeypatch.setattr(Ledger, "_raw_write", write)
+    full = full_disk(monkeypatch)
     log = AuditLog(replace(settings, batch_size=4))
     await log.start()
     log.emit({"type": "T", "i": 0})

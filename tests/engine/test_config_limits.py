@@ -452,43 +452,40 @@ def test_cache_keeps_its_count_bound() -> None:
     assert len(cache) == 3
 
 
-async def test_a_shared_text_object_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = 0
+def count_sha256(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``hashlib.sha256`` counting its calls in the returned ``[0]``."""
+    calls = [0]
     real = hashlib.sha256
 
     def counting(data: bytes) -> Any:
-        nonlocal calls
-        calls += 1
+        calls[0] += 1
         return real(data)
 
     monkeypatch.setattr(hashlib, "sha256", counting)
+    return calls
+
+
+async def test_a_shared_text_object_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_sha256(monkeypatch)
     cache = ConfigCache(10, 8 << 20)
     text = "".join(["a: ", "1"])  # one object, as a step's requests share it
     for _ in range(5):
         assert await cache.load(text, "config.yaml") == {"a": 1}
     cache.digest(text)
-    assert calls == 1 and cache.hits == 4 and cache.misses == 1
+    assert calls[0] == 1 and cache.hits == 4 and cache.misses == 1
 
 
 async def test_a_refused_text_is_hashed_once_for_the_decision_and_its_record(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The recorder names a refused config by the key its parse computed: a text that could
     not be parsed costs one hash, not two."""
-    calls = 0
-    real = hashlib.sha256
-
-    def counting(data: bytes) -> Any:
-        nonlocal calls
-        calls += 1
-        return real(data)
-
-    monkeypatch.setattr(hashlib, "sha256", counting)
+    calls = count_sha256(monkeypatch)
     cache = ConfigCache(10, 8 << 20)
     text = "".join(["a: [", "1"])  # not YAML
     with pytest.raises(InvalidRequest):
         await cache.load(text, "config.yaml")
-    assert cache.digest(text) == real(text.encode()).digest()
-    assert calls == 1
+    assert cache.digest(text) == hashlib.new("sha256", text.encode()).digest()
+    assert calls[0] == 1
 
 
 async def test_a_long_text_is_hashed_while_the_loop_serves_others(
