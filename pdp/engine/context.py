@@ -85,7 +85,7 @@ class ConfigCache:
         if not text:
             return None
         key, size = await self._key_off_loop(text)
-        hit = self._hit(key, text, size)
+        hit = self._hit(key)
         if hit is not None:
             return hit[0]
         self._refused_before(key, field, deadline)
@@ -100,7 +100,7 @@ class ConfigCache:
         except (InvalidRequest, ConfigRejected) as exc:
             self._remember_failure(key, exc, time.monotonic() - started)
             raise
-        return self._store(key, text, size, build)
+        return self._store(key, build)
 
     def _refused_before(self, key: bytes, field: str, deadline: float | None) -> None:
         """Refuse at once a text that was refused before: the same problem (the parse is
@@ -136,37 +136,41 @@ class ConfigCache:
     def parse(self, text: str, field: str, deadline: float | None = None) -> Any:
         """Parsed value of ``text`` in one go (no yielding); for callers outside the loop."""
         key, size = self._key(text)
-        hit = self._hit(key, text, size)
+        hit = self._hit(key)
         if hit is not None:
             return hit[0]
         build = self._start(text, field, size, deadline)
         build.run()
-        return self._store(key, text, size, build)
+        return self._store(key, build)
 
     def digest(self, text: str) -> bytes:
         """SHA-256 of the text's UTF-8 (the cache key), remembered for recent text objects."""
-        key, size = self._key(text)
-        self._remember(text, key, size)
-        return key
+        return self._key(text)[0]
 
     def _key(self, text: str) -> tuple[bytes, int]:
-        hit = self._recent.get(id(text))
-        if hit is not None and hit[0] is text:
-            return hit[1], hit[2]
+        """(key, UTF-8 size) of ``text``, remembered for this text object."""
+        known = self._known(text)
+        if known is not None:
+            return known
         raw = text.encode()
-        key = hashlib.sha256(raw).digest()
-        self._remember(text, key, len(raw))
-        return key, len(raw)
+        return self._remember(text, hashlib.sha256(raw).digest(), len(raw))
 
     async def _key_off_loop(self, text: str) -> tuple[bytes, int]:
         """:meth:`_key`, with a long text hashed on a worker thread (HASH_OFF_LOOP_BYTES)."""
-        hit = self._recent.get(id(text))
-        if (hit is not None and hit[0] is text) or len(text) < HASH_OFF_LOOP_BYTES:
+        if len(text) < HASH_OFF_LOOP_BYTES:
             return self._key(text)
+        known = self._known(text)
+        if known is not None:
+            return known
         raw = text.encode()
-        key = await asyncio.to_thread(_sha256, raw)
-        self._remember(text, key, len(raw))
-        return key, len(raw)
+        return self._remember(text, await asyncio.to_thread(_sha256, raw), len(raw))
+
+    def _known(self, text: str) -> tuple[bytes, int] | None:
+        hit = self._recent.get(id(text))
+        if hit is None or hit[0] is not text:
+            return None
+        self._recent.move_to_end(id(text))
+        return hit[1], hit[2]
 
     def derived(self, value: Any) -> dict[Any, Any]:
         """A memo of what is worked out from the parsed ``value`` alone (its collector view,
@@ -179,13 +183,11 @@ class ConfigCache:
             return {}
         return entry[2]
 
-    def _hit(self, key: bytes, text: str, size: int
-             ) -> tuple[Any, int, dict[Any, Any]] | None:
+    def _hit(self, key: bytes) -> tuple[Any, int, dict[Any, Any]] | None:
         entry = self._items.get(key)
         if entry is not None:
             self.hits += 1
             self._items.move_to_end(key)
-            self._remember(text, key, size)
         return entry
 
     def _start(self, text: str, field: str, size: int, deadline: float | None) -> ConfigBuild:
@@ -196,7 +198,7 @@ class ConfigCache:
         return ConfigBuild(text, field, deadline=deadline, max_nodes=self.max_nodes,
                       max_depth=self.max_depth, max_scalar=self.max_scalar)
 
-    def _store(self, key: bytes, text: str, size: int, build: ConfigBuild) -> Any:
+    def _store(self, key: bytes, build: ConfigBuild) -> Any:
         value, estimate = build.root, build.size
         old = self._items.pop(key, None)  # a concurrent parse of the same text got here first
         if old is not None:
@@ -207,7 +209,6 @@ class ConfigCache:
             self.total_bytes += estimate
             while len(self._items) > self.maxsize or self.total_bytes > self.cache_bytes:
                 self._forget(*self._items.popitem(last=False))
-        self._remember(text, key, size)
         return value
 
     def _forget(self, key: bytes, entry: tuple[Any, int, dict[Any, Any]]) -> None:
@@ -215,7 +216,7 @@ class ConfigCache:
         if self._by_value.get(id(entry[0])) == key:
             del self._by_value[id(entry[0])]
 
-    def _remember(self, text: str, key: bytes, size: int) -> None:
+    def _remember(self, text: str, key: bytes, size: int) -> tuple[bytes, int]:
         old = self._recent.pop(id(text), None)
         if old is not None:
             self._recent_bytes -= old[2]
@@ -224,6 +225,7 @@ class ConfigCache:
         while self._recent and (len(self._recent) > RECENT_MAX
                                 or self._recent_bytes > RECENT_BYTES):
             self._recent_bytes -= self._recent.popitem(last=False)[1][2]
+        return key, size
 
 
 def _sha256(raw: bytes) -> bytes:
