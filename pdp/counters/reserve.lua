@@ -37,6 +37,7 @@ local dry = ARGV[4] == '1'
 
 -- numbers handed to redis.call must be plain integers ("1e+12" is not a valid TTL)
 local function int(x) return string.format('%d', x) end
+local now_s = int(now)  -- formatted once: a step writes it once per agent
 
 local note = ''
 do
@@ -99,6 +100,7 @@ local defs = {}
 for i, d in ipairs(req[3]) do
   defs[i] = {
     kind = d[1], counter = d[2], max = d[3], dur = d[4], thr = d[5], min_dep = d[6], tz = d[7],
+    dur_s = int(d[4]),
   }
 end
 
@@ -184,18 +186,19 @@ local function vel_flush(key)
   local k = vel_add[key] or 0
   if k == 0 then return end
   local seq = 0
-  local same = redis.call('ZRANGEBYSCORE', key, int(now), int(now))
+  local same = redis.call('ZRANGEBYSCORE', key, now_s, now_s)
   for _, m in ipairs(same) do
     local s = tonumber(string.match(m, '%.(%d+)$'))
     if s and s > seq then seq = s end
   end
-  local args = {}
+  local args, n, member = {}, 0, now_s .. '.'
   for i = 1, k do
-    args[#args + 1] = int(now)
-    args[#args + 1] = int(now) .. '.' .. int(seq + i)
-    if #args >= 2000 or i == k then
-      redis.call('ZADD', key, 'NX', unpack(args))
-      args = {}
+    args[n + 1] = now_s
+    args[n + 2] = member .. int(seq + i)
+    n = n + 2
+    if n >= 2000 or i == k then
+      redis.call('ZADD', key, 'NX', unpack(args, 1, n))
+      n = 0
     end
   end
   redis.call('PEXPIRE', key, int(vel_ttl[key]))
@@ -223,6 +226,35 @@ end
 local function cool_key(d, scope) return prefix .. ':cool:' .. d.counter .. ':' .. scope end
 local function vel_key(d, scope) return prefix .. ':vel:' .. d.counter .. ':' .. scope end
 
+-- COOLDOWN keys' last reservation (false: none), read for the whole call with MGET up
+-- front (a step has one such key per agent; a GET each cost more than the reading) and
+-- kept as this call's own reservations change them.
+local cool_last = {}
+do
+  local want, nwant = {}, 0
+  local function fetch()
+    if nwant == 0 then return end
+    local got = redis.call('MGET', unpack(want, 1, nwant))
+    for i = 1, nwant do cool_last[want[i]] = got[i] end
+    nwant = 0
+  end
+  for _, item in ipairs(req[4]) do
+    for j = 1, #item / 2 do
+      local d = defs[item[2 * j - 1]]
+      if d.kind == 2 then
+        local key = key_of(d, item[2 * j], cool_key)
+        if cool_last[key] == nil then
+          cool_last[key] = false
+          nwant = nwant + 1
+          want[nwant] = key
+          if nwant >= 1000 then fetch() end
+        end
+      end
+    end
+  end
+  fetch()
+end
+
 -- The consumption an item's passing rules will make: parallel arrays reused across items
 -- (kind, key, ttl), ncommit of them in use.
 local ckind, ckey, cttl, ncommit = {}, {}, {}, 0
@@ -246,12 +278,13 @@ local function check(d, scope)
     queue(1, key, day.ends - now)
   elseif k == 2 then
     local key = key_of(d, scope, cool_key)
-    local last = redis.call('GET', key)
+    local last = cool_last[key]
+    if last == nil then last = redis.call('GET', key) end
     if last then
       last = tonumber(last)
       if now - last < d.dur then return { last + d.dur - now, last, 0, '' } end
     end
-    queue(2, key, d.dur)
+    queue(2, key, d.dur_s)
   elseif k == 3 then
     local key = key_of(d, scope, vel_key)
     local n = vel_count(key, d.dur)
@@ -288,7 +321,8 @@ local function commit(k, key, ttl)
     cap_n[key] = cap_n[key] + 1
     cap_ttl[key] = ttl
   elseif k == 2 then
-    redis.call('SET', key, int(now), 'PX', int(ttl))
+    redis.call('SET', key, now_s, 'PX', ttl)  -- ttl: the rule's dur_s, formatted
+    cool_last[key] = now_s
   else
     if not vel_ttl[key] then vel_keys[#vel_keys + 1] = key end
     vel_add[key] = (vel_add[key] or 0) + 1

@@ -366,6 +366,24 @@ async def test_batch_of_per_agent_rules_made_by_rescoping(backend: Backend) -> N
     assert (await reserve(b, cooldown(3600, scope="agent:a4"))).allowed
 
 
+async def test_batch_cooldowns_past_one_read(backend: Backend) -> None:
+    """A step larger than the store reads at once (Redis reads a step's cooldowns up front,
+    1 000 keys per MGET): earlier reservations on either side of the boundary deny, and an
+    agent listed twice is denied the second time, after the boundary too."""
+    b = backend
+    cool = cooldown(3600, scope="agent:a0")
+    earlier = [0, 9, 999, 1000, 1500]
+    res = await b.store.reserve_batch(
+        b.tenant, [[cool.rescoped(f"agent:a{i}")] for i in earlier], timeout=TIMEOUT)
+    assert all(r.allowed for r in res)
+    names = [f"agent:a{i}" for i in range(2100)] + ["agent:a2050", "agent:a5"]
+    res = await b.store.reserve_batch(b.tenant, [[cool.rescoped(n)] for n in names],
+                                      timeout=10)
+    denied = [n for n, r in zip(names, res, strict=True) if not r.allowed]
+    assert denied == [f"agent:a{i}" for i in earlier] + ["agent:a2050", "agent:a5"]
+    assert {r.code for r in res if not r.allowed} == {"COOLDOWN_ACTIVE"}
+
+
 async def test_batch_item_is_all_or_nothing(backend: Backend) -> None:
     b = backend
     daily = cap(3)
