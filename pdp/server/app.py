@@ -62,6 +62,8 @@ from pdp.telemetry import (
 from pdp.v1 import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, decision_pb2
 from pdp.v1 import decision_pb2_grpc as dgrpc
 
+#: Container allocations between young-generation collections (see start()).
+GC_YOUNG_THRESHOLD = 20_000
 log = structlog.get_logger("pdp.server")
 
 SERVICE_NAMES = (
@@ -338,6 +340,11 @@ async def start(settings: Settings) -> Running:
     # process: keep it out of the collector's generations so decisions don't pay for it.
     gc.collect()
     gc.freeze()
+    # A young-generation collection every 20 000 container allocations, not every 700: a
+    # 1 000-agent step allocates ~20 000, and at 700 its own live decisions were traversed
+    # again and again (~2 ms of a ~30 ms step); a decision's garbage is freed by reference
+    # counting, so what a collection finds alive (and the pause) stays small.
+    gc.set_threshold(GC_YOUNG_THRESHOLD)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = Running(server, health_servicer, engine, audit, counters, ports, store, reloader,
