@@ -38,6 +38,7 @@ from pdp.server.limits import (
     decode_violation,
     internal_text,
 )
+from pdp.server.sweep import Sweeper
 from pdp.server.wirescan import WireScanner
 from pdp.server.wrapping import WrappingInterceptor
 
@@ -61,12 +62,14 @@ class Refused:
 
 
 def safe_deserializer(deserialize: Callable[[bytes], Any] | None,
-                      ceilings: Ceilings | None = None) -> Callable[[bytes], Any] | None:
+                      ceilings: Ceilings | None = None,
+                      sweeper: Sweeper | None = None) -> Callable[[bytes], Any] | None:
     """``deserialize`` returning :class:`Refused` instead of raising, and checking the
     field limits of pdp's own messages: a request longer than any valid one of its type
     (``ceilings``) is refused before it is decoded, so is a large one with a field over its
     limit on the wire (wirescan.py), and a settings-bounded list (the agents of a batch) is
-    counted before its elements are checked."""
+    counted before its elements are checked. Every request's length is told to
+    ``sweeper`` (sweep.py: large requests' garbage is collected by the bytes)."""
     if deserialize is None:
         return None
     desc = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
@@ -82,6 +85,8 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None,
                    if f.full_name in ceilings.items]
 
     def decode(data: bytes) -> Any:
+        if sweeper is not None:
+            sweeper.note(len(data))
         if ceiling is not None and len(data) > ceiling:
             return Refused("", too_large(len(data), ceiling, desc))
         if scanner is not None and desc is not None:
@@ -111,6 +116,7 @@ class EdgeInterceptor(WrappingInterceptor):
 
     def __init__(self, ceilings: Ceilings | None = None) -> None:
         self.ceilings = ceilings
+        self.sweeper = Sweeper()
         self.draining = False
         self.in_flight = 0
         self._drained = asyncio.Event()  # set once draining starts
@@ -145,7 +151,7 @@ class EdgeInterceptor(WrappingInterceptor):
     def wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         counted = not is_public(method)
         kwargs = {"request_deserializer": safe_deserializer(handler.request_deserializer,
-                                                            self.ceilings),
+                                                            self.ceilings, self.sweeper),
                   "response_serializer": handler.response_serializer}
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> None:

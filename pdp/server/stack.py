@@ -54,7 +54,8 @@ class ServerStack(WrappingInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, method),
                 request_deserializer=safe_deserializer(handler.request_deserializer,
-                                                       self.edges.ceilings),
+                                                       self.edges.ceilings,
+                                                       self.edges.sweeper),
                 response_serializer=handler.response_serializer)
         inner = (handler if is_public(method)
                  else wrap_handler(handler, method, self.auth.authenticator))
