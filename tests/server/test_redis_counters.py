@@ -204,3 +204,49 @@ def test_a_rollback_counts_once_whoever_reports_it_and_however_often(
             assert "2 rollbacks / 4 deployments" in denied.reasons[0].message
     finally:
         server.stop()
+
+
+STEP_POLICIES = """\
+tenant: acme
+name: step-cap
+rule: {daily_cap: {max_count: 700, scope: rollout}}
+---
+tenant: acme
+name: agent-cooldown
+rule: {cooldown: {minutes: 60, scope: agent}}
+"""
+
+
+def test_a_large_step_on_redis_reserves_every_agent_in_order(tmp_path: Path,
+                                                              redis: RedisServer) -> None:
+    """A 1 000-agent step on Redis (one script call, its cooldown keys read up front): the
+    cap goes to the first 700 agents of the request, each allowed agent's cooldown is
+    taken, and a second step with the same agents is denied by the cooldowns alone (the
+    300 the cap turned away consumed nothing)."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(STEP_POLICIES)
+    server = PdpServer(tmp_path, policy_dir=policies,
+                       args=["--redis-url", redis.url, "--redis-timeout-ms", "5000"]).start()
+    try:
+        def step(rollout: str) -> list[cpb.Decision]:
+            req = dpb.CheckPushBatchRequest(
+                tenant="acme", rollout=cpb.Rollout(id=rollout, step=1, step_percent=10),
+                config=cpb.Config(yaml="a: 1\n"),
+                agents=[cpb.Agent(id=f"agent-{i}") for i in range(1000)])
+            with grpc.insecure_channel(server.address) as ch:
+                resp = dgrpc.DecisionServiceStub(ch).CheckPushBatch(req, timeout=60)
+            assert [d.agent_id for d in resp.decisions] == [f"agent-{i}" for i in range(1000)]
+            return [d.decision for d in resp.decisions]
+
+        def codes(ds: list[cpb.Decision]) -> set[str]:
+            return {cpb.ReasonCode.Name(r.code) for d in ds for r in d.reasons}
+
+        first = step("r-1")
+        assert [d.outcome == cpb.OUTCOME_ALLOW for d in first] == [i < 700 for i in range(1000)]
+        assert codes(first[700:]) == {"REASON_CODE_DAILY_CAP_EXCEEDED"}
+        again = step("r-2")  # another rollout: its own cap, the same agents' cooldowns
+        assert [d.outcome == cpb.OUTCOME_ALLOW for d in again] == [i >= 700 for i in range(1000)]
+        assert codes(again[:700]) == {"REASON_CODE_COOLDOWN_ACTIVE"}
+    finally:
+        server.stop()
