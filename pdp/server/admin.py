@@ -27,6 +27,7 @@ from pdp.policy.store import (
     VersionRecord,
     grpc_status_name,
 )
+from pdp.server.ending import end
 from pdp.server.limits import status_text
 from pdp.server.roles import Permission, Principal, authorize, authorize_any
 from pdp.v1 import admin_pb2 as apb
@@ -150,12 +151,12 @@ class PolicyAdminService:
         try:
             return await call()
         except PolicyError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
+            await end(context, grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
         except StoreError as exc:
-            await context.abort(getattr(grpc.StatusCode, grpc_status_name(exc)),
-                                status_text(str(exc)))
+            await end(context, getattr(grpc.StatusCode, grpc_status_name(exc)),
+                      status_text(str(exc)))
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
+            await end(context, grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

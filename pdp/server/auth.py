@@ -43,6 +43,7 @@ from pdp.server.credentials import (
     new_token,
     parse_roles,
 )
+from pdp.server.ending import end
 from pdp.server.limits import status_text
 from pdp.server.roles import (
     ALL_TENANTS,
@@ -187,7 +188,7 @@ async def abort_auth_error(context: grpc.aio.ServicerContext[Any, Any],
                            exc: AuthError) -> None:
     code = (grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated)
             else grpc.StatusCode.PERMISSION_DENIED)
-    await context.abort(code, status_text(str(exc)))
+    await end(context, code, status_text(str(exc)))
 
 
 class AuthInterceptor(WrappingInterceptor):
@@ -217,8 +218,8 @@ def wrap_handler(handler: grpc.RpcMethodHandler, method: str,
                              context: grpc.aio.ServicerContext[Any, Any]) -> None:
         if not state.checked:
             log.error("rpc_without_authorization", method=method)
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"{method}: the service did not authorise this call; refused")
+            await end(context, grpc.StatusCode.INTERNAL,
+                      f"{method}: the service did not authorise this call; refused")
 
     async def unary(inner: Any, request: Any,
                     context: grpc.aio.ServicerContext[Any, Any]) -> Any:

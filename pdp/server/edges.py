@@ -32,6 +32,7 @@ import structlog
 from pdp.engine.request import InvalidRequest
 from pdp.server.auth import is_public
 from pdp.server.ceilings import Ceilings, too_large
+from pdp.server.ending import end
 from pdp.server.limits import (
     abort_invalid,
     check_limits,
@@ -157,14 +158,14 @@ class EdgeInterceptor(WrappingInterceptor):
         async def admit(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> None:
             if counted and self.draining:
                 log.debug("call_refused", method=method, reason="draining")
-                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             log.debug("call_started", method=method)  # filtered out below debug: ~free
             if isinstance(request, Refused):
                 await abort_invalid(context, request.field, request.problem, request.text)
 
         async def failed(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
             log.exception("call_failed", method=method, error=repr(exc)[:1000])
-            await context.abort(grpc.StatusCode.INTERNAL, internal_text(exc))
+            await end(context, grpc.StatusCode.INTERNAL, internal_text(exc))
 
         async def requests_of(requests: AsyncIterator[Any],
                               context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -269,7 +270,7 @@ class EdgeInterceptor(WrappingInterceptor):
             return await anext(it)
 
         if self._drained.is_set():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         loop = asyncio.get_running_loop()
         shared = contextvars.copy_context()
         waiter = loop.create_task(self._drained.wait())
@@ -282,7 +283,7 @@ class EdgeInterceptor(WrappingInterceptor):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                    await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
                 try:
                     item = task.result()
                 except StopAsyncIteration:

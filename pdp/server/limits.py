@@ -26,6 +26,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[i
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
 from pdp.engine.request import InvalidRequest
+from pdp.server.ending import end
 
 # --- the limits ------------------------------------------------------------------------------
 
@@ -213,7 +214,7 @@ async def abort_invalid(context: grpc.aio.ServicerContext[Any, Any], field: str,
             field=status_text(field, FIELD_BYTES), description=status_text(problem))]))
     status = rpc_status.to_status(status_pb2.Status(
         code=code_pb2.INVALID_ARGUMENT, message=text, details=[detail]))
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    await end(context, status.code, status.details, status.trailing_metadata)
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 

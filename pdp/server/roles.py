@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from pdp.engine.request import Caller
+from pdp.server.ending import end
 from pdp.server.limits import status_text
 
 CHECKER = "checker"
@@ -208,13 +209,13 @@ async def authorize(context: grpc.aio.ServicerContext[Any, Any], tenant: str,
     aborts PERMISSION_DENIED (naming caller, role and tenant) unless the caller may."""
     state = _current.get()
     if state is None:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                            "no authenticated caller: the auth interceptor is not installed")
+        await end(context, grpc.StatusCode.PERMISSION_DENIED,
+                  "no authenticated caller: the auth interceptor is not installed")
         raise AssertionError("unreachable")  # pragma: no cover
     try:
         require(state.principal, permission, tenant, state.method.rsplit("/", 1)[-1])
     except PermissionDenied as exc:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, status_text(str(exc)))
+        await end(context, grpc.StatusCode.PERMISSION_DENIED, status_text(str(exc)))
     state.checked = True
     return state.principal
 
@@ -232,7 +233,7 @@ async def authorize_any(context: grpc.aio.ServicerContext[Any, Any],
         who = "no authenticated caller" if principal is None else repr(principal.identity)
         roles = " or ".join(repr(r) for r in granting(permission))
         held = "" if principal is None else f"; has {principal.describe_roles()}"
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, status_text(
+        await end(context, grpc.StatusCode.PERMISSION_DENIED, status_text(
             f"{who} needs role {roles} on some tenant to {permission.value}{held}"))
         raise AssertionError("unreachable")  # pragma: no cover
     assert state is not None

@@ -24,6 +24,7 @@ from pdp.engine.deadline import Deadline
 from pdp.engine.engine import Engine
 from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
+from pdp.server.ending import end
 from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.server.roles import Permission, authorize, current_caller
 from pdp.telemetry import debug_enabled, log_decision, log_step
@@ -72,16 +73,16 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any],
     except InvalidRequest as exc:  # the text, and a BadRequest naming the field
         await abort_invalid(context, exc.field, exc.problem)
     except CounterStoreUnavailable as exc:
-        await context.abort(grpc.StatusCode.UNAVAILABLE,
-                            status_text(f"counter store unavailable: {exc}"))
+        await end(context, grpc.StatusCode.UNAVAILABLE,
+                  status_text(f"counter store unavailable: {exc}"))
     except (AuditWriteError, AuditClosedError) as exc:  # sync durability: no record, no answer
-        await context.abort(grpc.StatusCode.UNAVAILABLE,
-                            status_text(f"audit log unavailable: {exc}"))
+        await end(context, grpc.StatusCode.UNAVAILABLE,
+                  status_text(f"audit log unavailable: {exc}"))
     except grpc.aio.AbortError:
         raise
     except Exception as exc:
         log.exception("request_failed", error=repr(exc)[:1000])
-        await context.abort(grpc.StatusCode.INTERNAL, internal_text(exc))
+        await end(context, grpc.StatusCode.INTERNAL, internal_text(exc))
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 

@@ -16,6 +16,7 @@ from google.protobuf import struct_pb2
 from pdp.api.convert import tenant_of
 from pdp.audit.log import AuditLog
 from pdp.audit.watch import AuditHistoryUnavailableError, WatchError, WatchOverflowError
+from pdp.server.ending import end
 from pdp.server.limits import status_text
 from pdp.server.roles import Permission, authorize
 from pdp.v1 import audit_pb2 as apb
@@ -48,7 +49,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             try:
                 tenant = tenant_of(request.tenant)
             except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
+                await end(context, grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
                 return
         await authorize(context, tenant or "", Permission.READ_AUDIT)
         from_seq: int | None = request.from_sequence
@@ -59,9 +60,9 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             async for record in self.audit.watch(tenant, types, from_seq):
                 yield apb.WatchResponse(record=record_pb(record))
         except WatchOverflowError as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                status_text(f"watcher fell too far behind: {exc}"))
+            await end(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                      status_text(f"watcher fell too far behind: {exc}"))
         except AuditHistoryUnavailableError as exc:
-            await context.abort(grpc.StatusCode.OUT_OF_RANGE, status_text(str(exc)))
+            await end(context, grpc.StatusCode.OUT_OF_RANGE, status_text(str(exc)))
         except WatchError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, status_text(str(exc)))
+            await end(context, grpc.StatusCode.UNAVAILABLE, status_text(str(exc)))
