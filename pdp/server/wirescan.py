@@ -95,7 +95,9 @@ class WireScanner:
         try:
             _walk(memoryview(data), 0, len(data), plan, "", [MAX_STEPS])
         except Overrun as exc:
-            return exc
+            # Without its traceback: the walk's frames hold the request (and the caller's
+            # frame, which keeps this result, would close a cycle with them).
+            return exc.with_traceback(None)
         except (_GiveUp, IndexError, ValueError):  # not walkable to the end
             return None
         return None

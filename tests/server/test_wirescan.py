@@ -3,6 +3,7 @@ the walk is bounded and gives the decoder the last word on anything it cannot re
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import grpc
@@ -63,6 +64,21 @@ def test_a_field_over_its_limit_is_refused_from_the_wire(
     assert out.field == field
     assert says in out.problem
     assert decoded == []  # never decoded
+
+
+def test_a_refusal_leaves_nothing_for_the_collector() -> None:
+    """The refusal keeps no traceback: the walk's frames hold the request's bytes, and the
+    caller's frame (which keeps the refusal) closed a cycle with them, so every refused
+    request stayed in memory until a collection."""
+    data = _device(groups=[f"g{i}" for i in range(100_000)]).SerializeToString()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            assert isinstance(_decode(dpb.CheckDeviceRequest, data), Refused)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_a_small_request_is_decoded_and_checked_as_before() -> None:
