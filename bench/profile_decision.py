@@ -54,8 +54,12 @@ async def build(policy_dir: Path, audit_file: Path, redis_url: str | None) -> An
 
     configure_logging("info", "json")  # what `pdp serve` does with the default settings
 
+    # The policy store beside the audit file, not the default ``var/`` of the current
+    # directory: a store left there by an earlier run would add its policies to this one.
     settings = Settings(listen="127.0.0.1:0", policy_dir=str(policy_dir),
-                        audit_file=str(audit_file), redis_url=redis_url, reflection=False)
+                        policy_store=f"sqlite:{audit_file.parent / 'policies.sqlite3'}",
+                        audit_file=str(audit_file), redis_url=redis_url, reflection=False,
+                        http_listen="")
     return await start(settings)
 
 
