@@ -109,6 +109,8 @@ class Settings:
     config_cache_size: int = _s(1_024, "parsed configs kept by content hash (LRU)")
     config_cache_bytes: int = _s(64 * 1024 * 1024, "estimated bytes of parsed configs kept;"
                                  " the least recently used go first")
+    config_cache_nodes: int = _s(250_000, "nodes of parsed configs kept (every full garbage"
+                                 " collection traverses them: this bounds its pause)")
     config_max_nodes: int = _s(100_000, "most values in a config after alias expansion (real"
                                " collector configs have a few thousand)")
     max_batch_agents: int = _s(5_000, "most agents in one CheckPushBatch request")
@@ -173,8 +175,8 @@ class Settings:
             if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise SettingsError(f"http_listen: {self.http_listen!r} is not HOST:PORT")
         for name in ("deadline_ms", "cel_cost_limit", "cel_cache_size", "config_cache_size",
-                     "config_cache_bytes", "config_max_nodes", "step_budget_ms",
-                     "step_agent_max_ms", "shadow_budget_ms", "shadow_backlog",
+                     "config_cache_bytes", "config_cache_nodes", "config_max_nodes",
+                     "step_budget_ms", "step_agent_max_ms", "shadow_budget_ms", "shadow_backlog",
                      "max_batch_agents", "max_config_bytes", "audit_queue_size",
                      "audit_sync_timeout_ms",
                      "audit_rotate_bytes", "redis_timeout_ms", "redis_pool_size", "workers",

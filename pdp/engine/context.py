@@ -18,6 +18,7 @@ from typing import Any
 from pdp.cel.collector import collector_view
 from pdp.engine.configparse import (
     CACHE_BYTES,
+    CACHE_NODES,
     MAX_DEPTH,
     MAX_NODES,
     MAX_SCALAR_CHARS,
@@ -44,21 +45,25 @@ RECENT_BYTES = 16 * 1024 * 1024
 
 
 class ConfigCache:
-    """LRU of parsed configs by SHA-256 of their text, bounded by count and estimated bytes."""
+    """LRU of parsed configs by SHA-256 of their text, bounded by count, estimated bytes
+    and nodes (what a full collection of the garbage collector traverses)."""
 
     def __init__(self, maxsize: int, max_bytes: int, *, cache_bytes: int = CACHE_BYTES,
                  max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH,
-                 max_scalar: int = MAX_SCALAR_CHARS) -> None:
+                 max_scalar: int = MAX_SCALAR_CHARS, cache_nodes: int = CACHE_NODES) -> None:
         self.maxsize = maxsize
         self.max_bytes = max_bytes  # the largest config text accepted (UTF-8 bytes)
         self.cache_bytes = cache_bytes  # the most estimated bytes of parsed values kept
+        self.cache_nodes = cache_nodes  # the most nodes of parsed values kept
         self.max_nodes = max_nodes
         self.max_depth = max_depth
         self.max_scalar = max_scalar
-        # key -> (parsed value, estimated bytes, what was derived from it: see derived())
-        self._items: OrderedDict[bytes, tuple[Any, int, dict[Any, Any]]] = OrderedDict()
+        # key -> (parsed value, estimated bytes, what was derived from it: see derived(),
+        # nodes)
+        self._items: OrderedDict[bytes, tuple[Any, int, dict[Any, Any], int]] = OrderedDict()
         self._by_value: dict[int, bytes] = {}  # id(parsed value) -> key, for derived()
         self.total_bytes = 0
+        self.total_nodes = 0
         self.hits = 0
         self.misses = 0
         # Recent text objects and their keys: a step's requests share one config text
@@ -183,7 +188,7 @@ class ConfigCache:
             return {}
         return entry[2]
 
-    def _hit(self, key: bytes) -> tuple[Any, int, dict[Any, Any]] | None:
+    def _hit(self, key: bytes) -> tuple[Any, int, dict[Any, Any], int] | None:
         entry = self._items.get(key)
         if entry is not None:
             self.hits += 1
@@ -199,20 +204,23 @@ class ConfigCache:
                       max_depth=self.max_depth, max_scalar=self.max_scalar)
 
     def _store(self, key: bytes, build: ConfigBuild) -> Any:
-        value, estimate = build.root, build.size
+        value, estimate, nodes = build.root, build.size, build.nodes
         old = self._items.pop(key, None)  # a concurrent parse of the same text got here first
         if old is not None:
             self._forget(key, old)
-        if estimate <= self.cache_bytes:
-            self._items[key] = (value, estimate, {})
+        if estimate <= self.cache_bytes and nodes <= self.cache_nodes:
+            self._items[key] = (value, estimate, {}, nodes)
             self._by_value[id(value)] = key
             self.total_bytes += estimate
-            while len(self._items) > self.maxsize or self.total_bytes > self.cache_bytes:
+            self.total_nodes += nodes
+            while (len(self._items) > self.maxsize or self.total_bytes > self.cache_bytes
+                   or self.total_nodes > self.cache_nodes):
                 self._forget(*self._items.popitem(last=False))
         return value
 
-    def _forget(self, key: bytes, entry: tuple[Any, int, dict[Any, Any]]) -> None:
+    def _forget(self, key: bytes, entry: tuple[Any, int, dict[Any, Any], int]) -> None:
         self.total_bytes -= entry[1]
+        self.total_nodes -= entry[3]
         if self._by_value.get(id(entry[0])) == key:
             del self._by_value[id(entry[0])]
 

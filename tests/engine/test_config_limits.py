@@ -430,7 +430,7 @@ def test_cache_is_bounded_in_estimated_bytes() -> None:
         cache.parse(_big(i), "config.yaml")
         assert cache.total_bytes <= cache.cache_bytes
     assert len(cache) == 3
-    assert cache.total_bytes == sum(size for _, size, _ in cache._items.values())
+    assert cache.total_bytes == sum(entry[1] for entry in cache._items.values())
     # The most recent stay; the oldest went first.
     cache.parse(_big(11), "config.yaml")
     assert cache.hits == 1
@@ -443,6 +443,24 @@ def test_a_value_larger_than_the_whole_budget_is_not_cached() -> None:
     cache.parse("a: 1", "config.yaml")
     assert cache.parse(_big(0), "config.yaml")["key0"].startswith("value 0 0")
     assert len(cache) == 1 and cache.total_bytes <= 10_000
+
+
+def test_cache_is_bounded_in_nodes() -> None:
+    """What a full garbage collection traverses: the nodes of every cached config."""
+    def config(i: int) -> str:  # 2 000 nodes: a map (1) of 999 keys and 999 values
+        return "\n".join(f"k{i}_{j}: {j}" for j in range(999))
+
+    cache = ConfigCache(1000, 8 << 20, cache_nodes=5_000)
+    for i in range(6):
+        cache.parse(config(i), "config.yaml")
+        assert cache.total_nodes <= 5_000
+    assert len(cache) == 2 and cache.total_nodes == 2 * 1_999
+    assert cache.total_nodes == sum(entry[3] for entry in cache._items.values())
+    assert cache.parse(config(5), "config.yaml") == {f"k5_{j}": j for j in range(999)}
+    assert cache.hits == 1  # the most recent stayed
+    over = "\n".join(f"x{j}: {j}" for j in range(3_000))  # 6 001 nodes
+    assert cache.parse(over, "config.yaml")["x7"] == 7  # parsed, not kept
+    assert len(cache) == 2 and cache.total_nodes == 2 * 1_999
 
 
 def test_cache_keeps_its_count_bound() -> None:
@@ -531,3 +549,4 @@ def test_settings_feed_the_cache() -> None:
     from pdp.settings import Settings
     s = Settings()
     assert s.config_cache_bytes == 64 * 1024 * 1024 and s.config_max_nodes == MAX_NODES
+    assert s.config_cache_nodes == configparse.CACHE_NODES
