@@ -171,6 +171,11 @@ class Running:
 def warn_ineffective(settings: Settings) -> None:
     """Settings that do nothing without another one: said at start-up, not switched on
     behind the operator's back (telemetry on adds spans and their cost to every decision)."""
+    if settings.config_cache_nodes < settings.config_max_nodes:
+        log.warning("SETTING_WITHOUT_EFFECT", setting="config_max_nodes",
+                    effect=f"configs of more than {settings.config_cache_nodes} values are"
+                           " accepted but never cached: parsed again on every call",
+                    fix="--config-cache-nodes at least --config-max-nodes")
     if settings.telemetry_enabled:
         return
     if settings.prometheus_port is not None:

@@ -550,3 +550,4 @@ def test_settings_feed_the_cache() -> None:
     s = Settings()
     assert s.config_cache_bytes == 64 * 1024 * 1024 and s.config_max_nodes == MAX_NODES
     assert s.config_cache_nodes == configparse.CACHE_NODES
+

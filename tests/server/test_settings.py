@@ -109,3 +109,15 @@ def test_boolean_flags_are_plain_switches() -> None:
         True, False, True, 10)
     unset = build_parser().parse_args(["serve"])
     assert load_settings(env={}, overrides={n: getattr(unset, n) for n in FIELDS}) == Settings()
+
+
+def test_a_node_limit_above_the_cache_bound_is_said_at_start() -> None:
+    from structlog.testing import capture_logs
+
+    from pdp.server.app import warn_ineffective
+    from pdp.settings import Settings
+    with capture_logs() as logs:
+        warn_ineffective(Settings(config_max_nodes=500_000, config_cache_nodes=250_000))
+        warn_ineffective(Settings())
+    said = [x for x in logs if x.get("setting") == "config_max_nodes"]
+    assert len(said) == 1 and "never cached" in said[0]["effect"]
