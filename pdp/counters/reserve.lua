@@ -235,7 +235,19 @@ do
   local function fetch()
     if nwant == 0 then return end
     local got = redis.call('MGET', unpack(want, 1, nwant))
-    for i = 1, nwant do cool_last[want[i]] = got[i] end
+    local found = 0
+    for i = 1, nwant do
+      cool_last[want[i]] = got[i]
+      if got[i] then found = found + 1 end
+    end
+    -- MGET reads a key of another type as missing; GET refuses it (WRONGTYPE), so where
+    -- the counts differ the missing ones are read one by one: the call fails closed, here,
+    -- before anything is consumed.
+    if redis.call('EXISTS', unpack(want, 1, nwant)) ~= found then
+      for i = 1, nwant do
+        if not got[i] then redis.call('GET', want[i]) end
+      end
+    end
     nwant = 0
   end
   for _, item in ipairs(req[4]) do

@@ -201,6 +201,28 @@ async def test_script_cache_flush_is_survived(redis_srv: RedisServer, raw: aiore
         await store.close()
 
 
+async def test_a_cooldown_key_of_another_type_fails_closed(redis_srv: RedisServer,
+                                                         raw: aioredis.Redis) -> None:
+    """A step reads its cooldown keys with one MGET, which reads a key of another type as
+    missing; the step must still fail closed on it, as a GET of that key does (WRONGTYPE),
+    before it consumes anything (a script's writes before an error are not undone)."""
+    tenant = new_tenant()
+    store = store_for(redis_srv.url)
+    cap = CounterRule("cap", CounterKind.DAILY_CAP, "tenant:t", max_count=100)
+    cool = CounterRule("cool", CounterKind.COOLDOWN, "agent:a0", min_interval_seconds=60)
+    items = [[cap, cool.rescoped(f"agent:a{i}")] for i in range(5)]
+    try:
+        await store.reserve_batch(tenant, items[:1], timeout=1)  # the tenant's state exists
+        await raw.hset(f"pdp:{{{tenant}}}:cool:cool:agent%3Aa3", "x", "1")
+        with pytest.raises(CounterStoreUnavailable, match="WRONGTYPE"):
+            await store.reserve_batch(tenant, items, timeout=1)
+        await raw.delete(f"pdp:{{{tenant}}}:cool:cool:agent%3Aa3")
+        res = await store.reserve_batch(tenant, items, timeout=1)
+        assert [r.allowed for r in res] == [False, True, True, True, True]  # a0: cooldown
+    finally:
+        await store.close()
+
+
 # -- settings and transports -----------------------------------------------------------------
 
 
