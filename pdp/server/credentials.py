@@ -131,9 +131,14 @@ def _texts(values: Iterable[bytes | str]) -> list[str]:
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
 
 
+_CERT_KEYS = frozenset({"x509_pem_cert", "x509_subject_alternative_name", "x509_common_name"})
+
+
 def certificate_identities(auth_context: Mapping[str, Iterable[bytes | str]]) -> list[str]:
     """The peer certificate's identities, most specific first: SAN URIs, SAN DNS names, then
     the subject CN. Empty when the transport carried no client certificate."""
+    if not _CERT_KEYS.intersection(auth_context):  # plaintext or TLS without a client cert
+        return []
     pems = _texts(auth_context.get("x509_pem_cert", ()))
     if pems:
         from_pem = list(_parse_pem_identities(pems[0]))
