@@ -73,11 +73,17 @@ def test_a_refusal_leaves_nothing_for_the_collector() -> None:
     data = _device(groups=[f"g{i}" for i in range(100_000)]).SerializeToString()
     gc.collect()
     gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         for _ in range(5):
             assert isinstance(_decode(dpb.CheckDeviceRequest, data), Refused)
-        assert gc.collect() == 0
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage
+                if isinstance(o, memoryview | wirescan.Overrun)]
+        assert left == []
     finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
         gc.enable()
 
 
