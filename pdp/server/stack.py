@@ -87,9 +87,36 @@ class ServerStack(WrappingInterceptor):
             default = "UNKNOWN"
             token = ends_here()  # a status ends the call as CallEnded, set here (ending.py)
             try:
-                response = await body(request, context)
-                default = "OK"
-                return response
+                # the edge: draining, undecodable or over-limit requests
+                if edges.draining:
+                    log.debug("call_refused", method=method, reason="draining")
+                    await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                if isinstance(request, Refused):
+                    await abort_invalid(context, request.field, request.problem, request.text)
+                log.debug("call_started", method=method)  # filtered out below debug: ~free
+                edges._enter()
+                try:
+                    # auth: who is calling; the servicer authorises
+                    try:
+                        principal = authenticator.authenticate(context)
+                    except AuthError as exc:
+                        await abort_auth_error(context, exc)
+                        raise
+                    state = begin_call(principal, method)
+                    response = await inner(request, context)
+                    if not state.checked:
+                        log.error("rpc_without_authorization", method=method)
+                        await end(context, grpc.StatusCode.INTERNAL, f"{method}: the service"
+                                  " did not authorise this call; refused")
+                    default = "OK"
+                    return response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    log.exception("call_failed", method=method, error=repr(exc)[:1000])
+                    await end(context, grpc.StatusCode.INTERNAL, internal_text(exc))
+                finally:
+                    edges._leave()
             except CallEnded as ended:
                 ended.apply(context)
                 return None  # with a status other than OK, grpc sends no message
@@ -99,35 +126,4 @@ class ServerStack(WrappingInterceptor):
             finally:
                 release(token)
                 done(context, started, default)
-
-        async def body(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            # the edge: draining, undecodable or over-limit requests
-            if edges.draining:
-                log.debug("call_refused", method=method, reason="draining")
-                await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-            if isinstance(request, Refused):
-                await abort_invalid(context, request.field, request.problem, request.text)
-            log.debug("call_started", method=method)  # filtered out below debug: ~free
-            edges._enter()
-            try:
-                # auth: who is calling; the servicer authorises
-                try:
-                    principal = authenticator.authenticate(context)
-                except AuthError as exc:
-                    await abort_auth_error(context, exc)
-                    raise
-                state = begin_call(principal, method)
-                response = await inner(request, context)
-                if not state.checked:
-                    log.error("rpc_without_authorization", method=method)
-                    await end(context, grpc.StatusCode.INTERNAL,
-                              f"{method}: the service did not authorise this call; refused")
-                return response
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                log.exception("call_failed", method=method, error=repr(exc)[:1000])
-                await end(context, grpc.StatusCode.INTERNAL, internal_text(exc))
-            finally:
-                edges._leave()
         return call
