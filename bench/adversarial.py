@@ -356,15 +356,38 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def benign_only(cases: list[C.PolicyCase], n: int, rounds: int, server_args: list[str]) -> None:
+    """Section 3 alone, for working on it: its three rows, printed."""
+    extra = {"benign": tenant_policies(BENIGN, 10, counters=False),
+             "live": tenant_policies(LIVE, 10, counters=False)}
+    with tempfile.TemporaryDirectory(prefix="pdp-adv-") as tmp, \
+            C.harness(Path(tmp), extra_policies=extra, args=server_args) as h:
+        h.admit(cases)
+        payloads = adversarial_payloads(h, cases)
+        for method, p in payloads:  # every case once, as section 1 would have
+            h.call(method, p)
+        ben = benign_section(h, payloads, n, rounds)
+    for key, load in (("two", "adversarial"), ("one", "adversarial"), ("ordinary", "ordinary")):
+        print(_benign_row(ben[key], key, load, target=key != "ordinary"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, shorter windows")
     ap.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    ap.add_argument("--benign-only", action="store_true",
+                    help="only section 3 (benign alongside adversarial load); print, write nothing")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="with --benign-only: an extra `pdp serve` argument (repeatable), e.g."
+                         " --server-arg=--bulk-lane-bytes=0")
     args = ap.parse_args()
     reps, rss_n, lat_n, rounds_b, health_s, rounds = (
         (2, 300, 200, 2, 2.0, 2) if args.quick else (5, 10_000, 2000, 4, 5.0, 3))
     t_start = time.monotonic()
     cases = C.load_cases()
+    if args.benign_only:
+        benign_only(cases, lat_n, rounds_b, args.server_arg)
+        return
     extra = {"benign": tenant_policies(BENIGN, 10, counters=False),
              "live": tenant_policies(LIVE, 10, counters=False),
              "live-draft": tenant_policies(LIVE_DRAFT, 10, counters=False) + "---\n"

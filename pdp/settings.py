@@ -89,6 +89,9 @@ class Settings:
                                 " calls wait at most this long for a step's slow policy);"
                                 " in a step whose equal share per agent is larger, an agent"
                                 " may take that share, up to deadline_ms")
+    bulk_lane_bytes: int = _s(64 * 1024, "unary requests at least this long take turns, one at"
+                              " a time, behind the small calls (a quarter of deadline_ms at"
+                              " most); 0: no turns")
     shadow_budget_ms: int = _s(10, "budget of one decision's draft (shadow) policies, evaluated"
                                " after the answer")
     shadow_backlog: int = _s(1024, "decisions whose drafts may wait for evaluation; beyond it"
@@ -184,6 +187,8 @@ class Settings:
                      "audit_anchor_every_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.bulk_lane_bytes < 0:
+            raise SettingsError(f"bulk_lane_bytes: must be >= 0, got {self.bulk_lane_bytes}")
         if self.counter_state_lost not in ("deny", "wait"):
             raise SettingsError(f"counter_state_lost: {self.counter_state_lost!r} must be deny"
                                 " or wait")

@@ -138,9 +138,22 @@ class Engine:
             {} if memo is not None and not self.telemetry.enabled else None)
         pending: list[Pending] = []
         last_yield = time.monotonic()
+        # A call that waited its whole budget before it got here (behind other large
+        # requests, or with a caller's deadline already gone) is denied saying so, not
+        # charged to whatever stage would notice first.
+        late = budget.step.expired()
         for index, (req, decision_id) in enumerate(zip(reqs, new_decision_ids(n),
                                                        strict=True)):
             started = time.monotonic()
+            if n == 1 and received_at is not None:
+                started = received_at  # its elapsed time is the caller's, from arrival
+            if late:
+                pending.append(_refused(req, decision_id, started, system_reason(
+                    ReasonCode.DEADLINE_EXCEEDED,
+                    "the deadline ran out before the decision started"
+                    f" ({(last_yield - (received_at or last_yield)) * 1000:.0f} ms after the"
+                    " call arrived)")))
+                continue
             if n > 1 and started - last_yield >= opts.yield_every_s:
                 await asyncio.sleep(0)  # other calls (and health checks) are served meanwhile
                 started = last_yield = time.monotonic()

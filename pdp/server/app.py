@@ -38,6 +38,7 @@ from pdp.server.admin import PolicyAdminService
 from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
 from pdp.server.ceilings import Ceilings
 from pdp.server.edges import EdgeInterceptor
+from pdp.server.lanes import LANE_WAIT_SHARE, BulkLane
 from pdp.server.policies import PolicyReloader, cel_environment, open_policy_store, seed
 from pdp.server.probes import (
     Check,
@@ -307,7 +308,12 @@ async def start(settings: Settings) -> Running:
     # a unary call paid ~60 µs more of server CPU (bench/README.md, "Sixth pass").
     edges = EdgeInterceptor(Ceilings(
         items={"pdp.v1.CheckPushBatchRequest.agents": settings.max_batch_agents},
-        byte_limits={"pdp.v1.Config.yaml": settings.max_config_bytes}))
+        byte_limits={"pdp.v1.Config.yaml": settings.max_config_bytes}),
+        lane=BulkLane(max_wait_s=settings.deadline_ms / 1000 * LANE_WAIT_SHARE,
+                      large_bytes=settings.bulk_lane_bytes) if settings.bulk_lane_bytes else None)
+    lane = edges.lane
+    if lane is not None:
+        telemetry.observe_lane(lambda: (lane.waited, lane.timed_out))
     server = grpc.aio.server(options=options, interceptors=[ServerStack(
         RpcMetricsInterceptor(RpcMetrics(registry)), edges, AuthInterceptor(auth))])
     dgrpc.add_DecisionServiceServicer_to_server(

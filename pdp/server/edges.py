@@ -33,6 +33,7 @@ from pdp.engine.request import InvalidRequest
 from pdp.server.auth import is_public
 from pdp.server.ceilings import Ceilings, too_large
 from pdp.server.ending import end
+from pdp.server.lanes import BulkLane
 from pdp.server.limits import (
     abort_invalid,
     check_limits,
@@ -62,15 +63,32 @@ class Refused:
         self.text = text
 
 
+class Deferred:
+    """A large request, not decoded yet: the handler decodes it (``deferred()``) when it is
+    its turn in the bulk lane (lanes.py), instead of grpc decoding it on arrival."""
+
+    __slots__ = ("data", "decode")
+
+    def __init__(self, data: bytes, decode: Callable[[bytes], Any]) -> None:
+        self.data = data
+        self.decode = decode
+
+    def __call__(self) -> Any:
+        """The request, or :class:`Refused`."""
+        return self.decode(self.data)
+
+
 def safe_deserializer(deserialize: Callable[[bytes], Any] | None,
                       ceilings: Ceilings | None = None,
-                      sweeper: Sweeper | None = None) -> Callable[[bytes], Any] | None:
+                      sweeper: Sweeper | None = None,
+                      defer_bytes: int | None = None) -> Callable[[bytes], Any] | None:
     """``deserialize`` returning :class:`Refused` instead of raising, and checking the
     field limits of pdp's own messages: a request longer than any valid one of its type
     (``ceilings``) is refused before it is decoded, so is a large one with a field over its
     limit on the wire (wirescan.py), and a settings-bounded list (the agents of a batch) is
     counted before its elements are checked. Every request's length is told to
-    ``sweeper`` (sweep.py: large requests' garbage is collected by the bytes)."""
+    ``sweeper`` (sweep.py: large requests' garbage is collected by the bytes). A request of
+    ``defer_bytes`` or more (when given) comes back as :class:`Deferred`."""
     if deserialize is None:
         return None
     desc = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
@@ -109,15 +127,22 @@ def safe_deserializer(deserialize: Callable[[bytes], Any] | None,
             except InvalidRequest as exc:
                 return Refused(exc.field, exc.problem)
         return msg
-    return decode
+    if defer_bytes is None:
+        return decode
+    least = defer_bytes
+
+    def deferring(data: bytes) -> Any:
+        return Deferred(data, decode) if len(data) >= least else decode(data)
+    return deferring
 
 
 class EdgeInterceptor(WrappingInterceptor):
     """See the module docstring. Put it first in the server's interceptor list."""
 
-    def __init__(self, ceilings: Ceilings | None = None) -> None:
+    def __init__(self, ceilings: Ceilings | None = None, lane: BulkLane | None = None) -> None:
         self.ceilings = ceilings
         self.sweeper = Sweeper()
+        self.lane = lane  # large unary requests take turns (lanes.py; the server's stack)
         self.draining = False
         self.in_flight = 0
         self._drained = asyncio.Event()  # set once draining starts

@@ -10,7 +10,6 @@ anything unexpected is an error status, never an allow.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ from pdp.engine.deadline import Deadline
 from pdp.engine.engine import Engine
 from pdp.engine.outcomes import event_key
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest
+from pdp.server.arrival import arrived_at
 from pdp.server.ending import end
 from pdp.server.limits import abort_invalid, internal_text, status_text
 from pdp.server.roles import Permission, authorize, current_caller
@@ -99,7 +99,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                      build: Callable[[Caller], CheckRequest], response: R) -> R:
         """Decide one request and write the decision into ``response.decision`` (in place:
         no copy of the message)."""
-        received_at = time.monotonic()  # the budget covers conversion too
+        received_at = arrived_at()  # the budget covers waiting and conversion too
 
         async def run() -> R:
             req = build(current_caller(tenant))
@@ -148,7 +148,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
 
     async def _batch(self, request: dpb.CheckPushBatchRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushBatchResponse:
-        received_at = time.monotonic()  # the step's budget covers conversion too
+        received_at = arrived_at()  # the step's budget covers waiting and conversion too
         await authorize(context, request.tenant, Permission.DECIDE)  # every batch of a stream
 
         async def run() -> dpb.CheckPushBatchResponse:

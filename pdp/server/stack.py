@@ -27,8 +27,15 @@ from typing import Any
 import grpc
 import structlog
 
+from pdp.server.arrival import mark, unmark
 from pdp.server.auth import AuthInterceptor, abort_auth_error, wrap_handler
-from pdp.server.edges import SHUTTING_DOWN, EdgeInterceptor, Refused, safe_deserializer
+from pdp.server.edges import (
+    SHUTTING_DOWN,
+    Deferred,
+    EdgeInterceptor,
+    Refused,
+    safe_deserializer,
+)
 from pdp.server.ending import CallEnded, end, ends_here, release
 from pdp.server.limits import abort_invalid, internal_text
 from pdp.server.probes import RpcMetricsInterceptor, _code_of
@@ -56,7 +63,9 @@ class ServerStack(WrappingInterceptor):
                 self._unary(handler.unary_unary, method),
                 request_deserializer=safe_deserializer(handler.request_deserializer,
                                                        self.edges.ceilings,
-                                                       self.edges.sweeper),
+                                                       self.edges.sweeper,
+                                                       None if self.edges.lane is None
+                                                       else self.edges.lane.large_bytes),
                 response_serializer=handler.response_serializer)
         inner = (handler if is_public(method)
                  else wrap_handler(handler, method, self.auth.authenticator))
@@ -64,7 +73,7 @@ class ServerStack(WrappingInterceptor):
 
     def _unary(self, inner: Callable[..., Awaitable[Any]], method: str
                ) -> Callable[..., Awaitable[Any]]:
-        edges, authenticator = self.edges, self.auth.authenticator
+        edges, authenticator, lane = self.edges, self.auth.authenticator, self.edges.lane
         rpc = self.metrics.metrics
         service, name = split_method(method)
         # The labelled children are looked up once per method, not per call.
@@ -84,18 +93,26 @@ class ServerStack(WrappingInterceptor):
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started_child.inc()
             started = time.perf_counter()
+            arrived = mark(time.monotonic())  # the decision's budget counts from here
             default = "UNKNOWN"
             token = ends_here()  # a status ends the call as CallEnded, set here (ending.py)
+            turn = False
             try:
                 # the edge: draining, undecodable or over-limit requests
                 if edges.draining:
                     log.debug("call_refused", method=method, reason="draining")
                     await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-                if isinstance(request, Refused):
-                    await abort_invalid(context, request.field, request.problem, request.text)
-                log.debug("call_started", method=method)  # filtered out below debug: ~free
                 edges._enter()
                 try:
+                    if type(request) is Deferred:  # large: decoded when it is its turn
+                        assert lane is not None
+                        turn = await lane.enter(context.time_remaining())
+                        await asyncio.sleep(0)  # small calls already waiting go first
+                        request = request()
+                    if isinstance(request, Refused):
+                        await abort_invalid(context, request.field, request.problem,
+                                            request.text)
+                    log.debug("call_started", method=method)  # filtered out below debug
                     # auth: who is calling; the servicer authorises
                     try:
                         principal = authenticator.authenticate(context)
@@ -116,6 +133,9 @@ class ServerStack(WrappingInterceptor):
                     log.exception("call_failed", method=method, error=repr(exc)[:1000])
                     await end(context, grpc.StatusCode.INTERNAL, internal_text(exc))
                 finally:
+                    if turn:
+                        assert lane is not None
+                        lane.leave()
                     edges._leave()
             except CallEnded as ended:
                 ended.apply(context)
@@ -125,5 +145,6 @@ class ServerStack(WrappingInterceptor):
                 raise
             finally:
                 release(token)
+                unmark(arrived)
                 done(context, started, default)
         return call

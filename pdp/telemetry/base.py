@@ -14,6 +14,8 @@ Attributes = Mapping[str, AttributeValue]
 # (hits, misses) of the compiled-expression cache, cumulative since start.
 CacheStatsFn = Callable[[], tuple[int, int]]
 IntFn = Callable[[], int]
+# (large requests that waited for their turn, those that went on without it), cumulative.
+LaneStatsFn = Callable[[], tuple[int, int]]
 # cumulative notification outcomes: (channel kind, result) -> count
 NotifyStatsFn = Callable[[], Mapping[tuple[str, str], int]]
 
@@ -79,4 +81,8 @@ class DecisionTelemetry(Protocol):
 
     def observe_notifications(self, fn: NotifyStatsFn) -> None:
         """Register :meth:`pdp.notify.Notifier.counts`."""
+        ...
+
+    def observe_lane(self, fn: LaneStatsFn) -> None:
+        """Register the bulk lane's waits (pdp.server.lanes): (waited, went on without)."""
         ...

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from pdp.telemetry.base import Attributes, CacheStatsFn, IntFn, NotifyStatsFn
+from pdp.telemetry.base import Attributes, CacheStatsFn, IntFn, LaneStatsFn, NotifyStatsFn
 from pdp.telemetry.noop import _NULL_SPAN
 from pdp.telemetry.settings import TelemetrySettings
 
@@ -55,6 +55,7 @@ M_NOTIFY_BACKLOG = "pdp.notifications.backlog"
 NOTIFY_BACKLOG = "backlog"
 M_LOOP_LAG = "pdp.event_loop.lag"
 M_SHADOW_SKIPPED = "pdp.shadow.skipped"
+M_LANE_WAITS = "pdp.server.bulk_lane.waits"
 
 SPAN_POLICY = "pdp.policy"
 SPAN_COUNTERS = "pdp.counters.reserve"
@@ -83,6 +84,7 @@ class Telemetry:
         self._cache_fns: list[CacheStatsFn] = []
         self._audit_fns: list[tuple[IntFn, IntFn]] = []
         self._notify_fns: list[NotifyStatsFn] = []
+        self._lane_fns: list[LaneStatsFn] = []
         self._prom_server: Any = None
         self._prom_thread: threading.Thread | None = None
         self.prometheus_port: int | None = None
@@ -243,6 +245,10 @@ class Telemetry:
         m.create_observable_gauge(
             M_NOTIFY_BACKLOG, callbacks=[self._observe_notify_backlog], unit="1",
             description="Violation notifications waiting for a retry, by channel")
+        m.create_observable_counter(
+            M_LANE_WAITS, callbacks=[self._observe_lane], unit="1",
+            description="Large requests that waited for their turn in the bulk lane, by"
+                        " result (turn: had it; timed_out: went on without it)")
 
     def _labels(self, tenant: str, checkpoint: str) -> dict[str, str]:
         if self.settings.tenant_label:
@@ -280,6 +286,9 @@ class Telemetry:
 
     def observe_notifications(self, fn: NotifyStatsFn) -> None:
         self._notify_fns.append(fn)
+
+    def observe_lane(self, fn: LaneStatsFn) -> None:
+        self._lane_fns.append(fn)
 
     # Observable callbacks run on exporter / scrape threads: a failing source is logged and
     # skipped, never allowed to break the whole collection.
@@ -344,6 +353,21 @@ class Telemetry:
         return [Observation(n, {"channel": ch, "result": res})
                 for (ch, res), n in sorted(self._notify_totals().items())
                 if res != NOTIFY_BACKLOG]
+
+    def _observe_lane(self, options: CallbackOptions) -> Iterable[Observation]:
+        if not self._lane_fns:
+            return []
+        waited = timed_out = 0
+        for fn in self._lane_fns:
+            try:
+                w, t = fn()
+            except Exception:
+                log.warning("lane stats callback failed", exc_info=True)
+                continue
+            waited += w
+            timed_out += t
+        return [Observation(waited - timed_out, {"result": "turn"}),
+                Observation(timed_out, {"result": "timed_out"})]
 
     def _observe_notify_backlog(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(n, {"channel": ch})

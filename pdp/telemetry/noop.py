@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 from opentelemetry.trace import INVALID_SPAN, Span
 
-from pdp.telemetry.base import Attributes, CacheStatsFn, IntFn, NotifyStatsFn
+from pdp.telemetry.base import Attributes, CacheStatsFn, IntFn, LaneStatsFn, NotifyStatsFn
 
 # nullcontext has no state: one instance serves every (nested, concurrent) use.
 _NULL_SPAN: AbstractContextManager[Span] = nullcontext(INVALID_SPAN)
@@ -61,6 +61,9 @@ class NoTelemetry:
         pass
 
     def observe_notifications(self, fn: NotifyStatsFn) -> None:
+        pass
+
+    def observe_lane(self, fn: LaneStatsFn) -> None:
         pass
 
 

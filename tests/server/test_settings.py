@@ -111,13 +111,21 @@ def test_boolean_flags_are_plain_switches() -> None:
     assert load_settings(env={}, overrides={n: getattr(unset, n) for n in FIELDS}) == Settings()
 
 
-def test_a_node_limit_above_the_cache_bound_is_said_at_start() -> None:
-    from structlog.testing import capture_logs
+def test_a_node_limit_above_the_cache_bound_is_said_at_start(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
 
+    from pdp.logging import configure_logging
     from pdp.server.app import warn_ineffective
     from pdp.settings import Settings
-    with capture_logs() as logs:
-        warn_ineffective(Settings(config_max_nodes=500_000, config_cache_nodes=250_000))
-        warn_ineffective(Settings())
+
+    # As the server logs (JSON lines on stderr); structlog's capture_logs would miss a
+    # logger another test in this process has already used (loggers are cached).
+    configure_logging("warning", "json")
+    capsys.readouterr()
+    warn_ineffective(Settings(config_max_nodes=500_000, config_cache_nodes=250_000))
+    warn_ineffective(Settings())
+    logs = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+            if line.startswith("{")]
     said = [x for x in logs if x.get("setting") == "config_max_nodes"]
     assert len(said) == 1 and "never cached" in said[0]["effect"]

@@ -30,6 +30,7 @@ def test_scrape_serves_all_metrics() -> None:
     tel.observe_audit(lambda: 4, lambda: 17)
     tel.observe_notifications(lambda: {("webhook", "sent"): 3, ("email", "suppressed"): 2,
                                        ("webhook", "backlog"): 7})
+    tel.observe_lane(lambda: (5, 2))
     tel.start()
     try:
         assert tel.prometheus_port
@@ -66,6 +67,8 @@ def test_scrape_serves_all_metrics() -> None:
         # the backlog is a level (a gauge), not one of the counted results
         assert sample(text, "pdp_notifications_backlog", channel="webhook") == 7
         assert 'result="backlog"' not in text
+        assert sample(text, "pdp_server_bulk_lane_waits_total", result="turn") == 3
+        assert sample(text, "pdp_server_bulk_lane_waits_total", result="timed_out") == 2
 
         # observable gauges are read at scrape time
         hits_misses[:] = [90, 10]
