@@ -7,7 +7,9 @@ in bench/README.md, "Sixth pass"). :class:`ServerStack` does for a unary call wh
 coroutine with the per-method work (metric children, the method's split name) done once:
 
 * the call is counted and timed by method, type and final status (:mod:`pdp.server.probes`);
+* the call's arrival is marked (its decision's budget counts from there, arrival.py);
 * the request is decoded by the edge's deserializer (a refused one is INVALID_ARGUMENT), a
+  large one only when it has its turn in the bulk lane (lanes.py), a
   call that starts while draining is UNAVAILABLE, an exception the handler lets escape is
   INTERNAL (:mod:`pdp.server.edges`);
 * the caller is authenticated and an answer nobody authorised is not sent
