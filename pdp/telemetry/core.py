@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -294,18 +294,7 @@ class Telemetry:
     # skipped, never allowed to break the whole collection.
 
     def _cache_totals(self) -> tuple[int, int] | None:
-        if not self._cache_fns:
-            return None
-        hits = misses = 0
-        for fn in self._cache_fns:
-            try:
-                h, mi = fn()
-            except Exception:
-                log.warning("cache stats callback failed", exc_info=True)
-                continue
-            hits += h
-            misses += mi
-        return hits, misses
+        return _sum_pairs(self._cache_fns, "cache")
 
     def _observe_cache_ratio(self, options: CallbackOptions) -> Iterable[Observation]:
         totals = self._cache_totals()
@@ -355,17 +344,10 @@ class Telemetry:
                 if res != NOTIFY_BACKLOG]
 
     def _observe_lane(self, options: CallbackOptions) -> Iterable[Observation]:
-        if not self._lane_fns:
+        totals = _sum_pairs(self._lane_fns, "lane")
+        if totals is None:
             return []
-        waited = timed_out = 0
-        for fn in self._lane_fns:
-            try:
-                w, t = fn()
-            except Exception:
-                log.warning("lane stats callback failed", exc_info=True)
-                continue
-            waited += w
-            timed_out += t
+        waited, timed_out = totals
         return [Observation(waited - timed_out, {"result": "turn"}),
                 Observation(timed_out, {"result": "timed_out"})]
 
@@ -373,3 +355,20 @@ class Telemetry:
         return [Observation(n, {"channel": ch})
                 for (ch, res), n in sorted(self._notify_totals().items())
                 if res == NOTIFY_BACKLOG]
+
+
+def _sum_pairs(fns: list[Callable[[], tuple[int, int]]], what: str) -> tuple[int, int] | None:
+    """The sums of what ``fns`` report (None: nothing registered); a failing one is logged
+    and skipped (they run on scrape threads)."""
+    if not fns:
+        return None
+    a = b = 0
+    for fn in fns:
+        try:
+            x, y = fn()
+        except Exception:
+            log.warning(f"{what} stats callback failed", exc_info=True)
+            continue
+        a += x
+        b += y
+    return a, b
