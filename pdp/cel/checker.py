@@ -66,6 +66,9 @@ class Checker:
         self.out = CheckResult()
         self.s = Subst()
         self.scopes: list[dict[str, T]] = []
+        # ``a.b.c`` as a dotted name, per select node: each node of a chain asks for its own,
+        # which without memory walks the chain below it again (quadratic in its length)
+        self._dotted: dict[int, tuple[str, bool] | None] = {}
 
     # -- entry ---------------------------------------------------------------------------
     def check(self, e: A.Expr) -> CheckResult:
@@ -120,9 +123,13 @@ class Checker:
         if isinstance(e, A.Ident):
             return e.name, e.leading_dot
         if isinstance(e, A.Select) and not e.test_only:
+            key = id(e)
+            if key in self._dotted:
+                return self._dotted[key]
             inner = self._qualified(e.operand)
-            if inner is not None:
-                return inner[0] + "." + e.field, inner[1]
+            out = None if inner is None else (inner[0] + "." + e.field, inner[1])
+            self._dotted[key] = out
+            return out
         return None
 
     def _type_of_ref(self, r: Resolved) -> T:
@@ -340,12 +347,12 @@ class Checker:
                 continue
             inst: dict[str, T] = {}
             params = [self._instantiate(p, inst) for p in ov.params]
-            saved = dict(self.s.m)
+            saved = self.s.mark()
             if all(self.s.assignable(p, at) for p, at in zip(params, arg_types, strict=True)):
                 matched.append(ov)
                 results.append(self._instantiate(ov.result, inst))
             else:
-                self.s.m = saved
+                self.s.undo(saved)
         return matched, results
 
     def _instantiate(self, t: T, inst: dict[str, T]) -> T:

@@ -124,6 +124,8 @@ class CodeGen:
         self.limits = limits or M.Limits()
         self.chk = check
         self.reg = registry
+        # each node's path, once: every node of a chain asks for its own (quadratic if walked)
+        self._paths: dict[int, tuple[Any, ...] | None] = {}
         self.ns: dict[str, Any] = dict(_BASE_NS)
         self.stmts: list[py.stmt] = []
         self.counter = itertools.count()
@@ -264,7 +266,7 @@ class CodeGen:
                 kwonlyargs=[], kw_defaults=[], defaults=[]),
             body=body, decorator_list=[], returns=None, lineno=0)
         mod = py.Module(body=[fn], type_ignores=[])
-        py.fix_missing_locations(mod)
+        _locate(mod)
         try:
             code = compile(mod, "<cel>", "exec")
         except (SyntaxError, RecursionError) as e:
@@ -319,30 +321,37 @@ class CodeGen:
 
     def _path_key(self, e: A.Expr) -> tuple[Any, ...] | None:
         """Structural key of a path expression (CEL names), for counting repeats."""
-        steps: list[Any] = []
-        while True:
-            if isinstance(e, A.Select) and not e.test_only and id(e) not in self.chk.refs:
-                steps.append(e.field)
-                e = e.operand
-            elif (isinstance(e, A.Call) and e.function == "_[_]" and e.target is None
-                  and isinstance(e.args[1], A.Const)):
-                v = e.args[1].value
-                steps.append((type(v).__name__, v))
-                e = e.args[0]
-            elif (isinstance(e, A.Call) and e.function == "_[_]" and e.target is None
-                  and self._local_name(e.args[1]) is not None):
-                steps.append(("@local", self._local_name(e.args[1])))
-                e = e.args[0]
-            elif self._pure_member(e) is not None:
-                assert isinstance(e, A.Call) and e.target is not None
-                steps.append(("()", self._pure_member(e)))
-                e = e.target
-            else:
-                break
-        r = self.chk.refs.get(id(e))
-        if not steps or r is None or r.kind not in ("var", "local"):
-            return None
-        return (r.kind, r.name, *reversed(steps))
+        path = self._path(e)
+        return path if path is not None and len(path) > 2 else None
+
+    def _path(self, e: A.Expr) -> tuple[Any, ...] | None:
+        """``(kind, name, *steps)`` when ``e`` is a variable followed by steps (none or
+        more), else None."""
+        key = id(e)
+        if key in self._paths:
+            return self._paths[key]
+        step: Any
+        if isinstance(e, A.Select) and not e.test_only and key not in self.chk.refs:
+            inner, step = e.operand, e.field
+        elif (isinstance(e, A.Call) and e.function == "_[_]" and e.target is None
+              and isinstance(e.args[1], A.Const)):
+            v = e.args[1].value
+            inner, step = e.args[0], (type(v).__name__, v)
+        elif (isinstance(e, A.Call) and e.function == "_[_]" and e.target is None
+              and self._local_name(e.args[1]) is not None):
+            inner, step = e.args[0], ("@local", self._local_name(e.args[1]))
+        elif (member := self._pure_member(e)) is not None:
+            assert isinstance(e, A.Call) and e.target is not None
+            inner, step = e.target, ("()", member)
+        else:
+            r = self.chk.refs.get(key)
+            out = (r.kind, r.name) if r is not None and r.kind in ("var", "local") else None
+            self._paths[key] = out
+            return out
+        below = self._path(inner)
+        out = None if below is None else (*below, step)
+        self._paths[key] = out
+        return out
 
     def _local_name(self, e: A.Expr) -> str | None:
         """The CEL name when ``e`` is a comprehension / bind variable."""
@@ -982,3 +991,29 @@ def _merge_entry(lim: M.Limits, acc: dict[Any, Any], entry: Any) -> None:
 def _opt_check(o: Any, fn: str) -> None:
     if type(o) is not Optional:
         raise S.no_overload(fn, o)
+
+
+def _locate(tree: py.AST) -> None:
+    """Put every node without a location at line 1: compile() needs one on each node, and
+    ``ast.fix_missing_locations``' recursive walk was half the time of compiling a large
+    expression. (The generated code has no lines of its own; errors point into the CEL.)"""
+    stack: list[py.AST] = [tree]
+    pop, push, extend, node_type = stack.pop, stack.append, stack.extend, py.AST
+    while stack:
+        node = pop()
+        d = node.__dict__
+        if node._attributes:
+            if "lineno" not in d:
+                node.lineno = 1  # type: ignore[attr-defined]
+            if "col_offset" not in d:
+                node.col_offset = 0  # type: ignore[attr-defined]
+            if "end_lineno" not in d:
+                node.end_lineno = node.lineno  # type: ignore[attr-defined]
+            if "end_col_offset" not in d:
+                node.end_col_offset = 0  # type: ignore[attr-defined]
+        for name in node._fields:
+            v = d.get(name)
+            if type(v) is list:
+                extend([x for x in v if isinstance(x, node_type)])
+            elif isinstance(v, node_type):
+                push(v)

@@ -23,7 +23,15 @@ OPT_INDEX = "_[?_]"
 OPT_ELEMENT = "@optelem"
 
 MAX_DEPTH = 100
+#: Selections, indexes and member calls in a row (``a.b.c``, ``x[0][1]``, ``s.f().g()``):
+#: each is one more level of the tree every later stage walks, as nesting is. The spec asks
+#: for at least 12; configs nest at most 64 levels (configparse.MAX_DEPTH).
+MAX_CHAIN = MAX_DEPTH
 MAX_SOURCE = 100_000
+#: Nodes in one expression (after macros). Compiling costs ~50-200 µs a node in Python and
+#: runs on the server's event loop (admission, start-up, a store update): the limit bounds
+#: that pause. Real policies have tens of nodes; a long allow list is one list literal.
+MAX_NODES = 1_000
 INT64_MAX = (1 << 63) - 1
 
 _BINOPS: list[dict[str, str]] = [
@@ -46,6 +54,10 @@ class Parser:
         self.toks = Lexer(source).tokens()
         self.i = 0
         self.depth = 0
+        # how many selections/indexes/calls in a row end at a node: a chain continues
+        # through parentheses (``(a.b).c``), so it is counted per node, not per loop
+        # (the node is kept with its count, so its id is not reused while parsing)
+        self._chains: dict[int, tuple[int, A.Expr]] = {}
 
     # -- helpers -------------------------------------------------------------------------
     def peek(self) -> Token:
@@ -87,7 +99,20 @@ class Parser:
         t = self.peek()
         if t.kind != "EOF":
             raise self.error(f"Syntax error: unexpected {self._describe(t)}", t.offset)
+        self._count(e)
         return e
+
+    def _count(self, root: A.Expr) -> None:
+        """Refuse a tree of more than MAX_NODES nodes (pointing at the one over)."""
+        n, todo = 0, [root]
+        while todo:
+            e = todo.pop()
+            n += 1
+            if n > MAX_NODES:
+                raise self.error(f"expression has more than {MAX_NODES} nodes (the limit);"
+                                 " split it, or test membership in one list literal",
+                                 e.offset)
+            todo.extend(A.children(e))
 
     def expr(self) -> A.Expr:
         self._enter(self.peek().offset)
@@ -157,8 +182,16 @@ class Parser:
         return self.postfix(self.primary())
 
     def postfix(self, e: A.Expr) -> A.Expr:
+        return self._postfix(e, self._chains.get(id(e), (0, e))[0])
+
+    def _postfix(self, e: A.Expr, chain: int) -> A.Expr:
         while True:
             t = self.peek()
+            if t.kind in (".", "["):
+                chain += 1
+                if chain > MAX_CHAIN:
+                    raise self.error(f"more than {MAX_CHAIN} selections, indexes or calls in"
+                                     " a row (the limit)", t.offset)
             if t.kind == ".":
                 self.advance()
                 optional = self.peek().kind == "?"
@@ -190,6 +223,8 @@ class Parser:
                 self.expect("]", "']'")
                 e = A.Call(t.offset, OPT_INDEX if optional else "_[_]", [e, idx])
             else:
+                if chain:
+                    self._chains[id(e)] = (chain, e)
                 return e
 
     def args(self, close: str) -> list[A.Expr]:

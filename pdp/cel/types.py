@@ -121,10 +121,30 @@ def parse_type(text: str) -> T:
 
 
 class Subst:
-    """Type-parameter bindings accumulated while checking one expression."""
+    """Type-parameter bindings accumulated while checking one expression.
+
+    A parameter is bound at most once, so a failed attempt is undone by forgetting the
+    bindings made since a :meth:`mark` (a trail), not by copying the whole map: the map
+    grows with the expression, and a copy per attempted overload made checking quadratic.
+    """
 
     def __init__(self) -> None:
         self.m: dict[str, T] = {}
+        self._trail: list[str] = []
+
+    def bind(self, name: str, t: T) -> None:
+        self.m[name] = t
+        self._trail.append(name)
+
+    def mark(self) -> int:
+        """A point to :meth:`undo` back to."""
+        return len(self._trail)
+
+    def undo(self, mark: int) -> None:
+        """Forget the bindings made since ``mark``."""
+        trail, m = self._trail, self.m
+        while len(trail) > mark:
+            del m[trail.pop()]
 
     def resolve(self, t: T) -> T:
         """Apply bindings deeply; unbound parameters stay parameters."""
@@ -154,10 +174,10 @@ class Subst:
         """Can a value of type ``src`` flow where ``target`` is expected?  Binds params.
 
         Bindings are only committed when the whole check succeeds."""
-        saved = dict(self.m)
+        saved = self.mark()
         ok = self._assign(target, src)
         if not ok:
-            self.m = saved
+            self.undo(saved)
         return ok
 
     def _assign(self, a: T, b: T) -> bool:
@@ -166,12 +186,12 @@ class Subst:
             return True
         if a.kind == "param":
             if b.kind == "param" or not self._occurs(a.name, b):
-                self.m[a.name] = b
+                self.bind(a.name, b)
                 return True
             return False
         if b.kind == "param":
             if not self._occurs(b.name, a):
-                self.m[b.name] = a
+                self.bind(b.name, a)
                 return True
             return False
         if a.kind in ("dyn", "error") or b.kind in ("dyn", "error"):
@@ -203,13 +223,13 @@ class Subst:
         if b.kind == "null" and a.kind in ("optional", "abstract"):
             return a
         if a.kind == b.kind and a.name == b.name and len(a.params) == len(b.params) and a.params:
-            saved = dict(self.m)
+            saved = self.mark()
             params = []
             for x, y in zip(a.params, b.params, strict=True):
                 rx, ry = self.resolve(x), self.resolve(y)
                 if rx.kind == "param" or ry.kind == "param":
                     if not self._assign(rx, ry):
-                        self.m = saved
+                        self.undo(saved)
                         return DYN
                     params.append(self.resolve(rx))
                 else:
