@@ -17,6 +17,9 @@ from typing import Any
 
 import grpc
 
+from pdp.client import bearer_metadata
+from pdp.server.tls import TLSConfigError
+from pdp.server.tls import channel_credentials as channel_credentials_from
 from pdp.v1 import admin_pb2 as apb
 from pdp.v1 import admin_pb2_grpc
 from pdp.v1 import common_pb2 as cpb
@@ -37,21 +40,32 @@ def add_connection_args(p: argparse.ArgumentParser) -> None:
                    help="client certificate for mTLS (env PDP_CERT_FILE)")
     p.add_argument("--key-file", default=os.environ.get("PDP_KEY_FILE"),
                    help="client key for mTLS (env PDP_KEY_FILE)")
-    p.add_argument("--timeout", type=float, default=float(os.environ.get("PDP_TIMEOUT", "5")))
+    p.add_argument("--timeout", type=float, default=float(os.environ.get("PDP_TIMEOUT", "5")),
+                   help="seconds to wait for the answer (env PDP_TIMEOUT)")
+
+
+def channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from ``--ca-file`` (and ``--cert-file`` / ``--key-file`` for mTLS);
+    None for plaintext. Raises :class:`TLSConfigError` naming an unreadable file, or a client
+    certificate given without the CA (it would otherwise be sent nowhere: plaintext)."""
+    if not args.ca_file:
+        if args.cert_file or args.key_file:
+            raise TLSConfigError("--cert-file / --key-file need --ca-file (the CA that signed"
+                                 " the server certificate): TLS is used only with it")
+        return None
+    return channel_credentials_from(args.ca_file, args.cert_file or None,
+                                    args.key_file or None)
+
+
+def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """``authorization: Bearer <token>`` from ``--token`` / ``PDP_TOKEN``, if given."""
+    return bearer_metadata(args.token)
 
 
 def channel(args: argparse.Namespace) -> grpc.Channel:
-    if not args.ca_file:
+    creds = channel_credentials(args)
+    if creds is None:
         return grpc.insecure_channel(args.address)
-
-    def read(path: str | None) -> bytes | None:
-        if not path:
-            return None
-        with open(path, "rb") as f:
-            return f.read()
-
-    creds = grpc.ssl_channel_credentials(read(args.ca_file), read(args.key_file),
-                                         read(args.cert_file))
     return grpc.secure_channel(args.address, creds)
 
 
@@ -120,7 +134,7 @@ def _add_tenant_commands(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     handler: Callable[[admin_pb2_grpc.PolicyAdminServiceStub, argparse.Namespace, Any], int]
     handler = args.handler
-    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+    metadata = call_metadata(args)
     try:
         with channel(args) as ch:
             return handler(admin_pb2_grpc.PolicyAdminServiceStub(ch), args,
@@ -128,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         print(f"pdp {_what(args)}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1 if exc.code() != grpc.StatusCode.UNAVAILABLE else 2
-    except OSError as exc:
+    except (OSError, TLSConfigError) as exc:
         print(f"pdp {_what(args)}: {exc}", file=sys.stderr)
         return 2
 

@@ -14,11 +14,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from pdp.admin_cli import add_admin_commands, add_policy_admin_commands
+from pdp.admin_cli import (
+    add_admin_commands,
+    add_connection_args,
+    add_policy_admin_commands,
+    channel_credentials,
+)
 from pdp.settings import FIELDS, SettingsError, describe, is_switch, load_settings
 
 if TYPE_CHECKING:
     import grpc
+
+    from pdp.client import PdpClient
 
 
 def _serve_parser(sub: Any) -> None:
@@ -41,10 +48,18 @@ def _serve_parser(sub: Any) -> None:
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=os.environ.get("PDP_ADDRESS", "127.0.0.1:50051"),
-                   help="server address HOST:PORT or unix:PATH (env PDP_ADDRESS)")
-    p.add_argument("--timeout", type=float, default=float(os.environ.get("PDP_TIMEOUT", "5")),
-                   help="seconds to wait for the answer (env PDP_TIMEOUT)")
+    """--address, --timeout and the credentials (--token / PDP_TOKEN, --ca-file,
+    --cert-file, --key-file): the same flags as the `pdp policy` commands."""
+    add_connection_args(p)
+
+
+def _client(args: argparse.Namespace) -> PdpClient:
+    """A PdpClient with the flags' address, timeout, token and TLS credentials. Raises
+    TLSConfigError for a certificate file that cannot be used."""
+    from pdp.client import PdpClient
+
+    return PdpClient(args.address, timeout=args.timeout, token=args.token,
+                     credentials=channel_credentials(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,7 +251,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf import json_format
 
-    from pdp.client import PdpClient, request_from_file
+    from pdp.client import request_from_file
+    from pdp.server.tls import TLSConfigError
 
     try:
         method, req = request_from_file(args.file)
@@ -244,10 +260,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"pdp check: bad request file: {exc}", file=sys.stderr)
         return 2
     try:
-        with PdpClient(args.address, timeout=args.timeout) as client:
+        with _client(args) as client:
             d = client.call(method, req)
     except grpc.RpcError as exc:
         print(f"pdp check: {_rpc_error(exc)}", file=sys.stderr)
+        return 2
+    except TLSConfigError as exc:
+        print(f"pdp check: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json_format.MessageToJson(d.raw))
@@ -264,13 +283,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_health(args: argparse.Namespace) -> int:
     import grpc
 
-    from pdp.client import PdpClient
+    from pdp.server.tls import TLSConfigError
 
     try:
-        with PdpClient(args.address, timeout=args.timeout) as client:
+        with _client(args) as client:
             status = client.health()
     except grpc.RpcError as exc:  # no answer at all: an error (2), not a status (1)
         print(f"pdp health: {args.address}: {_rpc_error(exc)}", file=sys.stderr)
+        return 2
+    except TLSConfigError as exc:
+        print(f"pdp health: {exc}", file=sys.stderr)
         return 2
     print(status)
     return 0 if status == "SERVING" else 1

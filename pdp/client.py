@@ -4,12 +4,19 @@
         d = pdp.check_push("acme", "agent-1", config_yaml=text)
         if not d.allowed: print(d.reasons[0].message)
 
+Credentials: ``token=`` sends ``authorization: Bearer <token>`` with every call (the
+client's own methods and calls on ``client.stub`` alike); ``credentials=`` (e.g.
+``grpc.ssl_channel_credentials(ca_pem, key_pem, cert_pem)``) connects with TLS or mTLS::
+
+    PdpClient("pdp.internal:50051", token=os.environ["PDP_TOKEN"],
+              credentials=grpc.ssl_channel_credentials(Path("ca.crt").read_bytes()))
+
 A transport error is raised (``grpc.RpcError``), never turned into an allow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,13 +180,114 @@ def request_message(data: Mapping[str, Any], base: Path) -> tuple[str, Any]:
 
 _RESPONSE_DECISION = "decision"
 
+ChannelOptions = Sequence[tuple[str, Any]]
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The call metadata that presents ``token`` (none without a token)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+@dataclass(frozen=True)
+class _SyncCallDetails:
+    """What grpc's blocking interceptors read of a call (grpc.ClientCallDetails' fields)."""
+
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str | bytes]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: Any
+
+
+def _sync_interceptors(token: str | None) -> list[Any]:
+    """Interceptors that add the token's metadata to every call on a blocking channel."""
+    if not token:
+        return []
+    extra = bearer_metadata(token)
+
+    def details_of(details: Any) -> _SyncCallDetails:
+        return _SyncCallDetails(
+            details.method, details.timeout, [*(details.metadata or ()), *extra],
+            details.credentials, getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None))
+
+    class UnaryUnary(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(details_of(details), request)
+
+    class UnaryStream(grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+        def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return continuation(details_of(details), request)
+
+    class StreamUnary(grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]
+        def intercept_stream_unary(self, continuation: Any, details: Any,
+                                   requests: Any) -> Any:
+            return continuation(details_of(details), requests)
+
+    class StreamStream(grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+        def intercept_stream_stream(self, continuation: Any, details: Any,
+                                    requests: Any) -> Any:
+            return continuation(details_of(details), requests)
+
+    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+
+
+def _aio_interceptors(token: str | None) -> list[Any]:
+    """The same for a grpc.aio channel (one interceptor per call type)."""
+    if not token:
+        return []
+    extra = bearer_metadata(token)
+
+    def details_of(details: Any) -> Any:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        for key, value in extra:
+            metadata.add(key, value)
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata,
+                                          details.credentials, details.wait_for_ready)
+
+    class UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, details: Any,
+                                        request: Any) -> Any:
+            return await continuation(details_of(details), request)
+
+    class UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+        async def intercept_unary_stream(self, continuation: Any, details: Any,
+                                         request: Any) -> Any:
+            return await continuation(details_of(details), request)
+
+    class StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+        async def intercept_stream_unary(self, continuation: Any, details: Any,
+                                         requests: Any) -> Any:
+            return await continuation(details_of(details), requests)
+
+    class StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+        async def intercept_stream_stream(self, continuation: Any, details: Any,
+                                          requests: Any) -> Any:
+            return await continuation(details_of(details), requests)
+
+    return [UnaryUnary(), UnaryStream(), StreamUnary(), StreamStream()]
+
 
 class PdpClient:
-    """Blocking client. ``timeout`` is the gRPC deadline of each call, in seconds."""
+    """Blocking client. ``timeout`` is the gRPC deadline of each call, in seconds.
+
+    ``token``: a bearer token sent with every call. ``credentials``: channel credentials
+    (TLS / mTLS; plaintext without). ``options``: gRPC channel options (e.g.
+    ``grpc.ssl_target_name_override``). With ``channel=`` given, it is used as it is (only
+    the token is added to its calls)."""
 
     def __init__(self, address: str, *, timeout: float = 2.0,
-                 channel: grpc.Channel | None = None) -> None:
-        self.channel = channel or grpc.insecure_channel(address)
+                 channel: grpc.Channel | None = None, token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 options: ChannelOptions = ()) -> None:
+        if channel is None:
+            channel = (grpc.insecure_channel(address, options=list(options))
+                       if credentials is None else
+                       grpc.secure_channel(address, credentials, options=list(options)))
+        self._base_channel = channel
+        self.channel = (grpc.intercept_channel(channel, *_sync_interceptors(token)) if token
+                        else channel)
         self.timeout = timeout
         self.stub = dgrpc.DecisionServiceStub(self.channel)
 
@@ -190,7 +298,7 @@ class PdpClient:
         self.close()
 
     def close(self) -> None:
-        self.channel.close()
+        self._base_channel.close()
 
     def check_push(self, tenant: str, agent_id: str, **kw: Any) -> DecisionResult:
         return self.check_push_request(push_request(tenant, agent_id, **kw))
@@ -210,10 +318,18 @@ class PdpClient:
 
 
 class AsyncPdpClient:
-    """asyncio client (grpc.aio); same helpers as PdpClient."""
+    """asyncio client (grpc.aio); same helpers and credentials as PdpClient."""
 
-    def __init__(self, address: str, *, timeout: float = 2.0) -> None:
-        self.channel = grpc.aio.insecure_channel(address)
+    def __init__(self, address: str, *, timeout: float = 2.0, token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 options: ChannelOptions = ()) -> None:
+        interceptors = _aio_interceptors(token)
+        self.channel = (
+            grpc.aio.insecure_channel(address, options=list(options),
+                                      interceptors=interceptors)
+            if credentials is None else
+            grpc.aio.secure_channel(address, credentials, options=list(options),
+                                    interceptors=interceptors))
         self.timeout = timeout
         self.stub = dgrpc.DecisionServiceStub(self.channel)
 

@@ -3,6 +3,9 @@
 Shutdown order on SIGTERM/SIGINT: report NOT_SERVING, stop taking new calls and let the ones
 in flight finish (``shutdown_grace_s``), then drain and flush the audit log, then close the
 counter store. Exit code 0.
+
+SIGHUP re-reads the tokens file and the roles file (:func:`reload_auth`): a revoked token or
+identity is refused from the next call on; a broken file keeps the previous ones in force.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ class Running:
     lag: LoopLagMonitor
     probes: ProbeServer | None = None
     metrics_server: Any = None  # prometheus_port's own server
+    auth: Authenticator | None = None  # SIGHUP reloads its tokens and roles files
 
 
 def warn_ineffective(settings: Settings) -> None:
@@ -360,7 +364,7 @@ async def start(settings: Settings) -> Running:
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = Running(server, health_servicer, engine, audit, counters, ports, store, reloader,
-                      edges, lag)
+                      edges, lag, auth=auth)
     what = "http_listen"
     try:
         if settings.http_listen:
@@ -470,12 +474,29 @@ async def stop(running: Running, grace_s: float) -> None:
     log.info("stopped")
 
 
+def reload_auth(auth: Authenticator) -> bool:
+    """SIGHUP: re-read the tokens and roles files and swap them in at once (calls from then
+    on see the new ones). A file that cannot be read or is invalid changes nothing: the
+    previous tokens and roles stay in force (never "no authentication"), and it is logged."""
+    try:
+        tokens, identities = auth.reload()
+    except AuthConfigError as exc:
+        log.error("auth_reload_failed", error=str(exc),
+                  effect="nothing changed: the previous tokens and roles stay in force")
+        return False
+    log.info("auth_reloaded", tokens=tokens, identities=identities,
+             tokens_file=auth.tokens_file, roles_file=auth.roles_file)
+    return True
+
+
 async def serve(settings: Settings) -> int:
     running = await start(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if running.auth is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_auth, running.auth)
     await stopping.wait()
     log.info("stopping", grace_s=settings.shutdown_grace_s)
     await stop(running, settings.shutdown_grace_s)

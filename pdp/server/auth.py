@@ -11,9 +11,13 @@ Credentials, tried in this order by :meth:`Authenticator.authenticate`:
 1. **Bearer token** -- ``authorization: Bearer <token>``, checked against the sha256 digests
    of the tokens file (:mod:`pdp.server.credentials`), every digest in constant time. A token
    presented but not valid is always refused, even when authentication is optional: a client
-   that sends a credential expects it to be checked, never silently downgraded.
+   that sends a credential expects it to be checked, never silently downgraded. So is any
+   ``authorization-bin`` (binary) metadata: it is never read as a token.
 2. **Client certificate (mTLS)** -- SAN URIs, SAN DNS names, then the subject CN; the first
-   one named in the roles file gives the roles. A verified certificate nobody named
+   one named in the roles file gives the roles. Names never cross fields: a URI-shaped
+   identity (``://``) matches only a SAN URI, any other a SAN DNS name, or the subject CN of
+   a certificate with no subjectAltName at all (never a CN that looks like a URI).
+   A verified certificate nobody named
    authenticates with no roles (every RPC is PERMISSION_DENIED naming it), or with the
    anonymous roles when authentication is optional.
 3. **Unix socket** -- a ``unix:`` peer gets ``unix_socket_roles`` when configured (sidecars).
@@ -35,8 +39,10 @@ import structlog
 
 from pdp.server.credentials import (
     AuthConfigError,
+    CertificateNames,
     TokenEntry,
     certificate_identities,
+    certificate_names,
     hash_token,
     load_identities,
     load_tokens,
@@ -79,7 +85,8 @@ class Authenticator:
 
     ``require_auth=None`` means: required as soon as a tokens file or a roles file is
     configured, anonymous access otherwise. Files are read once here; :meth:`reload`
-    re-reads them (atomically: a bad file leaves the previous state in force).
+    re-reads them (atomically: a bad file leaves the previous state in force; the server
+    calls it on SIGHUP).
     """
 
     def __init__(self, tokens_file: str | None = None, roles_file: str | None = None,
@@ -109,13 +116,15 @@ class Authenticator:
         """Whether a caller without credentials gets anything at all."""
         return not self.require_auth and any(self.anonymous.roles.values())
 
-    def reload(self) -> None:
-        """Re-read the tokens and roles files. Raises :class:`AuthConfigError` (and keeps the
-        previous configuration) when one of them is invalid."""
+    def reload(self) -> tuple[int, int]:
+        """Re-read the tokens and roles files; the number of tokens and of identities now in
+        force. Raises :class:`AuthConfigError` (and keeps the previous configuration, both
+        files) when one of them is unreadable or invalid."""
         tokens = load_tokens(self.tokens_file) if self.tokens_file else []
         identities = load_identities(self.roles_file) if self.roles_file else {}
         with self._lock:
             self._tokens, self._identities = tokens, identities
+        return len(tokens), len(identities)
 
     def principal_for_token(self, token: str) -> Principal:
         """The token's principal; :class:`Unauthenticated` when no stored digest matches.
@@ -135,16 +144,17 @@ class Authenticator:
             raise Unauthenticated("invalid bearer token")
         return found
 
-    def principal_for_certificate(self, identities: list[str]) -> Principal:
-        """Roles of the first identity named in the roles file; an unknown certificate gets no
-        roles (or the anonymous roles when authentication is optional)."""
+    def principal_for_certificate(self, names: CertificateNames) -> Principal:
+        """Roles of the first of :meth:`CertificateNames.candidates` named in the roles file;
+        an unknown certificate gets no roles (or the anonymous roles when authentication is
+        optional)."""
         known = self._identities
-        for name in identities:
+        for name in names.candidates():
             roles = known.get(name)
             if roles is not None:
                 return Principal(name, roles, "mtls")
         roles = {} if self.require_auth else dict(self.anonymous.roles)
-        return Principal(identities[0], roles, "mtls")
+        return Principal(names.all()[0], roles, "mtls")
 
     def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The caller of this RPC, or :class:`Unauthenticated`."""
@@ -155,6 +165,10 @@ class Authenticator:
                            auth_context: Mapping[str, Iterable[bytes | str]],
                            peer: str) -> Principal:
         """:meth:`authenticate` on already extracted call data (also used by tests)."""
+        if _metadata_value(metadata, "authorization-bin"):  # even empty: never ignored
+            raise Unauthenticated(
+                "authorization-bin metadata is not accepted: send the token as"
+                " 'authorization: Bearer <token>', not authorization-bin")
         headers = _metadata_value(metadata, "authorization")
         if headers:
             if len(headers) > 1:
@@ -164,9 +178,9 @@ class Authenticator:
             if scheme.lower() != "bearer" or not token:
                 raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
             return self.principal_for_token(token)
-        identities = certificate_identities(auth_context)
-        if identities:
-            return self.principal_for_certificate(identities)
+        names = certificate_names(auth_context)
+        if names:
+            return self.principal_for_certificate(names)
         if self.unix_principal is not None and peer.startswith("unix:"):
             return self.unix_principal
         if not self.anonymous_allowed:
@@ -265,10 +279,12 @@ __all__ = [
     "AuthConfigError",
     "AuthInterceptor",
     "Authenticator",
+    "CertificateNames",
     "PermissionDenied",
     "Principal",
     "Unauthenticated",
     "certificate_identities",
+    "certificate_names",
     "current_caller",
     "current_principal",
     "hash_token",

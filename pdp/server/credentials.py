@@ -14,6 +14,10 @@ Certificate identities map to roles in ``roles_file``::
       spiffe://example.org/ci: {acme: [admin]}
       deployer.example.org: {"*": [rollout-engine]}
 
+An identity with ``://`` matches only a certificate's SAN URI; any other identity matches a
+SAN DNS name, or the subject CN of a certificate without any subjectAltName
+(:class:`CertificateNames`).
+
 A bad file is refused whole, naming the file and the entry (:class:`AuthConfigError`).
 """
 
@@ -134,44 +138,99 @@ def _texts(values: Iterable[bytes | str]) -> list[str]:
 _CERT_KEYS = frozenset({"x509_pem_cert", "x509_subject_alternative_name", "x509_common_name"})
 
 
-def certificate_identities(auth_context: Mapping[str, Iterable[bytes | str]]) -> list[str]:
-    """The peer certificate's identities, most specific first: SAN URIs, SAN DNS names, then
-    the subject CN. Empty when the transport carried no client certificate."""
+def is_uri_identity(name: str) -> bool:
+    """A URI-shaped identity (``spiffe://...``): only a certificate's SAN URI can have it."""
+    return "://" in name
+
+
+@dataclass(frozen=True)
+class CertificateNames:
+    """A client certificate's names, each kept with the field it came from.
+
+    Which names may be looked up in the roles file (:meth:`candidates`), so that names from
+    different fields never meet: a SAN URI only as a URI-shaped identity (with ``://``), a
+    SAN DNS name only as any other identity, and the subject CN only when the certificate
+    has no subjectAltName at all (as TLS hostname verification, RFC 6125) and never when
+    the CN looks like a URI.
+    """
+
+    uris: tuple[str, ...] = ()
+    dns_names: tuple[str, ...] = ()
+    common_names: tuple[str, ...] = ()
+    has_san: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.all())
+
+    def candidates(self) -> list[str]:
+        """The names that may match a roles file entry, most specific first."""
+        names = [u for u in self.uris if is_uri_identity(u)]
+        names += [d for d in self.dns_names if not is_uri_identity(d)]
+        if not self.has_san:
+            names += [c for c in self.common_names if not is_uri_identity(c)]
+        return list(dict.fromkeys(n for n in names if n))
+
+    def all(self) -> list[str]:
+        """Every name, most specific first: SAN URIs, SAN DNS names, then the subject CN
+        (what the certificate is called in messages, not what it may be matched as)."""
+        return list(dict.fromkeys(
+            n for n in (*self.uris, *self.dns_names, *self.common_names) if n))
+
+
+def certificate_names(auth_context: Mapping[str, Iterable[bytes | str]]) -> CertificateNames:
+    """The peer certificate's names by field; empty (false) when the transport carried no
+    client certificate."""
     if not _CERT_KEYS.intersection(auth_context):  # plaintext or TLS without a client cert
-        return []
+        return CertificateNames()
     pems = _texts(auth_context.get("x509_pem_cert", ()))
     if pems:
-        from_pem = list(_parse_pem_identities(pems[0]))
-        if from_pem:
+        from_pem = _parse_pem_names(pems[0])
+        if from_pem is not None:
             return from_pem
-    # No PEM (or unparsable): fall back to the properties gRPC extracted itself.
-    names: list[str] = []
+    # No PEM (or unparsable): the properties gRPC extracted itself. peer_uri / peer_dns keep
+    # the SAN's type; the untyped x509_subject_alternative_name is split by shape.
     sans = _texts(auth_context.get("x509_subject_alternative_name", ()))
-    names += [s for s in sans if "://" in s]
-    names += [s for s in sans if "://" not in s]
-    names += _texts(auth_context.get("x509_common_name", ()))
-    return list(dict.fromkeys(n for n in names if n))
+    if "peer_uri" in auth_context or "peer_dns" in auth_context:
+        uris = _texts(auth_context.get("peer_uri", ()))
+        dns = _texts(auth_context.get("peer_dns", ()))
+    else:
+        uris = [s for s in sans if is_uri_identity(s)]
+        dns = [s for s in sans if not is_uri_identity(s)]
+    return CertificateNames(tuple(uris), tuple(dns),
+                            tuple(_texts(auth_context.get("x509_common_name", ()))),
+                            has_san=bool(sans or uris or dns))
+
+
+def certificate_identities(auth_context: Mapping[str, Iterable[bytes | str]]) -> list[str]:
+    """The peer certificate's identities, most specific first: SAN URIs, SAN DNS names, then
+    the subject CN. Empty when the transport carried no client certificate. (Which of them
+    may match the roles file: :meth:`CertificateNames.candidates`.)"""
+    return certificate_names(auth_context).all()
 
 
 @functools.lru_cache(maxsize=1024)
-def _parse_pem_identities(pem: str) -> tuple[str, ...]:
-    """Parsed once per distinct certificate (a connection sends the same one every call)."""
+def _parse_pem_names(pem: str) -> CertificateNames | None:
+    """Parsed once per distinct certificate (a connection sends the same one every call);
+    None when the PEM is not a certificate."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
     try:
         cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
     except ValueError:
-        return ()
-    names: list[str] = []
+        return None
+    uris: list[str] = []
+    dns: list[str] = []
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        pass
+        has_san = False
     else:
-        names += san.get_values_for_type(x509.UniformResourceIdentifier)
-        names += san.get_values_for_type(x509.DNSName)
+        has_san = len(san) > 0
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        dns = san.get_values_for_type(x509.DNSName)
+    cns: list[str] = []
     for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
         value = attr.value
-        names.append(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
-    return tuple(dict.fromkeys(n for n in names if n))
+        cns.append(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+    return CertificateNames(tuple(uris), tuple(dns), tuple(cns), has_san=has_san)

@@ -3,7 +3,7 @@
 Each worker is a full server process; the kernel spreads connections across them. They share
 counters (Redis: required, an in-process store would give each worker its own caps) and each
 writes its own audit file (``audit-w<i>.jsonl``) so every hash chain has a single writer.
-SIGTERM/SIGINT to the parent is passed to every worker; the parent exits 0 when all did.
+SIGTERM/SIGINT/SIGHUP to the parent is passed to every worker; the parent exits 0 when all did.
 """
 
 from __future__ import annotations
@@ -48,16 +48,18 @@ def serve_workers(settings: Settings) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_run_worker, args=(worker_settings(settings, i),),
                          name=f"pdp-worker-{i}") for i in range(settings.workers)]
-    for p in procs:
-        p.start()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         for p in procs:
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # SIGHUP reloads the workers' tokens and roles (app.py); left at its default, it would
+    # end this parent and leave the workers running without one
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for p in procs:
+        p.start()
     for p in procs:
         p.join()
     failed = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
