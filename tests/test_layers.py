@@ -12,7 +12,8 @@ layer, never one of its own layer or above):
     policy                              policies, rules, stores
     cel, counters, audit, notify        the leaves the policy layer builds on
     telemetry                           spans and metrics
-    settings, reasons, backoff, turns   shared plain values and helpers
+    settings, reasons, backoff, turns,  shared plain values and helpers
+    zones
 
 Only the top four layers may import ``grpc`` or the generated ``pdp.v1``. Also: no import
 cycle between modules, anywhere (lazy imports inside functions count).
@@ -35,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"policy"},
     {"cel", "counters", "audit", "notify"},
     {"telemetry"},
-    {"settings", "reasons", "backoff", "turns"},
+    {"settings", "reasons", "backoff", "turns", "zones"},
 ]
 LAYER = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 GRPC_ALLOWED = {"cli", "admin_cli", "server", "authoring", "logging", "api", "client"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,8 @@ class Sandbox:
         return cls(PolicySet(compiled, b), config_cache_size=config_cache_size)
 
     def set_time(self, now: datetime) -> None:
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError(f"{NEEDS_OFFSET}, got {now.isoformat()!r}")  # never taken as UTC
         self._now = now
         self.clock.set(now.timestamp())
 
@@ -164,14 +164,35 @@ def _opt_text(v: Any) -> str | None:
     return yaml.safe_dump(v, sort_keys=False)  # a masked / structured value: keep its shape
 
 
+#: The one rule for a time written in a test or on the command line (freeze windows apply
+#: the same one, ``Params.timestamp``): it names its offset, or it is refused.
+NEEDS_OFFSET = "a timestamp needs a UTC offset, e.g. 2026-06-15T10:00:00Z or +02:00"
+
+
 def parse_time(value: Any) -> datetime:
+    """An ISO 8601 time with a UTC offset (``Z`` or ``±HH:MM``), or a YAML-parsed aware
+    datetime. A time without one (or a bare date) is a ValueError, not silently UTC: the
+    same text would mean another instant to a reader in another zone."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    text = str(value).strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    dt = datetime.fromisoformat(text)
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+        dt = value
+    elif isinstance(value, date):  # YAML reads an unquoted 2026-06-15 as a date
+        raise ValueError(f"{NEEDS_OFFSET}, got the date {value.isoformat()!r}")
+    else:
+        text = str(value).strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"expected an ISO 8601 timestamp with a UTC offset, e.g."
+                             f" 2026-06-15T10:00:00Z, got {str(value)!r}") from None
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError(f"{NEEDS_OFFSET}, got {_shown(value)!r}")
+    return dt
+
+
+def _shown(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 __all__ = ["CompiledPolicy", "NullAudit", "RequestError", "Sandbox", "compile_all",

@@ -66,9 +66,9 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
     try:
         return parse_time(text)
-    except ValueError:
-        raise ValueError(f"--since: expected e.g. 7d, 12h, 30m or an ISO time, got {text!r}"
-                         ) from None
+    except ValueError as exc:
+        raise ValueError(f"--since: expected e.g. 7d, 12h, 30m or an ISO time with its UTC"
+                         f" offset, got {text!r} ({exc})") from None
 
 
 @dataclass

@@ -13,7 +13,8 @@ import math
 import re
 from collections.abc import Callable
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo
+
+from pdp import zones
 
 from .errors import CelEvalError
 from .values import (
@@ -625,9 +626,24 @@ def is_type_named(v: Any, name: str) -> bool:
     return type_of(v).name == name
 
 
+# ASCII digits only: ``\d`` would take other scripts' digits, which ``int()`` reads.
 _TS_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?(?:[Zz]|([+-][0-9]{2}:[0-9]{2}))")
+
+# A fixed UTC offset: ``±HH:MM`` (the sign may be left out, as cel-go allows: ``02:00``).
+_OFFSET_RE = re.compile(r"([+-]?)([0-9]{2}):([0-9]{2})")
+
+
+def parse_offset(text: str) -> _dt.timedelta:
+    """A UTC offset ``±HH:MM`` with minutes 00-59 and less than 24 hours either way (what
+    Go's RFC 3339 parser, and so cel-go, accepts); anything else is an error naming it."""
+    m = _OFFSET_RE.fullmatch(text)
+    if not m or int(m.group(2)) > 23 or int(m.group(3)) > 59:
+        raise CelEvalError(f"invalid UTC offset {text!r} (expected +HH:MM or -HH:MM, hours"
+                           " 00-23, minutes 00-59)")
+    off = _dt.timedelta(hours=int(m.group(2)), minutes=int(m.group(3)))
+    return -off if m.group(1) == "-" else off
 
 
 def parse_timestamp(s: str) -> Timestamp:
@@ -641,9 +657,12 @@ def parse_timestamp(s: str) -> Timestamp:
     except ValueError:
         raise CelEvalError(f"cannot parse timestamp {s!r}") from None
     ns = Timestamp.from_datetime(base).ns + int(frac.ljust(9, "0") or "0")
-    if m.group(9):
-        off = (int(m.group(10)) * 60 + int(m.group(11))) * 60 * 10**9
-        ns += -off if m.group(9) == "+" else off
+    if m.group(8):
+        try:
+            off = parse_offset(m.group(8))
+        except CelEvalError as e:
+            raise CelEvalError(f"cannot parse timestamp {s!r}: {e}") from None
+        ns -= (off.days * 86400 + off.seconds) * 10**9
     return check_ts(ns)
 
 
@@ -737,14 +756,19 @@ def ends_with(a: Any, b: Any) -> bool:
 def _zone(tz: Any) -> _dt.tzinfo:
     if type(tz) is not str:
         raise no_overload("timezone", tz)
-    m = re.fullmatch(r"([+-]?)(\d{2}):(\d{2})", tz)
-    if m:
-        off = _dt.timedelta(hours=int(m.group(2)), minutes=int(m.group(3)))
-        return _dt.timezone(-off if m.group(1) == "-" else off)
+    if ":" in tz or tz[:1] in ("+", "-") or tz[:1].isdigit():
+        return _offset_zone(tz)  # no zone name looks so: an offset, or an error naming it
     try:
-        return ZoneInfo(tz)
-    except Exception:
-        raise CelEvalError(f"unknown time zone {tz!r}") from None
+        return zones.zone(tz)  # the bundled tzdata, never the host's files
+    except zones.UnknownZone as e:
+        why = "it depends on the host" if zones.host_dependent(tz) else \
+            "expected an IANA name such as Europe/Berlin or UTC, or an offset such as +02:00"
+        raise CelEvalError(f"unknown time zone {tz!r} ({why})") from e
+
+
+@functools.lru_cache(maxsize=256)
+def _offset_zone(tz: str) -> _dt.tzinfo:
+    return _dt.timezone(parse_offset(tz))
 
 
 def _local(ts: Any, tz: Any, fn: str) -> tuple[_dt.datetime, int]:
@@ -752,7 +776,10 @@ def _local(ts: Any, tz: Any, fn: str) -> tuple[_dt.datetime, int]:
     if t is None:
         raise no_overload(fn, ts)
     zone = _dt.UTC if tz is None else _zone(tz)
-    return t.to_datetime(zone), t.ns % 10**9
+    try:
+        return t.to_datetime(zone), t.ns % 10**9
+    except OverflowError:  # local time before year 1 or after 9999
+        raise CelEvalError(f"{fn}: timestamp out of range in time zone {tz!r}") from None
 
 
 def _ts_getter(fn: str, get: Callable[[_dt.datetime, int], int]) -> Callable[..., int]:

@@ -7,12 +7,13 @@ can speak the same small vocabulary.
 from __future__ import annotations
 
 import enum
-import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
+
+from pdp import zones
 
 
 class CounterKind(enum.Enum):
@@ -119,13 +120,13 @@ class CounterStateChange:
         return event
 
 
-@functools.lru_cache(maxsize=512)
 def zone(name: str) -> ZoneInfo:
-    """Load (and cache) an IANA zone; a bad name is a rule error, not a runtime surprise."""
+    """An IANA zone from the bundled tzdata, never the host's files (``pdp/zones.py``, which
+    caches it); a bad name is a rule error, not a runtime surprise."""
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as e:
-        raise ValueError(f"unknown IANA timezone {name!r}") from e
+        return zones.zone(name)
+    except zones.UnknownZone as e:
+        raise ValueError(e.problem) from e
 
 
 @dataclass(frozen=True, slots=True)

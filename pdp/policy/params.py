@@ -6,24 +6,23 @@ Every typed rule parses its parameters through this, so a bad value anywhere rea
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 import math
-import zoneinfo
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
+from pdp import zones
 from pdp.cel import CelError
 from pdp.cel.domain import compare_versions, quantity
 from pdp.policy.model import PolicyError
+from pdp.zones import HOST_ZONES as HOST_ZONES  # re-exported: it used to live here
 
 # Raise a PolicyError for a field path (relative to the rule's parameters).
 Fail = Callable[[tuple[str | int, ...], str], PolicyError]
 
-#: Names that load on some hosts but mean that host's own setting (or no zone at all).
-HOST_ZONES = frozenset({"localtime", "local", "posixrules", "factory", ""})
+#: The zone names the bundled tzdata lists (``pdp/zones.py``: the same on every host).
+iana_zone_names = zones.zone_names
 
 class Params:
     """A mapping of parameters plus the path prefix used in error messages."""
@@ -106,21 +105,13 @@ class Params:
 
         Why so strict: ``localtime`` (and a case-folded name on a case-insensitive file
         system) loads on some hosts and means that host's own zone, so sidecars would
-        disagree about the day or the hour."""
+        disagree about the day or the hour. For the same reason the rules come from the
+        bundled ``tzdata`` package, never the host's files (``pdp/zones.py``)."""
         name = self.string(key, "UTC")
-        if name not in iana_zone_names():
-            if name.strip().lower() in HOST_ZONES:
-                raise self.error(key, f"{name!r} is not a fixed time zone (it depends on the"
-                                      " host, so sidecars would disagree); name an IANA zone"
-                                      " such as Europe/Berlin or UTC")
-            close = [z for z in iana_zone_names() if z.lower() == name.strip().lower()]
-            hint = f"; did you mean {close[0]!r}?" if close else \
-                " (expected a tzdata name such as Europe/Berlin or UTC)"
-            raise self.error(key, f"unknown IANA time zone {name!r}{hint}")
         try:
-            return ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise self.error(key, f"time zone {name!r} has no data on this host") from None
+            return zones.zone(name)  # the bundled tzdata's rules, never the host's
+        except zones.UnknownZone as e:
+            raise self.error(key, e.problem) from None
 
     def version(self, key: str) -> str:
         """A dotted version (``"10"``, ``"16.4.1"``, ``v2.1.0-rc1``); an integer is taken as
@@ -174,20 +165,6 @@ def valid_version(text: str) -> bool:
     except CelError:
         return False
     return True
-
-
-@functools.cache
-def iana_zone_names() -> frozenset[str]:
-    """The zone names tzdata lists (the ``tzdata`` package, a dependency: the same list on
-    every host); without it, what this host has, minus host-dependent names."""
-    try:
-        text = importlib.resources.files("tzdata").joinpath("zones").read_text(
-            encoding="utf-8")
-        names = frozenset(text.split())
-    except (ModuleNotFoundError, OSError):
-        names = frozenset(zoneinfo.available_timezones())
-    return frozenset(n for n in names if n.lower() not in HOST_ZONES
-                     and not n.startswith(("posix/", "right/")))
 
 
 def parse_quantity(text: str) -> int | None:
