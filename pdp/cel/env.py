@@ -55,10 +55,12 @@ def new_pdp_environment(*, max_string_bytes: int = DEFAULT_MAX_STRING,
                         typed: bool = True) -> Environment:
     """A fresh environment with pdp's variables and all extension libraries.  The server
     passes ``settings.cel_max_string_bytes`` / ``cel_max_list_size`` as the hard caps.
-    ``typed=False`` declares every section ``dyn`` (any field compiles)."""
+    ``typed=False`` declares every section ``dyn`` (any field compiles). Literal arguments
+    that can only fail are refused at compile time (literals.py)."""
     return Environment(PDP_VARIABLES if typed else UNTYPED_VARIABLES,
                        max_string_bytes=max_string_bytes,
-                       max_list_size=max_list_size, max_input_bytes=max_input_bytes)
+                       max_list_size=max_list_size, max_input_bytes=max_input_bytes,
+                       strict_literals=True)
 
 
 @functools.lru_cache(maxsize=1)

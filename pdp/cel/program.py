@@ -21,6 +21,7 @@ from .cost import (
 )
 from .errors import CelCompileError, CelError, DeadlineExceeded
 from .functions import Registry
+from .literals import check_literals
 from .meter import DEFAULT_MAX_LIST, DEFAULT_MAX_STRING, Limits
 from .parser import parse
 from .references import conjunction, conjuncts, references
@@ -97,8 +98,12 @@ class Environment:
                  max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
                  max_input_elements: int = DEFAULT_MAX_INPUT_ELEMENTS,
                  max_string_bytes: int = DEFAULT_MAX_STRING,
-                 max_list_size: int = DEFAULT_MAX_LIST) -> None:
+                 max_list_size: int = DEFAULT_MAX_LIST,
+                 strict_literals: bool = False) -> None:
         self.decls: dict[str, T] = {}
+        # literal timestamps, durations, time zones and regexes that can only fail are
+        # refused at compile time (literals.py); off for plain CEL (conformance)
+        self.strict_literals = strict_literals
         self._key = ""  # cache_key, once computed
         self._key_decls: dict[str, T] | None = None
         self.container = container
@@ -133,6 +138,8 @@ class Environment:
         tree = self.parse(source)
         chk = _with_recursion(lambda: Checker(source, self.decls, self.registry,
                                               self.container, strict=check).check(tree))
+        if self.strict_literals:
+            check_literals(tree, source)
         est = _with_recursion(lambda: estimate_detail(
             tree, self.registry, self.inputs, self.limits, chk.types, chk.calls))
         hotspot = _describe(source, est.hotspot, est.note)
@@ -180,7 +187,7 @@ class Environment:
         if key and getattr(self, "_key_decls", None) is self.decls:
             return key
         parts = [self.container, repr(self.inputs), str(self.limits.max_string),
-                 str(self.limits.max_list)]
+                 str(self.limits.max_list), f"strict_literals={self.strict_literals}"]
         parts += [f"{k}:{v!r}" for k, v in sorted(self.decls.items())]
         parts += sorted(self.registry.funcs)
         self._key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
