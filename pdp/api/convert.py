@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from pdp.engine.decision import Decision, PolicyRef, Reason
+from pdp.engine.decision import Decision, Explanation, PolicyRef, Reason
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest, Override
 from pdp.policy.model import NAME_RE, Checkpoint
 from pdp.reasons import ReasonCode
@@ -100,15 +100,19 @@ def change_dict(change: cpb.Change) -> dict[str, str]:
     return {"subject": change.subject, "source": change.source, "type": change.type}
 
 
-def override_of(msg: Any) -> Override | None:
+def override_of(msg: Any, caller: Caller) -> Override | None:
+    """The request's override, whose actor is always the authenticated caller: an empty
+    ``override.actor`` means the caller, any other name is refused (an override audited in
+    someone else's name would let one admin act as another)."""
     if not msg.HasField("override"):
         return None
     o = msg.override
-    if not o.actor:
-        raise InvalidRequest("override.actor", "required when an override is sent")
+    if o.actor and o.actor != caller.identity:
+        raise InvalidRequest("override.actor", f"must be the caller {caller.identity!r}"
+                                               f" (or empty), got {o.actor!r}")
     if not o.justification.strip():
         raise InvalidRequest("override.justification", "required when an override is sent")
-    return Override(o.actor, o.justification)
+    return Override(caller.identity, o.justification)
 
 
 def push_checkpoint(cp: int) -> Checkpoint:
@@ -131,7 +135,7 @@ def check_push_request(msg: dpb.CheckPushRequest, caller: Caller) -> CheckReques
         agent=agent_dict(msg.agent), rollout=rollout_dict(msg.rollout),
         config_yaml=msg.config.yaml or None,
         previous_config_yaml=msg.previous_config.yaml or None,
-        override=override_of(msg), caller=caller, explain=msg.explain,
+        override=override_of(msg, caller), caller=caller, explain=msg.explain,
         request_id=msg.request_id)
 
 
@@ -158,7 +162,7 @@ def iter_push_batch_requests(msg: dpb.CheckPushBatchRequest,
         first = agent_dict(agents[0]) if agents else None  # its id is checked first
         change = change_dict(msg.change)
         rollout = rollout_dict(msg.rollout)
-        override = override_of(msg)
+        override = override_of(msg, caller)
     except InvalidRequest as exc:
         raise _in_batch(0, exc) from None
     config = msg.config.yaml or None
@@ -182,7 +186,7 @@ def check_device_request(msg: dpb.CheckDeviceRequest, caller: Caller) -> CheckRe
     return CheckRequest(
         tenant=tenant, checkpoint=Checkpoint.DEVICE, change=change_dict(msg.change),
         device=device_dict(msg.device), rollout=rollout_dict(msg.rollout),
-        config_yaml=msg.config.yaml or None, override=override_of(msg), caller=caller,
+        config_yaml=msg.config.yaml or None, override=override_of(msg, caller), caller=caller,
         explain=msg.explain, request_id=msg.request_id)
 
 
@@ -204,7 +208,7 @@ def check_rollout_request(msg: dpb.CheckRolloutRequest, caller: Caller) -> Check
         change=change_dict(msg.change), rollout=rollout_dict(msg.rollout),
         config_yaml=msg.config.yaml or None,
         previous_config_yaml=msg.previous_config.yaml or None,
-        metrics=metrics_dict(msg.metrics), override=override_of(msg), caller=caller,
+        metrics=metrics_dict(msg.metrics), override=override_of(msg, caller), caller=caller,
         explain=msg.explain, request_id=msg.request_id)
 
 
@@ -231,36 +235,68 @@ def policy_ref_pb(p: PolicyRef) -> cpb.PolicyRef:
                          builtin=p.builtin)
 
 
+#: Statuses of the policy versions that run in shadow (never block). A decision names them
+#: only to callers who may read the tenant's policies (``reader``): a checker may not read
+#: them through the admin API either. The audit record names them whoever asked.
+SHADOW_STATUSES = frozenset({"draft", "approved"})
+
+
+def shown_refs(refs: Sequence[PolicyRef], reader: bool) -> Sequence[PolicyRef]:
+    """The evaluated policies a caller is shown: all of them to a ``reader`` (READ_POLICIES
+    on the tenant), the enforced ones to anyone else."""
+    if reader:
+        return refs
+    return [p for p in refs if p.status not in SHADOW_STATUSES]
+
+
+def shown_explanations(d: Decision) -> list[Explanation]:
+    """The explanations a caller without READ_POLICIES is shown: those of typed rules and
+    built-ins (request values and the rule's parameters, as their reasons' messages say),
+    never a CEL rule's (keyed by the policy's source text) or a policy that does not
+    compile (its error quotes the source). Reasons' codes and messages are for every
+    caller; an explanation no reason of the decision names is left out."""
+    typed = {r.policy for r in d.reasons
+             if r.policy and r.rule not in ("cel", "system") and r.code != "POLICY_INVALID"}
+    return [x for x in d.explanations if x.policy in typed]
+
+
 _EVALUATED: dict[tuple[int, ...], tuple[tuple[PolicyRef, ...], cpb.Decision]] = {}
 
 
-def _evaluated_template(refs: list[PolicyRef]) -> cpb.Decision:
-    """A Decision holding only the evaluated policies of one selection, built once and
-    merged into every decision that evaluated them (the refs keep the ids valid)."""
-    key = tuple(map(id, refs))
+def _evaluated_template(refs: list[PolicyRef], reader: bool = True) -> cpb.Decision:
+    """A Decision holding only the evaluated policies of one selection (as a ``reader``
+    or another caller is shown them), built once and merged into every decision that
+    evaluated them (the refs keep the ids valid)."""
+    key = (int(reader), *map(id, refs))
     hit = _EVALUATED.get(key)
     if hit is None:
         if len(_EVALUATED) >= 4096:
             _EVALUATED.pop(next(iter(_EVALUATED)))
         hit = _EVALUATED[key] = (tuple(refs), cpb.Decision(
-            evaluated_policies=[policy_ref_pb(p) for p in refs]))
+            evaluated_policies=[policy_ref_pb(p) for p in shown_refs(refs, reader)]))
     return hit[1]
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def fill_decision_pb(pb: cpb.Decision, d: Decision, *, with_evaluated: bool = True) -> None:
+def fill_decision_pb(pb: cpb.Decision, d: Decision, *, with_evaluated: bool = True,
+                     reader: bool = True) -> None:
     """Write ``d`` into the empty ``pb`` (e.g. a field of a batch response, so the decision
     is not built apart and copied in). A batch names the evaluated policies by set
-    (``with_evaluated=False``, see ``fill_batch_response``)."""
+    (``with_evaluated=False``, see ``fill_batch_response``).
+
+    ``reader``: whether the caller may read the tenant's policies (READ_POLICIES, asked
+    once per call by the server; the offline tools are readers). Anyone else is not shown
+    drafts or approved versions (``evaluated_policies``, ``shadow_denies``) nor
+    explanations quoting policy source text (see ``shown_explanations``)."""
     if d.evaluated and with_evaluated:
-        pb.MergeFrom(_evaluated_template(d.evaluated))
+        pb.MergeFrom(_evaluated_template(d.evaluated, reader))
     pb.decision_id = d.decision_id
     pb.outcome = cpb.OUTCOME_ALLOW if d.allowed else cpb.OUTCOME_DENY
     if d.reasons:
         pb.reasons.extend([reason_pb(r) for r in d.reasons])
-    if d.shadow_denies:
+    if d.shadow_denies and reader:
         pb.shadow_denies.extend([reason_pb(r) for r in d.shadow_denies])
     pb.overridden = d.overridden
     pb.checkpoint = CHECKPOINT_TO_PB.get(d.checkpoint, cpb.CHECKPOINT_UNSPECIFIED)
@@ -274,8 +310,9 @@ def fill_decision_pb(pb: cpb.Decision, d: Decision, *, with_evaluated: bool = Tr
     ts.seconds = delta.days * 86_400 + delta.seconds
     ts.nanos = delta.microseconds * 1000
     if d.explanations:
+        shown = d.explanations if reader else shown_explanations(d)
         pb.explanations.extend([cpb.Explanation(policy=x.policy, values=x.values)
-                                for x in d.explanations])
+                                for x in shown])
 
 
 def _set_elapsed(pb: cpb.Decision, elapsed_s: float) -> None:
@@ -288,16 +325,18 @@ def _set_elapsed(pb: cpb.Decision, elapsed_s: float) -> None:
 
 
 def fill_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[str],
-                        decisions: Sequence[Decision]) -> None:
+                        decisions: Sequence[Decision], *, reader: bool = True) -> None:
     """The decisions of a step, each distinct list of evaluated policies written once in
     ``evaluated_sets`` and named by index (keyed by the refs' identities: a policy version's
-    ref is one object, and the decisions hold them alive meanwhile)."""
-    for _ in filling_batch_response(out, agent_ids, decisions):
+    ref is one object, and the decisions hold them alive meanwhile). ``reader``: as for
+    ``fill_decision_pb``."""
+    for _ in filling_batch_response(out, agent_ids, decisions, reader=reader):
         pass
 
 
 def filling_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[str],
-                           decisions: Sequence[Decision]) -> Iterator[int]:
+                           decisions: Sequence[Decision], *,
+                           reader: bool = True) -> Iterator[int]:
     """``fill_batch_response`` yielding each decision's index once it is in ``out`` (the
     server gives the event loop turns meanwhile); ``out`` is complete when it ends."""
     sets: dict[tuple[int, ...], int] = {}  # the refs are shared per policy version
@@ -312,15 +351,16 @@ def filling_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[
         index = sets.get(key)
         if index is None:
             index = sets[key] = len(out.evaluated_sets)
-            out.evaluated_sets.add().policies.extend([policy_ref_pb(p) for p in d.evaluated])
+            out.evaluated_sets.add().policies.extend(
+                [policy_ref_pb(p) for p in shown_refs(d.evaluated, reader)])
         item = add(agent_id=agent_id, evaluated_set=index)
         if d.reasons or d.shadow_denies or d.explanations:
-            fill_decision_pb(item.decision, d, with_evaluated=False)
+            fill_decision_pb(item.decision, d, with_evaluated=False, reader=reader)
             continue
         shared = (d.allowed, d.overridden, d.checkpoint, d.decided_at)
         if shared != common:
             template = cpb.Decision()
-            fill_decision_pb(template, d, with_evaluated=False)
+            fill_decision_pb(template, d, with_evaluated=False, reader=reader)
             template.ClearField("decision_id")
             template.ClearField("elapsed")
             common = shared
@@ -332,7 +372,7 @@ def filling_batch_response(out: dpb.CheckPushBatchResponse, agent_ids: Iterable[
     out.denied_count = len(decisions) - out.allowed_count
 
 
-def decision_pb(d: Decision) -> cpb.Decision:
+def decision_pb(d: Decision, *, reader: bool = True) -> cpb.Decision:
     pb = cpb.Decision()
-    fill_decision_pb(pb, d)
+    fill_decision_pb(pb, d, reader=reader)
     return pb

@@ -25,9 +25,15 @@ from pdp.turns import Turns
 
 def combine(item: Pending) -> Decision:
     """The final answer of one request: allow iff nothing denied, or the deny is overridden
-    by an admin (always audited)."""
+    by an admin in their own name (always audited; the server makes an override's actor the
+    authenticated caller, and one in another name is never honoured). Built-ins' denies are
+    overridden too, for this one decision: their reasons stay, marked ``builtin``, and the
+    audit record names them (``override.overridden_builtins``)."""
     d = item.decision
-    if d.reasons and item.req.override is not None and item.req.caller.is_admin:
+    req = item.req
+    override = req.override
+    if d.reasons and override is not None and req.caller.is_admin \
+            and override.actor == req.caller.identity:
         d.overridden = True
     d.allowed = not d.reasons or d.overridden
     d.elapsed_s = time.monotonic() - item.started

@@ -227,7 +227,6 @@ def decision_event(req: CheckRequest, decision: Decision, *,
     else:
         request["config_sha256"], request["previous_config_sha256"] = configs
     agent, device, rollout = req.agent, req.device, req.rollout
-    override = req.override
     return DecisionRecord(
         time=decision.decided_at.isoformat(),
         tenant=req.tenant,
@@ -237,9 +236,7 @@ def decision_event(req: CheckRequest, decision: Decision, *,
         reasons=[r.to_dict() for r in decision.reasons],
         shadow_denies=[r.to_dict() for r in decision.shadow_denies],
         overridden=decision.overridden,
-        override=None if override is None else {
-            "actor": override.actor, "justification": override.justification,
-            "honoured": decision.overridden, "caller_is_admin": req.caller.is_admin},
+        override=override_record(req, decision),
         caller=req.caller.identity,
         request_id=req.request_id,
         subject={
@@ -252,3 +249,25 @@ def decision_event(req: CheckRequest, decision: Decision, *,
         policies=policies_list(decision.evaluated) if policies_ref is None else None,
         policies_sha256=policies_ref,
     )
+
+
+def override_record(req: CheckRequest, decision: Decision) -> dict[str, Any] | None:
+    """The ``override`` of a Decision event: its actor is the authenticated caller (the name
+    the request gave is kept apart, as ``requested_actor``, only if it differs: then it was
+    not honoured); an honoured override of built-ins' denies names them
+    (``overridden_builtins``: a per-decision bypass of a guardrail whose permanent
+    relaxation takes two admins). The overridden denies are the record's ``reasons``."""
+    override = req.override
+    if override is None:
+        return None
+    caller = req.caller
+    out: dict[str, Any] = {
+        "actor": caller.identity, "justification": override.justification,
+        "honoured": decision.overridden, "caller_is_admin": caller.is_admin}
+    if override.actor != caller.identity:
+        out["requested_actor"] = override.actor
+    if decision.overridden:
+        builtins = list(dict.fromkeys(r.policy for r in decision.reasons if r.builtin))
+        if builtins:
+            out["overridden_builtins"] = builtins
+    return out

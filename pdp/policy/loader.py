@@ -24,6 +24,7 @@ from pdp.policy.model import (
     Policy,
     PolicyError,
     Status,
+    four_eyes_problem,
     validate_name,
 )
 from pdp.policy.params import Params
@@ -114,6 +115,9 @@ def parse_document(doc: Located, source: str, *,
     except ChannelConfigError as exc:
         raise fail(("notify",), str(exc)) from None
     top.seen.add("notify")
+    author, approver = top.string("author", ""), top.string("approver", "")
+    if (problem := four_eyes_problem(author, approver)) is not None:
+        raise fail(("approver",), problem)  # seeding would record an approval never given
     spec = {k: v for k, v in data.items() if k not in ("status", "version", "author", "approver")}
     return Policy(
         tenant=tenant, name=name, rule=rule,
@@ -123,8 +127,8 @@ def parse_document(doc: Located, source: str, *,
         enabled=top.boolean("enabled", True),
         status=status,
         version=top.integer("version", 1, minimum=1),
-        author=top.string("author", ""),
-        approver=top.string("approver", ""),
+        author=author,
+        approver=approver,
         source=f"{source}:{doc.start_line}",
         notify=channels,
         spec=spec,

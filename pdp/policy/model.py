@@ -186,6 +186,20 @@ def content_hash(spec: Mapping[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def same_person(a: str, b: str) -> bool:
+    """Whether two actor names are one person for four eyes (case and surrounding blanks
+    do not make another person)."""
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def four_eyes_problem(author: str, approver: str) -> str | None:
+    """The problem with a version claimed approved by ``approver`` and written by
+    ``author`` (both as given; empty = not given), or None."""
+    if author and approver and same_person(author, approver):
+        return f"must differ from author {author!r} (four-eyes)"
+    return None
+
+
 def validate_name(name: Any) -> str | None:
     """The problem with a policy name, or None if it is fine."""
     if not isinstance(name, str) or not name:

@@ -26,7 +26,7 @@ from pdp.engine.request import Caller, CheckRequest, InvalidRequest
 from pdp.server.arrival import arrived_at
 from pdp.server.ending import end
 from pdp.server.limits import abort_invalid, internal_text, status_text
-from pdp.server.roles import Permission, authorize, current_caller
+from pdp.server.roles import Permission, Principal, authorize, current_caller
 from pdp.telemetry import debug_enabled, log_decision, log_step
 from pdp.turns import Turns, foreground
 from pdp.v1 import decision_pb2 as dpb
@@ -86,6 +86,13 @@ async def guarded(context: grpc.aio.ServicerContext[Any, Any],
     raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
 
+def reads_policies(principal: Principal, tenant: str) -> bool:
+    """Whether a decision's answer may show ``tenant``'s policy texts and drafts to this
+    caller: as much as the admin API would (READ_POLICIES). Asked once per call (per batch
+    of a stream), never per policy."""
+    return principal.may(Permission.READ_POLICIES, tenant)
+
+
 class DecisionService(dgrpc.DecisionServiceServicer):
     def __init__(self, engine: Engine, deadline_s: float, max_batch: int) -> None:
         self.engine = engine
@@ -97,9 +104,10 @@ class DecisionService(dgrpc.DecisionServiceServicer):
 
     async def _check(self, context: grpc.aio.ServicerContext[Any, Any], tenant: str,
                      build: Callable[[Caller], CheckRequest], response: R) -> R:
-        """Decide one request and write the decision into ``response.decision`` (in place:
-        no copy of the message)."""
+        """Authorise, decide one request and write the decision into ``response.decision``
+        (in place: no copy of the message), as the caller may see it (``reads_policies``)."""
         received_at = arrived_at()  # the budget covers waiting and conversion too
+        reader = reads_policies(await authorize(context, tenant, Permission.DECIDE), tenant)
 
         async def run() -> R:
             req = build(current_caller(tenant))
@@ -109,7 +117,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                                                    caller_deadline(context),
                                                    received_at=received_at)
                 log_decision(log, req.tenant, req.checkpoint.value, decision, self.debug)
-                convert.fill_decision_pb(response.decision, decision)
+                convert.fill_decision_pb(response.decision, decision, reader=reader)
                 return response
             with tel.decision_span(f"pdp.{req.checkpoint.value}", carrier(context),
                                    {"pdp.tenant": req.tenant,
@@ -120,20 +128,18 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 span.set_attribute("pdp.outcome", "allow" if decision.allowed else "deny")
                 span.set_attribute("pdp.decision_id", decision.decision_id)
                 log_decision(log, req.tenant, req.checkpoint.value, decision, self.debug)
-            convert.fill_decision_pb(response.decision, decision)
+            convert.fill_decision_pb(response.decision, decision, reader=reader)
             return response
         return await guarded(context, run)
 
     async def CheckPush(self, request: dpb.CheckPushRequest,
                         context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushResponse:
-        await authorize(context, request.tenant, Permission.DECIDE)
         return await self._check(context, request.tenant,
                                  lambda c: convert.check_push_request(request, c),
                                  dpb.CheckPushResponse())
 
     async def CheckDevice(self, request: dpb.CheckDeviceRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckDeviceResponse:
-        await authorize(context, request.tenant, Permission.DECIDE)
         return await self._check(context, request.tenant,
                                  lambda c: convert.check_device_request(request, c),
                                  dpb.CheckDeviceResponse())
@@ -141,7 +147,6 @@ class DecisionService(dgrpc.DecisionServiceServicer):
     async def CheckRollout(self, request: dpb.CheckRolloutRequest,
                            context: grpc.aio.ServicerContext[Any, Any]
                            ) -> dpb.CheckRolloutResponse:
-        await authorize(context, request.tenant, Permission.DECIDE)
         return await self._check(context, request.tenant,
                                  lambda c: convert.check_rollout_request(request, c),
                                  dpb.CheckRolloutResponse())
@@ -149,7 +154,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
     async def _batch(self, request: dpb.CheckPushBatchRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> dpb.CheckPushBatchResponse:
         received_at = arrived_at()  # the step's budget covers waiting and conversion too
-        await authorize(context, request.tenant, Permission.DECIDE)  # every batch of a stream
+        principal = await authorize(context, request.tenant, Permission.DECIDE)  # every batch
+        reader = reads_policies(principal, request.tenant)
 
         async def run() -> dpb.CheckPushBatchResponse:
             with foreground():  # the step's own records wait for its answer (turns.py)
@@ -184,7 +190,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 span.set_attribute("pdp.step.denied", denied)
             out = dpb.CheckPushBatchResponse()
             for i in convert.filling_batch_response(out, (a.id for a in request.agents),
-                                                    decisions):
+                                                    decisions, reader=reader):
                 if turns.due(i):
                     await turns.take()
             return out
@@ -226,7 +232,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
     async def EvaluateHealth(self, request: dpb.EvaluateHealthRequest,
                              context: grpc.aio.ServicerContext[Any, Any]
                              ) -> dpb.EvaluateHealthResponse:
-        await authorize(context, request.tenant, Permission.DECIDE)
+        reader = reads_policies(await authorize(context, request.tenant, Permission.DECIDE),
+                                request.tenant)
 
         async def run() -> dpb.EvaluateHealthResponse:
             tenant = convert.tenant_of(request.tenant)
@@ -239,5 +246,6 @@ class DecisionService(dgrpc.DecisionServiceServicer):
             return dpb.EvaluateHealthResponse(
                 rollback=verdict.rollback, decision_id=verdict.decision_id,
                 reasons=[convert.reason_pb(r) for r in verdict.reasons],
-                evaluated_policies=[convert.policy_ref_pb(p) for p in verdict.evaluated])
+                evaluated_policies=[convert.policy_ref_pb(p)
+                                    for p in convert.shown_refs(verdict.evaluated, reader)])
         return await guarded(context, run)

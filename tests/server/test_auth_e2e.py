@@ -64,11 +64,16 @@ def test_mtls_identity_roles_and_overrides(mtls: tuple[PdpServer, CA]) -> None:
     server, ca = mtls
     engine = _stub(server, ca, "spiffe://pdp/engine")
     oncall = _stub(server, ca, "spiffe://pdp/oncall")
-    req = push_request("acme", "a1", config_yaml="a: 1", override=("bob", "incident 7"))
+    req = push_request("acme", "a1", config_yaml="a: 1", override=("", "incident 7"))
     d = engine.CheckPush(req, timeout=5).decision
     assert d.outcome == cpb.OUTCOME_DENY and not d.overridden  # checker: override ignored
     d = oncall.CheckPush(req, timeout=5).decision
     assert d.outcome == cpb.OUTCOME_ALLOW and d.overridden     # admin: honoured
+    with pytest.raises(grpc.RpcError) as err:  # the actor is the caller, not a name sent
+        oncall.CheckPush(push_request("acme", "a1", config_yaml="a: 1",
+                                      override=("bob", "incident 7")), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "spiffe://pdp/oncall" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         engine.CheckPush(push_request("beta", "a1", config_yaml="a: 1"), timeout=5)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -130,7 +130,7 @@ def test_pdp_check_exit_2_when_no_server() -> None:
     (push_request("acme", "agent-1", config_yaml="a: 1",
                   previous_config_yaml="a: b: c"), "previous_config.yaml"),
     (push_request("bad tenant!", "agent-1"), "tenant"),
-    (push_request("acme", "agent-1", override=("", "why")), "override.actor"),
+    (push_request("acme", "agent-1", override=("bob", "why")), "override.actor"),
 ])
 def test_invalid_argument_names_the_field(pdp_server: PdpServer, request_: dpb.CheckPushRequest,
                                           field: str) -> None:

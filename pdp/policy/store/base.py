@@ -241,6 +241,12 @@ class PolicyStore(abc.ABC):
         self._check_tenant(policy.tenant)
         actor = _check_actor(actor)
         given = policy
+        if given.status is not Status.DRAFT and (given.author or given.approver) and (
+                problem := lifecycle.seed_approval_problem(given.author, given.approver,
+                                                           actor)) is not None:
+            # Refused before anything is read or written, naming the file (the loader
+            # refuses a YAML naming one person twice already, at the approver's line).
+            raise PolicyError(problem, field_path="approver", source=given.source)
         policy, text = self._parse_source(policy.tenant,
                                           yaml_text if yaml_text is not None else policy)
         self.validate(policy)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 
 from pdp.audit import events as ev
-from pdp.policy.model import Status
+from pdp.policy.model import PolicyError, Status, four_eyes_problem, same_person
 from pdp.policy.store.errors import (
     FourEyesViolation,
     InvalidTransition,
@@ -46,10 +46,6 @@ from pdp.policy.store.records import (
     Transition,
     VersionRecord,
 )
-
-
-def same_person(a: str, b: str) -> bool:
-    return a.strip().casefold() == b.strip().casefold()
 
 
 def _require(rec: PolicyRecord, version: int | None = None) -> VersionRecord:
@@ -168,9 +164,17 @@ def seed(rec: PolicyRecord, yaml_text: str, content_hash: str, status: Status, a
          approver: str, actor: str, now: float) -> Mutation | None:
     """Version 1 of a policy from the YAML directory, directly in ``status`` (the directory is
     reviewed where it is kept), or None when the policy already exists (seeding never
-    creates new versions of a stored policy)."""
+    creates new versions of a stored policy).
+
+    The version's author and approver are the YAML's, else the seeding ``actor``; a YAML
+    that names one person as both (or names the seeding actor as one and leaves the other
+    to it) is refused (``PolicyError``, field ``approver``): the record would claim an
+    approval four eyes refuses."""
     if rec.exists:
         return None
+    if status is not Status.DRAFT and (author or approver) and (
+            problem := seed_approval_problem(author, approver, actor)) is not None:
+        raise PolicyError(problem, field_path="approver")
     record = VersionRecord(tenant=rec.tenant, name=rec.name, version=1, status=Status.DRAFT,
                            yaml=yaml_text, content_hash=content_hash, author=author or actor,
                            created_at=now)
@@ -204,6 +208,12 @@ def seed(rec: PolicyRecord, yaml_text: str, content_hash: str, status: Status, a
                                       "seeded from the policy directory"))
         prev = step
     return Mutation((record,), tuple(transitions), tuple(events), record)
+
+
+def seed_approval_problem(author: str, approver: str, actor: str) -> str | None:
+    """Why a seeded version with this YAML ``author`` / ``approver`` (empty: the seeding
+    ``actor``) claims an approval four eyes refuses, or None."""
+    return four_eyes_problem(author or actor, approver or actor)
 
 
 # --- built-ins ------------------------------------------------------------------------------
