@@ -27,10 +27,16 @@ The event::
 
 The checkpoint record itself is seq N + 1. ``key_id`` names the key (a hash of it), so a
 verifier given the wrong key says so instead of calling every checkpoint forged.
+
+The checkpoint the writer ends a ledger with when it stops carries ``"final": true`` (signed
+with the rest): a restarted writer begins with a checkpoint of its own right after it, so a
+record that follows a shutdown checkpoint and is not a checkpoint was appended while no
+writer ran. The writer refuses to start on one and ``verify`` reports it (``appended``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -41,8 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from pdp.audit.chain import ChainHead, canonical
 from pdp.audit.events import format_time
+
+log = structlog.get_logger("pdp.audit")
 
 CHECKPOINT = "Audit.Checkpoint"
 #: Written by the writer when, at start-up, it moved a torn final line aside.
@@ -81,8 +91,12 @@ class AnchorKey:
         return cls.from_bytes(data)
 
     def mac(self, event: Mapping[str, Any]) -> str:
-        """MAC of the checkpoint fields of ``event`` (whatever else it carries is ignored)."""
+        """MAC of the checkpoint fields of ``event`` (whatever else it carries is ignored);
+        ``final`` is signed when present (checkpoints made before it existed verify as
+        before; adding or removing it breaks the MAC)."""
         body = {k: event.get(k) for k in _MAC_FIELDS}
+        if "final" in event:
+            body["final"] = event["final"]
         return hmac.new(self.secret, canonical(body), hashlib.sha256).hexdigest()
 
     def signed(self, event: Mapping[str, Any]) -> bool:
@@ -104,14 +118,35 @@ class Segment:
 
 
 def checkpoint_event(key: AnchorKey, ledger: str, head: ChainHead,
-                     files: list[Segment], when: float | None = None) -> dict[str, Any]:
+                     files: list[Segment], when: float | None = None,
+                     final: bool = False) -> dict[str, Any]:
     ev: dict[str, Any] = {
         "type": CHECKPOINT, "time": format_time(when if when is not None else time.time()),
         "ledger": ledger, "seq": head.seq, "head": head.hash,
         "files": [s.to_json() for s in files], "key_id": key.key_id,
     }
+    if final:
+        ev["final"] = True
     ev["mac"] = key.mac(ev)
     return ev
+
+
+def is_final(event: Any) -> bool:
+    """A shutdown checkpoint: the writer closed the ledger after it. The next record, if
+    any, is the checkpoint a restarted writer begins with; anything else was appended
+    after the writer stopped."""
+    return is_checkpoint(event) and event.get("final") is True
+
+
+def trusted(key: AnchorKey, event: Any, ledger: str, seq: int, prev: str) -> bool | None:
+    """Whether ``event`` (the event of record ``seq``, whose ``prev`` is given) is a
+    checkpoint of ``ledger`` signed with ``key`` that signs the head the chain has: True;
+    False when it claims ``key``'s id but does not check out (forged, or re-chained); None
+    when it cannot tell (another key's id: made before a key change)."""
+    if not is_checkpoint(event) or event.get("key_id") != key.key_id:
+        return None
+    return bool(key.signed(event) and event.get("ledger") == ledger
+                and event.get("seq") == seq - 1 and event.get("head") == prev)
 
 
 def is_checkpoint(event: Any) -> bool:
@@ -133,13 +168,20 @@ class AnchorFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._fd: int | None = None
+        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self.synced_at = time.monotonic()
+        #: Times the file at ``path`` was found removed or replaced under the open one (and
+        #: recreated there); the last time's account. Stats / health report them.
+        self.replaced = 0
+        self.last_replaced: str | None = None
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._fd = fd
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino)
         size = os.fstat(fd).st_size
         if size:
             # A crash mid-append leaves a fragment; end it, so the next line starts clean
@@ -155,9 +197,34 @@ class AnchorFile:
             finally:
                 os.close(dfd)
 
+    def _check_path(self) -> None:
+        """Reopen (recreating it) when the file at ``path`` is no longer the open one:
+        removed or replaced since it was opened. Writing on would put every later anchor in
+        an unlinked inode nobody can read (or a file nobody ships)."""
+        try:
+            st = os.stat(self.path)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now is not None and now == self._ident:
+            return
+        what = "removed" if now is None else "replaced by another file"
+        self.replaced += 1
+        self.last_replaced = (f"anchor file {self.path} was {what} while open; recreated "
+                              f"(checkpoints before it are only in the ledger)")
+        log.error("audit_anchor_file_replaced", path=str(self.path), what=what,
+                  times=self.replaced)
+        old, self._fd = self._fd, None
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.close(old)
+        self.open()
+
     def append(self, event: Mapping[str, Any], fsync: bool = True) -> None:
         if self._fd is None:
             self.open()
+        else:
+            self._check_path()
         assert self._fd is not None
         line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
         view = memoryview(line)
@@ -178,6 +245,7 @@ class AnchorFile:
             finally:
                 os.close(self._fd)
                 self._fd = None
+                self._ident = None
 
 
 @dataclass(frozen=True)
@@ -284,8 +352,8 @@ class Anchorer:
     def seconds_left(self) -> float:
         return max(0.0, self.last_time + self.every_s - time.monotonic())
 
-    def make(self, ledger: str, head: ChainHead) -> dict[str, Any]:
-        return checkpoint_event(self.key, ledger, head, list(self.segments))
+    def make(self, ledger: str, head: ChainHead, final: bool = False) -> dict[str, Any]:
+        return checkpoint_event(self.key, ledger, head, list(self.segments), final=final)
 
     def written(self, records: int) -> None:
         self.unanchored += records

@@ -4,16 +4,23 @@ A record is ``{"hash": h, "event": {...}, "prev": <hash of record n-1>, "seq": n
 where ``h = sha256(text of the record without "hash")``. Any edit of a record changes its
 hash; removing, inserting or reordering records breaks the ``seq`` / ``prev`` links.
 
-Three format versions, each record names its own (readers re-encode what they parse the way
-its ``v`` says, so whitespace between tokens does not matter):
+Three format versions, each record names its own:
 
 * ``v: 3`` (written now): the text is orjson's, with the keys in the order the record has
   them, i.e. exactly the bytes of the line after its ``hash`` field. Nothing is sorted:
   sorting cost about half of encoding a decision, and a verifier needs no canonical-JSON
-  rules, only the line (or a parser that keeps key order).
+  rules, only the line. The verifier (``check_line``) hashes the line's own bytes: a line
+  whose bytes differ from what was hashed (extra whitespace, ``\\u`` escapes, a key given
+  twice so that a parser sees another value than the one hashed) does not verify, whatever
+  it parses to.
 * ``v: 2``: orjson's text with sorted keys (``OPT_SORT_KEYS``).
 * ``v: 1``: the json module's text (``sort_keys``, ``allow_nan=False``). The writer still uses
   v1 for an event orjson cannot encode (an integer beyond 64 bits).
+
+v1 and v2 records are checked as before: parsed, then re-encoded the way their ``v`` says
+(files of older writers may differ in whitespace). In every version a key given twice in one
+object is refused (``parse_line_strict``): no writer ever wrote one, and ``json.loads`` would
+silently keep the last.
 
 v1 and v2/v3 spell some floats differently (``1e-05`` / ``0.00001``), which is why the
 version is part of the record. Non-finite floats have no JSON form: the API refuses them in
@@ -188,6 +195,72 @@ def parse_line(line: bytes) -> Record:
     if "event" not in rec:
         raise ValueError("missing event")
     return rec
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise ValueError(f"duplicate key {k!r} in one object (the line was edited)")
+            seen.add(k)
+    return out
+
+
+def parse_line_strict(line: bytes) -> Record:
+    """``parse_line`` that also refuses a key given twice in any object (``json.loads``
+    keeps the last one silently): what verifiers parse with."""
+    rec = json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    seq, h, prev = rec.get("seq"), rec.get("hash"), rec.get("prev")
+    if type(seq) is not int or not isinstance(h, str) or not isinstance(prev, str):
+        raise ValueError("missing seq / prev / hash")
+    if "event" not in rec:
+        raise ValueError("missing event")
+    return rec
+
+
+_HASH_PREFIX = b'{"hash":"'
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def line_problem(line: bytes, record: Record) -> str | None:
+    """Why ``line`` (one line of a ledger, newline optional) does not verify as ``record``
+    (what it parsed to), or None.
+
+    v3: the line's own bytes are checked: it must be ``{"hash":"<64 hex>",`` followed by the
+    rest of the hashed text, and that text (``{`` + the rest) must hash to the hash. Nothing
+    is re-encoded, so bytes that parse to the same values but differ from what was hashed
+    are caught. Older versions: re-encoded from the parsed record, as their ``v`` says.
+    """
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    if record.get("v") != FORMAT_VERSION or type(record.get("v")) is not int:
+        return None if hash_ok(record) else "content does not match its hash"
+    n = len(_HASH_PREFIX)
+    given = line[n:n + 64]
+    if not line.startswith(_HASH_PREFIX) or line[n + 64:n + 66] != b'",' \
+            or len(given) != 64 or not _HEX.issuperset(given):
+        return ("not in canonical form: a v3 line starts with its hash field "
+                '({"hash":"<64 hex>",) as the writer wrote it; these bytes are not the '
+                "hashed text (content does not match its hash)")
+    if given.decode() != record["hash"]:
+        return ("not in canonical form: the hash field's bytes differ from the hash they "
+                "parse to (content does not match its hash)")
+    body = b"{" + line[n + 66:]
+    if hashlib.sha256(body).hexdigest() != record["hash"]:
+        return "content does not match its hash (the line's bytes are not the ones hashed)"
+    return None
+
+
+def check_line(line: bytes) -> tuple[Record, str | None]:
+    """Parse ``line`` strictly (ValueError if it is no record, or has a duplicate key) and
+    say why it does not verify (None: it does): what verifiers and the writer's start-up
+    check use."""
+    rec = parse_line_strict(line)
+    return rec, line_problem(line, rec)
 
 
 def entry_from_line(line: bytes) -> Entry:

@@ -16,14 +16,17 @@ it and ``verify --key`` reports it as lost.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
-from pdp.audit.chain import ChainHead, Record, hash_ok, parse_line
+from pdp.audit.anchors import AnchorKey, is_checkpoint, is_final, trusted
+from pdp.audit.chain import GENESIS, ChainHead, Record, check_line, parse_line
 
 _ROTATED = re.compile(r"\.(\d{12,})$")
 
@@ -106,7 +109,7 @@ def first_record(path: Path) -> Record | None:
 
 def _whole_record(line: bytes) -> bool:
     try:
-        return hash_ok(parse_line(line))
+        return check_line(line)[1] is None
     except ValueError:
         return False
 
@@ -167,19 +170,150 @@ def complete_head(active: Path) -> tuple[ChainHead, bool]:
 
 
 def find_head(active: Path) -> ChainHead:
-    """Seq and hash of the last record in the files (after ``repair_tail`` of the active one)."""
+    """Seq and hash of the last record in the files (after ``repair_tail`` of the active one),
+    the records since the last checkpoint checked (see ``check_tail``; no key: the last
+    ``UNKEYED_TAIL`` records)."""
+    return check_tail(active).head
+
+
+#: Records checked at start-up without an anchor key (there are no checkpoints to stop at).
+UNKEYED_TAIL = 1000
+
+
+@dataclass(frozen=True)
+class TailCheck:
+    """What the writer's start-up check of the end of the chain found."""
+
+    head: ChainHead
+    #: The head record is a shutdown checkpoint (signed with the key): the previous writer
+    #: stopped cleanly, and the next one begins with a checkpoint of its own.
+    final: bool = False
+    #: The newest checkpoint signed with the key (its event and record seq), if one was
+    #: found within the records checked.
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_seq: int = 0
+    #: Records checked.
+    checked: int = 0
+
+
+@dataclass
+class _Line:
+    path: Path
+    offset: int
+    raw: bytes
+
+
+def _lines_back(path: Path, chunk: int = 64 * 1024) -> Iterator[tuple[int, bytes]]:
+    """The whole lines of ``path`` from the last, with their byte offsets."""
+    with open(path, "rb") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        rest = b""
+        while pos > 0:
+            step = min(chunk, pos)
+            pos -= step
+            f.seek(pos)
+            buf = f.read(step) + rest
+            parts = buf.split(b"\n")
+            rest = parts[0]
+            off = pos + len(parts[0]) + 1
+            starts = []
+            for part in parts[1:]:
+                starts.append((off, part))
+                off += len(part) + 1
+            for start, part in reversed(starts):
+                if start < end and part:
+                    yield start, part
+        if rest:
+            yield 0, rest
+
+
+def line_number(path: Path, offset: int) -> int:
+    """1-based line number of the line starting at ``offset`` (for messages only)."""
+    n = 1
+    with open(path, "rb") as f:
+        left = offset
+        while left > 0:
+            buf = f.read(min(left, 1 << 20))
+            if not buf:
+                break
+            n += buf.count(b"\n")
+            left -= len(buf)
+    return n
+
+
+def check_tail(active: Path, key: AnchorKey | None = None, limit: int = UNKEYED_TAIL
+               ) -> TailCheck:
+    """Check the end of the chain before a writer builds on it; raise ``AuditFileError``
+    (naming file, line and seq, and what to do) when it must not.
+
+    Reads back from the last record to the newest checkpoint signed with ``key`` (at most
+    ``limit`` records: bounded work, the records written since the last checkpoint), and
+    checks every record read: its own hash (the line's bytes, see chain.check_line) and its
+    link to the one before. Refuses too when the newest signed checkpoint is a shutdown
+    checkpoint (``final``) and records follow it: no writer was running to write them.
+    A checkpoint that claims the key's id but does not verify is refused as forged; one of
+    another key (a key change) is passed over.
+    """
+    read: list[tuple[_Line, Record]] = []
+    stop: tuple[_Line, Record] | None = None
+    ledger = active.name
     for lf in reversed(ledger_files(active)):
-        _, line = last_line(lf.path)
-        if not line:
+        for off, raw in _lines_back(lf.path):
+            where = _Line(lf.path, off, raw)
+            try:
+                rec, why = check_line(raw)
+            except ValueError as e:
+                _refuse(where, None, f"unreadable record ({e})")
+            if why is not None:
+                _refuse(where, rec["seq"], why)
+            if key is not None and is_checkpoint(rec["event"]):
+                ok = trusted(key, rec["event"], ledger, rec["seq"], rec["prev"])
+                if ok is False:
+                    _refuse(where, rec["seq"],
+                            "a checkpoint with the anchor key's id that does not verify (its "
+                            "MAC, ledger or the head it signs does not match: forged, or the "
+                            "records before it re-chained)")
+                if ok:
+                    stop = (where, rec)
+                    break
+            read.append((where, rec))
+            if len(read) >= limit:
+                break
+        else:
             continue
-        try:
-            rec = parse_line(line)
-        except ValueError as e:
-            raise AuditFileError(
-                f"{lf.path}: last record is unreadable ({e}); refusing to continue the chain "
-                "on top of it - inspect it with `pdp audit verify`") from e
-        return ChainHead(rec["seq"], rec["hash"])
-    return ChainHead()
+        break
+    # Oldest first: the signed checkpoint (if found), then what follows it.
+    chain = ([stop] if stop is not None else []) + list(reversed(read))
+    if not chain:
+        return TailCheck(ChainHead())
+    for (_, before), (where, rec) in itertools.pairwise(chain):
+        if rec["seq"] != before["seq"] + 1 or rec["prev"] != before["hash"]:
+            _refuse(where, rec["seq"],
+                    f"does not link to the record before it (seq {before['seq']}): records "
+                    "were edited, inserted or removed")
+    first_where, first = chain[0]
+    if first["seq"] == 1 and first["prev"] != GENESIS:
+        _refuse(first_where, 1, "the first record does not start the chain")
+    if stop is not None and is_final(stop[1]["event"]) and read:
+        where, rec = read[-1]  # the oldest record after it
+        _refuse(where, rec["seq"],
+                f"records after the shutdown checkpoint at seq {stop[1]['seq']}: appended "
+                f"after the writer stopped ({len(read)} record(s))")
+    last = chain[-1][1]
+    return TailCheck(ChainHead(last["seq"], last["hash"]),
+                     final=stop is not None and not read and is_final(last["event"]),
+                     checkpoint=stop[1]["event"] if stop is not None else None,
+                     checkpoint_seq=stop[1]["seq"] if stop is not None else 0,
+                     checked=len(chain))
+
+
+def _refuse(where: _Line, seq: int | None, why: str) -> NoReturn:
+    at = f"{where.path}:{line_number(where.path, where.offset)}"
+    what = f" (seq {seq})" if seq is not None else ""
+    raise AuditFileError(
+        f"{at}{what}: {why}. Refusing to continue the audit chain on it: inspect the files "
+        "with `pdp audit verify --key KEYFILE DIR`, keep them as evidence (move the audit "
+        "files and their .anchors aside) and start on a new audit file")
 
 
 def fsync_dir(path: Path) -> None:

@@ -96,6 +96,10 @@ class AuditStats:
     #: Events that could be neither queued nor spilled (disk unwritable); logged in full at
     #: CRITICAL level. Should stay 0; alert on it.
     lost: int = 0
+    #: Events held in memory now: the queue was full and the spool unwritable (see emit).
+    held: int = 0
+    #: Times the anchor file was found removed or replaced under the writer (recreated).
+    anchor_file_replaced: int = 0
 
 
 @dataclass
@@ -153,6 +157,8 @@ class AuditLog:
         self._unsynced = False  # records written since the last fsync
         self._record_s = 0.0  # seconds per record of the last inline slice (its pace)
         self._lost = 0
+        #: Events neither the queue nor the spool could take (see emit), oldest first.
+        self._held: list[EncodedEvent] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -254,46 +260,80 @@ class AuditLog:
         The event is masked and encoded here, so the queue holds bytes rather than the
         decision's objects (which would otherwise live on, and cost the garbage collector,
         until the writer gets to them).
+
+        When the spool cannot be written either (a full disk), the event is held in memory
+        (after everything before it, written in order once the disk takes writes) and
+        ``refusing`` says so from this event on: the engine decides nothing more until the
+        held events are in the file. Held events are bounded (``queue_size``): only the
+        records of decisions already decided can arrive once ``refusing`` is set. Past that
+        bound (or with the log closed) an event cannot be kept at all: it is logged whole at
+        critical level and counted in ``stats().lost``, and ``log_decision`` raises
+        ``AuditWriteError`` for a decision whose record that was.
         """
+        self._emit(event)
+
+    def _emit(self, event: Mapping[str, Any]) -> bool:
+        """``emit``; False: the event could not be kept (lost, logged critically)."""
         enc = self._prepare(event)
+        if self._held:  # after the events held before it, in order
+            return self._hold(enc, self._spill_failing or "overflow spool unwritable")
         if self._state == "running" and not self._overflow_active:
             assert self._queue is not None
             try:
                 self._queue.put_nowait(enc)  # bare: most events have no waiter
-                self._spill_failing = None
-                return
+                return True
             except asyncio.QueueFull:
                 pass
-        self._spill(enc)
+        return self._spill(enc)
 
-    def _spill(self, enc: EncodedEvent) -> None:
+    def _spill(self, enc: EncodedEvent, hold: bool = True) -> bool:
         line = enc.text + b"\n"
         try:
             self._overflow.append([line])
         except OSError as e:
-            # Nothing left to put it in. Say so loudly with the event itself, never silently.
-            self._lost += 1
             self._spill_failing = str(e)
-            log.critical("audit event lost: overflow spool unwritable", error=str(e),
-                         audit_event=line.decode(errors="replace"))
-            return
+            if hold and self._state == "running":
+                return self._hold(enc, str(e))
+            self._lose(enc, f"overflow spool unwritable: {e}")
+            return False
         self._spill_failing = None
         if self._state in ("running", "closing") and not self._overflow_active:
             self._overflow_active = True
             log.warning("audit queue full; spilling events to the overflow spool",
                         queue_size=self.settings.queue_size)
+        return True
+
+    def _hold(self, enc: EncodedEvent, why: str) -> bool:
+        """Keep ``enc`` in memory, after the events held before it (see ``emit``)."""
+        if len(self._held) >= self.settings.queue_size:
+            self._lose(enc, f"overflow spool unwritable and {len(self._held)} events already "
+                            f"held in memory: {why}")
+            return False
+        if not self._held:
+            log.error("audit queue full and overflow spool unwritable: holding events in "
+                      "memory, refusing decisions until the file takes them", error=why)
+        self._held.append(enc)
+        return True
+
+    def _lose(self, enc: EncodedEvent, why: str) -> None:
+        """Nothing left to put it in. Say so loudly with the event itself, never silently."""
+        self._lost += 1
+        log.critical("audit event lost", error=why,
+                     audit_event=enc.text.decode(errors="replace"))
 
     @property
     def refusing(self) -> str | None:
         """Why a decision's record could not be kept now, or None. ``sync``: the audit file
         cannot be written. ``async``: the queue is full and the overflow spool cannot be
-        written either (a full disk). The engine then decides nothing (UNAVAILABLE) rather
+        written either (a full disk): set by the first event that found it so (held in
+        memory, see ``emit``) and kept until the events held are in the file; a queue with
+        room again does not clear it. The engine then decides nothing (UNAVAILABLE) rather
         than answer a decision without its record."""
         if self.settings.durability == "sync" and self._failing is not None:
             return f"the audit file cannot be written: {self._failing}"
-        if self._spill_failing is not None:
+        if self._spill_failing is not None or self._held:
             return ("the audit queue is full and its overflow spool cannot be written:"
-                    f" {self._spill_failing}")
+                    f" {self._spill_failing or 'events held in memory'}")
         return None
 
     @property
@@ -323,7 +363,7 @@ class AuditLog:
         writer takes the spool only once the queue is empty, so an item queued now would
         otherwise be written first: a decision before the Config.Seen it names)."""
         assert self._queue is not None
-        if self._overflow_active:
+        if self._overflow_active or self._held:
             await self.flush(fsync=False)
         await self._queue.put(item)
 
@@ -345,8 +385,9 @@ class AuditLog:
                 await self._put(ev)
             await self.emit_durable(events[-1])
         else:
-            for ev in events:
-                self.emit(ev)
+            kept = [self._emit(ev) for ev in events]
+            if not all(kept):  # a record neither queued, spilled nor held: not answered
+                raise AuditWriteError(self.refusing or "the audit record could not be kept")
 
     async def _put(self, event: Event) -> None:
         await self._enqueue(self._prepare(event))
@@ -361,7 +402,7 @@ class AuditLog:
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             await self._queue.put(_Barrier(fut, fsync))
             await fut
-            if not self._overflow_active:
+            if not self._overflow_active and not self._held:
                 return
 
     async def drain_sinks(self, timeout: float | None = None) -> bool:
@@ -393,7 +434,17 @@ class AuditLog:
             write_errors=self._write_errors,
             watchers=self._hub.count,
             lost=self._lost,
+            held=len(self._held),
+            anchor_file_replaced=(self._ledger.anchorer.file.replaced
+                                  if self._ledger.anchorer is not None else 0),
         )
+
+    @property
+    def anchor_trouble(self) -> str | None:
+        """The last time the anchor file was found removed or replaced (and recreated), or
+        None: for health reports (it is logged as ``audit_anchor_file_replaced``)."""
+        anchorer = self._ledger.anchorer
+        return anchorer.file.last_replaced if anchorer is not None else None
 
     # -- the writer ------------------------------------------------------------------------
 
@@ -436,9 +487,15 @@ class AuditLog:
                     log.error("audit overflow spool unreadable; retrying", error=str(e))
                     await asyncio.sleep(1.0)
                 continue
+            if self._held and not self._overflow_active and (self._queue.empty() or stopping):
+                await self._write_held()
+                continue
             if stopping and self._queue.empty():
-                if self._ledger.anchorer is not None and self._ledger.anchorer.unanchored:
-                    await self._checkpoint()  # at shutdown: everything written is anchored
+                if self._ledger.anchorer is not None and not self._ledger.ends_final \
+                        and self._ledger.head.seq > 0 and not self._giving_up:
+                    # At shutdown: everything written is anchored, by a checkpoint marked as
+                    # the last (records after it were appended while no writer ran).
+                    await self._checkpoint(final=True)
                 return
             item = await self._queue.get()
             batch: list[_QueueItem] = [item]
@@ -485,6 +542,22 @@ class AuditLog:
                 if not w.done():
                     w.set_result(self._ledger.head.seq)
 
+    async def _write_held(self) -> None:
+        """Events ``emit`` held in memory (queue full, spool unwritable): into the file, in
+        order, after the queue and the spool; ``refusing`` clears once none is left.
+        Giving up (shutdown past its grace): the spool takes them, or the log."""
+        if self._giving_up:
+            held, self._held = self._held, []
+            for enc in held:
+                self._spill(enc, hold=False)
+            return
+        chunk = self._held[:self.settings.batch_size]
+        await self._write(list(chunk), None, sync=False)  # retried until the file takes them
+        del self._held[:len(chunk)]  # (emit appends after them meanwhile)
+        if not self._held:
+            self._spill_failing = None
+            log.info("audit events held in memory are written; taking decisions again")
+
     async def _drain_overflow_chunk(self) -> None:
         lines = self._overflow.peek(self.settings.batch_size)
         if not lines:
@@ -502,14 +575,15 @@ class AuditLog:
         if self._overflow.pending == 0:
             self._overflow_active = False
 
-    def _append(self, events: list[Any], sync: bool, anchor: bool = False) -> Any:
+    def _append(self, events: list[Any], sync: bool, anchor: bool = False,
+                final: bool = False) -> Any:
         """Chain and write (events were masked and encoded by ``emit``)."""
-        return self._ledger.append(events, sync, anchor)
+        return self._ledger.append(events, sync, anchor, final)
 
-    async def _checkpoint(self) -> None:
-        """A checkpoint on its own (timer, shutdown); a failure is logged and retried by the
-        next batch or tick (the records stay counted as not anchored)."""
-        res = await asyncio.to_thread(self._append, [], True, True)
+    async def _checkpoint(self, final: bool = False) -> None:
+        """A checkpoint on its own (timer, shutdown: ``final``); a failure is logged and
+        retried by the next batch or tick (the records stay counted as not anchored)."""
+        res = await asyncio.to_thread(self._append, [], True, True, final)
         if res.synced:
             self._fsyncs += 1
             self._unsynced = False
@@ -590,7 +664,7 @@ class AuditLog:
         overflow spool (or, failing that, to the log: see _spill); their waiters fail."""
         for i, ev in enumerate(events):
             if isinstance(ev, EncodedEvent):  # (one read back from the spool stays there)
-                self._spill(ev)
+                self._spill(ev, hold=False)
             w = waiters[i] if waiters else None
             if w is not None and not w.done():
                 w.set_exception(AuditWriteError("the audit log closed before the file took"

@@ -28,7 +28,19 @@ checkpoints close those gaps, each reported as its own kind:
 * truncated  - the latest anchor (from the anchor file, outside the ledger) names more records
   than the ledger has: records cut off the end, or a torn final line that was acknowledged;
 * removed    - also: a rotated file a checkpoint names is gone;
-* unanchored - ``--key`` was given but no checkpoint exists anywhere.
+* unanchored - ``--key`` was given but no checkpoint exists anywhere;
+* anchors_missing - the ledger holds checkpoints but the anchor file beside it is gone, or
+  ends before the ledger's last checkpoint (lines cut off it, or the file replaced). A copy
+  given with ``--anchors`` may lag behind (it is shipped now and then): only a warning.
+
+With or without ``--key``:
+
+* appended   - records follow a shutdown checkpoint (``"final": true``) without the
+  checkpoint a restarted writer begins with: they were appended after the writer stopped.
+
+Every line is checked as bytes: a v3 record's hash covers the line as written, so a line
+that parses to the same values but is not the writer's bytes (whitespace, ``\\u`` escapes)
+is ``edited``, and a key given twice in an object (``json.loads`` keeps the last) is refused.
 
 Without ``--key`` anchors are not checked, and the result says so.
 """
@@ -53,13 +65,16 @@ from pdp.audit.anchors import (
     AnchorKeyError,
     AnchorLine,
     default_anchor_path,
+    is_checkpoint,
+    is_final,
     read_anchors,
 )
-from pdp.audit.chain import GENESIS, Record, hash_ok, parse_line
+from pdp.audit.chain import GENESIS, Record, check_line
 from pdp.audit.files import ledger_of
 
 Kind = Literal["edited", "removed", "inserted", "reordered", "malformed", "truncated",
-               "rechained", "forged", "wrong_key", "unanchored"]
+               "rechained", "forged", "wrong_key", "unanchored", "appended",
+               "anchors_missing"]
 
 #: How far ahead / back to look when classifying a break.
 WINDOW = 10_000
@@ -125,6 +140,8 @@ class _Rec:
     hash_ok: bool
     #: The event, kept for checkpoints and torn-tail notes only.
     event: dict[str, Any] | None = None
+    #: Why the line does not verify (see chain.line_problem), when it does not.
+    why: str | None = None
 
 
 @dataclass
@@ -176,12 +193,14 @@ def _records(files: list[Path]) -> Iterator[_Rec | _Bad]:
 
 def _parse(raw: bytes, loc: Location, torn: bool) -> _Rec | _Bad:
     try:
-        rec: Record = parse_line(raw)
+        rec: Record
+        rec, why = check_line(raw)
     except ValueError as e:
         return _Bad(loc, str(e) or "not JSON", torn)
     ev = rec["event"]
     keep = isinstance(ev, dict) and ev.get("type") in (CHECKPOINT, TORN_TAIL)
-    return _Rec(rec["seq"], rec["hash"], rec["prev"], loc, hash_ok(rec), ev if keep else None)
+    return _Rec(rec["seq"], rec["hash"], rec["prev"], loc, why is None, ev if keep else None,
+                why)
 
 
 def verify_paths(paths: Sequence[str | Path], key: AnchorKey | None = None,
@@ -224,6 +243,7 @@ def _verify_chain(paths: Sequence[str | Path]) -> tuple[VerifyResult, _Seen]:
     prev: _Rec | None = None
     recent: OrderedDict[int, _Rec] = OrderedDict()
     seen = _Seen()
+    final: _Rec | None = None  # the shutdown checkpoint just before, if the last was one
 
     def fail(kind: Kind, loc: Location, seq: int | None, detail: str) -> VerifyResult:
         result.ok = False
@@ -241,7 +261,16 @@ def _verify_chain(paths: Sequence[str | Path]) -> tuple[VerifyResult, _Seen]:
             return fail("malformed", item.loc, None, f"unreadable line: {item.error}"), seen
         rec = item
         if not rec.hash_ok:
-            return fail("edited", rec.loc, rec.seq, "content does not match its hash"), seen
+            return fail("edited", rec.loc, rec.seq,
+                        rec.why or "content does not match its hash"), seen
+        if final is not None and not is_checkpoint(rec.event) \
+                and ledger_of(Path(final.loc.file)) == ledger_of(Path(rec.loc.file)):
+            return fail("appended", rec.loc, rec.seq,
+                        f"records after the shutdown checkpoint at seq {final.seq} "
+                        f"({final.loc.file}:{final.loc.line}): appended after the writer "
+                        "stopped (a restarted writer starts with a checkpoint of its "
+                        "own)"), seen
+        final = rec if is_final(rec.event) else None
         if rec.event is not None:
             (seen.checkpoints if rec.event.get("type") == CHECKPOINT
              else seen.torn_tails).append(rec)
@@ -374,9 +403,13 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
             if anchor_files:
                 raise FileNotFoundError(f"anchor file {src} not found")
             if seen.checkpoints:
-                result.warnings.append(
-                    f"anchor file {src} not found: records cut off the end of the ledger "
-                    "cannot be detected (ship the anchor file, or pass a copy with --anchors)")
+                fail("anchors_missing", Location(str(src), 0), None,
+                     f"anchor file {src} not found, yet the ledger holds "
+                     f"{len(seen.checkpoints)} checkpoint(s) (the last at seq "
+                     f"{seen.checkpoints[-1].seq}): it was deleted, so records cut off the end "
+                     "of the ledger could not be detected (verify against a copy shipped "
+                     "off the host with --anchors COPY)")
+                return
             continue
         lines, warns = read_anchors(src)
         result.warnings.extend(warns)
@@ -406,6 +439,8 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
         else:
             fail("truncated", loc, last + 1,
                  f"records {last + 1}..{cp} ({cp - last}) were deleted from the end: {where}")
+        return
+    if not anchor_files and _anchors_cut(result, fail, in_ledger, anchors, names):
         return
     first = result.first_seq or 0
     for a in anchors:
@@ -450,14 +485,53 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
         result.warnings.append(
             f"records {top + 1}..{last} are not covered by a checkpoint yet (written after the "
             "last one; a crash before the next checkpoint)")
-    last_anchor_seq = max((int(a.event["seq"]) + 1 for a in anchors), default=0)
-    behind = [r for r in in_ledger.values() if r.seq > last_anchor_seq]
-    if len(behind) > 1:
-        result.warnings.append(
-            f"{len(behind)} checkpoints in the ledger (up to seq {behind[-1].seq}) are not in "
-            "the anchor file: it was cut short, or not writable")
+    if anchor_files:  # a copy shipped off the host may lag behind the ledger
+        last_anchor_seq = max((int(a.event["seq"]) + 1 for a in anchors), default=0)
+        behind = [r for r in in_ledger.values() if r.seq > last_anchor_seq]
+        if behind:
+            result.warnings.append(
+                f"{len(behind)} checkpoint(s) in the ledger (up to seq {behind[-1].seq}) are "
+                "not in the given anchor file(s): records after seq "
+                f"{last_anchor_seq} are checked by the ledger's own checkpoints only")
     result.anchors = (f"{len(in_ledger)} checkpoint(s) in the ledger and {len(anchors)} in the "
                       f"anchor file verified with key id {key.key_id}; covered up to seq {top}")
+
+
+def _anchors_cut(result: VerifyResult, fail: Callable[[Kind, Location, int | None, str], None],
+                 in_ledger: dict[tuple[str, int], _Rec], anchors: list[AnchorLine],
+                 names: dict[str, Path]) -> bool:
+    """The anchor file beside a ledger must hold the ledger's last checkpoint: one that
+    ends before it was cut (or replaced), and then records cut off the ledger's end would
+    go unseen. The one exception: the ledger's very last record is a checkpoint the anchor
+    file lacks (a crash between the ledger's fsync and the anchor's append; the writer
+    appends it at its next start) - a warning."""
+    for name, led in names.items():
+        mine = sorted((r for (lname, _), r in in_ledger.items() if lname == name),
+                      key=lambda r: r.seq)
+        if not mine:
+            continue
+        last_anchor = max((int(a.event["seq"]) + 1 for a in anchors
+                           if a.event.get("ledger") == name), default=0)
+        behind = [r for r in mine if r.seq > last_anchor]
+        if not behind:
+            continue
+        src = default_anchor_path(led)
+        if len(behind) == 1 and behind[0].seq == result.last_seq:
+            result.warnings.append(
+                f"{src} lacks the ledger's last checkpoint (seq {behind[0].seq}): a crash "
+                "between the ledger's fsync and the anchor file's append (the writer appends "
+                "it at its next start)")
+            continue
+        ends = (f"ends at the checkpoint at seq {last_anchor}" if last_anchor
+                else "holds no checkpoint of this ledger")
+        fail("anchors_missing", Location(str(src), 0), behind[0].seq,
+             f"the anchor file {ends}, but the ledger has {len(behind)} "
+             f"{'later ' if last_anchor else ''}checkpoint(s) "
+             f"(seq {behind[0].seq}..{behind[-1].seq}): anchors were removed from its end, or "
+             "the file was replaced; records cut off the end of the ledger could go unseen "
+             "(verify against a copy shipped off the host with --anchors COPY)")
+        return True
+    return False
 
 
 def _classify(result: VerifyResult, fail: _Fail, prev: _Rec, rec: _Rec,

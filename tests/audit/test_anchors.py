@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from pdp.audit import AuditLog, AuditSettings
@@ -76,7 +77,7 @@ def rechain_from(files: list[Path], start_seq: int) -> None:
                     rec["prev"] = prev
                 rec["hash"] = record_hash(rec)
             prev = rec["hash"]
-            out.append(json.dumps(rec).encode() + b"\n")
+            out.append(orjson.dumps(rec) + b"\n")
         put(f, out)
 
 
@@ -113,7 +114,7 @@ def test_edit(tmp_path: Path, key: AnchorKey) -> None:
     ls = lines(files[1])
     rec = json.loads(ls[1])
     rec["event"]["tenant"] = "evil"
-    ls[1] = json.dumps(rec).encode() + b"\n"
+    ls[1] = orjson.dumps(rec) + b"\n"
     put(files[1], ls)
     res = verify_paths([tmp_path], key)
     kind, detail = problem(res)
@@ -128,7 +129,7 @@ def test_edit_and_rechain_to_the_end(tmp_path: Path, key: AnchorKey,
     n = next(n for n, ln in enumerate(ls) if json.loads(ln)["event"]["type"] == "Test")
     rec = json.loads(ls[n])
     rec["event"]["tenant"] = "evil"
-    ls[n] = json.dumps(rec).encode() + b"\n"
+    ls[n] = orjson.dumps(rec) + b"\n"
     put(files[1], ls)
     rechain_from(files, rec["seq"])
     assert verify_paths([tmp_path]).ok  # what the issue found: the chain alone says ok
@@ -152,7 +153,7 @@ def test_checkpoints_removed_and_rechained_is_caught_by_the_anchor_file(
                 continue
             seq += 1
             rec["seq"] = seq
-            out.append(json.dumps(rec).encode() + b"\n")
+            out.append(orjson.dumps(rec) + b"\n")
         put(f, out)
     rechain_from(files, 1)
     for f in files[:-1]:  # keep the rotated names consistent with their first seq
@@ -246,7 +247,7 @@ def test_forged_checkpoint(tmp_path: Path, key: AnchorKey) -> None:
     ev["time"] = "2000-01-01T00:00:00.000000Z"
     rec["hash"] = record_hash(rec)
     ls = lines(f)
-    ls[n] = json.dumps(rec).encode() + b"\n"
+    ls[n] = orjson.dumps(rec) + b"\n"
     put(f, ls)
     rechain_from(files, int(str(rec["seq"])))
     kind, detail = problem(verify_paths([tmp_path], key))

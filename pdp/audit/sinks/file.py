@@ -29,8 +29,9 @@ from pdp.audit.anchors import Anchorer, Segment, last_anchor
 from pdp.audit.chain import ChainHead, Entry, make_entries, parse_line
 from pdp.audit.files import (
     AuditFileError,
+    TailCheck,
+    check_tail,
     complete_head,
-    find_head,
     first_record,
     fsync_dir,
     last_line,
@@ -38,6 +39,9 @@ from pdp.audit.files import (
     repair_tail_to,
     rotated_path,
 )
+
+#: Records the start-up check reads back at least, looking for the last checkpoint.
+TAIL_MIN = 10_000
 
 
 @dataclass
@@ -73,6 +77,11 @@ class Ledger:
         self._lock_fd: int | None = None
         self._size = 0
         self._first_seq: int | None = None
+        #: The chain ends with a shutdown checkpoint (the last run's, or this one's).
+        self._ends_final = False
+        #: This run's first record must be a checkpoint (the chain ended with a shutdown
+        #: checkpoint when it was opened).
+        self._resume_due = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -90,10 +99,12 @@ class Ledger:
         try:
             anchored = self._check_anchored()
             self.torn_bytes_repaired, self.torn_moved_to = repair_tail_to(self.path)
-            self.head = find_head(self.path)
+            tail = self._check_tail()
+            self.head = tail.head
+            self._ends_final = tail.final
             self._open_active()
             if self.anchorer is not None:
-                self._resume_anchoring(anchored)
+                self._resume_anchoring(anchored, tail)
         except BaseException:
             self.close()
             raise
@@ -119,11 +130,30 @@ class Ledger:
                 "new audit file")
         return int(last["seq"])
 
-    def _resume_anchoring(self, anchored_seq: int | None) -> None:
+    def _check_tail(self) -> TailCheck:
+        """The records since the last checkpoint (or, without a key, the last few) hash and
+        link, and none follows a shutdown checkpoint; else ``AuditFileError`` naming the
+        record (see files.check_tail)."""
+        if self.anchorer is None:
+            return check_tail(self.path)
+        limit = max(TAIL_MIN, 4 * self.anchorer.every_records)
+        return check_tail(self.path, self.anchorer.key, limit)
+
+    def _resume_anchoring(self, anchored_seq: int | None, tail: TailCheck) -> None:
         """Carry on after a restart: records since the last anchor are due, and rotated files
-        not yet named by a checkpoint are named by the next one."""
+        not yet named by a checkpoint are named by the next one. A checkpoint in the ledger
+        that a crash kept out of the anchor file (between the ledger's fsync and the
+        anchor's append) is appended now; after a shutdown checkpoint the first record is a
+        checkpoint of this run (see anchors.is_final)."""
         assert self.anchorer is not None
         self.anchorer.file.open()
+        cp = tail.checkpoint
+        if cp is not None and tail.checkpoint_seq - 1 > (anchored_seq or 0) \
+                and cp.get("seq") == tail.checkpoint_seq - 1:
+            with contextlib.suppress(OSError):  # the next checkpoint's line covers it then
+                self.anchorer.file.append(cp, fsync=True)
+                anchored_seq = tail.checkpoint_seq - 1
+        self._resume_due = tail.final
         if anchored_seq is None:
             anchored_seq = 0
             self.anchorer.unanchored = self.head.seq
@@ -150,11 +180,19 @@ class Ledger:
         if created:
             fsync_dir(self.path.parent)
 
+    @property
+    def ends_final(self) -> bool:
+        """The last record is this ledger's shutdown checkpoint (nothing to add at close)."""
+        return self._ends_final
+
     def close(self) -> None:
-        """Checkpoint what is not anchored yet (the writer usually did already), fsync, unlock."""
-        if self.anchorer is not None and self._fd is not None and self.anchorer.unanchored:
-            # A failure leaves the records unanchored, which verify reports; closing goes on.
-            self.append([], fsync=True, anchor=True)
+        """End with a shutdown checkpoint (``final``: the writer usually wrote it already),
+        fsync, unlock."""
+        if self.anchorer is not None and self._fd is not None and not self._ends_final \
+                and self.head.seq > 0:
+            # A failure leaves no shutdown mark (a restart then reads it as a crash) and
+            # maybe records unanchored, which verify reports; closing goes on.
+            self.append([], fsync=True, anchor=True, final=True)
         if self.anchorer is not None:
             self.anchorer.file.close()
         if self._fd is not None:
@@ -178,16 +216,35 @@ class Ledger:
         T seconds)."""
         return self.anchorer is not None and self.anchorer.due(new_records)
 
-    def append(self, events: Sequence[Any], fsync: bool, anchor: bool = False) -> AppendResult:
+    def append(self, events: Sequence[Any], fsync: bool, anchor: bool = False,
+               final: bool = False) -> AppendResult:
         """Chain and write ``events`` (pure JSON data) in order; never raises.
 
         ``anchor`` (with an anchorer): end the batch with a checkpoint of the head after it, in
         the same write; the file is fsync'd, then the checkpoint is appended to the anchor file
-        (``synced`` covers both: acknowledge only then).
+        (``synced`` covers both: acknowledge only then). ``final``: that checkpoint is the
+        shutdown checkpoint (nothing is written after it by this writer).
 
         On a write error the file is cut back to the last whole record, so a retry of the
         unwritten rest produces the same seqs and hashes.
         """
+        if self._resume_due and self.anchorer is not None:
+            # The chain ends with the last run's shutdown checkpoint: this run's records
+            # follow a checkpoint of its own (else they would read as appended while no
+            # writer ran). Until it is written nothing is.
+            res = self._append([], True, True, False)
+            if res.error is not None:
+                return AppendResult([], res.error, False)
+            self._resume_due = False
+            if not events and anchor and not final:
+                return res
+        res = self._append(events, fsync, anchor, final)
+        if res.entries or res.checkpoint is not None:
+            self._ends_final = final and res.checkpoint is not None and res.error is None
+        return res
+
+    def _append(self, events: Sequence[Any], fsync: bool, anchor: bool,
+                final: bool) -> AppendResult:
         anchorer = self.anchorer if anchor else None
         sync_anchors = False
         if anchorer is not None:
@@ -221,7 +278,7 @@ class Ledger:
                 # past rotate_bytes: a checkpoint never starts a file of its own).
                 at = tail[-1] if tail else None
                 head = ChainHead(at.seq, at.hash) if at else self.head
-                cp_event = anchorer.make(self.path.name, head)
+                cp_event = anchorer.make(self.path.name, head, final)
                 checkpoint = make_entries([cp_event], head)[0]
                 lines.append(checkpoint.line)
                 tail = [*tail, checkpoint]
