@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -84,6 +84,35 @@ def local_time(now: datetime, tz: ZoneInfo) -> datetime:
     return now.astimezone(tz)
 
 
+def wall(local: datetime) -> str:
+    """``01:30 (UTC-04:00)``: the wall clock with its offset, which tells the two 01:30s of
+    a night the clocks go back apart."""
+    off = local.utcoffset() or timedelta(0)
+    sign, secs = ("-", -off) if off < timedelta(0) else ("+", off)
+    hours, rest = divmod(int(secs.total_seconds()), 3600)
+    return f"{local:%H:%M} (UTC{sign}{hours:02d}:{rest // 60:02d})"
+
+
+#: Clock rules change their verdict only at a local hour (or day) boundary, and every zone's
+#: offset today is a multiple of 15 minutes: stepping UTC quarter hours finds the boundary.
+_STEP = timedelta(minutes=15)
+_HORIZON = 8 * 24 * 4  # steps: a week and a day
+
+
+def next_allowed(now: datetime, allows: Any) -> float | None:
+    """Seconds from ``now`` to the first instant ``allows(local_instant)`` holds (None if
+    not within a week): a retry hint that follows DST, since it tests real instants."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    t = now.astimezone(UTC)
+    t = t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
+    for _ in range(_HORIZON):
+        t += _STEP
+        if allows(t):
+            return max(0.0, (t - now).total_seconds())
+    return None
+
+
 # ---------------------------------------------------------------- clock rules
 #
 # Clock rules read the local wall clock of their zone: a day is the local calendar day (23
@@ -113,8 +142,12 @@ class BlockedDays(StatelessRule):
         local = local_time(ctx.now, self.tz)
         if local.weekday() in self.days:
             return Deny("BLOCKED_DAY", f"deployments are blocked on {WEEKDAYS[local.weekday()]}s"
-                        f" ({self.tz.key}, local time {local:%Y-%m-%d %H:%M})")
+                        f" ({self.tz.key}, local time {local:%Y-%m-%d} {wall(local)})",
+                        retry_after_s=next_allowed(ctx.now, self._allows))
         return None
+
+    def _allows(self, t: datetime) -> bool:
+        return t.astimezone(self.tz).weekday() not in self.days
 
     def explain(self, ctx: EvalContext) -> dict[str, str]:
         return {**_local(ctx, self.tz),
@@ -142,14 +175,20 @@ class AllowedHours(StatelessRule):
 
     def evaluate(self, ctx: EvalContext) -> Deny | None:
         local = local_time(ctx.now, self.tz)
-        h = local.hour
-        inside = (self.start_hour <= h < self.end_hour) if self.start_hour < self.end_hour else (
-            h >= self.start_hour or h < self.end_hour)  # window wraps midnight
-        if inside:
+        if self._inside(local.hour):
             return None
         return Deny("OUTSIDE_ALLOWED_HOURS",
                     f"deployments are allowed only {self.start_hour:02d}:00-{self.end_hour:02d}:00"
-                    f" {self.tz.key}; local time is {local:%H:%M}")
+                    f" {self.tz.key}; local time is {wall(local)}",
+                    retry_after_s=next_allowed(ctx.now, self._allows))
+
+    def _inside(self, h: int) -> bool:
+        if self.start_hour < self.end_hour:
+            return self.start_hour <= h < self.end_hour
+        return h >= self.start_hour or h < self.end_hour  # the window wraps midnight
+
+    def _allows(self, t: datetime) -> bool:
+        return self._inside(t.astimezone(self.tz).hour)
 
     def explain(self, ctx: EvalContext) -> dict[str, str]:
         return {**_local(ctx, self.tz),
