@@ -205,6 +205,10 @@ def readiness(settings: Settings, running: Running) -> ReadyFn:
         failing = running.audit.failing
         out.append(("audit", failing is None,
                     f"cannot write the audit file: {failing}" if failing else "writing"))
+        trouble = running.audit.anchor_trouble
+        if trouble is not None:  # recreated and written on: ready, but an operator must look
+            out.append(("audit_anchors", True, f"the anchor file was removed or replaced"
+                                               f" and recreated: {trouble}"))
         if settings.redis_url:
             try:
                 async with asyncio.timeout(2.0):

@@ -86,3 +86,28 @@ def test_readiness_reports_the_audit_writing(tmp_path: Path) -> None:
         assert "ok audit: writing" in _readyz(s)[1]
     finally:
         s.stop()
+
+
+def test_an_anchor_file_removed_while_serving_is_recreated_and_reported(tmp_path: Path) -> None:
+    """Deleting the anchor file under a running server: the next checkpoint recreates it,
+    and /readyz says so (still ready: the ledger and its checkpoints are intact)."""
+    key = tmp_path / "anchor.key"
+    key.write_bytes(b"0123456789abcdef0123456789abcdef\n")
+    s = PdpServer(tmp_path, args=["--audit-durability", "sync", "--audit-anchor-key-file",
+                                  str(key), "--audit-anchor-every-records", "5"]).start()
+    anchors = Path(str(s.audit_file) + ".anchors")
+    try:
+        with s.channel() as ch:
+            stub = dgrpc.DecisionServiceStub(ch)
+            for i in range(6):
+                stub.CheckPush(_push(i), timeout=30)
+            wait_until(anchors.exists, "the first checkpoints anchored")
+            anchors.unlink()
+            for i in range(6, 20):
+                stub.CheckPush(_push(i), timeout=30)
+        wait_until(anchors.exists, "the anchor file recreated")
+        code, body = _readyz(s)
+        assert code == 200, body
+        assert "audit_anchors" in body and "removed or replaced" in body, body
+    finally:
+        s.stop()
