@@ -290,9 +290,10 @@ def read_anchors(path: str | os.PathLike[str],
     return out, warnings
 
 
-def _lines_backwards(path: Path, chunk: int = 64 * 1024) -> Iterator[bytes]:
+def lines_back(path: Path, chunk: int = 64 * 1024) -> Iterator[tuple[int, bytes]]:
+    """The whole lines of ``path`` from the last, with their byte offsets."""
     with open(path, "rb") as f:
-        pos = f.seek(0, os.SEEK_END)
+        end = pos = f.seek(0, os.SEEK_END)
         rest = b""
         while pos > 0:
             step = min(chunk, pos)
@@ -301,8 +302,16 @@ def _lines_backwards(path: Path, chunk: int = 64 * 1024) -> Iterator[bytes]:
             buf = f.read(step) + rest
             parts = buf.split(b"\n")
             rest = parts[0]
-            yield from reversed(parts[1:])
-        yield rest
+            off = pos + len(parts[0]) + 1
+            starts = []
+            for part in parts[1:]:
+                starts.append((off, part))
+                off += len(part) + 1
+            for start, part in reversed(starts):
+                if start < end and part:
+                    yield start, part
+        if rest:
+            yield 0, rest
 
 
 def last_anchor(path: str | os.PathLike[str], ledger: str) -> dict[str, Any] | None:
@@ -310,7 +319,7 @@ def last_anchor(path: str | os.PathLike[str], ledger: str) -> dict[str, Any] | N
     p = Path(path)
     if not p.exists():
         return None
-    for raw in _lines_backwards(p):
+    for _, raw in lines_back(p):
         ev = _event_of(raw) if raw.strip() else None
         if ev is not None and ev.get("ledger") == ledger:
             return ev

@@ -186,7 +186,10 @@ def _no_constant(name: str) -> Any:
 
 def parse_line(line: bytes) -> Record:
     """Parse one line into a record; ValueError if it is not a record-shaped JSON object."""
-    rec = json.loads(line, parse_constant=_no_constant)
+    return _record_shaped(json.loads(line, parse_constant=_no_constant))
+
+
+def _record_shaped(rec: Any) -> Record:
     if not isinstance(rec, dict):
         raise ValueError("not a JSON object")
     seq, h, prev = rec.get("seq"), rec.get("hash"), rec.get("prev")
@@ -211,15 +214,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def parse_line_strict(line: bytes) -> Record:
     """``parse_line`` that also refuses a key given twice in any object (``json.loads``
     keeps the last one silently): what verifiers parse with."""
-    rec = json.loads(line, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
-    if not isinstance(rec, dict):
-        raise ValueError("not a JSON object")
-    seq, h, prev = rec.get("seq"), rec.get("hash"), rec.get("prev")
-    if type(seq) is not int or not isinstance(h, str) or not isinstance(prev, str):
-        raise ValueError("missing seq / prev / hash")
-    if "event" not in rec:
-        raise ValueError("missing event")
-    return rec
+    return _record_shaped(json.loads(line, parse_constant=_no_constant,
+                                     object_pairs_hook=_unique_keys))
 
 
 _HASH_PREFIX = b'{"hash":"'

@@ -20,12 +20,12 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pdp.audit.anchors import AnchorKey, is_checkpoint, is_final, trusted
+from pdp.audit.anchors import AnchorKey, is_checkpoint, is_final, lines_back, trusted
 from pdp.audit.chain import GENESIS, ChainHead, Record, check_line, parse_line
 
 _ROTATED = re.compile(r"\.(\d{12,})$")
@@ -203,30 +203,6 @@ class _Line:
     raw: bytes
 
 
-def _lines_back(path: Path, chunk: int = 64 * 1024) -> Iterator[tuple[int, bytes]]:
-    """The whole lines of ``path`` from the last, with their byte offsets."""
-    with open(path, "rb") as f:
-        end = pos = f.seek(0, os.SEEK_END)
-        rest = b""
-        while pos > 0:
-            step = min(chunk, pos)
-            pos -= step
-            f.seek(pos)
-            buf = f.read(step) + rest
-            parts = buf.split(b"\n")
-            rest = parts[0]
-            off = pos + len(parts[0]) + 1
-            starts = []
-            for part in parts[1:]:
-                starts.append((off, part))
-                off += len(part) + 1
-            for start, part in reversed(starts):
-                if start < end and part:
-                    yield start, part
-        if rest:
-            yield 0, rest
-
-
 def line_number(path: Path, offset: int) -> int:
     """1-based line number of the line starting at ``offset`` (for messages only)."""
     n = 1
@@ -258,7 +234,7 @@ def check_tail(active: Path, key: AnchorKey | None = None, limit: int = UNKEYED_
     stop: tuple[_Line, Record] | None = None
     ledger = active.name
     for lf in reversed(ledger_files(active)):
-        for off, raw in _lines_back(lf.path):
+        for off, raw in lines_back(lf.path):
             where = _Line(lf.path, off, raw)
             try:
                 rec, why = check_line(raw)
