@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import importlib.resources
 import pickle
 import zoneinfo
 
 import pytest
 
 from pdp import zones
+from tests.support.tzfiles import bundled
 
 # BC moved to permanent UTC-7 from 2026-11-01 (tzdata 2026a and later); older host data
 # (Debian's 2025b here) still has it fall back to UTC-8 that day.
@@ -18,13 +18,6 @@ INSTANT = dt.datetime(2026, 11, 16, 16, 30, tzinfo=dt.UTC)
 NAME = "America/Vancouver"
 
 
-def bundled(name: str) -> zoneinfo.ZoneInfo:
-    """The bundled file's own rules, read independently of pdp.zones."""
-    res = importlib.resources.files("tzdata.zoneinfo")
-    for part in name.split("/"):
-        res = res.joinpath(part)
-    with res.open("rb") as f:
-        return zoneinfo.ZoneInfo.from_file(f, key=name)
 
 
 def host(name: str) -> zoneinfo.ZoneInfo | None:

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.resources
-import zoneinfo
 
 import pytest
 
 from pdp.counters.days import day_table, local_midnight_ms
 from pdp.counters.model import CounterKind, CounterRule, zone
+from tests.support.tzfiles import bundled
 
 NAME = "America/Vancouver"
 DAY = dt.date(2026, 11, 16)
 
 
-def bundled(name: str) -> zoneinfo.ZoneInfo:
-    res = importlib.resources.files("tzdata.zoneinfo")
-    for part in name.split("/"):
-        res = res.joinpath(part)
-    with res.open("rb") as f:
-        return zoneinfo.ZoneInfo.from_file(f, key=name)
 
 
 def test_zone_is_the_bundled_one() -> None:

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.resources
-import zoneinfo
 
 import pytest
 
 from pdp.policy.loader import load_text
 from pdp.policy.model import PolicyError
 from pdp.policy.rules import AllowedHours, BlockedDays, local_time
+from tests.support.tzfiles import bundled
 
 NOW = dt.datetime(2026, 11, 16, 16, 30, tzinfo=dt.UTC)
 
 
-def bundled(name: str) -> zoneinfo.ZoneInfo:
-    res = importlib.resources.files("tzdata.zoneinfo")
-    for part in name.split("/"):
-        res = res.joinpath(part)
-    with res.open("rb") as f:
-        return zoneinfo.ZoneInfo.from_file(f, key=name)
 
 
 def hours(tz: str) -> str:
