@@ -18,6 +18,7 @@ from pdp.cel import CelError
 from pdp.cel.domain import compare_versions
 from pdp.cel.explain import render
 from pdp.counters import CounterKind, CounterRule
+from pdp.counters.settings import DEFAULT_EVENT_RETENTION_SECONDS
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint
 from pdp.policy.params import Params
@@ -733,8 +734,20 @@ class CounterSpec:
 #: Upper bounds on counter parameters: a year of window, a billion deploys. Larger values
 #: load, then overflow the store's expiry times or its doubles and deny every request.
 MAX_MINUTES = 366 * 24 * 60
-MAX_HOURS = 366 * 24
 MAX_COUNT = 1_000_000_000
+#: Rules that read reported events (rollback_rate, min_step_duration) cannot look further
+#: back than the counter store keeps events: a longer window loaded, then denied every push
+#: ("longer than the event retention") or stopped counting after a week.
+EVENT_RETENTION_S = DEFAULT_EVENT_RETENTION_SECONDS
+
+
+def _within_retention(p: Params, key: str, unit_s: int) -> int:
+    most = EVENT_RETENTION_S // unit_s
+    value = p.integer(key, minimum=1, maximum=MAX_MINUTES)
+    if value > most:
+        raise p.error(key, f"at most {most}: the counter store keeps reported events"
+                           f" {EVENT_RETENTION_S // 86400} days, got {value}")
+    return value
 
 
 def _parse_counter(kind: str, p: Params) -> CounterSpec:
@@ -755,15 +768,18 @@ def _parse_counter(kind: str, p: Params) -> CounterSpec:
                                                          maximum=MAX_MINUTES))
     if kind == "rollback_rate":
         scope, expr = CounterSpec.parse_scope(p, "tenant")
+        if expr is not None:  # events are recorded per tenant, rollout, agent, device, group
+            raise p.error("scope", "rollback_rate counts the deploys and rollbacks reported"
+                                   " per tenant, rollout, agent, device or group: an"
+                                   " expression scope would never see one")
         return CounterSpec(kind, scope, expr,
                            threshold_percent=p.number("threshold_percent", maximum=100.0),
-                           window_seconds=3600 * p.integer("window_hours", minimum=1,
-                                                           maximum=MAX_HOURS),
+                           window_seconds=3600 * _within_retention(p, "window_hours", 3600),
                            min_deployments=p.integer("min_deployments", 1, minimum=1,
                                                      maximum=MAX_COUNT))
-    # min_step_duration: always per rollout
-    return CounterSpec(kind, "rollout", None, min_interval_seconds=60 * p.integer(
-        "minutes", minimum=1, maximum=MAX_MINUTES))
+    # min_step_duration: always per rollout, from the reported step advances
+    return CounterSpec(kind, "rollout", None,
+                       min_interval_seconds=60 * _within_retention(p, "minutes", 60))
 
 
 STATELESS: dict[str, Any] = {r.kind: r for r in (

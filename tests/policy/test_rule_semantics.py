@@ -295,7 +295,7 @@ def load(rule_yaml: str) -> list[Policy]:
     ("  velocity: {max_count: 5, window_minutes: 10000000}\n",
      "rule.velocity.window_minutes", "1000", "<= 527040"),
     ("  rollback_rate: {threshold_percent: 10, window_hours: 100000}\n",
-     "rule.rollback_rate.window_hours", "100000", "<= 8784"),
+     "rule.rollback_rate.window_hours", "100000", "at most 168"),
     ("  daily_cap: {max_count: 1e12}\n", "rule.daily_cap.max_count", "1e12", "integer"),
     ("  freeze_windows: {windows: [{start: '2026-12-20T00:00:00', end: '2026-12-21T00:00:00Z'}]}"
      "\n", "rule.freeze_windows.windows[0].start", "'2026-12-20", "UTC offset"),
