@@ -10,7 +10,7 @@ collide with another key nor break the hash tag.
 * ``pdp:{t}:vel:<counter>:<scope>``              VELOCITY: sorted set of reserve times
 * ``pdp:{t}:ev:<scope>``                         ROLLBACK_RATE: hash of bucketed event counts
 * ``pdp:{t}:step:<scope>``                       MIN_STEP_DURATION: time of the last advance
-* ``pdp:{t}:evid:<kind>:<event key>``            an idempotent event already recorded
+* ``pdp:{t}:evid:<kind>:<event key>:<scope>``    an idempotent event recorded under a scope
 * ``pdp:{t}:epoch``                              the epoch marker (Redis only; see below)
 * ``pdp:{t}:lost``                               set while a loss of this tenant is unacknowledged
 
@@ -70,5 +70,6 @@ def lost_key(prefix: str) -> str:
     return f"{prefix}:lost"
 
 
-def event_id_key(prefix: str, kind_code: str, event_key: str) -> str:
-    return f"{prefix}:evid:{kind_code}:{esc(event_key)}"
+def event_id_key(prefix: str, kind_code: str, event_key: str, scope: str) -> str:
+    """An event's key, once recorded under ``scope`` (record.lua builds the same)."""
+    return f"{prefix}:evid:{kind_code}:{esc(event_key)}:{esc(scope)}"

@@ -150,8 +150,10 @@ class MemoryCounterStore:
         timeout: float,
         event_key: str | None = None,
     ) -> bool:
-        """Record the event; with ``event_key``, at most once per key (and kind) within
-        the event retention: False when that key was recorded already ("" is no key)."""
+        """Record the event; with ``event_key``, at most once per key (and kind) and scope
+        within the event retention: False when it was recorded under every scope given
+        already ("" is no key). Per scope, so a later report naming more (the rollout
+        engine's, with the agent, after EvaluateHealth's) adds what was missing."""
         scopes = distinct(scope_keys)
         if not scopes:
             return False
@@ -159,10 +161,15 @@ class MemoryCounterStore:
         with self._lock:
             now = self._now()
             if event_key:
-                seen = keys.event_id_key(prefix, EVENT_CODE[kind], event_key)
-                if self._get(seen, _Stamp, now) is not None:
+                fresh = []
+                for scope in scopes:
+                    seen = keys.event_id_key(prefix, EVENT_CODE[kind], event_key, scope)
+                    if self._get(seen, _Stamp, now) is None:
+                        self._data[seen] = _Stamp(now, now + self._retention_ms)
+                        fresh.append(scope)
+                if not fresh:
                     return False
-                self._data[seen] = _Stamp(now, now + self._retention_ms)
+                scopes = fresh
             for scope in scopes:
                 if kind is CounterEventKind.STEP_ADVANCE:
                     self._data[keys.step_key(prefix, scope)] = _Stamp(

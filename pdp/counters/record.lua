@@ -5,9 +5,10 @@
 -- ARGV: offset_ms, kind ('d' deploy, 'r' rollback, 's' step advance), bucket_ms,
 --       retention_ms, event key (escaped; '' for none), scope...
 -- Time is the Redis server's clock (TIME) plus offset_ms (0 in production).
--- With an event key the event is recorded at most once per (kind, key) within the retention:
--- a rollback reported by EvaluateHealth and again by the rollout engine counts once.
--- Returns 1 when recorded, 0 when the key had been recorded already.
+-- With an event key the event is recorded at most once per (kind, key, scope) within the
+-- retention: a rollback reported by EvaluateHealth and again by the rollout engine counts
+-- once, and the second report adds the scopes the first did not name (its agent).
+-- Returns 1 when recorded under any scope, 0 when every scope had it already.
 
 local prefix = KEYS[1]
 local t = redis.call('TIME')
@@ -19,16 +20,17 @@ local b = math.floor(now / bucket)
 local function int(x) return string.format('%d', x) end
 local max_fields = 2 * (math.floor(retention / bucket) + 2)
 
-if ARGV[5] ~= '' then
-  local seen = prefix .. ':evid:' .. kind .. ':' .. ARGV[5]
-  if not redis.call('SET', seen, '1', 'NX', 'PX', int(retention)) then return 0 end
-end
-
+local recorded = 0
 for i = 6, #ARGV do
   local scope = ARGV[i]
-  if kind == 's' then
+  if ARGV[5] ~= '' and not redis.call('SET', prefix .. ':evid:' .. kind .. ':' .. ARGV[5]
+                                      .. ':' .. scope, '1', 'NX', 'PX', int(retention)) then
+    -- recorded under this scope already
+  elseif kind == 's' then
+    recorded = 1
     redis.call('SET', prefix .. ':step:' .. scope, int(now), 'PX', int(retention))
   else
+    recorded = 1
     local key = prefix .. ':ev:' .. scope
     redis.call('HINCRBY', key, kind .. int(b), 1)
     redis.call('PEXPIRE', key, int(retention + bucket))
@@ -41,4 +43,4 @@ for i = 6, #ARGV do
     end
   end
 end
-return 1
+return recorded

@@ -265,8 +265,9 @@ class RedisCounterStore:
         timeout: float,
         event_key: str | None = None,
     ) -> bool:
-        """Record the event; with ``event_key``, at most once per key (and kind) within
-        the event retention: False when that key was recorded already ("" is no key)."""
+        """Record the event; with ``event_key``, at most once per key (and kind) and scope
+        within the event retention: False when every scope given had it already ("" is no
+        key). See record.lua."""
         scopes = [keys.esc(s) for s in distinct(scope_keys)]
         if not scopes:
             return False

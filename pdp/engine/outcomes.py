@@ -46,13 +46,15 @@ class HealthVerdict:
 
 def event_key(kind: CounterEventKind, rollout: Mapping[str, Any] | None,
               event_id: str = "") -> str | None:
-    """The idempotency key of an event: the caller's id, else (rollbacks only) its rollout
-    and step; None = every report counts."""
-    if event_id:
-        return f"id:{event_id}"
+    """The idempotency key of an event: a rollback of a rollout is keyed by its rollout and
+    step (one rollback per step, whoever reports it: EvaluateHealth, which has no event id,
+    and the rollout engine, with or without one); else the caller's id; None = every
+    report counts."""
     rollout_id = (rollout or {}).get("id")
     if kind is CounterEventKind.ROLLBACK and rollout_id:
         return f"rollback:{rollout_id}:{(rollout or {}).get('step', 0)}"
+    if event_id:
+        return f"id:{event_id}"
     return None
 
 
@@ -84,8 +86,11 @@ class Outcomes:
 
     async def evaluate_health(self, tenant: str, activation: dict[str, Any],
                               change: dict[str, str],
-                              deadline: Deadline | None = None) -> HealthVerdict:
-        """Auto-rollback thresholds of the tenant's policies against live metrics."""
+                              deadline: Deadline | None = None, *,
+                              record: bool = True) -> HealthVerdict:
+        """Auto-rollback thresholds of the tenant's policies against live metrics. A breach
+        is recorded as the step's rollback (rollback_rate) only with ``record``: when the
+        caller may record events, as RecordEvent requires."""
         now = datetime.now(UTC)
         ctx = EvalContext(tenant, Checkpoint.ROLLOUT_PRECONDITION, now,
                           {**activation, "now": now})
@@ -102,7 +107,7 @@ class Outcomes:
         verdict.rollback = bool(verdict.reasons)
         rollout = activation.get("rollout") or {}
         key = event_key(CounterEventKind.ROLLBACK, rollout)
-        if verdict.rollback and key is not None:
+        if verdict.rollback and key is not None and record:
             # Feeds ROLLBACK_RATE: the same scope keys and key RecordEvent(ROLLBACK) uses.
             keys = [k for k in (scope_key("tenant"), scope_key("rollout", rollout["id"]))
                     if k is not None]

@@ -232,8 +232,10 @@ class DecisionService(dgrpc.DecisionServiceServicer):
     async def EvaluateHealth(self, request: dpb.EvaluateHealthRequest,
                              context: grpc.aio.ServicerContext[Any, Any]
                              ) -> dpb.EvaluateHealthResponse:
-        reader = reads_policies(await authorize(context, request.tenant, Permission.DECIDE),
-                                request.tenant)
+        principal = await authorize(context, request.tenant, Permission.DECIDE)
+        reader = reads_policies(principal, request.tenant)
+        # a breach counts as the step's rollback only for a caller who may record events
+        records = principal.may(Permission.RECORD_EVENTS, request.tenant)
 
         async def run() -> dpb.EvaluateHealthResponse:
             tenant = convert.tenant_of(request.tenant)
@@ -242,7 +244,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
             verdict = await self.engine.outcomes.evaluate_health(
                 tenant, {"rollout": convert.rollout_dict(request.rollout),
                          "metrics": dict(request.metrics)}, convert.change_dict(request.change),
-                deadline_for(context, self.deadline_s))
+                deadline_for(context, self.deadline_s), record=records)
             return dpb.EvaluateHealthResponse(
                 rollback=verdict.rollback, decision_id=verdict.decision_id,
                 reasons=[convert.reason_pb(r) for r in verdict.reasons],

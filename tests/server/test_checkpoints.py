@@ -65,7 +65,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PdpServer]:
     policy_dir.mkdir()
     (policy_dir / "t1.yaml").write_text(POLICIES)
     # Run this checkout's pdp (the environment's editable install may point elsewhere).
-    srv = PdpServer(root, policy_dir=policy_dir, env={"PYTHONPATH": str(ROOT)}).start()
+    # anonymous callers here may record events too: EvaluateHealth then records a breach
+    srv = PdpServer(root, policy_dir=policy_dir, env={"PYTHONPATH": str(ROOT)},
+                    args=["--auth-anonymous-roles", "*:rollout-engine"]).start()
     try:
         yield srv
     finally:
@@ -159,6 +161,29 @@ def test_evaluate_health_rollback_feeds_rollback_rate(client: PdpClient,
             return
         time.sleep(0.1)
     pytest.fail("no Rollout.Event ROLLBACK in the audit log")
+
+
+def test_a_checkers_evaluate_health_records_no_rollback(tmp_path: Path) -> None:
+    """Recording a rollback feeds rollback_rate (it can stop rollouts): like RecordEvent, it
+    needs the permission to record events; a checker gets the verdict only."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "t1.yaml").write_text(POLICIES)
+    srv = PdpServer(tmp_path, policy_dir=tmp_path / "policies",
+                    env={"PYTHONPATH": str(ROOT)}).start()  # anonymous: *:checker
+    try:
+        with PdpClient(srv.address) as c:
+            bad = c.stub.EvaluateHealth(dpb.EvaluateHealthRequest(
+                tenant="t1", rollout=cpb.Rollout(id="r9"),
+                metrics={"error_rate": 0.06, "crash_rate": 0.02, "p95_latency_ms": 900}),
+                timeout=5)
+        assert bad.rollback
+        assert srv.terminate() == 0  # the audit flushed
+    finally:
+        srv.stop()
+    events = _audit_events(srv.audit_file)
+    health = [e for e in events if e.get("type") == "Rollout.HealthEvaluated"]
+    assert health and health[0]["rollback"] is True and health[0]["rollback_recorded"] is False
+    assert not [e for e in events if e.get("type") == "Rollout.Event"]
 
 
 def _audit_events(path: Path) -> list[dict[str, object]]:

@@ -164,7 +164,8 @@ rule: {auto_rollback: {max_error_rate: 0.05}}
 def test_a_rollback_counts_once_whoever_reports_it_and_however_often(
         tmp_path: Path, redis: RedisServer) -> None:
     """Four deploys; EvaluateHealth calls for a rollback three times and the rollout engine
-    reports it too: one rollback (25 % < 40 %), so the next push is allowed. A second,
+    reports it too (with an event id of its own): one rollback (25 % < 40 %), so the next
+    push is allowed. A second,
     distinct rollback (another step) makes it 50 %: denied."""
     policies = tmp_path / "policies"
     policies.mkdir()
@@ -184,8 +185,9 @@ def test_a_rollback_counts_once_whoever_reports_it_and_however_often(
                 verdict = stub.EvaluateHealth(dpb.EvaluateHealthRequest(
                     tenant="acme", rollout=rollout, metrics={"error_rate": 0.2}), timeout=10)
                 assert verdict.rollback
-            stub.RecordEvent(dpb.RecordEventRequest(
-                tenant="acme", kind=dpb.EVENT_KIND_ROLLBACK, rollout=rollout), timeout=10)
+            stub.RecordEvent(dpb.RecordEventRequest(  # the engine's own id: the same step
+                tenant="acme", kind=dpb.EVENT_KIND_ROLLBACK, rollout=rollout,
+                event_id="engine-report-r1-2"), timeout=10)
 
             def push() -> cpb.Decision:
                 return stub.CheckPush(push_request("acme", "a1", config_yaml="a: 1"),
