@@ -316,5 +316,16 @@ class EdgeInterceptor(WrappingInterceptor):
                 yield item
         finally:
             waiter.cancel()
-            if task is not None and not task.done():
-                task.cancel()  # the call was cancelled while waiting for the next item
+            if task is not None:
+                # the call was cancelled while waiting for the next item: the step may still
+                # end with an error (the stream's end, a reset); take it, or asyncio prints
+                # "Task exception was never retrieved" for every cancelled stream
+                if not task.done():
+                    task.cancel()
+                task.add_done_callback(_retrieved)
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Take a finished task's outcome so that nothing reports it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

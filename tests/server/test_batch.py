@@ -124,6 +124,26 @@ def test_stream_answers_each_batch_in_order(server: PdpServer) -> None:
     assert (second.batch.allowed_count, second.batch.denied_count) == (2, 2)  # cap of 5
 
 
+def test_cancelled_streams_leave_no_unretrieved_task_errors(server: PdpServer) -> None:
+    """A stream cancelled after its first answer, while the server waits for the next
+    request: the waiting step ends with an error nobody asked for. It is taken, so asyncio
+    prints no "Task exception was never retrieved" (plain text in a JSON log), and the
+    server keeps answering."""
+    def one_then_cancel() -> None:
+        with grpc.insecure_channel(server.address) as ch:
+            call = dgrpc.DecisionServiceStub(ch).CheckPushStream(
+                iter([dpb.CheckPushStreamRequest(batch=batch(1))] * 20), timeout=10)
+            next(call)
+            call.cancel()
+
+    for _ in range(5):
+        one_then_cancel()
+    with grpc.insecure_channel(server.address) as ch:  # still serving, and a later step
+        assert dgrpc.DecisionServiceStub(ch).CheckPushBatch(batch(1), timeout=10).decisions
+    assert server.terminate() == 0
+    assert "never retrieved" not in server.log(), server.log()[-3000:]
+
+
 def test_sigterm_right_after_big_steps_loses_no_audit_record(tmp_path: Path) -> None:
     """Async durability writes a step's records after its answer; a SIGTERM straight after
     the answers still finds every decision of every step in the audit file, once, in order,
