@@ -35,11 +35,13 @@ from .errors import (
     DeadlineExceeded,
     SizeLimitExceeded,
 )
+from .parser import MAX_NODES, count_nodes
 from .program import Budget, Environment, Program
 from .references import roots as read_roots
 from .values import Duration, Optional, Timestamp, TypeValue, UInt
 
 __all__ = [
+    "MAX_NODES",
     "PDP_VARIABLES",
     "Budget",
     "BudgetExceeded",
@@ -57,6 +59,7 @@ __all__ = [
     "Timestamp",
     "TypeValue",
     "UInt",
+    "count_nodes",
     "new_pdp_environment",
     "pdp_environment",
     "read_roots",

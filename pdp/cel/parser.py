@@ -385,3 +385,12 @@ def parse(source: str, optional_syntax: bool = False) -> A.Expr:
     """Parse ``source`` into an expression tree (raises CelCompileError); the optional
     syntax (``.?``, ``[?``, ``[?x]``, ``{?k: x}``) only with ``optional_syntax``."""
     return Parser(source, optional_syntax).parse()
+
+
+def count_nodes(root: A.Expr) -> int:
+    """Nodes of a parsed expression (what MAX_NODES bounds), without recursion."""
+    n, todo = 0, [root]
+    while todo:
+        n += 1
+        todo.extend(A.children(todo.pop()))
+    return n
