@@ -59,8 +59,55 @@ def tenant_of(tenant: str) -> str:
     return tenant
 
 
-def _timestamp(ts: timestamp_pb2.Timestamp) -> str | None:
-    return ts.ToJsonString() if ts.seconds or ts.nanos else None
+#: The seconds of a valid google.protobuf.Timestamp: 0001-01-01T00:00:00Z to
+#: 9999-12-31T23:59:59Z (as timestamp.proto defines it, and ToJsonString accepts).
+TIMESTAMP_MIN_SECONDS = -62_135_596_800
+TIMESTAMP_MAX_SECONDS = 253_402_300_799
+NANOS_MAX = 999_999_999
+
+
+def timestamp_problem(ts: timestamp_pb2.Timestamp) -> str | None:
+    """Why ``ts`` is not a valid Timestamp (the INVALID_ARGUMENT text), or None. The
+    protobuf runtime decodes any seconds and nanos; using an invalid one raises later."""
+    seconds, nanos = ts.seconds, ts.nanos
+    if not TIMESTAMP_MIN_SECONDS <= seconds <= TIMESTAMP_MAX_SECONDS:
+        return (f"not a valid timestamp (seconds {seconds} is outside 0001-01-01 to"
+                f" 9999-12-31: {TIMESTAMP_MIN_SECONDS} to {TIMESTAMP_MAX_SECONDS})")
+    if not 0 <= nanos <= NANOS_MAX:
+        return f"not a valid timestamp (nanos {nanos} is outside 0 to {NANOS_MAX})"
+    return None
+
+
+def check_timestamp(ts: timestamp_pb2.Timestamp, field: str) -> None:
+    """Refuse an invalid Timestamp of a request, naming its ``field``."""
+    problem = timestamp_problem(ts)
+    if problem is not None:
+        raise InvalidRequest(field, problem)
+
+
+def _timestamp(ts: timestamp_pb2.Timestamp, field: str) -> str | None:
+    """The request's ``field`` as RFC 3339 text, None when unset (zero), refused when it is
+    not a valid Timestamp."""
+    if not (ts.seconds or ts.nanos):
+        return None
+    check_timestamp(ts, field)
+    return ts.ToJsonString()
+
+
+SHOWN_KEY_CHARS = 64  # of a caller's map key or id quoted in an error text
+
+
+def shown_key(key: str, most: int = SHOWN_KEY_CHARS) -> str:
+    """A caller's map key as it appears in a field path (``metrics[…]``): escaped as repr
+    escapes it (no NUL or newline reaches a status text or a log line raw), without the
+    quotes, and cut to ``most`` characters followed by "…"."""
+    shown = repr(key[:most])[1:-1]
+    return shown + "…" if len(key) > most else shown
+
+
+def quoted(value: str, most: int = SHOWN_KEY_CHARS) -> str:
+    """A caller's value quoted in an error text: repr, cut to ``most`` characters + "…"."""
+    return repr(value[:most]) + ("…" if len(value) > most else "")
 
 
 def agent_dict(agent: cpb.Agent, field: str = "agent") -> dict[str, Any]:
@@ -82,6 +129,8 @@ def device_dict(device: cpb.Device) -> dict[str, Any]:
 
 
 def rollout_dict(rollout: cpb.Rollout) -> dict[str, Any]:
+    """The request's ``rollout``, checked: percentages in range (NaN refused), every
+    Timestamp valid (its field named, ``rollout.approvals[i].time``)."""
     if not 0 <= rollout.step_percent <= 100:  # written so that NaN fails too
         raise InvalidRequest("rollout.step_percent", "must be between 0 and 100")
     if not 0 <= rollout.previous_step_percent <= 100:
@@ -90,9 +139,10 @@ def rollout_dict(rollout: cpb.Rollout) -> dict[str, Any]:
         "id": rollout.id, "step": rollout.step, "total_steps": rollout.total_steps,
         "step_percent": rollout.step_percent,
         "previous_step_percent": rollout.previous_step_percent, "created_by": rollout.created_by,
-        "created_at": _timestamp(rollout.created_at),
-        "approvals": [{"actor": a.actor, "step": a.step, "time": _timestamp(a.time)}
-                      for a in rollout.approvals],
+        "created_at": _timestamp(rollout.created_at, "rollout.created_at"),
+        "approvals": [{"actor": a.actor, "step": a.step,
+                       "time": _timestamp(a.time, f"rollout.approvals[{i}].time")}
+                      for i, a in enumerate(rollout.approvals)],
     }
 
 
@@ -146,8 +196,9 @@ def _in_batch(i: int, exc: InvalidRequest) -> InvalidRequest:
 def check_push_batch_requests(msg: dpb.CheckPushBatchRequest,
                               caller: Caller) -> list[CheckRequest]:
     """One CheckRequest per agent, as ``check_push_request`` would build it for a single
-    push carrying that agent (same validation, same order, errors named ``agents[i].…``),
-    with what the agents have in common converted once and shared (never mutated)."""
+    push carrying that agent (same validation, an agent's errors named ``agents[i].…``),
+    with what the agents have in common converted once and shared (never mutated). Two
+    agents with the same id are refused (``agents[i].id``): one decision per agent."""
     return list(iter_push_batch_requests(msg, caller))
 
 
@@ -157,22 +208,31 @@ def iter_push_batch_requests(msg: dpb.CheckPushBatchRequest,
     loop turns while it converts a large step."""
     tenant = tenant_of(msg.tenant)
     agents = msg.agents
+    checkpoint = push_checkpoint(msg.checkpoint)
     try:
-        checkpoint = push_checkpoint(msg.checkpoint)
         first = agent_dict(agents[0]) if agents else None  # its id is checked first
-        change = change_dict(msg.change)
-        rollout = rollout_dict(msg.rollout)
-        override = override_of(msg, caller)
     except InvalidRequest as exc:
         raise _in_batch(0, exc) from None
+    # The step's own fields are named as sent (``rollout.created_at``), not as an agent's.
+    change = change_dict(msg.change)
+    rollout = rollout_dict(msg.rollout)
+    override = override_of(msg, caller)
     config = msg.config.yaml or None
     previous = msg.previous_config.yaml or None
     explain, request_id = msg.explain, msg.request_id
+    # One decision per agent: a second entry with the same id would get a decision of its
+    # own the caller cannot tell from the first (the answer is keyed by agent_id).
+    seen: dict[str, int] = {}
     for i, agent in enumerate(agents):
         try:
             a = first if i == 0 else agent_dict(agent)
         except InvalidRequest as exc:
             raise _in_batch(i, exc) from None
+        agent_id = agent.id  # checked by agent_dict
+        j = seen.setdefault(agent_id, i)
+        if j != i:
+            raise InvalidRequest(f"agents[{i}].id", f"duplicate of agents[{j}].id"
+                                 f" {quoted(agent_id)} (one decision per agent)")
         yield CheckRequest(
             tenant=tenant, checkpoint=checkpoint, change=change, agent=a, rollout=rollout,
             config_yaml=config, previous_config_yaml=previous, override=override,
@@ -195,7 +255,7 @@ def metrics_dict(metrics: Mapping[str, float]) -> dict[str, float]:
     false either way, so it is refused rather than silently passing or failing a gate."""
     for name, value in metrics.items():
         if not math.isfinite(value):
-            raise InvalidRequest(f"metrics[{name}]", "must be a finite number")
+            raise InvalidRequest(f"metrics[{shown_key(name)}]", "must be a finite number")
     return dict(metrics)
 
 

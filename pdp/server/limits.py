@@ -25,6 +25,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status  # type: ignore[import-untyped]
 
+from pdp.api.convert import shown_key
 from pdp.engine.request import InvalidRequest
 from pdp.server.ending import end
 
@@ -274,7 +275,7 @@ def _map_check(name: str, lim: Limit, string_values: bool) -> Check:
             if value_limit is not None:
                 n = len(entries_[key])
                 if n > value_limit:
-                    raise _too_long(f"{field}[{key}]", n, value_limit)
+                    raise _too_long(f"{field}[{shown_key(key)}]", n, value_limit)
     return check
 
 

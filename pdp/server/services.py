@@ -218,6 +218,12 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 raise InvalidRequest("kind", "required: DEPLOY, ROLLBACK or STEP_ADVANCE")
             if kind is CounterEventKind.STEP_ADVANCE and not request.rollout.id:
                 raise InvalidRequest("rollout.id", "required for STEP_ADVANCE")
+            # Checked as a decision checks them (percentages, timestamps), though only the
+            # rollout's id and step are used. ``time`` is informational: an event counts
+            # when it arrives (README, roles); an invalid one is refused all the same.
+            convert.rollout_dict(request.rollout)
+            if request.HasField("time"):
+                convert.check_timestamp(request.time, "time")
             keys = [k for k in (scope_key("tenant"), scope_key("rollout", request.rollout.id),
                                 scope_key("agent", request.agent_id),
                                 scope_key("device", request.device_id),
@@ -243,7 +249,8 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 raise InvalidRequest("metrics", "required: at least one metric")
             verdict = await self.engine.outcomes.evaluate_health(
                 tenant, {"rollout": convert.rollout_dict(request.rollout),
-                         "metrics": dict(request.metrics)}, convert.change_dict(request.change),
+                         "metrics": convert.metrics_dict(request.metrics)},
+                convert.change_dict(request.change),
                 deadline_for(context, self.deadline_s), record=records)
             return dpb.EvaluateHealthResponse(
                 rollback=verdict.rollback, decision_id=verdict.decision_id,

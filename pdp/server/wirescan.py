@@ -147,14 +147,65 @@ def _walk(buf: memoryview, pos: int, end: int, msg: _Message, prefix: str,
             at = f"{path}[{n - 1}]." if f.items is not None else path + "."
             _walk(buf, pos - length, pos, f.message, at, steps)
         if f.ceiling is not None and length > f.ceiling:
-            raise Overrun(path, _too_long(f, length))
+            entry = _entry_sizes(buf, pos - length, pos) if f.is_map else None
+            raise Overrun(path, _too_long(f, length, entry))
 
 
-def _too_long(f: _Field, length: int) -> str:
+_UTF8 = 4  # most bytes per character in UTF-8
+_ENTRY_STEPS = 8  # field reads into one map entry (a valid one has two)
+
+
+def _entry_sizes(buf: memoryview, pos: int, end: int) -> tuple[int, int | None] | None:
+    """A map entry's key and (length-delimited) value sizes in bytes, the value None when
+    it is not length-delimited; None when the entry is not readable in a few steps."""
+    key = 0
+    value: int | None = None
+    steps = _ENTRY_STEPS
+    try:
+        while pos < end:
+            steps -= 1
+            if steps < 0:
+                return None
+            tag, pos = read_varint(buf, pos)
+            number, wire = tag >> 3, tag & 7
+            if wire == 0:
+                _, pos = read_varint(buf, pos)
+            elif wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+            elif wire == 2:
+                length, pos = read_varint(buf, pos)
+                pos += length
+                if number == 1:
+                    key = length  # the last one counts, as for the decoder
+                elif number == 2:
+                    value = length
+            else:
+                return None
+            if pos > end:
+                return None
+    except (IndexError, ValueError):
+        return None
+    return key, value
+
+
+def _too_long(f: _Field, length: int, entry: tuple[int, int | None] | None = None) -> str:
     if f.is_map:
-        return (f"an entry of {length} bytes is longer than the limits allow (keys"
-                f" {f.key_chars} characters, values {f.chars} characters, 4 bytes each at"
-                " most); not decoded")
+        head = f"an entry of {length} bytes is longer than the limits allow"
+        key_most = None if f.key_chars is None else f.key_chars * _UTF8
+        value_most = None if f.chars is None else f.chars * _UTF8
+        if entry is not None:
+            key, value = entry
+            if key_most is not None and key > key_most:
+                return (f"{head}: its key of {key} bytes is longer than the limit of"
+                        f" {f.key_chars} characters (at most {key_most} bytes); not decoded")
+            if value is not None and value_most is not None and value > value_most:
+                return (f"{head}: its value of {value} bytes is longer than the limit of"
+                        f" {f.chars} characters (at most {value_most} bytes); not decoded")
+        limits = [f"keys {f.key_chars} characters" if f.key_chars is not None else "",
+                  f"values {f.chars} characters" if f.chars is not None else ""]
+        said = ", ".join(x for x in limits if x)
+        return (f"{head} ({said}, 4 bytes each at most); not decoded" if said
+                else f"{head}; not decoded")
     if f.message is not None:
         return (f"{length} bytes is larger than any valid {f.message.name} (at most"
                 f" {f.ceiling} bytes); not decoded")
