@@ -29,7 +29,7 @@ from pdp.policy.model import (
 )
 from pdp.policy.params import Params
 from pdp.policy.rules import TYPED_KINDS, parse_typed
-from pdp.policy.yamlpos import Located, Path_, format_path, load_documents
+from pdp.policy.yamlpos import Located, Path_, PolicyYAMLLimit, format_path, load_documents
 
 TOP_KEYS = {"tenant", "name", "description", "checkpoints", "match", "enabled", "status",
             "rule", "version", "author", "approver", "apiVersion", "kind", "notify"}
@@ -42,6 +42,12 @@ def load_text(text: str, source: str = "<policy>", *,
     """Parse every policy document in ``text``; raises PolicyError on the first problem."""
     try:
         docs = load_documents(text)
+    except PolicyYAMLLimit as exc:  # well-formed, but over a limit (a YAML bomb): where
+        mark = exc.problem_mark
+        raise PolicyError(f"policy YAML: {exc.problem}", source=source,
+                          field_path=format_path(exc.path),
+                          line=mark.line + 1 if mark else 0,
+                          column=mark.column + 1 if mark else 0) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

@@ -1,21 +1,48 @@
 """YAML loading that remembers where each value came from.
 
-Policy validation errors must name file, line and field path; PyYAML's composed node tree has
-the marks, so we build plain Python values from it and keep a path -> line:column index.
+Policy validation errors must name file, line and field path; the parser's events have the
+marks, so we build plain Python values from them and keep a path -> line:column index.
+
+A policy text comes from an admin call or a file and is parsed on the event loop, so the build
+is bounded while it runs (as configs are, ``pdp/engine/configparse.py``): values after alias
+expansion, nesting depth and integer length are counted event by event, and a document over a
+limit stops where it crossed it (``PolicyYAMLLimit``, with that line:column).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
+import yaml.composer
+import yaml.constructor
 
 Path_ = tuple[str | int, ...]
+
+#: Limits of one policy document, checked while it is built (a YAML "billion laughs" of a few
+#: hundred bytes stops at the alias that crosses the count, not after expanding 10^8 values).
+#: Policy documents are small: a large one has a few hundred values. Values count after alias
+#: expansion (an alias counts every value of its anchor again), keys included.
+MAX_VALUES = 10_000
+#: Nested mappings and sequences, after alias expansion (as configs: engine/configparse.py).
+MAX_DEPTH = 64
+#: Digits of an integer: the longest in-range spelling is 64 binary digits (Python refuses to
+#: convert a decimal of more than 4300 digits, and converting one is quadratic).
+MAX_INT_DIGITS = 64
 
 #: libyaml's parser when PyYAML has it (the usual wheels do): the pure-Python one was most of
 #: start-up with thousands of policies. Same nodes, same marks (line:column), same values.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class PolicyYAMLLimit(yaml.MarkedYAMLError):
+    """Well-formed YAML over one of the limits above; ``problem_mark`` is where the limit was
+    crossed and ``path`` the field path there."""
+
+    def __init__(self, problem: str, mark: Any, path: Path_ = ()) -> None:
+        super().__init__(None, None, problem, mark)
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -108,43 +135,290 @@ def format_path(path: Path_) -> str:
 
 
 def load_documents(text: str) -> list[Located]:
-    """All documents of a YAML stream (``---`` separated); raises yaml.YAMLError."""
+    """All documents of a YAML stream (``---`` separated); raises yaml.YAMLError.
+
+    Built straight from the parser's events with an explicit stack (no recursion, in PyYAML's
+    composer or here), counting values after alias expansion and nesting depth as it goes:
+    a document over ``MAX_VALUES`` or ``MAX_DEPTH``, or with an integer longer than
+    ``MAX_INT_DIGITS``, stops at the event that crossed the limit with a ``PolicyYAMLLimit``
+    at its line:column (a YAML error, so every caller that reports YAML errors reports it).
+    """
     docs = []
     loader = _Loader(text)
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:  # pragma: no cover - check_node said there is one
+        while True:
+            event = loader.get_event()
+            if event is None or isinstance(event, yaml.StreamEndEvent):
                 break
-            loc = Located(None, start_line=node.start_mark.line + 1, text=text)
-            loc.value = _build(loader, node, (), loc.positions, loc.spans)
-            docs.append(loc)
+            if isinstance(event, yaml.DocumentStartEvent):
+                docs.append(_Document(loader, text).build())
     finally:
         loader.dispose()
     return docs
 
 
-def _build(loader: Any, node: yaml.Node, path: Path_,
-           pos: dict[Path_, tuple[int, int]],
-           spans: dict[Path_, tuple[int, int, str]] | None = None) -> Any:
-    pos[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if spans is not None and isinstance(node, yaml.ScalarNode):
-        spans[path] = (node.start_mark.index, node.end_mark.index, node.style or "")
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str | int | float | bool):
+_T = "tag:yaml.org,2002:"
+_INT_TAG, _STR_TAG, _MERGE_TAG, _VALUE_TAG = _T + "int", _T + "str", _T + "merge", _T + "value"
+
+
+class _MergeKey:
+    """The key of a merge (``<<: *defaults``)."""
+
+
+_MERGE = _MergeKey()
+
+
+class _Node:
+    """A built value before it is placed: shared by every alias of it, and expanded (fresh
+    containers and positions for each path) only at the end, once the counts are known to be
+    within the limits. ``count`` is its values after alias expansion, ``height`` its nesting
+    (0 for a scalar)."""
+
+    __slots__ = ("count", "height", "is_map", "items", "kids", "mark", "span", "value")
+
+    def __init__(self, mark: Any, *, value: Any = None, span: tuple[int, int, str] | None = None,
+                 kids: list[_Node] | None = None,
+                 items: list[tuple[Any, Any, _Node]] | None = None,
+                 count: int = 1, height: int = 0) -> None:
+        self.mark = mark
+        self.value = value
+        self.span = span
+        self.kids = kids    # a sequence's items
+        self.items = items  # a mapping's (key, key mark, value), merges flattened
+        self.is_map = items is not None
+        self.count = count
+        self.height = height
+
+
+class _Frame:
+    """An open mapping or sequence."""
+
+    __slots__ = ("anchor", "has_key", "is_map", "items", "key", "key_mark", "kids", "mark",
+                 "merges", "nodes0", "path")
+
+    def __init__(self, event: Any, is_map: bool, path: Path_, nodes0: int) -> None:
+        self.mark = event.start_mark
+        self.anchor: str | None = event.anchor
+        self.is_map = is_map
+        self.path = path
+        self.nodes0 = nodes0
+        self.kids: list[_Node] = []
+        self.items: list[tuple[Any, Any, _Node]] = []
+        self.merges: list[tuple[Any, Any, _Node]] = []
+        self.key: Any = None
+        self.key_mark: Any = None
+        self.has_key = False
+
+    def child_path(self) -> Path_:
+        if not self.is_map:
+            return (*self.path, len(self.kids))
+        return (*self.path, "<<" if self.key is _MERGE else str(self.key))
+
+
+class _Document:
+    """One document, from its DocumentStartEvent to its DocumentEndEvent."""
+
+    def __init__(self, loader: Any, text: str) -> None:
+        self.loader = loader
+        self.text = text
+        self.stack: list[_Frame] = []
+        self.anchors: dict[str, _Node] = {}
+        self.nodes = 0
+        self.root: _Node | None = None
+
+    def build(self) -> Located:
+        get, stack = self.loader.get_event, self.stack
+        while True:
+            event = get()
+            if isinstance(event, yaml.ScalarEvent):
+                top = stack[-1] if stack else None
+                self._count(1, event)
+                start, end = event.start_mark, event.end_mark
+                assert start is not None and end is not None  # the parser marks every event
+                span = (start.index, end.index, event.style or "")
+                if top is not None and top.is_map and not top.has_key:
+                    key = self._scalar(event, in_key=True)
+                    if event.anchor is not None:
+                        self._anchor(event, _Node(start, value=key, span=span))
+                    self._key(top, key, start)
+                    continue
+                node = _Node(start, value=self._scalar(event, in_key=False), span=span)
+                if event.anchor is not None:
+                    self._anchor(event, node)
+                self._place(node)
+            elif isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                top = stack[-1] if stack else None
+                if top is not None and top.is_map and not top.has_key:
+                    mark: Any = event.start_mark
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "mapping keys must be scalars", mark)
+                if len(stack) >= MAX_DEPTH:
+                    self._limit(f"nesting deeper than {MAX_DEPTH} levels", event)
+                self._count(1, event)
+                if event.anchor is not None:
+                    self._check_anchor(event)
+                path = top.child_path() if top is not None else ()
+                stack.append(_Frame(event, isinstance(event, yaml.MappingStartEvent), path,
+                                    self.nodes))
+            elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                self._close(stack.pop())
+            elif isinstance(event, yaml.AliasEvent):
+                self._alias(event)
+            elif isinstance(event, yaml.DocumentEndEvent) or event is None:
+                break
+        root = self.root if self.root is not None else _Node(None, value=None)
+        line = root.mark.line + 1 if root.mark is not None else 1
+        loc = Located(None, start_line=line, text=self.text)
+        if root.mark is not None:
+            loc.value = _expand(root, (), loc.positions, loc.spans)
+        return loc
+
+    # -- limits ----------------------------------------------------------------------------------
+
+    def _count(self, n: int, event: Any) -> None:
+        self.nodes += n
+        if self.nodes > MAX_VALUES:
+            self._limit(f"more than {MAX_VALUES} values after alias expansion"
+                        " (aliases expand)", event)
+
+    def _limit(self, problem: str, event: Any) -> NoReturn:
+        top = self.stack[-1] if self.stack else None
+        path: Path_ = ()
+        if top is not None:
+            path = top.child_path() if not top.is_map or top.has_key else top.path
+        raise PolicyYAMLLimit(problem, event.start_mark, path)
+
+    # -- values ----------------------------------------------------------------------------------
+
+    def _scalar(self, event: Any, *, in_key: bool) -> Any:
+        """A scalar's value as PyYAML's safe loader constructs it."""
+        tag, text = event.tag, event.value
+        if tag is None or tag == "!":
+            tag = self.loader.resolve(yaml.ScalarNode, text, event.implicit)
+        if in_key and tag == _MERGE_TAG:
+            return _MERGE
+        if in_key and tag == _VALUE_TAG:
+            tag = _STR_TAG  # "=" as a key is the string "="
+        if tag == _INT_TAG:
+            digits = text.replace("_", "").lstrip("+-")
+            if digits[:2].lower() in ("0x", "0b"):
+                digits = digits[2:]
+            n = len(digits.replace(":", ""))
+            if n > MAX_INT_DIGITS:
+                self._limit(f"integer too long: {n} digits (at most {MAX_INT_DIGITS})", event)
+        node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # ValueError, KeyError, ...: the text does not fit its tag
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown!r} is not a valid {tag}: {str(exc)[:200]}",
+                event.start_mark) from None
+        finally:
+            self.loader.constructed_objects.pop(node, None)
+
+    def _key(self, top: _Frame, key: Any, mark: Any) -> None:
+        if key is not _MERGE and not isinstance(key, str | int | float | bool):
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be scalars", mark)
+        top.key, top.key_mark, top.has_key = key, mark, True
+
+    def _place(self, node: _Node) -> None:
+        if not self.stack:
+            self.root = node
+            return
+        top = self.stack[-1]
+        if not top.is_map:
+            top.kids.append(node)
+            return
+        if top.key is _MERGE:
+            self._merge(top, node)
+        else:
+            top.items.append((top.key, top.key_mark, node))
+        top.key, top.key_mark, top.has_key = None, None, False
+
+    def _merge(self, top: _Frame, node: _Node) -> None:
+        """``<<: *a`` or ``<<: [*a, *b]``, as PyYAML's ``flatten_mapping``: merged entries come
+        first (a list's sources last to first), and a key given again is a duplicate."""
+        if node.items is not None:
+            top.merges.extend(node.items)
+        elif node.kids is not None:
+            for kid in node.kids:
+                if kid.items is None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", top.mark,
+                        "expected a mapping for merging", kid.mark)
+            for kid in reversed(node.kids):
+                top.merges.extend(kid.items or ())
+        else:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", top.mark,
+                "expected a mapping or list of mappings for merging", node.mark)
+
+    def _close(self, frame: _Frame) -> None:
+        count, height = self.nodes - frame.nodes0, 0
+        if frame.is_map:
+            items = frame.merges + frame.items
+            seen: set[Any] = set()
+            for key, key_mark, value in items:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_mark)
+                seen.add(key)
+                height = max(height, value.height)
+            node = _Node(frame.mark, items=items, count=count, height=height + 1)
+        else:
+            height = max((kid.height for kid in frame.kids), default=0)
+            node = _Node(frame.mark, kids=frame.kids, count=count, height=height + 1)
+        if frame.anchor is not None:
+            self.anchors[frame.anchor] = node
+        self._place(node)
+
+    def _check_anchor(self, event: Any) -> None:
+        name = event.anchor
+        if name in self.anchors or any(f.anchor == name for f in self.stack):
+            raise yaml.composer.ComposerError(
+                None, None, f"found duplicate anchor {name!r}", event.start_mark)
+
+    def _anchor(self, event: Any, node: _Node) -> None:
+        self._check_anchor(event)
+        self.anchors[event.anchor] = node
+
+    def _alias(self, event: Any) -> None:
+        name = event.anchor
+        node = self.anchors.get(name)
+        if node is None:
+            problem = (f"alias *{name} is inside the node it refers to (a cycle)"
+                       if any(f.anchor == name for f in self.stack)
+                       else f"found undefined alias {name!r}")
+            raise yaml.composer.ComposerError(None, None, problem, event.start_mark)
+        if len(self.stack) + node.height > MAX_DEPTH:
+            self._limit(f"nesting deeper than {MAX_DEPTH} levels (after alias expansion)",
+                        event)
+        self._count(node.count, event)
+        top = self.stack[-1] if self.stack else None
+        if top is not None and top.is_map and not top.has_key:
+            if node.kids is not None or node.items is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, "mapping keys must be scalars", key_node.start_mark)
-            if key in out:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            child = (*path, str(key))
-            out[key] = _build(loader, value_node, child, pos, spans)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, (*path, i), pos, spans)
-                for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+                    None, None, "mapping keys must be scalars", event.start_mark)
+            self._key(top, node.value, event.start_mark)
+            return
+        self._place(node)
+
+
+def _expand(node: _Node, path: Path_, pos: dict[Path_, tuple[int, int]],
+            spans: dict[Path_, tuple[int, int, str]]) -> Any:
+    """The plain value of ``node`` at ``path``, recording where every path starts. Recursive,
+    but no deeper than MAX_DEPTH and no more calls than MAX_VALUES: both were checked while
+    building."""
+    pos[path] = (node.mark.line + 1, node.mark.column + 1)
+    if node.items is not None:
+        return {key: _expand(value, (*path, str(key)), pos, spans)
+                for key, _, value in node.items}
+    if node.kids is not None:
+        return [_expand(kid, (*path, i), pos, spans) for i, kid in enumerate(node.kids)]
+    if node.span is not None:
+        spans[path] = node.span
+    return node.value

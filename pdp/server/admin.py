@@ -17,6 +17,7 @@ import grpc
 import yaml
 
 from pdp.api.convert import STATUS_TO_PB, tenant_of
+from pdp.engine.request import InvalidRequest
 from pdp.policy.model import Policy, PolicyError, Status
 from pdp.policy.store import (
     PolicyStore,
@@ -28,7 +29,7 @@ from pdp.policy.store import (
     grpc_status_name,
 )
 from pdp.server.ending import end
-from pdp.server.limits import status_text
+from pdp.server.limits import FIELD_BYTES, status_text
 from pdp.server.roles import Permission, Principal, authorize, authorize_any
 from pdp.v1 import admin_pb2 as apb
 from pdp.v1 import common_pb2 as cpb
@@ -120,6 +121,23 @@ def _parse_one(text: str) -> Policy:
     return policies[0]
 
 
+def policy_error_text(exc: PolicyError) -> str:
+    """``exc`` as ``where: field.path: problem``, cut to one status text (1 KiB): a refused
+    policy may quote its whole expression or value. The place comes first and the field path
+    is cut on its own (its keys are the caller's), so neither pushes the other out."""
+    where = exc.source
+    if exc.line:
+        where += f":{exc.line}:{exc.column}" if exc.column else f":{exc.line}"
+    parts = [p for p in (where, status_text(exc.field_path, FIELD_BYTES)) if p]
+    return status_text(": ".join([*parts, exc.problem]))
+
+
+def problem_pb(exc: PolicyError) -> apb.PolicyProblem:
+    """A ValidatePolicy problem, with its texts cut as status texts are."""
+    return apb.PolicyProblem(field=status_text(exc.field_path, FIELD_BYTES), line=exc.line,
+                             column=exc.column, message=policy_error_text(exc))
+
+
 def pending_pb(requests: dict[str, RelaxRequest]) -> list[apb.PendingRelaxation]:
     out = []
     for builtin in sorted(requests):
@@ -151,7 +169,7 @@ class PolicyAdminService:
         try:
             return await call()
         except PolicyError as exc:
-            await end(context, grpc.StatusCode.INVALID_ARGUMENT, status_text(str(exc)))
+            await end(context, grpc.StatusCode.INVALID_ARGUMENT, policy_error_text(exc))
         except StoreError as exc:
             await end(context, getattr(grpc.StatusCode, grpc_status_name(exc)),
                       status_text(str(exc)))
@@ -189,19 +207,15 @@ class PolicyAdminService:
                 policy = _parse_one(text)
             except PolicyError as exc:  # no tenant to authorise: only the text's problems
                 await authorize_any(context, Permission.WRITE_DRAFTS, final=True)
-                return apb.ValidatePolicyResponse(valid=False, problems=[apb.PolicyProblem(
-                    field=exc.field_path, line=exc.line, column=exc.column,
-                    message=str(exc))])
+                return apb.ValidatePolicyResponse(valid=False, problems=[problem_pb(exc)])
             await self._on(context, policy.tenant, Permission.WRITE_DRAFTS)
             try:
                 compiled = self.validate(policy)
             except PolicyError as exc:
-                return apb.ValidatePolicyResponse(valid=False, problems=[apb.PolicyProblem(
-                    field=exc.field_path, line=exc.line, column=exc.column,
-                    message=str(exc))])
+                return apb.ValidatePolicyResponse(valid=False, problems=[problem_pb(exc)])
             except ValueError as exc:
                 return apb.ValidatePolicyResponse(valid=False, problems=[
-                    apb.PolicyProblem(message=str(exc))])
+                    apb.PolicyProblem(message=status_text(str(exc)))])
             deny = getattr(compiled, "deny", None)
             return apb.ValidatePolicyResponse(
                 valid=True, cost_estimate=int(getattr(deny, "cost_estimate", 0) or 0))
@@ -292,6 +306,8 @@ class PolicyAdminService:
         admin); relaxed=false restores at once: tightening needs no second pair of eyes."""
         async def run() -> apb.SetBuiltinRelaxedResponse:
             tenant, caller = await self._on(context, request.tenant, Permission.ADMINISTER)
+            if not request.builtin:
+                raise InvalidRequest("builtin", "required")
             if request.relaxed:
                 await self.store.request_builtin_relax(tenant, request.builtin, caller.identity,
                                                        reason=request.justification)
