@@ -15,7 +15,10 @@ from tests.support.procs import redis_server
 
 def test_two_workers_share_the_port_and_stop_cleanly(tmp_path: Path) -> None:
     with redis_server() as redis:
-        server = PdpServer(tmp_path, args=["--workers", "2", "--redis-url", redis.url]).start()
+        # a generous Redis timeout: on a busy CI machine 20 ms is sometimes not enough, and
+        # this test is about the workers sharing the port, not about Redis latency
+        server = PdpServer(tmp_path, args=["--workers", "2", "--redis-url", redis.url,
+                                           "--redis-timeout-ms", "5000"]).start()
         try:
             for i in range(60):  # a new connection each time: the kernel spreads them
                 with PdpClient(server.address) as client:
