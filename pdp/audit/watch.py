@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from pdp.audit.chain import Entry, Record, entry_from_line
 from pdp.audit.files import first_record, ledger_files
+from pdp.turns import Turns
 
 HISTORY_CHUNK = 1000
 RACE_RETRIES = 20
@@ -255,7 +256,12 @@ class WatchHub:
         pos = self.head if from_seq is None else from_seq
         if pos < 0:
             raise ValueError("from_seq must be >= 0")
+        if pos > self.head:  # waiting for it would skip every record up to it, silently
+            raise AuditHistoryUnavailableError(
+                f"from_seq {pos} is past the newest audit record (seq {self.head}): resume"
+                f" from a seq you received, or omit it to watch from now", pos)
         reader = HistoryReader(self.active)
+        turns = Turns()  # a chunk is up to a thousand records: other calls go in between
         try:
             while pos < self.head and not self._closed:
                 upto = self.head
@@ -263,7 +269,9 @@ class WatchHub:
                 if not chunk:  # cannot happen (read raises on a gap); never skip silently
                     raise AuditHistoryUnavailableError(
                         f"no audit records after seq {pos}", pos)
-                for e in chunk:
+                for i, e in enumerate(chunk):
+                    if turns.due(i):
+                        await turns.take()
                     pos = e.seq
                     if _matches(e, tenant, ftypes):
                         yield e.record

@@ -159,3 +159,28 @@ async def test_watchers_starting_at_random_moments(small: AuditSettings) -> None
         for start, t in tasks:
             recs = await t
             assert [r["seq"] for r in recs] == list(range(start + 1, 1501)), start
+
+
+async def test_catching_up_gives_the_loop_turns(small: AuditSettings,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """History is read a thousand records at a time; matching them (most may not match the
+    filter) takes turns, so one watcher catching up does not hold every other call."""
+    import pdp.audit.watch as W
+
+    made: list[W.Turns] = []
+
+    class Every(W.Turns):  # a turn at every look at the clock
+        def __init__(self) -> None:
+            super().__init__(every_s=0.0)
+            made.append(self)
+
+    monkeypatch.setattr(W, "Turns", Every)
+    async with AuditLog(small) as log:
+        for i in range(300):
+            log.emit(ev(i))
+        await log.flush()
+        it = log.watch(tenant="acme", types={"Decision"}, from_seq=0)
+        got = [await it.__anext__() for _ in range(10)]
+        await it.aclose()
+    assert [r["event"]["type"] for r in got] == ["Decision"] * 10
+    assert made and made[0].taken > 0

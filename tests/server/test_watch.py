@@ -120,3 +120,16 @@ def test_watch_of_every_tenant_needs_auditor_on_star(pdp_server: PdpServer) -> N
     assert _code(every, pdp_server.address, "tok-acme") == grpc.StatusCode.PERMISSION_DENIED
     records = asyncio.run(_take(pdp_server.address, every, 2, "tok-all"))
     assert {r.tenant for r in records} == {"acme", "other"}
+
+
+def test_watch_from_a_sequence_past_the_newest_record_is_out_of_range(
+        pdp_server: PdpServer) -> None:
+    """Waiting for it would skip every record up to it without a word: refused at once."""
+    with PdpClient(pdp_server.address) as client:
+        client.check_push("acme", "a1", config_yaml="a: 1")
+    for start in (10**6, 2**63, 2**64 - 1):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            asyncio.run(_take(pdp_server.address, apb.WatchRequest(from_sequence=start), 1,
+                              token="tok-all"))
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "past the newest audit record" in (err.value.details() or "")
