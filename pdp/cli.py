@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from pdp.admin_cli import (
+    ClientSettingError,
     add_admin_commands,
     add_connection_args,
     add_policy_admin_commands,
     channel_credentials,
+    cli_error_text,
+    timeout_of,
 )
 from pdp.settings import FIELDS, SettingsError, describe, is_switch, load_settings
 
@@ -55,10 +58,11 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> PdpClient:
     """A PdpClient with the flags' address, timeout, token and TLS credentials. Raises
-    TLSConfigError for a certificate file that cannot be used."""
+    TLSConfigError for a certificate file that cannot be used, ClientSettingError for a bad
+    --timeout / PDP_TIMEOUT."""
     from pdp.client import PdpClient
 
-    return PdpClient(args.address, timeout=args.timeout, token=args.token,
+    return PdpClient(args.address, timeout=timeout_of(args), token=args.token,
                      credentials=channel_credentials(args))
 
 
@@ -265,7 +269,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:
         print(f"pdp check: {_rpc_error(exc)}", file=sys.stderr)
         return 2
-    except TLSConfigError as exc:
+    except (TLSConfigError, ClientSettingError) as exc:
         print(f"pdp check: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -291,7 +295,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     except grpc.RpcError as exc:  # no answer at all: an error (2), not a status (1)
         print(f"pdp health: {args.address}: {_rpc_error(exc)}", file=sys.stderr)
         return 2
-    except TLSConfigError as exc:
+    except (TLSConfigError, ClientSettingError) as exc:
         print(f"pdp health: {exc}", file=sys.stderr)
         return 2
     print(status)
@@ -308,7 +312,7 @@ def _rpc_error(exc: grpc.RpcError) -> str:
     if code == "UNAVAILABLE" and "failed to connect" in details:
         reason = details.rsplit(": ", 1)[-1]
         return f"UNAVAILABLE: no server answers ({reason})"
-    return f"{code}: {details}"
+    return f"{code}: {cli_error_text(code, details)}"
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -341,12 +345,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "check": cmd_check, "health": cmd_health,
                 "audit": cmd_audit, "test": cmd_test, "policy": cmd_policy,
                 "replay": cmd_replay, "counters": cmd_counters, "eval": cmd_eval,
                 "admin": cmd_admin}
-    return handlers[args.command](args)
+    try:
+        try:
+            args = build_parser().parse_args(argv)  # --help and usage errors exit from here
+            return handlers[args.command](args)
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:
+        # stdout closed by its reader (`pdp policy list | head`): stop quietly, as the
+        # coreutils do. Point stdout at devnull so the flush at exit does not fail again.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # stdout replaced (tests, embedding)
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by it
 
 
 if __name__ == "__main__":

@@ -223,9 +223,11 @@ class Settings:
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Settings)}
 _HINTS = typing.get_type_hints(Settings)
 
-# Environment variables of the client commands (pdp check / health): known, not server settings.
+# Environment variables of the client commands (pdp check / health / policy) and of the test
+# suite (PDP_ALLOW_MISSING_CONFORMANCE, tests/cel/test_conformance.py, which the README has
+# operators export): known, not server settings, so `pdp serve` tolerates them.
 CLIENT_ENV = {"PDP_ADDRESS", "PDP_TIMEOUT", "PDP_CONFIG", "PDP_TENANT", "PDP_TOKEN",
-              "PDP_CA_FILE", "PDP_CERT_FILE", "PDP_KEY_FILE"}
+              "PDP_CA_FILE", "PDP_CERT_FILE", "PDP_KEY_FILE", "PDP_ALLOW_MISSING_CONFORMANCE"}
 
 
 def is_switch(name: str) -> bool:

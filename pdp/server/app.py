@@ -181,6 +181,17 @@ def warn_ineffective(settings: Settings) -> None:
                     effect=f"configs of more than {settings.config_cache_nodes} values are"
                            " accepted but never cached: parsed again on every call",
                     fix="--config-cache-nodes at least --config-max-nodes")
+    if settings.audit_anchor_key_file:
+        # the key is what the anchors' trust rests on: anyone who can read it can sign
+        key_file = settings.audit_anchor_key_file
+        try:
+            mode = Path(key_file).stat().st_mode & 0o777
+        except OSError:
+            mode = 0  # unreadable: the audit log's own start-up says so, naming the file
+        if mode & 0o044:
+            log.warning("AUDIT_KEY_FILE_READABLE_BY_OTHERS", file=key_file, mode=f"{mode:04o}",
+                        effect="whoever can read it can forge signed audit checkpoints",
+                        fix=f"chmod 600 {key_file} (readable by pdp's user only)")
     if settings.telemetry_enabled:
         return
     if settings.prometheus_port is not None:

@@ -164,9 +164,12 @@ def require(principal: Principal, permission: Permission, tenant: str, rpc: str 
     where = (f"tenant {tenant!r}" if tenant and tenant != ALL_TENANTS
              else "every tenant (the request names no tenant)")
     roles = " or ".join(repr(r) for r in granting(permission))
+    # a tenant that does not exist yet has no admins of its own: those of "*" create it
+    hint = (f"; a new tenant is created by an admin of {ALL_TENANTS!r} (every tenant)"
+            if rpc == "CreateTenant" else "")
     raise PermissionDenied(
         f"{principal.identity!r} needs role {roles} on {where} to {permission.value}"
-        f"{f' ({rpc})' if rpc else ''}; has {principal.describe_roles()}")
+        f"{f' ({rpc})' if rpc else ''}; has {principal.describe_roles()}{hint}")
 
 
 # --- the caller of the RPC being served -----------------------------------------------------

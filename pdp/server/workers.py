@@ -43,8 +43,8 @@ def _run_worker(settings: Settings) -> None:
 
 def serve_workers(settings: Settings) -> int:
     if settings.redis_url is None:
-        raise SettingsError("workers: more than one worker needs redis_url, so that all"
-                            " workers share the same counters")
+        raise SettingsError("--workers: more than one worker needs --redis-url (shared"
+                            " counters)")
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_run_worker, args=(worker_settings(settings, i),),
                          name=f"pdp-worker-{i}") for i in range(settings.workers)]

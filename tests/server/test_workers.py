@@ -52,4 +52,4 @@ def test_workers_without_redis_refuse_to_start(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "pdp.cli", "serve", "--workers", "2"],
                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 2
-    assert "workers: more than one worker needs redis_url" in out.stderr
+    assert "--workers: more than one worker needs --redis-url (shared counters)" in out.stderr
