@@ -8,6 +8,7 @@ that denies every request it applies to (fail-closed) with the compile error as 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -218,8 +219,14 @@ def compile_policy(policy: Policy, env: Environment, cache: ProgramCache, *,
     if isinstance(rule, CounterSpec):
         scope_program = None
         if rule.scope_expression is not None:
-            scope_program = _compile(env, cache, rule.scope_expression, policy,
-                                     f"rule.{rule.kind}.scope.expression", max_cost)
+            path = f"rule.{rule.kind}.scope.expression"
+            try:
+                scope_program = cache.get_or_compile(env, rule.scope_expression,
+                                                     max_cost=max_cost)
+            except CelCompileError as exc:  # placed in the file as a CEL rule's expressions
+                located = dataclasses.replace(policy, rule=CelRule(
+                    deny=rule.scope_expression, locations=rule.locations))
+                raise compile_error(exc, located, path) from None
         return CompiledPolicy(policy, policy.content_hash, counter=rule,
                               scope_program=scope_program)
     if isinstance(rule, StatelessRule):

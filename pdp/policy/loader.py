@@ -1,11 +1,13 @@
 """Policies from YAML: parse, validate, and say exactly where a problem is.
 
-One file may hold several policies (``---``). Errors name the file, line, column and field path,
-because the people reading them are editing YAML by hand.
+One file may hold several policies (``---``), up to ``MAX_DOCUMENTS`` documents and
+``MAX_TOTAL_VALUES`` values in all (``pdp/policy/yamlpos.py``). Errors name the file, line,
+column and field path, because the people reading them are editing YAML by hand.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,8 +30,15 @@ from pdp.policy.model import (
     validate_name,
 )
 from pdp.policy.params import Params
-from pdp.policy.rules import TYPED_KINDS, parse_typed
-from pdp.policy.yamlpos import Located, Path_, PolicyYAMLLimit, format_path, load_documents
+from pdp.policy.rules import TYPED_KINDS, CounterSpec, parse_typed
+from pdp.policy.yamlpos import (
+    MAX_DOCUMENTS,
+    Located,
+    Path_,
+    PolicyYAMLLimit,
+    format_path,
+    load_documents,
+)
 
 TOP_KEYS = {"tenant", "name", "description", "checkpoints", "match", "enabled", "status",
             "rule", "version", "author", "approver", "apiVersion", "kind", "notify"}
@@ -38,13 +47,18 @@ VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def load_text(text: str, source: str = "<policy>", *,
-              default_status: Status = Status.ACTIVE) -> list[Policy]:
-    """Parse every policy document in ``text``; raises PolicyError on the first problem."""
+              default_status: Status = Status.ACTIVE, max_documents: int = MAX_DOCUMENTS,
+              one_policy: bool = False) -> list[Policy]:
+    """Parse every policy document in ``text``; raises PolicyError on the first problem.
+
+    At most ``max_documents`` documents (empty ones count); ``one_policy``: a second non-empty
+    document is refused where it starts, before it is read (the admin API's texts)."""
     try:
-        docs = load_documents(text)
+        docs = load_documents(text, max_documents=max_documents, one_policy=one_policy)
     except PolicyYAMLLimit as exc:  # well-formed, but over a limit (a YAML bomb): where
         mark = exc.problem_mark
-        raise PolicyError(f"policy YAML: {exc.problem}", source=source,
+        problem = f"{exc.label}: {exc.problem}" if exc.label else str(exc.problem)
+        raise PolicyError(problem, source=source,
                           field_path=format_path(exc.path),
                           line=mark.line + 1 if mark else 0,
                           column=mark.column + 1 if mark else 0) from None
@@ -151,7 +165,15 @@ def _parse_rule(p: Params, doc: Located | None = None, source: str = "") -> Any:
         return _parse_cel(p.mapping("cel"), doc, source)
     if kind not in TYPED_KINDS:
         raise p.error(kind, "unknown rule kind; expected cel or one of " + ", ".join(TYPED_KINDS))
-    return parse_typed(kind, p.mapping(kind))
+    params = p.mapping(kind)
+    rule = parse_typed(kind, params)
+    if isinstance(rule, CounterSpec) and rule.scope_expression is not None and doc is not None:
+        # where the scope expression is, for its compile errors (as _parse_cel's locations)
+        loc = doc.location((*params.path, "scope", "expression"), source)
+        if loc is not None:
+            rule = dataclasses.replace(rule, locations={
+                format_path((*params.path, "scope", "expression")): loc})
+    return rule
 
 
 def _parse_cel(c: Params, doc: Located | None, source: str) -> CelRule:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
@@ -692,6 +692,10 @@ class CounterSpec:
     timezone: str = "UTC"
     threshold_percent: float = 0.0
     min_deployments: int = 0
+    #: Where ``scope_expression`` is in its YAML file, by field path
+    #: (``rule.daily_cap.scope.expression``), as ``CelRule.locations``: recorded by the loader
+    #: so a compile error names the file line and column inside the expression.
+    locations: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def explain(self, retry_after_s: float | None = None) -> dict[str, str]:
         """Counter rules deny in the store; say which counter and its parameters."""

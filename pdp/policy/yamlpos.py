@@ -5,8 +5,15 @@ marks, so we build plain Python values from them and keep a path -> line:column 
 
 A policy text comes from an admin call or a file and is parsed on the event loop, so the build
 is bounded while it runs (as configs are, ``pdp/engine/configparse.py``): values after alias
-expansion, nesting depth and integer length are counted event by event, and a document over a
-limit stops where it crossed it (``PolicyYAMLLimit``, with that line:column).
+expansion, nesting depth and integer length are counted event by event, and so are the
+documents of the text and the values of all of them together; a text over a limit stops where
+it crossed it (``PolicyYAMLLimit``, with that line:column).
+
+Values are JSON's (mappings, lists, strings, numbers, booleans, null) plus the timestamps YAML
+resolves implicitly (freeze windows are written ``2026-12-20T00:00:00Z``, unquoted): an
+explicit tag for anything else (``!!timestamp``, ``!!binary``, ``!!set``, ``!!omap``,
+``!!pairs``) is refused at the tag, so no Python value (bytes, a set) reaches a policy or the
+text of an error.
 """
 
 from __future__ import annotations
@@ -31,18 +38,29 @@ MAX_DEPTH = 64
 #: convert a decimal of more than 4300 digits, and converting one is quadratic).
 MAX_INT_DIGITS = 64
 
+#: Documents of one text (``---`` separated), empty ones included, and values of all its
+#: documents together (counted as MAX_VALUES counts them): a policy file holds a few policies,
+#: and a text of 65 000 empty documents took half a second to read. The admin API takes one
+#: policy per call and sets a far smaller document count (``pdp/server/admin.py``).
+MAX_DOCUMENTS = 1_000
+MAX_TOTAL_VALUES = 100_000
+
 #: libyaml's parser when PyYAML has it (the usual wheels do): the pure-Python one was most of
 #: start-up with thousands of policies. Same nodes, same marks (line:column), same values.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class PolicyYAMLLimit(yaml.MarkedYAMLError):
-    """Well-formed YAML over one of the limits above; ``problem_mark`` is where the limit was
-    crossed and ``path`` the field path there."""
+    """Well-formed YAML over one of the limits above, or with a tag a policy cannot hold;
+    ``problem_mark`` is where the limit was crossed and ``path`` the field path there.
+    ``label`` goes before the problem in a policy error ("policy YAML"; none for the texts
+    that name what they count themselves, as "one policy per call: ...")."""
 
-    def __init__(self, problem: str, mark: Any, path: Path_ = ()) -> None:
+    def __init__(self, problem: str, mark: Any, path: Path_ = (), *,
+                 label: str = "policy YAML") -> None:
         super().__init__(None, None, problem, mark)
         self.path = path
+        self.label = label
 
 
 @dataclass(frozen=True)
@@ -134,7 +152,9 @@ def format_path(path: Path_) -> str:
     return out
 
 
-def load_documents(text: str) -> list[Located]:
+def load_documents(text: str, *, max_documents: int = MAX_DOCUMENTS,
+                   max_total_values: int = MAX_TOTAL_VALUES,
+                   one_policy: bool = False) -> list[Located]:
     """All documents of a YAML stream (``---`` separated); raises yaml.YAMLError.
 
     Built straight from the parser's events with an explicit stack (no recursion, in PyYAML's
@@ -142,23 +162,87 @@ def load_documents(text: str) -> list[Located]:
     a document over ``MAX_VALUES`` or ``MAX_DEPTH``, or with an integer longer than
     ``MAX_INT_DIGITS``, stops at the event that crossed the limit with a ``PolicyYAMLLimit``
     at its line:column (a YAML error, so every caller that reports YAML errors reports it).
+    So does a text of more than ``max_documents`` documents (empty ones count: ``---`` alone
+    or ``~``), at the first one too many, and one of more than ``max_total_values`` values in
+    all. ``one_policy`` (the admin API's texts): the text holds one policy, so reading stops
+    at the first value of a second non-empty document ("one policy per call").
     """
-    docs = []
+    docs: list[Located] = []
     loader = _Loader(text)
+    stream = _Stream(max_total_values)
+    seen, first = 0, None
     try:
         while True:
             event = loader.get_event()
             if event is None or isinstance(event, yaml.StreamEndEvent):
                 break
-            if isinstance(event, yaml.DocumentStartEvent):
-                docs.append(_Document(loader, text).build())
+            if not isinstance(event, yaml.DocumentStartEvent):
+                continue
+            seen += 1
+            if seen > max_documents:
+                if one_policy:
+                    raise PolicyYAMLLimit(
+                        f"one policy per call: more than {max_documents} YAML documents"
+                        " (empty ones count)", event.start_mark, label="")
+                raise PolicyYAMLLimit(f"more than {max_documents} YAML documents in one"
+                                      " file (empty ones count)", event.start_mark)
+            if one_policy:
+                root = loader.peek_event()
+                if not _is_null(loader, root):
+                    if first is not None:
+                        line = root.start_mark.line + 1
+                        raise PolicyYAMLLimit(
+                            f"one policy per call: found a second document at line {line}"
+                            f" (the first is at line {first})", root.start_mark, label="")
+                    first = root.start_mark.line + 1
+            docs.append(_Document(loader, text, stream).build())
     finally:
         loader.dispose()
     return docs
 
 
+def _is_null(loader: Any, event: Any) -> bool:
+    """Whether ``event``, the first of a document, is all of it and null (an empty document:
+    ``---`` alone, ``~``, ``null``)."""
+    if not isinstance(event, yaml.ScalarEvent):
+        return False
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+    return bool(tag == _T + "null")
+
+
+class _Stream:
+    """What is counted over all the documents of a text."""
+
+    __slots__ = ("aliased", "max_values", "values")
+
+    def __init__(self, max_values: int) -> None:
+        self.max_values = max_values
+        self.values = 0
+        self.aliased = False
+
+
 _T = "tag:yaml.org,2002:"
 _INT_TAG, _STR_TAG, _MERGE_TAG, _VALUE_TAG = _T + "int", _T + "str", _T + "merge", _T + "value"
+_MAP_TAG, _SEQ_TAG = _T + "map", _T + "seq"
+
+#: Tags of values JSON does not have, and what to write instead. Refused when written
+#: (``!!timestamp 2001-12-14``); an unquoted timestamp YAML resolves implicitly is kept, as
+#: freeze windows use it.
+_REFUSED_TAGS = {
+    _T + "timestamp": "write a quoted string",
+    _T + "binary": "write a quoted string",
+    _T + "set": "write a list",
+    _T + "omap": "write a mapping (its keys keep their order)",
+    _T + "pairs": "write a list of mappings",
+}
+
+
+def _tag_text(tag: str) -> str:
+    """A tag as it is usually written: ``!!timestamp`` for YAML's own."""
+    shown = "!!" + tag[len(_T):] if tag.startswith(_T) else tag
+    return shown if len(shown) <= 60 else shown[:60] + "..."
 
 
 class _MergeKey:
@@ -218,12 +302,14 @@ class _Frame:
 class _Document:
     """One document, from its DocumentStartEvent to its DocumentEndEvent."""
 
-    def __init__(self, loader: Any, text: str) -> None:
+    def __init__(self, loader: Any, text: str, stream: _Stream) -> None:
         self.loader = loader
         self.text = text
+        self.stream = stream
         self.stack: list[_Frame] = []
         self.anchors: dict[str, _Node] = {}
         self.nodes = 0
+        self.aliased = False  # an alias was expanded: counts are after expansion
         self.root: _Node | None = None
 
     def build(self) -> Located:
@@ -254,6 +340,7 @@ class _Document:
                         None, None, "mapping keys must be scalars", mark)
                 if len(stack) >= MAX_DEPTH:
                     self._limit(f"nesting deeper than {MAX_DEPTH} levels", event)
+                self._check_collection_tag(event)
                 self._count(1, event)
                 if event.anchor is not None:
                     self._check_anchor(event)
@@ -277,22 +364,30 @@ class _Document:
 
     def _count(self, n: int, event: Any) -> None:
         self.nodes += n
+        self.stream.values += n
         if self.nodes > MAX_VALUES:
-            self._limit(f"more than {MAX_VALUES} values after alias expansion"
-                        " (aliases expand)", event)
+            self._limit(f"more than {MAX_VALUES} values"
+                        + (" after alias expansion (aliases expand)" if self.aliased else ""),
+                        event)
+        if self.stream.values > self.stream.max_values:
+            self._limit(f"more than {self.stream.max_values} values in all the documents of"
+                        " one file" + (" (aliases expand)" if self.stream.aliased else ""),
+                        event)
 
-    def _limit(self, problem: str, event: Any) -> NoReturn:
+    def _limit(self, problem: str, event: Any, *, label: str = "policy YAML") -> NoReturn:
         top = self.stack[-1] if self.stack else None
         path: Path_ = ()
         if top is not None:
             path = top.child_path() if not top.is_map or top.has_key else top.path
-        raise PolicyYAMLLimit(problem, event.start_mark, path)
+        raise PolicyYAMLLimit(problem, event.start_mark, path, label=label)
 
     # -- values ----------------------------------------------------------------------------------
 
     def _scalar(self, event: Any, *, in_key: bool) -> Any:
         """A scalar's value as PyYAML's safe loader constructs it."""
         tag, text = event.tag, event.value
+        if tag in _REFUSED_TAGS:  # written: an implicit timestamp resolves below, and stays
+            self._refuse_tag(tag, event)
         if tag is None or tag == "!":
             tag = self.loader.resolve(yaml.ScalarNode, text, event.implicit)
         if in_key and tag == _MERGE_TAG:
@@ -318,6 +413,22 @@ class _Document:
                 event.start_mark) from None
         finally:
             self.loader.constructed_objects.pop(node, None)
+
+    def _check_collection_tag(self, event: Any) -> None:
+        """A mapping or sequence is built as the plain one it is written as, so a tag that
+        would make it something else (``!!set``, ``!!omap``, a local tag) is refused, never
+        ignored."""
+        tag = event.tag
+        if tag is None or tag == "!":
+            return
+        if tag == (_MAP_TAG if isinstance(event, yaml.MappingStartEvent) else _SEQ_TAG):
+            return
+        self._refuse_tag(tag, event)
+
+    def _refuse_tag(self, tag: str, event: Any) -> NoReturn:
+        instead = _REFUSED_TAGS.get(tag)
+        self._limit(f"YAML tag {_tag_text(tag)} is not supported in a policy"
+                    + (f": {instead}" if instead else ""), event, label="")
 
     def _key(self, top: _Frame, key: Any, mark: Any) -> None:
         if key is not _MERGE and not isinstance(key, str | int | float | bool):
@@ -397,6 +508,7 @@ class _Document:
         if len(self.stack) + node.height > MAX_DEPTH:
             self._limit(f"nesting deeper than {MAX_DEPTH} levels (after alias expansion)",
                         event)
+        self.aliased = self.stream.aliased = True
         self._count(node.count, event)
         top = self.stack[-1] if self.stack else None
         if top is not None and top.is_map and not top.has_key:

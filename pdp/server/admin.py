@@ -110,12 +110,20 @@ def _yaml_of(request: Any) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+#: Documents of one PutDraft / ValidatePolicy text, empty ones (``---`` alone, ``~``)
+#: included: the call takes one policy, so reading stops at a second non-empty document, and
+#: at this many documents in all (a text of empty documents is read on the event loop too).
+MAX_CALL_DOCUMENTS = 16
+
+
 def _parse_one(text: str) -> Policy:
     """The one policy of a PutDraft / ValidatePolicy text, parsed as the store will parse it
-    (so the tenant authorised is the tenant stored)."""
+    (so the tenant authorised is the tenant stored). A second policy in the text is refused
+    where it starts, before it is read ("one policy per call")."""
     from pdp.policy.loader import load_text
 
-    policies = load_text(text, "<request>", default_status=Status.DRAFT)
+    policies = load_text(text, "<request>", default_status=Status.DRAFT,
+                         max_documents=MAX_CALL_DOCUMENTS, one_policy=True)
     if len(policies) != 1:
         raise PolicyError(f"expected exactly one policy, found {len(policies)}")
     return policies[0]
