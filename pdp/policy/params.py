@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,6 +23,16 @@ Fail = Callable[[tuple[str | int, ...], str], PolicyError]
 
 #: The zone names the bundled tzdata lists (``pdp/zones.py``: the same on every host).
 iana_zone_names = zones.zone_names
+
+
+def shown(raw: object) -> str:
+    """A YAML value as the author wrote it, for messages: YAML reads an unquoted date or
+    time as one (``2026-12-20`` is a date), and its Python repr would not say so."""
+    if isinstance(raw, datetime | date):
+        return f"{raw.isoformat()} (YAML read it as a date or time: quote it for a string)"
+    if isinstance(raw, bytes | bytearray):
+        return "binary data"
+    return repr(raw)
 
 class Params:
     """A mapping of parameters plus the path prefix used in error messages."""
@@ -52,7 +62,7 @@ class Params:
         if isinstance(raw, bool) or not isinstance(raw, int) or raw < minimum or (
                 maximum is not None and raw > maximum):
             bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-            raise self.error(key, f"expected an integer {bound}, got {raw!r}")
+            raise self.error(key, f"expected an integer {bound}, got {shown(raw)}")
         return raw
 
     def number(self, key: str, default: float | None = None, *, minimum: float = 0.0,
@@ -65,7 +75,7 @@ class Params:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(
                 raw) or raw < minimum or (maximum is not None and raw > maximum):
             bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-            raise self.error(key, f"expected a finite number {bound}, got {raw!r}")
+            raise self.error(key, f"expected a finite number {bound}, got {shown(raw)}")
         return float(raw)
 
     def optional_number(self, key: str) -> float | None:
@@ -76,25 +86,25 @@ class Params:
         if raw is None:
             raise self.error(key, "required")
         if not isinstance(raw, str):
-            raise self.error(key, f"expected a string, got {raw!r}")
+            raise self.error(key, f"expected a string, got {shown(raw)}")
         return raw
 
     def boolean(self, key: str, default: bool = False) -> bool:
         raw = self._get(key, default)
         if not isinstance(raw, bool):
-            raise self.error(key, f"expected true or false, got {raw!r}")
+            raise self.error(key, f"expected true or false, got {shown(raw)}")
         return raw
 
     def strings(self, key: str) -> tuple[str, ...]:
         raw = self._get(key, [])
         if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-            raise self.error(key, f"expected a list of strings, got {raw!r}")
+            raise self.error(key, f"expected a list of strings, got {shown(raw)}")
         return tuple(raw)
 
     def items(self, key: str) -> list[Params]:
         raw = self._get(key, [])
         if not isinstance(raw, list):
-            raise self.error(key, f"expected a list, got {raw!r}")
+            raise self.error(key, f"expected a list, got {shown(raw)}")
         return [Params(item, self.fail, (*self.path, key, i)) for i, item in enumerate(raw)]
 
     def mapping(self, key: str) -> Params:
@@ -125,7 +135,7 @@ class Params:
         if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
             raw = str(raw)
         if not isinstance(raw, str) or not valid_version(raw):
-            raise self.error(key, f"expected a version like '10' or '16.4.1', got {raw!r}")
+            raise self.error(key, f"expected a version like '10' or '16.4.1', got {shown(raw)}")
         return raw.strip()
 
     def timestamp(self, key: str) -> datetime:
@@ -134,9 +144,9 @@ class Params:
             try:
                 raw = datetime.fromisoformat(raw.replace("Z", "+00:00"))
             except ValueError:
-                raise self.error(key, f"expected an ISO 8601 timestamp, got {raw!r}") from None
+                raise self.error(key, f"expected an ISO 8601 timestamp, got {shown(raw)}") from None
         if not isinstance(raw, datetime):
-            raise self.error(key, f"expected an ISO 8601 timestamp with offset, got {raw!r}")
+            raise self.error(key, f"expected an ISO 8601 timestamp with offset, got {shown(raw)}")
         if raw.tzinfo is None:
             raise self.error(key, "timestamp needs a UTC offset, e.g. 2026-12-20T00:00:00Z")
         return raw
@@ -150,7 +160,7 @@ class Params:
             parsed = parse_quantity(raw)
             if parsed is not None:
                 return parsed
-        raise self.error(key, f"expected a byte quantity like 4GB or 512MiB, got {raw!r}")
+        raise self.error(key, f"expected a byte quantity like 4GB or 512MiB, got {shown(raw)}")
 
     def reject_unknown(self) -> None:
         unknown = sorted(str(k) for k in self.data if k not in self.seen)

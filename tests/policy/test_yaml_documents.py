@@ -204,3 +204,13 @@ def test_a_valid_scope_expression_compiles() -> None:
     assert p.rule.locations  # recorded, and no part of the rule's equality
     [again] = load_text("\n" + SCOPE + "      expression: 'agent.labels[\"x\"]'\n", "c.yaml")
     assert again.rule == p.rule
+
+
+def test_an_unquoted_date_is_shown_as_written_not_as_a_python_repr() -> None:
+    from pdp.policy.loader import load_text
+    from pdp.policy.model import PolicyError
+
+    with pytest.raises(PolicyError) as info:
+        load_text("tenant: t\nname: p\ndescription: 2001-12-14\nrule: {cel: {deny: 'false'}}\n")
+    text = str(info.value)
+    assert "got 2001-12-14 (YAML read it as a date" in text and "datetime" not in text
