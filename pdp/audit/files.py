@@ -194,6 +194,10 @@ class TailCheck:
     checkpoint_seq: int = 0
     #: Records checked.
     checked: int = 0
+    #: Seq of the oldest record checked (0: none).
+    oldest_seq: int = 0
+    #: The read-back stopped at its limit, not at a checkpoint or the chain's start.
+    limited: bool = False
 
 
 @dataclass
@@ -222,16 +226,24 @@ def check_tail(active: Path, key: AnchorKey | None = None, limit: int = UNKEYED_
     """Check the end of the chain before a writer builds on it; raise ``AuditFileError``
     (naming file, line and seq, and what to do) when it must not.
 
-    Reads back from the last record to the newest checkpoint signed with ``key`` (at most
-    ``limit`` records: bounded work, the records written since the last checkpoint), and
-    checks every record read: its own hash (the line's bytes, see chain.check_line) and its
-    link to the one before. Refuses too when the newest signed checkpoint is a shutdown
-    checkpoint (``final``) and records follow it: no writer was running to write them.
-    A checkpoint that claims the key's id but does not verify is refused as forged; one of
-    another key (a key change) is passed over.
+    Reads back from the last record past the newest checkpoint signed with ``key`` to the
+    signed checkpoint before the records it covers (at most ``limit`` records: bounded work),
+    and checks every record read: its own hash (the line's bytes, see chain.check_line) and
+    its link to the one before. So the records the newest checkpoint signs are checked too,
+    not only those written after it: after a clean stop (a batch's checkpoint, then the
+    shutdown checkpoint of it) the last records written end just before two checkpoints,
+    and checkpoints that only sign other checkpoints do not count as the one before.
+    Refuses too when the newest signed checkpoint is a shutdown checkpoint (``final``) and
+    records follow it: no writer was running to write them. A checkpoint that claims the
+    key's id but does not verify is refused as forged; one of another key (a key change) is
+    passed over.
     """
-    read: list[tuple[_Line, Record]] = []
-    stop: tuple[_Line, Record] | None = None
+    read: list[tuple[_Line, Record]] = []  # newest first
+    stop: tuple[_Line, Record] | None = None  # the signed checkpoint before the newest one
+    newest: tuple[_Line, Record] | None = None  # the newest signed checkpoint
+    after = 0  # records read before it was found: written after it
+    covered = False  # a record that is not a checkpoint was read before ``newest``
+    limited = False
     ledger = active.name
     for lf in reversed(ledger_files(active)):
         for off, raw in lines_back(lf.path):
@@ -249,11 +261,16 @@ def check_tail(active: Path, key: AnchorKey | None = None, limit: int = UNKEYED_
                             "a checkpoint with the anchor key's id that does not verify (its "
                             "MAC, ledger or the head it signs does not match: forged, or the "
                             "records before it re-chained)")
-                if ok:
+                if ok and newest is None:
+                    newest, after = (where, rec), len(read)
+                elif ok and covered:
                     stop = (where, rec)
                     break
+            elif newest is not None:
+                covered = True
             read.append((where, rec))
             if len(read) >= limit:
+                limited = True
                 break
         else:
             continue
@@ -270,17 +287,76 @@ def check_tail(active: Path, key: AnchorKey | None = None, limit: int = UNKEYED_
     first_where, first = chain[0]
     if first["seq"] == 1 and first["prev"] != GENESIS:
         _refuse(first_where, 1, "the first record does not start the chain")
-    if stop is not None and is_final(stop[1]["event"]) and read:
-        where, rec = read[-1]  # the oldest record after it
+    if newest is not None and is_final(newest[1]["event"]) and after:
+        where, rec = read[after - 1]  # the oldest record after it
         _refuse(where, rec["seq"],
-                f"records after the shutdown checkpoint at seq {stop[1]['seq']}: appended "
-                f"after the writer stopped ({len(read)} record(s))")
+                f"records after the shutdown checkpoint at seq {newest[1]['seq']}: appended "
+                f"after the writer stopped ({after} record(s))")
     last = chain[-1][1]
     return TailCheck(ChainHead(last["seq"], last["hash"]),
-                     final=stop is not None and not read and is_final(last["event"]),
-                     checkpoint=stop[1]["event"] if stop is not None else None,
-                     checkpoint_seq=stop[1]["seq"] if stop is not None else 0,
-                     checked=len(chain))
+                     final=newest is not None and not after and is_final(last["event"]),
+                     checkpoint=newest[1]["event"] if newest is not None else None,
+                     checkpoint_seq=newest[1]["seq"] if newest is not None else 0,
+                     checked=len(chain), oldest_seq=first["seq"],
+                     limited=limited and stop is None)
+
+
+def newest_checkpoint(active: Path, limit: int = UNKEYED_TAIL) -> tuple[int, dict[str, Any]] | None:
+    """The newest ``Audit.Checkpoint`` record among the last ``limit`` lines of the ledger
+    (its seq and event; signature not checked: for a writer without the key, which must
+    not build on an anchored ledger), or None. Unreadable lines are passed over."""
+    n = 0
+    for lf in reversed(ledger_files(active)):
+        for _, raw in lines_back(lf.path):
+            n += 1
+            try:
+                rec = parse_line(raw)
+            except ValueError:
+                rec = None
+            if rec is not None and is_checkpoint(rec["event"]):
+                return rec["seq"], rec["event"]
+            if n >= limit:
+                return None
+    return None
+
+
+_SEQ_AT_END = re.compile(rb'"seq":(\d+),"v":\d+\}\s*$')
+
+
+def _seq_of(raw: bytes) -> int | None:
+    m = _SEQ_AT_END.search(raw)  # every writer's records end with seq and v
+    if m is not None:
+        return int(m.group(1))
+    try:
+        return int(parse_line(raw)["seq"])
+    except ValueError:
+        return None
+
+
+def find_record(active: Path, seq: int) -> tuple[Path, int, bytes] | None:
+    """The line holding record ``seq`` (file, byte offset, bytes), or None: found through
+    the rotated files' names (their first seq), then read back from the end of that file
+    only (bounded by the file's size)."""
+    files = ledger_files(active)
+    for lf in reversed(files):
+        first = lf.first_seq
+        if first is None:
+            rec = first_record(lf.path)
+            first = rec["seq"] if rec is not None else None
+        if first is not None and first > seq:
+            continue
+        for off, raw in lines_back(lf.path):
+            got = _seq_of(raw)
+            if got == seq:
+                return lf.path, off, raw
+            if got is not None and got < seq:
+                return None
+    return None
+
+
+def refuse_at(path: Path, offset: int, seq: int | None, why: str) -> NoReturn:
+    """``AuditFileError`` naming ``path``'s line at ``offset`` (see ``check_tail``)."""
+    _refuse(_Line(path, offset, b""), seq, why)
 
 
 def _refuse(where: _Line, seq: int | None, why: str) -> NoReturn:

@@ -137,7 +137,8 @@ class AuditLog:
         if s.anchor_key_file:
             anchorer = Anchorer(AnchorKey.from_file(s.anchor_key_file), s.anchor_path,
                                 every_records=s.anchor_every_records, every_s=s.anchor_every_s)
-        self._ledger = Ledger(s.path, s.rotate_bytes, anchorer)
+        # Without a key the anchor file is only read: an anchored ledger is refused.
+        self._ledger = Ledger(s.path, s.rotate_bytes, anchorer, s.anchor_path)
         self._ticker: asyncio.Task[None] | None = None
         spool_dir = Path(s.spool_path)
         self._overflow = Spool(spool_dir / "overflow.jsonl")

@@ -24,7 +24,9 @@ checkpoints close those gaps, each reported as its own kind:
   the record an anchor names is no longer that checkpoint): records were changed, inserted or
   removed and the later hashes recomputed;
 * forged     - a checkpoint's MAC does not match its content;
-* wrong_key  - checkpoints carry another key id than the given key's;
+* wrong_key  - checkpoints carry another key id than the given key's (a checkpoint of
+  another key id at a record for which the anchor file holds the given key's checkpoint is
+  ``rechained`` instead: a checkpoint was forged in place of the signed one);
 * truncated  - the latest anchor (from the anchor file, outside the ledger) names more records
   than the ledger has: records cut off the end, or a torn final line that was acknowledged;
 * removed    - also: a rotated file a checkpoint names is gone;
@@ -43,6 +45,11 @@ that parses to the same values but is not the writer's bytes (whitespace, ``\\u`
 is ``edited``, and a key given twice in an object (``json.loads`` keeps the last) is refused.
 
 Without ``--key`` anchors are not checked, and the result says so.
+
+Each ledger is a chain of its own: the files given (and those in a directory) are grouped by
+ledger (``audit.jsonl``, the ``audit-w<i>.jsonl`` of ``--workers``, each with its rotated
+``<name>.<first seq>`` files) and each group is verified on its own, with its own anchor file
+(``<ledger>.anchors``, or the ``--anchors`` given); the result then holds one per ledger.
 """
 
 from __future__ import annotations
@@ -108,17 +115,38 @@ class VerifyResult:
     warnings: list[str] = field(default_factory=list)
     #: What was checked against signed checkpoints (or that nothing was: no ``--key``).
     anchors: str = "not verified (no --key)"
+    #: The ledger (its active file's path) these files belong to; None when the result
+    #: combines several ledgers' (see ``ledgers``).
+    ledger: str | None = None
+    #: One result per ledger, when the paths held more than one (``audit-w<i>.jsonl`` of
+    #: ``--workers``, ledgers in several directories): each verified on its own.
+    ledgers: list[VerifyResult] = field(default_factory=list)
 
     @property
     def status(self) -> str:
         return "ok" if self.ok else "tampered"
 
+    def _problem_line(self) -> str:
+        p = self.problem
+        assert p is not None
+        seq = f" (seq {p.seq})" if p.seq is not None else ""
+        where = f"record at {p.file}:{p.line}" if p.line else f"at {p.file}"
+        return f"TAMPERED: {p.kind} {where}{seq}: {p.detail}"
+
     def __str__(self) -> str:
+        if self.ledgers:
+            bad = [r for r in self.ledgers if not r.ok]
+            head = (self._problem_line() if self.problem is not None
+                    else f"ok: {len(self.ledgers)} ledgers, {self.count} records, "
+                         f"{len(self.files)} file(s)")
+            out = [head, f"ledgers: {len(self.ledgers)}, each its own chain and anchor file, "
+                         f"verified separately; {len(bad)} tampered"]
+            for r in self.ledgers:
+                out.append(f"ledger {r.ledger}:")
+                out.extend(f"  {line}" for line in str(r).splitlines())
+            return "\n".join(out)
         if self.problem is not None:
-            p = self.problem
-            seq = f" (seq {p.seq})" if p.seq is not None else ""
-            where = f"record at {p.file}:{p.line}" if p.line else f"at {p.file}"
-            head = f"TAMPERED: {p.kind} {where}{seq}: {p.detail}"
+            head = self._problem_line()
         elif self.count:
             head = (f"ok: {self.count} records, seq {self.first_seq}..{self.last_seq}, "
                     f"{len(self.files)} file(s)")
@@ -209,9 +237,38 @@ def verify_paths(paths: Sequence[str | Path], key: AnchorKey | None = None,
     signed checkpoints in it and in the anchor files (default: ``<ledger>.anchors`` beside
     it); the first problem wins.
 
+    Each ledger in the paths (``audit.jsonl``, the ``audit-w<i>.jsonl`` of ``--workers``,
+    with their rotated files; ledgers in different directories) is its own chain with its
+    own anchor file and is verified on its own; with more than one the result combines
+    theirs (``ledgers``): ok when every one is, the first problem wins.
+
     Raises ``OSError`` when a file cannot be read (the CLI turns that into exit code 2).
     """
-    res, seen = _verify_chain(paths)
+    files = order_paths(paths)
+    if not files:
+        raise FileNotFoundError("no audit files found in " + ", ".join(map(str, paths)))
+    groups: dict[Path, list[Path]] = {}
+    for f in files:  # order_paths keeps a ledger's files together, in chain order
+        groups.setdefault(ledger_of(f), []).append(f)
+    results = [_verify_ledger(fs, key, anchor_files) for fs in groups.values()]
+    for led, r in zip(groups, results, strict=True):
+        r.ledger = str(led)
+    if len(results) == 1:
+        return results[0]
+    bad = next((r for r in results if not r.ok), None)
+    return VerifyResult(
+        ok=bad is None, count=sum(r.count for r in results),
+        files=[f for r in results for f in r.files],
+        problem=bad.problem if bad is not None else None,
+        warnings=[w for r in results for w in r.warnings],
+        anchors="; ".join(f"{r.ledger}: {r.anchors}" for r in results),
+        ledgers=results)
+
+
+def _verify_ledger(files: list[Path], key: AnchorKey | None,
+                   anchor_files: Sequence[str | Path] | None) -> VerifyResult:
+    """``verify_paths`` for the files (in chain order) of one ledger."""
+    res, seen = _verify_chain(files)
     if res.problem is None:
         _notes(res, seen)
         if key is not None:
@@ -232,11 +289,9 @@ class _Seen:
     torn: Location | None = None
 
 
-def _verify_chain(paths: Sequence[str | Path]) -> tuple[VerifyResult, _Seen]:
-    files = order_paths(paths)
+def _verify_chain(files: list[Path]) -> tuple[VerifyResult, _Seen]:
+    """The hash chain of one ledger's ``files`` (in chain order)."""
     result = VerifyResult(ok=True, count=0, files=[str(f) for f in files])
-    if not files:
-        raise FileNotFoundError("no audit files found in " + ", ".join(map(str, paths)))
     hints = {str(f): _first_seq_hint(f) for f in files}
     first_in_file: set[str] = set()
     stream = _records(files)
@@ -365,15 +420,41 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
             return False
         return True
 
+    sources = ([Path(a) for a in anchor_files] if anchor_files
+               else [default_anchor_path(led) for led in ledgers])
+
+    def anchored_at(led: str, seq: int) -> AnchorLine | None:
+        """An anchor signed with the key naming a checkpoint of ``led`` at record ``seq``."""
+        for src in sources:
+            if not src.exists():
+                continue
+            for a in read_anchors(src, led)[0]:
+                if a.event.get("seq") == seq - 1 and a.event.get("key_id") == key.key_id \
+                        and key.signed(a.event):
+                    return a
+        return None
+
     # 1. Checkpoints in the ledger: signed, and signing the head the chain has.
     in_ledger: dict[tuple[str, int], _Rec] = {}
     covered: _Rec | None = None  # the last checkpoint that checked out
     for rec in seen.checkpoints:
         ev = rec.event or {}
         what = f"checkpoint at seq {rec.seq}"
+        led = ledger_of(Path(rec.loc.file)).name
+        if ev.get("key_id") != key.key_id:
+            # Not a key change when the anchor file has this key's checkpoint for this very
+            # record: another checkpoint was put in its place.
+            a = anchored_at(led, rec.seq)
+            if a is not None:
+                fail("rechained", rec.loc, rec.seq,
+                     f"{what} claims key id {ev.get('key_id')}, but the anchor file "
+                     f"({a.path}:{a.line}) holds the checkpoint signed with the given key "
+                     f"for this record: the ledger's record {rec.seq} is not that "
+                     "checkpoint, the ledger was rewritten after it (a forged checkpoint in "
+                     "its place, the chain re-hashed)")
+                return
         if not signature(ev, rec.loc, what, rec.seq):
             return
-        led = ledger_of(Path(rec.loc.file)).name
         if ev.get("ledger") != led:
             fail("forged", rec.loc, rec.seq,
                  f"{what} belongs to ledger {ev.get('ledger')}, not {led} (copied in)")
@@ -395,8 +476,6 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
         covered = rec
 
     # 2. The anchor files: outside the ledger, so they still name what was cut off its end.
-    sources = ([Path(a) for a in anchor_files] if anchor_files
-               else [default_anchor_path(led) for led in ledgers])
     anchors: list[AnchorLine] = []
     for src in sources:
         if not src.exists():

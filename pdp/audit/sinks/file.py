@@ -25,17 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdp.audit.anchors import Anchorer, Segment, last_anchor
-from pdp.audit.chain import ChainHead, Entry, make_entries, parse_line
+from pdp.audit.anchors import Anchorer, Segment, default_anchor_path, last_anchor
+from pdp.audit.chain import ChainHead, Entry, check_line, make_entries, parse_line
 from pdp.audit.files import (
     AuditFileError,
     TailCheck,
     check_tail,
     complete_head,
+    find_record,
     first_record,
     fsync_dir,
     last_line,
     ledger_files,
+    newest_checkpoint,
+    refuse_at,
     repair_tail_to,
     rotated_path,
 )
@@ -64,10 +67,17 @@ class AppendResult:
 
 class Ledger:
     def __init__(self, path: str | os.PathLike[str], rotate_bytes: int,
-                 anchorer: Anchorer | None = None) -> None:
+                 anchorer: Anchorer | None = None,
+                 anchor_file: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
         self.rotate_bytes = rotate_bytes
         self.anchorer = anchorer
+        #: The anchor file: the anchorer's, else ``anchor_file`` (default
+        #: ``<path>.anchors``), which a writer without the key only reads, to refuse an
+        #: anchored ledger.
+        self.anchor_file = (anchorer.file.path if anchorer is not None
+                            else Path(anchor_file) if anchor_file is not None
+                            else default_anchor_path(self.path))
         self.head = ChainHead()
         self.torn_bytes_repaired = 0
         #: Where ``open`` moved a torn final line (None: there was none).
@@ -97,9 +107,12 @@ class Ledger:
             raise AuditFileError(f"{self.path}: another process is writing this audit log") from e
         self._lock_fd = lfd
         try:
+            if self.anchorer is None:
+                self._check_not_anchored()
             anchored = self._check_anchored()
             self.torn_bytes_repaired, self.torn_moved_to = repair_tail_to(self.path)
             tail = self._check_tail()
+            self._check_window(anchored, tail)
             self.head = tail.head
             self._ends_final = tail.final
             self._open_active()
@@ -110,9 +123,31 @@ class Ledger:
             raise
         return self.head
 
+    def _check_not_anchored(self) -> None:
+        """Without the key: refuse a ledger that has signed checkpoints (in its last records
+        or in the anchor file). Records appended without checkpoints would follow the last
+        run's shutdown checkpoint: verify reports them as ``appended`` and a writer with the
+        key refuses to start on them. Reads only (nothing is repaired before refusing)."""
+        found = newest_checkpoint(self.path)
+        anchor = last_anchor(self.anchor_file, self.path.name)
+        event = found[1] if found is not None else anchor
+        if event is None:
+            return
+        kid = event.get("key_id")
+        signed = f"checkpoints signed with key id {kid}" if kid else "signed checkpoints"
+        where = (f"its checkpoint at seq {found[0]}" if found is not None
+                 else f"the anchor file {self.anchor_file}")
+        raise AuditFileError(
+            f"{self.path} is anchored ({signed}; see {where}), but no anchor key is "
+            "configured: records written without checkpoints would read as appended after "
+            "the writer stopped. Start with --audit-anchor-key-file, or move the ledger aside "
+            "(the audit files and their .anchors) to start a new one")
+
     def _check_anchored(self) -> int | None:
         """Refuse to build on a ledger that lost records an anchor covers (they were
-        acknowledged; moving a torn line aside would hide the loss); the anchored seq."""
+        acknowledged; moving a torn line aside would hide the loss), or whose record at the
+        seq of the anchor file's last checkpoint is not that checkpoint (the ledger was
+        rewritten after it: a record forged in its place, re-chained); the anchored seq."""
         if self.anchorer is None:
             return None
         last = last_anchor(self.anchorer.file.path, self.path.name)
@@ -128,16 +163,78 @@ class Ledger:
                 "records are missing (truncated or deleted). Not repairing: inspect with "
                 "`pdp audit verify --key KEYFILE`, keep the files as evidence, and start on a "
                 "new audit file")
+        self._check_anchor_record(last, cp_seq)
         return int(last["seq"])
 
+    def _check_anchor_record(self, anchor: dict[str, Any], cp_seq: int) -> None:
+        """The ledger's record ``cp_seq`` must be exactly the anchor file's last checkpoint:
+        intact, the same event, chained after the head it signs."""
+        assert self.anchorer is not None
+        key = self.anchorer.key
+        af = self.anchorer.file.path
+        if anchor.get("key_id") == key.key_id and not key.signed(anchor):
+            raise AuditFileError(
+                f"{af}: the anchor file's last checkpoint of {self.path.name} (seq {cp_seq}) "
+                "carries the anchor key's id but its MAC does not verify: the anchor file was "
+                "edited or a line forged. Refusing to continue the audit chain: inspect with "
+                "`pdp audit verify --key KEYFILE`, keep the files as evidence (move the audit "
+                "files and their .anchors aside) and start on a new audit file")
+        found = find_record(self.path, cp_seq)
+        rewritten = (f"the anchor file's checkpoint at seq {cp_seq} is not the ledger's record "
+                     f"{cp_seq}: the ledger was rewritten after it")
+        if found is None:
+            raise AuditFileError(
+                f"{self.path}: no record with seq {cp_seq} found: {rewritten} (records "
+                "removed or renumbered). Refusing to continue the audit chain on it: inspect "
+                "with `pdp audit verify --key KEYFILE DIR`, keep the files as evidence (move "
+                "the audit files and their .anchors aside) and start on a new audit file")
+        path, off, raw = found
+        try:
+            rec, why = check_line(raw)
+        except ValueError as e:
+            refuse_at(path, off, cp_seq, f"unreadable record ({e}); {rewritten}")
+        if why is not None:
+            refuse_at(path, off, cp_seq, f"{why}; {rewritten}")
+        if rec["seq"] != cp_seq or rec["event"] != anchor or rec["prev"] != anchor.get("head"):
+            kind = rec["event"].get("type") if isinstance(rec["event"], dict) else None
+            what = f"a {kind} record" if isinstance(kind, str) else "another record"
+            if kind == anchor.get("type"):
+                what = "another checkpoint"
+            refuse_at(path, off, cp_seq,
+                      f"{rewritten} ({what} in its place, chained on: a forged record, or "
+                      "records re-chained)")
+
     def _check_tail(self) -> TailCheck:
-        """The records since the last checkpoint (or, without a key, the last few) hash and
-        link, and none follows a shutdown checkpoint; else ``AuditFileError`` naming the
-        record (see files.check_tail)."""
+        """The records since the checkpoint before the last one (or, without a key, the last
+        few) hash and link, and none follows a shutdown checkpoint; else ``AuditFileError``
+        naming the record (see files.check_tail)."""
         if self.anchorer is None:
             return check_tail(self.path)
-        limit = max(TAIL_MIN, 4 * self.anchorer.every_records)
-        return check_tail(self.path, self.anchorer.key, limit)
+        return check_tail(self.path, self.anchorer.key, self._tail_limit())
+
+    def _tail_limit(self) -> int:
+        assert self.anchorer is not None
+        return max(TAIL_MIN, 4 * self.anchorer.every_records)
+
+    def _check_window(self, anchored_seq: int | None, tail: TailCheck) -> None:
+        """The tail check stopped at its limit without finding a checkpoint signed with the
+        key, and the anchor file's last checkpoint is older than what it read: the records
+        since that checkpoint were not all checked (a writer writes a checkpoint at least
+        every ``every_records``), so do not build on them."""
+        if self.anchorer is None or anchored_seq is None or tail.checkpoint is not None \
+                or not tail.limited:
+            return
+        cp_seq = anchored_seq + 1
+        if cp_seq >= tail.oldest_seq:
+            return
+        raise AuditFileError(
+            f"{self.path}: more than {tail.checked} records after the last anchored checkpoint "
+            f"at seq {cp_seq} (the anchor file {self.anchorer.file.path}'s last) and no "
+            f"checkpoint signed with the key among them (seq {tail.oldest_seq}..{tail.head.seq}"
+            "): cannot check them at start-up, and a writer writes one every "
+            f"{self.anchorer.every_records} records. Refusing to continue the audit chain on "
+            "it: run `pdp audit verify --key KEYFILE DIR`, keep the files as evidence (move "
+            "the audit files and their .anchors aside) and start on a new audit file")
 
     def _resume_anchoring(self, anchored_seq: int | None, tail: TailCheck) -> None:
         """Carry on after a restart: records since the last anchor are due, and rotated files
