@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 import yaml
 
 from pdp.admin_cli import cli_error_text
@@ -155,14 +154,23 @@ def test_a_closed_stdout_ends_quietly(tmp_path: Path) -> None:
 # --- the anchor key file's mode ---------------------------------------------------------------
 
 @pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, True), (0o600, False)])
-def test_an_anchor_key_others_may_read_is_warned_about(tmp_path: Path, mode: int,
-                                                       warned: bool) -> None:
+def test_an_anchor_key_others_may_read_is_warned_about(
+        tmp_path: Path, mode: int, warned: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pdp.logging import configure_logging
+
     key = tmp_path / "key"
     key.write_text("0123456789abcdef0123456789abcdef\n")
     key.chmod(mode)
-    with structlog.testing.capture_logs() as logs:
-        warn_ineffective(Settings(audit_anchor_key_file=str(key)))
-    found = [e for e in logs if e["event"] == "AUDIT_KEY_FILE_READABLE_BY_OTHERS"]
+    # As the server logs (JSON lines on stderr): structlog's capture_logs would miss a
+    # logger another test in this process has already used (loggers are cached).
+    configure_logging("warning", "json")
+    capsys.readouterr()
+    warn_ineffective(Settings(audit_anchor_key_file=str(key)))
+    logs = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+            if line.startswith("{")]
+    found = [e for e in logs if e.get("event") == "AUDIT_KEY_FILE_READABLE_BY_OTHERS"]
     assert bool(found) == warned
     if warned:
         assert found[0]["fix"] == f"chmod 600 {key} (readable by pdp's user only)"

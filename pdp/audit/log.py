@@ -56,7 +56,7 @@ from pdp.audit.settings import AuditSettings
 from pdp.audit.sinks import Sink
 from pdp.audit.sinks.file import Ledger
 from pdp.audit.spool import Spool
-from pdp.audit.watch import WatchHub
+from pdp.audit.watch import AuditHistoryUnavailableError, WatchHub
 from pdp.backoff import Backoff
 
 log = structlog.get_logger("pdp.audit")
@@ -416,7 +416,14 @@ class AuditLog:
 
     def watch(self, tenant: str | None = None, types: set[str] | None = None,
               from_seq: int | None = None) -> AsyncIterator[Record]:
-        """Records matching ``tenant`` / ``types``, history first, then live. See watch.py."""
+        """Records matching ``tenant`` / ``types``, history first, then live. See watch.py.
+        A ``from_seq`` past the newest record written is refused at once: waiting for it
+        would skip every record up to it without a word."""
+        newest = self._ledger.head.seq
+        if from_seq is not None and from_seq > newest:
+            raise AuditHistoryUnavailableError(
+                f"from_seq {from_seq} is past the newest audit record (seq {newest}): resume"
+                f" from a seq you received, or omit it to watch from now", newest)
         return self._hub.watch(tenant, types, from_seq)
 
     # -- metrics ---------------------------------------------------------------------------
