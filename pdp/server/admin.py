@@ -165,9 +165,13 @@ def tenant_pb(info: TenantInfo) -> apb.Tenant:
 
 
 class PolicyAdminService:
-    def __init__(self, store: PolicyStore, validate: Callable[[Any], object]) -> None:
+    def __init__(self, store: PolicyStore, validate: Callable[[Any], object],
+                 settle: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store
         self.validate = validate
+        # awaited before answering: the audit records of a committed change are on disk
+        # (policies.AdminAudit), so an acknowledged change is never missing from the audit
+        self.settle = settle
 
     async def _run(self, context: grpc.aio.ServicerContext[Any, Any],
                    call: Callable[[], Awaitable[T]]) -> T:
@@ -175,7 +179,10 @@ class PolicyAdminService:
         policy may quote its whole expression). Anything else is INTERNAL, from the edge
         interceptor."""
         try:
-            return await call()
+            result = await call()
+            if self.settle is not None:
+                await self.settle()
+            return result
         except PolicyError as exc:
             await end(context, grpc.StatusCode.INVALID_ARGUMENT, policy_error_text(exc))
         except StoreError as exc:

@@ -42,7 +42,13 @@ from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
 from pdp.server.ceilings import Ceilings
 from pdp.server.edges import EdgeInterceptor
 from pdp.server.lanes import LANE_WAIT_SHARE, BulkLane
-from pdp.server.policies import PolicyReloader, cel_environment, open_policy_store, seed
+from pdp.server.policies import (
+    AdminAudit,
+    PolicyReloader,
+    cel_environment,
+    open_policy_store,
+    seed,
+)
 from pdp.server.probes import (
     Check,
     ProbeBindError,
@@ -211,8 +217,8 @@ def readiness(settings: Settings, running: Running) -> ReadyFn:
             ("draining", not running.edges.draining,
              "yes: shutting down" if running.edges.draining else "no"),
         ]
-        stale = running.reloader.stale_reason()
-        out.append(("policy_store", stale is None, stale or "reachable"))
+        problem = running.reloader.problem()
+        out.append(("policy_store", problem is None, problem or "reachable"))
         failing = running.audit.failing
         out.append(("audit", failing is None,
                     f"cannot write the audit file: {failing}" if failing else "writing"))
@@ -250,7 +256,8 @@ async def start(settings: Settings) -> Running:
     except (AuditFileError, AnchorKeyError) as exc:
         raise StartupError(f"audit: {exc}") from None
     env = cel_environment(settings)
-    store = open_policy_store(settings, audit.emit, cache, env)
+    admin_audit = AdminAudit(audit.emit, audit.flush)
+    store = open_policy_store(settings, admin_audit.emit, cache, env)
     try:
         await seed(store, settings)
         reloader = PolicyReloader(store, env, cache,
@@ -338,7 +345,7 @@ async def start(settings: Settings) -> Running:
     dgrpc.add_DecisionServiceServicer_to_server(
         DecisionService(engine, settings.deadline_ms / 1000, settings.max_batch_agents), server)
     admin_pb2_grpc.add_PolicyAdminServiceServicer_to_server(
-        cast(Any, PolicyAdminService(store, store.validate)), server)
+        cast(Any, PolicyAdminService(store, store.validate, admin_audit.settle)), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(_audit_service(audit), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

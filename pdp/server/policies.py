@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,42 @@ async def seed(store: PolicyStore, settings: Settings) -> None:
         log.info("policies_seeded", created=len(result.created), skipped=len(result.skipped))
 
 
+class AdminAudit:
+    """The policy store's audit events, written to disk before an admin call is answered.
+
+    Why: the store reports a committed change (``Policy.Activated``...) through the audit
+    log's queue; a crash in the milliseconds after the answer lost the record of a change
+    the caller was told had happened. ``settle`` (awaited by the admin service before it
+    answers) waits until every event emitted so far is fsync'd, bounded: a disk that cannot
+    be written must not hang the call whose change is already committed (it is logged)."""
+
+    SETTLE_S = 5.0
+
+    def __init__(self, emit: Callable[[Mapping[str, Any]], object],
+                 flush: Callable[[], Awaitable[None]]) -> None:
+        self._emit, self._flush = emit, flush
+        self.emitted = 0
+        self.settled = 0
+
+    def emit(self, event: Mapping[str, Any]) -> None:
+        self.emitted += 1
+        self._emit(event)
+
+    async def settle(self) -> None:
+        target = self.emitted
+        if self.settled >= target:
+            return
+        try:
+            async with asyncio.timeout(self.SETTLE_S):
+                await self._flush()
+        except TimeoutError:
+            log.error("policy_change_not_yet_on_disk", waited_s=self.SETTLE_S,
+                      effect="the change is committed; its audit record is queued, not yet"
+                             " fsync'd (see the audit log's errors)")
+            return
+        self.settled = max(self.settled, target)
+
+
 class PolicyReloader:
     def __init__(self, store: PolicyStore, env: Environment, cache: ProgramCache,
                  max_cost: int | None, stale_after_s: float = 60.0) -> None:
@@ -87,6 +123,9 @@ class PolicyReloader:
         self.cache = cache
         self.max_cost = max_cost
         self.revision = -1
+        # Set when the store's revision went backwards (wiped, or restored from an older
+        # copy): its contents are not what this set was built from (see _follow).
+        self.lost: str | None = None
         self._compiled: dict[Key, CompiledPolicy] = {}
         self._builtins = [compile_or_broken(p, env, cache) for p in builtin_policies()]
         self._task: asyncio.Task[None] | None = None
@@ -126,15 +165,23 @@ class PolicyReloader:
         age = time.monotonic() - self.last_ok
         if age <= self.stale_after_s:
             return None
+        if self.lost is not None:
+            return f"{self.lost} {age:.0f} s ago; the policies in force may be out of date"
         return (f"policy store unreachable for {age:.0f} s (more than {self.stale_after_s:g} s):"
                 " the policies in force may be out of date")
+
+    def problem(self) -> str | None:
+        """For readiness: the store's trouble at once (a lost store from the moment it is
+        seen, an outage once it is stale), or None."""
+        return self.lost or self.stale_reason()
 
     async def _check_reachable(self) -> None:
         while True:
             try:
                 async with asyncio.timeout(2.0):
                     await self.store.revision()
-                self.last_ok = time.monotonic()
+                if self.lost is None:  # reachable, but lost is not trusted again
+                    self.last_ok = time.monotonic()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -145,7 +192,20 @@ class PolicyReloader:
         while True:
             try:
                 async for revision in self.store.watch_revisions(since=self.revision):
-                    if revision == self.revision:
+                    if revision == self.revision or self.lost is not None:
+                        continue
+                    if 0 <= revision < self.revision:
+                        # Revisions only grow. Going back means the store was wiped or
+                        # restored from an older copy: taking it would drop policies (and
+                        # with no policies left, let through what they denied). Keep the
+                        # last set, as in an outage: stale after policy_store_stale_s.
+                        self.lost = (f"policy store revision went back from {self.revision}"
+                                     f" to {revision} (wiped or restored from an older copy;"
+                                     " restart pdp to take the store as it is now)")
+                        log.error("policy_store_lost", revision=revision,
+                                  previous=self.revision, error=self.lost,
+                                  effect="the last policy set stays in force until"
+                                         " policy_store_stale_s, then decisions deny")
                         continue
                     policies = await self.load()
                     apply(policies)

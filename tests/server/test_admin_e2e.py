@@ -456,3 +456,58 @@ def test_policy_store_blip_keeps_the_loaded_policies(tmp_path: Path, people: Peo
                 cpb.OUTCOME_ALLOW
     finally:
         server.stop()
+
+
+def _readyz(server: PdpServer) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{server.http_url}/readyz", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_a_wiped_policy_store_is_not_taken_as_no_policies(tmp_path: Path, people: People,
+                                                          redis: RedisServer) -> None:
+    """The shared store is emptied (FLUSHALL, or restored from an older copy): its revision
+    goes back. Taking it would leave no policy (built-ins only: what the tenant's policies
+    denied would be allowed). The last set keeps deciding, readiness says why at once, and
+    past the grace decisions deny naming the store."""
+    import redis as redis_lib
+
+    server = start(tmp_path, people, "--policy-store", redis.url,
+                   "--policy-store-stale-s", "2")
+    try:
+        activate_no_debug(admin(server), people)
+        wait_until(lambda: check(server, people).outcome == cpb.OUTCOME_DENY,
+                   "the activated policy is not enforced")
+        redis_lib.Redis.from_url(redis.url).flushall()
+        wait_until(lambda: "went back" in _readyz(server)[1], "readiness names the lost store")
+        assert _readyz(server)[0] == 503
+        assert "policy_store_lost" in server.log()
+        # never an allow for what the lost policy denied: its deny, then the store's
+        wait_until(lambda: check(server, people).reasons[0].code ==
+                   cpb.REASON_CODE_POLICY_STORE_UNAVAILABLE, "no deny naming the store",
+                   timeout=DEADLINE_S)
+        d = check(server, people)
+        assert d.outcome == cpb.OUTCOME_DENY and "went back" in d.reasons[0].message
+    finally:
+        server.stop()
+
+
+def test_an_acknowledged_change_is_on_disk_in_the_audit(tmp_path: Path, people: People) -> None:
+    """The admin service answers only once the change's audit events are fsync'd: read
+    straight after the answer, the file already holds them (a kill -9 right after the answer
+    lost them before)."""
+    server = start(tmp_path, people)
+    try:
+        version = activate_no_debug(admin(server), people)
+        events = [e for e in audit_events(server.audit_file)
+                  if str(e.get("type", "")).startswith("Policy.")]
+        assert [e["type"] for e in events][-3:] == [
+            "Policy.Created", "Policy.Approved", "Policy.Activated"], events
+        assert events[-1]["version"] == version
+    finally:
+        server.stop()
