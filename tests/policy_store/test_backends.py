@@ -216,3 +216,33 @@ def test_cluster_flag_of_the_store_url() -> None:
     assert split_cluster_flag("redis://h:7000/0?cluster=true") == ("redis://h:7000/0", True)
     assert split_cluster_flag("rediss://u:p@h:7000/0?ssl_cert_reqs=none&cluster=no") == (
         "rediss://u:p@h:7000/0?ssl_cert_reqs=none", False)
+
+
+async def test_sqlite_write_behind_a_lock_held_elsewhere_fails_soon_and_clearly(
+        tmp_path: Path) -> None:
+    """Another process holding the file's write lock: a change fails as StoreUnavailable
+    ('database is locked') after a short wait (LOCK_WAIT_S), not after 10 s with the only
+    worker thread, and the reachability probe behind it, stuck that long; reads go on."""
+    import sqlite3
+
+    from pdp.policy.store import StoreUnavailable
+    from pdp.policy.store.sqlite_store import LOCK_WAIT_S
+
+    assert LOCK_WAIT_S <= 1.0
+    path = tmp_path / "locked.db"
+    tenant = new_tenant()
+    store = SqlitePolicyStore(path)
+    try:
+        rev = await store.revision()
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as `sqlite3 file 'BEGIN ...'`
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await store.put_draft(tenant, policy_yaml(tenant, "p"), "alice", 0)
+            assert await store.revision() == rev  # a read is not blocked (WAL)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await store.put_draft(tenant, policy_yaml(tenant, "p"), "alice", 0)  # free again
+    finally:
+        await store.close()

@@ -70,6 +70,14 @@ CREATE TABLE IF NOT EXISTS tenant_info (tenant TEXT PRIMARY KEY, data TEXT NOT N
 POLL_INTERVAL = 0.2
 
 
+
+#: How long a write waits for another writer's lock before failing ("database is locked").
+#: Writers here hold it for milliseconds; a longer wait means something else holds the file.
+#: The one worker thread is busy while it waits, and the store's reachability probe (2 s)
+#: and every other call queue behind it: 10 s made a lock held from outside look like an
+#: outage (decisions denied once stale), and outlasted the CLI's 5 s timeout.
+LOCK_WAIT_S = 1.0
+
 class SqlitePolicyStore(PolicyStore):
     def __init__(self, path: str | Path, *, poll_interval: float = POLL_INTERVAL,
                  **kwargs: Any) -> None:
@@ -85,11 +93,11 @@ class SqlitePolicyStore(PolicyStore):
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+            conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_S, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_S * 1000)}")
             try:
                 conn.executescript(SCHEMA)  # idempotent
             except BaseException:
