@@ -10,6 +10,7 @@ import enum
 import hashlib
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,9 +188,17 @@ def content_hash(spec: Mapping[str, Any]) -> str:
 
 
 def same_person(a: str, b: str) -> bool:
-    """Whether two actor names are one person for four eyes (case and surrounding blanks
-    do not make another person)."""
-    return a.strip().casefold() == b.strip().casefold()
+    """Whether two actor names are one person for four eyes: case, blanks, compatibility
+    forms (full-width letters) and invisible characters (a zero-width space) do not
+    make another person; they look the same in every list an approver is checked in."""
+    return person_key(a) == person_key(b)
+
+
+def person_key(name: str) -> str:
+    """``name`` as four eyes compares it (see same_person)."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    return "".join(c for c in folded if not c.isspace()
+                   and unicodedata.category(c) not in ("Cf", "Cc", "Mn", "Me"))
 
 
 def four_eyes_problem(author: str, approver: str) -> str | None:

@@ -101,3 +101,23 @@ async def test_seed_policy_refuses_a_self_approval_however_the_policy_was_made(
         assert stored is not None and (stored.author, stored.approver) == ("seed", "seed")
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("approver", [
+    "alice\u200b",       # a zero-width space: looks the same in every list
+    "\uff41lice",        # a full-width a
+    "ALICE",
+    " alice\t",
+    "ali\u00adce",       # a soft hyphen
+])
+def test_an_identity_that_looks_like_the_authors_is_the_same_person(approver: str) -> None:
+    from pdp.policy.model import same_person
+
+    assert same_person("alice", approver)
+
+
+def test_different_people_stay_different() -> None:
+    from pdp.policy.model import same_person
+
+    assert not same_person("alice", "alicia")
+    assert not same_person("José", "Jose")
