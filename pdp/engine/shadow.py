@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,6 +106,10 @@ async def evaluate_shadow(job: ShadowJob, evaluate: Evaluate, peek: Peek | None,
             deny = repeats.overruns.recall(p, key, budget.deadline_at - now)
         if deny is None:
             deny = evaluate(p, job.ctx, budget)
+            if deny is not None and deny.message.startswith("the decision deadline ran out"):
+                # the live decision's deadline is not involved: the drafts' own budget is
+                deny = replace(deny, message=f"the shadow budget ({options.budget_s * 1000:g}"
+                                             " ms) ran out while this draft was evaluated")
             spent = time.monotonic() - now
             if repeats is not None and worth_remembering(deny, spent):
                 assert deny is not None

@@ -50,6 +50,8 @@ async def test_a_runaway_draft_changes_nothing_of_the_live_decision() -> None:
     [would] = [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
     assert would["decision_id"] == d.decision_id and would["policy"] == "runaway"
     assert would["code"] in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
+    if would["code"] == "DEADLINE_EXCEEDED":  # the drafts' own budget, not the decision's
+        assert "shadow budget" in would["message"] and "decision" not in would["message"]
 
 
 async def test_drafts_wait_while_an_answer_is_in_progress(
