@@ -5,12 +5,39 @@ from pathlib import Path
 import pytest
 
 from pdp.audit import AuditSettings
+from pdp.audit.anchors import AnchorKey
+from pdp.audit.verify import VerifyResult
+
+#: An anchor key's bytes (16 or more), for tests that sign checkpoints.
+KEY = b"0123456789abcdef0123456789abcdef\n"
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> AuditSettings:
     return AuditSettings(path=str(tmp_path / "audit" / "audit.jsonl"),
                          spool_dir=str(tmp_path / "spool"), instance="test")
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    p = tmp_path / "anchor.key"
+    p.write_bytes(KEY)
+    return p
+
+
+@pytest.fixture
+def key(key_file: Path) -> AnchorKey:
+    return AnchorKey.from_file(key_file)
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def problem(res: VerifyResult) -> tuple[str, str]:
+    """The kind and detail of a verify result that must have found a problem."""
+    assert not res.ok and res.problem is not None, str(res)
+    return res.problem.kind, res.problem.detail
 
 
 def decision(i: int, *, tenant: str = "acme", allowed: bool = True, checkpoint: str = "PUSH",

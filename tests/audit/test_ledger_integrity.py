@@ -24,35 +24,12 @@ from pdp.audit.anchors import CHECKPOINT, Anchorer, AnchorKey, read_anchors
 from pdp.audit.chain import canonical, canonical_v2, record_hash
 from pdp.audit.files import AuditFileError
 from pdp.audit.sinks.file import Ledger
-from pdp.audit.verify import VerifyResult, verify_paths
+from pdp.audit.verify import verify_paths
 from pdp.client import push_request
 from pdp.v1 import decision_pb2_grpc as dgrpc
-from tests.audit.conftest import decision
+from tests.audit.conftest import decision, lines, problem
 from tests.support.pdpserver import PdpServer
 from tests.support.wait import eventually, wait_until
-
-KEY = b"0123456789abcdef0123456789abcdef\n"
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    p = tmp_path / "anchor.key"
-    p.write_bytes(KEY)
-    return p
-
-
-@pytest.fixture
-def key(key_file: Path) -> AnchorKey:
-    return AnchorKey.from_file(key_file)
-
-
-def lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True)
-
-
-def problem(res: VerifyResult) -> tuple[str, str]:
-    assert not res.ok and res.problem is not None, str(res)
-    return res.problem.kind, res.problem.detail
 
 
 def write_ledger(directory: Path, key: AnchorKey | None, n: int = 6,

@@ -26,31 +26,9 @@ from pdp.audit.chain import record_hash
 from pdp.audit.files import AuditFileError
 from pdp.audit.sinks import file as file_sink
 from pdp.audit.sinks.file import Ledger
-from pdp.audit.verify import VerifyResult, verify_paths
 from pdp.audit.verify import main as verify_main
-
-KEY = b"0123456789abcdef0123456789abcdef\n"
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    p = tmp_path / "anchor.key"
-    p.write_bytes(KEY)
-    return p
-
-
-@pytest.fixture
-def key(key_file: Path) -> AnchorKey:
-    return AnchorKey.from_file(key_file)
-
-
-def lines(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True)
-
-
-def problem(res: VerifyResult) -> tuple[str, str]:
-    assert not res.ok and res.problem is not None, str(res)
-    return res.problem.kind, res.problem.detail
+from pdp.audit.verify import verify_paths
+from tests.audit.conftest import lines, problem
 
 
 def anchorer(key: AnchorKey, active: Path, every: int = 10) -> Anchorer:
