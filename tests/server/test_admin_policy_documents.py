@@ -6,16 +6,13 @@ a Python repr; a counter scope expression's error points into the expression."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
 from pdp.server.admin import MAX_CALL_DOCUMENTS
 from pdp.v1 import admin_pb2 as apb
-from pdp.v1 import admin_pb2_grpc
-from tests.server.test_admin_e2e import People, start
-from tests.support.pdpserver import PdpServer
+from tests.server.test_admin_policy_limits import Admin, admin_server
 
 POLICY = "tenant: acme\nname: docs\nrule: {cel: {deny: 'agent.id == \"x\"'}}\n"
 OTHER = POLICY.replace("name: docs", "name: other")
@@ -23,40 +20,10 @@ SCOPE = ("tenant: acme\nname: cap\nrule:\n  daily_cap:\n    max_count: 3\n    sc
          "      expression: 'agent.labels[\"x\"] +'\n")
 
 
-class Admin:
-    def __init__(self, server: PdpServer, people: People) -> None:
-        self.stub = admin_pb2_grpc.PolicyAdminServiceStub(grpc.insecure_channel(server.address))
-        self.md = people.md("alice")
-
-    def validate(self, text: str) -> apb.ValidatePolicyResponse:
-        answer: apb.ValidatePolicyResponse = self.stub.ValidatePolicy(
-            apb.ValidatePolicyRequest(yaml=text), timeout=10, metadata=self.md)
-        return answer
-
-    def put_error(self, text: str) -> grpc.RpcError:
-        with pytest.raises(grpc.RpcError) as err:
-            self.stub.PutDraft(apb.PutDraftRequest(yaml=text), timeout=10, metadata=self.md)
-        return err.value
-
-    def stored(self, name: str) -> bool:
-        try:
-            self.stub.GetPolicy(apb.GetPolicyRequest(tenant="acme", name=name), timeout=10,
-                                metadata=self.md)
-        except grpc.RpcError as err:
-            assert err.code() == grpc.StatusCode.NOT_FOUND
-            return False
-        return True
-
-
 @pytest.fixture(scope="module")
 def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
-    tmp: Path = tmp_path_factory.mktemp("documents")
-    people = People(tmp)
-    server = start(tmp, people)
-    try:
-        yield Admin(server, people)
-    finally:
-        server.stop()
+    with admin_server(tmp_path_factory.mktemp("documents")) as a:
+        yield a
 
 
 def refused_both_ways(admin: Admin, text: str) -> tuple[apb.PolicyProblem, str]:

@@ -5,6 +5,7 @@ path first."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,29 +36,46 @@ STATUS_TEXT_BYTES = 1024
 
 
 class Admin:
+    """An author's admin API on a real server (shared by the admin-policy tests)."""
+
     def __init__(self, server: PdpServer, people: People) -> None:
         self.stub = admin_pb2_grpc.PolicyAdminServiceStub(grpc.insecure_channel(server.address))
         self.md = people.md("alice")
 
     def validate(self, text: str) -> apb.ValidatePolicyResponse:
-        return self.stub.ValidatePolicy(apb.ValidatePolicyRequest(yaml=text), timeout=10,
-                                        metadata=self.md)
+        answer: apb.ValidatePolicyResponse = self.stub.ValidatePolicy(
+            apb.ValidatePolicyRequest(yaml=text), timeout=10, metadata=self.md)
+        return answer
 
     def put_error(self, text: str) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as err:
             self.stub.PutDraft(apb.PutDraftRequest(yaml=text), timeout=10, metadata=self.md)
         return err.value
 
+    def stored(self, name: str) -> bool:
+        try:
+            self.stub.GetPolicy(apb.GetPolicyRequest(tenant="acme", name=name), timeout=10,
+                                metadata=self.md)
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            return False
+        return True
 
-@pytest.fixture(scope="module")
-def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
-    tmp: Path = tmp_path_factory.mktemp("limits")
+
+@contextlib.contextmanager
+def admin_server(tmp: Path) -> Iterator[Admin]:
     people = People(tmp)
     server = start(tmp, people)
     try:
         yield Admin(server, people)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Admin]:
+    with admin_server(tmp_path_factory.mktemp("limits")) as a:
+        yield a
 
 
 @pytest.mark.parametrize("text, line, problem, field", [
