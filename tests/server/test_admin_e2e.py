@@ -458,17 +458,6 @@ def test_policy_store_blip_keeps_the_loaded_policies(tmp_path: Path, people: Peo
         server.stop()
 
 
-def _readyz(server: PdpServer) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{server.http_url}/readyz", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 def test_a_wiped_policy_store_is_not_taken_as_no_policies(tmp_path: Path, people: People,
                                                           redis: RedisServer) -> None:
     """The shared store is emptied (FLUSHALL, or restored from an older copy): its revision
@@ -484,8 +473,8 @@ def test_a_wiped_policy_store_is_not_taken_as_no_policies(tmp_path: Path, people
         wait_until(lambda: check(server, people).outcome == cpb.OUTCOME_DENY,
                    "the activated policy is not enforced")
         redis_lib.Redis.from_url(redis.url).flushall()
-        wait_until(lambda: "went back" in _readyz(server)[1], "readiness names the lost store")
-        assert _readyz(server)[0] == 503
+        wait_until(lambda: "went back" in server.readyz()[1], "readiness names the lost store")
+        assert server.readyz()[0] == 503
         assert "policy_store_lost" in server.log()
         # never an allow for what the lost policy denied: its deny, then the store's
         wait_until(lambda: check(server, people).reasons[0].code ==

@@ -8,8 +8,6 @@ one on a full file system, with no root needed to make a small one.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -30,14 +28,6 @@ def _push(i: int) -> dpb.CheckPushRequest:
             "env": "dev", **{f"pad{k}": "x" * 1000 for k in range(16)}}),
         rollout=cpb.Rollout(id="r-1", step=1, step_percent=10),
         config=cpb.Config(yaml="exporters: {otlp: {}}\n"))
-
-
-def _readyz(s: PdpServer) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"{s.http_url}/readyz", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def test_sync_audit_on_a_full_disk_answers_nothing_it_cannot_record(tmp_path: Path) -> None:
@@ -61,7 +51,7 @@ def test_sync_audit_on_a_full_disk_answers_nothing_it_cannot_record(tmp_path: Pa
             for text in refused:
                 assert text.startswith("audit log unavailable:"), text
             assert "File too large" in refused[-1]  # says why, once it knows
-            code, body = _readyz(s)
+            code, body = s.readyz()
             assert code == 503 and "fail audit: cannot write the audit file" in body, body
     finally:
         s.stop()
@@ -82,8 +72,8 @@ def test_sync_audit_on_a_full_disk_answers_nothing_it_cannot_record(tmp_path: Pa
 def test_readiness_reports_the_audit_writing(tmp_path: Path) -> None:
     s = PdpServer(tmp_path).start()
     try:
-        wait_until(lambda: _readyz(s)[0] == 200, "ready")
-        assert "ok audit: writing" in _readyz(s)[1]
+        wait_until(lambda: s.readyz()[0] == 200, "ready")
+        assert "ok audit: writing" in s.readyz()[1]
     finally:
         s.stop()
 
@@ -106,7 +96,7 @@ def test_an_anchor_file_removed_while_serving_is_recreated_and_reported(tmp_path
             for i in range(6, 20):
                 stub.CheckPush(_push(i), timeout=30)
         wait_until(anchors.exists, "the anchor file recreated")
-        code, body = _readyz(s)
+        code, body = s.readyz()
         assert code == 200, body
         assert "audit_anchors" in body and "removed or replaced" in body, body
     finally:

@@ -105,6 +105,17 @@ class PdpServer:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
+    def readyz(self) -> tuple[int, str]:
+        """``/readyz``: its status code and body (503 is an answer, not an error)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/readyz", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
     def terminate(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
