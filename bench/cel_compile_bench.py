@@ -15,8 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from pdp.cel import CelCompileError, new_pdp_environment
-from pdp.cel import ast as A
+from pdp.cel import CelCompileError, count_nodes, new_pdp_environment
 from pdp.cel.parser import MAX_NODES
 
 TYPICAL = ("config.exporters.exists(e, e.endpoint.startsWith('http://') && "
@@ -36,13 +35,7 @@ SHAPES: dict[str, Callable[[int], str]] = {
 
 
 def nodes(env: object, expr: str) -> int:
-    root = env.parse(expr)  # type: ignore[attr-defined]
-    n, todo = 0, [root]
-    while todo:
-        e = todo.pop()
-        n += 1
-        todo.extend(A.children(e))
-    return n
+    return count_nodes(env.parse(expr))  # type: ignore[attr-defined]
 
 
 def largest(env: object, make: Callable[[int], str]) -> str:

@@ -8,7 +8,7 @@ exhaust the Python stack.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from . import ast as A
 from .errors import CelCompileError
@@ -104,15 +104,11 @@ class Parser:
 
     def _count(self, root: A.Expr) -> None:
         """Refuse a tree of more than MAX_NODES nodes (pointing at the one over)."""
-        n, todo = 0, [root]
-        while todo:
-            e = todo.pop()
-            n += 1
+        for n, e in enumerate(iter_nodes(root), 1):
             if n > MAX_NODES:
                 raise self.error(f"expression has more than {MAX_NODES} nodes (the limit);"
                                  " split it, or test membership in one list literal",
                                  e.offset)
-            todo.extend(A.children(e))
 
     def expr(self) -> A.Expr:
         self._enter(self.peek().offset)
@@ -387,10 +383,15 @@ def parse(source: str, optional_syntax: bool = False) -> A.Expr:
     return Parser(source, optional_syntax).parse()
 
 
-def count_nodes(root: A.Expr) -> int:
-    """Nodes of a parsed expression (what MAX_NODES bounds), without recursion."""
-    n, todo = 0, [root]
+def iter_nodes(root: A.Expr) -> Iterator[A.Expr]:
+    """Every node of a parsed expression, without recursion."""
+    todo = [root]
     while todo:
-        n += 1
-        todo.extend(A.children(todo.pop()))
-    return n
+        e = todo.pop()
+        yield e
+        todo.extend(A.children(e))
+
+
+def count_nodes(root: A.Expr) -> int:
+    """Nodes of a parsed expression (what MAX_NODES bounds)."""
+    return sum(1 for _ in iter_nodes(root))
