@@ -92,8 +92,8 @@ class Settings:
     bulk_lane_bytes: int = _s(64 * 1024, "unary requests at least this long take turns, one at"
                               " a time, behind the small calls (a quarter of deadline_ms at"
                               " most); 0: no turns")
-    shadow_budget_ms: int = _s(10, "budget of one decision's draft (shadow) policies, evaluated"
-                               " after the answer")
+    shadow_budget_ms: int = _s(10, "budget of each draft (shadow) policy of a decision,"
+                               " evaluated after the answer")
     shadow_backlog: int = _s(1024, "decisions whose drafts may wait for evaluation; beyond it"
                              " they are skipped, counted and noted in the audit")
     shadow_share: float = _s(0.1, "most of the event loop's time draft evaluation may take")

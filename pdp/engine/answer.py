@@ -61,14 +61,14 @@ class Answerer:
         for i, item in enumerate(pending):
             if turns.due(i):
                 await turns.take()  # a large step: other calls run between slices
+            d = combine(item)
             if item.shadow:
-                job = ShadowJob(item.req, item.shadow_ctx(), item.decision.decision_id,
-                                item.shadow)
+                job = ShadowJob(item.req, item.shadow_ctx(), d.decision_id, item.shadow,
+                                pushed=d.allowed)
                 if opts.shadow_inline:
-                    await self._shadow_inline(job, item.decision, opts)
+                    await self._shadow_inline(job, d, opts)
                 else:
                     jobs.append(job)
-            d = combine(item)
             if not later:
                 await self.recorder.record(item.req, d, opts.audit_sync_timeout_s)
             if self.telemetry.enabled:

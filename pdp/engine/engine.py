@@ -65,7 +65,7 @@ class Engine:
         sharing.prepare()  # what the first step would otherwise pay inside its budget
         self.shadow = ShadowRunner(self.evaluator.evaluate_policy, self.evaluator.reason,
                                    audit.emit, self._options.shadow,
-                                   peek=self.evaluator.peek_counter,
+                                   count=self.evaluator.shadow_counter,
                                    repeats=Repeats(self.evaluator.overruns,
                                                    self.evaluator.fingerprint))
         self.shadow.on_skip = telemetry.record_shadow_skipped

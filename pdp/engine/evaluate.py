@@ -399,9 +399,11 @@ class Evaluator:
             return Deny(ReasonCode.POLICY_INVALID, f"counter rule is invalid: {rule}")
         return rule
 
-    async def peek_counter(self, p: CompiledPolicy, ctx: EvalContext,
-                           budget: Budget) -> Deny | None:
-        """A draft's counter rule: the verdict a reservation would give, nothing consumed."""
+    async def shadow_counter(self, p: CompiledPolicy, ctx: EvalContext, budget: Budget,
+                             pushed: bool) -> Deny | None:
+        """A draft's counter rule, in the draft's own counter (never a live one): when the
+        push went ahead (``pushed``) it is reserved there, as it would be were the draft
+        active, so the draft's later would-denies count it; otherwise only asked."""
         rule = self.counter_rule(p, ctx, budget)
         if isinstance(rule, Deny):
             return rule
@@ -410,7 +412,10 @@ class Evaluator:
             return Deny(ReasonCode.DEADLINE_EXCEEDED,
                         "the shadow budget ran out before the counter store was asked")
         try:
-            result = await self.counters.peek(ctx.tenant, [rule], timeout=timeout)
+            if pushed:
+                result = await self.counters.reserve(ctx.tenant, [rule], timeout=timeout)
+            else:
+                result = await self.counters.peek(ctx.tenant, [rule], timeout=timeout)
         except CounterStateLost as exc:
             return Deny(ReasonCode.COUNTER_STATE_LOST, f"counter rules deny: {exc}")
         except (CounterStoreUnavailable, ValueError) as exc:

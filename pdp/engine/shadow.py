@@ -31,6 +31,7 @@ from pdp.engine.request import CheckRequest
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.rules import Deny
+from pdp.turns import Turns
 
 log = structlog.get_logger("pdp.engine")
 
@@ -40,9 +41,9 @@ START_DELAY_S = 0.002
 
 @dataclass(frozen=True)
 class ShadowOptions:
-    #: Wall-clock budget of one decision's shadow policies (all of them together).
+    #: Wall-clock budget of each shadow policy of a decision (its own, not shared).
     budget_s: float = 0.01
-    #: Cost units one decision's shadow policies may charge together.
+    #: Cost units each shadow policy of a decision may charge.
     cost_limit: int = 1_000_000
     #: Decisions whose shadow policies may wait; beyond it new ones are skipped.
     backlog: int = 1024
@@ -60,11 +61,14 @@ class ShadowJob:
     ctx: EvalContext
     decision_id: str
     policies: Sequence[CompiledPolicy]
+    #: The live answer let the push go ahead (allowed, or overridden).
+    pushed: bool = False
 
 
 Evaluate = Callable[[CompiledPolicy, EvalContext, Budget], Deny | None]
-#: A draft counter rule's verdict, asked of the store without consuming anything.
-Peek = Callable[[CompiledPolicy, EvalContext, Budget], Awaitable[Deny | None]]
+#: A draft counter rule's verdict from its own counter; reserved there when the push went
+#: ahead (the last argument), only asked otherwise.
+Count = Callable[[CompiledPolicy, EvalContext, Budget, bool], Awaitable[Deny | None]]
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -76,38 +80,39 @@ class Repeats:
     fingerprint: Callable[[CheckRequest], bytes]
 
 
-async def evaluate_shadow(job: ShadowJob, evaluate: Evaluate, peek: Peek | None,
+async def evaluate_shadow(job: ShadowJob, evaluate: Evaluate, count: Count | None,
                           options: ShadowOptions,
                           reason: Callable[[CompiledPolicy, Deny], Reason],
                           repeats: Repeats | None = None) -> list[Reason]:
-    """The would-denies of ``job``'s policies under a budget of their own (fail-closed: a
-    policy that errs or runs out of budget would deny, and says why). Counter rules are
-    asked last, and only when every stateless draft passed, as live ones are.
+    """The would-denies of ``job``'s policies, each under a budget of its own (fail-closed: a
+    policy that errs or runs out of budget would deny, and says why). Each draft is judged
+    as if it alone were made active: one author's runaway draft neither uses up another's
+    budget nor decides whether another's counter is asked.
+
+    A counter draft counts in a counter of its own (see ``CompiledPolicy.counter_rule``):
+    reserved there when the push went ahead (``job.pushed``), as it would be were the draft
+    active, only asked otherwise. Live counters are never read or consumed by a draft.
 
     With ``repeats`` (the live decisions' overrun memo and request fingerprint), a draft
     that ran the same request out of its budget before would-denies at once, as a live
     policy does: a runaway draft costs its budget once per distinct request, not on every
     push (each of those was ``budget_s`` of the loop taken from live calls)."""
-    budget = Budget(deadline=time.monotonic() + options.budget_s,
-                    cost_limit=options.cost_limit)
     out: list[Reason] = []
-    counted: list[CompiledPolicy] = []
     key: bytes | None = None
-    for p in job.policies:
+    turns = Turns()
+    for i, p in enumerate(job.policies):
+        if i and turns.due(0):
+            await turns.take()  # many drafts: other calls run between them
         now = time.monotonic()
-        if now >= budget.deadline_at:
-            out.append(reason(p, Deny("DEADLINE_EXCEEDED",
-                                      "the shadow budget ran out before this draft was"
-                                      " evaluated")))
-            continue
+        budget = Budget(deadline=now + options.budget_s, cost_limit=options.cost_limit)
         deny = None
         if repeats is not None and repeats.overruns.watched(p):
             key = key or repeats.fingerprint(job.req)
-            deny = repeats.overruns.recall(p, key, budget.deadline_at - now)
+            deny = repeats.overruns.recall(p, key, options.budget_s)
         if deny is None:
             deny = evaluate(p, job.ctx, budget)
             if deny is not None and deny.message.startswith("the decision deadline ran out"):
-                # the live decision's deadline is not involved: the drafts' own budget is
+                # the live decision's deadline is not involved: the draft's own budget is
                 deny = replace(deny, message=f"the shadow budget ({options.budget_s * 1000:g}"
                                              " ms) ran out while this draft was evaluated")
             spent = time.monotonic() - now
@@ -115,15 +120,10 @@ async def evaluate_shadow(job: ShadowJob, evaluate: Evaluate, peek: Peek | None,
                 assert deny is not None
                 key = key or repeats.fingerprint(job.req)
                 repeats.overruns.remember(p, key, deny, spent)
+        if deny is None and p.counter is not None and count is not None:
+            deny = await count(p, job.ctx, budget, job.pushed)
         if deny is not None:
             out.append(reason(p, deny))
-        elif p.counter is not None:
-            counted.append(p)
-    if peek is not None:
-        for p in counted:
-            deny = await peek(p, job.ctx, budget)
-            if deny is not None:
-                out.append(reason(p, deny))
     return out
 
 
@@ -147,10 +147,10 @@ class ShadowRunner:
 
     def __init__(self, evaluate: Evaluate, reason: Callable[[CompiledPolicy, Deny], Reason],
                  emit: Emit, options: ShadowOptions | None = None,
-                 peek: Peek | None = None, repeats: Repeats | None = None) -> None:
+                 count: Count | None = None, repeats: Repeats | None = None) -> None:
         self._evaluate = evaluate
         self._repeats = repeats
-        self._peek = peek
+        self._count = count
         self._reason = reason
         self._emit = emit
         self.options = options or ShadowOptions()
@@ -219,11 +219,11 @@ class ShadowRunner:
         """Offline tools (policy tests, replay): the would-denies now, for the decision's
         own record (which then derives the WouldDeny events)."""
         self.evaluated += 1
-        return await evaluate_shadow(job, self._evaluate, self._peek, self.options,
+        return await evaluate_shadow(job, self._evaluate, self._count, self.options,
                                      self._reason, self._repeats)
 
     async def run_one(self, job: ShadowJob) -> list[Reason]:
-        denies = await evaluate_shadow(job, self._evaluate, self._peek, self.options,
+        denies = await evaluate_shadow(job, self._evaluate, self._count, self.options,
                                        self._reason, self._repeats)
         self.evaluated += 1
         for ev in would_deny_events(job, denies):

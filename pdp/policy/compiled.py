@@ -179,11 +179,16 @@ class CompiledPolicy:
         return text if isinstance(text, str) else str(text)
 
     def counter_rule(self, scope_key: str) -> CounterRule | str:
-        """The store's rule for this policy at ``scope_key``, or why it is invalid."""
+        """The store's rule for this policy at ``scope_key``, or why it is invalid.
+
+        A shadow policy (draft, approved-not-active) counts in a counter of its own
+        (:func:`shadow_counter_id`): its would-denies then follow the pushes it has seen,
+        and the live counters of the same name are never read or consumed by it."""
         assert self.counter is not None
+        counter_id = shadow_counter_id(self.name) if self.shadow else self.name
         try:
             return self.counter.rule(f"{self.name}@v{self.policy.version}", scope_key,
-                                     counter_id=self.name)
+                                     counter_id=counter_id)
         except ValueError as exc:
             return str(exc)
 
@@ -208,6 +213,12 @@ class CompiledPolicy:
         else:
             value = section.get("id")
         return scope_key(scope, value or None)
+
+
+def shadow_counter_id(name: str) -> str:
+    """The stored counter of a shadow policy named ``name``: ``#`` is not allowed in policy
+    names, so it can never be a live policy's counter."""
+    return f"{name}#shadow"
 
 
 def compile_policy(policy: Policy, env: Environment, cache: ProgramCache, *,

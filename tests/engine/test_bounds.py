@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from pdp.counters import CounterKind, CounterRule
 from pdp.engine.reasons import cap_message
 from pdp.engine.shadow import ShadowOptions
 from tests.engine.test_engine import CEL, engine_for, push
@@ -176,36 +175,79 @@ async def test_a_scope_expression_out_of_budget_denies_with_a_reason() -> None:
     assert reason.code in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")
 
 
+def _would(audit: Any) -> list[tuple[str, str, str]]:
+    return [(e["decision_id"], e["policy"], e["code"]) for e in audit.events
+            if e["type"] == "Policy.WouldDeny"]
+
+
 async def test_a_draft_counter_rule_would_deny_without_consuming_live_counters() -> None:
-    """A draft's cap is asked with ``peek``: it reports would-deny and takes no slot, so
-    the live cap of 3 still has all three."""
+    """A draft's cap counts in a counter of its own: it would-denies from the push past its
+    cap (the pushes it has seen count, as they would were it active), and the live cap of 3
+    still has all three slots."""
     engine, audit = engine_for(
         "tenant: t\nname: live-cap\nrule: {daily_cap: {max_count: 3}}\n---\n"
         "tenant: t\nname: draft-cap\nstatus: draft\nrule: {daily_cap: {max_count: 1}}\n")
     decisions = [await engine.check(push(agent=f"a{i}"), 1.0) for i in range(3)]
     assert all(d.allowed for d in decisions)  # the draft's cap of 1 blocks nothing
-    assert not (await engine.check(push(agent="a4"), 1.0)).allowed  # live cap: 3 taken
-    # Had the draft taken a slot, it would deny from the second decision on; it never
-    # takes one, so it never would-denies (its count stays 0 < 1).
+    fourth = await engine.check(push(agent="a4"), 1.0)
+    assert not fourth.allowed  # live cap: its three slots taken by the three pushes
     await _poll(lambda: engine.shadow.evaluated == 4, "the drafts of four decisions")
-    assert [e for e in audit.events if e["type"] == "Policy.WouldDeny"] == []
+    # The first push fits the draft's cap; each later one would have been denied.
+    assert _would(audit) == [(d.decision_id, "draft-cap", "DAILY_CAP_EXCEEDED")
+                             for d in [*decisions[1:], fourth]]
+    keys = engine.counters.keys()
+    assert [k for k in keys if "draft-cap" in k and "#shadow" not in k] == []
+    assert len([k for k in keys if "live-cap" in k]) == 1
 
 
-async def test_a_draft_counter_rule_reports_would_deny_from_the_live_counts() -> None:
-    """A draft's counter rule is judged by the store's real counts: with its cooldown
-    already running for this agent, it reports would-deny (and the live answer allows)."""
+async def test_a_new_draft_counter_rule_reports_would_deny_when_it_would_have_denied() -> None:
+    """A cooldown draft with a name no live policy has: the second push for the same agent
+    within the cooldown would have been denied, so it is reported; another agent's is not.
+    The live answers are unchanged and no live counter is written."""
     engine, audit = engine_for(
         "tenant: t\nname: draft-cooldown\nstatus: draft\n"
         "rule: {cooldown: {minutes: 60, scope: agent}}\n")
-    # Start the draft's cooldown for agent a1 as an earlier reservation would have.
-    rule = CounterRule("draft-cooldown@v1", CounterKind.COOLDOWN, "agent:a1",
-                       min_interval_seconds=3600.0, counter_id="draft-cooldown")
-    assert (await engine.counters.reserve("t", [rule], timeout=1.0)).allowed
-    assert (await engine.check(push(agent="a1"), 1.0)).allowed
-    await _poll(lambda: any(e["type"] == "Policy.WouldDeny" for e in audit.events),
-                "the draft's would-deny")
-    [would] = [e for e in audit.events if e["type"] == "Policy.WouldDeny"]
-    assert would["policy"] == "draft-cooldown" and would["code"] == "COOLDOWN_ACTIVE"
+    a1 = await engine.check(push(agent="a1"), 1.0)
+    b1 = await engine.check(push(agent="b1"), 1.0)
+    a2 = await engine.check(push(agent="a1"), 1.0)
+    assert a1.allowed and b1.allowed and a2.allowed
+    await _poll(lambda: engine.shadow.evaluated == 3, "the drafts of three decisions")
+    assert _would(audit) == [(a2.decision_id, "draft-cooldown", "COOLDOWN_ACTIVE")]
+    stored = [k for k in engine.counters.keys() if "draft-cooldown" in k]  # noqa: SIM118
+    assert stored and all("#shadow" in k for k in stored)
+
+
+async def test_a_draft_counter_counts_only_pushes_that_went_ahead() -> None:
+    """A push the live policies denied never happened: the draft is asked about it (and
+    says it would deny once over its own cap) but does not count it."""
+    engine, audit = engine_for(
+        CEL.format(name="gate", extra="", deny="config.items.size() == 0") + "---\n"
+        "tenant: t\nname: draft-cap\nstatus: draft\nrule: {daily_cap: {max_count: 1}}\n")
+    denied = [await engine.check(push("items: []", agent=f"a{i}"), 1.0) for i in range(3)]
+    assert not any(d.allowed for d in denied)
+    first = await engine.check(push("items: [1]", agent="b"), 1.0)
+    second = await engine.check(push("items: [1]", agent="c"), 1.0)
+    assert first.allowed and second.allowed
+    await _poll(lambda: engine.shadow.evaluated == 5, "the drafts of five decisions")
+    # Three denied pushes took nothing; the first real push fits the cap of 1.
+    assert _would(audit) == [(second.decision_id, "draft-cap", "DAILY_CAP_EXCEEDED")]
+
+
+async def test_each_draft_has_a_budget_of_its_own() -> None:
+    """A runaway draft uses up its own budget, not the next draft's: the draft after it
+    is still evaluated, and says what it found (here: nothing to deny)."""
+    engine, audit = engine_for(
+        CEL.format(name="runaway", extra="status: draft\n", deny=RUNAWAY) + "---\n"
+        + CEL.format(name="after", extra="status: draft\n", deny="config.items.size() == 0")
+        + "---\n"
+        + CEL.format(name="later", extra="status: draft\n", deny="config.items.size() > 1"))
+    d = await engine.check(push(ITEMS), 0.05)
+    assert d.allowed
+    await _poll(lambda: engine.shadow.evaluated == 1, "the drafts of the decision")
+    would = _would(audit)
+    assert [(p, c in ("DEADLINE_EXCEEDED", "COST_LIMIT_EXCEEDED")) for _, p, c in would] \
+        == [("runaway", True), ("later", False)]
+    assert would[1][2] == "POLICY_DENIED"
 
 
 async def test_an_unknown_tenant_is_denied_not_decided_by_builtins_alone() -> None:
