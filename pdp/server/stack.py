@@ -1,19 +1,20 @@
-"""The three interceptors of ``pdp serve`` as one: RPC metrics, then the edge, then auth.
+"""The three interceptors of ``pdp serve`` as one: RPC metrics, auth, then the edge.
 
 Why: each interceptor wraps a call in its own coroutine, and on a unary call (the decisions:
 ``CheckPush``, ``CheckPushBatch``) those layers cost more together than one by one (measured
-in bench/README.md, "Sixth pass"). :class:`ServerStack` does for a unary call what
-``[RpcMetricsInterceptor, EdgeInterceptor, AuthInterceptor]`` do in that order, in one
+in bench/README.md, "Sixth pass"). :class:`ServerStack` does for a unary call what those
+three interceptors' wrappers do (metrics outermost, then auth, then the edge), in one
 coroutine with the per-method work (metric children, the method's split name) done once:
 
 * the call is counted and timed by method, type and final status (:mod:`pdp.server.probes`);
 * the call's arrival is marked (its decision's budget counts from there, arrival.py);
+* the caller is authenticated first: one who cannot say who they are is refused before
+  anything about the request is told (:mod:`pdp.server.auth`);
 * the request is decoded by the edge's deserializer (a refused one is INVALID_ARGUMENT), a
   large one only when it has its turn in the bulk lane (lanes.py), a
   call that starts while draining is UNAVAILABLE, an exception the handler lets escape is
   INTERNAL (:mod:`pdp.server.edges`);
-* the caller is authenticated and an answer nobody authorised is not sent
-  (:mod:`pdp.server.auth`).
+* an answer nobody authorised is not sent.
 
 Streaming calls and the public services (health, reflection) go through the three
 interceptors' own wrappers, composed in the same order.
@@ -69,9 +70,12 @@ class ServerStack(WrappingInterceptor):
                                                        None if self.edges.lane is None
                                                        else self.edges.lane.large_bytes),
                 response_serializer=handler.response_serializer)
-        inner = (handler if is_public(method)
-                 else wrap_handler(handler, method, self.auth.authenticator))
-        return self.metrics.wrap(self.edges.wrap(inner, method), method)
+        if is_public(method):
+            return self.metrics.wrap(self.edges.wrap(handler, method), method)
+        # auth outside the edge: an unauthenticated caller is refused before the edge
+        # says anything about the request (its limits, draining)
+        inner = wrap_handler(self.edges.wrap(handler, method), method, self.auth.authenticator)
+        return self.metrics.wrap(inner, method)
 
     def _unary(self, inner: Callable[..., Awaitable[Any]], method: str
                ) -> Callable[..., Awaitable[Any]]:
@@ -106,6 +110,14 @@ class ServerStack(WrappingInterceptor):
                     await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
                 edges._enter()
                 try:
+                    # auth first: who is calling (the servicer authorises). A caller who
+                    # cannot say who they are learns nothing about the request's limits
+                    # and takes no turn in the bulk lane.
+                    try:
+                        principal = authenticator.authenticate(context)
+                    except AuthError as exc:
+                        await abort_auth_error(context, exc)
+                        raise
                     if type(request) is Deferred:  # large: decoded when it is its turn
                         assert lane is not None
                         turn = await lane.enter(context.time_remaining())
@@ -115,12 +127,6 @@ class ServerStack(WrappingInterceptor):
                         await abort_invalid(context, request.field, request.problem,
                                             request.text)
                     log.debug("call_started", method=method)  # filtered out below debug
-                    # auth: who is calling; the servicer authorises
-                    try:
-                        principal = authenticator.authenticate(context)
-                    except AuthError as exc:
-                        await abort_auth_error(context, exc)
-                        raise
                     state = begin_call(principal, method)
                     response = await inner(request, context)
                     if not state.checked:

@@ -121,3 +121,36 @@ def test_bearer_tokens_and_tenant_isolation(tmp_path: Path) -> None:
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("size", [4_000, 200_000])  # refused after decoding / on the wire
+def test_a_caller_who_is_not_authenticated_learns_nothing_about_the_request(
+        tmp_path: Path, size: int) -> None:
+    """Authentication comes first: a request over a field's limit is UNAUTHENTICATED for a
+    caller without credentials (not INVALID_ARGUMENT naming the field and its limit, which
+    tells the limits to anyone and, for a large one, took a turn in the bulk lane); the
+    same request from an authenticated caller is INVALID_ARGUMENT."""
+    token, digest = new_token()
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(yaml.safe_dump({"tokens": [
+        {"sha256": digest, "identity": "ci-bot", "roles": {"acme": ["checker"]}}]}))
+    server = PdpServer(tmp_path, policy_dir=_policies(tmp_path),
+                       args=["--auth-tokens-file", str(tokens)]).start()
+    req = push_request("acme", "x" * size, config_yaml="a: 1")
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            stub = dgrpc.DecisionServiceStub(ch)
+            codes = {}
+            for who, metadata in [("anonymous", ()),
+                                  ("wrong", (("authorization", "Bearer wrong"),)),
+                                  ("ci-bot", (("authorization", f"Bearer {token}"),))]:
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.CheckPush(req, timeout=10, metadata=metadata)
+                codes[who] = err.value.code()
+                if who != "ci-bot":
+                    assert "agent" not in (err.value.details() or "")
+            assert codes == {"anonymous": grpc.StatusCode.UNAUTHENTICATED,
+                             "wrong": grpc.StatusCode.UNAUTHENTICATED,
+                             "ci-bot": grpc.StatusCode.INVALID_ARGUMENT}
+    finally:
+        server.stop()
