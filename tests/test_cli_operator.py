@@ -257,3 +257,12 @@ def test_the_readme_lifecycle_block_works_as_written(
     closed = _closed_stdout("policy", "list", "--tenant", "acme", cwd=cwd,
                             PDP_ADDRESS=server.address, PDP_TOKEN=people["alice"])
     assert closed.returncode == 141 and closed.stderr == ""
+
+
+def test_new_tokens_can_be_passed_as_a_flag_value() -> None:
+    """A token starting with ``-`` would be read by ``--token`` as another option (a random
+    urlsafe token does so one time in 64): minted tokens start with ``pdp_``."""
+    from pdp.server.credentials import new_token
+    for _ in range(200):
+        token, digest = new_token()
+        assert token.startswith("pdp_") and len(token) >= 40 and digest == hash_token(token)

@@ -58,6 +58,7 @@ import importlib.resources
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,7 @@ from pdp.counters.clock import Clock, SystemClock
 from pdp.counters.common import EVENT_CODE, distinct, to_ms, validate_items
 from pdp.counters.days import day_table
 from pdp.counters.fastredis import FastRedis, ReplyError, arg, pack
+from pdp.counters.lateness import Lateness
 from pdp.counters.model import (
     CounterEventKind,
     CounterKind,
@@ -194,6 +196,8 @@ class RedisCounterStore:
         # how long ``wait`` mode waits (ms): the longest window of any rule this process has
         # sent, and at least a day (a DAILY_CAP it has not seen yet may exist)
         self._longest_ms = _LONGEST_DAY_MS
+        # when a reservation's caller gives up, on each tenant's Redis clock
+        self._late = Lateness()
 
     @classmethod
     def from_settings(
@@ -236,12 +240,33 @@ class RedisCounterStore:
             args = self._encode(items)
         prefix = keys.tenant_prefix(tenant)
         args.append(self._marks.get(prefix) or self._mark(prefix))
-        reply = await self._run(RESERVE, prefix, args, timeout)
+        args.append("0")
+        reply = await self._reserve_in_time(prefix, args, timeout)
         if reply[2]:
             self._epoch_note(tenant, prefix, reply[2])
         elif self._losses:
             self._marker_back(tenant, prefix)
         return self._decode(items, reply)
+
+    async def _reserve_in_time(self, prefix: str, args: list[str | int], timeout: float
+                               ) -> Any:
+        """The reservation script, told when its caller gives up (see lateness.py): once
+        more when it was refused as late while the caller still waited (a clock jump)."""
+        if self._op_timeout is not None and self._op_timeout < timeout:
+            timeout = self._op_timeout  # what _run waits at most
+        for attempt in (1, 2):
+            sent = time.monotonic()
+            reply = await self._run(RESERVE, prefix,
+                                    [*args, self._late.expires(prefix, sent, timeout)], timeout)
+            late = reply[2] in (b"~", "~")
+            self._late.observe(prefix, sent, int(reply[0]), stale=late)
+            if not late:
+                return reply
+            timeout -= time.monotonic() - sent
+            if attempt == 2 or timeout <= 0:
+                break
+        raise CounterStoreUnavailable("counter store: Redis ran the reservation only after"
+                                      " the caller's time was up; nothing was reserved")
 
     async def peek(
         self, tenant: str, rules: Sequence[CounterRule], *, timeout: float

@@ -7,8 +7,10 @@
 --
 -- ARGV[1] = offset_ms, ARGV[2] = JSON [bucket_ms, tzs, defs, items], ARGV[3] = the epoch
 -- marker check (below), ARGV[4] (optional) = '1' for a dry run: every verdict as a
--- reservation would give it, nothing consumed (draft policies' counter rules in shadow
--- mode), where
+-- reservation would give it, nothing consumed, ARGV[5] (optional, '' for none) = the instant
+-- (ms, this script's clock) after which the caller has given up: later, nothing is done and
+-- { now_ms, '', '~' } is returned (a call Redis ran only after a pause must not consume
+-- what its denied caller never used; lateness.py), where
 --   tzs:   per timezone in use, [bounds_ms..., labels...] (labels: one fewer than bounds)
 --   defs:  per distinct rule, [kind, counter, max_count, duration_ms, threshold,
 --          min_deployments, tz index]
@@ -34,6 +36,9 @@ local prefix = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 local dry = ARGV[4] == '1'
+if ARGV[5] and ARGV[5] ~= '' and now > tonumber(ARGV[5]) then
+  return { now, '', '~' }
+end
 
 -- numbers handed to redis.call must be plain integers ("1e+12" is not a valid TTL)
 local function int(x) return string.format('%d', x) end

@@ -46,8 +46,11 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> tuple[str, str]:
-    """A fresh random token and its digest: ``(token, sha256_hex)``."""
-    token = secrets.token_urlsafe(32)
+    """A fresh random token and its digest: ``(token, sha256_hex)``.
+
+    The ``pdp_`` prefix: a token never starts with ``-`` (``--token -Xy…`` would be read as
+    an option), and a leaked one is easy to recognise (secret scanners, logs)."""
+    token = "pdp_" + secrets.token_urlsafe(32)
     return token, hash_token(token)
 
 

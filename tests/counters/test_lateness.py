@@ -1,0 +1,101 @@
+"""A reservation Redis runs only after its caller gave up takes nothing (lateness.py): a
+paused Redis must not turn the pushes it made wait, and that were denied, into used slots."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from pdp.counters import (
+    CounterKind,
+    CounterRule,
+    CounterSettings,
+    CounterStoreUnavailable,
+    RedisCounterStore,
+)
+from pdp.counters.lateness import DRIFT, Lateness
+from pdp.counters.redis_store import make_client
+from tests.counters.conftest import new_tenant
+from tests.support.procs import RedisServer
+from tests.support.wait import DEADLINE_S
+
+CAP = CounterRule("cap@v1", CounterKind.DAILY_CAP, "agent:a1", max_count=1, counter_id="cap")
+COOL = CounterRule("cool@v1", CounterKind.COOLDOWN, "agent:a1", min_interval_seconds=3600,
+                   counter_id="cool")
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A server of this test's own: it is paused, which would stall others sharing it."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGCONT)
+        server.close()
+
+
+def test_the_bound_is_the_tightest_reading_and_grows_slowly() -> None:
+    late = Lateness()
+    assert late.expires("p", 10.0, 0.05) == ""  # nothing known: no limit sent
+    late.observe("p", 10.0, 500_000)  # Redis read 500 000 ms when 10 000 ms local had passed
+    assert late.expires("p", 10.0, 0.05) == str(500_000 + 50 + 1)
+    late.observe("p", 11.0, 501_003)  # a slower reply (3 ms) bounds less tightly: kept
+    assert late._bound["p"] == (490_000.0, 10.0)
+    late.observe("p", 12.0, 501_999)  # a tighter one replaces it
+    assert late._bound["p"] == (489_999.0, 12.0)
+    # 100 s later, the bound allows the Redis clock DRIFT ms per second more
+    assert late.expires("p", 112.0, 0.0) == str(int(112_000 + 489_999 + 100 * 1000 * DRIFT) + 1)
+    late.observe("p", 20.0, 900_000, stale=True)  # a jump forward: the new reading, whatever
+    assert late._bound["p"] == (880_000.0, 20.0)
+    assert late.expires("q", 20.0, 1.0) == ""  # per tenant prefix
+
+
+async def test_a_reservation_run_after_its_caller_gave_up_takes_nothing(
+        own_redis: RedisServer) -> None:
+    store = RedisCounterStore(make_client(CounterSettings(url=own_redis.url)))
+    tenant = new_tenant()
+    try:
+        # a first call learns the Redis clock
+        assert (await store.peek(tenant, [CAP, COOL], timeout=DEADLINE_S)).allowed
+        await store.reserve(tenant, [CounterRule("warm@v1", CounterKind.COOLDOWN, "x",
+                                                 min_interval_seconds=1)], timeout=DEADLINE_S)
+        assert own_redis.proc is not None
+        own_redis.proc.send_signal(signal.SIGSTOP)
+        with pytest.raises(CounterStoreUnavailable):  # the push is denied...
+            await store.reserve(tenant, [CAP, COOL], timeout=0.2)
+        # ... and Redis, resumed, runs the queued call after its caller's time was up
+        own_redis.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + DEADLINE_S
+        while not await store.ping(timeout=1.0):
+            assert time.monotonic() < deadline, "Redis did not come back"
+            await asyncio.sleep(0.02)
+        # the denied push took neither the cap's one slot nor started the cooldown
+        assert (await store.reserve(tenant, [CAP, COOL], timeout=DEADLINE_S)).allowed
+        again = await store.reserve(tenant, [CAP], timeout=DEADLINE_S)
+        assert not again.allowed  # the slot is counted once, by the push that was allowed
+    finally:
+        await store.close()
+
+
+async def test_a_redis_clock_that_jumps_forward_costs_one_more_call_not_a_deny(
+        own_redis: RedisServer) -> None:
+    """The script refuses as late a call whose caller still waits only when the Redis
+    clock jumped ahead of the bound; the refusal comes back in time, the bound is renewed
+    and the call is sent again: the reservation is made once."""
+    shift = {"s": 0.0}
+    store = RedisCounterStore(make_client(CounterSettings(url=own_redis.url)),
+                              server_time_offset=lambda: shift["s"])
+    tenant = new_tenant()
+    try:
+        assert (await store.peek(tenant, [COOL], timeout=DEADLINE_S)).allowed
+        shift["s"] = 600.0  # Redis's clock steps ten minutes ahead
+        assert (await store.reserve(tenant, [COOL], timeout=DEADLINE_S)).allowed
+        assert not (await store.reserve(tenant, [COOL], timeout=DEADLINE_S)).allowed
+    finally:
+        await store.close()
