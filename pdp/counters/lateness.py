@@ -29,11 +29,18 @@ class Lateness:
 
     def __init__(self) -> None:
         self._bound: dict[str, tuple[float, float]] = {}  # prefix -> (bound ms, read at s)
+        self._any: tuple[float, float] | None = None  # read at start-up: before any reply
+
+    def observe_server(self, sent: float, redis_now_ms: float) -> None:
+        """A reading not tied to a tenant (``TIME`` when the scripts are loaded): used for
+        tenants with no reply yet. On a cluster another node's clock may differ; a call it
+        makes refused then is sent again (as after a jump), never denied for it."""
+        self._any = (redis_now_ms - sent * 1000, sent)
 
     def expires(self, prefix: str, sent: float, timeout: float) -> str:
         """ARGV[5] for a call sent at ``sent`` (monotonic s) that waits ``timeout`` s: the
         Redis-clock ms after which it must not commit; "" while nothing is known yet."""
-        hit = self._bound.get(prefix)
+        hit = self._bound.get(prefix) or self._any
         if hit is None:
             return ""
         bound, read_at = hit

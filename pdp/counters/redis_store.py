@@ -563,6 +563,15 @@ class RedisCounterStore:
             else:
                 await self.client.execute_command("SCRIPT LOAD", s.text)
         self._loaded = True
+        # the Redis clock, for reservations of tenants not called yet (lateness.py)
+        sent = time.monotonic()
+        if self._fast is not None:
+            t = await self._fast.call(_TIME)
+        else:
+            t = await self.client.execute_command("TIME")
+        if isinstance(t, list | tuple) and len(t) == 2:
+            self._late.observe_server(sent, int(t[0]) * 1000 + int(t[1]) // 1000
+                                      + self._offset_ms())
 
     async def _fast_evalsha(self, fast: FastRedis, script: _Script, data: bytes) -> Any:
         if not self._loaded:
@@ -629,6 +638,7 @@ class RedisCounterStore:
 
 
 _PING = pack(b"PING")
+_TIME = pack(b"TIME")
 
 
 def _iso(t: float) -> str:
