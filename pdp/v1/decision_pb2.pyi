@@ -494,7 +494,10 @@ class RecordEventRequest(_message.Message):
     def change(self) -> _common_pb2.Change: ...
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
-        """When it happened; the server's time when unset."""
+        """When it happened, as the reporter saw it. Informational: an event counts when it
+        arrives (the server's clock), so a reporter's clock cannot move it into or out of a
+        window. Checked all the same (an invalid timestamp is INVALID_ARGUMENT).
+        """
 
     def __init__(
         self,
