@@ -81,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="check the hash chain of audit files")
     verify.add_argument("paths", nargs="+")
-    verify.add_argument("--key", metavar="FILE",
+    verify.add_argument("--key", metavar="FILE", action="append",
                         help="anchor key file (audit_anchor_key_file): also check the signed"
-                             " checkpoints (re-chaining, records cut off the end)")
+                             " checkpoints (re-chaining, records cut off the end); repeat it"
+                             " after a key change: every key the ledger was signed with")
     verify.add_argument("--anchors", metavar="FILE", action="append",
                         help="anchor file to check against, e.g. a copy shipped off the host"
                              " (repeatable; default: <audit file>.anchors)")
@@ -325,7 +326,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return show_main(args.decision_id, paths)
     from pdp.audit.verify import main as verify_main
 
-    extra = ["--key", args.key] if args.key else []
+    extra = [a for k in args.key or () for a in ("--key", k)]
     for anchors in args.anchors or ():
         extra += ["--anchors", anchors]
     return verify_main([*extra, "--", *args.paths])

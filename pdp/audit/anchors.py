@@ -105,6 +105,27 @@ class AnchorKey:
 
 
 @dataclass(frozen=True)
+class Keyring:
+    """The keys a ledger was signed with, oldest first: after a key change (rotation) the
+    older checkpoints stay signed with the old key, and ``verify`` checks each checkpoint
+    with the key its ``key_id`` names."""
+
+    keys: tuple[AnchorKey, ...]
+
+    @classmethod
+    def of(cls, key: AnchorKey | Keyring) -> Keyring:
+        return key if isinstance(key, Keyring) else cls((key,))
+
+    def get(self, key_id: Any) -> AnchorKey | None:
+        return next((k for k in self.keys if k.key_id == key_id), None)
+
+    @property
+    def key_id(self) -> str:
+        """The ids, for messages ("a, b")."""
+        return ", ".join(k.key_id for k in self.keys)
+
+
+@dataclass(frozen=True)
 class Segment:
     """A rotated file as a checkpoint names it."""
 

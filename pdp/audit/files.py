@@ -198,6 +198,10 @@ class TailCheck:
     oldest_seq: int = 0
     #: The read-back stopped at its limit, not at a checkpoint or the chain's start.
     limited: bool = False
+    #: A checkpoint of another key is newer than any of the key's: the key was changed
+    #: (rotated), and the next writer begins with a checkpoint of its own, as after a
+    #: shutdown, so ``verify`` with the new key has a signed point to start from.
+    key_changed: bool = False
 
 
 @dataclass
@@ -244,6 +248,7 @@ def check_tail(active: Path, key: AnchorKey | None = None, limit: int = UNKEYED_
     after = 0  # records read before it was found: written after it
     covered = False  # a record that is not a checkpoint was read before ``newest``
     limited = False
+    key_changed = False
     ledger = active.name
     for lf in reversed(ledger_files(active)):
         for off, raw in lines_back(lf.path):
@@ -261,6 +266,8 @@ def check_tail(active: Path, key: AnchorKey | None = None, limit: int = UNKEYED_
                             "a checkpoint with the anchor key's id that does not verify (its "
                             "MAC, ledger or the head it signs does not match: forged, or the "
                             "records before it re-chained)")
+                if ok is None and newest is None:
+                    key_changed = True  # another key's checkpoint, before any of the key's
                 if ok and newest is None:
                     newest, after = (where, rec), len(read)
                 elif ok and covered:
@@ -297,7 +304,7 @@ def check_tail(active: Path, key: AnchorKey | None = None, limit: int = UNKEYED_
                      final=newest is not None and not after and is_final(last["event"]),
                      checkpoint=newest[1]["event"] if newest is not None else None,
                      checkpoint_seq=newest[1]["seq"] if newest is not None else 0,
-                     checked=len(chain), oldest_seq=first["seq"],
+                     checked=len(chain), oldest_seq=first["seq"], key_changed=key_changed,
                      limited=limited and stop is None)
 
 

@@ -24,9 +24,11 @@ checkpoints close those gaps, each reported as its own kind:
   the record an anchor names is no longer that checkpoint): records were changed, inserted or
   removed and the later hashes recomputed;
 * forged     - a checkpoint's MAC does not match its content;
-* wrong_key  - checkpoints carry another key id than the given key's (a checkpoint of
+* wrong_key  - checkpoints carry another key id than the given keys' (a checkpoint of
   another key id at a record for which the anchor file holds the given key's checkpoint is
-  ``rechained`` instead: a checkpoint was forged in place of the signed one);
+  ``rechained`` instead: a checkpoint was forged in place of the signed one), or a key that
+  another replaced signs again (a key change goes one way: ``--key`` is repeated for a ledger
+  signed before and after one, each checkpoint checked with the key its id names);
 * truncated  - the latest anchor (from the anchor file, outside the ledger) names more records
   than the ledger has: records cut off the end, or a torn final line that was acknowledged;
 * removed    - also: a rotated file a checkpoint names is gone;
@@ -71,6 +73,7 @@ from pdp.audit.anchors import (
     AnchorKey,
     AnchorKeyError,
     AnchorLine,
+    Keyring,
     default_anchor_path,
     is_checkpoint,
     is_final,
@@ -231,7 +234,7 @@ def _parse(raw: bytes, loc: Location, torn: bool) -> _Rec | _Bad:
                 why)
 
 
-def verify_paths(paths: Sequence[str | Path], key: AnchorKey | None = None,
+def verify_paths(paths: Sequence[str | Path], key: AnchorKey | Keyring | None = None,
                  anchor_files: Sequence[str | Path] | None = None) -> VerifyResult:
     """Check the chain across ``paths`` (files or directories), then (with ``key``) the
     signed checkpoints in it and in the anchor files (default: ``<ledger>.anchors`` beside
@@ -250,7 +253,8 @@ def verify_paths(paths: Sequence[str | Path], key: AnchorKey | None = None,
     groups: dict[Path, list[Path]] = {}
     for f in files:  # order_paths keeps a ledger's files together, in chain order
         groups.setdefault(ledger_of(f), []).append(f)
-    results = [_verify_ledger(fs, key, anchor_files) for fs in groups.values()]
+    ring = None if key is None else Keyring.of(key)
+    results = [_verify_ledger(fs, ring, anchor_files) for fs in groups.values()]
     for led, r in zip(groups, results, strict=True):
         r.ledger = str(led)
     if len(results) == 1:
@@ -265,7 +269,7 @@ def verify_paths(paths: Sequence[str | Path], key: AnchorKey | None = None,
         ledgers=results)
 
 
-def _verify_ledger(files: list[Path], key: AnchorKey | None,
+def _verify_ledger(files: list[Path], key: Keyring | None,
                    anchor_files: Sequence[str | Path] | None) -> VerifyResult:
     """``verify_paths`` for the files (in chain order) of one ledger."""
     res, seen = _verify_chain(files)
@@ -397,7 +401,7 @@ def _short(h: Any) -> str:
     return f"{str(h)[:12]}…"
 
 
-def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
+def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
                     anchor_files: Sequence[str | Path] | None) -> None:
     """The checks ``--key`` adds (see the module docstring); sets ``result.problem``."""
     ledgers = _ledgers(result)
@@ -408,12 +412,14 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
         result.problem = Problem(kind, loc.file, loc.line, seq, detail)
 
     def signature(ev: dict[str, Any], loc: Location, what: str, seq: int | None) -> bool:
-        if ev.get("key_id") != key.key_id:
+        k = key.get(ev.get("key_id"))
+        if k is None:
             fail("wrong_key", loc, seq,
                  f"{what} is signed with key id {ev.get('key_id')}, the given key's id is "
-                 f"{key.key_id} (wrong --key, or checkpoints made with another key)")
+                 f"{key.key_id} (wrong --key, or checkpoints made with another key: after a "
+                 "key change give every key the ledger was signed with, --key OLD --key NEW)")
             return False
-        if not key.signed(ev):
+        if not k.signed(ev):
             fail("forged", loc, seq,
                  f"{what}: its MAC does not match its content (the checkpoint was edited or "
                  "forged)")
@@ -429,19 +435,32 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: AnchorKey,
             if not src.exists():
                 continue
             for a in read_anchors(src, led)[0]:
-                if a.event.get("seq") == seq - 1 and a.event.get("key_id") == key.key_id \
-                        and key.signed(a.event):
+                k = key.get(a.event.get("key_id"))
+                if a.event.get("seq") == seq - 1 and k is not None and k.signed(a.event):
                     return a
         return None
 
     # 1. Checkpoints in the ledger: signed, and signing the head the chain has.
     in_ledger: dict[tuple[str, int], _Rec] = {}
     covered: _Rec | None = None  # the last checkpoint that checked out
+    current: tuple[str, int] | None = None  # the key signing now, since which checkpoint
+    retired: dict[str, tuple[str, int]] = {}  # a key changed away from -> (by, at seq)
     for rec in seen.checkpoints:
         ev = rec.event or {}
         what = f"checkpoint at seq {rec.seq}"
         led = ledger_of(Path(rec.loc.file)).name
-        if ev.get("key_id") != key.key_id:
+        kid = str(ev.get("key_id"))
+        if current is None or kid != current[0]:
+            if kid in retired:
+                by, at = retired[kid]
+                fail("wrong_key", rec.loc, rec.seq,
+                     f"{what} is signed with key id {kid}, which key id {by} had replaced "
+                     f"at seq {at}: a replaced key signing again (a leaked old key?)")
+                return
+            if current is not None:
+                retired[current[0]] = (kid, rec.seq)
+            current = (kid, rec.seq)
+        if key.get(ev.get("key_id")) is None:
             # Not a key change when the anchor file has this key's checkpoint for this very
             # record: another checkpoint was put in its place.
             a = anchored_at(led, rec.seq)
@@ -671,9 +690,10 @@ def main(argv: list[str]) -> int:
                                  description="Verify the hash chain of pdp audit files.")
     ap.add_argument("paths", nargs="+", help="audit files or directories holding them")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    ap.add_argument("--key", metavar="FILE",
+    ap.add_argument("--key", metavar="FILE", action="append",
                     help="anchor key file (the audit_anchor_key_file the writer used): also "
-                         "verify the signed checkpoints (re-chaining, records cut off the end)")
+                         "verify the signed checkpoints (re-chaining, records cut off the end);"
+                         " after a key change, every key the ledger was signed with")
     ap.add_argument("--anchors", metavar="FILE", action="append",
                     help="anchor file(s) to check against, e.g. a copy shipped off the host "
                          "(default: <ledger>.anchors beside it)")
@@ -682,7 +702,7 @@ def main(argv: list[str]) -> int:
     except SystemExit as e:
         return 0 if e.code == 0 else 2
     try:
-        key = AnchorKey.from_file(args.key) if args.key else None
+        key = Keyring(tuple(AnchorKey.from_file(k) for k in args.key)) if args.key else None
     except AnchorKeyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from pdp.audit import AuditLog, AuditSettings
-from pdp.audit.anchors import CHECKPOINT, Anchorer, AnchorKey, read_anchors
+from pdp.audit.anchors import CHECKPOINT, Anchorer, AnchorKey, Keyring, read_anchors
 from pdp.audit.chain import record_hash
 from pdp.audit.files import AuditFileError, ledger_files
 from pdp.audit.sinks.file import Ledger
@@ -383,3 +383,68 @@ async def test_rotated_files_are_named_by_the_next_checkpoint(
         last = json.loads(lines(Path(s.path).parent / seg["name"])[-1])
         assert (seg["last"], seg["hash"]) == (last["seq"], last["hash"])
     assert verify_paths([Path(s.path).parent], key).ok
+
+
+NEW_KEY = AnchorKey.from_bytes(b"the key after the change, long enough")
+
+
+def _run(directory: Path, key: AnchorKey, n: int) -> Ledger:
+    """One writer's run on the ledger in ``directory``: ``n`` events, a checkpoint after
+    every fifth, the shutdown checkpoint at close."""
+    active = directory / "audit.jsonl"
+    ledger = Ledger(active, 10**9,
+                    Anchorer(key, str(active) + ".anchors", every_records=10**9, every_s=1e9))
+    ledger.open()
+    for i in range(n):
+        assert ledger.append([{"type": "Test", "tenant": "t", "i": i}], fsync=False,
+                             anchor=i % 5 == 4).error is None
+    ledger.close()
+    return ledger
+
+
+def test_a_key_change_starts_with_a_checkpoint_of_the_new_key(
+        tmp_path: Path, key: AnchorKey, key_file: Path) -> None:
+    """Rotating the anchor key: the writer with the new key begins with a checkpoint of
+    its own (signing the head it builds on), so the records it writes are not read as
+    appended after the old writer's shutdown checkpoint; ``verify`` checks each checkpoint
+    with the key its id names when given every key, and says to when given only one."""
+    _run(tmp_path, key, 12)
+    before = len(lines(tmp_path / "audit.jsonl"))
+    _run(tmp_path, NEW_KEY, 12)
+    first = json.loads(lines(tmp_path / "audit.jsonl")[before])
+    assert first["event"]["type"] == CHECKPOINT and first["event"]["key_id"] == NEW_KEY.key_id
+    assert first["event"]["head"] == json.loads(lines(tmp_path / "audit.jsonl")[before - 1])[
+        "hash"]
+    res = verify_paths([tmp_path], Keyring((key, NEW_KEY)))
+    assert res.ok, str(res)
+    assert key.key_id in res.anchors and NEW_KEY.key_id in res.anchors
+    for only in (key, NEW_KEY):
+        kind, detail = problem(verify_paths([tmp_path], only))
+        assert kind == "wrong_key" and "--key OLD --key NEW" in detail
+    new_file = tmp_path / "new.key"
+    new_file.write_bytes(b"the key after the change, long enough")
+    assert cli_main(["audit", "verify", "--key", str(key_file), "--key", str(new_file),
+                     str(tmp_path)]) == 0
+    # ... and the new writer's next restart is an ordinary one
+    _run(tmp_path, NEW_KEY, 3)
+    assert verify_paths([tmp_path], Keyring((key, NEW_KEY))).ok
+
+
+def test_a_replaced_key_does_not_sign_again(tmp_path: Path, key: AnchorKey) -> None:
+    """A key change goes one way: a writer with the old key refuses to build on the new
+    key's records, and a checkpoint the old key signed after the change (a leaked old key)
+    is reported by ``verify``."""
+    _run(tmp_path, key, 12)
+    _run(tmp_path, NEW_KEY, 12)
+    with pytest.raises(AuditFileError):
+        _run(tmp_path, key, 1)
+    ls = lines(tmp_path / "audit.jsonl")
+    rec = json.loads(ls[-1])  # the new key's shutdown checkpoint, re-signed with the old one
+    ev = {k: v for k, v in rec["event"].items() if k != "mac"}
+    ev["key_id"] = key.key_id
+    ev["mac"] = key.mac(ev)
+    rec["event"] = ev
+    put(tmp_path / "audit.jsonl", [*ls[:-1], orjson.dumps(rec) + b"\n"])
+    rechain_from([tmp_path / "audit.jsonl"], rec["seq"])
+    kind, detail = problem(verify_paths([tmp_path], Keyring((key, NEW_KEY))))
+    assert kind == "wrong_key" and "replaced" in detail, detail

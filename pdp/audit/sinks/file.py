@@ -250,7 +250,7 @@ class Ledger:
             with contextlib.suppress(OSError):  # the next checkpoint's line covers it then
                 self.anchorer.file.append(cp, fsync=True)
                 anchored_seq = tail.checkpoint_seq - 1
-        self._resume_due = tail.final
+        self._resume_due = tail.final or tail.key_changed
         if anchored_seq is None:
             anchored_seq = 0
             self.anchorer.unanchored = self.head.seq
