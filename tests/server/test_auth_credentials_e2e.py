@@ -39,7 +39,9 @@ def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pdp
     tokens = tmp / "tokens.yaml"
     tokens.write_text(yaml.safe_dump({"tokens": [
         {"sha256": digest, "identity": "ci-bot", "roles": {"*": ["checker"]}}]}))
-    server = PdpServer(tmp, args=["--auth-tokens-file", str(tokens)]).start()
+    # a generous deadline: these tests are about credentials, and a busy machine stalls
+    server = PdpServer(tmp, args=["--auth-tokens-file", str(tokens),
+                                  "--deadline-ms", "5000"]).start()
     try:
         yield server, token
     finally:
@@ -144,7 +146,8 @@ def mtls_server(tmp_path_factory: pytest.TempPathFactory
     probe = ca.issue(None, uris=("spiffe://pdp/probe",))
     server = PdpServer(tmp, args=[
         "--tls-cert-file", cert, "--tls-key-file", key,
-        "--tls-client-ca-file", str(tmp / "ca.crt"), "--auth-roles-file", str(roles)],
+        "--tls-client-ca-file", str(tmp / "ca.crt"), "--auth-roles-file", str(roles),
+        "--deadline-ms", "5000"],  # about credentials: a busy machine must not deny
         credentials=grpc.ssl_channel_credentials(ca.pem, probe.key_pem, probe.cert_pem))
     server.start()
     try:
