@@ -28,7 +28,7 @@ DEFAULT_OPSGENIE_URL = "https://api.opsgenie.com/v2/alerts"
 
 PAGERDUTY_SEVERITIES = ("critical", "error", "warning", "info")
 OPSGENIE_PRIORITIES = ("P1", "P2", "P3", "P4", "P5")
-_EMAIL = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+_EMAIL = re.compile(r"\A[^@\s<>,;]+@[^@\s<>,;]+\Z")  # \Z: no final newline
 
 
 class ChannelConfigError(ValueError):

@@ -43,7 +43,7 @@ from pdp.policy.yamlpos import (
 TOP_KEYS = {"tenant", "name", "description", "checkpoints", "match", "enabled", "status",
             "rule", "version", "author", "approver", "apiVersion", "kind", "notify"}
 OPERATORS = {"in", "not_in", "notin", "exists", "does_not_exist", "doesnotexist"}
-VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+VARIABLE_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def load_text(text: str, source: str = "<policy>", *,

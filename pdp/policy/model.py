@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+NAME_RE = re.compile(r"\A[a-zA-Z0-9_-]+\Z")  # \Z: "$" would let a final "\n" in
 NAME_MAX = 250
 
 
