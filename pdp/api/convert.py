@@ -278,10 +278,11 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def reason_pb(r: Reason) -> cpb.Reason:
+def reason_pb(r: Reason, reader: bool = True) -> cpb.Reason:
+    """``reader``: see ``shown_message``."""
     pb = cpb.Reason(policy=r.policy, policy_version=r.version, rule=r.rule,
                     code=reason_code(r.code),
-                    message=r.message, builtin=r.builtin)
+                    message=r.message if reader else shown_message(r), builtin=r.builtin)
     if r.retry_after_s is not None:
         pb.retry_after.CopyFrom(_duration(r.retry_after_s))
     return pb
@@ -307,6 +308,17 @@ def shown_refs(refs: Sequence[PolicyRef], reader: bool) -> Sequence[PolicyRef]:
     if reader:
         return refs
     return [p for p in refs if p.status not in SHADOW_STATUSES]
+
+
+def shown_message(r: Reason) -> str:
+    """A reason's message as a caller without READ_POLICIES is shown it: as it is, except
+    for a policy that does not compile, whose compiler error quotes the policy's source
+    (the expression, a caret under the problem). Readers and the audit record get it."""
+    if r.code != "POLICY_INVALID" or not r.message.startswith("policy does not compile"):
+        return r.message
+    return (f"policy {r.policy or '?'} does not compile (the error, which quotes the policy's"
+            " source, is shown to callers who may read the tenant's policies and is in the"
+            " audit log)")
 
 
 def shown_explanations(d: Decision) -> list[Explanation]:
@@ -349,13 +361,14 @@ def fill_decision_pb(pb: cpb.Decision, d: Decision, *, with_evaluated: bool = Tr
     ``reader``: whether the caller may read the tenant's policies (READ_POLICIES, asked
     once per call by the server; the offline tools are readers). Anyone else is not shown
     drafts or approved versions (``evaluated_policies``, ``shadow_denies``) nor
-    explanations quoting policy source text (see ``shown_explanations``)."""
+    explanations or compiler errors quoting policy source text (``shown_explanations``,
+    ``shown_message``)."""
     if d.evaluated and with_evaluated:
         pb.MergeFrom(_evaluated_template(d.evaluated, reader))
     pb.decision_id = d.decision_id
     pb.outcome = cpb.OUTCOME_ALLOW if d.allowed else cpb.OUTCOME_DENY
     if d.reasons:
-        pb.reasons.extend([reason_pb(r) for r in d.reasons])
+        pb.reasons.extend([reason_pb(r, reader) for r in d.reasons])
     if d.shadow_denies and reader:
         pb.shadow_denies.extend([reason_pb(r) for r in d.shadow_denies])
     pb.overridden = d.overridden

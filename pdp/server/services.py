@@ -254,7 +254,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                 deadline_for(context, self.deadline_s), record=records)
             return dpb.EvaluateHealthResponse(
                 rollback=verdict.rollback, decision_id=verdict.decision_id,
-                reasons=[convert.reason_pb(r) for r in verdict.reasons],
+                reasons=[convert.reason_pb(r, reader) for r in verdict.reasons],
                 evaluated_policies=[convert.policy_ref_pb(p)
                                     for p in convert.shown_refs(verdict.evaluated, reader)])
         return await guarded(context, run)

@@ -91,3 +91,22 @@ def test_batch_response_decisions_match_the_plain_construction() -> None:
         assert list(out.evaluated_sets[item.evaluated_set].policies) == [
             convert.policy_ref_pb(p) for p in d.evaluated]
     assert (out.allowed_count, out.denied_count) == (9, 2)
+
+
+def test_a_compiler_error_quoting_the_source_is_shown_to_readers_only() -> None:
+    """A policy that does not compile denies with its compiler error, which quotes the CEL
+    source (expression, caret): callers who may not read the tenant's policies get its
+    name and that it does not compile; readers get the error (the audit keeps it too)."""
+    error = ("policy does not compile: acme/eu@v1:16:51: no such overload\n"
+             " | collector.exporters.all(e, e.host.endsWith('.eu-secret.example'))\n"
+             " | ..................................................^")
+    d = Decision("d1", False, "push", datetime(2025, 1, 2, tzinfo=UTC), reasons=[
+        Reason("eu", 1, "cel", "POLICY_INVALID", error),
+        Reason("cap", 2, "daily_cap", "DAILY_CAP_EXCEEDED", "daily cap 3 reached")])
+    checker = convert.decision_pb(d, reader=False)
+    assert [r.message for r in checker.reasons] == [
+        convert.shown_message(d.reasons[0]), "daily cap 3 reached"]
+    assert "eu-secret" not in str(checker) and "does not compile" in checker.reasons[0].message
+    assert checker.reasons[0].policy == "eu"
+    assert convert.decision_pb(d, reader=True).reasons[0].message == error
+    assert convert.reason_pb(d.reasons[0], False).message == checker.reasons[0].message
