@@ -11,6 +11,8 @@ collide with another key nor break the hash tag.
 * ``pdp:{t}:ev:<scope>``                         ROLLBACK_RATE: hash of bucketed event counts
 * ``pdp:{t}:step:<scope>``                       MIN_STEP_DURATION: time of the last advance
 * ``pdp:{t}:evid:<kind>:<event key>:<scope>``    an idempotent event recorded under a scope
+* ``pdp:{t}:call:<id>``                          a script call that changed something, for
+  10 s: the same call arriving again (a retry after its reply was lost) does nothing
 * ``pdp:{t}:epoch``                              the epoch marker (Redis only; see below)
 * ``pdp:{t}:lost``                               set while a loss of this tenant is unacknowledged
 

@@ -3,7 +3,9 @@
 --
 -- KEYS[1] = "pdp:{tenant}" (all keys are built from it and share its hash slot).
 -- ARGV: offset_ms, kind ('d' deploy, 'r' rollback, 's' step advance), bucket_ms,
---       retention_ms, event key (escaped; '' for none), scope...
+--       retention_ms, event key (escaped; '' for none), call id ('' for none), scope...
+-- A call that recorded leaves "pdp:{t}:call:<id>" for 10 s: the same call run again (a
+-- client retry after a reply lost with its connection) returns 1 and records nothing.
 -- Time is the Redis server's clock (TIME) plus offset_ms (0 in production).
 -- With an event key the event is recorded at most once per (kind, key, scope) within the
 -- retention: a rollback reported by EvaluateHealth and again by the rollout engine counts
@@ -20,8 +22,14 @@ local b = math.floor(now / bucket)
 local function int(x) return string.format('%d', x) end
 local max_fields = 2 * (math.floor(retention / bucket) + 2)
 
+local call_key = nil
+if ARGV[6] ~= '' then
+  call_key = prefix .. ':call:' .. ARGV[6]
+  if redis.call('EXISTS', call_key) == 1 then return 1 end
+end
+
 local recorded = 0
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local scope = ARGV[i]
   if ARGV[5] ~= '' and not redis.call('SET', prefix .. ':evid:' .. kind .. ':' .. ARGV[5]
                                       .. ':' .. scope, '1', 'NX', 'PX', int(retention)) then
@@ -42,5 +50,8 @@ for i = 6, #ARGV do
       end
     end
   end
+end
+if call_key and recorded == 1 then
+  redis.call('SET', call_key, '1', 'PX', 10000)
 end
 return recorded

@@ -198,6 +198,7 @@ class RedisCounterStore:
         self._longest_ms = _LONGEST_DAY_MS
         # when a reservation's caller gives up, on each tenant's Redis clock
         self._late = Lateness()
+        self._calls = 0  # script calls made: with ``_id``, each call's id (_call_id)
 
     @classmethod
     def from_settings(
@@ -242,6 +243,8 @@ class RedisCounterStore:
         args.append(self._marks.get(prefix) or self._mark(prefix))
         args.append("0")
         reply = await self._reserve_in_time(prefix, args, timeout)
+        if reply[2] in (b"=", "="):
+            return self._decode_repeated(items, reply)
         if reply[2]:
             self._epoch_note(tenant, prefix, reply[2])
         elif self._losses:
@@ -254,10 +257,12 @@ class RedisCounterStore:
         more when it was refused as late while the caller still waited (a clock jump)."""
         if self._op_timeout is not None and self._op_timeout < timeout:
             timeout = self._op_timeout  # what _run waits at most
+        call = self._call_id()
         for attempt in (1, 2):
             sent = time.monotonic()
             reply = await self._run(RESERVE, prefix,
-                                    [*args, self._late.expires(prefix, sent, timeout)], timeout)
+                                    [*args, self._late.expires(prefix, sent, timeout), call],
+                                    timeout)
             late = reply[2] in (b"~", "~")
             self._late.observe(prefix, sent, int(reply[0]), stale=late)
             if not late:
@@ -267,6 +272,28 @@ class RedisCounterStore:
                 break
         raise CounterStoreUnavailable("counter store: Redis ran the reservation only after"
                                       " the caller's time was up; nothing was reserved")
+
+    def _call_id(self) -> str:
+        """An id for one script call, sent with it: the script does the call's work once,
+        however often the call reaches Redis (a client retries a request whose connection
+        failed, and the request may have run: reserve.lua, record.lua)."""
+        self._calls += 1
+        return f"{self._id}.{self._calls}"
+
+    @staticmethod
+    def _decode_repeated(items: Sequence[Sequence[CounterRule]], reply: Any
+                         ) -> list[ReserveResult]:
+        """The reply of a reservation Redis had run already (its first reply was lost with
+        its connection): the items it allowed are allowed (and were counted once); the
+        reasons of those it denied are not kept, so they are denied as unknown."""
+        flags = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if len(flags) != len(items):
+            raise ValueError(f"reserve script answered {len(flags)} items for {len(items)}")
+        return [ReserveResult.allow() if f == "1" else ReserveResult(
+            False, rules[0].rule_id if rules else None, "COUNTER_STORE_UNAVAILABLE",
+            "counter store: the reply to this reservation was lost with its connection and"
+            " the retry found it denied; its reason is not known") for rules, f in
+            zip(items, flags, strict=True)]
 
     async def peek(
         self, tenant: str, rules: Sequence[CounterRule], *, timeout: float
@@ -300,7 +327,8 @@ class RedisCounterStore:
         code = EVENT_CODE[kind]
         idem = keys.esc(event_key) if event_key else ""
         args: list[str | int] = [
-            self._offset_ms(), code, self._bucket_ms, self._retention_ms, idem, *scopes
+            self._offset_ms(), code, self._bucket_ms, self._retention_ms, idem,
+            self._call_id(), *scopes
         ]
         return bool(await self._run(RECORD, prefix, args, timeout))
 

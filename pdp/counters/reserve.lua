@@ -10,7 +10,11 @@
 -- reservation would give it, nothing consumed, ARGV[5] (optional, '' for none) = the instant
 -- (ms, this script's clock) after which the caller has given up: later, nothing is done and
 -- { now_ms, '', '~' } is returned (a call Redis ran only after a pause must not consume
--- what its denied caller never used; lateness.py), where
+-- what its denied caller never used; lateness.py), ARGV[6] (optional, '' for none) = the
+-- call's id: a call that committed something leaves "pdp:{t}:call:<id>" (its flags, for
+-- 10 s), and the same call run again (a client retry after a reply lost with its
+-- connection) returns { now_ms, flags, '=' } and does nothing: a reservation counts once,
+-- however often it is sent, where
 --   tzs:   per timezone in use, [bounds_ms..., labels...] (labels: one fewer than bounds)
 --   defs:  per distinct rule, [kind, counter, max_count, duration_ms, threshold,
 --          min_deployments, tz index]
@@ -36,6 +40,12 @@ local prefix = KEYS[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 local dry = ARGV[4] == '1'
+local call_key = nil
+if not dry and ARGV[6] and ARGV[6] ~= '' then
+  call_key = prefix .. ':call:' .. ARGV[6]
+  local prior = redis.call('GET', call_key)
+  if prior then return { now, prior, '=' } end
+end
 if ARGV[5] and ARGV[5] ~= '' and now > tonumber(ARGV[5]) then
   return { now, '', '~' }
 end
@@ -385,4 +395,7 @@ for _, key in ipairs(cap_keys) do
   end
 end
 for _, key in ipairs(vel_keys) do vel_flush(key) end
+if call_key and string.find(out[2], '1', 1, true) then
+  redis.call('SET', call_key, out[2], 'PX', 10000)
+end
 return out
