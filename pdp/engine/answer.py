@@ -22,6 +22,10 @@ from pdp.reasons import ReasonCode
 from pdp.telemetry import DecisionTelemetry
 from pdp.turns import Turns
 
+#: The ``tenant`` metric label of decisions for tenants pdp does not know (tenant names are
+#: letters, digits, "_" and "-": this cannot be one).
+UNKNOWN_TENANT_LABEL = "(unknown)"
+
 
 def combine(item: Pending) -> Decision:
     """The final answer of one request: allow iff nothing denied, or the deny is overridden
@@ -72,7 +76,7 @@ class Answerer:
             if not later:
                 await self.recorder.record(item.req, d, opts.audit_sync_timeout_s)
             if self.telemetry.enabled:
-                self._observe(item.req, d)
+                self._observe(item.req, d, policies)
             if self.notifier is not None and d.reasons:
                 self._notify(policies, item.req, d)
             out.append(d)
@@ -93,12 +97,16 @@ class Answerer:
             d.explanations.extend(explanation(by_name[r.policy], job.ctx, r.code, budget)
                                   for r in denies if r.policy in by_name)
 
-    def _observe(self, req: CheckRequest, d: Decision) -> None:
+    def _observe(self, req: CheckRequest, d: Decision, policies: PolicySet) -> None:
         tel = self.telemetry
-        tel.record_decision("allow" if d.allowed else "deny", req.tenant, d.checkpoint,
+        # A tenant pdp does not know is labelled as such, not by the name the caller sent:
+        # made-up names would grow the metrics without bound, and list them to anyone who
+        # can read /metrics.
+        tenant = req.tenant if policies.knows(req.tenant) else UNKNOWN_TENANT_LABEL
+        tel.record_decision("allow" if d.allowed else "deny", tenant, d.checkpoint,
                             d.elapsed_s)
         if any(r.code == ReasonCode.DEADLINE_EXCEEDED for r in d.reasons):
-            tel.record_deadline_exceeded(req.tenant, d.checkpoint)
+            tel.record_deadline_exceeded(tenant, d.checkpoint)
 
     def _notify(self, policies: PolicySet, req: CheckRequest, d: Decision) -> None:
         """Tell the owners of the active policies that denied (never blocks, never raises)."""

@@ -93,6 +93,30 @@ def test_healthz_readyz_and_metrics(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_decisions_for_unknown_tenants_are_not_labelled_by_the_name_sent(
+        tmp_path: Path) -> None:
+    """Made-up tenant names would grow the metrics without bound and list themselves to
+    anyone reading /metrics: decisions for tenants pdp does not know count under one
+    label, ``(unknown)``; known tenants keep theirs."""
+    server = PdpServer(tmp_path, args=["--telemetry-enabled"]).start()
+    try:
+        stub = dgrpc.DecisionServiceStub(grpc.insecure_channel(server.address))
+        for tenant in ("acme", "made-up-1", "made-up-2"):
+            stub.CheckPush(push_request(tenant, "agent-1", config_yaml="a: 1"),
+                           timeout=DEADLINE_S)
+
+        def decisions() -> dict[str, float]:
+            status, text = get(f"{server.http_url}/metrics")
+            assert status == 200
+            return {labels["tenant"]: v for n, labels, v in samples(text)
+                    if n == "pdp_decisions_total"}
+        wait_until(lambda: sum(decisions().values()) == 3, "three decisions counted")
+        assert decisions() == {"acme": 1, "(unknown)": 2}
+        assert "made-up" not in get(f"{server.http_url}/metrics")[1]
+    finally:
+        server.stop()
+
+
 def test_metrics_without_telemetry_and_the_warning(tmp_path: Path) -> None:
     server = PdpServer(tmp_path, args=["--prometheus-port", str(free_port())]).start()
     try:
