@@ -100,6 +100,9 @@ class AuditStats:
     held: int = 0
     #: Times the anchor file was found removed or replaced under the writer (recreated).
     anchor_file_replaced: int = 0
+    #: Times the active audit file was found removed (put back) or moved away (started
+    #: anew) under the writer.
+    file_replaced: int = 0
 
 
 @dataclass
@@ -445,7 +448,14 @@ class AuditLog:
             held=len(self._held),
             anchor_file_replaced=(self._ledger.anchorer.file.replaced
                                   if self._ledger.anchorer is not None else 0),
+            file_replaced=self._ledger.replaced,
         )
+
+    @property
+    def file_trouble(self) -> str | None:
+        """The last time the audit file was found removed or moved away under the writer,
+        or None: for health reports (logged as ``audit_file_replaced``)."""
+        return self._ledger.last_replaced
 
     @property
     def anchor_trouble(self) -> str | None:

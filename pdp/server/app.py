@@ -222,6 +222,9 @@ def readiness(settings: Settings, running: Running) -> ReadyFn:
         failing = running.audit.failing
         out.append(("audit", failing is None,
                     f"cannot write the audit file: {failing}" if failing else "writing"))
+        moved = running.audit.file_trouble
+        if moved is not None:  # put back or started anew: ready, but an operator must look
+            out.append(("audit_file", True, moved))
         trouble = running.audit.anchor_trouble
         if trouble is not None:  # recreated and written on: ready, but an operator must look
             out.append(("audit_anchors", True, f"the anchor file was removed or replaced"

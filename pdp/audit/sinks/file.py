@@ -20,10 +20,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import structlog
 
 from pdp.audit.anchors import Anchorer, Segment, default_anchor_path, last_anchor
 from pdp.audit.chain import ChainHead, Entry, check_line, make_entries, parse_line
@@ -45,6 +48,8 @@ from pdp.audit.files import (
 
 #: Records the start-up check reads back at least, looking for the last checkpoint.
 TAIL_MIN = 10_000
+
+log = structlog.get_logger("pdp.audit")
 
 
 @dataclass
@@ -83,6 +88,11 @@ class Ledger:
         #: Where ``open`` moved a torn final line (None: there was none).
         self.torn_moved_to: Path | None = None
         self.rotations = 0
+        #: Times the active file was found removed or moved away while open (put back or
+        #: started anew at its path), and what happened the last time (health reports).
+        self.replaced = 0
+        self.last_replaced: str | None = None
+        self._ident: tuple[int, int] | None = None
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._size = 0
@@ -270,8 +280,11 @@ class Ledger:
 
     def _open_active(self) -> None:
         created = not self.path.exists()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        # read-write: a file removed while open can still be read back (_check_in_place)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        st = os.fstat(self._fd)
+        self._ident = (st.st_dev, st.st_ino)
+        self._size = st.st_size
         rec = first_record(self.path) if self._size else None
         self._first_seq = rec["seq"] if rec else None
         if created:
@@ -354,6 +367,8 @@ class Ledger:
         try:
             if self._fd is None:
                 self._open_active()
+            else:
+                self._check_in_place()
             # Lines are written a file's worth at a time (usually the whole batch, in one
             # write): a line that would take the active file past rotate_bytes starts a new one.
             lines = [e.line for e in entries]
@@ -412,6 +427,59 @@ class Ledger:
                 return AppendResult(entries, exc, False, checkpoint)
             anchorer.anchored()
         return AppendResult(entries, None, fsync, checkpoint)
+
+    def _check_in_place(self) -> None:
+        """The active file must still be the file at its path. Removed while open (``rm``,
+        a careless clean-up), the records written to it, acknowledged ones included, would
+        vanish when it is closed, and every later one with them: its content is read back
+        from the open descriptor and put back at the path, then written on. Moved away
+        (a rename, logrotate without copytruncate), its records are safe where it went:
+        a new file is started at the path, continuing the chain. A file put in its place
+        is moved aside first, never overwritten. Logged as an error, counted, and shown in
+        the health report; one stat per batch."""
+        assert self._fd is not None
+        try:
+            st = os.stat(self.path)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now is not None and now == self._ident:
+            return
+        old = self._fd
+        removed = os.fstat(old).st_nlink == 0
+        if now is not None:
+            aside = self.path.with_name(f"{self.path.name}.foreign-{time.time_ns()}")
+            os.rename(self.path, aside)
+        else:
+            aside = None
+        if removed:
+            tmp = self.path.with_name(self.path.name + ".restoring")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                offset = 0
+                while chunk := os.pread(old, 1 << 20, offset):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    offset += len(chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+            what = f"removed while open; its {offset} bytes were put back from the open file"
+        else:
+            what = ("moved away while open (its records are where it was moved to); a new"
+                    " file continues the chain")
+        if aside is not None:
+            what += f"; the file found in its place was moved to {aside.name}"
+        self.replaced += 1
+        self.last_replaced = f"audit file {self.path} was {what}"
+        log.error("audit_file_replaced", path=str(self.path), what=what, times=self.replaced)
+        self._fd = None
+        with contextlib.suppress(OSError):
+            os.close(old)
+        self._open_active()
+        fsync_dir(self.path.parent)
 
     def room(self) -> int:
         """Bytes the active file takes before it rotates."""
