@@ -120,6 +120,25 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
 
+class InFlight:
+    """Where a call's request future is kept, so a caller whose timeout fired can still
+    take a reply that had arrived: when the event loop runs late (a GC pause, CPU
+    throttling), the reply and the timeout fall due in the same turn, the timeout cancels
+    the waiting task, and the reply (of a reservation Redis made, in time) would be lost."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self) -> None:
+        self.fut: asyncio.Future[Any] | None = None
+
+    def arrived(self) -> tuple[bool, Any]:
+        """(True, reply) when the reply had arrived, else (False, None)."""
+        fut = self.fut
+        if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return False, None
+        return True, fut.result()
+
+
 class FastRedis:
     """A pool of up to ``max_size`` connections to one Redis node.
 
@@ -196,9 +215,10 @@ class FastRedis:
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def call(self, data: bytes) -> Any:
+    async def call(self, data: bytes, sent: InFlight | None = None) -> Any:
         """Send one packed command and return its reply (an error reply is returned as a
-        :class:`ReplyError` value, not raised). Run it under the caller's timeout."""
+        :class:`ReplyError` value, not raised). Run it under the caller's timeout; with
+        ``sent``, the request's future is kept there (see :class:`InFlight`)."""
         idle = self._idle
         conn = None
         while idle:
@@ -210,14 +230,20 @@ class FastRedis:
         if conn is None:
             conn = await self._acquire()
         try:
-            reply = await conn.request(data)
+            fut = conn.request(data)
+            if sent is not None:
+                sent.fut = fut
+            reply = await fut
         except ConnectionError:
             self._discard(conn)
             if not conn.used or self._closed:
                 raise
             conn = await self._acquire()  # one retry: the idle socket was stale
             try:
-                reply = await conn.request(data)
+                fut = conn.request(data)
+                if sent is not None:
+                    sent.fut = fut
+                reply = await fut
             except BaseException:
                 self._discard(conn)
                 raise

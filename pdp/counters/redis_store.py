@@ -73,7 +73,7 @@ from pdp.counters import keys, messages
 from pdp.counters.clock import Clock, SystemClock
 from pdp.counters.common import EVENT_CODE, distinct, to_ms, validate_items
 from pdp.counters.days import day_table
-from pdp.counters.fastredis import FastRedis, ReplyError, arg, pack
+from pdp.counters.fastredis import FastRedis, InFlight, ReplyError, arg, pack
 from pdp.counters.lateness import Lateness
 from pdp.counters.model import (
     CounterEventKind,
@@ -601,15 +601,16 @@ class RedisCounterStore:
             self._late.observe_server(sent, int(t[0]) * 1000 + int(t[1]) // 1000
                                       + self._offset_ms())
 
-    async def _fast_evalsha(self, fast: FastRedis, script: _Script, data: bytes) -> Any:
+    async def _fast_evalsha(self, fast: FastRedis, script: _Script, data: bytes,
+                            sent: InFlight | None = None) -> Any:
         if not self._loaded:
             await self._load()
-        reply = await fast.call(data)
+        reply = await fast.call(data, sent)
         if isinstance(reply, ReplyError):
             if str(reply).startswith("NOSCRIPT"):
                 self._loaded = False
                 await self._load()
-                reply = await fast.call(data)
+                reply = await fast.call(data, sent)
             if isinstance(reply, ReplyError):
                 raise reply
         return reply
@@ -636,10 +637,14 @@ class RedisCounterStore:
             if op is not None and op < timeout:
                 timeout = op
             data = script.call(key, args)
+            sent = InFlight()
             try:
                 async with asyncio.timeout(timeout):
-                    return await self._fast_evalsha(fast, script, data)
+                    return await self._fast_evalsha(fast, script, data, sent)
             except TimeoutError as e:
+                arrived, reply = sent.arrived()
+                if arrived and not isinstance(reply, ReplyError):
+                    return reply  # in time; only this loop was late to see it (InFlight)
                 raise CounterStoreUnavailable(
                     f"counter store: Redis did not answer within {timeout * 1000:.0f} ms"
                 ) from e

@@ -110,3 +110,36 @@ async def test_a_redis_clock_that_jumps_forward_costs_one_more_call_not_a_deny(
         assert not (await store.reserve(tenant, [COOL], timeout=DEADLINE_S)).allowed
     finally:
         await store.close()
+
+
+async def test_a_reply_that_arrived_while_the_loop_was_late_is_taken(
+        redis_srv: RedisServer) -> None:
+    """pdp's own loop runs late (a GC pause, CPU throttling): Redis made the reservation
+    and its reply is there, but the timeout falls due in the same turn and cancels the
+    wait. The reply is taken (the push is allowed, its slot counted once), not dropped
+    with the slot it took (a denied push that used up a slot)."""
+    import redis as sync_redis
+
+    store = RedisCounterStore(make_client(CounterSettings(url=redis_srv.url)))
+    tenant = new_tenant()
+    cap = CounterRule("late@v1", CounterKind.DAILY_CAP, "agent:a1", max_count=2,
+                      counter_id="late")
+    raw = sync_redis.Redis.from_url(redis_srv.url)
+    timeout = 0.05
+
+    def stall() -> None:
+        """Hold the loop until Redis has made the reservation and the timeout is due."""
+        started = time.monotonic()
+        deadline = started + DEADLINE_S
+        while not raw.keys(f"pdp:{{{tenant}}}:cap:*") or time.monotonic() < started + timeout:
+            assert time.monotonic() < deadline, "Redis did not make the reservation"
+            time.sleep(0.005)  # not-a-wait: the stall itself, until what it waits for is so
+    try:
+        assert await store.ping(timeout=DEADLINE_S)
+        asyncio.get_running_loop().call_soon(stall)
+        assert (await store.reserve(tenant, [cap], timeout=timeout)).allowed
+        assert (await store.reserve(tenant, [cap], timeout=DEADLINE_S)).allowed
+        assert not (await store.reserve(tenant, [cap], timeout=DEADLINE_S)).allowed
+    finally:
+        raw.close()
+        await store.close()
