@@ -74,6 +74,32 @@ async def test_sqlite_two_processes_share_one_file(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_sqlite_file_removed_while_open_is_unavailable_until_it_is_back(
+        tmp_path: Path) -> None:
+    """``rm`` of the store's file while pdp has it open: the connection would go on using
+    the unlinked file (changes lost at restart, readiness fine). The store answers
+    unavailable instead, and opens the file put back at the path."""
+    import shutil
+
+    path = tmp_path / "store.db"
+    tenant = new_tenant()
+    store = SqlitePolicyStore(path)
+    try:
+        await store.put_draft(tenant, policy_yaml(tenant), "alice", 0)
+        rev = await store.revision()
+        shutil.copy(path, tmp_path / "backup.db")  # (WAL: the draft may be in the -wal file)
+        path.unlink()
+        with pytest.raises(StoreUnavailable, match="removed while pdp had it open"):
+            await store.revision()
+        with pytest.raises(StoreUnavailable):
+            await store.put_draft(tenant, policy_yaml(tenant), "bob", 0)
+        assert not path.exists()  # no empty store was made in its place
+        shutil.copy(tmp_path / "backup.db", path)  # put back: a file of its own
+        assert await store.revision() <= rev  # read from the file now at the path
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize("where", ["redis", "cluster"])
 async def test_redis_notification_is_pushed_not_polled(where: str,
                                                        request: pytest.FixtureRequest) -> None:

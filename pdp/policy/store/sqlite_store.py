@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+import structlog
 
 from pdp.policy.store.base import BuiltinFn, MutateFn, PolicyStore, TenantState
 from pdp.policy.store.errors import StoreUnavailable
@@ -69,6 +72,8 @@ CREATE TABLE IF NOT EXISTS tenant_info (tenant TEXT PRIMARY KEY, data TEXT NOT N
 
 POLL_INTERVAL = 0.2
 
+log = structlog.get_logger("pdp.policy")
+
 
 
 #: How long a write waits for another writer's lock before failing ("database is locked").
@@ -86,6 +91,7 @@ class SqlitePolicyStore(PolicyStore):
         self.poll_interval = poll_interval
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdp-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._ident: tuple[int, int] | None = None  # the open database file (dev, inode)
         self._closed = False
         self._waiters: set[asyncio.Event] = set()
 
@@ -100,17 +106,43 @@ class SqlitePolicyStore(PolicyStore):
             conn.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_S * 1000)}")
             try:
                 conn.executescript(SCHEMA)  # idempotent
+                st = os.stat(self.path)
             except BaseException:
                 conn.close()
                 raise
+            self._ident = (st.st_dev, st.st_ino)
             self._conn = conn
         return self._conn
+
+    def _check_file(self) -> None:
+        """The path must still name the open database file. Removed while open (``rm``),
+        the connection would go on reading and writing an unlinked file: changes made
+        from then on vanish at restart, and readiness said all was well. So a removed file
+        is the store being unavailable (readiness fails; past --policy-store-stale-s
+        decisions deny) until one is back at the path; a file put in its place (a restored
+        copy) is opened instead, and the reloader judges its revision (one that went back
+        is a lost store)."""
+        if self._conn is None or self.path == ":memory:":
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreUnavailable(
+                f"policy store {self.path} was removed while pdp had it open: changes would"
+                " be lost; put the file back (or restart pdp to start a new one)") from None
+        if (st.st_dev, st.st_ino) == self._ident:
+            return
+        log.warning("policy_store_file_replaced", path=self.path)
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        self._conn = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreUnavailable("the policy store is closed")
 
         def call() -> T:
+            self._check_file()
             return fn(self._connection())
 
         try:
