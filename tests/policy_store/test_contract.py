@@ -60,6 +60,24 @@ async def test_create_draft(backend: Backend, store: PolicyStore) -> None:
     assert (p.name, p.status, p.version, p.author) == ("no-debug", Status.DRAFT, 1, "alice")
 
 
+@pytest.mark.parametrize(("claim", "field"), [
+    ("status: active", "status"), ("status: approved", "status"), ("author: bob", "author"),
+    ("approver: carol", "approver"), ("version: 7", "version")])
+async def test_a_draft_claiming_another_lifecycle_is_refused(
+        backend: Backend, store: PolicyStore, claim: str, field: str) -> None:
+    """Lifecycle fields are the store's. Text that claims otherwise (active, approved by
+    carol, written by bob) would show so in ``pdp policy get`` and be seeded so from a copy
+    in a policy directory: refused, naming the field. Claims that agree are kept."""
+    t = backend.tenant
+    with pytest.raises(PolicyError) as err:
+        await store.put_draft(t, policy_yaml(t) + claim + "\n", "alice", 0)
+    assert err.value.field_path == field and "remove the line" in str(err.value)
+    with pytest.raises(PolicyNotFound):
+        await store.get(t, "no-debug")  # nothing stored
+    agreeing = policy_yaml(t) + "status: draft\nauthor: Alice\nversion: 1\n"
+    assert (await store.put_draft(t, agreeing, "alice", 0)).version == 1
+
+
 async def test_list_shows_builtins_and_custom(backend: Backend, store: PolicyStore) -> None:
     t = backend.tenant
     await active_policy(store, t, "a")

@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -33,7 +33,7 @@ from pdp.audit import events as ev
 from pdp.cel import Environment, ProgramCache
 from pdp.policy.builtins import BUILTIN_NAMES, builtin_policies
 from pdp.policy.loader import load_text
-from pdp.policy.model import Policy, PolicyError, Status, validate_name
+from pdp.policy.model import Policy, PolicyError, Status, same_person, validate_name
 from pdp.policy.store import lifecycle
 from pdp.policy.store.errors import PolicyNotFound, TenantExists, UnknownTenant
 from pdp.policy.store.records import (
@@ -179,13 +179,19 @@ class PolicyStore(abc.ABC):
 
         ``expected_version`` must be the latest version number (0 to create the policy), else
         ``StaleVersion``. Invalid content -> ``PolicyError``. Lifecycle fields in the YAML
-        (status, version, author, approver) are ignored: the store owns them."""
+        (status, version, author, approver) are the store's: YAML text that claims what the
+        store will not record (``status: active``, another author, any approver, another
+        version) is refused, naming the field. Kept in the stored text, such a claim would
+        show in ``pdp policy get`` as if it were so, and a copy of it put in a policy
+        directory would be seeded as it claims."""
         self._check_tenant(tenant)
         actor = _check_actor(actor)
         if not isinstance(expected_version, int) or expected_version < 0:
             raise PolicyError(f"expected_version must be an integer >= 0, got"
                               f" {expected_version!r}", field_path="expected_version")
         policy, text = self._parse_source(tenant, source)
+        if isinstance(source, str):
+            _check_lifecycle_claims(policy, actor, expected_version + 1)
         (validate or self.validate)(policy)
         now = self.clock()
 
@@ -462,6 +468,23 @@ class PolicyStore(abc.ABC):
                               " cannot be replaced, only relaxed", source=where,
                               field_path="name")
         return policy, text
+
+
+def _check_lifecycle_claims(policy: Policy, actor: str, version: int) -> None:
+    """Refuse lifecycle fields in a draft's text that say other than what the store records
+    for it (see ``put_draft``)."""
+    def refuse(field: str, what: str) -> NoReturn:
+        raise PolicyError(f"{what}: lifecycle fields are the store's (PutDraft stores version"
+                          f" {version}, a draft written by {actor!r}); remove the line",
+                          source=policy.source, field_path=field)
+    if policy.status is not Status.DRAFT:
+        refuse("status", f"status {policy.status.value!r} claimed")
+    if policy.author and not same_person(policy.author, actor):
+        refuse("author", f"author {policy.author!r} claimed")
+    if policy.approver:
+        refuse("approver", f"approver {policy.approver!r} claimed")
+    if policy.version not in (1, version):
+        refuse("version", f"version {policy.version} claimed")
 
 
 def _plain(value: Any) -> Any:
