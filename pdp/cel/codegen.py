@@ -45,7 +45,8 @@ _BASE_NS: dict[str, Any] = {
     "_absorb": R.absorb, "_lerr": R.logic_err, "_rcond": R.raise_cond, "_iter": R.iter_range,
     "_pairs": R.iter_pairs, "_undeclared": R.undeclared, "_costx": R.cost_exceeded,
     "_dlx": R.deadline_exceeded, "_ovf": R.overflow, "_csz": R.size_cost,
-    "_eq": S.cel_eq, "_ne": S.cel_ne, "_lt": S.lt, "_le": S.le, "_gt": S.gt, "_ge": S.ge,
+    "_eq": S.cel_eq, "_ne": S.cel_ne, "_eqb": S.eq_bounded, "_neb": S.ne_bounded,
+    "_inb": S.in_bounded, "_lt": S.lt, "_le": S.le, "_gt": S.gt, "_ge": S.ge,
     "_add": S.add, "_sub": S.sub, "_mul": S.mul, "_div": S.div, "_mod": S.mod,
     "_neg": S.neg, "_not": S.logical_not, "_index": S.index, "_sel": S.select,
     "_has": S.has_field, "_in": S.contains_in, "_size": S.size, "_mkmap": S.make_map,
@@ -59,6 +60,9 @@ _BASE_NS: dict[str, Any] = {
 _FOLDABLE = (S.to_duration, S.to_timestamp)
 # receiver-only built-ins cached like path steps when repeated (``ep.endpointHost()``)
 _PURE_MEMBERS = (D.endpoint_host, D.endpoint_port, D.is_localhost)
+#: Static kinds whose values are never a list or map: ``==`` / ``in`` on them need no walk.
+_SCALAR_KINDS = frozenset({"int", "uint", "double", "bool", "string", "bytes", "null",
+                           "timestamp", "duration", "type"})
 # namespace names of the exact Python types behind CEL type names (inlined type tests)
 _EXACT_NS = {t: f"_xt{i}" for i, t in enumerate(S.EXACT_TYPE_NAMES)}
 _BASE_NS.update({n: t for t, n in _EXACT_NS.items()})
@@ -616,6 +620,15 @@ class CodeGen:
         tx, tc = self.tmp(), self.tmp()
         self.stmts.append(_assign(tx, self.expr(x)))
         self.stmts.append(_assign(tc, self.expr(c)))
+        if self.may_hold_containers(x):  # a list or map compared with each element
+            self.uses_budget = True
+            if self.in_loop(c):
+                charge = py.If(test=_is(_call("_type", _name(tc)), _name("_list")), body=[
+                    py.AugAssign(target=_store("_cost"), op=py.Add(), value=py.BinOp(
+                        left=_call("_len", _name(tc)), op=py.RShift(),
+                        right=_const(M.CHARS_PER_UNIT_SHIFT)))], orelse=[])
+                self.stmts.append(charge)
+            return _call("_inb", _name("_dl"), _name(tx), _name(tc))
         both = py.BoolOp(op=py.And(), values=[
             _is(_call("_type", _name(tc)), _name("_dict")),
             _is(_call("_type", _name(tx)), _name("_str"))])
@@ -726,7 +739,16 @@ class CodeGen:
         if plain:
             op = py.NotEq() if negate else py.Eq()
             return py.Compare(left=self.expr(a), ops=[op], comparators=[self.expr(b)])
+        if self.may_hold_containers(a) or self.may_hold_containers(b):
+            # a list or map walked element by element: bounded by the deadline (stdlib)
+            self.uses_budget = True
+            return _call("_neb" if negate else "_eqb", _name("_dl"), self.expr(a),
+                         self.expr(b))
         return _call("_ne" if negate else "_eq", self.expr(a), self.expr(b))
+
+    def may_hold_containers(self, e: A.Expr) -> bool:
+        """Whether ``e``'s value may be a list or map (or an optional of one)."""
+        return self.typ(e).kind not in _SCALAR_KINDS
 
     def compare(self, e: A.Call) -> py.expr:
         op, helper = _CMP_OPS[e.function]

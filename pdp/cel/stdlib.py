@@ -11,12 +11,13 @@ import datetime as _dt
 import functools
 import math
 import re
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from pdp import zones
 
-from .errors import CelEvalError
+from .errors import CelEvalError, DeadlineExceeded
 from .values import (
     INT64_MAX,
     INT64_MIN,
@@ -170,6 +171,77 @@ def _map_eq(a: dict[Any, Any], b: dict[Any, Any]) -> bool:
 
 def cel_ne(a: Any, b: Any) -> bool:
     return not cel_eq(a, b)
+
+
+# Equality of lists and maps walks them element by element, and values built from shared
+# parts (``cel.bind(l1, [l0, l0, ...], ...)``, ten levels deep) are exponentially larger
+# walked than written: a few hundred characters ran for seconds, past any deadline, charged
+# as one node. Where a list or a map can meet ``==`` / ``in``, the generated code calls the
+# bounded forms below: every element visited counts, and the clock is read every
+# EQ_CLOCK_EVERY visits.
+
+EQ_CLOCK_EVERY = 1024
+_CONTAINERS = (list, tuple, dict)
+
+
+class _Walk:
+    __slots__ = ("dl", "n")
+
+    def __init__(self, dl: float) -> None:
+        self.dl = dl
+        self.n = 0
+
+    def step(self, k: int = 1) -> None:
+        before = self.n
+        self.n += k
+        if (before ^ self.n) >= EQ_CLOCK_EVERY and time.monotonic() > self.dl:
+            raise DeadlineExceeded("evaluation deadline exceeded (comparing values)")
+
+
+def _eq_walk(w: _Walk, a: Any, b: Any) -> bool:
+    w.step()
+    ta, tb = type(a), type(b)
+    if ta in _CONTAINERS or tb in _CONTAINERS:
+        if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+            if len(a) != len(b):
+                return False
+            return all(_eq_walk(w, x, y) for x, y in zip(a, b, strict=True))
+        if isinstance(a, dict) and isinstance(b, dict):
+            if len(a) != len(b):
+                return False
+            for k, v in a.items():
+                if type(k) is not str:
+                    w.step(len(b))  # a numeric / bool key is looked up by a scan
+                found, x = map_get(b, k)
+                if not found or not _eq_walk(w, v, x):
+                    return False
+            return True
+        return False
+    if ta is tb is Optional:
+        return bool(a.has == b.has and (not a.has or _eq_walk(w, a.value, b.value)))
+    return cel_eq(a, b)
+
+
+def eq_bounded(dl: float, a: Any, b: Any) -> bool:
+    """``a == b`` (cel_eq) that stops at the deadline ``dl`` however large the walk."""
+    if type(a) not in _CONTAINERS and type(b) not in _CONTAINERS and type(a) is not Optional:
+        return cel_eq(a, b)
+    return _eq_walk(_Walk(dl), a, b)
+
+
+def ne_bounded(dl: float, a: Any, b: Any) -> bool:
+    return not eq_bounded(dl, a, b)
+
+
+def in_bounded(dl: float, x: Any, c: Any) -> bool:
+    """``x in c`` (contains_in) that stops at the deadline ``dl``: a list or map compared
+    with each element of a list is walked under one count."""
+    if type(x) not in _CONTAINERS and type(x) is not Optional:
+        return contains_in(x, c)
+    if type(c) is list or type(c) is tuple:
+        w = _Walk(dl)
+        return any(_eq_walk(w, x, e) for e in c)
+    return contains_in(x, c)
 
 
 def map_get(m: dict[Any, Any], k: Any) -> tuple[bool, Any]:

@@ -270,3 +270,34 @@ def test_generated_code_has_no_builtins() -> None:
         fn = ENV.compile(src)._fn
         assert fn.__globals__["__builtins__"] == {}
     assert ENV.compile('["a"].map(x, x + "b").join(",")').evaluate({}) == "ab"
+
+
+# -- equality and membership of values built from shared parts -----------------------------
+
+def _shared(levels: int, expr: str) -> str:
+    """``l<levels-1>``: ten references to the level below, ``levels`` deep: a few hundred
+    characters whose value, walked element by element, has 10**levels leaves."""
+    src = "cel.bind(l0, [1,2,3,4,5,6,7,8,9,10], "
+    for i in range(1, levels):
+        src += f"cel.bind(l{i}, [" + ",".join([f"l{i - 1}"] * 10) + "], "
+    return src + expr + ")" * levels
+
+
+@pytest.mark.parametrize("expr", [
+    "l7 == l7", "l7 != l7", "l7 in [l7]", "[l7].exists(x, x == l7)",
+    "{'a': l7} == {'a': l7}", "optional.of(l7) == optional.of(l7)"])
+def test_equality_of_shared_structure_stops_at_the_deadline(expr: str) -> None:
+    """Equality and ``in`` walk lists and maps element by element: over values built from
+    shared parts that walk is exponential in the expression's length (10**8 leaves here).
+    It stops at the deadline instead of running for minutes."""
+    prog = ENV.compile(_shared(8, expr))
+    with pytest.raises(DeadlineExceeded):
+        prog.evaluate(cfg(), Budget(deadline=time.monotonic() + 0.05, cost_limit=UNLIMITED))
+
+
+def test_bounded_equality_keeps_cel_semantics() -> None:
+    for src, want in [("[dyn(1), [2, 3]] == [dyn(1.0), dyn([2u, 3])]", True),
+                      ("[1, 2] == [1, 2, 3]", False), ("dyn({'a': [1]}) == {'a': [1.0]}", True),
+                      ("[1] in [[1], [2]]", True), ("[0.0/0.0] == [0.0/0.0]", False),
+                      ("dyn({1: 'a'}) == {1u: 'a'}", True), ("[dyn(1)] != [dyn('1')]", True)]:
+        assert ENV.compile(src).evaluate({}, Budget(deadline=time.monotonic() + 5)) is want, src
