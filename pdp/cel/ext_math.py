@@ -43,27 +43,37 @@ def _dbl(fn: str, v: Any) -> float:
     return float(v)
 
 
+def _signed(r: int, d: float) -> float:
+    """``r`` as a double with ``d``'s sign when it is zero (Go: Ceil(-0.5) is -0)."""
+    f = float(r)
+    return math.copysign(f, d) if f == 0 else f
+
+
 def ceil(v: Any) -> float:
     d = _dbl("math.ceil", v)
-    return float(math.ceil(d)) if math.isfinite(d) else d
+    return _signed(math.ceil(d), d) if math.isfinite(d) else d
 
 
 def floor(v: Any) -> float:
     d = _dbl("math.floor", v)
-    return float(math.floor(d)) if math.isfinite(d) else d
+    return _signed(math.floor(d), d) if math.isfinite(d) else d
 
 
 def round_(v: Any) -> float:
+    """Half away from zero, exactly (Go's math.Round, which cel-go uses): floor(|d| + 0.5)
+    rounds 0.49999999999999994 up and moves odd integers above 2**52."""
     d = _dbl("math.round", v)
     if not math.isfinite(d):
         return d
-    r = math.floor(abs(d) + 0.5)
-    return float(math.copysign(r, d))
+    t = math.trunc(d)
+    if abs(d - t) >= 0.5:  # exact: d and trunc(d) are within a factor of two
+        t += 1 if d > 0 else -1
+    return _signed(t, d)
 
 
 def trunc(v: Any) -> float:
     d = _dbl("math.trunc", v)
-    return float(math.trunc(d)) if math.isfinite(d) else d
+    return _signed(math.trunc(d), d) if math.isfinite(d) else d
 
 
 def abs_(v: Any) -> Any:

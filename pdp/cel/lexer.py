@@ -5,6 +5,7 @@ Literals are decoded here (escapes, raw strings, bytes), so the parser only ever
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import CelCompileError
@@ -147,7 +148,12 @@ class Lexer:
         text = src[start:p]
         if is_float:
             self.pos = p
-            return Token("DOUBLE", float(text), start, p)
+            value = float(text)
+            if value == math.inf:  # cel-go's parser refuses it too
+                raise self.error("floating point literal out of range", start)
+            return Token("DOUBLE", value, start, p)
+        if len(text) > 40:  # past any int64 / uint64 (and Python's int() digit limit)
+            raise self.error("integer literal out of range", start)
         val = int(text)
         if p < n and src[p] in "uU":
             self.pos = p + 1

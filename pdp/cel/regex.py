@@ -32,6 +32,14 @@ CACHED = 256
 _refused: dict[str, str] = {}
 
 
+def _reason(e: Exception) -> str:
+    """RE2's message as text (the binding passes it as bytes: ``b'missing ): ('``)."""
+    arg = e.args[0] if len(e.args) == 1 else None
+    if isinstance(arg, bytes):
+        return arg.decode("utf-8", "replace")
+    return str(e)
+
+
 @functools.lru_cache(maxsize=CACHED)
 def compile_re(pattern: str) -> Any:
     """Compile (and cache) an RE2 pattern; invalid patterns are CEL errors.
@@ -49,7 +57,7 @@ def compile_re(pattern: str) -> Any:
             compiled = re2.compile(pattern, options=opts)
             return compiled._regexp if _FAST else compiled
         except Exception as e:  # re2.error and friends
-            why = str(e)
+            why = _reason(e)
             if len(_refused) >= CACHED:
                 _refused.clear()
             _refused[pattern] = why

@@ -28,6 +28,8 @@ def to_cel_error(e: BaseException) -> CelError:
         return CelEvalError("no such overload")
     if isinstance(e, MemoryError):
         return CelEvalError("out of memory")
+    if isinstance(e, UnicodeError):  # a lone surrogate cannot be UTF-8
+        return CelEvalError("string is not valid Unicode text (a lone surrogate)")
     return CelEvalError(f"evaluation error: {type(e).__name__}")
 
 

@@ -283,8 +283,8 @@ def _cmp(fn: str, a: Any, b: Any) -> int:
     if ta in _NUM and tb in _NUM:
         if a != a or b != b:  # NaN: every comparison is false
             return 2
-        if ta is float or tb is float:  # int vs double compares as doubles (reference)
-            a, b = float(a), float(b)
+        if ta is float or tb is float:  # int vs double compares as doubles (reference;
+            a, b = float(a), float(b)  # the conformance cases *_big_lossy_double)
         return (a > b) - (a < b)  # type: ignore[no-any-return]
     x, y = as_ts(a), as_ts(b)
     if x is not None and y is not None:
@@ -535,9 +535,25 @@ def make_map(pairs: tuple[tuple[Any, Any], ...]) -> dict[Any, Any]:
         if type(k) not in (str, int, UInt, bool):
             raise CelEvalError(f"unsupported key type: {type_name(k)}")
         if map_get(out, k)[0]:
-            raise CelEvalError(f"Failed with repeated key: {k!r}")
+            raise CelEvalError(f"Failed with repeated key: {_key_text(k)}")
+        if k in out:  # Python's True == 1: a dict cannot hold both as distinct keys
+            raise CelEvalError(f"map keys {_key_text(k)} and {_key_text(_same_key(out, k))}"
+                               " cannot be in one map here (a bool key beside the number"
+                               " equal to it)")
         out[k] = v
     return out
+
+
+def _key_text(k: Any) -> str:
+    if type(k) is bool:
+        return "true" if k else "false"
+    if type(k) is UInt:
+        return f"{int(k)}u"
+    return repr(k)
+
+
+def _same_key(m: dict[Any, Any], k: Any) -> Any:
+    return next(kk for kk in m if kk == k)
 
 
 # -- conversions ---------------------------------------------------------------------------
@@ -551,7 +567,7 @@ def to_int(v: Any) -> int:
     if t is float:
         if v != v or v in (math.inf, -math.inf):
             raise CelEvalError("int conversion: range error")
-        if not (-9.223372036854775e18 <= v < 9.223372036854775e18):
+        if not (-9.223372036854775808e18 < v < 9.223372036854775808e18):  # cel-go's bounds
             raise CelEvalError("int conversion: range error")
         return check_int(int(v))
     if t is str:
@@ -566,10 +582,19 @@ def to_int(v: Any) -> int:
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
+_UINT_RE = re.compile(r"[0-9]+")
+_DOUBLE_RE = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                        r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN])")
+_INF_RE = re.compile(r"[+-]?[iI][nN][fF](?:[iI][nN][iI][tT][yY])?")
+
+
+def _short(v: str, limit: int = 64) -> str:
+    """A value for an error message: quoted, cut to ``limit`` characters."""
+    return repr(v) if len(v) <= limit else repr(v[:limit]) + f"... ({len(v)} characters)"
 
 
 def _bad_int(v: str) -> NoReturn:
-    raise CelEvalError(f"cannot convert {v!r} to int")
+    raise CelEvalError(f"cannot convert {_short(v)} to int")
 
 
 def to_uint(v: Any) -> UInt:
@@ -579,12 +604,12 @@ def to_uint(v: Any) -> UInt:
     if t is int:
         return check_uint(v)
     if t is float:
-        if v != v or not (-1 < v < 1.8446744073709552e19):
+        if v != v or v < 0 or v >= 1.8446744073709552e19:  # cel-go: negatives refused
             raise CelEvalError("uint conversion: range error")
         return check_uint(int(v))
     if t is str:
-        if not re.fullmatch(r"\+?[0-9]+", v):
-            raise CelEvalError(f"cannot convert {v!r} to uint")
+        if len(v) > 40 or not _UINT_RE.fullmatch(v):  # Go's ParseUint: digits only
+            raise CelEvalError(f"cannot convert {_short(v)} to uint")
         return check_uint(int(v))
     raise no_overload("uint", v)
 
@@ -596,10 +621,14 @@ def to_double(v: Any) -> float:
     if t is int or t is UInt:
         return float(v)
     if t is str:
-        try:
-            return float(v)
-        except ValueError:
-            raise CelEvalError(f"cannot convert {v!r} to double") from None
+        # Go's ParseFloat syntax (ASCII digits, no blanks or "_"): Python's float() also
+        # takes " 1.5", "1_000" and full-width digits. Out of range is an error, not inf.
+        if len(v) > 400 or not _DOUBLE_RE.fullmatch(v):
+            raise CelEvalError(f"cannot convert {_short(v)} to double")
+        f = float(v)
+        if f in (math.inf, -math.inf) and not _INF_RE.fullmatch(v):
+            raise CelEvalError(f"cannot convert {_short(v)} to double: out of range")
+        return f
     raise no_overload("double", v)
 
 
@@ -769,7 +798,7 @@ def _parse_duration_cached(s: str) -> Duration:
 def _parse_duration(s: str) -> Duration:
     text = s
     neg = False
-    if text[:1] in "+-":
+    if text[:1] and text[:1] in "+-":
         neg = text[0] == "-"
         text = text[1:]
     if text == "0":
@@ -867,10 +896,12 @@ def _ts_getter(fn: str, get: Callable[[_dt.datetime, int], int]) -> Callable[...
 def _dur_getter(fn: str, v: Any) -> int:
     d = as_dur(v)
     assert d is not None
-    secs = int(d.ns / 10**9)
-    table = {"getHours": secs // 3600 if secs >= 0 else -((-secs) // 3600),
-             "getMinutes": int(secs / 60), "getSeconds": secs,
-             "getMilliseconds": int(d.ns / 10**6) % 1000 if d.ns >= 0
+    def toward_zero(n: int, unit: int) -> int:  # exact: float division loses digits
+        return n // unit if n >= 0 else -((-n) // unit)
+    secs = toward_zero(d.ns, 10**9)
+    table = {"getHours": toward_zero(secs, 3600),
+             "getMinutes": toward_zero(secs, 60), "getSeconds": secs,
+             "getMilliseconds": (d.ns // 10**6) % 1000 if d.ns >= 0
              else -((-d.ns // 10**6) % 1000)}
     if fn not in table:
         raise no_overload(fn, v)
