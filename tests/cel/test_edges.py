@@ -44,7 +44,7 @@ def test_values(src: str, want: Any) -> None:
 @pytest.mark.parametrize(("src", "problem"), [
     ("uint(-0.5)", "range"), ("uint('+5')", "cannot convert '+5' to uint"),
     ("double(' 1.5')", "cannot convert"), ("double('1_000')", "cannot convert"),
-    ("double('１２')", "cannot convert"), ("double('1e400')", "out of range"),
+    ("double('\\uff11\\uff12')", "cannot convert"), ("double('1e400')", "out of range"),
     ("size({1: 'a', true: 'b'})", "map keys true and 1 cannot be in one map"),
     ("{0: 'a', false: 'b'}", "map keys false and 0"),
     ("{1: 'a', 1u: 'b'}", "repeated key: 1u"),
