@@ -75,10 +75,10 @@ def evaluate(policies: str | Path, request: str | Path, *, explain: bool = False
         return {"error": f"bad request file: {exc}"}
     if explain:
         req = replace(req, explain=True)
-    sandbox = Sandbox.of(loaded, builtins=builtins)
-    broken = [p.broken for p in sandbox.policies.policies if p.broken is not None]
-    if broken:  # a server would keep them as deny-everything: say so, do not decide
-        return {"error": "policy does not compile: " + "\n".join(broken)}
+    try:  # what a server refuses (compile error, cost over its limit) is not decided
+        sandbox = Sandbox.of(loaded, builtins=builtins)
+    except PolicyError as exc:
+        return {"error": f"policy does not compile: {exc}"}
     decision = asyncio.run(sandbox.engine.check(req, EVAL_BUDGET_S))
     denied = {r.policy for r in decision.reasons if r.policy}
     would = {r.policy for r in decision.shadow_denies if r.policy}

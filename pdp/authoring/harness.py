@@ -14,6 +14,7 @@ import yaml
 
 from pdp.api import convert
 from pdp.audit.record import DecisionRecord
+from pdp.authoring.lint import DEFAULT_MAX_COST
 from pdp.cel import ProgramCache, pdp_environment
 from pdp.client import request_message
 from pdp.counters import ManualClock, MemoryCounterStore
@@ -22,7 +23,7 @@ from pdp.engine.engine import Engine, EngineOptions
 from pdp.engine.request import Caller, CheckRequest, InvalidRequest, Override
 from pdp.engine.shadow import ShadowOptions
 from pdp.policy.builtins import builtin_policies
-from pdp.policy.compiled import CompiledPolicy, compile_or_broken
+from pdp.policy.compiled import CompiledPolicy, compile_or_broken, compile_policy
 from pdp.policy.loader import load_directory, load_file
 from pdp.policy.model import Checkpoint, Policy
 from pdp.policy.policyset import PolicySet
@@ -47,9 +48,14 @@ def load_policies(path: Path) -> list[Policy]:
     return load_directory(path) if path.is_dir() else load_file(path)
 
 
-def compile_all(policies: Iterable[Policy], cache: ProgramCache | None = None
-                ) -> list[CompiledPolicy]:
+def compile_all(policies: Iterable[Policy], cache: ProgramCache | None = None, *,
+                strict: bool = False) -> list[CompiledPolicy]:
+    """``strict``: a policy the server would refuse (a compile error, an estimated worst
+    case over the server's default cost limit) raises PolicyError naming file:line:column,
+    as ``pdp serve`` and PutDraft refuse it; else it is kept as a deny-everything policy."""
     env, cache = pdp_environment(), cache or ProgramCache(1000)
+    if strict:
+        return [compile_policy(p, env, cache, max_cost=DEFAULT_MAX_COST) for p in policies]
     return [compile_or_broken(p, env, cache) for p in policies]
 
 
@@ -58,8 +64,9 @@ class Sandbox:
     """An engine on fresh in-memory counters whose clock the caller moves.
 
     Offline tools decide with exactly the policies they are given: drafts are evaluated
-    within the decision (``shadow_inline``) and a tenant with no policy among them is
-    decided by the built-ins (a server denies it UNKNOWN_TENANT by default)."""
+    within the decision (``shadow_inline``), and a tenant with no policy among them is
+    denied UNKNOWN_TENANT, as a server does by default (decided by the built-ins alone,
+    a request whose tenant is misspelt made every test expecting an allow pass)."""
 
     policies: PolicySet
     clock: ManualClock = field(default_factory=ManualClock)
@@ -76,16 +83,18 @@ class Sandbox:
                                            # server's 10 ms shadow slice made results
                                            # depend on how busy the machine was
                                            shadow=ShadowOptions(budget_s=DEFAULT_BUDGET_S),
-                                           unknown_tenants="builtins", now=lambda: self._now))
+                                           unknown_tenants="deny", now=lambda: self._now))
         self.set_time(self._now)
 
     @classmethod
     def of(cls, policies: Iterable[Policy], *, builtins: bool = True,
-           config_cache_size: int = 10_000) -> Sandbox:
+           config_cache_size: int = 10_000, tenants: Iterable[str] = ()) -> Sandbox:
+        """``tenants``: known besides those of ``policies`` (decided by the built-ins)."""
         cache = ProgramCache(1000)
-        compiled = compile_all(policies, cache)
+        compiled = compile_all(policies, cache, strict=True)
         b = compile_all(builtin_policies(), cache) if builtins else []
-        return cls(PolicySet(compiled, b), config_cache_size=config_cache_size)
+        return cls(PolicySet(compiled, b, known_tenants=frozenset(tenants)),
+                   config_cache_size=config_cache_size)
 
     def set_time(self, now: datetime) -> None:
         if now.tzinfo is None or now.utcoffset() is None:

@@ -345,7 +345,11 @@ def main(policy: str, since: str, audit: Sequence[str], *, as_json: bool = False
     if not files:
         print(f"pdp replay: no audit files at {', '.join(map(str, audit))}", file=out)
         return 2
-    report = asyncio.run(replay(policies, files, start))
+    try:
+        report = asyncio.run(replay(policies, files, start))
+    except PolicyError as exc:  # a draft the server would refuse: nothing to replay
+        print(f"pdp replay: {exc}", file=out)
+        return 2
     if as_json:
         print(json.dumps(report.to_json(), indent=2), file=out)
     else:

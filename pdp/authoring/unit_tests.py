@@ -128,13 +128,22 @@ def read_cases(path: Path) -> list[Case]:
         unknown = set(expect) - EXPECT_KEYS
         if unknown:
             raise TestFileError(f"{where}: expect: unknown field(s) {', '.join(sorted(unknown))}")
+        if type(expect["allowed"]) is not bool:  # "false" (a string) would read as true
+            raise TestFileError(f"{where}: expect.allowed must be true or false, got"
+                                f" {expect['allowed']!r}")
+        explanations = expect.get("explanations")
+        if explanations is not None and not (
+                isinstance(explanations, Mapping)
+                and all(isinstance(v, Mapping) for v in explanations.values())):
+            raise TestFileError(f"{where}: expect.explanations must map each policy name to"
+                                " a mapping of expected values, e.g. {no-debug: {n: debug}}")
         for key in ("reasons", "reasons_include", "shadow_denies"):
             for r in expect.get(key) or []:
                 if not isinstance(r, Mapping) or set(r) - REASON_KEYS:
                     raise TestFileError(f"{where}: expect.{key}: each reason is a mapping of "
                                         + ", ".join(sorted(REASON_KEYS)))
         repeat = raw.get("repeat", 1)
-        if not isinstance(repeat, int) or repeat < 1:
+        if type(repeat) is not int or repeat < 1:  # (a bool is an int to Python)
             raise TestFileError(f"{where}: repeat must be a positive integer")
         cases.append(Case(str(raw.get("name") or f"case {i + 1}"), where, dict(request), base,
                           dict(expect), raw.get("now"), repeat))
@@ -238,7 +247,10 @@ async def run_case(policies: Sequence[Policy], case: Case) -> Outcome:
 
 async def run_all(policy_path: Path, test_path: Path | None = None) -> list[Outcome]:
     policies = load_policies(policy_path)
-    files = find_test_files(test_path or policy_path)
+    Sandbox.of(policies)  # PolicyError now, as the server would refuse them, not per case
+    # one policy file: the tests beside it (the file itself is a policy, not tests)
+    files = find_test_files(test_path or (policy_path if policy_path.is_dir()
+                                          else policy_path.parent))
     outcomes = []
     for f in files:
         for case in read_cases(f):

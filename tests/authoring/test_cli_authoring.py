@@ -160,3 +160,72 @@ def test_lint_findings(tmp_path: Path) -> None:
     assert lint.main([str(ok)], out=io.StringIO()) == 0
     assert cli_main(["policy", "lint", "--strict", str(ok)]) == 1
     assert cli_main(["policy", "lint", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize(("content", "error"), [
+    ("- {request: {}, expect: {allowed: 'false'}}", "expect.allowed must be true or false"),
+    ("- {request: {}, expect: {allowed: false, explanations: [no-debug]}}",
+     "expect.explanations must map each policy name"),
+    ("- {request: {}, expect: {allowed: false, explanations: {no-debug: [1]}}}",
+     "expect.explanations must map each policy name"),
+    ("- {request: {}, repeat: true, expect: {allowed: true}}", "repeat must be a positive"),
+])
+def test_misread_expectations_are_refused(tmp_path: Path, content: str, error: str) -> None:
+    """Values that would be misread (the string 'false' is truthy, true counts as 1) or
+    crash the checker are a bad test file (exit 2), not a passing or failing case."""
+    d = _copy(tmp_path)
+    (d / "bad.test.yaml").write_text(content)
+    out = io.StringIO()
+    assert unit_tests.main(str(d), out=out) == 2
+    assert error in out.getvalue()
+
+
+BROKEN = ("tenant: acme\nname: typo\ncheckpoints: [push]\nrule:\n  cel:\n"
+          "    deny: 'agent.lables[\"env\"] == \"prod\"'\n")
+
+
+def test_offline_tools_refuse_a_policy_the_server_refuses(tmp_path: Path) -> None:
+    """A policy that does not compile is refused by pdp serve and PutDraft. pdp test,
+    eval and replay refused it too (exit 2, file:line:column) instead of keeping it as a
+    deny-everything policy, under which a test expecting a deny passed."""
+    from pdp.authoring import eval as pdp_eval
+    from pdp.authoring import replay
+
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / "p.yaml").write_text(BROKEN)
+    (d / "p.test.yaml").write_text(
+        "- request: {kind: push, tenant: acme, agent: {id: a1, labels: {env: prod}},"
+        " config_yaml: 'a: 1'}\n  expect: {allowed: false}\n")
+    out = io.StringIO()
+    assert unit_tests.main(str(d), out=out) == 2
+    assert "p.yaml:6:" in out.getvalue() and "lables" in out.getvalue()
+    req = tmp_path / "req.yaml"
+    req.write_text("kind: push\ntenant: acme\nagent: {id: a1}\nconfig: {yaml: 'a: 1'}\n")
+    result = pdp_eval.evaluate(str(d / "p.yaml"), str(req))
+    assert "does not compile" in result["error"] and "lables" in result["error"]
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("")
+    out = io.StringIO()
+    assert replay.main(str(d / "p.yaml"), "1d", [str(audit)], out=out) == 2
+    assert "lables" in out.getvalue()
+
+
+def test_a_misspelt_tenant_is_unknown_offline_as_on_the_server(tmp_path: Path) -> None:
+    """A server denies a tenant it does not know (UNKNOWN_TENANT, its default): so do the
+    offline tools. Decided by the built-ins alone, a request whose tenant was misspelt made
+    every test expecting an allow pass without testing the tenant's policies."""
+    d = _copy(tmp_path)
+    (d / "typo.test.yaml").write_text(
+        "- name: misspelt\n  request: {kind: push, tenant: acmee, agent: {id: a1},"
+        " config: {yaml: 'receivers: {}'}}\n  expect: {allowed: true}\n")
+    out = io.StringIO()
+    assert unit_tests.main(str(d), str(d / "typo.test.yaml"), out=out) == 1
+    assert "UNKNOWN_TENANT" in out.getvalue()
+
+
+def test_one_policy_file_runs_the_tests_beside_it(tmp_path: Path) -> None:
+    d = _copy(tmp_path)
+    out = io.StringIO()
+    assert unit_tests.main(str(d / "acme.yaml"), out=out) in (0, 1), out.getvalue()
+    assert "passed" in out.getvalue() and "expected a list" not in out.getvalue()

@@ -37,7 +37,8 @@ def roomy() -> Budget:
 
 def decide(policies_yaml: str, req: CheckRequest, now: datetime | None = None,
            builtins: bool = True, repeat: int = 1) -> Decision:
-    sandbox = Sandbox.of(load_text(policies_yaml) if policies_yaml else [], builtins=builtins)
+    sandbox = Sandbox.of(load_text(policies_yaml) if policies_yaml else [], builtins=builtins,
+                         tenants=[req.tenant])
     if now is not None:
         sandbox.set_time(now)
     d = None
