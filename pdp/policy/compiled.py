@@ -176,7 +176,7 @@ class CompiledPolicy:
             return default + " (message expression exceeded its cost budget)"
         except CelEvalError as exc:
             return f"{default} (message expression failed: {exc})"
-        return text if isinstance(text, str) else str(text)
+        return text if isinstance(text, str) else _text(text)  # CEL's form, not a repr
 
     def counter_rule(self, scope_key: str) -> CounterRule | str:
         """The store's rule for this policy at ``scope_key``, or why it is invalid.
@@ -292,12 +292,28 @@ def _compile_cel(policy: Policy, rule: CelRule, env: Environment, cache: Program
     if rule.violations is not None:
         violations = _compile(scope, cache, rule.violations, policy, "rule.cel.violations",
                               max_cost)
+        _result_is(policy, rule, "rule.cel.violations", violations, ("list",),
+                   "a list of strings")
     else:
         deny = _compile(scope, cache, rule.deny, policy, "rule.cel.deny", max_cost)
+        _result_is(policy, rule, "rule.cel.deny", deny, ("bool",), "a bool")
     if rule.message:
         message = _compile(scope, cache, rule.message, policy, "rule.cel.message", max_cost)
+        _result_is(policy, rule, "rule.cel.message", message, ("string",), "a string")
     return CompiledPolicy(policy, policy.content_hash, deny=deny, message=message,
                           violations=violations, variables=tuple(variables), env=scope)
+
+
+def _result_is(policy: Policy, rule: CelRule, path: str, prog: Program, kinds: tuple[str, ...],
+               what: str) -> None:
+    """An expression whose type the checker knows to be another than its field needs is
+    refused at admission: ``deny: '"yes"'`` loaded, then denied every request it applied
+    to with POLICY_ERROR. (``dyn``, e.g. a config value, is checked when evaluated.)"""
+    kind = prog.result_type.kind
+    if kind in kinds or kind == "dyn":
+        return
+    raise _at(policy, rule, path, f"must evaluate to {what}; this expression is"
+              f" {prog.result_type}")
 
 
 #: Variables of one CEL rule, and nodes of all its expressions together. Compiling runs on

@@ -236,7 +236,11 @@ async def test_violations_are_capped() -> None:
 
 
 async def test_violations_not_a_list_deny_as_an_error() -> None:
-    engine, _ = engine_for(policy("    violations: '\"oops\"'\n"))
+    engine, _ = engine_for(policy("    violations: '\"oops\"'\n"))  # known: refused
+    d = await engine.check(push(), 1.0)
+    assert [r.code for r in d.reasons] == ["POLICY_INVALID"]
+    assert "must evaluate to a list of strings" in d.reasons[0].message
+    engine, _ = engine_for(policy("    violations: 'config.a'\n"))  # dyn: at evaluation
     d = await engine.check(push(), 1.0)
     assert [r.code for r in d.reasons] == ["POLICY_ERROR"]
 
@@ -278,3 +282,25 @@ def test_compile_error_in_a_variable_points_into_it() -> None:
         compiled(BAD.replace("agent.labels.env", "agent.lables.env"))
     assert (info.value.line, info.value.column) == (6, 18)
     assert info.value.field_path == "rule.cel.variables.env"
+
+
+@pytest.mark.parametrize(("rule", "field", "what"), [
+    ("    deny: '\"yes\"'\n", "deny", "a bool"),
+    ("    deny: 'agent.labels'\n", "deny", "a bool"),
+    ("    deny: 'true'\n    message: 'agent.labels'\n", "message", "a string"),
+    ("    deny: 'true'\n    message: '3'\n", "message", "a string"),
+])
+def test_an_expression_of_the_wrong_known_type_is_refused_at_admission(
+        rule: str, field: str, what: str) -> None:
+    """Loaded, each denied every request it applied to (POLICY_ERROR) or showed a Python
+    repr as the deny message; now refused where it is written."""
+    with pytest.raises(PolicyError) as err:
+        compiled(policy(rule))
+    assert err.value.field_path == f"rule.cel.{field}" and f"must evaluate to {what}" in str(
+        err.value)
+
+
+async def test_a_dyn_message_is_shown_as_cel_shows_values() -> None:
+    engine, _ = engine_for(policy("    deny: 'true'\n    message: 'config.m'\n"))
+    d = await engine.check(push("m: {k: [1, true]}"), 1.0)
+    assert d.reasons[0].message == '{"k":[1,true]}'  # CEL's true, not Python's True

@@ -98,7 +98,8 @@ async def test_any_active_deny_denies_and_drafts_only_shadow() -> None:
 @pytest.mark.parametrize(("deny", "code"), [
     ("config.missing == 1", "POLICY_ERROR"),      # no such key: fail-closed
     ("1 / 0 == 1", "POLICY_ERROR"),
-    ("'not a bool'", "POLICY_ERROR"),
+    ("'not a bool'", "POLICY_INVALID"),           # refused at admission: a string, not a bool
+    ("config.a", "POLICY_ERROR"),                 # dyn: an int at evaluation, not a bool
     ("config.a +", "POLICY_INVALID"),             # does not compile: denies until fixed
 ])
 async def test_errors_deny_with_a_reason(deny: str, code: str) -> None:
