@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import re
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -129,3 +131,29 @@ def _load(name: str) -> ZoneInfo:
 
 __all__ = ["HOST_ZONES", "BundledZone", "UnknownZone", "check", "host_dependent",
            "tzdata_version", "zone", "zone_names"]
+
+
+#: ``YYYY-MM-DD[T ]HH:MM[:SS[.frac]]`` then ``Z`` or ``±HH:MM``: RFC 3339 (what Go's parser,
+#: and so cel-go's ``timestamp()``, takes). ``datetime.fromisoformat`` also takes ``+05:99``
+#: (read as +06:39), offsets with seconds, and YAML's parser takes more.
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)"
+                      r"(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An instant written with its UTC offset (``Z`` or ``±HH:MM``, hours 00-23, minutes
+    00-59); ValueError naming the problem otherwise (a time without an offset included: the
+    same text means another instant to a reader in another zone)."""
+    m = _RFC3339.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f"expected an RFC 3339 timestamp with a UTC offset, e.g."
+                         f" 2026-06-15T10:00:00Z or 2026-06-15T12:00:00+02:00, got {text[:64]!r}")
+    if m.group(3) and (int(m.group(4)) > 23 or int(m.group(5)) > 59):
+        raise ValueError(f"invalid UTC offset {m.group(3)}{m.group(4)}:{m.group(5)} in"
+                         f" {text[:64]!r} (hours 00-23, minutes 00-59)")
+    local = m.group(1).replace("t", "T").replace(" ", "T")
+    if "." in local:  # Python keeps microseconds: cut (never round) the rest
+        head, frac = local.split(".")
+        local = f"{head}.{frac[:6]}"
+    offset = "+00:00" if m.group(2) else f"{m.group(3)}{m.group(4)}:{m.group(5)}"
+    return datetime.fromisoformat(local + offset)

@@ -4,6 +4,7 @@ pinned clock, audit discarded. Nothing here touches a live server, counter store
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -27,6 +28,7 @@ from pdp.policy.compiled import CompiledPolicy, compile_or_broken, compile_polic
 from pdp.policy.loader import load_directory, load_file
 from pdp.policy.model import Checkpoint, Policy
 from pdp.policy.policyset import PolicySet
+from pdp.zones import parse_rfc3339
 
 DEFAULT_BUDGET_S = 1.0  # generous: authoring tools must not deny on a slow CI machine
 
@@ -179,30 +181,42 @@ NEEDS_OFFSET = "a timestamp needs a UTC offset, e.g. 2026-06-15T10:00:00Z or +02
 
 
 def parse_time(value: Any) -> datetime:
-    """An ISO 8601 time with a UTC offset (``Z`` or ``±HH:MM``), or a YAML-parsed aware
+    """An RFC 3339 time with a UTC offset (``Z`` or ``±HH:MM``, minutes 00-59), or an aware
     datetime. A time without one (or a bare date) is a ValueError, not silently UTC: the
-    same text would mean another instant to a reader in another zone."""
+    same text would mean another instant to a reader in another zone. YAML files read by
+    the tools keep times as text (``TextTimesLoader``): YAML's own parser took ``+05:99``
+    as +06:39."""
     if isinstance(value, datetime):
         dt = value
-    elif isinstance(value, date):  # YAML reads an unquoted 2026-06-15 as a date
+    elif isinstance(value, date):  # a date object: no time of day, no offset
         raise ValueError(f"{NEEDS_OFFSET}, got the date {value.isoformat()!r}")
     else:
         text = str(value).strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
         try:
-            dt = datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(f"expected an ISO 8601 timestamp with a UTC offset, e.g."
-                             f" 2026-06-15T10:00:00Z, got {str(value)!r}") from None
+            dt = parse_rfc3339(text)
+        except ValueError as exc:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}([Tt ][0-9:.]+)?", text):
+                raise ValueError(f"{NEEDS_OFFSET}, got {_shown(value)!r}") from None
+            raise ValueError(str(exc)) from None
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError(f"{NEEDS_OFFSET}, got {_shown(value)!r}")
     return dt
+
+
+class TextTimesLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without its implicit timestamps: a time stays the text it was
+    written as, for ``parse_time`` to read strictly."""
+
+
+TextTimesLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _shown(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
-__all__ = ["CompiledPolicy", "NullAudit", "RequestError", "Sandbox", "compile_all",
+__all__ = ["CompiledPolicy", "NullAudit", "RequestError", "Sandbox", "TextTimesLoader",
+           "compile_all",
            "load_policies", "parse_time", "request_from_event", "request_from_mapping"]

@@ -45,6 +45,7 @@ from pdp.authoring.harness import (
     DEFAULT_BUDGET_S,
     RequestError,
     Sandbox,
+    TextTimesLoader,
     load_policies,
     parse_time,
     request_from_mapping,
@@ -95,7 +96,7 @@ def find_test_files(path: Path) -> list[Path]:
 
 def read_cases(path: Path) -> list[Case]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=TextTimesLoader)
     except (OSError, yaml.YAMLError) as exc:
         raise TestFileError(f"{path}: cannot read: {exc}") from None
     if isinstance(data, Mapping):

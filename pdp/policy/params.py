@@ -7,6 +7,7 @@ Every typed rule parses its parameters through this, so a bad value anywhere rea
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from pdp.cel import CelError
 from pdp.cel.domain import compare_versions, quantity
 from pdp.policy.model import PolicyError
 from pdp.zones import HOST_ZONES as HOST_ZONES  # re-exported: it used to live here
+from pdp.zones import parse_rfc3339
 
 # Raise a PolicyError for a field path (relative to the rule's parameters).
 Fail = Callable[[tuple[str | int, ...], str], PolicyError]
@@ -140,11 +142,18 @@ class Params:
 
     def timestamp(self, key: str) -> datetime:
         raw = self._get(key, None)
-        if isinstance(raw, str):
+        if isinstance(raw, str):  # YAML keeps times as written (yamlpos): read strictly
             try:
-                raw = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            except ValueError:
-                raise self.error(key, f"expected an ISO 8601 timestamp, got {shown(raw)}") from None
+                raw = parse_rfc3339(raw)
+            except ValueError as exc:
+                if "offset" in str(exc) and "invalid" in str(exc):
+                    raise self.error(key, str(exc)) from None
+                if raw.strip()[:10].count("-") == 2 and not re.search(r"([Zz]|[+-]\d\d:\d\d)$",
+                                                                    raw.strip()):
+                    raise self.error(key, "timestamp needs a UTC offset, e.g."
+                                          " 2026-12-20T00:00:00Z") from None
+                raise self.error(key, f"expected an RFC 3339 timestamp with a UTC offset,"
+                                      f" got {shown(raw)}") from None
         if not isinstance(raw, datetime):
             raise self.error(key, f"expected an ISO 8601 timestamp with offset, got {shown(raw)}")
         if raw.tzinfo is None:

@@ -225,6 +225,7 @@ class _Stream:
 
 _T = "tag:yaml.org,2002:"
 _INT_TAG, _STR_TAG, _MERGE_TAG, _VALUE_TAG = _T + "int", _T + "str", _T + "merge", _T + "value"
+_TIMESTAMP_TAG = _T + "timestamp"
 _MAP_TAG, _SEQ_TAG = _T + "map", _T + "seq"
 
 #: Tags of values JSON does not have, and what to write instead. Refused when written
@@ -401,6 +402,8 @@ class _Document:
             n = len(digits.replace(":", ""))
             if n > MAX_INT_DIGITS:
                 self._limit(f"integer too long: {n} digits (at most {MAX_INT_DIGITS})", event)
+        if tag == _TIMESTAMP_TAG:  # kept as written: read strictly where a time is due
+            return text  # (PyYAML took "+05:99" as +06:39 and seconds in offsets)
         node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)
         try:
             return self.loader.construct_object(node, deep=True)

@@ -72,3 +72,15 @@ def test_replay_since_refuses_naive() -> None:
     with pytest.raises(ValueError, match="--since"):
         parse_since("2026-06-15T10:00:00")
     assert parse_since("2026-06-15T10:00:00Z") == dt.datetime(2026, 6, 15, 10, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("now", ["2026-06-15T10:00:00+05:99", '"2026-06-15T10:00:00+05:99"',
+                                 "2026-06-15T10:00:00+05:30:10", "2026-06-15T10:00:00+24:00"])
+def test_an_offset_out_of_range_is_refused_not_read_as_another(tmp_path: Path,
+                                                               now: str) -> None:
+    """YAML's parser and datetime.fromisoformat read +05:99 as +06:39: the case is refused,
+    as CEL's timestamp() refuses it, instead of running 39 minutes off."""
+    code, text = run(tmp_path, now)
+    assert code == 1 and "now:" in text and ("offset" in text or "RFC 3339" in text), text
+    with pytest.raises(ValueError):
+        parse_since("2026-06-15T10:00:00+05:99")

@@ -206,11 +206,20 @@ def test_a_valid_scope_expression_compiles() -> None:
     assert again.rule == p.rule
 
 
-def test_an_unquoted_date_is_shown_as_written_not_as_a_python_repr() -> None:
+def test_an_unquoted_date_or_time_stays_the_text_written() -> None:
+    """YAML reads an unquoted 2001-12-14 as a date (and a time as a datetime, taking offsets
+    like +05:99 as +06:39): policies keep them as written, and a time is read strictly
+    where one is due (freeze windows)."""
     from pdp.policy.loader import load_text
     from pdp.policy.model import PolicyError
 
-    with pytest.raises(PolicyError) as info:
-        load_text("tenant: t\nname: p\ndescription: 2001-12-14\nrule: {cel: {deny: 'false'}}\n")
-    text = str(info.value)
-    assert "got 2001-12-14 (YAML read it as a date" in text and "datetime" not in text
+    [p] = load_text("tenant: t\nname: p\ndescription: 2001-12-14\nrule: {cel: {deny: 'false'}}\n")
+    assert p.description == "2001-12-14"
+    freeze = ("tenant: t\nname: f\nrule:\n  freeze_windows:\n    windows:\n"
+              "      - {{start: {start}, end: 2026-12-31T00:00:00Z}}\n")
+    [ok] = load_text(freeze.format(start="2026-12-20T00:00:00+01:00"))
+    assert "2026-12-20T00:00:00+01:00" in str(ok.spec)
+    for bad in ("2026-12-20T00:00:00+05:99", "2026-12-20T00:00:00+05:30:10"):
+        with pytest.raises(PolicyError) as info:
+            load_text(freeze.format(start=bad))
+        assert info.value.field_path == "rule.freeze_windows.windows[0].start", bad
