@@ -10,6 +10,7 @@ exist, at the end of the DST gap), so days are 23, 24 or 25 hours long.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from dataclasses import dataclass
@@ -45,18 +46,35 @@ def local_midnight_ms(tz: str, day: dt.date) -> int:
 
 @functools.lru_cache(maxsize=1024)
 def _table(tz: str, center: dt.date) -> DayTable:
-    days = [center + dt.timedelta(days=d) for d in range(-_DAYS_BEFORE, _DAYS_AFTER + 2)]
-    bounds = tuple(local_midnight_ms(tz, d) for d in days)
-    labels = tuple(d.isoformat() for d in days[:-1])
-    return DayTable(tz, bounds, labels)
+    """At the ends of the calendar (0001-01-01, 9999-12-31) the table is shorter: the days
+    past them do not exist, and the last day's end is its start plus 24 h (an OverflowError
+    here denied a push with an internal error)."""
+    days: list[dt.date] = []
+    for d in range(-_DAYS_BEFORE, _DAYS_AFTER + 2):
+        with contextlib.suppress(OverflowError):
+            days.append(center + dt.timedelta(days=d))
+    bounds = [local_midnight_ms(tz, d) for d in days]
+    labels = [d.isoformat() for d in days]
+    if (days[-1] - center).days == _DAYS_AFTER + 1:
+        labels.pop()  # the day after the last labelled one only bounds it
+    else:  # clipped at 9999-12-31: its end
+        bounds.append(bounds[-1] + 86_400_000)
+    return DayTable(tz, tuple(bounds), tuple(labels))
 
 
 def day_table(tz: str, around: float) -> DayTable:
     """Days from yesterday to the day after tomorrow, local to ``tz``, around ``around``."""
-    center = dt.datetime.fromtimestamp(around, zone(tz)).date()
-    return _table(tz, center)
+    try:
+        center = dt.datetime.fromtimestamp(around, zone(tz)).date()
+        return _table(tz, center)
+    except OverflowError:  # a local date outside years 1-9999 (only a pinned clock gets there)
+        raise ValueError(f"the local date in {tz} at this time is outside the calendar"
+                         " (years 1-9999): no daily cap can count it") from None
 
 
 def format_instant(t_ms: int, tz: str) -> str:
     """An operator-readable local time with its offset, e.g. ``2026-11-24T00:00+01:00``."""
-    return dt.datetime.fromtimestamp(t_ms / 1000, zone(tz)).isoformat(timespec="minutes")
+    try:
+        return dt.datetime.fromtimestamp(t_ms / 1000, zone(tz)).isoformat(timespec="minutes")
+    except (ValueError, OverflowError):  # the end of 9999-12-31: no later day to name
+        return "the end of the calendar (year 9999)"

@@ -34,7 +34,7 @@ from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.model import Checkpoint
 from pdp.policy.policyset import PolicySet
-from pdp.policy.rules import Deny
+from pdp.policy.rules import Deny, OutsideCalendar
 from pdp.reasons import ReasonCode
 from pdp.telemetry import DecisionTelemetry
 
@@ -293,6 +293,8 @@ class Evaluator:
         except DeadlineExceeded:
             return Deny(ReasonCode.DEADLINE_EXCEEDED,
                         "the decision deadline ran out while this policy was evaluated")
+        except OutsideCalendar as exc:
+            return Deny(ReasonCode.POLICY_ERROR, str(exc))
         except Exception as exc:  # fail-closed on any defect, and say so
             log.error("policy_evaluation_failed", policy=p.name, error=repr(exc))
             return Deny(ReasonCode.POLICY_ERROR,

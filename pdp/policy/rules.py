@@ -82,7 +82,15 @@ def local_time(now: datetime, tz: ZoneInfo) -> datetime:
     as it is would use the host's own zone."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    return now.astimezone(tz)
+    try:
+        return now.astimezone(tz)
+    except OverflowError:  # only a pinned clock gets there
+        raise OutsideCalendar(f"the local time in {tz.key} at {now.isoformat()} is outside"
+                              " the calendar (years 1-9999)") from None
+
+
+class OutsideCalendar(ValueError):
+    """A local time outside years 1-9999: the rule cannot be applied (denied, saying so)."""
 
 
 def wall(local: datetime) -> str:
@@ -105,12 +113,30 @@ def next_allowed(now: datetime, allows: Any) -> float | None:
     not within a week): a retry hint that follows DST, since it tests real instants."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
-    t = now.astimezone(UTC)
-    t = t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
-    for _ in range(_HORIZON):
-        t += _STEP
-        if allows(t):
-            return max(0.0, (t - now).total_seconds())
+    try:
+        t = now.astimezone(UTC)
+        t = t.replace(minute=t.minute - t.minute % 15, second=0, microsecond=0)
+        before = now
+        for _ in range(_HORIZON):
+            t += _STEP
+            if allows(t):
+                # Boundaries fall on UTC quarter hours in today's zones, but not always
+                # (transitions at 00:01 local, offsets like -00:44:30): the first allowed
+                # second after the last refused instant, by halving the quarter hour.
+                lo, hi = before, t
+                while (hi - lo).total_seconds() > 1:
+                    mid = lo + (hi - lo) / 2
+                    mid = mid.replace(microsecond=0) if mid.microsecond else mid
+                    if mid <= lo:
+                        break
+                    if allows(mid):
+                        hi = mid
+                    else:
+                        lo = mid
+                return max(0.0, (hi - now).total_seconds())
+            before = t
+    except OverflowError:  # the search left years 1-9999 (only a pinned clock gets there)
+        return None
     return None
 
 

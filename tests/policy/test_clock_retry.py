@@ -51,3 +51,33 @@ def test_blocked_days_retry_at_the_next_local_midnight_of_an_allowed_day() -> No
 def test_every_day_blocked_gives_no_retry_hint() -> None:
     deny = BlockedDays(frozenset(range(7)), NY).evaluate(ctx("2026-12-05T12:00:00+00:00"))  # type: ignore[arg-type]
     assert deny is not None and deny.retry_after_s is None
+
+
+@pytest.mark.parametrize(("rule", "now", "seconds"), [
+    # Casey's clocks jumped from 00:01 to 03:01 local (2020-10-04): the window opens at
+    # 03:01 = 16:01Z, not at the next UTC quarter hour
+    (AllowedHours(3, 9, zones.zone("Antarctica/Casey")), "2020-10-03T15:50:00+00:00", 660),
+    # St. John's went back from Sunday 00:01 to Saturday 23:01: Saturday again 30 s later
+    (BlockedDays(frozenset({6}), zones.zone("America/St_Johns")), "2008-11-02T02:30:30+00:00",
+     30),
+    # an offset of -00:44:30 puts 09:00 local at 09:44:30Z
+    (AllowedHours(9, 17, zones.zone("Africa/Monrovia")), "1971-06-01T08:00:00+00:00", 6270),
+])
+def test_the_retry_hint_is_exact_when_a_boundary_is_off_the_quarter_hour(
+        rule: AllowedHours | BlockedDays, now: str, seconds: int) -> None:
+    deny = rule.evaluate(ctx(now))  # type: ignore[arg-type]
+    assert deny is not None and deny.retry_after_s == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("now", ["9999-12-31T23:00:00+00:00", "0001-01-01T00:00:00+00:00"])
+def test_a_local_time_outside_the_calendar_denies_saying_so(now: str) -> None:
+    """Only a pinned clock gets there; the deny says why instead of an OverflowError."""
+    from pdp.policy.rules import OutsideCalendar
+
+    kiritimati = zones.zone("Pacific/Kiritimati")  # UTC+14: its local date leaves the range
+    for rule in (AllowedHours(9, 17, kiritimati), BlockedDays(frozenset({4}), kiritimati)):
+        with pytest.raises(OutsideCalendar, match="outside the calendar"):
+            rule.evaluate(ctx(now))  # type: ignore[arg-type]
+    near = AllowedHours(9, 17, kiritimati).evaluate(ctx("9999-12-31T09:59:00+00:00"))  # type: ignore[arg-type]
+    assert near is not None and near.code == "OUTSIDE_ALLOWED_HOURS"
+    assert near.retry_after_s is None  # the next allowed instant is past 9999
