@@ -74,6 +74,12 @@ async def seed(store: PolicyStore, settings: Settings) -> None:
     result = await seed_from_directory(store, directory)
     if result.created:
         log.info("policies_seeded", created=len(result.created), skipped=len(result.skipped))
+    for tenant, name, source, version in result.differs:
+        log.warning("policy_file_differs_from_store", tenant=tenant, policy=name,
+                    file=source, store_version=version,
+                    effect="the store's version stays in force: an edited file is not"
+                           " applied on restart; submit it with `pdp policy put"
+                           f" --expected-version {version} FILE` (then approve, activate)")
 
 
 class AdminAudit:

@@ -29,3 +29,23 @@ async def test_reseeding_skips_known_policies_without_validating(tmp_path: Path)
         assert checked == []
     finally:
         await store.close()
+
+
+async def test_a_file_edited_since_seeding_is_reported_not_applied(tmp_path: Path) -> None:
+    """The store is the source of truth: a restart does not apply an edited file. It says
+    so (``differs``, logged at start-up) instead of letting the edit pass for applied."""
+    d = tmp_path / "policies"
+    d.mkdir()
+    (d / "p.yaml").write_text("tenant: t\nname: a\nrule: {cel: {deny: 'false'}}\n---\n"
+                              "tenant: t\nname: b\nrule: {max_step_percent: {max_percent: 5}}\n")
+    store = SqlitePolicyStore(tmp_path / "s.sqlite3")
+    try:
+        await seed_from_directory(store, d)
+        (d / "p.yaml").write_text("tenant: t\nname: a\nrule: {cel: {deny: 'true'}}\n---\n"
+                                  "tenant: t\nname: b\nrule: {max_step_percent: {max_percent: 5}}\n")
+        again = await seed_from_directory(store, d)
+        assert [(t, n, v) for t, n, _, v in again.differs] == [("t", "a", 1)]
+        assert again.differs[0][2].endswith("p.yaml:1")
+        assert (await store.get("t", "a")).version == 1  # not applied
+    finally:
+        await store.close()

@@ -22,6 +22,10 @@ from pdp.policy.store.base import PolicyStore
 class SeedResult:
     created: list[tuple[str, str]] = field(default_factory=list)  # (tenant, name)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # already in the store
+    #: Skipped although the file says otherwise than the store's version: (tenant, name,
+    #: the file and line, the store's version). The store's stays in force; said at start-up
+    #: so an edited file is not taken for an applied change.
+    differs: list[tuple[str, str, str, int]] = field(default_factory=list)
 
 
 async def seed_from_directory(store: PolicyStore, path: str | Path,
@@ -32,8 +36,16 @@ async def seed_from_directory(store: PolicyStore, path: str | Path,
         return result
     policies = load_directory(directory)  # PolicyError (file:line:column) on any problem
     existing: set[tuple[str, str]] = set()
+    in_store: dict[tuple[str, str], tuple[str, int]] = {}
     for tenant in {p.tenant for p in policies}:  # a restart must not re-check 10 000 policies
-        existing |= {(tenant, row.name) for row in await store.list(tenant)}
+        for row in await store.list(tenant):
+            existing.add((tenant, row.name))
+            if not row.builtin:
+                in_store[(tenant, row.name)] = (row.content_hash, row.latest_version)
+    for p in policies:
+        hit = in_store.get((p.tenant, p.name))
+        if hit is not None and hit[0] and hit[0] != p.content_hash:
+            result.differs.append((p.tenant, p.name, p.source, hit[1]))
     result.skipped.extend((p.tenant, p.name) for p in policies if (p.tenant, p.name) in existing)
     policies = [p for p in policies if (p.tenant, p.name) not in existing]
     for policy in policies:  # validate all before writing any
