@@ -80,8 +80,12 @@ def lint_paths(paths: Iterable[Path], *, max_cost: int = DEFAULT_MAX_COST,
     env = env or pdp_environment()
     findings: list[Finding] = []
     seen: dict[tuple[str, str], str] = {}
+    done: set[Path] = set()
     for path in paths:
         for f in policy_files(path):
+            if f.resolve() in done:  # one file named twice (a dir and a file in it) is one
+                continue
+            done.add(f.resolve())
             findings.extend(lint_file(f, env, seen, max_cost=max_cost, warn_cost=warn_cost))
     return findings
 
@@ -173,8 +177,8 @@ def lint_policy(policy: Policy, doc: Located, src: str, env: Environment, *,
                 continue
         if program.cost_estimate > max_cost:
             add("error", path, f"{field}: estimated worst-case cost {program.cost_estimate}"
-                               f" exceeds the server limit {max_cost}; the server would deny"
-                               " every request it applies to")
+                               f" exceeds the server limit {max_cost}; the server refuses"
+                               " the policy (at start-up and PutDraft)")
         elif program.cost_estimate > warn_cost:
             add("warning", path, f"{field}: estimated worst-case cost {program.cost_estimate}"
                                  f" is above {warn_cost} (the per-decision cost budget); nested"

@@ -168,6 +168,9 @@ def load_documents(text: str, *, max_documents: int = MAX_DOCUMENTS,
     at the first value of a second non-empty document ("one policy per call").
     """
     docs: list[Located] = []
+    # A byte-order mark is not counted by the parser's marks: without it, every column of
+    # the first line (and every character index) is one off in the text the spans cut.
+    text = text.removeprefix("\ufeff")
     loader = _Loader(text)
     stream = _Stream(max_total_values)
     seen, first = 0, None
@@ -320,8 +323,11 @@ class _Document:
             if isinstance(event, yaml.ScalarEvent):
                 top = stack[-1] if stack else None
                 self._count(1, event)
-                start, end = event.start_mark, event.end_mark
+                start: Any = event.start_mark
+                end = event.end_mark
                 assert start is not None and end is not None  # the parser marks every event
+                if self.text[start.index:start.index + 1] in ("&", "!"):
+                    start = _past_properties(self.text, start)  # where the value is written
                 span = (start.index, end.index, event.style or "")
                 if top is not None and top.is_map and not top.has_key:
                     key = self._scalar(event, in_key=True)
@@ -521,6 +527,31 @@ class _Document:
             self._key(top, node.value, event.start_mark)
             return
         self._place(node)
+
+
+class _Mark:
+    """A position (what a parser mark gives: line, column from 0, character index)."""
+
+    __slots__ = ("column", "index", "line")
+
+    def __init__(self, index: int, line: int, column: int) -> None:
+        self.index, self.line, self.column = index, line, column
+
+
+def _past_properties(text: str, mark: Any) -> _Mark:
+    """The first character of a scalar's value: a scalar event's mark is at its anchor
+    (``&a``) or tag (``!!str``), which put every position after them off by their length."""
+    i, line, column = mark.index, mark.line, mark.column
+    n = len(text)
+    while i < n and text[i] in "&!":
+        while i < n and text[i] not in " \t\r\n":
+            i, column = i + 1, column + 1
+        while i < n and text[i] in " \t\r\n":
+            if text[i] == "\n":
+                i, line, column = i + 1, line + 1, 0
+            else:
+                i, column = i + 1, column + 1
+    return _Mark(i, line, column)
 
 
 def _expand(node: _Node, path: Path_, pos: dict[Path_, tuple[int, int]],

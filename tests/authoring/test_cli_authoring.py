@@ -229,3 +229,32 @@ def test_one_policy_file_runs_the_tests_beside_it(tmp_path: Path) -> None:
     out = io.StringIO()
     assert unit_tests.main(str(d / "acme.yaml"), out=out) in (0, 1), out.getvalue()
     assert "passed" in out.getvalue() and "expected a list" not in out.getvalue()
+
+
+@pytest.mark.parametrize(("deny", "column"), [
+    ("deny: 'agent.idd == \"x\"'", 18),               # the plain case: the quote is column 11
+    ("deny: &e 'agent.idd == \"x\"'", 21),            # an anchor before the value
+    ("deny: !!str 'agent.idd == \"x\"'", 24),         # a tag before the value
+    ("deny: &e !!str 'agent.idd == \"x\"'", 27),
+])
+def test_positions_count_from_the_value_not_its_anchor_or_tag(
+        tmp_path: Path, deny: str, column: int) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(f"tenant: t\nname: p\nrule:\n  cel:\n    {deny}\n")
+    [finding] = lint.lint_paths([f])
+    assert (finding.line, finding.column) == (5, column), finding
+
+
+def test_a_byte_order_mark_moves_no_position(tmp_path: Path) -> None:
+    body = "tenant: t\nname: p\nrule:\n  cel:\n    deny: 'agent.idd == \"x\"'\n"
+    plain, marked = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    plain.write_text(body)
+    marked.write_text("\ufeff" + body)
+    [a], [b] = lint.lint_paths([plain]), lint.lint_paths([marked])
+    assert (a.line, a.column) == (b.line, b.column) == (5, 18)
+
+
+def test_a_file_named_twice_is_linted_once(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("tenant: t\nname: p\nrule: {cel: {deny: 'false'}}\n")
+    assert lint.lint_paths([tmp_path, f]) == []  # not "already defined" by itself

@@ -41,8 +41,9 @@ async def test_a_file_edited_since_seeding_is_reported_not_applied(tmp_path: Pat
     store = SqlitePolicyStore(tmp_path / "s.sqlite3")
     try:
         await seed_from_directory(store, d)
-        (d / "p.yaml").write_text("tenant: t\nname: a\nrule: {cel: {deny: 'true'}}\n---\n"
-                                  "tenant: t\nname: b\nrule: {max_step_percent: {max_percent: 5}}\n")
+        (d / "p.yaml").write_text(
+            "tenant: t\nname: a\nrule: {cel: {deny: 'true'}}\n---\n"
+            "tenant: t\nname: b\nrule: {max_step_percent: {max_percent: 5}}\n")
         again = await seed_from_directory(store, d)
         assert [(t, n, v) for t, n, _, v in again.differs] == [("t", "a", 1)]
         assert again.differs[0][2].endswith("p.yaml:1")
