@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -284,8 +285,20 @@ def _compile_cel(policy: Policy, rule: CelRule, env: Environment, cache: Program
     _check_size(policy, rule, env)
     variables: list[tuple[str, Program]] = []
     scope = env
-    for name, source in rule.variables:
-        prog = _compile(scope, cache, source, policy, f"rule.cel.variables.{name}", max_cost)
+    names = [n for n, _ in rule.variables]
+    for i, (name, source) in enumerate(rule.variables):
+        try:
+            prog = _compile(scope, cache, source, policy, f"rule.cel.variables.{name}",
+                            max_cost)
+        except PolicyError as exc:
+            later = [n for n in names[i:] if re.search(rf"\bvariables\.{n}\b", source)]
+            if later:  # "undeclared reference to 'variables'" would not say why
+                what = "itself" if later[0] == name else f"variables.{later[0]}"
+                raise PolicyError(f"reads {what}, defined at or after it: a variable reads"
+                                  f" only the ones before it ({exc.problem})",
+                                  field_path=exc.field_path, source=exc.source,
+                                  line=exc.line, column=exc.column) from None
+            raise
         variables.append((name, prog))
         scope = _with_variables(env, tuple((n, p.result_type) for n, p in variables))
     deny = violations = message = None

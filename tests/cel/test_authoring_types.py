@@ -304,3 +304,13 @@ async def test_a_dyn_message_is_shown_as_cel_shows_values() -> None:
     engine, _ = engine_for(policy("    deny: 'true'\n    message: 'config.m'\n"))
     d = await engine.check(push("m: {k: [1, true]}"), 1.0)
     assert d.reasons[0].message == '{"k":[1,true]}'  # CEL's true, not Python's True
+
+
+@pytest.mark.parametrize(("variables", "what"), [
+    ("      a: 'variables.b + 1'\n      b: '1'\n", "reads variables.b, defined at or after it"),
+    ("      a: 'variables.a + 1'\n", "reads itself, defined at or after it"),
+])
+def test_a_variable_reading_a_later_one_says_so(variables: str, what: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        compiled(policy(f"    variables:\n{variables}    deny: 'false'\n"))
+    assert what in str(err.value) and err.value.field_path == "rule.cel.variables.a"
