@@ -27,6 +27,9 @@ def worker_settings(settings: Settings, index: int) -> Settings:
 
 
 def _run_worker(settings: Settings) -> None:
+    # Until serve() installs its handler, SIGHUP's default would end this worker: a reload
+    # sent while it starts is ignored instead (the tokens it is about to read are current).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     import asyncio
 
     from pdp.logging import configure_logging

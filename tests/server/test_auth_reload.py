@@ -105,6 +105,10 @@ def test_sighup_to_the_workers_parent_reloads_every_worker(tmp_path: Path) -> No
         srv = PdpServer(tmp_path, args=["--auth-tokens-file", str(path), "--workers", "2",
                                         "--redis-url", redis.url]).start()
         try:
+            # both workers serving (start() returns once one answers): a worker still
+            # starting ignores SIGHUP (its default would end it) and reads the file anyway
+            wait_until(lambda: srv.log().count('"event": "started"') >= 2,
+                       "both workers started")
             _write(path, ("kept", tokens["kept"][1]))
             _hup(srv)
             wait_until(lambda: srv.log().count("auth_reloaded") >= 2, "both workers reloaded")
