@@ -281,14 +281,16 @@ def _contradiction(sel: LabelSelector) -> str | None:
 
 def main(paths: Iterable[str], *, strict: bool = False, max_cost: int = DEFAULT_MAX_COST,
          warn_cost: int = DEFAULT_WARN_COST, out: TextIO | None = None) -> int:
+    # errors (exit 2) to stderr, as pdp check and eval do; a caller's ``out`` gets all
+    err = out or sys.stderr
     out = out or sys.stdout
     targets = [Path(p) for p in paths]
     missing = [str(p) for p in targets if not p.exists()]
     if missing:
-        print(f"pdp policy lint: no such file or directory: {', '.join(missing)}", file=out)
+        print(f"pdp policy lint: no such file or directory: {', '.join(missing)}", file=err)
         return 2
     if not any(policy_files(p) for p in targets):
-        print("pdp policy lint: no policy files found", file=out)
+        print("pdp policy lint: no policy files found", file=err)
         return 2
     findings = lint_paths(targets, max_cost=max_cost, warn_cost=warn_cost)
     for f in findings:

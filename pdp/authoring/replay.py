@@ -331,24 +331,26 @@ def format_report(report: ReplayReport) -> str:
 def main(policy: str, since: str, audit: Sequence[str], *, as_json: bool = False,
          out: TextIO | None = None) -> int:
     """0: report printed (whatever it says); 2: the policy, window or audit files are bad."""
+    # errors (exit 2) to stderr, as pdp check and eval do; a caller's ``out`` gets all
+    err = out or sys.stderr
     out = out or sys.stdout
     try:
         start = parse_since(since)
         policies = load_policies(Path(policy))
     except (ValueError, PolicyError) as exc:  # PolicyError is a ValueError
-        print(f"pdp replay: {exc}", file=out)
+        print(f"pdp replay: {exc}", file=err)
         return 2
     if not policies:
-        print(f"pdp replay: no policy in {policy}", file=out)
+        print(f"pdp replay: no policy in {policy}", file=err)
         return 2
     files = audit_files(audit)
     if not files:
-        print(f"pdp replay: no audit files at {', '.join(map(str, audit))}", file=out)
+        print(f"pdp replay: no audit files at {', '.join(map(str, audit))}", file=err)
         return 2
     try:
         report = asyncio.run(replay(policies, files, start))
     except PolicyError as exc:  # a draft the server would refuse: nothing to replay
-        print(f"pdp replay: {exc}", file=out)
+        print(f"pdp replay: {exc}", file=err)
         return 2
     if as_json:
         print(json.dumps(report.to_json(), indent=2), file=out)

@@ -261,21 +261,23 @@ async def run_all(policy_path: Path, test_path: Path | None = None) -> list[Outc
 
 def main(policy_path: str, tests: str | None = None, *, verbose: bool = False,
          out: TextIO | None = None) -> int:
+    # errors (exit 2) to stderr, as pdp check and eval do; a caller's ``out`` gets all
+    err = out or sys.stderr
     out = out or sys.stdout
     ppath = Path(policy_path)
     if not ppath.exists():
-        print(f"pdp test: {ppath} does not exist", file=out)
+        print(f"pdp test: {ppath} does not exist", file=err)
         return 2
     try:
         outcomes = asyncio.run(run_all(ppath, Path(tests) if tests else None))
     except PolicyError as exc:
-        print(f"pdp test: policies: {exc}", file=out)
+        print(f"pdp test: policies: {exc}", file=err)
         return 2
     except TestFileError as exc:
-        print(f"pdp test: {exc}", file=out)
+        print(f"pdp test: {exc}", file=err)
         return 2
     if not outcomes:
-        print(f"pdp test: no *.test.yaml files under {tests or ppath}", file=out)
+        print(f"pdp test: no *.test.yaml files under {tests or ppath}", file=err)
         return 2
     failed = [o for o in outcomes if not o.passed]
     for o in outcomes:

@@ -258,3 +258,13 @@ def test_a_file_named_twice_is_linted_once(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
     f.write_text("tenant: t\nname: p\nrule: {cel: {deny: 'false'}}\n")
     assert lint.lint_paths([tmp_path, f]) == []  # not "already defined" by itself
+
+
+def test_exit_2_errors_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As pdp check and pdp eval do: stdout stays for results (a pipe reads no error)."""
+    missing = str(tmp_path / "missing")
+    assert cli_main(["test", missing]) == 2
+    assert cli_main(["policy", "lint", missing]) == 2
+    assert cli_main(["replay", "--policy", missing, "--audit", missing, "--since", "1d"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count(missing) >= 2
