@@ -59,6 +59,13 @@ def _table(tz: str, center: dt.date) -> DayTable:
         labels.pop()  # the day after the last labelled one only bounds it
     else:  # clipped at 9999-12-31: its end
         bounds.append(bounds[-1] + 86_400_000)
+    # A date the zone skipped (Pacific/Apia 2011-12-30) lasts no time: as "yesterday" it
+    # would leave no margin before today, and a sidecar a second ahead of Redis would find
+    # Redis's now outside the table. Reach back past it.
+    while len(bounds) > 1 and bounds[1] - bounds[0] <= 0 and days[0] > dt.date.min:
+        days.insert(0, days[0] - dt.timedelta(days=1))
+        bounds.insert(0, local_midnight_ms(tz, days[0]))
+        labels.insert(0, days[0].isoformat())
     return DayTable(tz, tuple(bounds), tuple(labels))
 
 

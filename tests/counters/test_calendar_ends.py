@@ -30,3 +30,14 @@ async def test_a_local_date_outside_the_calendar_is_an_error_that_says_so() -> N
     store = MemoryCounterStore(clock)
     with pytest.raises(ValueError, match="outside the calendar"):
         await store.reserve("t", [cap("Pacific/Kiritimati")], timeout=1.0)
+
+
+def test_a_skipped_date_leaves_a_margin_before_today() -> None:
+    """Samoa skipped 2011-12-30: as "yesterday" it lasts no time, so the day table reaches
+    back past it and a clock a second behind (Redis's, a sidecar's) still finds its day."""
+    from pdp.counters.days import day_table
+
+    at = dt.datetime.fromisoformat("2011-12-31T00:00:00.5+14:00").timestamp()
+    table = day_table("Pacific/Apia", at)
+    assert table.locate(int(at * 1000))[0] == "2011-12-31"  # type: ignore[index]
+    assert table.locate(int(at * 1000) - 1000)[0] == "2011-12-29"  # type: ignore[index]
