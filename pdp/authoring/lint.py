@@ -143,16 +143,17 @@ def lint_policy(policy: Policy, doc: Located, src: str, env: Environment, *,
     rule: Any = policy.rule
     # -- CEL: compile errors, cost ---------------------------------------------------------
     expressions: list[tuple[tuple[Any, ...], str, Program | None]] = []
-    if isinstance(rule, CelRule):
-        # compiled as the server compiles it (variables first, typed), errors at the file
-        # line and column inside the expression
+    if isinstance(rule, CelRule | CounterSpec):
+        # compiled as the server compiles it (variables first, typed; its cost limit), so
+        # errors and their file line and column inside the expression are the server's
         try:
-            compiled = compile_policy(policy, env, ProgramCache(64))
+            compiled = compile_policy(policy, env, ProgramCache(64), max_cost=max_cost)
         except PolicyError as exc:
             out.append(Finding("error", src, exc.line, exc.column, policy.name,
                                f"{exc.field_path}: {exc.problem}" if exc.field_path
                                else exc.problem))
             return out
+    if isinstance(rule, CelRule):
         programs: dict[str, Program | None] = {
             f"rule.cel.variables.{n}": p for n, p in compiled.variables}
         programs.update({"rule.cel.deny": compiled.deny, "rule.cel.message": compiled.message,
@@ -163,7 +164,7 @@ def lint_policy(policy: Policy, doc: Located, src: str, env: Environment, *,
             expressions.append((path, source, programs.get(field_path)))
     elif isinstance(rule, CounterSpec) and rule.scope_expression is not None:
         expressions.append((("rule", rule.kind, "scope", "expression"), rule.scope_expression,
-                            None))
+                            compiled.scope_program))
     for path, source, compiled_program in expressions:
         field = ".".join(map(str, path))
         if compiled_program is not None:

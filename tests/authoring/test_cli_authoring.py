@@ -268,3 +268,18 @@ def test_exit_2_errors_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert cli_main(["replay", "--policy", missing, "--audit", missing, "--since", "1d"]) == 2
     out = capsys.readouterr()
     assert out.out == "" and out.err.count(missing) >= 2
+
+
+def test_lint_reports_a_scope_expression_where_the_server_does(tmp_path: Path) -> None:
+    from pdp.cel import ProgramCache, pdp_environment
+    from pdp.policy.compiled import compile_policy
+    from pdp.policy.loader import load_file
+    from pdp.policy.model import PolicyError
+
+    f = tmp_path / "p.yaml"
+    f.write_text("tenant: t\nname: cap\nrule:\n  daily_cap:\n    max_count: 3\n    scope:\n"
+                 "      expression: 'agent.labels[\"team\"] + agent.grup'\n")
+    [finding] = lint.lint_paths([f])
+    with pytest.raises(PolicyError) as err:
+        compile_policy(load_file(f)[0], pdp_environment(), ProgramCache(4))
+    assert (finding.line, finding.column) == (err.value.line, err.value.column) == (7, 49)
