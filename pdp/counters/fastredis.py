@@ -63,7 +63,7 @@ def arg(value: str | int | bytes) -> bytes:
 class _Conn(asyncio.Protocol):
     """One connection: at most one request in flight, its reply parsed by hiredis."""
 
-    __slots__ = ("closed", "reader", "transport", "used", "waiter")
+    __slots__ = ("closed", "late", "reader", "transport", "used", "waiter")
 
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
@@ -71,6 +71,7 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[Any] | None = None
         self.closed = False
         self.used = False  # has completed a call (a failure on it may be a stale socket)
+        self.late: InFlight | None = None  # a timed-out call still listening (InFlight)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -95,6 +96,8 @@ class _Conn(asyncio.Protocol):
         self.waiter = None
         if not w.done():
             w.set_result(reply)
+        elif self.late is not None:  # its caller timed out; it listens a moment longer
+            self.late.late_reply = (reply,)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -126,17 +129,37 @@ class InFlight:
     throttling), the reply and the timeout fall due in the same turn, the timeout cancels
     the waiting task, and the reply (of a reservation Redis made, in time) would be lost."""
 
-    __slots__ = ("fut",)
+    __slots__ = ("conn", "fut", "late_reply", "pool")
 
     def __init__(self) -> None:
         self.fut: asyncio.Future[Any] | None = None
+        # After a timeout the connection is kept (out of the pool) until ``release``: a
+        # reply already in the socket (a loop stopped, SIGSTOP/SIGCONT: the wait for events
+        # returns EINTR and the timer runs first) is read on the loop's next turns.
+        self.conn: _Conn | None = None
+        self.pool: FastRedis | None = None
+        self.late_reply: tuple[Any] | None = None
 
     def arrived(self) -> tuple[bool, Any]:
         """(True, reply) when the reply had arrived, else (False, None)."""
+        if self.late_reply is not None:
+            return True, self.late_reply[0]
         fut = self.fut
         if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
             return False, None
         return True, fut.result()
+
+    @property
+    def listening(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    def release(self) -> None:
+        """Done listening: the kept connection is closed (its stream may be mid-reply)."""
+        conn, pool = self.conn, self.pool
+        self.conn = self.pool = None
+        if conn is not None and pool is not None:
+            conn.late = None
+            pool._discard(conn)
 
 
 class FastRedis:
@@ -247,6 +270,12 @@ class FastRedis:
             except BaseException:
                 self._discard(conn)
                 raise
+        except asyncio.CancelledError:
+            if sent is not None and not conn.closed and conn.waiter is not None:
+                conn.late, sent.conn, sent.pool = sent, conn, self  # kept: see InFlight
+            else:
+                self._discard(conn)
+            raise
         except BaseException:
             self._discard(conn)
             raise

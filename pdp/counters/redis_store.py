@@ -625,6 +625,27 @@ class RedisCounterStore:
             await self._load()
             return await self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
 
+    @staticmethod
+    async def _late_reply(sent: InFlight) -> tuple[bool, Any]:
+        """After a timeout: the reply, if it was there or comes within LATE_GRACE_S (a loop
+        that was stopped reads its sockets only on its next turns; a call Redis resumed
+        right at the give-up instant lateness.py sent commits, and answers, just after it).
+        Either is a reservation made: taken, it is not a denied push that used up a slot."""
+        try:
+            arrived, reply = sent.arrived()
+            if not arrived and sent.listening:
+                until = time.monotonic() + LATE_GRACE_S
+                turns = 0
+                while True:  # a few bare turns (what is in the socket), then short naps
+                    await asyncio.sleep(0 if turns < 3 else 0.0005)
+                    turns += 1
+                    arrived, reply = sent.arrived()
+                    if arrived or not sent.listening or time.monotonic() >= until:
+                        break
+            return arrived, reply
+        finally:
+            sent.release()
+
     async def _run(self, script: _Script, key: str, args: list[str | int], timeout: float) -> Any:
         """One script call, bounded by ``timeout``; every failure is CounterStoreUnavailable."""
         if timeout <= 0:
@@ -642,7 +663,7 @@ class RedisCounterStore:
                 async with asyncio.timeout(timeout):
                     return await self._fast_evalsha(fast, script, data, sent)
             except TimeoutError as e:
-                arrived, reply = sent.arrived()
+                arrived, reply = await self._late_reply(sent)
                 if arrived and not isinstance(reply, ReplyError):
                     return reply  # in time; only this loop was late to see it (InFlight)
                 raise CounterStoreUnavailable(
@@ -671,6 +692,8 @@ class RedisCounterStore:
 
 
 _PING = pack(b"PING")
+#: How long a timed-out call listens for its reply (see RedisCounterStore._late_reply).
+LATE_GRACE_S = 0.003
 _TIME = pack(b"TIME")
 
 

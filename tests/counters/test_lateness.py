@@ -143,3 +143,84 @@ async def test_a_reply_that_arrived_while_the_loop_was_late_is_taken(
     finally:
         raw.close()
         await store.close()
+
+
+class _SlowReplies:
+    """A TCP proxy in threads (the test's event loop may be the one running late): replies
+    from Redis reach the client ``delay_s`` after they left Redis."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import socket
+        import threading
+
+        self.delay_s = 0.0
+        self.upstream = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        self.stopped = False
+        self._spawn(self._accept)
+
+    def _spawn(self, fn: object, *args: object) -> None:
+        import threading
+
+        t = threading.Thread(target=fn, args=args, daemon=True)  # type: ignore[arg-type]
+        t.start()
+        self.threads.append(t)
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.upstream))
+            self._spawn(self._pipe, client, up, False)
+            self._spawn(self._pipe, up, client, True)
+
+    def _pipe(self, src: object, dst: object, replies: bool) -> None:
+        while True:
+            try:
+                data = src.recv(65536)  # type: ignore[attr-defined]
+            except OSError:
+                return
+            if not data:
+                return
+            if replies and self.delay_s:
+                time.sleep(self.delay_s)  # not-a-wait: the slow network under test
+            try:
+                dst.sendall(data)  # type: ignore[attr-defined]
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopped = True
+        self.listener.close()
+
+
+async def test_a_reply_just_after_the_timeout_is_taken(
+        redis_srv: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped loop (SIGSTOP/SIGCONT: the wait for events returns EINTR, the timer runs
+    first) or Redis resumed at the give-up instant: the reply comes just after the timeout.
+    The call listens a moment longer (LATE_GRACE_S; widened here so the test does not race)
+    and takes it: Redis made the reservation, so the push is allowed and counted once."""
+    from pdp.counters import redis_store
+
+    monkeypatch.setattr(redis_store, "LATE_GRACE_S", DEADLINE_S)
+    proxy = _SlowReplies(redis_srv.port)
+    store = RedisCounterStore(make_client(CounterSettings(url=f"redis://127.0.0.1:{proxy.port}/0")))
+    tenant = new_tenant()
+    cap = CounterRule("grace@v1", CounterKind.DAILY_CAP, "agent:a1", max_count=2,
+                      counter_id="grace")
+    try:
+        assert await store.ping(timeout=DEADLINE_S)
+        proxy.delay_s = 0.2  # the reply leaves Redis at once and arrives after the timeout
+        assert (await store.reserve(tenant, [cap], timeout=0.05)).allowed
+        proxy.delay_s = 0.0
+        assert (await store.reserve(tenant, [cap], timeout=DEADLINE_S)).allowed
+        assert not (await store.reserve(tenant, [cap], timeout=DEADLINE_S)).allowed
+    finally:
+        await store.close()
+        proxy.close()
