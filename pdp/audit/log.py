@@ -454,7 +454,12 @@ class AuditLog:
     @property
     def file_trouble(self) -> str | None:
         """The last time the audit file was found removed or moved away under the writer,
-        or None: for health reports (logged as ``audit_file_replaced``)."""
+        or None: for health reports (logged as ``audit_file_replaced``). Also while idle:
+        a file removed now is put back at the next record (or at shutdown)."""
+        if not self._ledger.in_place():
+            return (f"audit file {self._ledger.path} is not the file being written (removed"
+                    " or moved while open): it is put back, or started anew, at the next"
+                    " record or at shutdown")
         return self._ledger.last_replaced
 
     @property

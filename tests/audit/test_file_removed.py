@@ -58,3 +58,18 @@ async def test_a_moved_audit_file_keeps_its_records_and_a_new_one_continues(
     new = read_records(path)
     assert old == [0, 1, 2] and [r["event"]["i"] for r in new] == [3, 4, 5]
     assert new[0]["seq"] == 4  # the chain continues in the new file
+
+
+async def test_a_file_removed_while_idle_is_put_back_at_shutdown(
+        settings: AuditSettings) -> None:
+    """No batch follows the removal, so no write notices it: the health report says so at
+    once, and closing puts the file back instead of closing the only copy."""
+    path = Path(settings.path)
+    log = AuditLog(settings)
+    await log.start()
+    for i in range(3):
+        await log.emit_durable({"type": "Test", "tenant": "t", "i": i})
+    os.unlink(path)
+    assert log.file_trouble is not None and "not the file being written" in log.file_trouble
+    await log.close()
+    assert [r["event"]["i"] for r in read_records(path)] == [0, 1, 2]

@@ -297,7 +297,13 @@ class Ledger:
 
     def close(self) -> None:
         """End with a shutdown checkpoint (``final``: the writer usually wrote it already),
-        fsync, unlock."""
+        fsync, unlock. A file removed while idle is put back first (_check_in_place runs
+        before each batch, and an idle writer writes none): closing it would lose it."""
+        if self._fd is not None:
+            try:
+                self._check_in_place()
+            except OSError as exc:
+                log.error("audit_file_not_restored", path=str(self.path), error=str(exc))
         if self.anchorer is not None and self._fd is not None and not self._ends_final \
                 and self.head.seq > 0:
             # A failure leaves no shutdown mark (a restart then reads it as a crash) and
@@ -427,6 +433,16 @@ class Ledger:
                 return AppendResult(entries, exc, False, checkpoint)
             anchorer.anchored()
         return AppendResult(entries, None, fsync, checkpoint)
+
+    def in_place(self) -> bool:
+        """Whether the path still names the open file (a stat, no repair: health reports)."""
+        if self._fd is None or self._ident is None:
+            return True
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._ident
 
     def _check_in_place(self) -> None:
         """The active file must still be the file at its path. Removed while open (``rm``,
