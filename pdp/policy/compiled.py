@@ -186,7 +186,8 @@ class CompiledPolicy:
         (:func:`shadow_counter_id`): its would-denies then follow the pushes it has seen,
         and the live counters of the same name are never read or consumed by it."""
         assert self.counter is not None
-        counter_id = shadow_counter_id(self.name) if self.shadow else self.name
+        counter_id = (shadow_counter_id(self.name, self.policy.version) if self.shadow
+                      else self.name)
         try:
             return self.counter.rule(f"{self.name}@v{self.policy.version}", scope_key,
                                      counter_id=counter_id)
@@ -216,10 +217,12 @@ class CompiledPolicy:
         return scope_key(scope, value or None)
 
 
-def shadow_counter_id(name: str) -> str:
-    """The stored counter of a shadow policy named ``name``: ``#`` is not allowed in policy
-    names, so it can never be a live policy's counter."""
-    return f"{name}#shadow"
+def shadow_counter_id(name: str, version: int) -> str:
+    """The stored counter of version ``version`` of a shadow policy named ``name``: ``#`` is
+    not allowed in policy names, so it is never a live policy's counter; per version, so a
+    draft and an approved version of one policy, evaluated side by side, do not count each
+    push twice in one counter."""
+    return f"{name}@v{version}#shadow"
 
 
 def compile_policy(policy: Policy, env: Environment, cache: ProgramCache, *,

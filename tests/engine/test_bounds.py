@@ -423,3 +423,19 @@ async def test_a_runaway_draft_runs_out_of_budget_once_per_request() -> None:
     await engine.check(push(ITEMS, agent="a2"), 1.0)  # another request: evaluated
     await _poll(lambda: len(would()) == 4, "the other request's would-deny")
     assert "not evaluated again" not in would()[-1]["message"]
+
+
+async def test_two_shadow_versions_of_one_policy_count_apart() -> None:
+    """An approved v2 and a draft v3 of one policy, both in shadow: each has its own counter
+    (one shared counter would count every push twice and would-deny a push early)."""
+    engine, audit = engine_for(
+        "tenant: t\nname: cap\nrule: {daily_cap: {max_count: 10}}\n---\n"
+        "tenant: t\nname: cap\nversion: 2\nstatus: approved\nauthor: a\napprover: b\n"
+        "rule: {daily_cap: {max_count: 2}}\n---\n"
+        "tenant: t\nname: cap\nversion: 3\nstatus: draft\nrule: {daily_cap: {max_count: 2}}\n")
+    decisions = [await engine.check(push(agent=f"a{i}"), 1.0) for i in range(3)]
+    assert all(d.allowed for d in decisions)
+    await _poll(lambda: engine.shadow.evaluated == 3, "the drafts of three decisions")
+    would = [(e["decision_id"], e["version"]) for e in audit.events
+             if e["type"] == "Policy.WouldDeny"]
+    assert sorted(would) == sorted([(decisions[2].decision_id, 2), (decisions[2].decision_id, 3)])
