@@ -244,32 +244,59 @@ def in_bounded(dl: float, x: Any, c: Any) -> bool:
     return contains_in(x, c)
 
 
+class _NumProbe:
+    """Looks up a number among a map's keys in one hash probe: Python's dict compares the
+    stored key with the probe (``int.__eq__`` declines, so ours decides), and a number is
+    never the bool Python holds equal to it (``True == 1``). A scan of the keys instead made
+    ``-1 in m`` over 100 000 int keys a walk no budget charged (240 of them: 0.7 s)."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: Any) -> None:
+        self.v = v
+
+    def __hash__(self) -> int:
+        return hash(self.v)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is not bool and type(other) in _NUM and other == self.v
+
+
+class _BoolProbe(_NumProbe):
+    """A bool among a map's keys: only a bool key matches (never 1 or 0)."""
+
+    __slots__ = ()
+    __hash__ = _NumProbe.__hash__  # (defining __eq__ would otherwise unset it)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is bool and other == self.v
+
+
 def map_get(m: dict[Any, Any], k: Any) -> tuple[bool, Any]:
     """Look up ``k`` with CEL key semantics (numeric keys match across int/uint/double,
-    bool keys never match numbers)."""
+    bool keys never match numbers), in one hash probe."""
     tk = type(k)
     if tk is str:
         if k in m:
             return True, m[k]
         return False, None
     if tk is bool:
-        for kk, v in m.items():
-            if type(kk) is bool and kk == k:
-                return True, v
-        return False, None
-    if tk in _NUM:
+        probe: _NumProbe = _BoolProbe(k)
+    elif tk in _NUM:
         if tk is float and not (k == k and k % 1 == 0):
             return False, None
-        for kk, v in m.items():
-            if type(kk) in _NUM and kk == k:
-                return True, v
+        probe = _NumProbe(k)
+    else:
+        try:
+            if k in m:
+                return True, m[k]
+        except TypeError:
+            pass
         return False, None
     try:
-        if k in m:
-            return True, m[k]
-    except TypeError:
-        pass
-    return False, None
+        return True, m[probe]
+    except KeyError:
+        return False, None
 
 
 # -- ordering ------------------------------------------------------------------------------

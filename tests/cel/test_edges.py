@@ -78,3 +78,36 @@ def test_error_texts_are_not_python_reprs() -> None:
     with pytest.raises(CelEvalError) as err:
         prog.evaluate({"config": {"s": "a\udc80b"}}, Budget(deadline=time.monotonic() + 5))
     assert "Unicode" in str(err.value) and "Error" not in str(err.value)
+
+
+@pytest.mark.parametrize(("src", "want"), [
+    ("1 in {1: 'a'}", True), ("dyn(1u) in dyn({1: 'a'})", True), ("1.0 in dyn({1: 'a'})", True),
+    ("2 in {1: 'a'}", False), ("1.5 in dyn({1: 'a'})", False),
+    ("true in {true: 'a'}", True), ("dyn(1) in dyn({true: 'a'})", False),
+    ("dyn(true) in dyn({1: 'a'})", False), ("{true: 'a', 2: 'b'}[true]", "a"),
+    ("dyn({1: 'a'})[1u]", "a"), ("dyn({5u: 'x'})[5]", "x"),
+])
+def test_map_keys_keep_cel_semantics_in_one_probe(src: str, want: Any) -> None:
+    assert run(src) == want, src
+
+
+def test_a_number_key_lookup_does_not_compare_with_every_key() -> None:
+    """A lookup is one hash probe, not a scan: with 100 000 int keys, -1 in m compared the
+    probe with every key (no budget charged it)."""
+    from pdp.cel.stdlib import _NumProbe, map_get
+
+    compared = 0
+    original = _NumProbe.__eq__
+
+    def counting(self: _NumProbe, other: object) -> bool:
+        nonlocal compared
+        compared += 1
+        return original(self, other)
+
+    m = {i: i for i in range(100_000)}
+    _NumProbe.__eq__ = counting  # type: ignore[method-assign]
+    try:
+        assert map_get(m, -1) == (False, None) and map_get(m, 99_999) == (True, 99_999)
+    finally:
+        _NumProbe.__eq__ = original  # type: ignore[method-assign]
+    assert compared <= 4
