@@ -160,6 +160,7 @@ class ShadowRunner:
         self.skipped = 0
         self._unnoted = 0
         self._last_note = 0.0
+        self._pending_note: asyncio.TimerHandle | None = None
         self.on_skip: Callable[[int], None] | None = None  # metric hook (telemetry)
 
     @property
@@ -182,8 +183,16 @@ class ShadowRunner:
         if self.on_skip is not None:
             self.on_skip(n)
         now = time.monotonic()
-        if now - self._last_note >= self.options.note_every_s:
+        wait = self._last_note + self.options.note_every_s - now
+        if wait <= 0:
             self._note(why)
+        elif self._pending_note is None:  # the rest of a burst: noted once the interval is up
+            self._pending_note = asyncio.get_running_loop().call_later(
+                wait, self._note_pending, why)
+
+    def _note_pending(self, why: str) -> None:
+        self._pending_note = None
+        self._note(why)
 
     def _note(self, why: str) -> None:
         if not self._unnoted:
@@ -235,6 +244,10 @@ class ShadowRunner:
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None
+        if self._pending_note is not None:  # a burst's skips keep their own reason
+            self._pending_note.cancel()
+            self._pending_note = None
+            self._note("backlog full")
         if self._jobs:
             n = len(self._jobs)
             self._jobs.clear()

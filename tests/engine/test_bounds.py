@@ -439,3 +439,19 @@ async def test_two_shadow_versions_of_one_policy_count_apart() -> None:
     would = [(e["decision_id"], e["version"]) for e in audit.events
              if e["type"] == "Policy.WouldDeny"]
     assert sorted(would) == sorted([(decisions[2].decision_id, 2), (decisions[2].decision_id, 3)])
+
+
+async def test_skips_after_the_first_note_are_noted_once_the_interval_is_up() -> None:
+    """A burst: the first skip is noted at once, the rest of it once note_every_s has
+    passed (with reason "backlog full"), not left for shutdown under another reason."""
+    engine, audit = engine_for(
+        CEL.format(name="draft", extra="status: draft\n", deny="true"))
+    engine.options = replace(engine.options, shadow=ShadowOptions(backlog=1, note_every_s=0.05))
+    for i in range(3):  # three steps: each hands over more jobs than the backlog takes
+        await engine.check_batch([push(agent=f"s{i}-{j}") for j in range(4)], 1.0)
+
+    def noted() -> int:
+        return sum(e["count"] for e in audit.events if e["type"] == "Shadow.Skipped")
+    await _poll(lambda: noted() == engine.shadow.skipped, "every skip noted")
+    assert {e["reason"] for e in audit.events if e["type"] == "Shadow.Skipped"} == {
+        "backlog full"}
