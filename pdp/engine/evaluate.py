@@ -202,7 +202,7 @@ class Evaluator:
                             deny, message=f"... and {deny.omitted} more violations")))
                 else:
                     decision.reasons.append(self.reason(p, deny))
-                if req.explain:
+                if req.explain and (req.explain_cel or p.stateless is not None):
                     decision.explanations.append(explanation(p, ctx, deny.code, budget))
                 if deny.code == ReasonCode.DEADLINE_EXCEEDED:
                     break

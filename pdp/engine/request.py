@@ -49,4 +49,8 @@ class CheckRequest:
     override: Override | None = None
     caller: Caller = field(default_factory=Caller)
     explain: bool = False
+    #: With ``explain``: explain CEL rules too. False for a caller who may not read the
+    #: tenant's policies (a CEL explanation quotes source text and is not shown to them):
+    #: not computed, as it would re-evaluate the rule's parts in the decision's budget.
+    explain_cel: bool = True
     request_id: str = ""

@@ -111,6 +111,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
 
         async def run() -> R:
             req = build(current_caller(tenant))
+            req.explain_cel = reader  # not shown to others: not computed (request.py)
             tel = self.engine.telemetry
             if not tel.enabled:
                 decision = await self.engine.check(req, self.deadline_s,
@@ -176,6 +177,7 @@ class DecisionService(dgrpc.DecisionServiceServicer):
                     request, current_caller(request.tenant))):
                 if turns.due(i):
                     await turns.take()
+                one.explain_cel = reader  # not shown to others: not computed (request.py)
                 reqs.append(one)
             # One span per step, in the caller's trace; its log lines are written inside it.
             with self.engine.telemetry.decision_span(

@@ -222,3 +222,17 @@ def test_offline_drafts_get_the_generous_budget_not_a_servers_shadow_slice() -> 
     assert sandbox.engine.options.shadow.budget_s == DEFAULT_BUDGET_S
     assert sandbox.engine.options.shadow.budget_s > ShadowOptions().budget_s * 10
     assert sandbox.engine.shadow.options.budget_s == DEFAULT_BUDGET_S
+
+
+def test_cel_explanations_are_not_computed_for_a_caller_who_may_not_see_them() -> None:
+    """A CEL explanation quotes source text, so a caller who may not read the tenant's
+    policies is not shown it: it is not computed either (it re-evaluates the rule's parts
+    in the decision's budget). Typed rules' explanations are still given."""
+    policies = ("tenant: t\nname: c\nrule: {cel: {deny: 'config.receivers.size() == 0'}}\n"
+                "---\ntenant: t\nname: s\nrule: {max_step_percent: {max_percent: 5}}\n")
+    rollout = {"id": "r", "step": 1, "step_percent": 50.0}
+    seen = decide(policies, push(rollout=rollout))
+    assert {x.policy for x in seen.explanations} == {"c", "s"}
+    hidden = decide(policies, push(rollout=rollout, explain_cel=False))
+    assert {x.policy for x in hidden.explanations} == {"s"}
+    assert [r.policy for r in hidden.reasons] == [r.policy for r in seen.reasons]
