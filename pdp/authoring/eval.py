@@ -34,17 +34,21 @@ def add_parser(sub: Any) -> None:
                    help="also print the values that made each deny")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-builtins", action="store_true", help="leave the built-ins out")
+    p.add_argument("--now", metavar="TIME",
+                   help="decide as at this instant, with its UTC offset (e.g."
+                        " 2026-11-01T01:30:00-04:00): clock rules, daily-cap days, CEL `now`")
 
 
 def run(args: argparse.Namespace) -> int:
     return main(args.policies, args.request, explain=args.explain, as_json=args.json,
-                builtins=not args.no_builtins)
+                builtins=not args.no_builtins, now=args.now)
 
 
 def main(policies: str | Path, request: str | Path, *, explain: bool = False,
-         as_json: bool = False, builtins: bool = True, out: TextIO | None = None) -> int:
+         as_json: bool = False, builtins: bool = True, out: TextIO | None = None,
+         now: str | None = None) -> int:
     out = out or sys.stdout
-    result = evaluate(policies, request, explain=explain, builtins=builtins)
+    result = evaluate(policies, request, explain=explain, builtins=builtins, now=now)
     if "error" in result:
         print(f"pdp eval: {result['error']}", file=sys.stderr if out is sys.stdout else out)
         return 2
@@ -56,10 +60,11 @@ def main(policies: str | Path, request: str | Path, *, explain: bool = False,
 
 
 def evaluate(policies: str | Path, request: str | Path, *, explain: bool = False,
-             builtins: bool = True) -> dict[str, Any]:
+             builtins: bool = True, now: str | None = None) -> dict[str, Any]:
     """The decision as a plain mapping: ``allowed``, ``reasons``, ``shadow_denies``,
-    ``policies`` (name -> verdict) and, with ``explain``, ``explanations``; or ``error``."""
-    from pdp.authoring.harness import CONVERTERS, Sandbox, load_policies
+    ``policies`` (name -> verdict) and, with ``explain``, ``explanations``; or ``error``.
+    ``now``: the instant to decide at (RFC 3339 with its offset; default the clock's)."""
+    from pdp.authoring.harness import CONVERTERS, Sandbox, load_policies, parse_time
     from pdp.client import request_from_file
     from pdp.engine.request import Caller, InvalidRequest
     from pdp.policy.model import PolicyError
@@ -79,6 +84,11 @@ def evaluate(policies: str | Path, request: str | Path, *, explain: bool = False
         sandbox = Sandbox.of(loaded, builtins=builtins)
     except PolicyError as exc:
         return {"error": f"policy does not compile: {exc}"}
+    if now is not None:
+        try:
+            sandbox.set_time(parse_time(now))
+        except ValueError as exc:
+            return {"error": f"--now: {exc}"}
     decision = asyncio.run(sandbox.engine.check(req, EVAL_BUDGET_S))
     denied = {r.policy for r in decision.reasons if r.policy}
     would = {r.policy for r in decision.shadow_denies if r.policy}

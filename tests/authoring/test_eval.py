@@ -92,3 +92,21 @@ def test_pdp_eval_command(capsys: pytest.CaptureFixture[str]) -> None:
     req = ROOT / "examples/requests/push-deny-hostmetrics-interval.yaml"
     assert cli_main(["eval", str(POLICIES), str(req), "--json"]) == 1
     assert '"allowed": false' in capsys.readouterr().out
+
+
+def test_now_pins_the_instant_decided_at(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Clock rules and daily-cap days depend on the time: --now decides as at an instant
+    (with its offset; a naive or impossible one is refused, exit 2)."""
+    pol = tmp_path / "p.yaml"
+    pol.write_text("tenant: acme\nname: office-hours\n"
+                   "rule: {allowed_hours: {start_hour: 9, end_hour: 17,"
+                   " timezone: Europe/Berlin}}\n")
+    req = tmp_path / "r.yaml"
+    req.write_text("kind: push\ntenant: acme\nagent: {id: a1}\nconfig: {yaml: 'receivers: {}'}\n")
+    assert cli_main(["eval", str(pol), str(req), "--now", "2026-06-15T10:00:00Z"]) == 0
+    assert cli_main(["eval", str(pol), str(req), "--now", "2026-06-15T18:00:00+02:00"]) == 1
+    capsys.readouterr()
+    for bad in ("2026-06-15T10:00:00", "2026-06-15T10:00:00+05:99"):
+        assert cli_main(["eval", str(pol), str(req), "--now", bad]) == 2
+        assert "--now:" in capsys.readouterr().err
