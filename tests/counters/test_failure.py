@@ -91,6 +91,12 @@ async def _run_outage(srv: RedisServer, outage: str) -> Load:
     # Connect and load the scripts first: the property is about the outage, not a cold start
     # racing 24 first connections against a 150 ms budget on a loaded machine.
     assert await store.ping()
+    # ... and open the pool's connections (one per caller), each under a generous timeout:
+    # 24 connects racing a 150 ms budget on a loaded machine failed the "before" phase.
+    warm = CounterRule("warm", CounterKind.VELOCITY, "agent:warm", max_count=10**6,
+                       window_seconds=60)
+    await asyncio.gather(*(store.reserve("t", [warm], timeout=DEADLINE_S)
+                           for _ in range(CALLERS)))
     tasks = [asyncio.create_task(load.caller(i)) for i in range(CALLERS)]
     try:
         await load.until(lambda: load.each_caller(load.calls, 2), "every caller was served")
