@@ -182,6 +182,16 @@ def default_anchor_path(ledger: str | os.PathLike[str]) -> Path:
 # -- the anchor file ---------------------------------------------------------------------
 
 
+def path_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path`` now, None when there is none: compared with
+    an open file's, it tells a file removed or replaced under a writer."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class AnchorFile:
     """Append-only writer of the anchor file. Several writers (``--workers``) may share one:
     each line is one ``write`` on an ``O_APPEND`` descriptor and names its ledger."""
@@ -222,11 +232,7 @@ class AnchorFile:
         """Reopen (recreating it) when the file at ``path`` is no longer the open one:
         removed or replaced since it was opened. Writing on would put every later anchor in
         an unlinked inode nobody can read (or a file nobody ships)."""
-        try:
-            st = os.stat(self.path)
-            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except FileNotFoundError:
-            now = None
+        now = path_identity(self.path)
         if now is not None and now == self._ident:
             return
         what = "removed" if now is None else "replaced by another file"

@@ -28,7 +28,13 @@ from typing import Any
 
 import structlog
 
-from pdp.audit.anchors import Anchorer, Segment, default_anchor_path, last_anchor
+from pdp.audit.anchors import (
+    Anchorer,
+    Segment,
+    default_anchor_path,
+    last_anchor,
+    path_identity,
+)
 from pdp.audit.chain import ChainHead, Entry, check_line, make_entries, parse_line
 from pdp.audit.files import (
     AuditFileError,
@@ -439,10 +445,9 @@ class Ledger:
         if self._fd is None or self._ident is None:
             return True
         try:
-            st = os.stat(self.path)
+            return path_identity(self.path) == self._ident
         except OSError:
             return False
-        return (st.st_dev, st.st_ino) == self._ident
 
     def _check_in_place(self) -> None:
         """The active file must still be the file at its path. Removed while open (``rm``,
@@ -454,11 +459,7 @@ class Ledger:
         is moved aside first, never overwritten. Logged as an error, counted, and shown in
         the health report; one stat per batch."""
         assert self._fd is not None
-        try:
-            st = os.stat(self.path)
-            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
-        except FileNotFoundError:
-            now = None
+        now = path_identity(self.path)
         if now is not None and now == self._ident:
             return
         old = self._fd
