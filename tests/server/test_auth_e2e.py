@@ -91,13 +91,19 @@ def test_mtls_refuses_clients_without_a_certificate(mtls: tuple[PdpServer, CA]) 
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_bearer_tokens_and_tenant_isolation(tmp_path: Path) -> None:
+def _token_server(tmp_path: Path) -> tuple[PdpServer, str]:
+    """A started server whose one token (returned) is ci-bot's, checker on acme."""
     token, digest = new_token()
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(yaml.safe_dump({"tokens": [
         {"sha256": digest, "identity": "ci-bot", "roles": {"acme": ["checker"]}}]}))
     server = PdpServer(tmp_path, policy_dir=_policies(tmp_path),
                        args=["--auth-tokens-file", str(tokens)]).start()
+    return server, token
+
+
+def test_bearer_tokens_and_tenant_isolation(tmp_path: Path) -> None:
+    server, token = _token_server(tmp_path)
     auth = (("authorization", f"Bearer {token}"),)
     try:
         with grpc.insecure_channel(server.address) as ch:
@@ -130,12 +136,7 @@ def test_a_caller_who_is_not_authenticated_learns_nothing_about_the_request(
     caller without credentials (not INVALID_ARGUMENT naming the field and its limit, which
     tells the limits to anyone and, for a large one, took a turn in the bulk lane); the
     same request from an authenticated caller is INVALID_ARGUMENT."""
-    token, digest = new_token()
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(yaml.safe_dump({"tokens": [
-        {"sha256": digest, "identity": "ci-bot", "roles": {"acme": ["checker"]}}]}))
-    server = PdpServer(tmp_path, policy_dir=_policies(tmp_path),
-                       args=["--auth-tokens-file", str(tokens)]).start()
+    server, token = _token_server(tmp_path)
     req = push_request("acme", "x" * size, config_yaml="a: 1")
     try:
         with grpc.insecure_channel(server.address) as ch:
