@@ -36,7 +36,7 @@ from .cost import loop_body_nodes, static_nodes
 from .errors import CelCompileError
 from .functions import Registry
 from .parser import OPT_ELEMENT, OPT_INDEX, OPT_SELECT
-from .types import DEFERRED_OBJECTS, T
+from .types import DEFERRED_OBJECTS, PROTO_OBJECTS, T
 from .values import INT64_MAX, INT64_MIN, TYPE_VALUES, Optional
 
 _BASE_NS: dict[str, Any] = {
@@ -49,7 +49,7 @@ _BASE_NS: dict[str, Any] = {
     "_inb": S.in_bounded, "_lt": S.lt, "_le": S.le, "_gt": S.gt, "_ge": S.ge,
     "_add": S.add, "_sub": S.sub, "_mul": S.mul, "_div": S.div, "_mod": S.mod,
     "_neg": S.neg, "_not": S.logical_not, "_index": S.index, "_sel": S.select,
-    "_has": S.has_field, "_in": S.contains_in, "_size": S.size, "_mkmap": S.make_map,
+    "_has": S.has_field, "_hasset": S.has_set_field, "_in": S.contains_in, "_size": S.size, "_mkmap": S.make_map,
     "_Opt": Optional, "_noov": S.raise_no_overload, "_merge": None, "_UNSET": object(),
     "_startswith": str.startswith, "_endswith": str.endswith,
     "_KNOWN": S.KNOWN_EXACT_TYPES, "_tyis": S.is_type_named,
@@ -430,6 +430,8 @@ class CodeGen:
         ot = self.typ(e.operand)
         if not e.test_only and ot.kind == "object" and ot.name in DEFERRED_OBJECTS:
             return _call("_vget", operand, f)
+        if e.test_only and ot.kind == "object" and ot.name in PROTO_OBJECTS:
+            return _call("_hasset", operand, f)
         t = self.tmp()
         if e.test_only:
             fast: py.expr = py.Compare(left=f, ops=[py.In()], comparators=[_name(t)])

@@ -528,6 +528,17 @@ def has_field(c: Any, field: str) -> bool:
     raise CelEvalError(f"type '{type_name(c)}' does not support field selection")
 
 
+def has_set_field(c: Any, field: str) -> bool:
+    """``has(m.f)`` on a section that mirrors a proto3 message: true when ``f`` holds other
+    than its default (None for an unset Timestamp; ``-0.0`` is set, as on the wire)."""
+    if not isinstance(c, dict):
+        return has_field(c, field)
+    v = c.get(field)
+    if type(v) is float:
+        return v != 0 or math.copysign(1.0, v) < 0
+    return v is not None and v != "" and v is not False and v != 0 and v != [] and v != {}
+
+
 def contains_in(x: Any, c: Any) -> bool:
     """``x in c``: list membership uses CEL equality, map membership tests keys."""
     tc = type(c)

@@ -72,6 +72,12 @@ def optional_of(t: T) -> T:
 #: Object types whose field values may be runtime.Deferred errors (a policy's variables).
 DEFERRED_OBJECTS = frozenset({"variables"})
 
+#: Object types that mirror proto3 messages of the API (the request sections): ``has()`` on
+#: their fields follows proto3 presence, as cel-go's does on a message: a field is set when
+#: it is not its default ("", 0, false, an empty list or map, an unset Timestamp). Without
+#: this every field would be "set", since the converter fills each one in.
+PROTO_OBJECTS = frozenset({"request", "change", "agent", "device", "rollout", "approval"})
+
 
 def object_of(type_name: str, /, **fields: T) -> T:
     """A record type: ``object_of("agent", id=STRING, labels=map_of(STRING, STRING))``."""

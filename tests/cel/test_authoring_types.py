@@ -82,6 +82,34 @@ def test_typed_sections_still_work_as_maps() -> None:
         assert ENV.compile(src).evaluate(act) is True, src
 
 
+def test_has_on_a_request_section_follows_proto3_presence() -> None:
+    """The converter fills in every field, so ``has()`` asks what proto3 asks of a message:
+    is the field other than its default. An unset ``rollout.created_at`` is not "set"."""
+    from google.protobuf import timestamp_pb2
+
+    from pdp.api.convert import agent_dict, rollout_dict
+    from pdp.v1 import common_pb2 as cpb
+
+    bare = {"agent": agent_dict(cpb.Agent(id="a")), "rollout": rollout_dict(cpb.Rollout())}
+    for field in ("agent.group", "agent.labels", "agent.hostname", "agent.active_exporters",
+                  "rollout.created_at", "rollout.approvals", "rollout.step",
+                  "rollout.step_percent", "rollout.id"):
+        assert ENV.compile(f"has({field})").evaluate(bare) is False, field
+    assert ENV.compile("has(agent.id)").evaluate(bare) is True
+    full = {"agent": agent_dict(cpb.Agent(id="a", group="g", labels={"env": "prod"})),
+            "rollout": rollout_dict(cpb.Rollout(
+                id="r", step=2, step_percent=10.0,
+                created_at=timestamp_pb2.Timestamp(seconds=1_700_000_000),
+                approvals=[cpb.Approval(actor="bob")]))}
+    for field in ("agent.group", "agent.labels", "rollout.created_at", "rollout.approvals",
+                  "rollout.step", "rollout.step_percent", "rollout.id",
+                  "rollout.approvals[0].actor"):
+        assert ENV.compile(f"has({field})").evaluate(full) is True, field
+    assert ENV.compile("has(rollout.approvals[0].time)").evaluate(full) is False
+    # The collector view and configs are not proto messages: a present key is set.
+    assert ENV.compile("has(config.a)").evaluate({"config": {"a": 0}}) is True
+
+
 def test_untyped_environment_compiles_any_field() -> None:
     assert new_pdp_environment(typed=False).compile("agent.lables.x == 1") is not None
 
