@@ -1,4 +1,5 @@
-"""Giving the event loop a turn inside long loops over a step's agents.
+"""Giving the event loop a turn inside long loops over a step's agents, and inside one long
+evaluation.
 
 Why: pdp answers every call on one event loop, so a loop over a 1 000-agent step (converting
 it, reserving its counters, writing its log lines, building its response) holds every other
@@ -6,14 +7,26 @@ call (a health check, another tenant's unary decision) for as long as it runs: t
 milliseconds on a slow machine, past the deadline the others are promised. A ``Turns`` is
 asked at each item; every ``every_s`` it lets the loop run whatever is ready, so the longest
 hold is one slice, whatever the step's size or the machine's speed.
+
+One policy evaluation is synchronous code (generated Python) that may run until its deadline:
+a hostile policy on a fresh input holds the loop for the whole 50 ms. ``sliced`` runs such
+work in a greenlet; the evaluator's clock checks (``clock``, read every few hundred cost
+units) hand the loop a turn once SLICE_S has passed, and the work resumes where it was.
+The bound is structural: every place that can run long already reads the clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import math
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import greenlet
 
 #: The longest a loop over a step holds the event loop between turns.
 EVERY_S = 0.002
@@ -63,3 +76,122 @@ class Turns:
         await asyncio.sleep(0)
         self.taken += 1
         self.last = time.monotonic()
+
+
+# -- one long evaluation ------------------------------------------------------------------
+
+#: The longest a sliced call holds the event loop between turns.
+SLICE_S = 0.001
+#: Idle worker greenlets kept per thread for reuse (a new one costs ~5 us, a switch ~0.5 us).
+_IDLE_WORKERS = 8
+
+_R = TypeVar("_R")
+_TURN = object()  # what a worker hands its driver when it gives up a turn
+_monotonic = time.monotonic
+_slice_end = math.inf  # when the running slice is over (inf: no sliced call is running)
+
+
+class _Worker(greenlet.greenlet):
+    """A greenlet that runs sliced calls one after another (see ``_work``)."""
+
+
+_idle = threading.local()
+
+
+def clock() -> float:
+    """``time.monotonic()``, and a turn for the event loop when the running sliced call's
+    slice is over. Code that checks a deadline reads this instead of the time, so a long
+    evaluation pauses at a point where it is consistent, never in between."""
+    t = _monotonic()
+    if t > _slice_end:
+        g = greenlet.getcurrent()
+        if type(g) is _Worker:
+            assert g.parent is not None
+            g.parent.switch(_TURN)
+            t = _monotonic()
+    return t
+
+
+def _work(item: tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context]) -> None:
+    """A worker's body: run each call it is handed, in the caller's context; hand back
+    (ok, result or exception) and wait for the next. GreenletExit (``Sliced.close``) ends
+    it."""
+    while True:
+        fn, args, ctx = item
+        out: tuple[bool, Any]
+        try:
+            out = (True, ctx.run(fn, *args))
+        except greenlet.GreenletExit:
+            raise
+        except BaseException as exc:  # handed to the driver, which raises it
+            out = (False, exc)
+        parent = greenlet.getcurrent().parent
+        assert parent is not None
+        item = parent.switch(out)
+
+
+class Sliced:
+    """One synchronous call run a slice at a time: ``step()`` runs it until it is done
+    (True) or its slice is over (False); then ``result()``. ``close()`` unwinds a call
+    that will not be resumed."""
+
+    __slots__ = ("_g", "_item", "_out")
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        pool: list[_Worker] | None = getattr(_idle, "workers", None)
+        if pool is None:
+            pool = _idle.workers = []
+        self._g: _Worker | None = pool.pop() if pool else _Worker(_work)
+        self._item: Any = (fn, args, contextvars.copy_context())
+        self._out: tuple[bool, Any] | None = None
+
+    def step(self, slice_s: float = SLICE_S) -> bool:
+        global _slice_end
+        g = self._g
+        assert g is not None, "step() after the call ended"
+        _slice_end = _monotonic() + slice_s
+        try:
+            if self._item is not None:
+                item, self._item = self._item, None
+                out = g.switch(item)
+            else:
+                out = g.switch()
+        finally:
+            _slice_end = math.inf
+        if out is _TURN:
+            return False
+        self._out = out
+        self._g = None
+        pool: list[_Worker] = _idle.workers
+        if len(pool) < _IDLE_WORKERS and not g.dead:
+            pool.append(g)
+        return True
+
+    def result(self) -> Any:
+        assert self._out is not None, "result() before the call ended"
+        ok, value = self._out
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Unwind a call that was started and will not be resumed (its caller went away):
+        GreenletExit is raised where it paused, with no more turns given."""
+        g, self._g = self._g, None
+        if g is not None and self._item is None and not g.dead:
+            g.throw()
+
+
+async def sliced(fn: Callable[..., _R], *args: Any, slice_s: float = SLICE_S) -> _R:
+    """``fn(*args)``, giving the event loop a turn whenever a slice of ``slice_s`` is over
+    at one of its clock checks (``clock``). Exceptions propagate; if this coroutine is
+    cancelled meanwhile, the call is unwound."""
+    run = Sliced(fn, *args)
+    try:
+        while not run.step(slice_s):
+            await asyncio.sleep(0)
+    except BaseException:
+        run.close()
+        raise
+    result: _R = run.result()
+    return result

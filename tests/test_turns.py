@@ -76,3 +76,92 @@ async def test_a_step_is_logged_with_turns() -> None:
     assert (allowed, denied) == (200, 200)
     assert ran >= 400 // 4 - 1
     assert logger.lines.count("decision_denied") == 200 and logger.lines[-1] == "step"
+
+
+# -- one long call, sliced ----------------------------------------------------------------
+
+def _spin(checks: int) -> int:
+    """Synchronous work that reads the clock ``checks`` times, as an evaluation does."""
+    for _ in range(checks):
+        turns.clock()
+    return checks
+
+
+async def test_a_sliced_call_gives_the_loop_turns_at_its_clock_checks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turns, "SLICE_S", 0.0)  # every clock check past its slice: a turn
+    result, ran = await runs_meanwhile(turns.sliced(_spin, 50, slice_s=0.0))
+    assert result == 50
+    assert ran >= 40, ran  # ~one turn per check; unsliced, the witness would not run at all
+    _, unsliced = await runs_meanwhile(_async(_spin, 50))
+    assert unsliced <= 1, unsliced
+
+
+async def _async(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+async def test_a_sliced_call_that_fits_in_its_slice_gives_no_turn() -> None:
+    result, ran = await runs_meanwhile(turns.sliced(_spin, 3, slice_s=3600.0))
+    assert result == 3 and ran <= 1, ran
+
+
+async def test_a_sliced_call_raises_what_the_call_raised() -> None:
+    def fails() -> None:
+        turns.clock()
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        await turns.sliced(fails, slice_s=0.0)
+    assert await turns.sliced(_spin, 2, slice_s=0.0) == 2  # the worker is still usable
+
+
+async def test_a_cancelled_sliced_call_is_unwound_where_it_paused() -> None:
+    unwound: list[str] = []
+
+    def long_call() -> None:
+        try:
+            while True:
+                turns.clock()
+        finally:
+            unwound.append("finally")
+
+    task = asyncio.create_task(turns.sliced(long_call, slice_s=0.0))
+    for _ in range(5):
+        await asyncio.sleep(0)  # it is paused between slices now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert unwound == ["finally"]
+
+
+async def test_sliced_calls_interleave_and_each_keeps_its_own_state() -> None:
+    order: list[str] = []
+
+    def count(name: str, n: int) -> str:
+        for i in range(n):
+            order.append(f"{name}{i}")
+            turns.clock()
+        return name
+
+    a, b = await asyncio.gather(turns.sliced(count, "a", 3, slice_s=0.0),
+                                turns.sliced(count, "b", 3, slice_s=0.0))
+    assert (a, b) == ("a", "b")
+    assert sorted(order) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+    assert order.index("b0") < order.index("a2")  # b ran while a was paused
+
+
+async def test_a_sliced_call_sees_the_callers_context_variables() -> None:
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("caller's")
+    assert await turns.sliced(var.get, slice_s=0.0) == "caller's"
+
+
+def test_the_clock_outside_a_sliced_call_gives_no_turn() -> None:
+    turns._slice_end = 0.0  # as if a slice were over: no worker greenlet, so no switch
+    try:
+        assert turns.clock() > 0
+    finally:
+        turns._slice_end = float("inf")

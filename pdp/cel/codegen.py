@@ -20,10 +20,11 @@ import ast as py
 import functools
 import itertools
 import math
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
+
+from pdp.turns import clock
 
 from . import ast as A
 from . import domain as D
@@ -41,7 +42,7 @@ from .values import INT64_MAX, INT64_MIN, TYPE_VALUES, Optional
 
 _BASE_NS: dict[str, Any] = {
     "_type": type, "_dict": dict, "_list": list, "_int": int, "_float": float, "_str": str,
-    "_len": len, "_mono": time.monotonic, "_Exc": Exception,
+    "_len": len, "_mono": clock, "_Exc": Exception,
     "_absorb": R.absorb, "_lerr": R.logic_err, "_rcond": R.raise_cond, "_iter": R.iter_range,
     "_pairs": R.iter_pairs, "_undeclared": R.undeclared, "_costx": R.cost_exceeded,
     "_dlx": R.deadline_exceeded, "_ovf": R.overflow, "_csz": R.size_cost,
@@ -49,7 +50,8 @@ _BASE_NS: dict[str, Any] = {
     "_inb": S.in_bounded, "_lt": S.lt, "_le": S.le, "_gt": S.gt, "_ge": S.ge,
     "_add": S.add, "_sub": S.sub, "_mul": S.mul, "_div": S.div, "_mod": S.mod,
     "_neg": S.neg, "_not": S.logical_not, "_index": S.index, "_sel": S.select,
-    "_has": S.has_field, "_hasset": S.has_set_field, "_in": S.contains_in, "_size": S.size, "_mkmap": S.make_map,
+    "_has": S.has_field, "_hasset": S.has_set_field, "_in": S.contains_in, "_size": S.size,
+    "_mkmap": S.make_map,
     "_Opt": Optional, "_noov": S.raise_no_overload, "_merge": None, "_UNSET": object(),
     "_startswith": str.startswith, "_endswith": str.endswith,
     "_KNOWN": S.KNOWN_EXACT_TYPES, "_tyis": S.is_type_named,
@@ -534,12 +536,15 @@ class CodeGen:
             py_args = [_name(t) for t in temps]
             self.charge(py.Call(func=self.grow_fn(f.grow), args=[_name("_dl"), *py_args],
                                 keywords=[]))
-        elif f.cost and py_args:
-            t = self.tmp()
-            self.stmts.append(_assign(t, py_args[0]))
-            py_args[0] = _name(t)
-            self.charge(py.BinOp(left=_const(f.cost), op=py.Add(),
-                                 right=_call("_csz", _name(t))), clock=True)
+        elif f.cost and py_args:  # the base cost and the size of every argument
+            temps = [self.tmp() for _ in py_args]
+            for t, pa in zip(temps, py_args, strict=True):
+                self.stmts.append(_assign(t, pa))
+            py_args = [_name(t) for t in temps]
+            amount: py.expr = _const(f.cost)
+            for t in temps:
+                amount = py.BinOp(left=amount, op=py.Add(), right=_call("_csz", _name(t)))
+            self.charge(amount, clock=True)
         fslot = self.slot(impl, "_f")
         return py.Call(func=fslot, args=py_args, keywords=[])
 

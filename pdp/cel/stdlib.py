@@ -11,11 +11,11 @@ import datetime as _dt
 import functools
 import math
 import re
-import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from pdp import zones
+from pdp.turns import clock
 
 from .errors import CelEvalError, DeadlineExceeded
 from .values import (
@@ -194,7 +194,7 @@ class _Walk:
     def step(self, k: int = 1) -> None:
         before = self.n
         self.n += k
-        if (before ^ self.n) >= EQ_CLOCK_EVERY and time.monotonic() > self.dl:
+        if (before ^ self.n) >= EQ_CLOCK_EVERY and clock() > self.dl:
             raise DeadlineExceeded("evaluation deadline exceeded (comparing values)")
 
 
@@ -485,7 +485,7 @@ def index(c: Any, k: Any) -> Any:
         found, v = map_get(c, k)
         if found:
             return v
-        raise CelEvalError(f"no such key: {k!r}" if tk is str else f"no such key: {k}")
+        raise CelEvalError(f"no such key: {_short(k)}" if tk is str else f"no such key: {k}")
     if tc is Optional:
         return opt_index(c, k)
     raise no_overload("_[_]", c, k)
@@ -505,7 +505,7 @@ def select(c: Any, field: str) -> Any:
     if isinstance(c, dict):
         if field in c:
             return c[field]
-        raise CelEvalError(f"no such key: {field!r}")
+        raise CelEvalError(f"no such key: {_short(field)}")
     if type(c) is Optional:
         if not c.has:
             return c
@@ -731,7 +731,7 @@ def to_bool(v: Any) -> bool:
     if type(v) is str:
         if v in _BOOL_STR:
             return _BOOL_STR[v]
-        raise CelEvalError(f"cannot convert {v!r} to bool")
+        raise CelEvalError(f"cannot convert {_short(v)} to bool")
     raise no_overload("bool", v)
 
 
@@ -786,15 +786,15 @@ def parse_offset(text: str) -> _dt.timedelta:
 
 
 def parse_timestamp(s: str) -> Timestamp:
-    m = _TS_RE.fullmatch(s)
+    m = _TS_RE.fullmatch(s) if len(s) <= MAX_PARSED_TEXT else None
     if not m:
-        raise CelEvalError(f"cannot parse timestamp {s!r}")
+        raise CelEvalError(f"cannot parse timestamp {_short(s)}")
     y, mo, d, h, mi, sec = (int(m.group(i)) for i in range(1, 7))
     frac = m.group(7) or ""
     try:
         base = _dt.datetime(y, mo, d, h, mi, sec, tzinfo=_dt.UTC)
     except ValueError:
-        raise CelEvalError(f"cannot parse timestamp {s!r}") from None
+        raise CelEvalError(f"cannot parse timestamp {_short(s)}") from None
     ns = Timestamp.from_datetime(base).ns + int(frac.ljust(9, "0") or "0")
     if m.group(8):
         try:
@@ -821,8 +821,16 @@ _DUR_UNITS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s"
               "m": 60 * 10**9, "h": 3600 * 10**9}
 
 
+#: The longest text ``duration()`` / ``timestamp()`` / a time zone argument reads: far
+#: beyond any real one, and it bounds the time of one call (a 64 KB "1s1s..." took 180 ms).
+MAX_PARSED_TEXT = 256
+
+
 def parse_duration(s: str) -> Duration:
     """Go ``time.ParseDuration`` syntax: ``-1h30m``, ``1.5s``, ``100ms``."""
+    if len(s) > MAX_PARSED_TEXT:
+        raise CelEvalError(f"cannot parse duration {_short(s)}: longer than"
+                           f" {MAX_PARSED_TEXT} characters")
     if len(s) <= 32:  # config values repeat ("60s"): parse each text once
         return _parse_duration_cached(s)
     return _parse_duration(s)
@@ -842,13 +850,13 @@ def _parse_duration(s: str) -> Duration:
     if text == "0":
         return Duration(0)
     if not text:
-        raise CelEvalError(f"cannot parse duration {s!r}")
+        raise CelEvalError(f"cannot parse duration {_short(s)}")
     total = 0
     pos = 0
     while pos < len(text):
         m = _DUR_RE.match(text, pos)
         if not m or m.group(1) in ("", "."):
-            raise CelEvalError(f"cannot parse duration {s!r}")
+            raise CelEvalError(f"cannot parse duration {_short(s)}")
         num, unit = m.group(1), m.group(2)
         whole, _, frac = num.partition(".")
         scale = _DUR_UNITS[unit]
@@ -895,6 +903,9 @@ def ends_with(a: Any, b: Any) -> bool:
 def _zone(tz: Any) -> _dt.tzinfo:
     if type(tz) is not str:
         raise no_overload("timezone", tz)
+    if len(tz) > MAX_PARSED_TEXT:
+        raise CelEvalError(f"unknown time zone {_short(tz)}: longer than {MAX_PARSED_TEXT}"
+                           " characters")
     if ":" in tz or tz[:1] in ("+", "-") or tz[:1].isdigit():
         return _offset_zone(tz)  # no zone name looks so: an offset, or an error naming it
     try:
@@ -902,7 +913,7 @@ def _zone(tz: Any) -> _dt.tzinfo:
     except zones.UnknownZone as e:
         why = "it depends on the host" if zones.host_dependent(tz) else \
             "expected an IANA name such as Europe/Berlin or UTC, or an offset such as +02:00"
-        raise CelEvalError(f"unknown time zone {tz!r} ({why})") from e
+        raise CelEvalError(f"unknown time zone {_short(tz)} ({why})") from e
 
 
 @functools.lru_cache(maxsize=256)

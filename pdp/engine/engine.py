@@ -43,6 +43,7 @@ from pdp.notify import Notifier
 from pdp.policy.policyset import PolicySet
 from pdp.reasons import ReasonCode
 from pdp.telemetry import NO_TELEMETRY, DecisionTelemetry
+from pdp.turns import sliced
 
 
 class Engine:
@@ -180,8 +181,10 @@ class Engine:
                 pending.append(_refused(req, decision_id, started, system_reason(
                     ReasonCode.INVALID_CONFIG, str(exc))))
                 continue
-            item = self.evaluator.evaluate(policies, req, ctx, deadline, started, memo,
-                                           share=key is not None, decision_id=decision_id)
+            # Sliced: a policy that runs long gives the loop a turn every turns.SLICE_S,
+            # so one call's evaluation never holds the others for its whole deadline.
+            item = await sliced(self.evaluator.evaluate, policies, req, ctx, deadline,
+                                started, memo, key is not None, decision_id)
             if key is not None and item.shared is not None:
                 assert buckets is not None
                 buckets[key] = item

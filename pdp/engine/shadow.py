@@ -31,7 +31,7 @@ from pdp.engine.request import CheckRequest
 from pdp.policy.compiled import CompiledPolicy
 from pdp.policy.evalctx import EvalContext
 from pdp.policy.rules import Deny
-from pdp.turns import Turns
+from pdp.turns import Turns, sliced
 
 log = structlog.get_logger("pdp.engine")
 
@@ -110,7 +110,7 @@ async def evaluate_shadow(job: ShadowJob, evaluate: Evaluate, count: Count | Non
             key = key or repeats.fingerprint(job.req)
             deny = repeats.overruns.recall(p, key, options.budget_s)
         if deny is None:
-            deny = evaluate(p, job.ctx, budget)
+            deny = await sliced(evaluate, p, job.ctx, budget)  # live calls go between
             if deny is not None and deny.message.startswith("the decision deadline ran out"):
                 # the live decision's deadline is not involved: the draft's own budget is
                 deny = replace(deny, message=f"the shadow budget ({options.budget_s * 1000:g}"

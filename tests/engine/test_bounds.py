@@ -136,6 +136,38 @@ async def test_a_step_keeps_the_event_loop_turning() -> None:
     assert during >= 10, during
 
 
+async def test_a_long_evaluation_gives_other_calls_turns_and_they_are_decided_meanwhile(
+        ) -> None:
+    """One call's runaway policy (fresh input: nothing remembered) runs to its deadline in
+    slices; another tenant's calls are decided in between, not after it."""
+    engine, _ = engine_for(
+        CEL.format(name="slow", extra="", deny=RUNAWAY) + "---\n"
+        + CEL.format(name="quick", extra="", deny="config.a == 2").replace(
+            "tenant: t", "tenant: u"), tenants=frozenset({"t", "u"}))
+    decided: list[bool] = []
+    slow_done = False
+
+    async def benign() -> None:
+        while not slow_done:
+            d = await engine.check(push(tenant="u"), 5.0)
+            decided.append(d.allowed or [(r.code, r.message) for r in d.reasons])
+            await asyncio.sleep(0)  # a cheap decision may finish without giving a turn
+
+    task = asyncio.create_task(benign())
+    await asyncio.sleep(0)
+    before = len(decided)
+    d = await engine.check(push(ITEMS), 0.25)
+    during = len(decided) - before
+    slow_done = True
+    await task
+    assert not d.allowed and d.reasons[0].code in ("DEADLINE_EXCEEDED",
+                                                   "COST_LIMIT_EXCEEDED")
+    assert all(x is True for x in decided), decided
+    # Unsliced, the slow call would hold the loop until its end: at most the one benign
+    # call already under way would finish meanwhile.
+    assert during >= 3, during
+
+
 async def test_an_explanation_has_no_budget_of_its_own() -> None:
     engine, _ = engine_for(CEL.format(name="slow", extra="", deny=RUNAWAY))
     d = await engine.check(push(ITEMS, explain=True), 0.05)
