@@ -42,17 +42,19 @@ def register_core(r: Registry) -> None:
     r.add("endsWith", "string.(string)->bool", S.ends_with)
     r.add("matches", "string.(string)->bool; string,string->bool", matches, cost=4,
           grow=M.grow_matches)
-    r.add("int", "int->int; uint->int; double->int; string->int; timestamp->int", S.to_int)
-    r.add("uint", "uint->uint; int->uint; double->uint; string->uint", S.to_uint)
-    r.add("double", "double->double; int->double; uint->double; string->double", S.to_double)
+    r.add("int", "int->int; uint->int; double->int; string->int; timestamp->int", S.to_int,
+          cost=1)
+    r.add("uint", "uint->uint; int->uint; double->uint; string->uint", S.to_uint, cost=1)
+    r.add("double", "double->double; int->double; uint->double; string->double", S.to_double,
+          cost=1)
     r.add("string", "string->string; int->string; uint->string; double->string; "
           "bool->string; bytes->string; timestamp->string; duration->string", S.to_string,
           grow=M.grow_to_string)
     r.add("bytes", "bytes->bytes; string->bytes", S.to_bytes, grow=M.grow_to_bytes)
-    r.add("bool", "bool->bool; string->bool", S.to_bool)
+    r.add("bool", "bool->bool; string->bool", S.to_bool, cost=1)
     r.add("timestamp", "timestamp->timestamp; string->timestamp; int->timestamp",
-          S.to_timestamp)
-    r.add("duration", "duration->duration; string->duration", S.to_duration)
+          S.to_timestamp, cost=1)
+    r.add("duration", "duration->duration; string->duration", S.to_duration, cost=1)
     r.add("dyn", "A->dyn", S.to_dyn)
     r.add("type", "A->type(A)", S.type_of)
     for name, fn in S.TS_GETTERS.items():

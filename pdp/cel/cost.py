@@ -257,7 +257,9 @@ class _Estimator:
                 return 0, Sz(max(sizes[1].chars, sizes[2].chars),
                              max(sizes[1].elems, sizes[2].elems))
             return 0, _ZERO
-        name, _member = self.calls.get(id(e), (fn.lstrip("."), e.target is not None))
+        name, member = self.calls.get(id(e), (fn.lstrip("."), e.target is not None))
+        if not member and e.target is not None:  # ``math.least(l)``: ``math`` is a namespace
+            sizes = sizes[1:]
         rule = _RULES.get(name)
         f = self.reg.get(name)
         if rule is not None and f is not None and f.grow is not None and any(
@@ -267,9 +269,8 @@ class _Estimator:
             return rule(self, e, sizes)
         result = _ZERO if self.kind(e) in _SCALAR else Sz(
             max((s.chars for s in sizes), default=0), max((s.elems for s in sizes), default=0))
-        if f is not None and f.cost:
-            first = sizes[0] if sizes else _ZERO
-            return f.cost + units(max(first.chars, first.elems)), result
+        if f is not None and f.cost:  # as the generated code charges: every argument
+            return f.cost + sum(units(max(s.chars, s.elems)) for s in sizes), result
         return 0, result
 
     def args(self, e: A.Call) -> list[A.Expr]:
@@ -340,6 +341,12 @@ def _scan(est: _Estimator, e: A.Call, sz: list[Sz]) -> tuple[int, Sz]:
     return units(sz[0].chars), _ZERO
 
 
+def _each(est: _Estimator, e: A.Call, sz: list[Sz]) -> tuple[int, Sz]:
+    if len(sz) == 1:
+        return 1 + sz[0].elems, _ZERO
+    return 1 + len(sz), _ZERO
+
+
 def _matches(est: _Estimator, e: A.Call, sz: list[Sz]) -> tuple[int, Sz]:
     return 4 + units(sz[0].chars + sz[1].chars), _ZERO
 
@@ -368,6 +375,7 @@ _RULES: dict[str, _Rule] = {
     "substring": _same, "base64.decode": _same, "strings.quote": _quote,
     "indexOf": _scan, "lastIndexOf": _scan, "matches": _matches, "string": _to_string,
     "bytes": _to_bytes, "base64.encode": _b64_encode,
+    "math.greatest": _each, "math.least": _each,
 }
 
 

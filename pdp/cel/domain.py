@@ -23,19 +23,32 @@ from typing import Any
 
 from .errors import CelEvalError
 from .functions import Registry
-from .stdlib import check_int, no_overload
+from .stdlib import _short, check_int, no_overload
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 0, "grpcs": 0}
 _URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#]*)")
 
 
 _CACHE_MAX_LEN = 256  # endpoints repeat across decisions: parse short ones once
+#: The longest text each helper reads (an endpoint may be a long URL; a version, quantity,
+#: address or CIDR is short): one call's time and the caches' memory stay bounded, and an
+#: error names at most the start of the value.
+MAX_ENDPOINT = 8192
+MAX_SHORT_TEXT = 256
+
+
+def _text(v: Any, fn: str, most: int, *others: Any) -> str:
+    """``v`` checked as the string argument of ``fn``, at most ``most`` characters."""
+    if type(v) is not str:
+        raise no_overload(fn, v, *others)
+    if len(v) > most:
+        raise CelEvalError(f"{fn}: {_short(v)} is longer than the {most} characters it reads")
+    return v
 
 
 def _split_endpoint(ep: Any, fn: str) -> tuple[str, int | None, str]:
     """(host, port or None, scheme) of an endpoint string; unix sockets give host = path."""
-    if type(ep) is not str:
-        raise no_overload(fn, ep)
+    _text(ep, fn, MAX_ENDPOINT)
     if len(ep) <= _CACHE_MAX_LEN:
         return _split_cached(ep)
     return _split(ep)
@@ -62,11 +75,11 @@ def _split(ep: str) -> tuple[str, int | None, str]:
     if s.startswith("["):
         end = s.find("]")
         if end < 0:
-            raise CelEvalError(f"invalid endpoint {ep!r}")
+            raise CelEvalError(f"invalid endpoint {_short(ep)}")
         host = s[1:end]
         rest = s[end + 1:]
         if rest and not rest.startswith(":"):
-            raise CelEvalError(f"invalid endpoint {ep!r}")
+            raise CelEvalError(f"invalid endpoint {_short(ep)}")
         port_text = rest[1:] if rest else ""
     elif s.count(":") == 1:
         host, port_text = s.split(":")
@@ -77,7 +90,7 @@ def _split(ep: str) -> tuple[str, int | None, str]:
     port = None
     if port_text:
         if not port_text.isdigit() or int(port_text) > 65535:
-            raise CelEvalError(f"invalid port in endpoint {ep!r}")
+            raise CelEvalError(f"invalid port in endpoint {_short(ep)}")
         port = int(port_text)
     return host.lower(), port, scheme
 
@@ -99,8 +112,7 @@ def endpoint_port(ep: Any) -> int:
 def is_localhost(x: Any) -> bool:
     """True for loopback hosts (localhost, *.localhost, 127.0.0.0/8, ::1) and unix sockets,
     given either a bare host or an endpoint."""
-    if type(x) is not str:
-        raise no_overload("isLocalhost", x)
+    _text(x, "isLocalhost", MAX_ENDPOINT)
     if len(x) <= _CACHE_MAX_LEN:
         return _is_localhost_cached(x)
     return _is_localhost(x)
@@ -138,7 +150,7 @@ _VERSION_RE = re.compile(r"^[vV]?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A
 def _parse_version(v: str) -> tuple[tuple[int, ...], tuple[str, ...] | None]:
     m = _VERSION_RE.match(v.strip())
     if not m:
-        raise CelEvalError(f"invalid version {v!r}")
+        raise CelEvalError(f"invalid version {_short(v)}")
     core = tuple(int(p) for p in m.group(1).split("."))
     pre = tuple(m.group(2).split(".")) if m.group(2) else None
     return core, pre
@@ -166,6 +178,8 @@ def compare_versions(a: Any, b: Any) -> int:
     """-1, 0 or 1 comparing two versions (missing components are 0: "16" == "16.0.0")."""
     if type(a) is not str or type(b) is not str:
         raise no_overload("compareVersions", a, b)
+    _text(a, "compareVersions", MAX_SHORT_TEXT)
+    _text(b, "compareVersions", MAX_SHORT_TEXT)
     (ca, pa), (cb, pb) = _parse_version(a), _parse_version(b)
     n = max(len(ca), len(cb))
     ca, cb = ca + (0,) * (n - len(ca)), cb + (0,) * (n - len(cb))
@@ -195,11 +209,10 @@ def quantity(q: Any) -> int:
     """``quantity("4GB")`` -> 4000000000; ``quantity("1.5GiB")`` -> 1610612736."""
     if type(q) is int:
         return q
-    if type(q) is not str:
-        raise no_overload("quantity", q)
+    _text(q, "quantity", MAX_SHORT_TEXT)
     m = _QTY_RE.match(q)
     if not m or m.group(2).lower() not in _UNITS:
-        raise CelEvalError(f"invalid quantity {q!r}")
+        raise CelEvalError(f"invalid quantity {_short(q)}")
     whole, _, frac = m.group(1).partition(".")
     mult = _UNITS[m.group(2).lower()]
     value = int(whole) * mult + (int(frac) * mult // 10 ** len(frac) if frac else 0)
@@ -211,17 +224,19 @@ def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(cidr, strict=False)
     except ValueError:
-        raise CelEvalError(f"invalid CIDR {cidr!r}") from None
+        raise CelEvalError(f"invalid CIDR {_short(cidr)}") from None
 
 
 def in_cidr(ip: Any, cidr: Any) -> bool:
     """``"10.1.2.3".inCidr("10.0.0.0/8")``; addresses of the other IP version never match."""
     if type(ip) is not str or type(cidr) is not str:
         raise no_overload("inCidr", ip, cidr)
+    _text(ip, "inCidr", MAX_SHORT_TEXT)
+    _text(cidr, "inCidr", MAX_SHORT_TEXT)
     try:
         addr = ipaddress.ip_address(ip.strip().strip("[]"))
     except ValueError:
-        raise CelEvalError(f"invalid IP address {ip!r}") from None
+        raise CelEvalError(f"invalid IP address {_short(ip)}") from None
     net = _network(cidr.strip())
     if addr.version != net.version:
         return False
@@ -229,10 +244,10 @@ def in_cidr(ip: Any, cidr: Any) -> bool:
 
 
 def register_domain(r: Registry) -> None:
-    r.add("endpointHost", "string.()->string; string->string", endpoint_host)
-    r.add("endpointPort", "string.()->int; string->int", endpoint_port)
-    r.add("isLocalhost", "string.()->bool; string->bool", is_localhost)
-    r.add("versionAtLeast", "string.(string)->bool", version_at_least)
-    r.add("compareVersions", "string,string->int", compare_versions)
-    r.add("quantity", "string->int; int->int", quantity)
-    r.add("inCidr", "string.(string)->bool", in_cidr)
+    r.add("endpointHost", "string.()->string; string->string", endpoint_host, cost=1)
+    r.add("endpointPort", "string.()->int; string->int", endpoint_port, cost=1)
+    r.add("isLocalhost", "string.()->bool; string->bool", is_localhost, cost=1)
+    r.add("versionAtLeast", "string.(string)->bool", version_at_least, cost=1)
+    r.add("compareVersions", "string,string->int", compare_versions, cost=1)
+    r.add("quantity", "string->int; int->int", quantity, cost=1)
+    r.add("inCidr", "string.(string)->bool", in_cidr, cost=1)

@@ -301,3 +301,60 @@ def test_bounded_equality_keeps_cel_semantics() -> None:
                       ("[1] in [[1], [2]]", True), ("[0.0/0.0] == [0.0/0.0]", False),
                       ("dyn({1: 'a'}) == {1u: 'a'}", True), ("[dyn(1)] != [dyn('1')]", True)]:
         assert ENV.compile(src).evaluate({}, Budget(deadline=time.monotonic() + 5)) is want, src
+
+
+# -- helpers that parse or scan their arguments ---------------------------------------------
+
+@pytest.mark.parametrize(("src", "small", "big"), [
+    ("duration(config.a) > duration('0s')", cfg(a="1s"), cfg(a="1s" * 100)),
+    ("compareVersions(config.a, config.b) >= 0", cfg(a="1", b="1"),
+     cfg(a="1", b=".".join(["1"] * 120))),
+    ('config.b.versionAtLeast(config.a)', cfg(a="1", b="1"),
+     cfg(a=".".join(["1"] * 120), b="1")),
+    ('config.a.inCidr(config.b)', cfg(a="10.0.0.1", b="10.0.0.0/8"),
+     cfg(a="10.0.0.1", b="10.0.0.0/8" + " " * 200)),
+    ('config.a.endpointHost() != ""', cfg(a="h:1"), cfg(a="h" * 4000 + ":1")),
+    ("math.least(config.l) >= 0", cfg(l=[1]), cfg(l=list(range(1000)))),
+])
+def test_helpers_are_charged_by_every_argument(src: str, small: dict[str, Any],
+                                               big: dict[str, Any]) -> None:
+    """Parsing and scanning helpers cost by the size of all their arguments (math.least by
+    its elements: each is a comparison), as the static estimate assumes."""
+    assert growth(src, small, big) > 0
+    prog = ENV.compile(src)
+    b = Budget(cost_limit=UNLIMITED)
+    prog.evaluate(big, b)
+    assert b.cost <= prog.cost_estimate
+
+
+def test_an_element_wise_helper_costs_a_unit_per_element() -> None:
+    assert growth("math.greatest(config.l) >= 0", cfg(l=[1]),
+                  cfg(l=list(range(6401)))) >= 6400
+
+
+@pytest.mark.parametrize(("src", "value", "problem"), [
+    ("duration(config.s)", "1s" * 200, "longer than 256 characters"),
+    ("timestamp(config.s)", "2026-01-01T00:00:00Z" + "0" * 300, "cannot parse timestamp"),
+    ("now.getHours(config.s)", "Europe/" + "x" * 300, "longer than 256 characters"),
+    ("compareVersions(config.s, '1')", "1." * 200, "longer than the 256 characters"),
+    ("config.s.versionAtLeast('1')", "1." * 200, "longer than the 256 characters"),
+    ("quantity(config.s)", "1" * 300, "longer than the 256 characters"),
+    ("'10.0.0.1'.inCidr(config.s)", "1" * 300, "longer than the 256 characters"),
+    ("config.s.endpointHost()", "h" * 9000, "longer than the 8192 characters"),
+    ("isLocalhost(config.s)", "h" * 9000, "longer than the 8192 characters"),
+    ("'x'.matches(config.s)", "a" * (16 * 1024 + 1), "longer than the limit of 16384"),
+    ("config.m[config.s]", "k" * 100_000, "no such key"),
+])
+def test_overlong_texts_are_errors_with_a_short_message(src: str, value: str,
+                                                        problem: str) -> None:
+    """A text far longer than any real duration, version, zone, address or pattern is an
+    error (one call's time and the caches' memory stay bounded), and the message quotes
+    only its start."""
+    from pdp.cel import CelEvalError
+
+    with pytest.raises(CelEvalError) as ei:
+        ENV.compile(src).evaluate({"config": {"s": value, "m": {}},
+                                   "now": __import__("datetime").datetime.now(
+                                       __import__("datetime").UTC)}, Budget())
+    assert problem in str(ei.value)
+    assert len(str(ei.value)) < 400
