@@ -306,6 +306,9 @@ class ConfigBuild:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(exc, "problem", None) or type(exc).__name__
+            if "maximum nesting depth" in problem:  # libyaml's own limit (PyYAML >= 6.0.4)
+                raise ConfigRejected(field, f"nesting deeper than {self.max_depth} levels at"
+                                            f" {self.path()} ({where.strip()})") from None
             raise InvalidRequest(field, f"not valid YAML{where}: {problem}") from None
 
     # -- the rare paths, out of the loop -------------------------------------------------------
@@ -373,8 +376,9 @@ class ConfigBuild:
             sources = value[::-1]
         else:
             self._invalid("expected a mapping or list of mappings for merging", event)
-        if frame.merges is None:
-            frame.merges = []
+        if frame.merges is not None:  # a second ``<<`` key: parsers differ on which wins
+            self._duplicate("<<", event)
+        frame.merges = []
         frame.merges.extend(sources)
         frame.has_key = False
 

@@ -204,6 +204,13 @@ def load_documents(text: str, *, max_documents: int = MAX_DOCUMENTS,
     return docs
 
 
+@dataclass(frozen=True)
+class _Marked:
+    """A place in the text where no event is (a parser error's mark), for ``_limit``."""
+
+    start_mark: Any
+
+
 def _is_null(loader: Any, event: Any) -> bool:
     """Whether ``event``, the first of a document, is all of it and null (an empty document:
     ``---`` alone, ``~``, ``null``)."""
@@ -317,7 +324,7 @@ class _Document:
         self.root: _Node | None = None
 
     def build(self) -> Located:
-        get, stack = self.loader.get_event, self.stack
+        get, stack = self._get_event, self.stack
         while True:
             event = get()
             if isinstance(event, yaml.ScalarEvent):
@@ -380,6 +387,17 @@ class _Document:
             self._limit(f"more than {self.stream.max_values} values in all the documents of"
                         " one file" + (" (aliases expand)" if self.stream.aliased else ""),
                         event)
+
+    def _get_event(self) -> Any:
+        """The next event; libyaml's own depth limit (PyYAML >= 6.0.4, at 1 000 levels,
+        met when the scanner reads a flow collection ahead) reads as ours, at its place."""
+        try:
+            return self.loader.get_event()
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            if mark is None or "maximum nesting depth" not in str(getattr(exc, "problem", "")):
+                raise
+            self._limit(f"nesting deeper than {MAX_DEPTH} levels", _Marked(mark))
 
     def _limit(self, problem: str, event: Any, *, label: str = "policy YAML") -> NoReturn:
         top = self.stack[-1] if self.stack else None

@@ -70,7 +70,6 @@ CORPUS = [
     "a: &x {b: [1, 2, {c: d}]}\nz: *x\nw: [*x, *x]\n",
     "base: &b {x: 1, y: 2}\nover: {<<: *b, y: 3, z: 4}\n",
     "a: &a {x: 1}\nb: &b {x: 2, y: 2}\nc: {<<: [*a, *b], w: 0}\n",
-    "a: &a {x: 1}\nc:\n  <<: *a\n  <<: {x: 5, q: 1}\n",
     "c: {x: 0, <<: {x: 1, y: 1}}\n",
     "=: 1\n",
     "'<<': 1\n",
@@ -210,6 +209,9 @@ def test_token_soup_parses_or_fails_like_yaml_load(text: str) -> None:
     ("a: {x: 1, x: 2}\n", "line 1, column 11: found duplicate key 'x'"),
     ("1: a\n1.0: b\n", "found duplicate key 1.0"),
     ("? a\n? a\n", "found duplicate key 'a'"),
+    # Two merge keys: PyYAML 6.0.3 let the second win, 6.0.4 the first.
+    ("a: &a {x: 1}\nc:\n  <<: *a\n  <<: {x: 5, q: 1}\n",
+     "line 4, column 7: found duplicate key '<<'"),
 ])
 def test_a_key_given_twice_is_refused(text: str, where: str) -> None:
     """Parsers differ on which value of a duplicated key wins: what pdp decides on could
