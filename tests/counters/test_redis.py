@@ -63,8 +63,9 @@ async def test_skewed_sidecars_share_one_cooldown(redis_srv: RedisServer) -> Non
         assert (await behind.reserve(tenant, [rule], timeout=1)).allowed
         r = await ahead.reserve(tenant, [rule], timeout=1)
         assert not r.allowed and r.retry_after_seconds is not None
-        # the Redis clock stands still here (to within its millisecond resolution)
-        assert r.retry_after_seconds == pytest.approx(1.5, abs=0.01)
+        # the Redis clock stands still here, but the store reads its own clock and the
+        # offset at two moments a loaded machine can hold apart: 1.5 s, not 600 s off
+        assert r.retry_after_seconds == pytest.approx(1.5, abs=0.25)
         r = await behind.reserve(tenant, [rule], timeout=1)
         assert not r.allowed
         assert (await ahead.reserve(tenant, [vel], timeout=1)).allowed
