@@ -303,7 +303,7 @@ class MemoryCounterStore:
                 self._data[key] = _Count(1, expires_ms)
             else:
                 c.n += 1
-                c.expires_ms = expires_ms
+                c.expires_ms = max(c.expires_ms, expires_ms)  # see reserve.lua
         elif k is CounterKind.COOLDOWN:
             self._data[key] = _Stamp(now, expires_ms)
         elif k is CounterKind.VELOCITY:

@@ -390,8 +390,15 @@ out[2] = table.concat(flags)
 
 for _, key in ipairs(cap_keys) do
   local add = cap_add[key]
-  if add > 0 and redis.call('INCRBY', key, add) == add then
-    redis.call('PEXPIRE', key, int(cap_ttl[key]))
+  if add > 0 then
+    -- The key lives until the end of its day in the rule's zone as it is now. A new
+    -- version of the policy may move the zone (UTC -> America/Los_Angeles): the key, named
+    -- by the date alone, keeps counting, and its expiry moves out if the day now ends later
+    -- (never in: an earlier end only leaves a finished day's key a while longer).
+    local want = int(cap_ttl[key])
+    if redis.call('INCRBY', key, add) == add or redis.call('PTTL', key) < tonumber(want) then
+      redis.call('PEXPIRE', key, want)
+    end
   end
 end
 for _, key in ipairs(vel_keys) do vel_flush(key) end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import shutil
 import subprocess
@@ -111,6 +112,35 @@ async def test_skewed_sidecars_agree_on_the_day_at_midnight(redis_srv: RedisServ
     finally:
         await ahead.close()
         await behind.close()
+
+
+async def test_a_cap_whose_zone_moves_keeps_its_key_until_the_new_day_end(
+        redis_srv: RedisServer, raw: aioredis.Redis) -> None:
+    """A new version of the cap moves it from UTC to Los Angeles at 23:58Z: the count goes
+    on under the same date (README: a new version keeps counting), and the key must live
+    until that date ends in Los Angeles (07:00Z), not at UTC midnight, two minutes on --
+    else the cap is reset early and the local day gets twice its pushes."""
+    tenant = new_tenant()
+    at = dt.datetime(2026, 6, 1, 23, 58, tzinfo=dt.UTC).timestamp()
+
+    class Clock:
+        def now(self) -> float:
+            return at
+
+    store = store_for(redis_srv.url, clock=Clock(), server_time_offset=lambda: at - time.time())
+    utc = CounterRule("cap", CounterKind.DAILY_CAP, "tenant:t", max_count=2, timezone="UTC")
+    la = dataclasses.replace(utc, timezone="America/Los_Angeles")
+    try:
+        assert (await store.reserve(tenant, [utc], timeout=1)).allowed
+        [key] = [k async for k in raw.scan_iter(f"*{tenant}*:cap:*")]
+        assert await raw.pttl(key) < 3_600_000  # UTC: the day ends in two minutes
+        assert (await store.reserve(tenant, [la], timeout=1)).allowed
+        r = await store.reserve(tenant, [la], timeout=1)
+        assert not r.allowed and "on 2026-06-01 (America/Los_Angeles)" in r.message
+        assert [k async for k in raw.scan_iter(f"*{tenant}*:cap:*")] == [key]
+        assert await raw.pttl(key) > 7 * 3_600_000  # until 07:00Z
+    finally:
+        await store.close()
 
 
 async def test_sidecar_a_day_off_fails_closed(redis_srv: RedisServer) -> None:
