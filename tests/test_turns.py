@@ -165,3 +165,30 @@ def test_the_clock_outside_a_sliced_call_gives_no_turn() -> None:
         assert turns.clock() > 0
     finally:
         turns._slice_end = float("inf")
+
+
+async def test_slices_shrink_when_many_sliced_calls_run_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round of all running sliced calls stays near ROUND_S: each one's slice is its
+    share of it (never under MIN_SLICE_S, never over the slice asked for)."""
+    asked: list[float] = []
+    real = turns.Sliced.step
+
+    def step(self: turns.Sliced, slice_s: float = turns.SLICE_S) -> bool:
+        asked.append(slice_s)
+        return real(self, slice_s)
+
+    monkeypatch.setattr(turns.Sliced, "step", step)
+    await turns.sliced(_spin, 1)
+    assert asked == [turns.SLICE_S]
+    asked.clear()
+    started = 0
+
+    def until_all_started() -> None:
+        nonlocal started
+        started += 1
+        while started < 40:
+            turns.clock()
+
+    await asyncio.gather(*(turns.sliced(until_all_started) for _ in range(40)))
+    assert min(asked) == turns.MIN_SLICE_S and max(asked) <= turns.SLICE_S
