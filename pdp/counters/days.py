@@ -39,9 +39,26 @@ class DayTable:
 
 
 def local_midnight_ms(tz: str, day: dt.date) -> int:
-    """UTC instant (ms) at which local date ``day`` starts in ``tz``."""
-    start = dt.datetime(day.year, day.month, day.day, tzinfo=zone(tz))  # fold=0: first / gap end
-    return int(start.timestamp() * 1000)
+    """UTC instant (ms) at which local date ``day`` starts in ``tz``: its midnight, the first
+    one where midnight repeats, and where midnight falls in a gap, the gap's end (the first
+    instant whose local date is ``day``: Toronto 1919 jumped 23:30 -> 00:30, and fold=0
+    alone lands at 01:00, half an hour into the day)."""
+    z = zone(tz)
+    first = dt.datetime(day.year, day.month, day.day, tzinfo=z)  # fold=0
+    at = int(first.timestamp())
+    other = int(first.replace(fold=1).timestamp())
+    if other >= at:  # not in a gap (equal; or, where midnight repeats, fold=0 is first)
+        return at * 1000
+    lo, hi = other, at  # in a gap: the local date changes somewhere in between
+    if dt.datetime.fromtimestamp(lo, z).date() >= day:
+        return lo * 1000
+    while hi - lo > 1:  # the first second whose local date is ``day`` (transitions fall on seconds)
+        mid = (lo + hi) // 2
+        if dt.datetime.fromtimestamp(mid, z).date() >= day:
+            hi = mid
+        else:
+            lo = mid
+    return hi * 1000
 
 
 @functools.lru_cache(maxsize=1024)
