@@ -43,6 +43,9 @@ CONFIG_PARTS: dict[str, Callable[[], dict[str, Any]]] = {
     "strs-100k": lambda: {"strs": [f"a{i}" for i in range(100_000)]},
     "map-10k": lambda: {"m": {f"k{i}": i for i in range(10_000)}},
     "pattern": lambda: {"p": "(x+x+)+y"},
+    "dur-64k": lambda: {"d": "1s" * 32_000},
+    "durs-100k": lambda: {"ds": ["1s"] * 100_000},
+    "vers-100k": lambda: {"vs": ["1"] * 100_000},
 }
 
 
