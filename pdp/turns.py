@@ -95,6 +95,7 @@ _R = TypeVar("_R")
 _TURN = object()  # what a worker hands its driver when it gives up a turn
 _monotonic = time.monotonic
 _slice_end = math.inf  # when the running slice is over (inf: no sliced call is running)
+_paused = 0.0  # the running sliced call's time spent paused, when it runs on its own time
 
 
 class _Worker(greenlet.greenlet):
@@ -115,7 +116,7 @@ def clock() -> float:
             assert g.parent is not None
             g.parent.switch(_TURN)
             t = _monotonic()
-    return t
+    return t - _paused
 
 
 def _work(item: tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context]) -> None:
@@ -141,21 +142,30 @@ class Sliced:
     (True) or its slice is over (False); then ``result()``. ``close()`` unwinds a call
     that will not be resumed."""
 
-    __slots__ = ("_g", "_item", "_out")
+    __slots__ = ("_g", "_item", "_out", "_own_time", "_paused", "_paused_at")
 
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+    def __init__(self, fn: Callable[..., Any], *args: Any, own_time: bool = False) -> None:
         pool: list[_Worker] | None = getattr(_idle, "workers", None)
         if pool is None:
             pool = _idle.workers = []
         self._g: _Worker | None = pool.pop() if pool else _Worker(_work)
         self._item: Any = (fn, args, contextvars.copy_context())
         self._out: tuple[bool, Any] | None = None
+        # own_time: the call's clock (``clock()`` inside it) leaves out its pauses, so a
+        # budget it checks is of its own running time, not of everybody's in between.
+        self._own_time = own_time
+        self._paused = 0.0
+        self._paused_at = 0.0
 
     def step(self, slice_s: float = SLICE_S) -> bool:
-        global _slice_end
+        global _slice_end, _paused
         g = self._g
         assert g is not None, "step() after the call ended"
-        _slice_end = _monotonic() + slice_s
+        now = _monotonic()
+        if self._paused_at:
+            self._paused += now - self._paused_at
+        _slice_end = now + slice_s
+        _paused = self._paused if self._own_time else 0.0
         try:
             if self._item is not None:
                 item, self._item = self._item, None
@@ -164,7 +174,9 @@ class Sliced:
                 out = g.switch()
         finally:
             _slice_end = math.inf
+            _paused = 0.0
         if out is _TURN:
+            self._paused_at = _monotonic()
             return False
         self._out = out
         self._g = None
@@ -188,12 +200,13 @@ class Sliced:
             g.throw()
 
 
-async def sliced(fn: Callable[..., _R], *args: Any, slice_s: float = SLICE_S) -> _R:
+async def sliced(fn: Callable[..., _R], *args: Any, slice_s: float = SLICE_S,
+                 own_time: bool = False) -> _R:
     """``fn(*args)``, giving the event loop a turn whenever a slice of ``slice_s`` is over
     at one of its clock checks (``clock``). Exceptions propagate; if this coroutine is
-    cancelled meanwhile, the call is unwound."""
+    cancelled meanwhile, the call is unwound. ``own_time``: see ``Sliced``."""
     global _running
-    run = Sliced(fn, *args)
+    run = Sliced(fn, *args, own_time=own_time)
     _running += 1
     try:
         while not run.step(min(slice_s, max(MIN_SLICE_S, ROUND_S / _running))):

@@ -192,3 +192,24 @@ async def test_slices_shrink_when_many_sliced_calls_run_at_once(
 
     await asyncio.gather(*(turns.sliced(until_all_started) for _ in range(40)))
     assert min(asked) == turns.MIN_SLICE_S and max(asked) <= turns.SLICE_S
+
+
+async def test_a_call_on_its_own_time_does_not_count_its_pauses() -> None:
+    """A draft's budget is of its own running time: the clock inside it leaves out the
+    time other calls ran while it was paused; a live call's clock is the wall clock."""
+    import time
+
+    def pause_once() -> float:
+        t0 = turns.clock()
+        turns.clock()  # past its (zero) slice: a turn; the other task takes a while
+        return turns.clock() - t0
+
+    async def busy() -> None:
+        await asyncio.sleep(0)
+        t = time.monotonic()
+        while time.monotonic() - t < 0.1:  # not-a-wait: CPU held while the call is paused
+            pass
+
+    own, _ = await asyncio.gather(turns.sliced(pause_once, slice_s=0.0, own_time=True), busy())
+    wall, _ = await asyncio.gather(turns.sliced(pause_once, slice_s=0.0), busy())
+    assert own < 0.1 <= wall

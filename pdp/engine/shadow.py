@@ -110,7 +110,9 @@ async def evaluate_shadow(job: ShadowJob, evaluate: Evaluate, count: Count | Non
             key = key or repeats.fingerprint(job.req)
             deny = repeats.overruns.recall(p, key, options.budget_s)
         if deny is None:
-            deny = await sliced(evaluate, p, job.ctx, budget)  # live calls go between
+            # Live calls go between its slices; its budget is of its own running time,
+            # so a busy server does not make a draft would-deny for want of time.
+            deny = await sliced(evaluate, p, job.ctx, budget, own_time=True)
             if deny is not None and deny.message.startswith("the decision deadline ran out"):
                 # the live decision's deadline is not involved: the draft's own budget is
                 deny = replace(deny, message=f"the shadow budget ({options.budget_s * 1000:g}"
