@@ -80,7 +80,7 @@ from pdp.audit.anchors import (
     read_anchors,
 )
 from pdp.audit.chain import GENESIS, Record, check_line
-from pdp.audit.files import ledger_of
+from pdp.audit.files import ledger_files, ledger_of
 
 Kind = Literal["edited", "removed", "inserted", "reordered", "malformed", "truncated",
                "rechained", "forged", "wrong_key", "unanchored", "appended",
@@ -540,11 +540,13 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
         return
     if not anchor_files and _anchors_cut(result, fail, in_ledger, anchors, names):
         return
+    if _head_cut(result, fail, in_ledger, anchors, names):
+        return
     first = result.first_seq or 0
     for a in anchors:
         cp = int(a.event["seq"]) + 1
         if cp < first:
-            continue  # in files not given (archived): checked by name below
+            continue  # in rotated files on disk but not given: checked by name below
         match = in_ledger.get((str(a.event.get("ledger")), cp))
         if match is None or (match.event or {}).get("mac") != a.event.get("mac"):
             fail("rechained", Location(a.path, a.line), cp,
@@ -593,6 +595,64 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
                 f"{last_anchor_seq} are checked by the ledger's own checkpoints only")
     result.anchors = (f"{len(in_ledger)} checkpoint(s) in the ledger and {len(anchors)} in the "
                       f"anchor file verified with key id {key.key_id}; covered up to seq {top}")
+
+
+def _disk_first(led: Path, given_first: int) -> int:
+    """The lowest seq a file of the ledger ``led`` holds on disk: the given files' first, or
+    a rotated file's (its name) beside them that was not given."""
+    firsts = [lf.first_seq for lf in ledger_files(led)
+              if lf.first_seq is not None and lf.path.is_file()]
+    return min([given_first, *firsts])
+
+
+def _head_cut(result: VerifyResult, fail: Callable[[Kind, Location, int | None, str], None],
+              in_ledger: dict[tuple[str, int], _Rec], anchors: list[AnchorLine],
+              names: dict[str, Path]) -> bool:
+    """Records cut off the *start* of the ledger. The writer never deletes a file, and
+    every file it rotates is named (with its seqs) by its next checkpoint, so below the
+    first record on disk there are only rotated files a checkpoint names (their absence is
+    ``removed``, step 3), or nothing. So: an anchor signing a checkpoint below every file
+    on disk, or a chain that starts above seq 1 where no checkpoint names a rotated file
+    ending just before it (records cut out of a file's start, the anchors naming them cut
+    too), is ``removed``. Rotated files that are on disk but not given stay a warning."""
+    first = result.first_seq
+    if first is None or len(names) != 1:
+        return False
+    name, led = next(iter(names.items()))
+    low = _disk_first(led, first)
+    segs = _named_segments(name, in_ledger, anchors)
+    below = [a for a in anchors if int(a.event["seq"]) + 1 < low
+             and not any(f <= int(a.event["seq"]) + 1 <= t for f, t in segs)]
+    if below:
+        a = min(below, key=lambda x: int(x.event["seq"]))
+        cp = int(a.event["seq"]) + 1
+        fail("removed", Location(result.files[0], 1), first,
+             f"the anchor file ({a.path}:{a.line}) signs a checkpoint at seq {cp}, but no "
+             f"file of the ledger holds records below seq {low} and no rotated file a "
+             f"checkpoint names holds seq {cp}: records before seq {low} were cut off the "
+             "start of the ledger")
+        return True
+    if low == 1 or low < first or any(t == low - 1 for _, t in segs):
+        return False  # a named rotated file ends just before: step 3 says if it is there
+    fail("removed", Location(result.files[0], 1), first,
+         f"the chain starts at seq {first}, but no checkpoint names a rotated file ending at "
+         f"seq {first - 1} (the writer names every file it rotates in its next checkpoint): "
+         f"records 1..{first - 1} were cut off the start of the ledger")
+    return True
+
+
+def _named_segments(name: str, in_ledger: dict[tuple[str, int], _Rec],
+                    anchors: list[AnchorLine]) -> list[tuple[int, int]]:
+    """(first, last) of every rotated file of ledger ``name`` a checkpoint names."""
+    out: list[tuple[int, int]] = []
+    for ev in [*((r.event or {}) for r in in_ledger.values()), *(a.event for a in anchors)]:
+        if ev.get("ledger") != name:
+            continue
+        for seg in ev.get("files") or ():
+            if isinstance(seg, dict) and type(seg.get("first")) is int \
+                    and type(seg.get("last")) is int:
+                out.append((seg["first"], seg["last"]))
+    return out
 
 
 def _anchors_cut(result: VerifyResult, fail: Callable[[Kind, Location, int | None, str], None],

@@ -1,0 +1,70 @@
+"""Tampering a probe found ``verify`` missed, misnamed or crashed on: records cut off the
+start of an anchored ledger, a worker's whole ledger deleted, hostile lines, a ledger too
+young for its first checkpoint, shell globs, a keyless checkpoint, non-regular files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pdp.audit.anchors import Anchorer, AnchorKey
+from pdp.audit.files import ledger_files
+from pdp.audit.sinks.file import Ledger
+from pdp.audit.verify import verify_paths
+from tests.audit.conftest import lines, problem
+
+
+def make_ledger(directory: Path, key: AnchorKey, n: int = 60, every: int = 5,
+                rotate_bytes: int = 10**9, name: str = "audit.jsonl") -> list[Path]:
+    """A ledger of ``n`` events, a checkpoint after every ``every`` and one at close."""
+    directory.mkdir(parents=True, exist_ok=True)
+    active = directory / name
+    ledger = Ledger(active, rotate_bytes,
+                    Anchorer(key, str(active) + ".anchors", every_records=10**9, every_s=1e9))
+    ledger.open()
+    for i in range(n):
+        res = ledger.append([{"type": "Test", "tenant": "t", "i": i}], fsync=False,
+                            anchor=i % every == every - 1)
+        assert res.error is None
+    ledger.close()
+    return [lf.path for lf in ledger_files(active)]
+
+
+def seq_of(line: bytes) -> int:
+    return int(json.loads(line)["seq"])
+
+
+def test_records_cut_off_the_start_of_a_single_file_ledger(tmp_path: Path,
+                                                           key: AnchorKey) -> None:
+    (active,) = make_ledger(tmp_path, key)
+    assert verify_paths([tmp_path], key).ok
+    active.write_bytes(b"".join(lines(active)[40:]))
+    kind, detail = problem(verify_paths([tmp_path], key))
+    assert kind == "removed" and "cut off the start" in detail
+
+
+def test_start_cut_with_rotated_files_and_the_anchors_naming_them(tmp_path: Path,
+                                                                  key: AnchorKey) -> None:
+    files = make_ledger(tmp_path, key, n=120, rotate_bytes=2500)
+    assert len(files) >= 3 and verify_paths([tmp_path], key).ok
+    active = files[-1]
+    recs = lines(active)
+    named = [i for i, ln in enumerate(recs) if json.loads(ln)["event"].get("files")]
+    cut = named[-1] + 1
+    first_kept = seq_of(recs[cut])
+    active.write_bytes(b"".join(recs[cut:]))
+    for f in files[:-1]:
+        f.unlink()
+    anchors = tmp_path / "audit.jsonl.anchors"
+    anchors.write_bytes(b"".join(ln for ln in lines(anchors)
+                                 if json.loads(ln)["seq"] + 1 >= first_kept))
+    kind, detail = problem(verify_paths([tmp_path], key))
+    assert kind == "removed" and "cut off the start" in detail
+
+
+def test_rotated_files_on_disk_but_not_given_are_a_warning(tmp_path: Path,
+                                                           key: AnchorKey) -> None:
+    files = make_ledger(tmp_path, key, n=120, rotate_bytes=2500)
+    res = verify_paths([files[-1]], key)
+    assert res.ok, str(res)
+    assert any("was not given" in w for w in res.warnings)
