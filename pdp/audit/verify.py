@@ -247,9 +247,7 @@ def verify_paths(paths: Sequence[str | Path], key: AnchorKey | Keyring | None = 
 
     Raises ``OSError`` when a file cannot be read (the CLI turns that into exit code 2).
     """
-    files = order_paths(paths)
-    if not files:
-        raise FileNotFoundError("no audit files found in " + ", ".join(map(str, paths)))
+    files = [f for f in order_paths(paths) if f.exists()]
     groups: dict[Path, list[Path]] = {}
     for f in files:  # order_paths keeps a ledger's files together, in chain order
         groups.setdefault(ledger_of(f), []).append(f)
@@ -257,6 +255,10 @@ def verify_paths(paths: Sequence[str | Path], key: AnchorKey | Keyring | None = 
     results = [_verify_ledger(fs, ring, anchor_files) for fs in groups.values()]
     for led, r in zip(groups, results, strict=True):
         r.ledger = str(led)
+    if not anchor_files:
+        results.extend(_orphan_anchors(paths, set(groups), ring))
+    if not results:
+        raise FileNotFoundError("no audit files found in " + ", ".join(map(str, paths)))
     if len(results) == 1:
         return results[0]
     bad = next((r for r in results if not r.ok), None)
@@ -267,6 +269,59 @@ def verify_paths(paths: Sequence[str | Path], key: AnchorKey | Keyring | None = 
         warnings=[w for r in results for w in r.warnings],
         anchors="; ".join(f"{r.ledger}: {r.anchors}" for r in results),
         ledgers=results)
+
+
+def _orphan_anchors(paths: Sequence[str | Path], ledgers: set[Path],
+                    key: Keyring | None) -> list[VerifyResult]:
+    """Anchor files (``<ledger>.anchors``) beside the given paths whose ledger has no file
+    left: the writer never deletes its ledger, so one holding checkpoints of it (signed
+    with the key, when one is given) means the ledger was deleted (``removed``)."""
+    out: list[VerifyResult] = []
+    for src in _anchor_files_near(paths):
+        led = src.with_name(src.name[: -len(".anchors")])
+        if led in ledgers:
+            continue
+        try:
+            found = read_anchors(src, led.name)[0]
+        except OSError:
+            continue
+        if key is not None:
+            found = [a for a in found if _signed_by(key, a.event)]
+        if not found:
+            continue
+        last = max(_int(a.event.get("seq")) + 1 for a in found)
+        r = VerifyResult(ok=False, count=0, ledger=str(led), problem=Problem(
+            "removed", str(src), 0, None,
+            f"the anchor file holds {len(found)} checkpoint(s) of ledger {led.name} (the "
+            f"last at seq {last}), but no file of that ledger is left: it was deleted"))
+        if key is not None:
+            r.anchors = f"checked with key id {key.key_id}: failed"
+        out.append(r)
+    return out
+
+
+def _anchor_files_near(paths: Sequence[str | Path]) -> list[Path]:
+    """The ``*.jsonl.anchors`` files in the given directories, and beside given files."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            cands = sorted(p.glob("*.jsonl.anchors"))
+        else:
+            cands = [default_anchor_path(ledger_of(p))]
+            if p.name.endswith(".jsonl.anchors"):
+                cands.append(p)
+        out.extend(c for c in cands if c.is_file() and c not in out)
+    return out
+
+
+def _signed_by(key: Keyring, event: dict[str, Any]) -> bool:
+    k = key.get(event.get("key_id"))
+    return k is not None and k.signed(event)
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int else 0
 
 
 def _verify_ledger(files: list[Path], key: Keyring | None,

@@ -68,3 +68,27 @@ def test_rotated_files_on_disk_but_not_given_are_a_warning(tmp_path: Path,
     res = verify_paths([files[-1]], key)
     assert res.ok, str(res)
     assert any("was not given" in w for w in res.warnings)
+
+
+def test_a_worker_ledger_deleted_while_its_anchor_file_remains(tmp_path: Path,
+                                                               key: AnchorKey) -> None:
+    make_ledger(tmp_path, key, name="audit-w0.jsonl")
+    gone = make_ledger(tmp_path, key, n=120, rotate_bytes=2500, name="audit-w1.jsonl")
+    assert verify_paths([tmp_path], key).ok
+    for f in gone:
+        f.unlink()
+    for k in (key, None):
+        res = verify_paths([tmp_path], k)
+        kind, detail = problem(res)
+        assert kind == "removed" and "audit-w1.jsonl" in detail and "deleted" in detail
+        assert [r.ok for r in res.ledgers] == [True, False]
+
+
+def test_a_single_ledger_deleted_leaving_its_anchor_file(tmp_path: Path,
+                                                         key: AnchorKey) -> None:
+    for f in make_ledger(tmp_path, key, n=120, rotate_bytes=2500):
+        f.unlink()
+    kind, detail = problem(verify_paths([tmp_path], key))
+    assert kind == "removed" and "no file of that ledger is left" in detail
+    kind, _ = problem(verify_paths([tmp_path / "audit.jsonl"], key))
+    assert kind == "removed"
