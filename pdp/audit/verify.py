@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import sys
 from collections import OrderedDict
@@ -245,8 +246,61 @@ def verify_paths(paths: Sequence[str | Path], key: AnchorKey | Keyring | None = 
     own anchor file and is verified on its own; with more than one the result combines
     theirs (``ledgers``): ok when every one is, the first problem wins.
 
+    A running writer may append, rotate (rename) or add files while they are read, which
+    can look like a gap: a result that is not ok while the files changed during the read
+    (or a listed file vanished) is read again, up to ``ATTEMPTS`` times; the same problem
+    twice, or files that did not change, is the answer. ``ChangedWhileReading`` when the
+    files never held still.
+
     Raises ``OSError`` when a file cannot be read (the CLI turns that into exit code 2).
     """
+    last: Problem | None = None
+    for _ in range(ATTEMPTS):
+        before = _snapshot(paths)
+        try:
+            res = _verify_once(paths, key, anchor_files)
+        except FileNotFoundError:
+            if _snapshot(paths) == before:
+                raise
+            continue  # a listed file was renamed or removed under the read
+        if res.ok or _snapshot(paths) == before or res.problem == last:
+            return res
+        last = res.problem
+    raise ChangedWhileReading(
+        "the audit files changed while being read (a running writer rotating or appending), "
+        f"{ATTEMPTS} times: try again")
+
+
+#: Reads of files a running writer keeps changing before ``verify_paths`` gives up.
+ATTEMPTS = 5
+
+
+class ChangedWhileReading(OSError):
+    """The files changed during every read: not a verdict (the CLI's exit code 2)."""
+
+
+def _snapshot(paths: Sequence[str | Path]) -> frozenset[tuple[str, int, int, int]]:
+    """Name, inode, size and mtime of every file in the directories the paths name (or
+    are in): what a running writer changes."""
+    dirs = {Path(p) if Path(p).is_dir() else Path(p).parent for p in paths}
+    out: set[tuple[str, int, int, int]] = set()
+    for d in dirs:
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            out.add((e.path, st.st_ino, st.st_size, st.st_mtime_ns))
+    return frozenset(out)
+
+
+def _verify_once(paths: Sequence[str | Path], key: AnchorKey | Keyring | None,
+                 anchor_files: Sequence[str | Path] | None) -> VerifyResult:
+    """One read of the paths (see ``verify_paths``)."""
     files = [f for f in order_paths(paths) if f.exists()]
     groups: dict[Path, list[Path]] = {}
     for f in files:  # order_paths keeps a ledger's files together, in chain order
@@ -269,6 +323,30 @@ def verify_paths(paths: Sequence[str | Path], key: AnchorKey | Keyring | None = 
         warnings=[w for r in results for w in r.warnings],
         anchors="; ".join(f"{r.ledger}: {r.anchors}" for r in results),
         ledgers=results)
+
+
+def _anchor_sources(files: Sequence[Path],
+                    anchor_files: Sequence[str | Path] | None) -> list[Path]:
+    """The anchor files a ledger of ``files`` is checked against."""
+    if anchor_files:
+        return [Path(a) for a in anchor_files]
+    out: list[Path] = []
+    for f in files:
+        src = default_anchor_path(ledger_of(Path(f)))
+        if src not in out:
+            out.append(src)
+    return out
+
+
+def _line_counts(sources: Sequence[Path]) -> dict[str, int]:
+    """Complete lines in each anchor file now (absent: 0)."""
+    out: dict[str, int] = {}
+    for src in sources:
+        try:
+            out[str(src)] = src.read_bytes().count(b"\n")
+        except OSError:
+            out[str(src)] = 0
+    return out
 
 
 def _orphan_anchors(paths: Sequence[str | Path], ledgers: set[Path],
@@ -326,13 +404,19 @@ def _int(value: Any) -> int:
 
 def _verify_ledger(files: list[Path], key: Keyring | None,
                    anchor_files: Sequence[str | Path] | None) -> VerifyResult:
-    """``verify_paths`` for the files (in chain order) of one ledger."""
+    """``verify_paths`` for the files (in chain order) of one ledger.
+
+    The anchor files' lines are counted *before* the ledger is read: a running writer
+    appends an anchor only after the ledger holds its checkpoint, so an anchor line that
+    was there before the read names only records the read sees; lines added during the
+    read may name newer records and are not taken for a truncation."""
+    early = _line_counts(_anchor_sources(files, anchor_files)) if key is not None else {}
     res, seen = _verify_chain(files)
     if res.problem is None:
         _notes(res, seen)
         if key is not None:
             res.anchors = f"checked with key id {key.key_id}: failed"
-            _verify_anchors(res, seen, key, anchor_files)
+            _verify_anchors(res, seen, key, anchor_files, early)
     elif key is not None:
         res.anchors = "not checked: the hash chain itself is broken"
     return res
@@ -457,8 +541,12 @@ def _short(h: Any) -> str:
 
 
 def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
-                    anchor_files: Sequence[str | Path] | None) -> None:
-    """The checks ``--key`` adds (see the module docstring); sets ``result.problem``."""
+                    anchor_files: Sequence[str | Path] | None,
+                    early: dict[str, int] | None = None) -> None:
+    """The checks ``--key`` adds (see the module docstring); sets ``result.problem``.
+    ``early``: the anchor files' line counts before the ledger was read (see
+    ``_verify_ledger``); anchors after them that name records beyond the read are left
+    out (a running writer added them since)."""
     ledgers = _ledgers(result)
     names = {led.name: led for led in ledgers}
 
@@ -481,8 +569,7 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
             return False
         return True
 
-    sources = ([Path(a) for a in anchor_files] if anchor_files
-               else [default_anchor_path(led) for led in ledgers])
+    sources = _anchor_sources([Path(f) for f in result.files], anchor_files)
 
     def anchored_at(led: str, seq: int) -> AnchorLine | None:
         """An anchor signed with the key naming a checkpoint of ``led`` at record ``seq``."""
@@ -566,7 +653,8 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
             continue
         lines, warns = read_anchors(src)
         result.warnings.extend(warns)
-        anchors.extend(a for a in lines if a.event.get("ledger") in names)
+        anchors.extend(a for a in lines if a.event.get("ledger") in names
+                       and not _newer_than_read(a, early, result.last_seq))
     for a in anchors:
         if not signature(a.event, Location(a.path, a.line), "anchor", None):
             return
@@ -650,6 +738,15 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
                 f"{last_anchor_seq} are checked by the ledger's own checkpoints only")
     result.anchors = (f"{len(in_ledger)} checkpoint(s) in the ledger and {len(anchors)} in the "
                       f"anchor file verified with key id {key.key_id}; covered up to seq {top}")
+
+
+def _newer_than_read(a: AnchorLine, early: dict[str, int] | None,
+                     last: int | None) -> bool:
+    """An anchor line appended while the ledger was read, naming records past the read."""
+    if early is None or a.line <= early.get(a.path, 0):
+        return False
+    seq = a.event.get("seq")
+    return type(seq) is int and seq + 1 > (last or 0)
 
 
 def _disk_first(led: Path, given_first: int) -> int:

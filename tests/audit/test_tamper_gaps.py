@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+import pdp.audit.verify as verify_mod
 from pdp.audit.anchors import Anchorer, AnchorKey
 from pdp.audit.files import ledger_files
 from pdp.audit.sinks.file import Ledger
-from pdp.audit.verify import verify_paths
+from pdp.audit.verify import ChangedWhileReading, Problem, main, verify_paths
 from tests.audit.conftest import lines, problem
 
 
@@ -92,3 +96,82 @@ def test_a_single_ledger_deleted_leaving_its_anchor_file(tmp_path: Path,
     assert kind == "removed" and "no file of that ledger is left" in detail
     kind, _ = problem(verify_paths([tmp_path / "audit.jsonl"], key))
     assert kind == "removed"
+
+
+def open_ledger(directory: Path, key: AnchorKey, rotate_bytes: int = 10**9) -> Ledger:
+    directory.mkdir(parents=True, exist_ok=True)
+    active = directory / "audit.jsonl"
+    ledger = Ledger(active, rotate_bytes,
+                    Anchorer(key, str(active) + ".anchors", every_records=10**9, every_s=1e9))
+    ledger.open()
+    return ledger
+
+
+def write(ledger: Ledger, n: int, anchor: bool = True) -> None:
+    for i in range(n):
+        res = ledger.append([{"type": "Test", "tenant": "t", "i": i}], fsync=True,
+                            anchor=anchor and i == n - 1)
+        assert res.error is None
+
+
+def test_anchors_a_running_writer_adds_during_the_read_are_no_truncation(
+        tmp_path: Path, key: AnchorKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = open_ledger(tmp_path, key)
+    write(ledger, 10)
+    real = verify_mod._verify_chain
+
+    def read_then_write(files: list[Path]) -> Any:
+        out = real(files)
+        write(ledger, 5)  # the writer goes on: a checkpoint past what was read is anchored
+        return out
+
+    monkeypatch.setattr(verify_mod, "_verify_chain", read_then_write)
+    res = verify_paths([tmp_path], key)
+    ledger.close()
+    assert res.ok, str(res)
+
+
+def test_a_rotation_during_the_read_is_read_again(
+        tmp_path: Path, key: AnchorKey, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = open_ledger(tmp_path, key, rotate_bytes=2500)
+    write(ledger, 30)
+    real = verify_mod.order_paths
+    rotated = []
+
+    def list_then_rotate(paths: Any) -> list[Path]:
+        out = real(paths)
+        if not rotated:  # once: the writer rotates between the listing and the reads
+            before = len(ledger_files(tmp_path / "audit.jsonl"))
+            while len(ledger_files(tmp_path / "audit.jsonl")) == before:
+                write(ledger, 1, anchor=False)
+            write(ledger, 1)
+            rotated.append(True)
+        return out
+
+    monkeypatch.setattr(verify_mod, "order_paths", list_then_rotate)
+    res = verify_paths([tmp_path], key)
+    ledger.close()
+    assert rotated and res.ok, str(res)
+
+
+def test_files_that_never_hold_still_are_no_verdict(
+        tmp_path: Path, key: AnchorKey, key_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    files = make_ledger(tmp_path, key)
+    real = verify_mod._verify_chain
+    n = [0]
+
+    def tampered_and_changing(fs: list[Path]) -> Any:
+        res, seen = real(fs)
+        n[0] += 1
+        (tmp_path / "audit.jsonl.000000000099").write_bytes(b"")  # changes every read
+        (tmp_path / "audit.jsonl.000000000099").unlink()
+        files[0].touch()
+        res.ok = False
+        res.problem = Problem("removed", "x", n[0], n[0], "a different gap every time")
+        return res, seen
+
+    monkeypatch.setattr(verify_mod, "_verify_chain", tampered_and_changing)
+    with pytest.raises(ChangedWhileReading):
+        verify_paths([tmp_path], key)
+    assert main(["--key", str(key_file), str(tmp_path)]) == 2
