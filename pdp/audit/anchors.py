@@ -49,7 +49,7 @@ from typing import Any
 
 import structlog
 
-from pdp.audit.chain import ChainHead, canonical
+from pdp.audit.chain import ChainHead, canonical, loads
 from pdp.audit.events import format_time
 
 log = structlog.get_logger("pdp.audit")
@@ -100,8 +100,16 @@ class AnchorKey:
         return hmac.new(self.secret, canonical(body), hashlib.sha256).hexdigest()
 
     def signed(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` carries this key's MAC; False also for content the writer can
+        never have signed (NaN, 1e400: canonical JSON refuses them), not an exception."""
         mac = event.get("mac")
-        return isinstance(mac, str) and hmac.compare_digest(mac, self.mac(event))
+        if not isinstance(mac, str):
+            return False
+        try:
+            expected = self.mac(event)
+        except (TypeError, ValueError):
+            return False
+        return hmac.compare_digest(mac, expected)
 
 
 @dataclass(frozen=True)
@@ -286,7 +294,7 @@ def _event_of(raw: bytes) -> dict[str, Any] | None:
     """A checkpoint event from an anchor-file line, or from a whole ledger record (what a
     Redis stream entry's ``record`` field holds), so anchors exported either way are read."""
     try:
-        obj = json.loads(raw)
+        obj = loads(raw)  # ValueError also for a line nested too deeply to parse
     except ValueError:
         return None
     if isinstance(obj, dict) and "event" in obj and "seq" in obj and "hash" in obj:

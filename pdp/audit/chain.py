@@ -186,7 +186,18 @@ def _no_constant(name: str) -> Any:
 
 def parse_line(line: bytes) -> Record:
     """Parse one line into a record; ValueError if it is not a record-shaped JSON object."""
-    return _record_shaped(json.loads(line, parse_constant=_no_constant))
+    return _record_shaped(loads(line, parse_constant=_no_constant))
+
+
+def loads(line: bytes | str, **kw: Any) -> Any:
+    """``json.loads`` whose every failure is a ValueError: a line nested too deeply for
+    the parser (100 000 ``[``, written by someone who edits the files) raises
+    RecursionError there, which every reader of audit files would otherwise have to know
+    about to name the line instead of dying with a traceback."""
+    try:
+        return json.loads(line, **kw)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 def _record_shaped(rec: Any) -> Record:
@@ -214,8 +225,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def parse_line_strict(line: bytes) -> Record:
     """``parse_line`` that also refuses a key given twice in any object (``json.loads``
     keeps the last one silently): what verifiers parse with."""
-    return _record_shaped(json.loads(line, parse_constant=_no_constant,
-                                     object_pairs_hook=_unique_keys))
+    return _record_shaped(loads(line, parse_constant=_no_constant,
+                                object_pairs_hook=_unique_keys))
 
 
 _HASH_PREFIX = b'{"hash":"'

@@ -159,14 +159,23 @@ def complete_head(active: Path) -> tuple[ChainHead, bool]:
                 and not _whole_record(line):
             torn = True
             off, line = last_line(lf.path, off) if off else (0, b"")
-        if not line:
-            continue
-        try:
-            rec = parse_line(line)
-        except ValueError:
-            continue
-        return ChainHead(rec["seq"], rec["hash"]), torn
+        rec = _last_readable(lf.path, off + len(line)) if line else None
+        if rec is not None:
+            return ChainHead(rec["seq"], rec["hash"]), torn
     return ChainHead(), torn
+
+
+def _last_readable(path: Path, end: int) -> Record | None:
+    """The last record of ``path`` (as if it ended at ``end``) that parses: an unreadable
+    line after it (a hostile one, say) is not where the chain stands, and the tail check
+    names it; stepping over the whole file instead would read as lost records."""
+    while end > 0:
+        off, line = last_line(path, end)
+        try:
+            return parse_line(line)
+        except ValueError:
+            end = off
+    return None
 
 
 def find_head(active: Path) -> ChainHead:

@@ -653,7 +653,7 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
             continue
         lines, warns = read_anchors(src)
         result.warnings.extend(warns)
-        anchors.extend(a for a in lines if a.event.get("ledger") in names
+        anchors.extend(a for a in lines if str(a.event.get("ledger")) in names
                        and not _newer_than_read(a, early, result.last_seq))
     for a in anchors:
         if not signature(a.event, Location(a.path, a.line), "anchor", None):

@@ -12,7 +12,8 @@ import pytest
 
 import pdp.audit.verify as verify_mod
 from pdp.audit.anchors import Anchorer, AnchorKey
-from pdp.audit.files import ledger_files
+from pdp.audit.files import AuditFileError, ledger_files
+from pdp.audit.show import main as show_main
 from pdp.audit.sinks.file import Ledger
 from pdp.audit.verify import ChangedWhileReading, Problem, main, verify_paths
 from tests.audit.conftest import lines, problem
@@ -175,3 +176,38 @@ def test_files_that_never_hold_still_are_no_verdict(
     with pytest.raises(ChangedWhileReading):
         verify_paths([tmp_path], key)
     assert main(["--key", str(key_file), str(tmp_path)]) == 2
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+
+
+def test_a_deeply_nested_line_is_named_not_a_traceback(tmp_path: Path, key: AnchorKey,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    files = make_ledger(tmp_path / "audit", key)
+    with open(files[-1], "ab") as f:
+        f.write(b'{"decision_id":"d-1","x":' + DEEP[:-1] + b"}\n")
+    kind, detail = problem(verify_paths([tmp_path / "audit"], key))
+    assert kind == "malformed" and "nested too deeply" in detail
+    assert show_main("d-1", [str(tmp_path / "audit")]) == 1  # not found, no traceback
+    with pytest.raises(AuditFileError, match=r"audit\.jsonl:\d+.*Refusing"):
+        open_ledger(tmp_path / "audit", key)
+
+
+def test_hostile_anchor_lines_are_named_not_a_traceback(tmp_path: Path,
+                                                        key: AnchorKey) -> None:
+    make_ledger(tmp_path / "audit", key)
+    anchors = tmp_path / "audit" / "audit.jsonl.anchors"
+    good = anchors.read_bytes()
+    last = json.loads(lines(anchors)[-1])
+    anchors.write_bytes(good + DEEP)
+    res = verify_paths([tmp_path / "audit"], key)
+    assert res.ok and any("not a checkpoint" in w for w in res.warnings), str(res)
+    for bad in (b'{"type":"Audit.Checkpoint","ledger":"audit.jsonl","seq":1e400,'
+                b'"key_id":"' + key.key_id.encode() + b'","mac":"x"}\n',
+                json.dumps(dict(last, time=float("nan"))).encode() + b"\n"):
+        anchors.write_bytes(good + bad)
+        kind, detail = problem(verify_paths([tmp_path / "audit"], key))
+        assert kind == "forged" and "MAC does not match" in detail
+    with pytest.raises(AuditFileError, match="MAC does not verify"):
+        open_ledger(tmp_path / "audit", key)
