@@ -82,6 +82,7 @@ from pdp.audit.anchors import (
 )
 from pdp.audit.chain import GENESIS, Record, check_line
 from pdp.audit.files import ledger_files, ledger_of
+from pdp.audit.settings import AuditSettings
 
 Kind = Literal["edited", "removed", "inserted", "reordered", "malformed", "truncated",
                "rechained", "forged", "wrong_key", "unanchored", "appended",
@@ -658,6 +659,8 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
     for a in anchors:
         if not signature(a.event, Location(a.path, a.line), "anchor", None):
             return
+    if not anchors and not seen.checkpoints and _too_young(result, sources):
+        return
     if not anchors and not seen.checkpoints:
         fail("unanchored", Location(result.files[-1], 0), None,
              "no signed checkpoint found in the ledger or the anchor file although --key was "
@@ -738,6 +741,37 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
                 f"{last_anchor_seq} are checked by the ledger's own checkpoints only")
     result.anchors = (f"{len(in_ledger)} checkpoint(s) in the ledger and {len(anchors)} in the "
                       f"anchor file verified with key id {key.key_id}; covered up to seq {top}")
+
+
+#: Records an anchored writer may write before its first checkpoint (the default
+#: ``--audit-anchor-every-records``; the timer, ``--audit-anchor-every-s``, may come first).
+YOUNG_RECORDS = AuditSettings.anchor_every_records
+
+
+def _too_young(result: VerifyResult, sources: Sequence[Path]) -> bool:
+    """A ledger that simply has no checkpoint *yet* (verified within the first
+    ``--audit-anchor-every-s`` of its writer, or after a kill -9 then): a warning, not
+    ``unanchored``. What the format gives to tell it from one whose checkpoints were
+    removed: an anchored writer creates its (empty) anchor file when it opens the ledger,
+    and never empties it; the whole chain from seq 1 is there; and there are fewer records
+    than the writer anchors after at most. So: every anchor file exists and holds nothing
+    at all, the chain starts at seq 1, and it has at most ``YOUNG_RECORDS`` records. A
+    missing anchor file (a writer without the key), one with any line, a chain starting
+    later or a longer one stays ``unanchored``."""
+    if result.first_seq != 1 or result.count > YOUNG_RECORDS or not sources:
+        return False
+    for src in sources:
+        try:
+            if src.stat().st_size:
+                return False
+        except OSError:
+            return False
+    result.warnings.append(
+        f"no checkpoint yet: records 1..{result.last_seq} are not covered (the writer's "
+        "first checkpoint is due after --audit-anchor-every-s / -every-records, and the "
+        f"anchor file {sources[0]} is still empty); verify again later")
+    result.anchors = "none yet: the ledger is younger than its first checkpoint"
+    return True
 
 
 def _newer_than_read(a: AnchorLine, early: dict[str, int] | None,

@@ -211,3 +211,21 @@ def test_hostile_anchor_lines_are_named_not_a_traceback(tmp_path: Path,
         assert kind == "forged" and "MAC does not match" in detail
     with pytest.raises(AuditFileError, match="MAC does not verify"):
         open_ledger(tmp_path / "audit", key)
+
+
+def test_a_ledger_younger_than_its_first_checkpoint_is_a_warning(tmp_path: Path,
+                                                                 key: AnchorKey) -> None:
+    ledger = open_ledger(tmp_path, key)
+    write(ledger, 5, anchor=False)  # killed before the first checkpoint was due
+    ledger.close_active_quietly()
+    anchors = tmp_path / "audit.jsonl.anchors"
+    assert anchors.exists() and anchors.stat().st_size == 0
+    res = verify_paths([tmp_path], key)
+    assert res.ok, str(res)
+    assert any("no checkpoint yet: records 1..5" in w for w in res.warnings)
+    anchors.write_bytes(b"\n")  # an anchor file that had lines: checkpoints were removed
+    kind, _ = problem(verify_paths([tmp_path], key))
+    assert kind == "unanchored"
+    anchors.unlink()  # no anchor file: written without the key
+    kind, _ = problem(verify_paths([tmp_path], key))
+    assert kind == "unanchored"
