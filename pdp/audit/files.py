@@ -63,7 +63,8 @@ def ledger_files(active: Path) -> list[LedgerFile]:
             has_active = True
             continue
         m = _ROTATED.search(name)
-        if m and name == f"{active.name}.{m.group(1)}":
+        if m and name == f"{active.name}.{m.group(1)}" \
+                and (active.parent / name).is_file():  # a FIFO would block a read forever
             out.append(LedgerFile(active.parent / name, int(m.group(1))))
     out.sort(key=lambda f: f.first_seq or 0)
     if has_active:

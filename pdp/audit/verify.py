@@ -184,11 +184,15 @@ class _Bad:
     torn: bool
 
 
-def order_paths(paths: Sequence[str | Path]) -> list[Path]:
+def order_paths(paths: Sequence[str | Path], skipped: list[str] | None = None) -> list[Path]:
     """Files to verify in chain order: rotated files by first seq, the active file last.
 
     Directories expand to the audit files in them. Shell globs put ``audit.jsonl`` before
-    ``audit.jsonl.000000000001``; this puts it where it belongs.
+    ``audit.jsonl.000000000001``; this puts it where it belongs, and leaves out what a glob
+    like ``audit.jsonl*`` also matches but is no ledger file (``.anchors``, ``.lock``,
+    ``.spool``, ``.torn-*``: ``<ledger>.jsonl.<anything but a first seq>``), as a directory
+    does. Files that are not regular files (a FIFO would block the read forever) are left
+    out and named in ``skipped``.
     """
     found: dict[Path, tuple[str, int, int]] = {}
     for raw in paths:
@@ -196,14 +200,22 @@ def order_paths(paths: Sequence[str | Path]) -> list[Path]:
         candidates = sorted(p.iterdir()) if p.is_dir() else [p]
         for c in candidates:
             m = _LEDGER.match(c.name)
+            if m is None and (p.is_dir() or _NOT_LEDGER.match(c.name)):
+                continue
+            if c.exists() and not c.is_file():
+                if skipped is not None:
+                    skipped.append(f"{c}: not a regular file, skipped")
+                continue
             if m is None:
-                if p.is_dir():
-                    continue
                 found[c] = (c.name, 1, 0)
                 continue
             first = m.group("first")
             found[c] = (m.group("base"), 0, int(first)) if first else (m.group("base"), 1, 0)
     return sorted(found, key=lambda c: (str(c.parent), *found[c]))
+
+
+#: What the writer keeps beside a ledger that is not one of its files.
+_NOT_LEDGER = re.compile(r"^.+\.jsonl\.(?!\d{12,}$).+$")
 
 
 def _first_seq_hint(path: Path) -> int | None:
@@ -302,7 +314,8 @@ def _snapshot(paths: Sequence[str | Path]) -> frozenset[tuple[str, int, int, int
 def _verify_once(paths: Sequence[str | Path], key: AnchorKey | Keyring | None,
                  anchor_files: Sequence[str | Path] | None) -> VerifyResult:
     """One read of the paths (see ``verify_paths``)."""
-    files = [f for f in order_paths(paths) if f.exists()]
+    skipped: list[str] = []
+    files = [f for f in order_paths(paths, skipped) if f.exists()]
     groups: dict[Path, list[Path]] = {}
     for f in files:  # order_paths keeps a ledger's files together, in chain order
         groups.setdefault(ledger_of(f), []).append(f)
@@ -314,6 +327,7 @@ def _verify_once(paths: Sequence[str | Path], key: AnchorKey | Keyring | None,
         results.extend(_orphan_anchors(paths, set(groups), ring))
     if not results:
         raise FileNotFoundError("no audit files found in " + ", ".join(map(str, paths)))
+    results[0].warnings.extend(skipped)
     if len(results) == 1:
         return results[0]
     bad = next((r for r in results if not r.ok), None)

@@ -5,6 +5,7 @@ young for its first checkpoint, shell globs, a keyless checkpoint, non-regular f
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,8 @@ def test_a_rotation_during_the_read_is_read_again(
     real = verify_mod.order_paths
     rotated = []
 
-    def list_then_rotate(paths: Any) -> list[Path]:
-        out = real(paths)
+    def list_then_rotate(paths: Any, *rest: Any) -> list[Path]:
+        out = real(paths, *rest)
         if not rotated:  # once: the writer rotates between the listing and the reads
             before = len(ledger_files(tmp_path / "audit.jsonl"))
             while len(ledger_files(tmp_path / "audit.jsonl")) == before:
@@ -229,3 +230,24 @@ def test_a_ledger_younger_than_its_first_checkpoint_is_a_warning(tmp_path: Path,
     anchors.unlink()  # no anchor file: written without the key
     kind, _ = problem(verify_paths([tmp_path], key))
     assert kind == "unanchored"
+
+
+def test_a_shell_glob_leaves_out_what_is_no_ledger_file(tmp_path: Path, key: AnchorKey) -> None:
+    files = make_ledger(tmp_path, key, n=120, rotate_bytes=2500)
+    for extra in ("audit.jsonl.lock", "audit.jsonl.spool", "audit.jsonl.torn-1700000000000",
+                  "audit.jsonl.foreign-1"):
+        (tmp_path / extra).write_bytes(b"not a record\n")
+    globbed = sorted(tmp_path.glob("audit.jsonl*"))
+    assert tmp_path / "audit.jsonl.anchors" in globbed
+    res = verify_paths(globbed, key)
+    assert res.ok, str(res)
+    assert res.files == [str(f) for f in files]
+
+
+def test_a_fifo_named_like_a_rotated_file_is_skipped(tmp_path: Path, key: AnchorKey) -> None:
+    make_ledger(tmp_path, key)
+    fifo = tmp_path / "audit.jsonl.000000000099"
+    os.mkfifo(fifo)
+    res = verify_paths([tmp_path], key)  # before: blocked forever opening the FIFO
+    assert res.ok, str(res)
+    assert any(f"{fifo}: not a regular file" in w for w in res.warnings)
