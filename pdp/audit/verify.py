@@ -476,7 +476,7 @@ def _verify_chain(files: list[Path]) -> tuple[VerifyResult, _Seen]:
         if not rec.hash_ok:
             return fail("edited", rec.loc, rec.seq,
                         rec.why or "content does not match its hash"), seen
-        if final is not None and not is_checkpoint(rec.event) \
+        if final is not None and not _resumes(rec) \
                 and ledger_of(Path(final.loc.file)) == ledger_of(Path(rec.loc.file)):
             return fail("appended", rec.loc, rec.seq,
                         f"records after the shutdown checkpoint at seq {final.seq} "
@@ -520,6 +520,22 @@ def _verify_chain(files: list[Path]) -> tuple[VerifyResult, _Seen]:
     if result.count == 0 and not result.warnings:
         result.warnings.append("no records")
     return result, seen
+
+
+def _resumes(rec: _Rec) -> bool:
+    """Whether ``rec`` can be the checkpoint a restarted writer begins with after a
+    shutdown checkpoint, as far as the chain alone can tell: a checkpoint signing the head
+    it follows, with a key id and a MAC. A bare ``{"type": "Audit.Checkpoint"}`` (or a
+    copy of an older checkpoint) would let records be appended after a clean stop."""
+    ev = rec.event
+    return (is_checkpoint(ev) and ev is not None and ev.get("seq") == rec.seq - 1
+            and ev.get("head") == rec.prev and isinstance(ev.get("key_id"), str)
+            and isinstance(ev.get("mac"), str))
+
+
+def _keyless(ev: dict[str, Any]) -> bool:
+    """A checkpoint without a key id or MAC: no writer writes one."""
+    return not isinstance(ev.get("key_id"), str) or not isinstance(ev.get("mac"), str)
 
 
 def _ledgers(result: VerifyResult) -> list[Path]:
@@ -570,6 +586,11 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
         result.problem = Problem(kind, loc.file, loc.line, seq, detail)
 
     def signature(ev: dict[str, Any], loc: Location, what: str, seq: int | None) -> bool:
+        if _keyless(ev):
+            fail("forged", loc, seq,
+                 f"{what} has no key id or MAC (key id {ev.get('key_id')!r}): no writer writes "
+                 "one, it was forged")
+            return False
         k = key.get(ev.get("key_id"))
         if k is None:
             fail("wrong_key", loc, seq,
@@ -606,6 +627,9 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
         ev = rec.event or {}
         what = f"checkpoint at seq {rec.seq}"
         led = ledger_of(Path(rec.loc.file)).name
+        if _keyless(ev):
+            signature(ev, rec.loc, what, rec.seq)
+            return
         kid = str(ev.get("key_id"))
         if current is None or kid != current[0]:
             if kid in retired:

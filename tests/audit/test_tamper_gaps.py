@@ -13,6 +13,7 @@ import pytest
 
 import pdp.audit.verify as verify_mod
 from pdp.audit.anchors import Anchorer, AnchorKey
+from pdp.audit.chain import ChainHead, make_entries
 from pdp.audit.files import AuditFileError, ledger_files
 from pdp.audit.show import main as show_main
 from pdp.audit.sinks.file import Ledger
@@ -251,3 +252,31 @@ def test_a_fifo_named_like_a_rotated_file_is_skipped(tmp_path: Path, key: Anchor
     res = verify_paths([tmp_path], key)  # before: blocked forever opening the FIFO
     assert res.ok, str(res)
     assert any(f"{fifo}: not a regular file" in w for w in res.warnings)
+
+
+def append_records(active: Path, events: list[dict[str, Any]]) -> None:
+    """Records chained correctly after the ledger's last one (what a forger can do)."""
+    last = json.loads(lines(active)[-1])
+    head = ChainHead(last["seq"], last["hash"])
+    with open(active, "ab") as f:
+        for e in make_entries(events, head):
+            f.write(e.line)
+
+
+def test_a_bare_checkpoint_does_not_let_records_follow_a_clean_stop(tmp_path: Path,
+                                                                    key: AnchorKey) -> None:
+    (active,) = make_ledger(tmp_path, key)
+    append_records(active, [{"type": "Audit.Checkpoint"},
+                            {"type": "Decision", "tenant": "t", "decision_id": "forged"}])
+    for k in (None, key):
+        kind, detail = problem(verify_paths([tmp_path], k))
+        assert kind == "appended" and "shutdown checkpoint" in detail
+
+
+def test_a_checkpoint_without_key_id_is_forged(tmp_path: Path, key: AnchorKey) -> None:
+    ledger = open_ledger(tmp_path, key)
+    write(ledger, 10)
+    ledger.close_active_quietly()  # no shutdown checkpoint: not an append after a stop
+    append_records(tmp_path / "audit.jsonl", [{"type": "Audit.Checkpoint"}])
+    kind, detail = problem(verify_paths([tmp_path], key))
+    assert kind == "forged" and "no key id or MAC" in detail
