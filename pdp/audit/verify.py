@@ -9,7 +9,9 @@ than "seq 811 was removed":
   longer matches its successor's ``prev``);
 * removed    - seqs are missing and do not turn up nearby;
 * reordered  - the missing seq does turn up a little later;
-* inserted   - a seq that was already seen shows up again (a copy or a forged record).
+* inserted   - a seq that was already seen shows up again (a copy or a forged record);
+* renamed    - a rotated file's name (its first seq) is not its first record's seq, though
+  the records chain on (look-ups by name, as the writer's, would miss them).
 
 Limits of the chain alone, said plainly: it cannot show that records were cut off its *end*,
 nor that someone edited a record and recomputed every later hash (re-chaining), and a run that
@@ -86,7 +88,7 @@ from pdp.audit.settings import AuditSettings
 
 Kind = Literal["edited", "removed", "inserted", "reordered", "malformed", "truncated",
                "rechained", "forged", "wrong_key", "unanchored", "appended",
-               "anchors_missing"]
+               "anchors_missing", "renamed"]
 
 #: How far ahead / back to look when classifying a break.
 WINDOW = 10_000
@@ -490,6 +492,12 @@ def _verify_chain(files: list[Path]) -> tuple[VerifyResult, _Seen]:
         hint = hints.get(rec.loc.file)
         if rec.loc.file not in first_in_file:
             first_in_file.add(rec.loc.file)
+            if prev is not None and hint is not None and rec.seq != hint \
+                    and rec.seq == prev.seq + 1 and rec.prev == prev.hash:
+                return fail("renamed", rec.loc, rec.seq,
+                            f"the file's name says its first record is seq {hint}, but it is "
+                            f"seq {rec.seq} (the records chain on: the file was renamed, so "
+                            "look-ups by name miss its records)"), seen
             if prev is None and hint is not None and rec.seq != hint:
                 if rec.seq > hint:
                     return fail("removed", rec.loc, rec.seq,
@@ -757,7 +765,7 @@ def _verify_anchors(result: VerifyResult, seen: _Seen, key: Keyring,
         if not path.exists():
             fail("removed", Location(str(path), 0), seg.get("first"),
                  f"rotated file {path.name} (seqs {seg.get('first')}..{seg.get('last')}), named "
-                 f"by the {what}, is missing: deleted")
+                 f"by the {what}, is missing: {_gone(path)}")
             return
         result.warnings.append(f"{path} (named by the {what}) was not given: pass the "
                                "directory to verify it")
@@ -947,7 +955,8 @@ def _classify(result: VerifyResult, fail: _Fail, prev: _Rec, rec: _Rec,
             gone = rotated_name(Path(rec.loc.file), expected)
             if gone is not None and not gone.exists():
                 return fail("removed", rec.loc, rec.seq,
-                            f"rotated file {gone.name} is missing: {missing} deleted with it")
+                            f"rotated file {gone.name} is missing: {missing} "
+                            f"{_gone(gone, 'deleted with it')}")
         return fail("removed", rec.loc, rec.seq, f"{missing} missing before this record")
     # rec.seq < expected: a seq we have already seen.
     seen = recent.get(rec.seq)
@@ -960,6 +969,21 @@ def _classify(result: VerifyResult, fail: _Fail, prev: _Rec, rec: _Rec,
                     f"forged record: seq {rec.seq} at {rec.loc.file}:{rec.loc.line} is the one "
                     "the chain continues from")
     return fail("inserted", rec.loc, rec.seq, f"seq {rec.seq} appears again after seq {prev.seq}")
+
+
+#: What logrotate & co. add when they compress a rotated file.
+_COMPRESSED = (".gz", ".xz", ".bz2", ".zst", ".lz4", ".Z")
+
+
+def _gone(path: Path, deleted: str = "deleted") -> str:
+    """Why a rotated file is not there: compressed (a ``.gz`` beside it: verify reads plain
+    files only) reads differently from deleted."""
+    packed = next((path.with_name(path.name + ext) for ext in _COMPRESSED
+                   if path.with_name(path.name + ext).exists()), None)
+    if packed is None:
+        return deleted
+    return (f"not read: {packed.name} is there, compressed (verify reads plain files only: "
+            "decompress it and verify again)")
 
 
 def rotated_name(path: Path, first_seq: int) -> Path | None:

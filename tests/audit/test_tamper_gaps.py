@@ -4,6 +4,7 @@ young for its first checkpoint, shell globs, a keyless checkpoint, non-regular f
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -280,3 +281,25 @@ def test_a_checkpoint_without_key_id_is_forged(tmp_path: Path, key: AnchorKey) -
     append_records(tmp_path / "audit.jsonl", [{"type": "Audit.Checkpoint"}])
     kind, detail = problem(verify_paths([tmp_path], key))
     assert kind == "forged" and "no key id or MAC" in detail
+
+
+def test_a_renamed_rotated_file_is_named_so(tmp_path: Path, key: AnchorKey) -> None:
+    files = make_ledger(tmp_path, key, n=120, rotate_bytes=2500)
+    f = files[2]
+    first = int(f.name.rsplit(".", 1)[1])
+    f.rename(f.with_name(f"audit.jsonl.{first + 1:012d}"))
+    for k in (None, key):
+        kind, detail = problem(verify_paths([tmp_path], k))
+        assert kind == "renamed" and f"name says its first record is seq {first + 1}" in detail
+
+
+def test_a_compressed_rotated_file_is_not_called_deleted(tmp_path: Path,
+                                                         key: AnchorKey) -> None:
+    files = make_ledger(tmp_path, key, n=120, rotate_bytes=2500)
+    for f in (files[0], files[2]):
+        with open(f, "rb") as src, gzip.open(str(f) + ".gz", "wb") as dst:
+            dst.write(src.read())
+        f.unlink()
+    for k in (key, None):
+        kind, detail = problem(verify_paths([tmp_path], k))
+        assert kind == "removed" and ".gz is there, compressed" in detail, detail
