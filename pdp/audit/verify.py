@@ -199,6 +199,8 @@ def order_paths(paths: Sequence[str | Path], skipped: list[str] | None = None) -
     found: dict[Path, tuple[str, int, int]] = {}
     for raw in paths:
         p = Path(raw)
+        if p.is_dir() and _NOT_LEDGER.match(p.name):
+            continue  # the writer's spool directory (``audit.jsonl.spool/``), from a glob
         candidates = sorted(p.iterdir()) if p.is_dir() else [p]
         for c in candidates:
             m = _LEDGER.match(c.name)

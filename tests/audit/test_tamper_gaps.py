@@ -236,9 +236,11 @@ def test_a_ledger_younger_than_its_first_checkpoint_is_a_warning(tmp_path: Path,
 
 def test_a_shell_glob_leaves_out_what_is_no_ledger_file(tmp_path: Path, key: AnchorKey) -> None:
     files = make_ledger(tmp_path, key, n=120, rotate_bytes=2500)
-    for extra in ("audit.jsonl.lock", "audit.jsonl.spool", "audit.jsonl.torn-1700000000000",
+    for extra in ("audit.jsonl.lock", "audit.jsonl.torn-1700000000000",
                   "audit.jsonl.foreign-1"):
         (tmp_path / extra).write_bytes(b"not a record\n")
+    (tmp_path / "audit.jsonl.spool").mkdir()  # the writer's overflow spool is a directory
+    (tmp_path / "audit.jsonl.spool" / "overflow.jsonl").write_bytes(b"not a record\n")
     globbed = sorted(tmp_path.glob("audit.jsonl*"))
     assert tmp_path / "audit.jsonl.anchors" in globbed
     res = verify_paths(globbed, key)
