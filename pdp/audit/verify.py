@@ -329,6 +329,11 @@ def _verify_once(paths: Sequence[str | Path], key: AnchorKey | Keyring | None,
         r.ledger = str(led)
     if not anchor_files:
         results.extend(_orphan_anchors(paths, set(groups), ring))
+    orphaned = {r.problem.file for r in results if r.problem is not None}
+    for raw in paths:  # a path given that is not there: an error, unless its ledger is gone
+        p = Path(raw)
+        if not p.exists() and str(default_anchor_path(ledger_of(p))) not in orphaned:
+            raise FileNotFoundError(f"{p}: no such file or directory")
     if not results:
         raise FileNotFoundError("no audit files found in " + ", ".join(map(str, paths)))
     results[0].warnings.extend(skipped)

@@ -305,3 +305,9 @@ def test_a_compressed_rotated_file_is_not_called_deleted(tmp_path: Path,
     for k in (key, None):
         kind, detail = problem(verify_paths([tmp_path], k))
         assert kind == "removed" and ".gz is there, compressed" in detail, detail
+
+
+def test_a_given_path_that_is_not_there_is_an_error(tmp_path: Path, key: AnchorKey) -> None:
+    make_ledger(tmp_path, key)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        verify_paths([tmp_path, tmp_path / "typo.jsonl"], key)
