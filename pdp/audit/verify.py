@@ -33,8 +33,10 @@ checkpoints close those gaps, each reported as its own kind:
   signed before and after one, each checkpoint checked with the key its id names);
 * truncated  - the latest anchor (from the anchor file, outside the ledger) names more records
   than the ledger has: records cut off the end, or a torn final line that was acknowledged;
-* removed    - also: a rotated file a checkpoint names is gone;
-* unanchored - ``--key`` was given but no checkpoint exists anywhere;
+* removed    - also: a rotated file a checkpoint names is gone; records cut off the start
+  (see ``_head_cut``); an anchor file whose ledger has no file left (``_orphan_anchors``);
+* unanchored - ``--key`` was given but no checkpoint exists anywhere (a ledger merely younger
+  than its first checkpoint is a warning, see ``_too_young``);
 * anchors_missing - the ledger holds checkpoints but the anchor file beside it is gone, or
   ends before the ledger's last checkpoint (lines cut off it, or the file replaced). A copy
   given with ``--anchors`` may lag behind (it is shipped now and then): only a warning.
