@@ -38,6 +38,7 @@ from pdp.notify import Notifier, NotifySettings
 from pdp.policy.model import PolicyError
 from pdp.policy.store import PolicyStore, StoreError
 from pdp.server.admin import PolicyAdminService
+from pdp.server.arrival import WATCH
 from pdp.server.auth import AuthConfigError, Authenticator, AuthInterceptor
 from pdp.server.ceilings import Ceilings
 from pdp.server.edges import EdgeInterceptor
@@ -388,6 +389,7 @@ async def start(settings: Settings) -> Running:
     gc.set_threshold(GC_YOUNG_THRESHOLD)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    WATCH.start()  # after start-up's own long stretches (gc.collect): they are no stall
     running = Running(server, health_servicer, engine, audit, counters, ports, store, reloader,
                       edges, lag, auth=auth)
     what = "http_listen"
@@ -481,6 +483,7 @@ async def stop(running: Running, grace_s: float) -> None:
                     effect="the calls still in flight are cancelled")
     await running.server.stop(max(0.0, until - loop.time()))
     await running.lag.stop()
+    WATCH.stop()
     await running.reloader.stop()
     await running.store.close()
     if running.engine.notifier is not None:

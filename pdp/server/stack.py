@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import structlog
 
-from pdp.server.arrival import mark, unmark
+from pdp.server.arrival import WATCH, mark, unmark
 from pdp.server.auth import AuthInterceptor, abort_auth_error, wrap_handler
 from pdp.server.edges import (
     SHUTTING_DOWN,
@@ -99,7 +99,9 @@ class ServerStack(WrappingInterceptor):
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started_child.inc()
             started = time.perf_counter()
-            arrived = mark(time.monotonic())  # the decision's budget counts from here
+            # The decision's budget counts from here, or from the start of a stall of
+            # the event loop this call may have waited through (arrival.py).
+            arrived = mark(WATCH.arrival(time.monotonic()))
             default = "UNKNOWN"
             token = ends_here()  # a status ends the call as CallEnded, set here (ending.py)
             turn = False
