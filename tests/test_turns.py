@@ -213,3 +213,28 @@ async def test_a_call_on_its_own_time_does_not_count_its_pauses() -> None:
     own, _ = await asyncio.gather(turns.sliced(pause_once, slice_s=0.0, own_time=True), busy())
     wall, _ = await asyncio.gather(turns.sliced(pause_once, slice_s=0.0), busy())
     assert own < 0.1 <= wall
+
+
+async def test_a_program_started_after_a_pause_runs_on_its_own_time() -> None:
+    """A draft's second expression (after a variable it paused in) starts on the draft's
+    own clock: its budget has time left even though the wall clock passed its deadline."""
+    import time
+
+    from pdp.cel import Budget, pdp_environment
+
+    prog = pdp_environment().compile("1 + 1 == 2")
+
+    def draft(budget: Budget) -> bool:
+        turns.clock()  # a pause: the other task holds the loop past the budget's deadline
+        return bool(prog.evaluate({}, budget))
+
+    async def busy() -> None:
+        await asyncio.sleep(0)
+        t = time.monotonic()
+        while time.monotonic() - t < 0.1:  # not-a-wait: CPU held while the draft is paused
+            pass
+
+    budget = Budget(deadline=time.monotonic() + 0.05, cost_limit=1000)
+    ok, _ = await asyncio.gather(turns.sliced(draft, budget, slice_s=0.0, own_time=True),
+                                 busy())
+    assert ok is True

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from pdp.turns import clock
 
 from . import ast as A
 from .checker import Checker
@@ -72,7 +73,7 @@ class Program:
         if budget is None:
             if self.uses_budget:
                 budget = Budget()
-        elif budget.deadline is not None and time.monotonic() > budget.deadline:
+        elif budget.deadline is not None and clock() > budget.deadline:
             raise DeadlineExceeded("evaluation deadline exceeded before start")
         try:
             return self._fn(activation, budget)

@@ -158,6 +158,7 @@ class ShadowRunner:
         self.options = options or ShadowOptions()
         self._jobs: deque[ShadowJob] = deque()
         self._task: asyncio.Task[None] | None = None
+        self._running_job: ShadowJob | None = None
         self.evaluated = 0
         self.skipped = 0
         self._unnoted = 0
@@ -218,11 +219,14 @@ class ShadowRunner:
                 waited += turns.EVERY_S
             job = self._jobs.popleft()
             started = time.monotonic()
+            self._running_job = job  # counted as skipped if shutdown cancels it
             try:
                 await self.run_one(job)
             except Exception as exc:  # a defect must not stop the runner
                 log.error("shadow_evaluation_failed", decision_id=job.decision_id,
                           error=repr(exc))
+            finally:
+                self._running_job = None
             spent = time.monotonic() - started
             await asyncio.sleep(spent * (1.0 - share) / share)
 
@@ -245,6 +249,10 @@ class ShadowRunner:
         """Shutdown: what is still queued is skipped (and noted), never evaluated late."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
+            if self._running_job is not None:  # cut short mid-evaluation: not evaluated
+                self._running_job = None
+                self.skipped += 1
+                self._unnoted += 1
         self._task = None
         if self._pending_note is not None:  # a burst's skips keep their own reason
             self._pending_note.cancel()

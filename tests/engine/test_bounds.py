@@ -99,6 +99,21 @@ async def test_shutdown_notes_shadow_work_left_undone() -> None:
     assert notes[-1]["count"] == 3 and notes[-1]["reason"] == "shutting down"
 
 
+async def test_a_draft_cut_short_by_shutdown_is_counted_as_skipped() -> None:
+    """A draft being evaluated when the server stops leaves a trace: it is counted and
+    noted with the drafts that never started, not lost between the two."""
+    engine, audit = engine_for(CEL.format(name="draft", extra="status: draft\n",
+                                          deny=RUNAWAY))
+    engine.options = replace(engine.options, shadow=replace(
+        engine.options.shadow, budget_s=600.0, cost_limit=10**15, share=1.0))  # never ends
+    await engine.check_batch([push(ITEMS, agent=f"a{i}") for i in range(3)], 5.0)
+    await _poll(lambda: engine.shadow._running_job is not None, "a draft being evaluated")
+    engine.shadow.drain()
+    notes = [e for e in audit.events if e["type"] == "Shadow.Skipped"]
+    assert notes[-1]["count"] == 3 and notes[-1]["reason"] == "shutting down"
+    assert engine.shadow.evaluated == 0 and engine.shadow.skipped == 3
+
+
 async def test_a_step_shares_its_budget_fairly_every_agent_gets_its_turn() -> None:
     """A slow policy in a step: every agent is evaluated within its share of the step's one
     budget and denied with a reason; none is skipped because an earlier one took it all."""
