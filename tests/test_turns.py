@@ -199,19 +199,25 @@ async def test_a_call_on_its_own_time_does_not_count_its_pauses() -> None:
     time other calls ran while it was paused; a live call's clock is the wall clock."""
     import time
 
-    def pause_once() -> float:
+    started: list[bool] = []
+
+    def pauses() -> float:
         t0 = turns.clock()
-        turns.clock()  # past its (zero) slice: a turn; the other task takes a while
+        started.append(True)
+        for _ in range(5):
+            turns.clock()  # past its (zero) slice: a turn, in which the other task runs
         return turns.clock() - t0
 
     async def busy() -> None:
-        await asyncio.sleep(0)
+        while not started:
+            await asyncio.sleep(0)
         t = time.monotonic()
         while time.monotonic() - t < 0.1:  # not-a-wait: CPU held while the call is paused
             pass
 
-    own, _ = await asyncio.gather(turns.sliced(pause_once, slice_s=0.0, own_time=True), busy())
-    wall, _ = await asyncio.gather(turns.sliced(pause_once, slice_s=0.0), busy())
+    own, _ = await asyncio.gather(turns.sliced(pauses, slice_s=0.0, own_time=True), busy())
+    started.clear()
+    wall, _ = await asyncio.gather(turns.sliced(pauses, slice_s=0.0), busy())
     assert own < 0.1 <= wall
 
 
@@ -238,3 +244,39 @@ async def test_a_program_started_after_a_pause_runs_on_its_own_time() -> None:
     ok, _ = await asyncio.gather(turns.sliced(draft, budget, slice_s=0.0, own_time=True),
                                  busy())
     assert ok is True
+
+
+async def test_a_turn_of_the_loop_runs_only_a_few_slices(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """Many sliced calls at once: each turn of the event loop lets through only as many
+    slices as fit in TURN_SLICES_S, first come first served, so the loop keeps turning
+    (gRPC takes in new calls once a turn) instead of running every call's slice in each."""
+    events: list[str] = []
+    real = turns.Sliced.step
+
+    def step(self: turns.Sliced, slice_s: float = turns.SLICE_S) -> bool:
+        events.append("slice")
+        return real(self, slice_s)
+
+    monkeypatch.setattr(turns.Sliced, "step", step)
+    monkeypatch.setattr(turns, "TURN_SLICES_S", 3 * turns.MIN_SLICE_S)  # 3 slices a turn
+    stop = False
+
+    def spin() -> None:
+        while not stop:
+            turns.clock()
+
+    async def ticker() -> None:
+        nonlocal stop
+        while events.count("slice") < 40 * 6:  # every call has had a few slices
+            events.append("turn")
+            await asyncio.sleep(0)
+        stop = True
+        events.append("end")
+
+    await asyncio.gather(ticker(), *(turns.sliced(spin) for _ in range(40)))
+    watched = events[:events.index("end")]  # then the calls end, the ticker gone
+    runs = "".join("s" if e == "slice" else "|" for e in watched).split("|")
+    first = next(i for i, r in enumerate(runs) if r)  # every call's first slice, at once
+    assert len(runs[first]) == 40
+    assert max(len(r) for r in runs[first + 1:]) <= 3
