@@ -206,7 +206,7 @@ class Sliced:
 #: gRPC takes in new calls about once per turn: with a hundred slow calls each running a
 #: slice every turn, a turn lasted 20 ms and new calls waited that long each, unseen by
 #: their budgets. Sliced calls waiting for their next slice queue up instead (``_Queue``).
-TURN_SLICES_S = 0.002
+TURN_SLICES_S = 0.001
 
 
 class _Queue:

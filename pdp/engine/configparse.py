@@ -50,7 +50,7 @@ CACHE_NODES = 250_000
 # Misses larger than this are parsed on the event loop in slices of SLICE_S seconds, yielding
 # in between, so other calls are answered meanwhile (see ConfigCache.load for why not a thread).
 SLICE_PARSE_BYTES = 16 * 1024
-SLICE_S = 0.002
+SLICE_S = 0.001
 CHECK_EVERY = 256  # events between looks at the clock (a power of two)
 FEED_CHUNK = 16 * 1024  # bytes handed to libyaml at a time (its own raw buffer's size)
 
