@@ -136,6 +136,7 @@ class Notifier:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._stopping = False  # close() is cancelling the tasks
         self._holder = uuid.uuid4().hex  # this notifier, as the holder of channel leases
         self._counts: dict[tuple[str, str], int] = {}
         self._backlog: dict[str, int] = {}
@@ -236,6 +237,8 @@ class Notifier:
                 log.warning("notifier closed with deliveries in flight or queued",
                             queued=self._queue.qsize(), in_flight=len(self._inflight))
         tasks = [*self._tasks, *self._inflight.values()]
+        self._stopping = True  # the dispatcher ends even if its cancellation is swallowed
+        self._wake.set()
         for t in tasks:
             t.cancel()
         if tasks:  # bounded: a task that ignored its cancellation must not hang shutdown
@@ -324,7 +327,10 @@ class Notifier:
         the next one is due, or something is stored or finished."""
         s = self.settings
         lease_s = s.attempt_timeout_s + 30.0
-        while True:
+        # Not ``while True``: on Python 3.11 a cancellation that lands as the timeout below
+        # expires is swallowed (it becomes the TimeoutError suppressed there), and the loop
+        # would run on after close() -- the event loop's shutdown then waited for it forever.
+        while not self._stopping:
             self._wake.clear()
             wait: float | None = _SHARED_POLL_S if self._state.shared else None
             free = s.workers - len(self._inflight)

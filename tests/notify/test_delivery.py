@@ -306,3 +306,24 @@ async def test_any_2xx_is_success(http_receiver: HttpReceiver, status: int) -> N
     finally:
         await n.close()
     assert outcomes(n) == {("pagerduty", SENT): 1}
+
+
+async def test_close_ends_the_dispatcher_even_if_its_cancellation_is_swallowed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Python 3.11 a cancellation landing as an ``asyncio.timeout`` expires is lost (it
+    becomes the TimeoutError the loop suppresses): the dispatcher ran on after close(),
+    and the event loop's shutdown waited for it forever. close() now tells it to stop too."""
+    n = Notifier(fast())
+    await n.start()
+    tasks = list(n._tasks)
+    for t in tasks:  # every cancellation of the notifier's own loops is lost
+        monkeypatch.setattr(t, "cancel", lambda msg=None: False)
+    await n.close()
+    dispatcher = [t for t in tasks if "dispatch" in (t.get_coro().__qualname__)]
+    assert dispatcher
+    await asyncio.wait(dispatcher, timeout=30)
+    assert all(t.done() for t in dispatcher)
+    for t in tasks:  # the store loop has no timeout to race: cancelled for real here
+        if not t.done():
+            asyncio.Task.cancel(t)
+    await asyncio.gather(*tasks, return_exceptions=True)
