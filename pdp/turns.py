@@ -258,12 +258,14 @@ async def sliced(fn: Callable[..., _R], *args: Any, slice_s: float = SLICE_S,
     global _running
     run = Sliced(fn, *args, own_time=own_time)
     _running += 1
+
+    def share() -> float:  # this call's slice, with _running calls sharing the rounds
+        return min(slice_s, max(MIN_SLICE_S, ROUND_S / _running))
+
     try:
-        s = min(slice_s, max(MIN_SLICE_S, ROUND_S / _running))
-        while not run.step(s):
-            s = min(slice_s, max(MIN_SLICE_S, ROUND_S / _running))
+        while not run.step(share()):
             loop = asyncio.get_running_loop()
-            await _queue(loop).wait(loop, s)
+            await _queue(loop).wait(loop, share())
     except BaseException:
         run.close()
         raise

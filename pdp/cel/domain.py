@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import CelEvalError
 from .functions import Registry
-from .stdlib import _short, check_int, no_overload
+from .stdlib import check_int, no_overload, short_repr
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 0, "grpcs": 0}
 _URL_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#]*)")
@@ -42,7 +42,7 @@ def _text(v: Any, fn: str, most: int, *others: Any) -> str:
     if type(v) is not str:
         raise no_overload(fn, v, *others)
     if len(v) > most:
-        raise CelEvalError(f"{fn}: {_short(v)} is longer than the {most} characters it reads")
+        raise CelEvalError(f"{fn}: {short_repr(v)} is longer than the {most} characters it reads")
     return v
 
 
@@ -75,11 +75,11 @@ def _split(ep: str) -> tuple[str, int | None, str]:
     if s.startswith("["):
         end = s.find("]")
         if end < 0:
-            raise CelEvalError(f"invalid endpoint {_short(ep)}")
+            raise CelEvalError(f"invalid endpoint {short_repr(ep)}")
         host = s[1:end]
         rest = s[end + 1:]
         if rest and not rest.startswith(":"):
-            raise CelEvalError(f"invalid endpoint {_short(ep)}")
+            raise CelEvalError(f"invalid endpoint {short_repr(ep)}")
         port_text = rest[1:] if rest else ""
     elif s.count(":") == 1:
         host, port_text = s.split(":")
@@ -90,7 +90,7 @@ def _split(ep: str) -> tuple[str, int | None, str]:
     port = None
     if port_text:
         if not port_text.isdigit() or int(port_text) > 65535:
-            raise CelEvalError(f"invalid port in endpoint {_short(ep)}")
+            raise CelEvalError(f"invalid port in endpoint {short_repr(ep)}")
         port = int(port_text)
     return host.lower(), port, scheme
 
@@ -150,7 +150,7 @@ _VERSION_RE = re.compile(r"^[vV]?(\d+(?:\.\d+)*)(?:-([0-9A-Za-z.-]+))?(?:\+[0-9A
 def _parse_version(v: str) -> tuple[tuple[int, ...], tuple[str, ...] | None]:
     m = _VERSION_RE.match(v.strip())
     if not m:
-        raise CelEvalError(f"invalid version {_short(v)}")
+        raise CelEvalError(f"invalid version {short_repr(v)}")
     core = tuple(int(p) for p in m.group(1).split("."))
     pre = tuple(m.group(2).split(".")) if m.group(2) else None
     return core, pre
@@ -212,7 +212,7 @@ def quantity(q: Any) -> int:
     _text(q, "quantity", MAX_SHORT_TEXT)
     m = _QTY_RE.match(q)
     if not m or m.group(2).lower() not in _UNITS:
-        raise CelEvalError(f"invalid quantity {_short(q)}")
+        raise CelEvalError(f"invalid quantity {short_repr(q)}")
     whole, _, frac = m.group(1).partition(".")
     mult = _UNITS[m.group(2).lower()]
     value = int(whole) * mult + (int(frac) * mult // 10 ** len(frac) if frac else 0)
@@ -224,7 +224,7 @@ def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(cidr, strict=False)
     except ValueError:
-        raise CelEvalError(f"invalid CIDR {_short(cidr)}") from None
+        raise CelEvalError(f"invalid CIDR {short_repr(cidr)}") from None
 
 
 def in_cidr(ip: Any, cidr: Any) -> bool:
@@ -236,7 +236,7 @@ def in_cidr(ip: Any, cidr: Any) -> bool:
     try:
         addr = ipaddress.ip_address(ip.strip().strip("[]"))
     except ValueError:
-        raise CelEvalError(f"invalid IP address {_short(ip)}") from None
+        raise CelEvalError(f"invalid IP address {short_repr(ip)}") from None
     net = _network(cidr.strip())
     if addr.version != net.version:
         return False

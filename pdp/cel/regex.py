@@ -8,7 +8,7 @@ from typing import Any
 import re2
 
 from .errors import CelEvalError
-from .stdlib import _short, no_overload
+from .stdlib import no_overload, short_repr
 
 _NO_MATCH = (-1, -1)
 try:  # google-re2's low-level matcher: several µs cheaper per call than ``search``
@@ -52,7 +52,7 @@ def compile_re(pattern: str) -> Any:
     public compiled pattern: the fast path relies on a private part of the library, so
     it is checked at import and never required."""
     if len(pattern) > MAX_PATTERN:
-        raise CelEvalError(f"regular expression {_short(pattern)} is longer than the limit of"
+        raise CelEvalError(f"regular expression {short_repr(pattern)} is longer than the limit of"
                            f" {MAX_PATTERN} characters")
     why = _refused.get(pattern)
     if why is None:
@@ -67,7 +67,7 @@ def compile_re(pattern: str) -> Any:
             if len(_refused) >= CACHED:
                 _refused.clear()
             _refused[pattern] = why
-    raise CelEvalError(f"invalid regular expression {_short(pattern)}: {why[:200]}")
+    raise CelEvalError(f"invalid regular expression {short_repr(pattern)}: {why[:200]}")
 
 
 def matches(s: Any, pattern: Any) -> bool:

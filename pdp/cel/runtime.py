@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from .errors import BudgetExceeded, CelError, CelEvalError, CostLimitExceeded, DeadlineExceeded
-from .stdlib import _short, no_overload, type_name
+from .stdlib import no_overload, short_repr, type_name
 
 
 def to_cel_error(e: BaseException) -> CelError:
@@ -15,8 +15,8 @@ def to_cel_error(e: BaseException) -> CelError:
         return e
     if isinstance(e, KeyError):
         k = e.args[0] if e.args else "?"
-        return CelEvalError(f"no such key: {_short(k)}" if type(k) is str
-                            else f"no such key: {_short(repr(k))}")
+        return CelEvalError(f"no such key: {short_repr(k)}" if type(k) is str
+                            else f"no such key: {short_repr(repr(k))}")
     if isinstance(e, IndexError):
         return CelEvalError("index out of bounds")
     if isinstance(e, ZeroDivisionError):

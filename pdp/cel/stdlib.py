@@ -485,7 +485,7 @@ def index(c: Any, k: Any) -> Any:
         found, v = map_get(c, k)
         if found:
             return v
-        raise CelEvalError(f"no such key: {_short(k)}" if tk is str else f"no such key: {k}")
+        raise CelEvalError(f"no such key: {short_repr(k)}" if tk is str else f"no such key: {k}")
     if tc is Optional:
         return opt_index(c, k)
     raise no_overload("_[_]", c, k)
@@ -505,7 +505,7 @@ def select(c: Any, field: str) -> Any:
     if isinstance(c, dict):
         if field in c:
             return c[field]
-        raise CelEvalError(f"no such key: {_short(field)}")
+        raise CelEvalError(f"no such key: {short_repr(field)}")
     if type(c) is Optional:
         if not c.has:
             return c
@@ -626,13 +626,13 @@ _DOUBLE_RE = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0
 _INF_RE = re.compile(r"[+-]?[iI][nN][fF](?:[iI][nN][iI][tT][yY])?")
 
 
-def _short(v: str, limit: int = 64) -> str:
+def short_repr(v: str, limit: int = 64) -> str:
     """A value for an error message: quoted, cut to ``limit`` characters."""
     return repr(v) if len(v) <= limit else repr(v[:limit]) + f"... ({len(v)} characters)"
 
 
 def _bad_int(v: str) -> NoReturn:
-    raise CelEvalError(f"cannot convert {_short(v)} to int")
+    raise CelEvalError(f"cannot convert {short_repr(v)} to int")
 
 
 def to_uint(v: Any) -> UInt:
@@ -647,7 +647,7 @@ def to_uint(v: Any) -> UInt:
         return check_uint(int(v))
     if t is str:
         if len(v) > 40 or not _UINT_RE.fullmatch(v):  # Go's ParseUint: digits only
-            raise CelEvalError(f"cannot convert {_short(v)} to uint")
+            raise CelEvalError(f"cannot convert {short_repr(v)} to uint")
         return check_uint(int(v))
     raise no_overload("uint", v)
 
@@ -662,10 +662,10 @@ def to_double(v: Any) -> float:
         # Go's ParseFloat syntax (ASCII digits, no blanks or "_"): Python's float() also
         # takes " 1.5", "1_000" and full-width digits. Out of range is an error, not inf.
         if len(v) > 400 or not _DOUBLE_RE.fullmatch(v):
-            raise CelEvalError(f"cannot convert {_short(v)} to double")
+            raise CelEvalError(f"cannot convert {short_repr(v)} to double")
         f = float(v)
         if f in (math.inf, -math.inf) and not _INF_RE.fullmatch(v):
-            raise CelEvalError(f"cannot convert {_short(v)} to double: out of range")
+            raise CelEvalError(f"cannot convert {short_repr(v)} to double: out of range")
         return f
     raise no_overload("double", v)
 
@@ -731,7 +731,7 @@ def to_bool(v: Any) -> bool:
     if type(v) is str:
         if v in _BOOL_STR:
             return _BOOL_STR[v]
-        raise CelEvalError(f"cannot convert {_short(v)} to bool")
+        raise CelEvalError(f"cannot convert {short_repr(v)} to bool")
     raise no_overload("bool", v)
 
 
@@ -788,13 +788,13 @@ def parse_offset(text: str) -> _dt.timedelta:
 def parse_timestamp(s: str) -> Timestamp:
     m = _TS_RE.fullmatch(s) if len(s) <= MAX_PARSED_TEXT else None
     if not m:
-        raise CelEvalError(f"cannot parse timestamp {_short(s)}")
+        raise CelEvalError(f"cannot parse timestamp {short_repr(s)}")
     y, mo, d, h, mi, sec = (int(m.group(i)) for i in range(1, 7))
     frac = m.group(7) or ""
     try:
         base = _dt.datetime(y, mo, d, h, mi, sec, tzinfo=_dt.UTC)
     except ValueError:
-        raise CelEvalError(f"cannot parse timestamp {_short(s)}") from None
+        raise CelEvalError(f"cannot parse timestamp {short_repr(s)}") from None
     ns = Timestamp.from_datetime(base).ns + int(frac.ljust(9, "0") or "0")
     if m.group(8):
         try:
@@ -829,7 +829,7 @@ MAX_PARSED_TEXT = 256
 def parse_duration(s: str) -> Duration:
     """Go ``time.ParseDuration`` syntax: ``-1h30m``, ``1.5s``, ``100ms``."""
     if len(s) > MAX_PARSED_TEXT:
-        raise CelEvalError(f"cannot parse duration {_short(s)}: longer than"
+        raise CelEvalError(f"cannot parse duration {short_repr(s)}: longer than"
                            f" {MAX_PARSED_TEXT} characters")
     if len(s) <= 32:  # config values repeat ("60s"): parse each text once
         return _parse_duration_cached(s)
@@ -850,13 +850,13 @@ def _parse_duration(s: str) -> Duration:
     if text == "0":
         return Duration(0)
     if not text:
-        raise CelEvalError(f"cannot parse duration {_short(s)}")
+        raise CelEvalError(f"cannot parse duration {short_repr(s)}")
     total = 0
     pos = 0
     while pos < len(text):
         m = _DUR_RE.match(text, pos)
         if not m or m.group(1) in ("", "."):
-            raise CelEvalError(f"cannot parse duration {_short(s)}")
+            raise CelEvalError(f"cannot parse duration {short_repr(s)}")
         num, unit = m.group(1), m.group(2)
         whole, _, frac = num.partition(".")
         scale = _DUR_UNITS[unit]
@@ -904,7 +904,7 @@ def _zone(tz: Any) -> _dt.tzinfo:
     if type(tz) is not str:
         raise no_overload("timezone", tz)
     if len(tz) > MAX_PARSED_TEXT:
-        raise CelEvalError(f"unknown time zone {_short(tz)}: longer than {MAX_PARSED_TEXT}"
+        raise CelEvalError(f"unknown time zone {short_repr(tz)}: longer than {MAX_PARSED_TEXT}"
                            " characters")
     if ":" in tz or tz[:1] in ("+", "-") or tz[:1].isdigit():
         return _offset_zone(tz)  # no zone name looks so: an offset, or an error naming it
@@ -913,7 +913,7 @@ def _zone(tz: Any) -> _dt.tzinfo:
     except zones.UnknownZone as e:
         why = "it depends on the host" if zones.host_dependent(tz) else \
             "expected an IANA name such as Europe/Berlin or UTC, or an offset such as +02:00"
-        raise CelEvalError(f"unknown time zone {_short(tz)} ({why})") from e
+        raise CelEvalError(f"unknown time zone {short_repr(tz)} ({why})") from e
 
 
 @functools.lru_cache(maxsize=256)

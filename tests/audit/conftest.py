@@ -5,11 +5,30 @@ from pathlib import Path
 import pytest
 
 from pdp.audit import AuditSettings
-from pdp.audit.anchors import AnchorKey
+from pdp.audit.anchors import Anchorer, AnchorKey
+from pdp.audit.files import ledger_files
+from pdp.audit.sinks.file import Ledger
 from pdp.audit.verify import VerifyResult
 
 #: An anchor key's bytes (16 or more), for tests that sign checkpoints.
 KEY = b"0123456789abcdef0123456789abcdef\n"
+
+
+def write_anchored(directory: Path, key: AnchorKey, n: int, every: int, rotate_bytes: int,
+                   name: str = "audit.jsonl", unanchored_tail: int = 0) -> list[Path]:
+    """A ledger of ``n`` events, a checkpoint after every ``every``, then
+    ``unanchored_tail`` more, and one checkpoint at close (as the writer does); its files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    active = directory / name
+    ledger = Ledger(active, rotate_bytes,
+                    Anchorer(key, str(active) + ".anchors", every_records=10**9, every_s=1e9))
+    ledger.open()
+    for i in range(n + unanchored_tail):
+        res = ledger.append([{"type": "Test", "tenant": "t", "i": i}], fsync=False,
+                            anchor=i < n and i % every == every - 1)
+        assert res.error is None
+    ledger.close()
+    return [lf.path for lf in ledger_files(active)]
 
 
 @pytest.fixture

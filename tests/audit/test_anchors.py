@@ -20,7 +20,7 @@ from pdp.audit.files import AuditFileError, ledger_files
 from pdp.audit.sinks.file import Ledger
 from pdp.audit.verify import VerifyResult, main, verify_paths
 from pdp.cli import main as cli_main
-from tests.audit.conftest import decision
+from tests.audit.conftest import decision, write_anchored
 from tests.audit.test_verify import lines, put
 
 
@@ -39,19 +39,8 @@ def key(key_file: Path) -> AnchorKey:
 def make_anchored(directory: Path, key: AnchorKey, n: int = 60, every: int = 5,
                   rotate_bytes: int = 2500) -> list[Path]:
     """A ledger of ``n`` events over several rotated files, a checkpoint after every
-    ``every`` events and one at close (as the writer does)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    active = directory / "audit.jsonl"
-    ledger = Ledger(active, rotate_bytes,
-                    Anchorer(key, str(active) + ".anchors", every_records=10**9, every_s=1e9))
-    ledger.open()
-    for i in range(n):
-        res = ledger.append([{"type": "Test", "tenant": "t", "i": i}], fsync=False,
-                            anchor=i % every == every - 1)
-        assert res.error is None
-    ledger.append([{"type": "Test", "tenant": "t", "i": n}], fsync=False)
-    ledger.close()  # the shutdown checkpoint covers the last one
-    files = [lf.path for lf in ledger_files(active)]
+    ``every`` events and one at close (as the writer does), which covers the last one."""
+    files = write_anchored(directory, key, n, every, rotate_bytes, unanchored_tail=1)
     assert len(files) >= 4
     return files
 

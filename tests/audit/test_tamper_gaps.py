@@ -19,23 +19,13 @@ from pdp.audit.files import AuditFileError, ledger_files
 from pdp.audit.show import main as show_main
 from pdp.audit.sinks.file import Ledger
 from pdp.audit.verify import ChangedWhileReading, Problem, main, verify_paths
-from tests.audit.conftest import lines, problem
+from tests.audit.conftest import lines, problem, write_anchored
 
 
 def make_ledger(directory: Path, key: AnchorKey, n: int = 60, every: int = 5,
                 rotate_bytes: int = 10**9, name: str = "audit.jsonl") -> list[Path]:
     """A ledger of ``n`` events, a checkpoint after every ``every`` and one at close."""
-    directory.mkdir(parents=True, exist_ok=True)
-    active = directory / name
-    ledger = Ledger(active, rotate_bytes,
-                    Anchorer(key, str(active) + ".anchors", every_records=10**9, every_s=1e9))
-    ledger.open()
-    for i in range(n):
-        res = ledger.append([{"type": "Test", "tenant": "t", "i": i}], fsync=False,
-                            anchor=i % every == every - 1)
-        assert res.error is None
-    ledger.close()
-    return [lf.path for lf in ledger_files(active)]
+    return write_anchored(directory, key, n, every, rotate_bytes, name)
 
 
 def seq_of(line: bytes) -> int:
