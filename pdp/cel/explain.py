@@ -12,20 +12,30 @@ Type guards (``type(x) == map``, ``has(x.f)``, ``"k" in some_map``) are not reco
 
 Sub-expressions are evaluated by the real compiler (compiled once, cached per environment),
 with comprehension variables declared as ``dyn`` variables, under one shared Budget.
+
+An explanation is part of the decision, so it is bounded like one. Evaluations run under the
+decision's Budget; what the Budget cannot see is bounded here: the parse of the rule (cached),
+compiling a sub-expression (never one over ``MAX_EXPLAIN_NODES`` nodes, and not when the time
+left is shorter than such a compile may take: compiling cannot pause), and rendering a value
+(stops at ``MAX_VALUE_CHARS``, whatever the value's size).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from pdp.turns import clock
+
 from . import ast as A
 from . import runtime as R
 from .errors import BudgetExceeded, CelError
+from .parser import iter_nodes
 from .program import Budget, Environment, Program
 from .unparse import _OPERATORS, literal, unparse
 from .values import Duration, Optional, Timestamp, TypeValue, UInt
@@ -35,6 +45,14 @@ MAX_VALUE_CHARS = 256
 DEFAULT_EXPLAIN_SECONDS = 0.05
 DEFAULT_EXPLAIN_COST = 1_000_000
 TRUNCATED_KEY = "(explanation)"
+#: Sub-expressions larger than this are not compiled again to be explained (their parts are):
+#: a compile cannot pause for the event loop nor stop at the deadline, and costs ~20-40 µs
+#: per node, so this keeps one compile to a few milliseconds.
+MAX_EXPLAIN_NODES = 100
+#: Time a compile of one node may take, to leave the rest of an explanation out rather than
+#: start a compile the deadline cannot cover (generous: a loaded machine).
+COMPILE_S_PER_NODE = 50e-6
+OMITTED_KEY = "(explanation: omitted)"
 
 
 
@@ -58,13 +76,27 @@ def render(value: Any) -> str:
     elif isinstance(value, Timestamp | Duration | TypeValue | Optional):
         text = str(value)
     else:
-        try:
-            text = json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
-        except (TypeError, ValueError):
-            text = repr(value)
+        text = _bounded_json(value)
     if len(text) > MAX_VALUE_CHARS:
         text = text[:MAX_VALUE_CHARS - 1] + "…"
     return text
+
+
+def _bounded_json(value: Any) -> str:
+    """Compact JSON of ``value``, encoded only as far as ``MAX_VALUE_CHARS`` (a config's list
+    of 100 000 items is not encoded whole to show its first 256 characters)."""
+    encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str)
+    out: list[str] = []
+    size = 0
+    try:
+        for chunk in encoder.iterencode(value):
+            out.append(chunk)
+            size += len(chunk)
+            if size > MAX_VALUE_CHARS:
+                break
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:MAX_VALUE_CHARS]
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- explain
@@ -77,6 +109,20 @@ class _Programs:
         self.env = env
         self.envs: dict[tuple[str, ...], Environment] = {}
         self.programs: dict[tuple[str, tuple[str, ...]], Program | CelError] = {}
+        self.trees: dict[str, A.Expr] = {}
+
+    def tree(self, source: str) -> A.Expr:
+        """The parsed rule (a rule of 1 000 nodes takes ~10 ms to parse: once, not per deny)."""
+        found = self.trees.get(source)
+        if found is None:
+            found = self.env.parse(source)
+            if len(self.trees) > 1024:
+                self.trees.clear()
+            self.trees[source] = found
+        return found
+
+    def cached(self, source: str, local_names: tuple[str, ...]) -> Program | CelError | None:
+        return self.programs.get((source, local_names))
 
     def get(self, source: str, local_names: tuple[str, ...]) -> Program | CelError:
         key = (source, local_names)
@@ -103,6 +149,11 @@ class _Programs:
 _CACHES: weakref.WeakKeyDictionary[Environment, _Programs] = weakref.WeakKeyDictionary()
 
 
+def parsed(env: Environment, source: str) -> A.Expr:
+    """``env.parse(source)``, cached: explanations parse the same rules again and again."""
+    return _programs(env).tree(source)
+
+
 def _programs(env: Environment) -> _Programs:
     found = _CACHES.get(env)
     if found is None:
@@ -115,6 +166,10 @@ class _Failed:
 
     def __init__(self, message: str) -> None:
         self.message = message
+
+
+class _TooLarge(_Failed):
+    """Marker for a sub-expression over ``MAX_EXPLAIN_NODES``: not evaluated, not recorded."""
 
 
 class _Exhausted(Exception):
@@ -130,13 +185,32 @@ class _Explainer:
         self.max_values = max_values
         self.values: dict[str, str] = {}
         self.guards: list[tuple[A.Expr, dict[str, Any]]] = []
+        self.sizes: dict[int, int] = {}
+        self.omitted: set[int] = set()  # ids of the sub-expressions left out
+
+    def size(self, e: A.Expr) -> int:
+        """Nodes of ``e``, remembered (the walk asks for nested parts of the same tree)."""
+        n = self.sizes.get(id(e))
+        if n is None:
+            n = sum(1 for _ in itertools.islice(iter_nodes(e), MAX_EXPLAIN_NODES + 1))
+            self.sizes[id(e)] = n
+        return n
 
     # -- evaluation ------------------------------------------------------------------
     def eval(self, e: A.Expr, scope: Mapping[str, Any]) -> Any:
         if isinstance(e, A.Const):
             return e.value
+        nodes = self.size(e)
+        if nodes > MAX_EXPLAIN_NODES:
+            self.omitted.add(id(e))
+            return _TooLarge("too large to evaluate again for an explanation")
         names = tuple(sorted(scope))
-        prog = self.programs.get(unparse(e), names)
+        source = unparse(e)
+        prog = self.programs.cached(source, names)
+        if prog is None:
+            if clock() + nodes * COMPILE_S_PER_NODE > self.budget.deadline_at:
+                raise _Exhausted()
+            prog = self.programs.get(source, names)
         if isinstance(prog, CelError):
             return _Failed(str(prog))
         act = {**self.activation, **scope} if scope else self.activation
@@ -150,6 +224,8 @@ class _Explainer:
     def record(self, key: str, value: Any) -> None:
         if key in self.values:
             return
+        if isinstance(value, _TooLarge):
+            return  # its parts are recorded; the count is noted at the end
         if len(self.values) >= self.max_values:
             raise _Exhausted()
         self.values[key] = (f"<error: {value.message}>" if isinstance(value, _Failed)
@@ -299,7 +375,8 @@ def _children_no_macros(e: A.Expr) -> list[A.Expr]:
 
 def explain_expression(env: Environment, source: str, activation: Mapping[str, Any], *,
                        want: bool = True, budget: Budget | None = None,
-                       max_values: int = MAX_VALUES) -> dict[str, str]:
+                       max_values: int = MAX_VALUES, tree: A.Expr | None = None
+                       ) -> dict[str, str]:
     """Sub-expression values (source text -> value) that made ``source`` evaluate to ``want``.
 
     Best effort and bounded: stops at ``max_values`` entries or when ``budget`` (default
@@ -310,7 +387,8 @@ def explain_expression(env: Environment, source: str, activation: Mapping[str, A
                         cost_limit=DEFAULT_EXPLAIN_COST)
     ex = _Explainer(env, activation, budget, max_values)
     try:
-        tree = env.parse(source)
+        if tree is None:  # ``source`` parsed (a caller holding the tree passes it)
+            tree = ex.programs.tree(source)
         ex.why(tree, want, {})
         if not ex.values:  # only guards decided it (e.g. `"debug" in config.exporters`)
             # the last presence check is the condition (earlier ones guard its access)
@@ -327,4 +405,7 @@ def explain_expression(env: Environment, source: str, activation: Mapping[str, A
         ex.values[TRUNCATED_KEY] = "truncated (value or budget limit reached)"
     except CelError as exc:
         ex.values[TRUNCATED_KEY] = f"cannot explain: {exc}"
+    if ex.omitted:
+        ex.values[OMITTED_KEY] = (f"{len(ex.omitted)} sub-expression(s) over {MAX_EXPLAIN_NODES}"
+                                  " nodes not evaluated again (their parts are shown)")
     return ex.values

@@ -27,6 +27,7 @@ from pdp.cel import (
     count_nodes,
     read_roots,
 )
+from pdp.cel import ast as A
 from pdp.cel.runtime import Deferred
 from pdp.cel.types import T, object_of
 from pdp.counters import CounterRule
@@ -52,6 +53,9 @@ class CompiledPolicy:
     violations: Program | None = None  # a list of messages, one reason each
     variables: tuple[tuple[str, Program], ...] = ()  # evaluated once per decision, in order
     env: Environment | None = None  # what the CEL rule compiled against (with its variables)
+    #: The CEL rule's deny (or violations) expression, parsed: explanations walk it, and a
+    #: rule of 1 000 nodes takes ~10 ms to parse, too long to do again inside a decision.
+    rule_tree: A.Expr | None = None
 
     @property
     def name(self) -> str:
@@ -285,7 +289,7 @@ def _compile_cel(policy: Policy, rule: CelRule, env: Environment, cache: Program
                  max_cost: int | None) -> CompiledPolicy:
     """Variables first, each against the ones before it (typed by what they evaluate to),
     then deny / violations / message against all of them."""
-    _check_size(policy, rule, env)
+    trees = _check_size(policy, rule, env)
     variables: list[tuple[str, Program]] = []
     scope = env
     names = [n for n, _ in rule.variables]
@@ -317,7 +321,9 @@ def _compile_cel(policy: Policy, rule: CelRule, env: Environment, cache: Program
         message = _compile(scope, cache, rule.message, policy, "rule.cel.message", max_cost)
         _result_is(policy, rule, "rule.cel.message", message, ("string",), "a string")
     return CompiledPolicy(policy, policy.content_hash, deny=deny, message=message,
-                          violations=violations, variables=tuple(variables), env=scope)
+                          violations=violations, variables=tuple(variables), env=scope,
+                          rule_tree=trees.get("rule.cel.violations" if rule.violations
+                                              is not None else "rule.cel.deny"))
 
 
 def _result_is(policy: Policy, rule: CelRule, path: str, prog: Program, kinds: tuple[str, ...],
@@ -340,24 +346,28 @@ MAX_VARIABLES = 100
 MAX_POLICY_NODES = 2 * MAX_NODES
 
 
-def _check_size(policy: Policy, rule: CelRule, env: Environment) -> None:
+def _check_size(policy: Policy, rule: CelRule, env: Environment) -> dict[str, A.Expr]:
+    """Refuses a rule over the limits; returns its expressions' trees by field path."""
     if len(rule.variables) > MAX_VARIABLES:
         name = rule.variables[MAX_VARIABLES][0]
         raise _at(policy, rule, f"rule.cel.variables.{name}", f"more than {MAX_VARIABLES}"
                   " variables (the limit)")
     total = 0
+    trees: dict[str, A.Expr] = {}
     for path, source in [*((f"rule.cel.variables.{n}", src) for n, src in rule.variables),
                          ("rule.cel.deny", rule.deny), ("rule.cel.violations", rule.violations),
                          ("rule.cel.message", rule.message)]:
         if not source:
             continue
         try:
-            total += count_nodes(env.parse(source))
+            trees[path] = env.parse(source)
         except CelCompileError as exc:
             raise compile_error(exc, policy, path) from None
+        total += count_nodes(trees[path])
         if total > MAX_POLICY_NODES:
             raise _at(policy, rule, path, f"the rule's expressions have more than"
                       f" {MAX_POLICY_NODES} nodes together (the limit); split the policy")
+    return trees
 
 
 def _at(policy: Policy, rule: CelRule, field_path: str, problem: str) -> PolicyError:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pdp.cel import Budget, Environment, pdp_environment
 from pdp.cel import ast as A
-from pdp.cel.explain import explain_expression, render
+from pdp.cel.explain import explain_expression, parsed, render
 from pdp.cel.runtime import Deferred
 from pdp.cel.unparse import unparse
 from pdp.policy.compiled import CompiledPolicy
@@ -62,26 +62,29 @@ def explain_cel(p: CompiledPolicy, rule: CelRule, ctx: EvalContext, env: Environ
                     if not isinstance(v, Deferred)})
     if p.violations is not None:
         out["violations"] = render(p.violations.evaluate(activation, budget=budget))
-        condition = _violation_condition(p.env or env or pdp_environment(), p.violations.source)
+        condition = _violation_condition(p.env or env or pdp_environment(), p.violations.source,
+                                         p.rule_tree)
         if condition is not None:  # the offending element and the values that made it one
-            out.update(explain_expression(p.env or env or pdp_environment(), condition,
-                                          activation, budget=budget))
+            out.update(explain_expression(p.env or env or pdp_environment(),
+                                          unparse(condition), activation, budget=budget,
+                                          tree=condition))
         return out
     out.update(explain_expression(p.env or env or pdp_environment(), rule.deny, activation,
-                                  budget=budget))
+                                  budget=budget, tree=p.rule_tree))
     return out
 
 
-def _violation_condition(env: Environment, source: str) -> str | None:
+def _violation_condition(env: Environment, source: str, tree: A.Expr | None = None
+                         ) -> A.Comprehension | None:
     """For ``r.transformList(k, v, cond, msg)`` / ``r.map(x, cond, msg)`` (the usual shape
     of a violations list): ``r.exists(k, v, cond)``, whose explanation names the element."""
-    tree = env.parse(source)
+    if tree is None:
+        tree = parsed(env, source)
     if not (isinstance(tree, A.Comprehension) and len(tree.args) == 2
             and tree.kind in ("transformList", "transformMap", "map")):
         return None
-    exists = A.Comprehension(tree.offset, "exists", tree.range, tree.var, tree.var2,
-                             [tree.args[0]])
-    return unparse(exists)
+    return A.Comprehension(tree.offset, "exists", tree.range, tree.var, tree.var2,
+                           [tree.args[0]])
 
 
 def explain_counter(rule: CounterSpec, retry_after_s: float | None = None) -> Values:

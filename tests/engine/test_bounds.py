@@ -502,3 +502,78 @@ async def test_skips_after_the_first_note_are_noted_once_the_interval_is_up() ->
     await _poll(lambda: noted() == engine.shadow.skipped, "every skip noted")
     assert {e["reason"] for e in audit.events if e["type"] == "Shadow.Skipped"} == {
         "backlog full"}
+
+
+# -- explanations: what the decision's Budget cannot see is bounded too ----------------------
+
+def test_render_encodes_a_large_value_only_as_far_as_it_shows() -> None:
+    from pdp.cel.explain import MAX_VALUE_CHARS, render
+
+    encoded: list[int] = []
+
+    class Spy:
+        def __str__(self) -> str:
+            encoded.append(1)
+            return "spy"
+
+    value = [*range(100_000), Spy()]
+    text = render(value)
+    assert len(text) <= MAX_VALUE_CHARS and text.startswith("[0,1,2,")
+    assert encoded == [], "the whole list was encoded to show its first characters"
+    assert render([Spy()]) == '["spy"]'
+
+
+async def test_an_explanation_neither_parses_the_rule_again_nor_compiles_large_parts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 900-item literal: its deny is explained by its small parts. Compiling the literal
+    again (~20 ms) or parsing the rule again (~10 ms) would not stop at the deadline."""
+    from pdp.cel import program
+    from pdp.cel.explain import MAX_EXPLAIN_NODES, OMITTED_KEY
+    from pdp.cel.parser import count_nodes
+
+    items = ",".join(str(i) for i in range(900))
+    engine, _ = engine_for(CEL.format(name="big", extra="",
+                                      deny=f"config.a in [{items}] && config.a > 0"))
+    parsed: list[str] = []
+    compiled: list[int] = []
+    parse, compile_ = program.Environment.parse, program.Environment.compile
+
+    def spy_parse(self: Any, source: str) -> Any:
+        parsed.append(source)
+        return parse(self, source)
+
+    def spy_compile(self: Any, source: str, *a: Any, **kw: Any) -> Any:
+        result = compile_(self, source, *a, **kw)
+        compiled.append(count_nodes(parse(self, source)))
+        return result
+
+    monkeypatch.setattr(program.Environment, "parse", spy_parse)
+    monkeypatch.setattr(program.Environment, "compile", spy_compile)
+    d = await engine.check(push("a: 5", explain=True), 30.0)
+    [ex] = d.explanations
+    assert ex.values["config.a"] == "5" and "config.a > 0" in ex.values
+    # the literal, and the ``in`` that holds it
+    assert "2 sub-expression(s) over" in ex.values[OMITTED_KEY]
+    assert compiled and max(compiled) <= MAX_EXPLAIN_NODES
+    assert not any(len(s) > 1000 for s in parsed), "the rule was parsed again"
+
+
+def test_an_explanation_does_not_start_a_compile_the_deadline_cannot_cover(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdp.cel import Budget, pdp_environment, program
+    from pdp.cel.explain import TRUNCATED_KEY, explain_expression
+    from pdp.turns import clock
+
+    compiled: list[str] = []
+    compile_ = program.Environment.compile
+
+    def spy_compile(self: Any, source: str, *a: Any, **kw: Any) -> Any:
+        compiled.append(source)
+        return compile_(self, source, *a, **kw)
+
+    monkeypatch.setattr(program.Environment, "compile", spy_compile)
+    deny = "[" + ",".join(str(i) for i in range(79)) + "].size() > 1"  # 83 nodes, no parts
+    # 83 nodes at 50 µs each would need ~4 ms; 1 ms is left.
+    values = explain_expression(pdp_environment(), deny, {},
+                                budget=Budget(deadline=clock() + 0.001))
+    assert compiled == [] and "truncated" in values[TRUNCATED_KEY]
