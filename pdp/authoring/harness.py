@@ -98,6 +98,11 @@ class Sandbox:
         return cls(PolicySet(compiled, b, known_tenants=frozenset(tenants)),
                    config_cache_size=config_cache_size)
 
+    @property
+    def now(self) -> datetime:
+        """The time decisions are made at (what ``set_time`` set last)."""
+        return self._now
+
     def set_time(self, now: datetime) -> None:
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError(f"{NEEDS_OFFSET}, got {now.isoformat()!r}")  # never taken as UTC

@@ -25,6 +25,24 @@ A test file holds a list of cases (or ``{tests: [...]}``)::
           no-debug-exporter-in-prod:  # contain the given text
             'config.exporters["debug"]': verbosity
 
+A case with ``steps`` decides several times on one engine state, moving the clock between
+decisions (cooldowns, velocity windows, daily caps at midnight)::
+
+    - name: a second push within the hour waits
+      request: {kind: push, tenant: acme, agent: {id: a1}, config: {}}
+      now: 2025-01-06T10:00:00Z     # where the clock starts (optional)
+      steps:
+        - expect: {allowed: true}
+        - advance: 30m              # move the clock forward (CEL duration syntax), or
+          expect: {allowed: false}  # now: <RFC 3339 time> to set it
+        - advance: 31m
+          request: {agent: {id: a2}}  # top-level keys replace the case's request's
+          repeat: 2                 # as for a case
+          expect: {allowed: true}
+
+A step's ``expect`` is optional (a step without one only decides); a case with steps has no
+``expect`` or ``repeat`` of its own, and at least one step expects something.
+
 Every case runs on a fresh in-process engine state (in-memory counters, no server, no
 audit) holding the directory's policies and the built-ins. Exit code: 0 all passed, 1 a case
 failed, 2 the policies or a test file could not be read.
@@ -36,6 +54,7 @@ import asyncio
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -50,16 +69,32 @@ from pdp.authoring.harness import (
     parse_time,
     request_from_mapping,
 )
+from pdp.cel.errors import CelError
+from pdp.cel.stdlib import parse_duration
 from pdp.engine.decision import Decision, Reason
 from pdp.policy.model import Policy, PolicyError
 
 REASON_KEYS = {"policy", "code", "message", "message_contains", "rule", "builtin", "version"}
-CASE_KEYS = {"name", "request", "request_file", "now", "repeat", "expect", "description"}
+CASE_KEYS = {"name", "request", "request_file", "now", "repeat", "expect", "description",
+             "steps"}
+STEP_KEYS = {"name", "now", "advance", "request", "repeat", "expect"}
 EXPECT_KEYS = {"allowed", "reasons", "reasons_include", "shadow_denies", "explanations"}
 
 
 class TestFileError(ValueError):
     """A test file is malformed (exit 2, not a failing case)."""
+
+
+@dataclass
+class Step:
+    """One decision (``repeat`` times) of a case: the clock set or moved first, the case's
+    request with ``request``'s top-level keys replaced, then ``expect`` (if any) checked."""
+    name: str
+    expect: dict[str, Any] | None = None
+    now: Any = None
+    advance: timedelta | None = None
+    request: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 1
 
 
 @dataclass
@@ -71,6 +106,7 @@ class Case:
     expect: dict[str, Any]
     now: Any = None
     repeat: int = 1
+    steps: list[Step] = field(default_factory=list)
 
 
 @dataclass
@@ -123,32 +159,84 @@ def read_cases(path: Path) -> list[Case]:
             request = raw.get("request")
         if not isinstance(request, Mapping):
             raise TestFileError(f"{where}: request (a mapping) or request_file is required")
-        expect = raw.get("expect")
-        if not isinstance(expect, Mapping) or "allowed" not in expect:
-            raise TestFileError(f"{where}: expect with at least `allowed` is required")
-        unknown = set(expect) - EXPECT_KEYS
-        if unknown:
-            raise TestFileError(f"{where}: expect: unknown field(s) {', '.join(sorted(unknown))}")
-        if type(expect["allowed"]) is not bool:  # "false" (a string) would read as true
-            raise TestFileError(f"{where}: expect.allowed must be true or false, got"
-                                f" {expect['allowed']!r}")
-        explanations = expect.get("explanations")
-        if explanations is not None and not (
-                isinstance(explanations, Mapping)
-                and all(isinstance(v, Mapping) for v in explanations.values())):
-            raise TestFileError(f"{where}: expect.explanations must map each policy name to"
-                                " a mapping of expected values, e.g. {no-debug: {n: debug}}")
-        for key in ("reasons", "reasons_include", "shadow_denies"):
-            for r in expect.get(key) or []:
-                if not isinstance(r, Mapping) or set(r) - REASON_KEYS:
-                    raise TestFileError(f"{where}: expect.{key}: each reason is a mapping of "
-                                        + ", ".join(sorted(REASON_KEYS)))
-        repeat = raw.get("repeat", 1)
-        if type(repeat) is not int or repeat < 1:  # (a bool is an int to Python)
-            raise TestFileError(f"{where}: repeat must be a positive integer")
+        steps = _read_steps(raw, where)
+        if steps:
+            expect: Mapping[str, Any] = {}
+        else:
+            expect = _read_expect(raw.get("expect"), where)
         cases.append(Case(str(raw.get("name") or f"case {i + 1}"), where, dict(request), base,
-                          dict(expect), raw.get("now"), repeat))
+                          dict(expect), raw.get("now"), _read_repeat(raw, where), steps))
     return cases
+
+
+def _read_repeat(raw: Mapping[str, Any], where: str) -> int:
+    repeat = raw.get("repeat", 1)
+    if type(repeat) is not int or repeat < 1:  # (a bool is an int to Python)
+        raise TestFileError(f"{where}: repeat must be a positive integer")
+    return repeat
+
+
+def _read_expect(expect: Any, where: str) -> dict[str, Any]:
+    if not isinstance(expect, Mapping) or "allowed" not in expect:
+        raise TestFileError(f"{where}: expect with at least `allowed` is required")
+    unknown = set(expect) - EXPECT_KEYS
+    if unknown:
+        raise TestFileError(f"{where}: expect: unknown field(s) {', '.join(sorted(unknown))}")
+    if type(expect["allowed"]) is not bool:  # "false" (a string) would read as true
+        raise TestFileError(f"{where}: expect.allowed must be true or false, got"
+                            f" {expect['allowed']!r}")
+    explanations = expect.get("explanations")
+    if explanations is not None and not (
+            isinstance(explanations, Mapping)
+            and all(isinstance(v, Mapping) for v in explanations.values())):
+        raise TestFileError(f"{where}: expect.explanations must map each policy name to"
+                            " a mapping of expected values, e.g. {no-debug: {n: debug}}")
+    for key in ("reasons", "reasons_include", "shadow_denies"):
+        for r in expect.get(key) or []:
+            if not isinstance(r, Mapping) or set(r) - REASON_KEYS:
+                raise TestFileError(f"{where}: expect.{key}: each reason is a mapping of "
+                                    + ", ".join(sorted(REASON_KEYS)))
+    return dict(expect)
+
+
+def _read_steps(raw: Mapping[str, Any], where: str) -> list[Step]:
+    """A case's ``steps`` (none: a one-decision case)."""
+    if "steps" not in raw:
+        return []
+    steps = raw["steps"]
+    if not isinstance(steps, list) or not steps:
+        raise TestFileError(f"{where}: steps must be a non-empty list of steps")
+    for key in ("expect", "repeat"):
+        if key in raw:
+            raise TestFileError(f"{where}: a case with steps has no {key} of its own (each"
+                                f" step has its {key})")
+    out = []
+    for j, step in enumerate(steps):
+        at = f"{where} step {j + 1}"
+        if not isinstance(step, Mapping):
+            raise TestFileError(f"{at}: a step must be a mapping")
+        unknown = set(step) - STEP_KEYS
+        if unknown:
+            raise TestFileError(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
+        if "now" in step and "advance" in step:
+            raise TestFileError(f"{at}: now or advance, not both")
+        advance = None
+        if "advance" in step:
+            try:
+                advance = parse_duration(str(step["advance"])).to_timedelta()
+            except CelError as exc:
+                raise TestFileError(f"{at}: advance: {exc} (e.g. 90s, 30m, 1h30m)") from None
+            if advance < timedelta(0):
+                raise TestFileError(f"{at}: advance must not be negative; set now to go back")
+        request = step.get("request", {})
+        if not isinstance(request, Mapping):
+            raise TestFileError(f"{at}: request must be a mapping (keys replace the case's)")
+        expect = _read_expect(step["expect"], at) if "expect" in step else None
+        out.append(Step(str(step.get("name") or f"step {j + 1}"), expect, step.get("now"),
+                        advance, dict(request), _read_repeat(step, at)))
+    if all(st.expect is None for st in out):
+        raise TestFileError(f"{where}: no step has an expect: the case would check nothing")
+    return out
 
 
 # ---------------------------------------------------------------- checking
@@ -224,12 +312,6 @@ def check_decision(expect: Mapping[str, Any], d: Decision) -> list[str]:
 
 async def run_case(policies: Sequence[Policy], case: Case) -> Outcome:
     outcome = Outcome(case)
-    try:
-        req = request_from_mapping(case.request, case.base)
-    except RequestError as exc:
-        outcome.failures.append(f"invalid request: {exc}")
-        return outcome
-    req.explain = bool(case.expect.get("explanations"))
     sandbox = Sandbox.of(policies)
     if case.now is not None:
         try:
@@ -237,13 +319,35 @@ async def run_case(policies: Sequence[Policy], case: Case) -> Outcome:
         except ValueError as exc:
             outcome.failures.append(f"now: {exc}")
             return outcome
-    decision = None
-    for _ in range(case.repeat):
-        decision = await sandbox.engine.check(req, DEFAULT_BUDGET_S)
-    assert decision is not None
-    outcome.decision = decision
-    outcome.failures = check_decision(case.expect, decision)
+    steps = case.steps or [Step("", case.expect, repeat=case.repeat)]
+    for step in steps:
+        label = f"{step.name}: " if case.steps else ""
+        try:
+            req = request_from_mapping({**case.request, **step.request}, case.base)
+        except RequestError as exc:
+            outcome.failures.append(f"{label}invalid request: {exc}")
+            return outcome
+        req.explain = bool((step.expect or {}).get("explanations"))
+        try:
+            _move_clock(sandbox, step)
+        except ValueError as exc:
+            outcome.failures.append(f"{label}now: {exc}")
+            return outcome
+        decision = None
+        for _ in range(step.repeat):
+            decision = await sandbox.engine.check(req, DEFAULT_BUDGET_S)
+        assert decision is not None
+        outcome.decision = decision
+        if step.expect is not None:
+            outcome.failures += [label + f for f in check_decision(step.expect, decision)]
     return outcome
+
+
+def _move_clock(sandbox: Sandbox, step: Step) -> None:
+    if step.now is not None:
+        sandbox.set_time(parse_time(step.now))
+    elif step.advance is not None:
+        sandbox.set_time(sandbox.now + step.advance)
 
 
 async def run_all(policy_path: Path, test_path: Path | None = None) -> list[Outcome]:

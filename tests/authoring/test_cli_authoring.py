@@ -283,3 +283,77 @@ def test_lint_reports_a_scope_expression_where_the_server_does(tmp_path: Path) -
     with pytest.raises(PolicyError) as err:
         compile_policy(load_file(f)[0], pdp_environment(), ProgramCache(4))
     assert (finding.line, finding.column) == (err.value.line, err.value.column) == (7, 49)
+
+
+COOLDOWN = """tenant: acme
+name: agent-cooldown
+rule: {cooldown: {minutes: 60, scope: agent}}
+"""
+
+
+def _steps_dir(tmp_path: Path, tests: str) -> Path:
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / "cooldown.yaml").write_text(COOLDOWN)
+    (d / "cooldown.test.yaml").write_text(tests)
+    return d
+
+
+def test_steps_move_the_clock_between_decisions_on_one_state(tmp_path: Path) -> None:
+    """A cooldown is tested end to end: allowed, denied 30 min later, allowed again past the
+    hour (and then its own hour runs), and another agent (a step's request replaces the
+    case's keys) never waits."""
+    d = _steps_dir(tmp_path, """
+- name: a second push within the hour waits
+  request: {kind: push, tenant: acme, agent: {id: a1}, config: {}}
+  now: "2025-03-30T00:30:00Z"
+  steps:
+    - expect: {allowed: true}
+    - advance: 30m
+      expect:
+        allowed: false
+        reasons: [{policy: agent-cooldown, code: COOLDOWN_ACTIVE}]
+    - name: another agent
+      request: {agent: {id: a2}}
+      expect: {allowed: true}
+    - advance: 30m1s
+      expect: {allowed: true}
+    - now: "2025-03-30T04:00:00+02:00"  # 02:00Z: 29m59s after the last allowed push
+      expect: {allowed: false}
+""")
+    out = io.StringIO()
+    assert unit_tests.main(str(d), out=out, verbose=True) == 0, out.getvalue()
+    assert "1 passed, 0 failed" in out.getvalue()
+
+
+def test_a_failing_step_is_named(tmp_path: Path) -> None:
+    d = _steps_dir(tmp_path, """
+- name: wrong
+  request: {kind: push, tenant: acme, agent: {id: a1}, config: {}}
+  steps:
+    - {}
+    - {name: too soon, advance: 59m, expect: {allowed: true}}
+""")
+    out = io.StringIO()
+    assert unit_tests.main(str(d), out=out) == 1
+    assert "too soon: expected ALLOW, got DENY" in out.getvalue()
+
+
+@pytest.mark.parametrize(("steps", "error"), [
+    ("steps: []", "steps must be a non-empty list"),
+    ("steps: [{}]", "no step has an expect"),
+    ("expect: {allowed: true}\n  steps: [{expect: {allowed: true}}]",
+     "a case with steps has no expect of its own"),
+    ("steps: [{advance: soon, expect: {allowed: true}}]", "step 1: advance:"),
+    ("steps: [{advance: -1m, expect: {allowed: true}}]", "must not be negative"),
+    ("steps: [{now: x, advance: 1m, expect: {allowed: true}}]", "now or advance, not both"),
+    ("steps: [{expect: {allowed: true}, wait: 1}]", "step 1: unknown field(s) wait"),
+    ("steps: [{request: [1], expect: {allowed: true}}]", "request must be a mapping"),
+    ("steps: [{expect: {allowed: 'no'}}]", "step 1: expect.allowed must be true or false"),
+])
+def test_malformed_steps_exit_2(tmp_path: Path, steps: str, error: str) -> None:
+    d = _steps_dir(tmp_path, "- request: {kind: push, tenant: acme, agent: {id: a1}}\n  "
+                   + steps + "\n")
+    out = io.StringIO()
+    assert unit_tests.main(str(d), out=out) == 2
+    assert error in out.getvalue()
