@@ -55,7 +55,7 @@ class CompiledPolicy:
     env: Environment | None = None  # what the CEL rule compiled against (with its variables)
     #: The CEL rule's deny (or violations) expression, parsed: explanations walk it, and a
     #: rule of 1 000 nodes takes ~10 ms to parse, too long to do again inside a decision.
-    rule_tree: A.Expr | None = None
+    rule_tree: A.Expr | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:
