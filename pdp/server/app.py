@@ -5,7 +5,8 @@ in flight finish (``shutdown_grace_s``), then drain and flush the audit log, the
 counter store. Exit code 0.
 
 SIGHUP re-reads the tokens file and the roles file (:func:`reload_auth`): a revoked token or
-identity is refused from the next call on; a broken file keeps the previous ones in force.
+identity is refused from the next call on, and an open stream of it ends before its next
+message (roles.revalidate); a broken file keeps the previous ones in force.
 """
 
 from __future__ import annotations

@@ -16,10 +16,9 @@ Credentials, tried in this order by :meth:`Authenticator.authenticate`:
 2. **Client certificate (mTLS)** -- SAN URIs, SAN DNS names, then the subject CN; the first
    one named in the roles file gives the roles. Names never cross fields: a URI-shaped
    identity (``://``) matches only a SAN URI, any other a SAN DNS name, or the subject CN of
-   a certificate with no subjectAltName at all (never a CN that looks like a URI).
-   A verified certificate nobody named
-   authenticates with no roles (every RPC is PERMISSION_DENIED naming it), or with the
-   anonymous roles when authentication is optional.
+   a certificate with no subjectAltName at all (never a CN that looks like a URI). A verified
+   certificate nobody named authenticates with no roles (every RPC is PERMISSION_DENIED
+   naming it), or with the anonymous roles when authentication is optional.
 3. **Unix socket** -- a ``unix:`` peer gets ``unix_socket_roles`` when configured (sidecars).
 4. **Anonymous** -- when authentication is not required, everyone else gets
    ``anonymous_roles`` (default ``*:checker``: decisions only). With no anonymous roles at
@@ -59,10 +58,13 @@ from pdp.server.roles import (
     PermissionDenied,
     Principal,
     Unauthenticated,
+    auth_status,
     begin_call,
     current_caller,
     current_principal,
     is_public,
+    recheck,
+    renewing,
 )
 from pdp.server.wrapping import WrappingInterceptor
 
@@ -109,6 +111,7 @@ class Authenticator:
         self._lock = threading.Lock()
         self._tokens: list[TokenEntry] = []
         self._identities: dict[str, dict[str, frozenset[str]]] = {}
+        self.generation = 0  # reloads that took effect: open streams recheck (renewing)
         self.reload()
 
     @property
@@ -124,6 +127,7 @@ class Authenticator:
         identities = load_identities(self.roles_file) if self.roles_file else {}
         with self._lock:
             self._tokens, self._identities = tokens, identities
+            self.generation += 1
         return len(tokens), len(identities)
 
     def principal_for_token(self, token: str) -> Principal:
@@ -200,9 +204,7 @@ def _auth_context(context: grpc.aio.ServicerContext[Any, Any]) -> Mapping[str, A
 
 async def abort_auth_error(context: grpc.aio.ServicerContext[Any, Any],
                            exc: AuthError) -> None:
-    code = (grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated)
-            else grpc.StatusCode.PERMISSION_DENIED)
-    await end(context, code, status_text(str(exc)))
+    await end(context, auth_status(exc), status_text(str(exc)))
 
 
 class AuthInterceptor(WrappingInterceptor):
@@ -220,13 +222,16 @@ class AuthInterceptor(WrappingInterceptor):
 
 def wrap_handler(handler: grpc.RpcMethodHandler, method: str,
           auth: Authenticator) -> grpc.RpcMethodHandler:
-    async def begin(context: grpc.aio.ServicerContext[Any, Any]) -> CallAuth:
+    async def begin(context: grpc.aio.ServicerContext[Any, Any], stream: bool) -> CallAuth:
         try:
             principal = auth.authenticate(context)
         except AuthError as exc:
             await abort_auth_error(context, exc)
             raise
-        return begin_call(principal, method)
+        state = begin_call(principal, method)
+        if stream:  # outlives a reload that may revoke it (a unary call is one answer)
+            state.renew = renewing(lambda: auth.generation, lambda: auth.authenticate(context))
+        return state
 
     async def ensure_checked(state: CallAuth,
                              context: grpc.aio.ServicerContext[Any, Any]) -> None:
@@ -234,21 +239,22 @@ def wrap_handler(handler: grpc.RpcMethodHandler, method: str,
             log.error("rpc_without_authorization", method=method)
             await end(context, grpc.StatusCode.INTERNAL,
                       f"{method}: the service did not authorise this call; refused")
+        await recheck(context, state)  # a stream revoked since it opened sends no more
 
     async def unary(inner: Any, request: Any,
                     context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        state = await begin(context)
+        state = await begin(context, False)
         response = await inner(request, context)
         await ensure_checked(state, context)
         return response
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]
                         ) -> AsyncIterator[Any]:
-        state = await begin(context)
+        state = await begin(context, True)
         result = inner_stream(request, context)
         if hasattr(result, "__aiter__"):
             async for response in result:
-                await ensure_checked(state, context)
+                await ensure_checked(state, context)  # and still allowed: see revalidate
                 yield response
         else:  # a coroutine writing with context.write()
             await result

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +116,12 @@ class PermissionDenied(AuthError):
     """Known caller without the permission on that tenant -> PERMISSION_DENIED."""
 
 
+def auth_status(exc: AuthError) -> grpc.StatusCode:
+    """The status a refusal ends its call with."""
+    return (grpc.StatusCode.UNAUTHENTICATED if isinstance(exc, Unauthenticated)
+            else grpc.StatusCode.PERMISSION_DENIED)
+
+
 @dataclass(frozen=True)
 class Principal:
     """An authenticated caller: identity and role grants per tenant (``"*"`` = every tenant)."""
@@ -177,11 +183,20 @@ def require(principal: Principal, permission: Permission, tenant: str, rpc: str 
 @dataclass
 class CallAuth:
     """Set by the interceptor for each call; ``checked`` records that the servicer asked
-    :func:`authorize`, so the interceptor can refuse to send an answer nobody authorised."""
+    :func:`authorize`, so the interceptor can refuse to send an answer nobody authorised.
+
+    ``granted`` (what :func:`authorize` allowed on this call) and ``renew`` (set by the
+    interceptor) let a long call be checked again when the credentials are reloaded: a
+    stream (``Watch``, ``CheckPushStream``) outlives the SIGHUP that revokes its token,
+    and must not go on answering (:func:`revalidate`)."""
 
     principal: Principal
     method: str = ""
     checked: bool = False
+    granted: set[tuple[str, Permission]] = field(default_factory=set)
+    #: The caller as the credentials in force now say (raises :class:`Unauthenticated`
+    #: once its token or certificate identity is gone), or None while they are unchanged.
+    renew: Callable[[], Principal | None] | None = None
 
 
 _current: contextvars.ContextVar[CallAuth | None] = contextvars.ContextVar(
@@ -192,6 +207,59 @@ def begin_call(principal: Principal, method: str = "") -> CallAuth:
     state = CallAuth(principal, method)
     _current.set(state)
     return state
+
+
+def renewing(generation: Callable[[], int],
+             authenticate: Callable[[], Principal]) -> Callable[[], Principal | None]:
+    """For :attr:`CallAuth.renew`: the call's caller authenticated again from its own
+    credentials (``authenticate``) once the credential files were reloaded since
+    (``generation`` changed; a revoked token then raises :class:`Unauthenticated`), None
+    while nothing was reloaded. Revocation "at once" must reach the calls that are open
+    too: an ``AuditService.Watch`` streams for hours."""
+    seen = generation()
+
+    def renew() -> Principal | None:
+        nonlocal seen
+        now = generation()
+        if now == seen:
+            return None
+        seen = now
+        try:
+            return authenticate()
+        except Unauthenticated as exc:
+            raise Unauthenticated(f"{exc} (the credentials were reloaded while this call"
+                                  " was open)") from None
+    return renew
+
+
+def revalidate(state: CallAuth) -> None:
+    """Raise :class:`AuthError` when credentials reloaded since the call began no longer
+    authenticate its caller, or no longer grant what :func:`authorize` granted it; the call
+    goes on as the caller is now (``state.principal`` updated). Cheap while nothing was
+    reloaded (``renew`` compares a counter)."""
+    if state.renew is None:
+        return
+    fresh = state.renew()
+    if fresh is None:
+        return
+    state.principal = fresh
+    rpc = state.method.rsplit("/", 1)[-1]
+    for tenant, permission in sorted(state.granted, key=lambda g: (g[0], g[1].value)):
+        try:
+            require(fresh, permission, tenant, rpc)
+        except PermissionDenied as exc:
+            raise PermissionDenied(f"{exc} (the credentials were reloaded while this call"
+                                   " was open)") from None
+
+
+async def recheck(context: grpc.aio.ServicerContext[Any, Any], state: CallAuth) -> None:
+    """Before a stream's next answer: end the call (UNAUTHENTICATED, PERMISSION_DENIED) if
+    its credentials were reloaded since and no longer allow what it was allowed
+    (:func:`revalidate`)."""
+    try:
+        revalidate(state)
+    except AuthError as exc:
+        await end(context, auth_status(exc), status_text(str(exc)))
 
 
 def current_principal() -> Principal | None:
@@ -216,10 +284,12 @@ async def authorize(context: grpc.aio.ServicerContext[Any, Any], tenant: str,
                   "no authenticated caller: the auth interceptor is not installed")
         raise AssertionError("unreachable")  # pragma: no cover
     try:
+        revalidate(state)  # a stream's later message, after a reload: as the caller is now
         require(state.principal, permission, tenant, state.method.rsplit("/", 1)[-1])
-    except PermissionDenied as exc:
-        await end(context, grpc.StatusCode.PERMISSION_DENIED, status_text(str(exc)))
+    except AuthError as exc:
+        await end(context, auth_status(exc), status_text(str(exc)))
     state.checked = True
+    state.granted.add((tenant, permission))
     return state.principal
 
 

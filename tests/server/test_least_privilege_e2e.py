@@ -1,0 +1,195 @@
+"""Least privilege on a real `pdp serve`, from a hostile caller's side: what a caller may
+not do by a side road: go on once its credentials are reloaded (an open stream that
+outlives its revoked token or role). Each over the wire."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from pdp.client import push_request
+from pdp.server.auth import new_token
+from pdp.v1 import admin_pb2 as apb
+from pdp.v1 import admin_pb2_grpc, audit_pb2, audit_pb2_grpc
+from pdp.v1 import common_pb2 as cpb
+from pdp.v1 import decision_pb2 as dpb
+from pdp.v1 import decision_pb2_grpc as dgrpc
+from tests.support.pdpserver import PdpServer
+from tests.support.wait import wait_until
+
+#: identity -> roles; every identity gets a token.
+GRANTS: dict[str, dict[str, list[str]]] = {
+    "checker": {"*": ["checker"]},
+    "auditor": {"acme": ["auditor"]},
+    "engine": {"acme": ["rollout-engine"]},
+}
+
+
+def draft(tenant: str, name: str) -> str:
+    return f"tenant: {tenant}\nname: {name}\nrule: {{cel: {{deny: 'false'}}}}\n"
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.grants = {who: dict(roles) for who, roles in GRANTS.items()}
+        self.tokens: dict[str, str] = {}
+        self.digests: dict[str, str] = {}
+        for who in GRANTS:
+            self.tokens[who], self.digests[who] = new_token()
+        self.tokens_file = tmp / "tokens.yaml"
+        self.write_tokens(set(GRANTS))
+        policies = tmp / "policies"
+        policies.mkdir()
+        (policies / "acme.yaml").write_text(draft("acme", "p"))
+        # a generous deadline: these tests are about who may do what, on a busy machine
+        self.server = PdpServer(tmp, policy_dir=policies, args=[
+            "--auth-tokens-file", str(self.tokens_file), "--deadline-ms", "5000"]).start()
+        self.channel = self.server.channel()
+        self.decide = dgrpc.DecisionServiceStub(self.channel)
+        self.admin = admin_pb2_grpc.PolicyAdminServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+
+    def write_tokens(self, who: set[str]) -> None:
+        self.tokens_file.write_text(yaml.safe_dump({"tokens": [
+            {"sha256": self.digests[w], "identity": w, "roles": self.grants[w]}
+            for w in sorted(who)]}))
+
+    def md(self, who: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.tokens[who]}"),)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+# -- revoking a token ends the streams it opened --------------------------------------------
+
+class Watcher:
+    """``AuditService.Watch`` of acme in a thread: the records it got, and how it ended."""
+
+    def __init__(self, world: World, who: str) -> None:
+        self.records: list[audit_pb2.AuditRecord] = []
+        self.ended: grpc.RpcError | None = None
+        self.done = threading.Event()
+        self.call = world.audit.Watch(audit_pb2.WatchRequest(tenant="acme",
+                                                             from_beginning=True),
+                                      timeout=120, metadata=world.md(who))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for answer in self.call:
+                self.records.append(answer.record)
+        except grpc.RpcError as exc:
+            self.ended = exc
+        finally:
+            self.done.set()
+
+    def got(self, decision_id: str) -> bool:
+        return any(r.decision_id == decision_id for r in self.records)
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.thread.join(timeout=30)
+
+
+def _decide(world: World, tenant: str = "acme") -> str:
+    return str(world.decide.CheckPush(push_request(tenant, "a1", config_yaml="a: 1"),
+                                      timeout=30, metadata=world.md("checker"))
+               .decision.decision_id)
+
+
+def _reload(world: World, keep: set[str]) -> None:
+    world.write_tokens(keep)
+    assert world.server.proc is not None
+    world.server.proc.send_signal(signal.SIGHUP)
+
+
+def _unauthenticated(world: World, who: str) -> bool:
+    try:
+        world.admin.ListTenants(apb.ListTenantsRequest(), timeout=30, metadata=world.md(who))
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[no-any-return]
+    return False
+
+
+def test_a_revoked_token_ends_its_open_watch(world: World) -> None:
+    """Before: SIGHUP refused the revoked auditor's next call, but the Watch it had open
+    went on streaming every new audit record of the tenant."""
+    watcher = Watcher(world, "auditor")
+    try:
+        first = _decide(world)
+        wait_until(lambda: watcher.got(first), "the watcher sees a decision while valid")
+        _reload(world, set(GRANTS) - {"auditor"})
+        wait_until(lambda: _unauthenticated(world, "auditor"), "the token revoked")
+        later = _decide(world)
+        assert watcher.done.wait(60), "the revoked token's Watch is still open"
+        assert watcher.ended is not None
+        assert watcher.ended.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "reloaded while this call was open" in (watcher.ended.details() or "")
+        assert not watcher.got(later)
+    finally:
+        watcher.close()
+
+
+def test_a_role_taken_away_ends_the_watch_it_allowed(world: World) -> None:
+    """The token stays valid but no longer grants the auditor role on acme."""
+    watcher = Watcher(world, "auditor")
+    try:
+        first = _decide(world)
+        wait_until(lambda: watcher.got(first), "the watcher sees a decision while allowed")
+        world.grants["auditor"] = {"acme": ["reader"]}
+        _reload(world, set(GRANTS))
+        wait_until(lambda: "auth_reloaded" in world.server.log(), "the reload")
+        assert not _unauthenticated(world, "auditor")  # a reader now: the token is valid
+        later = _decide(world)
+        assert watcher.done.wait(60), "the Watch is still open without the role"
+        assert watcher.ended is not None
+        assert watcher.ended.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'acme'" in (watcher.ended.details() or "")
+        assert not watcher.got(later)
+    finally:
+        watcher.close()
+
+
+def test_a_revoked_token_cannot_go_on_deciding_on_its_open_stream(world: World) -> None:
+    """CheckPushStream authorises every batch: after a reload, as the caller is now."""
+    def batch(agent: str) -> dpb.CheckPushStreamRequest:
+        return dpb.CheckPushStreamRequest(batch=dpb.CheckPushBatchRequest(
+            tenant="acme", agents=[cpb.Agent(id=agent)], config=cpb.Config(yaml="a: 1")))
+
+    sent: list[dpb.CheckPushStreamRequest] = [batch("a1")]
+    more = threading.Event()
+
+    def requests() -> Iterator[dpb.CheckPushStreamRequest]:
+        yield sent[0]
+        more.wait(60)
+        yield batch("a2")
+
+    answers = []
+    with pytest.raises(grpc.RpcError) as err:
+        for answer in world.decide.CheckPushStream(requests(), timeout=120,
+                                                   metadata=world.md("engine")):
+            answers.append(answer)
+            _reload(world, set(GRANTS) - {"engine"})
+            wait_until(lambda: _unauthenticated(world, "engine"), "the token revoked")
+            more.set()
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert len(answers) == 1  # the batch sent while the token was valid
+
