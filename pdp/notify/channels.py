@@ -3,7 +3,7 @@
 A policy's ``notify:`` is a list of one-key mappings, the key naming the channel kind::
 
     notify:
-      - webhook: {url: https://hooks.example.com/pdp, secret_env: PDP_HOOK_SECRET}
+      - webhook: {url: https://hooks.example.com/pdp, secret_env: HOOK_SECRET}
       - pagerduty: {routing_key_env: PD_KEY, severity: critical}
       - opsgenie: {api_key_env: OPSGENIE_KEY, priority: P2}
       - google_chat: {url_env: CHAT_WEBHOOK_URL}
@@ -11,7 +11,8 @@ A policy's ``notify:`` is a list of one-key mappings, the key naming the channel
 
 Every secret (webhook ``secret``, PagerDuty ``routing_key``, Opsgenie ``api_key``, the
 Google Chat ``url``, which embeds its key) may be given literally or, better, as
-``<field>_env: VARIABLE`` read from the environment when the policy is parsed.
+``<field>_env: VARIABLE`` read from the environment when the policy is parsed; never one
+of pdp's own ``PDP_*`` variables (:data:`OWN_ENV_PREFIX`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ DEFAULT_OPSGENIE_URL = "https://api.opsgenie.com/v2/alerts"
 PAGERDUTY_SEVERITIES = ("critical", "error", "warning", "info")
 OPSGENIE_PRIORITIES = ("P1", "P2", "P3", "P4", "P5")
 _EMAIL = re.compile(r"\A[^@\s<>,;]+@[^@\s<>,;]+\Z")  # \Z: no final newline
+#: pdp's own environment (settings such as PDP_REDIS_URL or PDP_POLICY_STORE, which may
+#: carry a Redis password; a client's PDP_TOKEN): never a channel's secret. A policy's
+#: author writes ``*_env`` and the channel sends the value to the URL the policy names, so
+#: reading these would hand the operator's credentials (every tenant's store) to whoever
+#: gets one policy of one tenant activated.
+OWN_ENV_PREFIX = "PDP_"
 
 
 class ChannelConfigError(ValueError):
@@ -130,6 +137,10 @@ class _Fields:
             var = self.data[env_key]
             if not isinstance(var, str) or not var:
                 raise self.err(env_key, "must name an environment variable")
+            if var.upper().startswith(OWN_ENV_PREFIX):
+                raise self.err(env_key, f"{var} is one of pdp's own variables (its settings and"
+                                        " credentials); a policy may not read it: name a"
+                                        " variable set for this channel")
             value = self.env.get(var)
             if not value:
                 raise self.err(env_key, f"environment variable {var} is not set or empty")

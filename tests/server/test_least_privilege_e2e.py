@@ -1,6 +1,7 @@
 """Least privilege on a real `pdp serve`, from a hostile caller's side: what a caller may
 not do by a side road: go on once its credentials are reloaded (an open stream that
-outlives its revoked token or role). Each over the wire."""
+outlives its revoked token or role), or read pdp's own environment through a policy's
+notification channel. Each over the wire."""
 
 from __future__ import annotations
 
@@ -26,9 +27,15 @@ from tests.support.wait import wait_until
 #: identity -> roles; every identity gets a token.
 GRANTS: dict[str, dict[str, list[str]]] = {
     "checker": {"*": ["checker"]},
+    "author": {"acme": ["author"]},
     "auditor": {"acme": ["auditor"]},
     "engine": {"acme": ["rollout-engine"]},
 }
+
+
+#: The server's environment: one of pdp's own variables (a client token may stay exported
+#: for `pdp serve`, README) and a channel's secret.
+ENV = {"PDP_TOKEN": "operator-token-not-for-policies", "PD_ROUTING_KEY": "acme-pd-key"}
 
 
 def draft(tenant: str, name: str) -> str:
@@ -48,7 +55,7 @@ class World:
         policies.mkdir()
         (policies / "acme.yaml").write_text(draft("acme", "p"))
         # a generous deadline: these tests are about who may do what, on a busy machine
-        self.server = PdpServer(tmp, policy_dir=policies, args=[
+        self.server = PdpServer(tmp, policy_dir=policies, env=ENV, args=[
             "--auth-tokens-file", str(self.tokens_file), "--deadline-ms", "5000"]).start()
         self.channel = self.server.channel()
         self.decide = dgrpc.DecisionServiceStub(self.channel)
@@ -193,3 +200,33 @@ def test_a_revoked_token_cannot_go_on_deciding_on_its_open_stream(world: World) 
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert len(answers) == 1  # the batch sent while the token was valid
 
+
+# -- a policy's notify channel cannot read pdp's own environment ------------------------------
+
+def notifying(env_var: str) -> str:
+    return (draft("acme", "notifies") + "notify:\n  - pagerduty: {url: 'http://127.0.0.1:9/',"
+            f" routing_key_env: {env_var}}}\n")
+
+
+@pytest.mark.parametrize("env_var", ["PDP_TOKEN", "pdp_token", "PDP_REDIS_URL"])
+def test_a_policy_cannot_send_pdp_s_own_variables_to_its_channel(world: World,
+                                                                 env_var: str) -> None:
+    """Before: `routing_key_env: PDP_TOKEN` was admitted, and once the policy was active
+    (one tenant's author, approver and admin) each deny POSTed the variable's value, pdp's
+    own setting or credential (a Redis URL with its password reaches every tenant's
+    policies), to the URL the policy names."""
+    with pytest.raises(grpc.RpcError) as err:
+        world.admin.PutDraft(apb.PutDraftRequest(yaml=notifying(env_var)), timeout=30,
+                             metadata=world.md("author"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pdp's own variables" in (err.value.details() or "")
+    checked = world.admin.ValidatePolicy(apb.ValidatePolicyRequest(yaml=notifying(env_var)),
+                                         timeout=30, metadata=world.md("author"))
+    assert not checked.valid
+    assert "routing_key_env" in checked.problems[0].message
+
+
+def test_a_channel_still_reads_its_own_variable(world: World) -> None:
+    put = world.admin.PutDraft(apb.PutDraftRequest(yaml=notifying("PD_ROUTING_KEY")),
+                               timeout=30, metadata=world.md("author"))
+    assert put.policy.meta.version == 1
