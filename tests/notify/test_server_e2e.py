@@ -15,6 +15,10 @@ from tests.notify.conftest import HttpReceiver, SmtpSink
 from tests.support.pdpserver import PdpServer
 from tests.support.procs import redis_server
 
+# A generous decision deadline: on a busy machine a decision past 50 ms is a deny without
+# the policy's reason, which notifies nobody (these tests are about delivery, not time).
+ROOMY = ["--deadline-ms", "10000"]
+
 
 def test_active_deny_is_posted_signed_and_drafts_are_not(tmp_path: Path,
                                                          http_receiver: HttpReceiver) -> None:
@@ -35,7 +39,7 @@ notify:
   - webhook: {{url: "{hook}", secret: s3cret}}
 rule: {{cel: {{deny: 'true'}}}}
 """)
-    server = PdpServer(tmp_path, policy_dir=policies).start()
+    server = PdpServer(tmp_path, policy_dir=policies, args=ROOMY).start()
     try:
         with grpc.insecure_channel(server.address) as ch:
             stub = dgrpc.DecisionServiceStub(ch)
@@ -69,7 +73,7 @@ notify:
 rule: {cel: {deny: '"debug" in config.exporters'}}
 """)
     with redis_server() as redis:
-        args = ["--redis-url", redis.url, "--notify-smtp-port", str(smtp_sink.port)]
+        args = ["--redis-url", redis.url, "--notify-smtp-port", str(smtp_sink.port), *ROOMY]
         servers = []
         for name in ("one", "two"):
             (tmp_path / name).mkdir()
@@ -106,7 +110,7 @@ notify:
 rule: {{cel: {{deny: '"debug" in config.exporters'}}}}
 """)
     server = PdpServer(tmp_path, policy_dir=policies,
-                       args=["--telemetry-enabled", "true"]).start()
+                       args=["--telemetry-enabled", "true", *ROOMY]).start()
     try:
         with grpc.insecure_channel(server.address) as ch:
             d = dgrpc.DecisionServiceStub(ch).CheckPush(
