@@ -22,8 +22,9 @@ class PolicySet:
     policies: list[CompiledPolicy]
     builtins: list[CompiledPolicy]
     relaxed: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    #: Tenants known besides those with a policy here (created by an admin, or whose policies
-    #: are all retired): a decision for a tenant outside both is UNKNOWN_TENANT.
+    #: Tenants known besides those with an active or retired policy here (created by an
+    #: admin, or whose policies were active once): a decision for a tenant outside both is
+    #: UNKNOWN_TENANT. Drafts alone do not make a tenant known.
     known_tenants: frozenset[str] = frozenset()
     _index: dict[tuple[str, Checkpoint], list[CompiledPolicy]] = field(
         default_factory=dict, init=False, repr=False)
@@ -44,8 +45,11 @@ class PolicySet:
         for p in live:  # one pass: start-up must not be tenants x policies
             by_tenant.setdefault(p.policy.tenant, []).append(p)
         self._tenants = set(by_tenant) | set(self.relaxed)
-        self._known = (frozenset(p.policy.tenant for p in self.policies)
-                       | self._tenants | self.known_tenants)
+        # Drafts never change a live answer: a tenant whose only policies are drafts (or
+        # approved, not yet active versions) stays unknown, as it was before the draft.
+        self._known = (frozenset(p.policy.tenant for p in self.policies
+                                 if p.policy.status in (Status.ACTIVE, Status.RETIRED))
+                       | frozenset(self.relaxed) | self.known_tenants)
         for tenant in [*self._tenants, ""]:
             relaxed = self.relaxed.get(tenant, frozenset())
             mine = [b for b in self.builtins if b.name not in relaxed] + by_tenant.get(tenant, [])
@@ -61,7 +65,8 @@ class PolicySet:
         return set(self._tenants)
 
     def knows(self, tenant: str) -> bool:
-        """Whether ``tenant`` exists: it has a policy (of any status) or was created."""
+        """Whether ``tenant`` exists for decisions: it has (or had) an active policy, relaxed
+        built-ins, or an admin created it."""
         return tenant in self._known
 
     def for_tenant(self, tenant: str, checkpoint: Checkpoint) -> list[CompiledPolicy]:

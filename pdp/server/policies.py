@@ -155,7 +155,7 @@ class PolicyReloader:
         self._compiled = compiled
         self.revision = snap.revision
         return PolicySet(list(compiled.values()), self._builtins, snap.relaxed(),
-                         known_tenants=frozenset(snap.tenants))
+                         known_tenants=snap.known())
 
     def start(self, apply: Callable[[PolicySet], None]) -> None:
         self._task = asyncio.create_task(self._follow(apply), name="pdp-policy-reload")

@@ -366,13 +366,26 @@ async def test_create_tenant(backend: Backend, store: PolicyStore) -> None:
         await store.create_tenant(t, "root2")
     assert grpc_status_name(TenantExists("x")) == "ALREADY_EXISTS"
     assert len([e for e in backend.events if e["type"] == "Tenant.Created"]) == 1
-    # a tenant known from its policies exists too, without a creation record
+    # a tenant known from a policy once active exists too, without a creation record
     other = t + "-p"
     await store.put_draft(other, policy_yaml(other), "alice", 0)
+    await store.approve(other, "no-debug", 1, "bob")
+    await store.activate(other, "no-debug", 1, "carol")
     with pytest.raises(TenantExists):
         await store.create_tenant(other, "root")
     listed = {i.name: i for i in await backend.open().list_tenants()}
     assert listed[t].created_by == "root" and listed[other].created_by == ""
+    # drafts alone (an author's) leave a tenant unknown to decisions; creating it makes it
+    # known, keeping its drafts
+    drafted = t + "-d"
+    await store.put_draft(drafted, policy_yaml(drafted), "alice", 0)
+    assert not (await store.snapshot()).tenants[drafted].known
+    assert drafted not in (await store.snapshot()).known()
+    await store.create_tenant(drafted, "root")
+    snap = await store.snapshot()
+    assert drafted in snap.known() and len(snap.tenants[drafted].shadow) == 1
+    with pytest.raises(TenantExists):
+        await store.create_tenant(drafted, "root2")
     with pytest.raises(PolicyError):
         await store.create_tenant("bad tenant!", "root")
 

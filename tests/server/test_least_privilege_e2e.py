@@ -27,7 +27,8 @@ from tests.support.wait import wait_until
 #: identity -> roles; every identity gets a token.
 GRANTS: dict[str, dict[str, list[str]]] = {
     "checker": {"*": ["checker"]},
-    "author": {"acme": ["author"]},
+    "author": {"acme": ["author"], "newco": ["author"]},
+    "admin": {"newco": ["admin"]},
     "auditor": {"acme": ["auditor"]},
     "engine": {"acme": ["rollout-engine"]},
 }
@@ -230,3 +231,33 @@ def test_a_channel_still_reads_its_own_variable(world: World) -> None:
     put = world.admin.PutDraft(apb.PutDraftRequest(yaml=notifying("PD_ROUTING_KEY")),
                                timeout=30, metadata=world.md("author"))
     assert put.policy.meta.version == 1
+
+
+# -- drafts alone do not make a tenant known -------------------------------------------------
+
+def _outcome(world: World, tenant: str) -> tuple[int, list[int]]:
+    d = world.decide.CheckPush(push_request(tenant, "a1", config_yaml="a: 1"), timeout=30,
+                               metadata=world.md("checker")).decision
+    return d.outcome, [r.code for r in d.reasons]
+
+
+def _reloads(world: World) -> int:
+    return world.server.log().count("policies_reloaded")
+
+
+def test_an_authors_draft_does_not_make_an_unknown_tenant_allowed(world: World) -> None:
+    """An author of a tenant nobody created puts a draft there: decisions for it stay the
+    UNKNOWN_TENANT deny they were (drafts never change a live answer). Before, the draft
+    made the tenant known, and the built-ins alone allowed its requests: no admin needed."""
+    unknown = (cpb.OUTCOME_DENY, [cpb.REASON_CODE_UNKNOWN_TENANT])
+    assert _outcome(world, "newco") == unknown
+    before = _reloads(world)
+    world.admin.PutDraft(apb.PutDraftRequest(yaml=draft("newco", "p")), timeout=30,
+                         metadata=world.md("author"))
+    wait_until(lambda: _reloads(world) > before, "the server to load the draft")
+    assert _outcome(world, "newco") == unknown
+    # An admin creating the tenant is what makes it known (the draft then only shadows).
+    world.admin.CreateTenant(apb.CreateTenantRequest(tenant="newco", justification="onboard"),
+                             timeout=30, metadata=world.md("admin"))
+    wait_until(lambda: _outcome(world, "newco") == (cpb.OUTCOME_ALLOW, []),
+               "the created tenant to be decided by its policies")

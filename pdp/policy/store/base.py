@@ -128,7 +128,8 @@ class PolicyStore(abc.ABC):
     @abc.abstractmethod
     async def _create_tenant(self, info: TenantInfo) -> bool:
         """Atomically register ``info.name`` with its creation record and bump the revision;
-        False (nothing written) when the tenant is known already."""
+        False (nothing written) when it has a creation record already. (A tenant holding
+        only drafts has none: creating it is what makes it known.)"""
 
     @abc.abstractmethod
     async def _tenant_infos(self) -> dict[str, TenantInfo]:
@@ -317,6 +318,8 @@ class PolicyStore(abc.ABC):
         actor = _check_actor(actor)
         now = self.clock()
         info = TenantInfo(tenant, actor, now, reason)
+        if tenant in await self.tenants() and _known(await self._read_tenant(tenant)):
+            raise TenantExists(f"tenant {tenant!r} exists already")
         if not await self._create_tenant(info):
             raise TenantExists(f"tenant {tenant!r} exists already")
         self._emit(({"type": TENANT_CREATED, "time": ev.format_time(now), "tenant": tenant,
@@ -396,6 +399,7 @@ class PolicyStore(abc.ABC):
         versions, the pending (newest DRAFT / APPROVED) version per name for shadow
         evaluation, and the relaxed built-ins."""
         revision, states = await self._read_all()
+        created = await self._tenant_infos()
         tenants: dict[str, TenantSnapshot] = {}
         for tenant, state in states.items():
             active: list[Policy] = []
@@ -406,7 +410,11 @@ class PolicyStore(abc.ABC):
                     active.append(self.policy_of(a))
                 if (p := rec.pending) is not None:
                     shadow.append(self.policy_of(p))
-            tenants[tenant] = TenantSnapshot(tenant, tuple(active), tuple(shadow), state.relaxed)
+            # Known for decisions: created by an admin, built-in settings, or a version that
+            # was active once (an admin activated it). Drafts alone (an author's) are not.
+            known = tenant in created or _known(state)
+            tenants[tenant] = TenantSnapshot(tenant, tuple(active), tuple(shadow), state.relaxed,
+                                             known)
         return StoreSnapshot(revision, tenants)
 
     def policy_of(self, record: VersionRecord) -> Policy:
@@ -510,3 +518,11 @@ def _check_builtin(builtin: str) -> None:
 def _check_name(name: str) -> None:
     if (problem := validate_name(name)) is not None:
         raise PolicyError(f"invalid policy name {name!r}: {problem}", field_path="name")
+
+
+def _known(state: TenantState) -> bool:
+    """Known for decisions without a creation record: built-in settings, or a version that
+    was active once (an admin activated it). Drafts alone (an author's) are not."""
+    return (bool(state.relaxed) or bool(state.pending)
+            or any(v.status in (Status.ACTIVE, Status.RETIRED)
+                   for rec in state.records.values() for v in rec.versions))

@@ -215,6 +215,9 @@ class TenantSnapshot:
     active: tuple[Policy, ...] = ()
     shadow: tuple[Policy, ...] = ()
     relaxed: frozenset[str] = frozenset()
+    #: Whether decisions know the tenant (an admin created it, or something was active or
+    #: relaxed): a tenant with drafts only is decided as UNKNOWN_TENANT, as before them.
+    known: bool = True
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -231,6 +234,10 @@ class StoreSnapshot:
     def policies(self) -> list[Policy]:
         """Every policy to evaluate (active and shadow) across tenants, for ``PolicySet``."""
         return [p for t in self.tenants.values() for p in t.policies]
+
+    def known(self) -> frozenset[str]:
+        """Tenants decisions know (see ``TenantSnapshot.known``)."""
+        return frozenset(name for name, t in self.tenants.items() if t.known)
 
     def relaxed(self) -> dict[str, frozenset[str]]:
         """Relaxed built-ins per tenant, for ``PolicySet(relaxed=...)``."""

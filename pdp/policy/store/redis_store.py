@@ -215,7 +215,7 @@ class RedisPolicyStore(PolicyStore):
 
     async def _create_tenant(self, info: TenantInfo) -> bool:
         async def body(pipe: Any) -> bool:
-            if await pipe.sismember(f"{self._global}:tenants", info.name):
+            if await pipe.hexists(f"{self._global}:tenant_info", info.name):
                 return False
             pipe.multi()
             pipe.hset(f"{self._global}:tenant_info", info.name, info.to_json())

@@ -249,12 +249,11 @@ class SqlitePolicyStore(PolicyStore):
 
     async def _create_tenant(self, info: TenantInfo) -> bool:
         def tx(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute("INSERT OR IGNORE INTO tenants (tenant) VALUES (?)",
-                               (info.name,))
+            cur = conn.execute("INSERT OR IGNORE INTO tenant_info (tenant, data) VALUES (?, ?)",
+                               (info.name, info.to_json()))
             if cur.rowcount == 0:
                 return False
-            conn.execute("INSERT OR REPLACE INTO tenant_info (tenant, data) VALUES (?, ?)",
-                         (info.name, info.to_json()))
+            conn.execute("INSERT OR IGNORE INTO tenants (tenant) VALUES (?)", (info.name,))
             self._bump(conn, info.name)
             return True
 
