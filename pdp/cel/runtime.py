@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from .errors import BudgetExceeded, CelError, CelEvalError, CostLimitExceeded, DeadlineExceeded
+from .meter import CHARS_PER_UNIT_SHIFT
 from .stdlib import no_overload, short_repr, type_name
 
 
@@ -106,6 +107,14 @@ def deadline_exceeded() -> NoReturn:
 
 def overflow() -> NoReturn:
     raise CelEvalError("integer overflow")
+
+
+def scan_units(c: Any) -> int:
+    """Cost units of a scan before it runs: ``x in c`` of a list (1 per 64 elements; a
+    map is one key test), ``s.contains("lit")`` of a string (1 per 64 characters)."""
+    if isinstance(c, list | tuple | str | bytes):
+        return len(c) >> CHARS_PER_UNIT_SHIFT
+    return 0
 
 
 def size_cost(v: Any) -> int:
