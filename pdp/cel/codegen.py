@@ -564,6 +564,9 @@ class CodeGen:
                 amount = py.BinOp(left=amount, op=py.Add(), right=_call("_csz", _name(t)))
             self.charge(amount, clock=True)
         fslot = self.slot(impl, "_f")
+        if f.clocked:  # it reads the clock itself, against this evaluation's deadline
+            self.uses_budget = True
+            py_args = [_name("_dl"), *py_args]
         return py.Call(func=fslot, args=py_args, keywords=[])
 
     def fold(self, impl: Callable[..., Any] | None, args: list[A.Expr]) -> py.expr | None:

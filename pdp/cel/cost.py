@@ -318,9 +318,9 @@ def _format(est: _Estimator, e: A.Call, sz: list[Sz]) -> tuple[int, Sz]:
     if fmt is None:  # a computed format string may carry any precision
         out = Sz(est.limits.max_string, 0)
         return units(out.chars), out
-    from .meter import _HEX, _PREC
+    from .meter import _PREC, hex_clause
     size = len(fmt) + sum(int(p) for p in _PREC.findall(fmt))
-    per_char = 8 if _HEX.search(fmt) else 1
+    per_char = 8 if hex_clause(fmt) else 1
     values = sz[1] if len(sz) > 1 else _ZERO  # unchecked ``s.format()``: fails at run time
     size += _NUMBER_TEXT * max(values.elems, 1) + per_char * values.chars
     out = Sz(size, 0)

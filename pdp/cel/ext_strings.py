@@ -81,10 +81,9 @@ def split(s: Any, sep: Any, n: Any = -1) -> list[str]:
     if n == 0:
         return []
     if sep == "":
-        chars = list(s)
-        if n > 0 and len(chars) > n:
-            chars = [*chars[:n - 1], "".join(chars[n - 1:])]
-        return chars
+        if n > 0 and len(s) > n:  # only the n - 1 first characters are split off
+            return [*s[:n - 1], s[n - 1:]]
+        return list(s)
     if n < 0:
         return s.split(sep)  # type: ignore[no-any-return]
     return s.split(sep, n - 1)  # type: ignore[no-any-return]
@@ -126,9 +125,14 @@ _QUOTE = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t":
           "\v": "\\v", "\\": "\\\\", '"': '\\"'}
 
 
+_QUOTE_TABLE = str.maketrans(_QUOTE)
+
+
 def quote(s: Any) -> str:
+    """One ``str.translate`` (C speed): a generator over the characters took ~75 ms for a
+    1 MB string, with no clock read on the way."""
     _s("strings.quote", s)
-    return '"' + "".join(_QUOTE.get(c, c) for c in s) + '"'
+    return '"' + s.translate(_QUOTE_TABLE) + '"'  # type: ignore[no-any-return]
 
 
 # -- format --------------------------------------------------------------------------------
@@ -141,7 +145,8 @@ def _fmt_double_s(f: float) -> str:
     return format_double(f)
 
 
-def _to_s(v: Any) -> str:
+def _to_s(v: Any, tk: M.Ticker) -> str:
+    tk.step()
     t = type(v)
     if t is str:
         return v  # type: ignore[no-any-return]
@@ -158,9 +163,9 @@ def _to_s(v: Any) -> str:
     if t is TypeValue:
         return v.name  # type: ignore[no-any-return]
     if isinstance(v, list | tuple):
-        return "[" + ", ".join(_to_s(x) for x in v) + "]"
+        return "[" + ", ".join(_to_s(x, tk) for x in v) + "]"
     if isinstance(v, dict):
-        items = sorted((_to_s(k), _to_s(x)) for k, x in v.items())
+        items = sorted((_to_s(k, tk), _to_s(x, tk)) for k, x in v.items())
         return "{" + ", ".join(f"{k}: {x}" for k, x in items) + "}"
     ts = as_ts(v)
     if ts is not None:
@@ -177,10 +182,10 @@ def _special(v: Any) -> str | None:
     return None
 
 
-def _format_one(verb: str, prec: int | None, v: Any) -> str:
+def _format_one(verb: str, prec: int | None, v: Any, tk: M.Ticker) -> str:
     t = type(v)
     if verb == "s":
-        return _to_s(v)
+        return _to_s(v, tk)
     if verb == "d":
         sp = _special(v)
         if sp is not None:
@@ -225,20 +230,27 @@ def _format_one(verb: str, prec: int | None, v: Any) -> str:
                        f'"{verb}"')
 
 
-def format_str(s: Any, args: Any) -> str:
+def format_str(dl: float, s: Any, args: Any) -> str:
+    """``s.format(args)`` (a clocked implementation, see functions.Function): the text
+    between clauses is copied in one slice, and every clause and every element %s renders
+    is a step of the clock (a 1 MB format text walked a character at a time took ~140 ms,
+    a %s of a 100 000-element list ~45 ms, neither reading the clock)."""
     if type(s) is not str or not isinstance(args, list | tuple):
         raise no_overload("format", s, args)
+    tk = M.Ticker(dl)
     out: list[str] = []
     i = 0
     ai = 0
     n = len(s)
     while i < n:
-        c = s[i]
-        if c != "%":
-            out.append(c)
-            i += 1
-            continue
-        i += 1
+        tk.step()
+        j = s.find("%", i)
+        if j < 0:
+            out.append(s[i:])
+            break
+        if j > i:
+            out.append(s[i:j])
+        i = j + 1
         if i < n and s[i] == "%":
             out.append("%")
             i += 1
@@ -259,7 +271,7 @@ def format_str(s: Any, args: Any) -> str:
                                f'clause "{verb}"')
         if ai >= len(args):
             raise CelEvalError("index out of range: not enough arguments for format string")
-        out.append(_format_one(verb, prec, args[ai]))
+        out.append(_format_one(verb, prec, args[ai], tk))
         ai += 1
     return "".join(out)
 
@@ -282,5 +294,6 @@ def register_strings(r: Registry) -> None:
     r.add("join", "list(string).()->string; list(string).(string)->string", join, cost=1,
           grow=M.grow_join)
     r.add("reverse", "string.()->string", reverse, grow=M.grow_same("reverse"))
-    r.add("format", "string.(list(dyn))->string", format_str, cost=1, grow=M.grow_format)
+    r.add("format", "string.(list(dyn))->string", format_str, cost=1, grow=M.grow_format,
+          clocked=True)
     r.add("strings.quote", "string->string", quote, grow=M.grow_quote)

@@ -32,7 +32,11 @@ class Function:
     ``cost`` is 0 for cheap functions, else the per-call base cost charged at runtime
     (plus the size of the first argument).  ``grow`` (see meter.py), when set, replaces
     that charge: it computes the charge from all the arguments before the call and refuses
-    results over the size caps.  ``pure`` functions may be constant-folded."""
+    results over the size caps.  ``pure`` functions may be constant-folded.  A ``clocked``
+    implementation loops in Python over its input (format's text, a list rendered by %s):
+    it takes the evaluation's deadline (a ``time.monotonic()`` value, ``inf`` without one)
+    as its first argument and reads the clock as it goes (``meter.Ticker``), since one call
+    may run longer than the deadline leaves."""
 
     name: str
     overloads: list[Overload] = field(default_factory=list)
@@ -41,6 +45,7 @@ class Function:
     cost: int = 0
     pure: bool = True
     grow: Callable[..., int] | None = None
+    clocked: bool = False
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -78,7 +83,8 @@ class Registry:
 
     def add(self, name: str, sigs: Iterable[str] | str, impl: Callable[..., Any] | None = None,
             member_impl: Callable[..., Any] | None = None, cost: int = 0,
-            pure: bool = True, grow: Callable[..., int] | None = None) -> None:
+            pure: bool = True, grow: Callable[..., int] | None = None,
+            clocked: bool = False) -> None:
         if isinstance(sigs, str):
             sigs = [s for s in sigs.split(";") if s.strip()]
         f = self.funcs.get(name)
@@ -96,6 +102,7 @@ class Registry:
         f.pure = f.pure and pure
         if grow is not None:
             f.grow = grow
+        f.clocked = f.clocked or clocked
 
     def get(self, name: str) -> Function | None:
         return self.funcs.get(name)
@@ -104,5 +111,5 @@ class Registry:
         r = Registry()
         for k, f in self.funcs.items():
             r.funcs[k] = Function(f.name, list(f.overloads), f.impl, f.member_impl, f.cost,
-                                  f.pure, f.grow)
+                                  f.pure, f.grow, f.clocked)
         return r

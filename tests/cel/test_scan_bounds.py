@@ -6,12 +6,18 @@ whether the clock is read at a given point at all; charges are read from ``Budge
 
 from __future__ import annotations
 
+import base64
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from pdp.cel import Budget, DeadlineExceeded, pdp_environment
+from pdp.cel import Budget, CelEvalError, DeadlineExceeded, new_pdp_environment, pdp_environment
+from pdp.cel.ext_encoders import b64_decode, b64_encode
+from pdp.cel.ext_strings import format_str
+from pdp.cel.meter import hex_clause
 
 ENV = pdp_environment()
 UNLIMITED = 10**12
@@ -83,3 +89,72 @@ def test_membership_keeps_cel_equality(src: str, expected: bool) -> None:
 def test_contains_of_a_literal_is_charged_by_the_receiver() -> None:
     small = cost('config.s.contains("b")', cfg(s="a"))
     assert cost('config.s.contains("b")', cfg(s="a" * 640_000)) - small >= 10_000
+
+
+# -- clocked implementations (Python loops over their input) -------------------------------
+
+def test_a_clocked_function_gets_the_evaluation_deadline_first() -> None:
+    env = new_pdp_environment()
+    seen: list[Any] = []
+
+    def probe(dl: float, s: Any) -> bool:
+        seen.append((dl, s))
+        return True
+
+    env.registry.add("probe", "string->bool", probe, clocked=True)
+    b = Budget(deadline=time.monotonic() + 3600, cost_limit=UNLIMITED)
+    assert env.compile('probe("x")').evaluate({}, b) is True
+    assert seen == [(b.deadline_at, "x")]
+    assert env.compile('probe("y")').evaluate({}) is True  # no budget: no deadline
+    assert seen[-1] == (math.inf, "y")
+
+
+@pytest.mark.parametrize("call", [
+    lambda dl: format_str(dl, "%s", [[""] * 5000]),      # %s of a list: a step per element
+    lambda dl: format_str(dl, "%%" * 5000, []),          # a step per clause
+    lambda dl: b64_decode(dl, "QUFB" * 200_000),         # a chunk at a time
+    lambda dl: b64_encode(dl, b"x" * 600_000),
+])
+def test_clocked_implementations_read_the_clock(call: Callable[[float], Any]) -> None:
+    call(math.inf)
+    with pytest.raises(DeadlineExceeded):
+        call(-1.0)
+
+
+def test_chunked_base64_keeps_its_results_and_errors() -> None:
+    data = bytes(range(256)) * 3000  # several chunks
+    text = base64.b64encode(data).decode()
+    assert b64_encode(math.inf, data) == text
+    assert b64_decode(math.inf, text) == data
+    assert b64_decode(math.inf, text.rstrip("=")) == data
+    bad = text[:8] + "=" + text[9:]  # padding in the first chunk only
+    with pytest.raises(CelEvalError, match="invalid input"):
+        b64_decode(math.inf, bad)
+
+
+def test_format_keeps_its_output() -> None:
+    src = '"%s|%d|%%|%.2f|%x|%X|%s".format(["a", 7, 1.255, "hi", 255, [1, "b"]])'
+    assert ENV.compile(src).evaluate({}) == 'a|7|%|1.25|6869|FF|[1, b]'
+    assert ENV.compile('config.s.format([])').evaluate(cfg(s="ab" * 10_000)) == "ab" * 10_000
+
+
+@pytest.mark.parametrize("fmt,expected", [
+    ("%s x", False), ("100%%", False), ("%x", True), ("%.3X", True), ("%" * 100, False),
+    ("%" * 5000 + "x", True),  # too many clauses to look at: assumed
+])
+def test_hex_clause_detection(fmt: str, expected: bool) -> None:
+    assert hex_clause(fmt) is expected
+
+
+def test_quote_escapes_in_one_pass() -> None:
+    src = 'strings.quote(config.s)'
+    assert ENV.compile(src).evaluate(cfg(s='a"b\\c\n\t\a\b\f\r\v\U0001F600')) == \
+        '"a\\"b\\\\c\\n\\t\\a\\b\\f\\r\\v\U0001F600"'
+
+
+@pytest.mark.parametrize("s,n,expected", [
+    ("abc", 2, ["a", "bc"]), ("abc", 1, ["abc"]), ("abc", 3, ["a", "b", "c"]),
+    ("abc", 9, ["a", "b", "c"]), ("abc", -1, ["a", "b", "c"]), ("abc", 0, []), ("", 2, []),
+])
+def test_split_by_characters_with_a_limit(s: str, n: int, expected: list[str]) -> None:
+    assert ENV.compile(f'config.s.split("", {n})').evaluate(cfg(s=s)) == expected
