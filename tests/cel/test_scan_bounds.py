@@ -146,7 +146,7 @@ def test_hex_clause_detection(fmt: str, expected: bool) -> None:
     assert hex_clause(fmt) is expected
 
 
-def test_quote_escapes_in_one_pass() -> None:
+def test_quote_escapes_every_special_character_once() -> None:
     src = 'strings.quote(config.s)'
     assert ENV.compile(src).evaluate(cfg(s='a"b\\c\n\t\a\b\f\r\v\U0001F600')) == \
         '"a\\"b\\\\c\\n\\t\\a\\b\\f\\r\\v\U0001F600"'
