@@ -46,7 +46,7 @@ _BASE_NS: dict[str, Any] = {
     "_absorb": R.absorb, "_lerr": R.logic_err, "_rcond": R.raise_cond, "_iter": R.iter_range,
     "_pairs": R.iter_pairs, "_undeclared": R.undeclared, "_costx": R.cost_exceeded,
     "_dlx": R.deadline_exceeded, "_ovf": R.overflow, "_csz": R.size_cost,
-    "_scanu": R.scan_units,
+    "_scanu": R.scan_units, "_equ": R.eq_units,
     "_eq": S.cel_eq, "_ne": S.cel_ne, "_eqb": S.eq_bounded, "_neb": S.ne_bounded,
     "_inb": S.in_bounded, "_lt": S.lt, "_le": S.le, "_gt": S.gt, "_ge": S.ge,
     "_add": S.add, "_sub": S.sub, "_mul": S.mul, "_div": S.div, "_mod": S.mod,
@@ -749,10 +749,13 @@ class CodeGen:
             op = py.NotEq() if negate else py.Eq()
             return py.Compare(left=self.expr(a), ops=[op], comparators=[self.expr(b)])
         if self.may_hold_containers(a) or self.may_hold_containers(b):
-            # a list or map walked element by element: bounded by the deadline (stdlib)
-            self.uses_budget = True
-            return _call("_neb" if negate else "_eqb", _name("_dl"), self.expr(a),
-                         self.expr(b))
+            # a list or map walked element by element: charged by its length first (as the
+            # estimate does), bounded by the deadline as it goes (stdlib)
+            x, y = self.tmp(), self.tmp()
+            self.stmts.append(_assign(x, self.expr(a)))
+            self.stmts.append(_assign(y, self.expr(b)))
+            self.charge(_call("_equ", _name(x), _name(y)))
+            return _call("_neb" if negate else "_eqb", _name("_dl"), _name(x), _name(y))
         return _call("_ne" if negate else "_eq", self.expr(a), self.expr(b))
 
     def may_hold_containers(self, e: A.Expr) -> bool:

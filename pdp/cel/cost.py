@@ -250,6 +250,10 @@ class _Estimator:
             return 0, _ZERO if self.kind(e) in _SCALAR else sizes[0]
         if fn in ("_?._", "_[?_]", "@optelem") and e.target is None:
             return 0, sizes[0]  # the optional holds (a part of) its operand
+        if fn in ("_==_", "_!=_") and any(self.kind(a) not in _SCALAR for a in e.args) \
+                and not any(self.kind(a) in ("string", "bytes") for a in e.args):
+            # two lists or maps are compared element by element
+            return units(min(sizes[0].elems, sizes[1].elems)), _ZERO
         if fn == "@in":  # a list membership test scans the list
             return (0 if self.kind(e.args[1]) == "map" else units(sizes[1].elems)), _ZERO
         if fn in ("_&&_", "_||_", "_?_:_", "!_", "-_") or fn.startswith("_"):

@@ -117,6 +117,16 @@ def scan_units(c: Any) -> int:
     return 0
 
 
+def eq_units(a: Any, b: Any) -> int:
+    """Cost units of ``a == b`` before it runs: two lists (or two maps) of one length are
+    compared element by element (1 per 64); anything else is decided at once. (Nested
+    elements are not counted here: the walk reads the clock, stdlib.eq_bounded.)"""
+    lists = isinstance(a, list | tuple) and isinstance(b, list | tuple)
+    if (lists or (isinstance(a, dict) and isinstance(b, dict))) and len(a) == len(b):
+        return len(a) >> CHARS_PER_UNIT_SHIFT
+    return 0
+
+
 def size_cost(v: Any) -> int:
     """Cost units for a costly built-in working on ``v`` (1 per 64 elements/characters)."""
     if isinstance(v, str | bytes | list | tuple | dict):

@@ -158,3 +158,21 @@ def test_quote_escapes_every_special_character_once() -> None:
 ])
 def test_split_by_characters_with_a_limit(s: str, n: int, expected: list[str]) -> None:
     assert ENV.compile(f'config.s.split("", {n})').evaluate(cfg(s=s)) == expected
+
+
+# -- == of lists and maps ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("src", ["config.a == config.b", "config.a != config.b"])
+def test_equality_of_lists_is_charged_by_their_length(src: str) -> None:
+    small = cost(src, cfg(a=[0] * 10, b=[0] * 10))
+    assert cost(src, cfg(a=[0] * 64_000, b=[0] * 64_000)) - small >= 1000
+    assert cost(src, cfg(a=[0] * 64_000, b=[0])) == small  # lengths differ: decided at once
+    maps = cfg(a={str(i): i for i in range(64_000)}, b={str(i): i for i in range(64_000)})
+    assert cost(src, maps) - small >= 1000
+
+
+def test_equality_of_inputs_is_in_the_estimate() -> None:
+    # 1000 iterations (the assumed input size), each comparing two 1000-item lists
+    one = ENV.compile("config.a.all(x, config.b == config.c)").cost_estimate
+    assert one >= 1000 * (1 + ENV.assumed_size // 64)
+    assert ENV.compile("config.b == []").cost_estimate < 10
