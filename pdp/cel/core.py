@@ -41,7 +41,7 @@ def register_core(r: Registry) -> None:
     r.add("startsWith", "string.(string)->bool", S.starts_with)
     r.add("endsWith", "string.(string)->bool", S.ends_with)
     r.add("matches", "string.(string)->bool; string,string->bool", matches, cost=4,
-          grow=M.grow_matches)
+          grow=M.grow_matches, clocked=True)
     r.add("int", "int->int; uint->int; double->int; string->int; timestamp->int", S.to_int,
           cost=1)
     r.add("uint", "uint->uint; int->uint; double->uint; string->uint", S.to_uint, cost=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 from typing import Any
 
@@ -195,10 +196,10 @@ def test_matches_answers_the_same_through_re2s_public_api(monkeypatch: Any) -> N
 
     cases = [("abc", "b"), ("héllo", "l+o"), ("x", "^$"), ("", "^$"), ("a\nb", "a.b"),
              ("aaa", "^(a+)+$"), ("tls.insecure", "[.]insecure$")]
-    fast = [R.matches(s, p) for s, p in cases]
+    fast = [R.matches(math.inf, s, p) for s, p in cases]
     monkeypatch.setattr(R, "_FAST", False)
     R.compile_re.cache_clear()
     try:
-        assert [R.matches(s, p) for s, p in cases] == fast
+        assert [R.matches(math.inf, s, p) for s, p in cases] == fast
     finally:
         R.compile_re.cache_clear()

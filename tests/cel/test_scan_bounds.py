@@ -176,3 +176,27 @@ def test_equality_of_inputs_is_in_the_estimate() -> None:
     one = ENV.compile("config.a.all(x, config.b == config.c)").cost_estimate
     assert one >= 1000 * (1 + ENV.assumed_size // 64)
     assert ENV.compile("config.b == []").cost_estimate < 10
+
+
+# -- regular expressions built at run time ---------------------------------------------------
+
+def test_every_pattern_compile_reads_the_clock() -> None:
+    """A short pattern may take milliseconds to compile (or to refuse): ``\\pL{100}`` is 8
+    characters, charged like 8 characters. A new pattern per item: the clock is read after
+    each compile, not only when the charges reach a check point."""
+    prog = ENV.compile('config.items.all(x, "a".matches("\\\\pL{10}" + string(x)) || true)')
+    act = cfg(items=list(range(3)))
+    assert prog.evaluate(act, Budget(cost_limit=UNLIMITED)) is True
+    fresh = cfg(items=[10_000 + i for i in range(3)])  # patterns not compiled yet
+    with pytest.raises(DeadlineExceeded, match="compiling"):
+        prog.evaluate(fresh, past_deadline())
+    # cached patterns compile nothing: no clock read of their own
+    assert prog.evaluate(fresh, Budget(cost_limit=UNLIMITED)) is True
+    b = past_deadline()
+    assert prog.evaluate(fresh, b) is True
+
+
+def test_a_refused_pattern_reads_the_clock_too() -> None:
+    prog = ENV.compile('config.items.all(x, "a".matches("(" + string(x)) || true)')
+    with pytest.raises(DeadlineExceeded, match="compiling"):
+        prog.evaluate(cfg(items=[20_000]), past_deadline())
