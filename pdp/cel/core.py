@@ -38,8 +38,8 @@ def register_core(r: Registry) -> None:
     r.add("size", "string->int; bytes->int; list(A)->int; map(A,B)->int; "
           "string.()->int; bytes.()->int; list(A).()->int; map(A,B).()->int", S.size)
     r.add("contains", "string.(string)->bool", S.contains, cost=1)
-    r.add("startsWith", "string.(string)->bool", S.starts_with)
-    r.add("endsWith", "string.(string)->bool", S.ends_with)
+    r.add("startsWith", "string.(string)->bool", S.starts_with, grow=M.grow_prefix)
+    r.add("endsWith", "string.(string)->bool", S.ends_with, grow=M.grow_prefix)
     r.add("matches", "string.(string)->bool; string,string->bool", matches, cost=4,
           grow=M.grow_matches, clocked=True)
     r.add("int", "int->int; uint->int; double->int; string->int; timestamp->int", S.to_int,

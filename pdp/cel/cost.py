@@ -345,6 +345,12 @@ def _scan(est: _Estimator, e: A.Call, sz: list[Sz]) -> tuple[int, Sz]:
     return units(sz[0].chars), _ZERO
 
 
+def _prefix(est: _Estimator, e: A.Call, sz: list[Sz]) -> tuple[int, Sz]:
+    if est.literal_str(est.args(e)[1]) is not None:
+        return 0, _ZERO  # inlined, not charged (codegen.string_method)
+    return units(sz[1].chars), _ZERO
+
+
 def _each(est: _Estimator, e: A.Call, sz: list[Sz]) -> tuple[int, Sz]:
     if len(sz) == 1:
         return 1 + sz[0].elems, _ZERO
@@ -379,7 +385,7 @@ _RULES: dict[str, _Rule] = {
     "substring": _same, "base64.decode": _same, "strings.quote": _quote,
     "indexOf": _scan, "lastIndexOf": _scan, "matches": _matches, "string": _to_string,
     "bytes": _to_bytes, "base64.encode": _b64_encode,
-    "math.greatest": _each, "math.least": _each,
+    "math.greatest": _each, "math.least": _each, "startsWith": _prefix, "endsWith": _prefix,
 }
 
 

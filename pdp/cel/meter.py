@@ -205,6 +205,12 @@ def grow_scan(lim: Limits, dl: float, s: Any, *rest: Any) -> int:
     return _charge(len(s), dl) if isinstance(s, str | bytes) else 0
 
 
+def grow_prefix(lim: Limits, dl: float, s: Any, p: Any) -> int:
+    """startsWith / endsWith: compare as many characters as the prefix has (a literal
+    prefix is inlined by the code generator and not charged: its length is the policy's)."""
+    return _charge(len(p), dl) if isinstance(s, str) and isinstance(p, str) else 0
+
+
 def grow_substring(lim: Limits, dl: float, s: Any, start: Any, end: Any = None) -> int:
     if not isinstance(s, str):
         return 0

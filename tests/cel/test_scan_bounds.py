@@ -200,3 +200,13 @@ def test_a_refused_pattern_reads_the_clock_too() -> None:
     prog = ENV.compile('config.items.all(x, "a".matches("(" + string(x)) || true)')
     with pytest.raises(DeadlineExceeded, match="compiling"):
         prog.evaluate(cfg(items=[20_000]), past_deadline())
+
+
+@pytest.mark.parametrize("fn", ["startsWith", "endsWith"])
+def test_a_computed_prefix_is_charged_by_its_length(fn: str) -> None:
+    src = f"config.s.{fn}(config.p)"
+    small = cost(src, cfg(s="a", p="a"))
+    assert cost(src, cfg(s="a" * 640_000, p="a" * 640_000)) - small >= 10_000
+    assert ENV.compile(src).cost_estimate >= ENV.inputs.max_string // 64
+    # a literal prefix: its length is the policy's own, inlined and not charged
+    assert cost(f'config.s.{fn}("a")', cfg(s="a" * 640_000)) <= small
