@@ -82,6 +82,9 @@ class Settings:
     redis_pool_size: int = _s(32, "Redis connection pool size")
     counter_state_lost: str = _s("deny", "when Redis comes back without pdp's counter state:"
                                  " deny (until `pdp counters ack`) or wait (the longest window)")
+    counter_history_s: int = _s(86400, "cooldown and velocity counters keep their pushes at"
+                                " least this long (a new policy version that lengthens the"
+                                " window sees them)")
     deadline_ms: int = _s(50, "decision budget; shorter if the caller's gRPC deadline is shorter")
     step_budget_ms: int = _s(1000, "one budget for a whole CheckPushBatch step, shared fairly by"
                              " its agents (shorter if the caller's gRPC deadline is shorter)")
@@ -187,6 +190,9 @@ class Settings:
                      "audit_anchor_every_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.counter_history_s <= 366 * 86400:  # a year, as the longest window
+            raise SettingsError(f"counter_history_s: must be 0 to {366 * 86400} (a year),"
+                                f" got {self.counter_history_s}")
         if self.bulk_lane_bytes < 0:
             raise SettingsError(f"bulk_lane_bytes: must be >= 0, got {self.bulk_lane_bytes}")
         if self.counter_state_lost not in ("deny", "wait"):

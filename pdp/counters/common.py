@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from pdp.counters.model import CounterEventKind, CounterKind, CounterRule
+from pdp.counters.settings import HISTORY_MAX_ENTRIES
 
 # One letter per event kind, in key names and in the record script.
 EVENT_CODE = {
@@ -17,6 +18,24 @@ EVENT_CODE = {
 def to_ms(seconds: float) -> int:
     """Durations travel as whole milliseconds (Lua numbers are doubles; ms stay exact)."""
     return max(1, round(seconds * 1000))
+
+
+def keep_ms(rule: CounterRule, history_ms: int) -> int:
+    """How long a COOLDOWN stamp or a VELOCITY push is kept (ms): the rule's own window, or
+    longer when the store's history setting or the rule's ``history_seconds`` (another
+    version of its policy asks for more) says so. A counter once kept only its own
+    window, so a new version that lengthened it forgot the pushes between the two."""
+    window = to_ms(rule.window_seconds if rule.kind is CounterKind.VELOCITY
+                   else rule.min_interval_seconds)
+    extra = to_ms(rule.history_seconds) if rule.history_seconds > 0 else 0
+    return max(window, extra, history_ms)
+
+
+def keep_count(rule: CounterRule) -> int:
+    """How many of its newest pushes a VELOCITY set keeps at most: a verdict reads only the
+    newest ``max_count`` of them, so this bounds the set without changing any verdict of a
+    rule whose ``max_count`` is at most ``HISTORY_MAX_ENTRIES``."""
+    return max(rule.max_count, HISTORY_MAX_ENTRIES)
 
 
 def validate_items(items: Iterable[Sequence[CounterRule]], retention_seconds: int) -> None:

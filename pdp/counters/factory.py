@@ -35,6 +35,7 @@ def open_counter_store(
             clock,
             event_bucket_seconds=settings.event_bucket_seconds,
             event_retention_seconds=settings.event_retention_seconds,
+            history_seconds=settings.history_seconds,
         )
     if not settings.url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(

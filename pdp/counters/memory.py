@@ -16,6 +16,7 @@ it safe across threads.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from pdp.counters.clock import Clock, SystemClock
 from pdp.counters.common import (
     EVENT_CODE,
     distinct,
+    keep_count,
+    keep_ms,
     rollback_verdict,
     to_ms,
     validate_items,
@@ -38,7 +41,11 @@ from pdp.counters.model import (
     CounterRule,
     ReserveResult,
 )
-from pdp.counters.settings import DEFAULT_EVENT_BUCKET_SECONDS, DEFAULT_EVENT_RETENTION_SECONDS
+from pdp.counters.settings import (
+    DEFAULT_EVENT_BUCKET_SECONDS,
+    DEFAULT_EVENT_RETENTION_SECONDS,
+    DEFAULT_HISTORY_SECONDS,
+)
 from pdp.turns import Turns
 
 
@@ -60,7 +67,8 @@ class _Count:
 
 @dataclass(slots=True)
 class _Window:
-    """VELOCITY: reserve instants inside the sliding window, oldest first."""
+    """VELOCITY: reserve instants, oldest first: those inside the sliding window and, for a
+    version of the policy with a longer one, older ones (``common.keep_ms``/``keep_count``)."""
 
     times: deque[int] = field(default_factory=deque)
     expires_ms: int = 0
@@ -88,8 +96,13 @@ class MemoryCounterStore:
         event_bucket_seconds: int = DEFAULT_EVENT_BUCKET_SECONDS,
         event_retention_seconds: int = DEFAULT_EVENT_RETENTION_SECONDS,
         sweep_interval: float = 60.0,
+        history_seconds: int = DEFAULT_HISTORY_SECONDS,
     ) -> None:
+        """``history_seconds``: how long cooldown and velocity pushes are kept at least,
+        whatever the rule's window (``CounterSettings.history_seconds``)."""
         self.clock: Clock = clock or SystemClock()
+        self.history_seconds = history_seconds
+        self._history_ms = history_seconds * 1000
         self.event_bucket_seconds = event_bucket_seconds
         self.event_retention_seconds = event_retention_seconds
         self._bucket_ms = event_bucket_seconds * 1000
@@ -266,19 +279,24 @@ class MemoryCounterStore:
             interval = to_ms(rule.min_interval_seconds)
             if s is not None and now - s.t_ms < interval:
                 return messages.deny(rule, now, s.t_ms + interval - now, a=s.t_ms)
-            commits.setdefault(key, (rule, "", now + interval))
+            commits.setdefault(key, (rule, "", now + keep_ms(rule, self._history_ms)))
         elif k is CounterKind.VELOCITY:
             key = keys.velocity_key(prefix, rule.counter, rule.scope_key)
             window = to_ms(rule.window_seconds)
             w = self._get(key, _Window, now)
             times = w.times if w else deque()
-            while times and times[0] <= now - window:
+            keep = keep_ms(rule, self._history_ms)
+            while times and times[0] <= now - keep:
                 times.popleft()
-            n = len(times)
+            total = len(times)
+            # in the window: after now - window (a push exactly one window old is out)
+            n = total - bisect.bisect_right(times, now - window)
             if n >= rule.max_count:
-                retry = None if rule.max_count == 0 else times[n - rule.max_count] + window - now
+                # free again when the max_count-th newest push leaves the window
+                retry = (None if rule.max_count == 0
+                         else times[total - rule.max_count] + window - now)
                 return messages.deny(rule, now, retry, a=n)
-            commits.setdefault(key, (rule, "", now + window))
+            commits.setdefault(key, (rule, "", now + keep))
         elif k is CounterKind.ROLLBACK_RATE:
             ev = self._get(keys.events_key(prefix, rule.scope_key), _Events, now)
             buckets = {b: (c[0], c[1]) for b, c in ev.buckets.items()} if ev else {}
@@ -312,4 +330,6 @@ class MemoryCounterStore:
                 w = _Window()
                 self._data[key] = w
             w.times.append(now)
+            while len(w.times) > keep_count(rule):
+                w.times.popleft()
             w.expires_ms = expires_ms

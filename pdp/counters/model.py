@@ -150,6 +150,12 @@ class CounterRule:
     * MIN_STEP_DURATION: ``min_interval_seconds`` since the last ``STEP_ADVANCE`` event
       recorded for ``scope_key`` (normally the rollout). Read-only: reserving does not
       consume it, the rollout engine reports the advance itself.
+
+    ``history_seconds`` (COOLDOWN, VELOCITY): keep this counter's pushes at least this
+    long, beyond the rule's own window, because another version of the policy (a draft
+    that may be activated) asks for a longer one. The store keeps the longest of the
+    rule's window, this and its own ``history_seconds`` setting, so a version that
+    lengthens the window sees the pushes made before it was activated.
     """
 
     rule_id: str
@@ -162,6 +168,7 @@ class CounterRule:
     threshold_percent: float = 0.0
     min_deployments: int = 1
     counter_id: str = ""
+    history_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.rule_id:
@@ -181,6 +188,8 @@ class CounterRule:
             math.isfinite(self.min_interval_seconds) and self.min_interval_seconds >= 0.001
         ):
             raise ValueError(f"{self.rule_id}: min_interval_seconds must be > 0")
+        if not (math.isfinite(self.history_seconds) and self.history_seconds >= 0):
+            raise ValueError(f"{self.rule_id}: history_seconds must be >= 0")
         if k is CounterKind.ROLLBACK_RATE:
             if not (math.isfinite(self.threshold_percent) and self.threshold_percent >= 0):
                 raise ValueError(f"{self.rule_id}: threshold_percent must be >= 0")
@@ -203,6 +212,7 @@ class CounterRule:
         _SET(new, "threshold_percent", self.threshold_percent)
         _SET(new, "min_deployments", self.min_deployments)
         _SET(new, "counter_id", self.counter_id)
+        _SET(new, "history_seconds", self.history_seconds)
         return new
 
     @property

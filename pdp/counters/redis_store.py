@@ -71,7 +71,14 @@ from redis.exceptions import NoScriptError, RedisError
 
 from pdp.counters import keys, messages
 from pdp.counters.clock import Clock, SystemClock
-from pdp.counters.common import EVENT_CODE, distinct, to_ms, validate_items
+from pdp.counters.common import (
+    EVENT_CODE,
+    distinct,
+    keep_count,
+    keep_ms,
+    to_ms,
+    validate_items,
+)
 from pdp.counters.days import day_table
 from pdp.counters.fastredis import FastRedis, InFlight, ReplyError, arg, pack
 from pdp.counters.lateness import Lateness
@@ -87,6 +94,7 @@ from pdp.counters.model import (
 from pdp.counters.settings import (
     DEFAULT_EVENT_BUCKET_SECONDS,
     DEFAULT_EVENT_RETENTION_SECONDS,
+    DEFAULT_HISTORY_SECONDS,
     CounterSettings,
 )
 
@@ -152,6 +160,7 @@ class RedisCounterStore:
         state_lost: str = "deny",
         on_state_lost: Callable[[CounterStateChange], None] | None = None,
         on_audit_event: Callable[[dict[str, Any]], None] | None = None,
+        history_seconds: int = DEFAULT_HISTORY_SECONDS,
     ) -> None:
         """``clock`` is the sidecar's clock: used only to centre DAILY_CAP day tables.
 
@@ -167,6 +176,10 @@ class RedisCounterStore:
         ``state_lost`` (``deny`` or ``wait``), ``on_state_lost`` and ``on_audit_event``: see
         "Lost state" above. The hooks are called synchronously from the call that noticed
         the change and must not block; an exception they raise is logged and swallowed.
+
+        ``history_seconds``: how long cooldown and velocity pushes are kept at least,
+        whatever the rule's window (``CounterSettings.history_seconds``; the same in the
+        in-process store).
         """
         if state_lost not in ("deny", "wait"):
             raise ValueError(f"state_lost must be deny or wait: {state_lost!r}")
@@ -174,6 +187,8 @@ class RedisCounterStore:
         self.clock: Clock = clock or SystemClock()
         self.event_bucket_seconds = event_bucket_seconds
         self.event_retention_seconds = event_retention_seconds
+        self.history_seconds = history_seconds
+        self._history_ms = history_seconds * 1000
         self._bucket_ms = event_bucket_seconds * 1000
         self._retention_ms = event_retention_seconds * 1000
         self._offset = server_time_offset
@@ -220,6 +235,7 @@ class RedisCounterStore:
             state_lost=settings.state_lost,
             on_state_lost=on_state_lost,
             on_audit_event=on_audit_event,
+            history_seconds=settings.history_seconds,
         )
 
     # -- the interface ---------------------------------------------------------------
@@ -532,7 +548,7 @@ class RedisCounterStore:
                     shape = _shape(r)
                     i = by_shape.get(shape)
                     if i is None:
-                        d = _definition(r)
+                        d = _definition(r, self._history_ms)
                         if r.kind is CounterKind.DAILY_CAP:
                             d = (*d[:-1], tz_index.setdefault(r.timezone, len(tz_index) + 1))
                         i = def_index.get(d)
@@ -706,7 +722,8 @@ _json_str = json.encoder.encode_basestring_ascii
 def _shape(r: CounterRule) -> tuple[Any, ...]:
     """Everything of a rule that the request encodes, except its scope."""
     return (r.kind._value_, r.rule_id, r.counter_id, r.max_count, r.window_seconds,
-            r.min_interval_seconds, r.timezone, r.threshold_percent, r.min_deployments)
+            r.min_interval_seconds, r.timezone, r.threshold_percent, r.min_deployments,
+            r.history_seconds)
 
 
 def _reply_text(e: Exception) -> str:
@@ -717,13 +734,19 @@ def _reply_text(e: Exception) -> str:
 _WINDOWED = (CounterKind.VELOCITY, CounterKind.ROLLBACK_RATE)
 
 
+_KEPT = (CounterKind.COOLDOWN, CounterKind.VELOCITY)
+
+
 @functools.lru_cache(maxsize=4096)
-def _definition(r: CounterRule) -> tuple[Any, ...]:
-    """What the script needs of a rule (its scope aside); rules repeat, so cache it."""
+def _definition(r: CounterRule, history_ms: int) -> tuple[Any, ...]:
+    """What the script needs of a rule (its scope aside); rules repeat, so cache it.
+    The last entry is the time zone's index (set by the caller for DAILY_CAP)."""
     dur = r.window_seconds if r.kind in _WINDOWED else r.min_interval_seconds
+    keep = keep_ms(r, history_ms) if r.kind in _KEPT else to_ms(dur)
+    most = keep_count(r) if r.kind is CounterKind.VELOCITY else 0
     return (
         _KIND_CODE[r.kind], keys.esc(r.counter), r.max_count, to_ms(dur),
-        float(r.threshold_percent), r.min_deployments, 0,
+        float(r.threshold_percent), r.min_deployments, keep, most, 0,
     )
 
 

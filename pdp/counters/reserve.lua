@@ -17,7 +17,9 @@
 -- however often it is sent, where
 --   tzs:   per timezone in use, [bounds_ms..., labels...] (labels: one fewer than bounds)
 --   defs:  per distinct rule, [kind, counter, max_count, duration_ms, threshold,
---          min_deployments, tz index]
+--          min_deployments, keep_ms, keep_count, tz index]; keep_ms: how long a COOLDOWN
+--          stamp or VELOCITY push is kept (>= its window: another version of the policy
+--          may ask for a longer one), keep_count: the most pushes a VELOCITY set keeps
 --   items: per item, [def index, scope, def index, scope, ...]
 -- (one JSON string: far cheaper to ship and decode than thousands of ARGV entries)
 -- kinds: 1 DAILY_CAP, 2 COOLDOWN, 3 VELOCITY, 4 ROLLBACK_RATE, 5 MIN_STEP_DURATION
@@ -114,8 +116,8 @@ end
 local defs = {}
 for i, d in ipairs(req[3]) do
   defs[i] = {
-    kind = d[1], counter = d[2], max = d[3], dur = d[4], thr = d[5], min_dep = d[6], tz = d[7],
-    dur_s = int(d[4]),
+    kind = d[1], counter = d[2], max = d[3], dur = d[4], thr = d[5], min_dep = d[6],
+    keep = d[7], keep_n = d[8], tz = d[9], keep_s = int(d[7]),
   }
 end
 
@@ -173,7 +175,7 @@ end
 -- of a thousand agents on one tenant-wide cap costs a few commands, not thousands. The
 -- script is atomic: nobody else sees or changes these keys in between.
 local cap_n, cap_add, cap_ttl = {}, {}, {}
-local vel_n, vel_add, vel_ttl = {}, {}, {}
+local vel_n, vel_add, vel_ttl, vel_most = {}, {}, {}, {}
 local vel_keys, cap_keys = {}, {}
 
 local function cap_count(key)
@@ -185,11 +187,13 @@ local function cap_count(key)
   return n
 end
 
-local function vel_count(key, dur)
+-- pushes in the window: after now - dur (one exactly a window old is out); those older
+-- than the rule's keep_ms go
+local function vel_count(key, d)
   local n = vel_n[key]
   if n == nil then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - dur))
-    n = redis.call('ZCARD', key)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - d.keep))
+    n = redis.call('ZCOUNT', key, '(' .. int(now - d.dur), '+inf')
     vel_n[key] = n
   end
   return n
@@ -216,6 +220,7 @@ local function vel_flush(key)
       n = 0
     end
   end
+  redis.call('ZREMRANGEBYRANK', key, 0, int(-vel_most[key] - 1))  -- the newest keep_count stay
   redis.call('PEXPIRE', key, int(vel_ttl[key]))
   vel_add[key] = 0
 end
@@ -311,20 +316,22 @@ local function check(d, scope)
       last = tonumber(last)
       if now - last < d.dur then return { last + d.dur - now, last, 0, '' } end
     end
-    queue(2, key, d.dur_s)
+    queue(2, key, d.keep_s)
   elseif k == 3 then
     local key = key_of(d, scope, vel_key)
-    local n = vel_count(key, d.dur)
+    local n = vel_count(key, d)
     if n >= d.max then
       local retry = -1
       if d.max > 0 then
         vel_flush(key)  -- the oldest entries in force may be this call's own
-        local e = redis.call('ZRANGE', key, int(n - d.max), int(n - d.max), 'WITHSCORES')
+        -- free again when the max-th newest push leaves the window
+        local e = redis.call('ZRANGE', key, int(-d.max), int(-d.max), 'WITHSCORES')
         retry = tonumber(e[2]) + d.dur - now
       end
       return { retry, n, 0, '' }
     end
-    queue(3, key, d.dur)
+    queue(3, key, d.keep)
+    vel_most[key] = d.keep_n
   elseif k == 4 then
     local v = rollback_verdict(d, scope)
     if v then return v end
@@ -348,7 +355,7 @@ local function commit(k, key, ttl)
     cap_n[key] = cap_n[key] + 1
     cap_ttl[key] = ttl
   elseif k == 2 then
-    redis.call('SET', key, now_s, 'PX', ttl)  -- ttl: the rule's dur_s, formatted
+    redis.call('SET', key, now_s, 'PX', ttl)  -- ttl: the rule's keep_s, formatted
     cool_last[key] = now_s
   else
     if not vel_ttl[key] then vel_keys[#vel_keys + 1] = key end

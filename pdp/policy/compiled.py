@@ -56,6 +56,11 @@ class CompiledPolicy:
     #: The CEL rule's deny (or violations) expression, parsed: explanations walk it, and a
     #: rule of 1 000 nodes takes ~10 ms to parse, too long to do again inside a decision.
     rule_tree: A.Expr | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: A cooldown or velocity rule: the longest window of any version of this policy the
+    #: policy set holds (drafts, retired ones), when longer than this one's. Its counter keeps
+    #: pushes that long, so activating the longer version sees those made before
+    #: (``CounterRule.history_seconds``; set by ``PolicySet``).
+    counter_history_s: int = 0
 
     @property
     def name(self) -> str:
@@ -194,7 +199,8 @@ class CompiledPolicy:
                       else self.name)
         try:
             return self.counter.rule(f"{self.name}@v{self.policy.version}", scope_key,
-                                     counter_id=counter_id)
+                                     counter_id=counter_id,
+                                     history_seconds=0 if self.shadow else self.counter_history_s)
         except ValueError as exc:
             return str(exc)
 

@@ -39,6 +39,7 @@ class PolicySet:
         default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.policies = _with_counter_history(self.policies)
         live = [p for p in self.policies
                 if p.policy.enabled and p.policy.status is not Status.RETIRED]
         by_tenant: dict[str, list[CompiledPolicy]] = {}
@@ -110,6 +111,40 @@ class PolicySet:
 
     def all(self) -> Iterable[CompiledPolicy]:
         return [*self.builtins, *self.policies]
+
+
+#: Counter rules whose stored pushes a longer version of the same policy can use.
+_HISTORY_KINDS = ("cooldown", "velocity")
+
+
+def _window(p: CompiledPolicy) -> int:
+    spec = p.counter
+    if spec is None or spec.kind not in _HISTORY_KINDS:
+        return 0
+    return spec.window_seconds or spec.min_interval_seconds
+
+
+def _with_counter_history(policies: list[CompiledPolicy]) -> list[CompiledPolicy]:
+    """Each cooldown / velocity policy told the longest window of any version of it here
+    (same tenant, name and rule kind: any status, since a draft may be activated and a
+    retired version activated again). Its counter then keeps pushes that long, and the
+    version with the longer window, once active, sees the pushes made before it. Before,
+    pushes were kept only for the window of the version in force, so lengthening a
+    window forgot the pushes in between (the store's ``history_seconds`` covers the
+    versions pdp has not seen yet)."""
+    longest: dict[tuple[str, str, str], int] = {}
+    for p in policies:
+        if w := _window(p):
+            k = (p.policy.tenant, p.name, p.counter.kind if p.counter else "")
+            longest[k] = max(longest.get(k, 0), w)
+    if not longest:
+        return policies
+    out = []
+    for p in policies:
+        w = _window(p)
+        most = longest.get((p.policy.tenant, p.name, p.counter.kind if p.counter else ""), 0)
+        out.append(replace(p, counter_history_s=most) if w and most > w else p)
+    return out
 
 
 class _Unreadable:

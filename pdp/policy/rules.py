@@ -738,14 +738,17 @@ class CounterSpec:
             out["retry_after_s"] = f"{retry_after_s:g}"
         return out
 
-    def rule(self, rule_id: str, scope_key: str, counter_id: str) -> CounterRule:
-        """The store's rule at ``scope_key``; ValueError when the store cannot take it."""
+    def rule(self, rule_id: str, scope_key: str, counter_id: str,
+             history_seconds: int = 0) -> CounterRule:
+        """The store's rule at ``scope_key``; ValueError when the store cannot take it.
+        ``history_seconds``: see ``CompiledPolicy.counter_history_s``."""
         return CounterRule(
             rule_id=rule_id, kind=self.KINDS[self.kind], scope_key=scope_key,
             max_count=self.max_count, window_seconds=float(self.window_seconds),
             min_interval_seconds=float(self.min_interval_seconds), timezone=self.timezone,
             threshold_percent=self.threshold_percent,
-            min_deployments=max(1, self.min_deployments), counter_id=counter_id)
+            min_deployments=max(1, self.min_deployments), counter_id=counter_id,
+            history_seconds=float(history_seconds))
 
     @classmethod
     def parse_scope(cls, p: Params, default: str) -> tuple[str, str | None]:

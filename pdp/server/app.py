@@ -102,7 +102,8 @@ def open_counters(settings: Settings, telemetry: DecisionTelemetry = NO_TELEMETR
         CounterSettings(url=settings.redis_url, cluster=settings.redis_cluster,
                         connect_timeout=timeout, op_timeout=max(1.0, timeout),
                         pool_size=settings.redis_pool_size,
-                        state_lost=settings.counter_state_lost),
+                        state_lost=settings.counter_state_lost,
+                        history_seconds=settings.counter_history_s),
         on_state_lost=lambda change: telemetry.record_counter_error(
             change.tenant, "COUNTER_STATE_LOST"),
         on_audit_event=emit)

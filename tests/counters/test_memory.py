@@ -29,7 +29,8 @@ async def test_nothing_is_left_behind_once_windows_pass() -> None:
 
 async def test_periodic_sweep_bounds_memory_without_explicit_calls() -> None:
     clock = ManualClock(T0)
-    store = MemoryCounterStore(clock, sweep_interval=60)
+    # no history beyond the rule's window (cooldowns are otherwise kept a day by default)
+    store = MemoryCounterStore(clock, sweep_interval=60, history_seconds=0)
     for i in range(1000):
         rule = CounterRule("d", CounterKind.COOLDOWN, f"agent:{i}", min_interval_seconds=10)
         await store.reserve("t", [rule], timeout=1)

@@ -163,6 +163,7 @@ async def test_keys_expire_for_real(redis_srv: RedisServer, raw: aioredis.Redis)
         redis_srv.url,
         event_bucket_seconds=1,
         event_retention_seconds=1,
+        history_seconds=1,  # cooldown and velocity pushes kept 1 s (as their windows)
         server_time_offset=lambda: utc_midnight - 1.2 - time.time(),  # 1.2 s before midnight
         clock=SystemClock(utc_midnight - 1.2 - time.time()),
     )
