@@ -117,17 +117,31 @@ def evaluate(policies: str | Path, request: str | Path, *, explain: bool = False
 
 
 def _reason(r: Any) -> dict[str, Any]:
-    return {"policy": r.policy or "system", "version": r.version, "code": str(r.code),
-            "message": r.message}
+    """A reason as the server answers it, with its retry hint (``retry_after_s``, when the
+    rule gives one: the server's ``retry_after``); without it, a DST edge probed with
+    ``--now`` could not be checked offline."""
+    out = {"policy": r.policy or "system", "version": r.version, "code": str(r.code),
+           "message": r.message}
+    if r.retry_after_s is not None:
+        out["retry_after_s"] = r.retry_after_s
+    return out
+
+
+def _retry(r: dict[str, Any]) -> str:
+    from pdp.counters.messages import human_duration
+
+    s = r.get("retry_after_s")
+    return "" if s is None else f" (retry after {human_duration(s)})"
 
 
 def render(result: dict[str, Any]) -> str:
     lines = ["ALLOW" if result["allowed"] else "DENY"]
     for r in result["reasons"]:
-        lines.append(f"  deny: [{r['policy']} v{r['version']}] {r['code']}: {r['message']}")
+        lines.append(f"  deny: [{r['policy']} v{r['version']}] {r['code']}: {r['message']}"
+                     f"{_retry(r)}")
     for r in result["shadow_denies"]:
         lines.append(f"  would deny (draft): [{r['policy']} v{r['version']}] {r['code']}:"
-                     f" {r['message']}")
+                     f" {r['message']}{_retry(r)}")
     lines.append("policies:")
     width = max((len(n) for n in result["policies"]), default=0)
     for name, verdict in result["policies"].items():
