@@ -188,20 +188,29 @@ local function cap_count(key)
 end
 
 -- pushes in the window: after now - dur (one exactly a window old is out); those older
--- than the rule's keep_ms go
+-- than the rule's keep_ms go. The count is kept for the call (this call's own pushes added
+-- as they are committed) and worked out again for a rule with another window on the same
+-- key (two versions of one counter), once this call's pushes are written.
+local vel_dur, vel_keep = {}, {}
+local vel_flush
 local function vel_count(key, d)
-  local n = vel_n[key]
-  if n == nil then
+  if vel_keep[key] == nil or d.keep < vel_keep[key] then  -- (once per key and keep)
     redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - d.keep))
+    vel_keep[key] = d.keep
+  end
+  local n = vel_n[key]
+  if n == nil or vel_dur[key] ~= d.dur then
+    if n ~= nil then vel_flush(key) end
     n = redis.call('ZCOUNT', key, '(' .. int(now - d.dur), '+inf')
     vel_n[key] = n
+    vel_dur[key] = d.dur
   end
   return n
 end
 
 -- Members are "<now>.<seq>": unique within a call; members of an earlier call in the same
 -- millisecond are skipped over (NX plus the highest seq already stored at this score).
-local function vel_flush(key)
+vel_flush = function(key)
   local k = vel_add[key] or 0
   if k == 0 then return end
   local seq = 0

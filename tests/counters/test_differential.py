@@ -29,6 +29,7 @@ from tests.counters.conftest import T0, new_tenant
 from tests.support.procs import RedisServer
 
 BUCKET, RETENTION = 7, 400
+HISTORY = 400  # s: past any program's span (keys expire on Redis's real clock, not the test's)
 
 RULES = [
     CounterRule("cap", CounterKind.DAILY_CAP, "tenant:t", max_count=6, timezone="Asia/Kolkata"),
@@ -39,6 +40,14 @@ RULES = [
     CounterRule("rb", CounterKind.ROLLBACK_RATE, "group:g", window_seconds=30.5,
                 threshold_percent=40, min_deployments=2),
     CounterRule("step", CounterKind.MIN_STEP_DURATION, "rollout:r", min_interval_seconds=6.5),
+    # other versions of counters above (the same counter_id, another window): the stores
+    # keep pushes for HISTORY, longer than any window here, so each sees the other's
+    CounterRule("cool-a@v2", CounterKind.COOLDOWN, "agent:a", min_interval_seconds=12.5,
+                counter_id="cool-a"),
+    CounterRule("vel@v2", CounterKind.VELOCITY, "tenant:t", max_count=5, window_seconds=25.5,
+                counter_id="vel"),
+    CounterRule("vel@v3", CounterKind.VELOCITY, "tenant:t", max_count=2, window_seconds=3.5,
+                counter_id="vel"),
 ]
 SCOPES = ["group:g", "rollout:r", "tenant:t"]
 
@@ -68,10 +77,12 @@ def same(a: ReserveResult, b: ReserveResult) -> bool:
 
 async def _run(url: str, program: list[tuple]) -> None:  # type: ignore[type-arg]
     clock = ManualClock(T0)
-    mem = MemoryCounterStore(clock, event_bucket_seconds=BUCKET, event_retention_seconds=RETENTION)
+    mem = MemoryCounterStore(clock, event_bucket_seconds=BUCKET, event_retention_seconds=RETENTION,
+                             history_seconds=HISTORY)
     red = RedisCounterStore(
         make_client(CounterSettings(url=url)), clock=clock, event_bucket_seconds=BUCKET,
         event_retention_seconds=RETENTION, server_time_offset=lambda: clock.now() - time.time(),
+        history_seconds=HISTORY,
     )
     tenant = new_tenant()
     try:

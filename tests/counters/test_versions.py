@@ -162,3 +162,21 @@ def test_rule_history_is_validated() -> None:
 
 def test_memory_store_history_setting() -> None:
     assert MemoryCounterStore(history_seconds=60).history_seconds == 60
+
+
+async def test_two_windows_of_one_counter_in_one_call(backend: Backend) -> None:
+    """Each rule counts its own window, even when two versions of one counter meet in one
+    call (Redis once kept the first rule's count for the key for the whole call)."""
+    b = backend
+    for _ in range(3):
+        assert (await reserve(b, vel(3, 10, 1))).allowed
+        b.clock.advance(MIN)
+    b.clock.advance(17 * MIN)  # pushes at 0, 1, 2 minutes; now 20 minutes
+    assert (await reserve(b, vel(5, 60, 2), vel(2, 5, 3))).allowed  # 3 of 5; 0 of 2
+    r = await reserve(b, vel(9, 60, 2), vel(1, 5, 3))  # 4 of 9; 1 of 1
+    assert not r.allowed and r.denied_rule_id == "vel@v3" and "(1 in the window)" in r.message
+    res = await b.store.reserve_batch(b.tenant, [[vel(5, 60, 2)], [vel(2, 5, 3)],
+                                                 [vel(5, 60, 2)]], timeout=2.0)
+    # 4 in the hour: the first takes the 5th; v3 sees 2 in 5 minutes; then 5 of 5
+    assert [x.allowed for x in res] == [True, False, False]
+    assert "(2 in the window)" in res[1].message and "(5 in the window)" in res[2].message
