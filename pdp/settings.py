@@ -82,7 +82,7 @@ class Settings:
     redis_pool_size: int = _s(32, "Redis connection pool size")
     counter_state_lost: str = _s("deny", "when Redis comes back without pdp's counter state:"
                                  " deny (until `pdp counters ack`) or wait (the longest window)")
-    counter_history_s: int = _s(86400, "cooldown and velocity counters keep their pushes at"
+    counter_history_s: int = _s(7 * 86400, "cooldown and velocity counters keep their pushes at"
                                 " least this long (a new policy version that lengthens the"
                                 " window sees them)")
     deadline_ms: int = _s(50, "decision budget; shorter if the caller's gRPC deadline is shorter")

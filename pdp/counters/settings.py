@@ -11,7 +11,7 @@ STATE_LOST_MODES = ("deny", "wait")
 #: the rule in force: a new version of a policy that lengthens the window (up to this) sees
 #: the pushes made before it. One timestamp per cooldown scope; velocity sets are also held
 #: to HISTORY_MAX_ENTRIES (below), so memory stays bounded.
-DEFAULT_HISTORY_SECONDS = 86400
+DEFAULT_HISTORY_SECONDS = DEFAULT_EVENT_RETENTION_SECONDS  # a week, as reported events
 #: A velocity set keeps, beyond its window, at most this many of its newest pushes (or the
 #: rule's max_count, if larger): a verdict needs only the newest max_count pushes, so a
 #: lengthened window is judged exactly for any max_count up to this.

@@ -18,6 +18,7 @@ from tests.counters.test_contract import SLACK, cap, reserve
 
 MIN = 60.0
 DAY = 86400.0
+WEEK = 7 * DAY
 
 
 def cool(minutes: float, version: int, *, history: float = 0.0,
@@ -87,30 +88,32 @@ async def test_a_shorter_velocity_window_counts_only_its_own(backend: Backend) -
 
 
 async def test_history_is_bounded_by_the_store_setting(backend: Backend) -> None:
-    """Pushes are kept for the store's history (a day by default) or the rule's window if
+    """Pushes are kept for the store's history (a week by default) or the rule's window if
     longer, and no longer: the keys still expire (memory and Redis stay bounded)."""
     b = backend
-    assert getattr(b.store, "history_seconds", None) == DAY
+    assert getattr(b.store, "history_seconds", None) == WEEK
     assert (await reserve(b, cool(10, 1), vel(3, 10, 1))).allowed
-    assert (await reserve(b, cool(3 * 24 * 60, 1, scope="agent:a2"))).allowed
+    assert (await reserve(b, cool(9 * 24 * 60, 1, scope="agent:a2"))).allowed
     ttls = {k.split(":")[-1]: t for k, t in (await b.key_ttls()).items()
             if ":cool:" in k or ":vel:" in k}
-    assert ttls == {"agent%3Aa1": pytest.approx(DAY, abs=SLACK),
-                    "tenant%3At": pytest.approx(DAY, abs=SLACK),
-                    "agent%3Aa2": pytest.approx(3 * DAY, abs=SLACK)}
-    b.clock.advance(DAY - 10)
-    assert not (await reserve(b, cool(2 * 24 * 60, 2))).allowed
+    assert ttls == {"agent%3Aa1": pytest.approx(WEEK, abs=SLACK),
+                    "tenant%3At": pytest.approx(WEEK, abs=SLACK),
+                    "agent%3Aa2": pytest.approx(9 * DAY, abs=SLACK)}
+    b.clock.advance(WEEK - 10)
+    r = await reserve(b, cool(8 * 24 * 60, 2))
+    assert not r.allowed
+    assert r.retry_after_seconds == pytest.approx(DAY + 10, abs=SLACK)
 
 
 async def test_a_rule_asks_for_a_longer_history(backend: Backend) -> None:
     """``history_seconds`` on the rule (the engine sets it when another version of the
-    policy, e.g. a draft, has a longer window) keeps the push past the store's day."""
+    policy, e.g. a draft, has a longer window) keeps the push past the store's week."""
     b = backend
-    assert (await reserve(b, cool(10, 1, history=3 * DAY))).allowed
+    assert (await reserve(b, cool(10, 1, history=10 * DAY))).allowed
     ttl = next(t for k, t in (await b.key_ttls()).items() if ":cool:" in k)
-    assert ttl == pytest.approx(3 * DAY, abs=SLACK)
-    b.clock.advance(2 * DAY)
-    r = await reserve(b, cool(3 * 24 * 60, 2))
+    assert ttl == pytest.approx(10 * DAY, abs=SLACK)
+    b.clock.advance(9 * DAY)
+    r = await reserve(b, cool(10 * 24 * 60, 2))
     assert not r.allowed
     assert r.retry_after_seconds == pytest.approx(DAY, abs=SLACK)
 
