@@ -57,7 +57,7 @@ class CompiledPolicy:
     #: rule of 1 000 nodes takes ~10 ms to parse, too long to do again inside a decision.
     rule_tree: A.Expr | None = dataclasses.field(default=None, compare=False, repr=False)
     #: A cooldown or velocity rule: the longest window of any version of this policy the
-    #: policy set holds (drafts, retired ones), when longer than this one's. Its counter keeps
+    #: policy set holds (its drafts), when longer than this one's. Its counter keeps
     #: pushes that long, so activating the longer version sees those made before
     #: (``CounterRule.history_seconds``; set by ``PolicySet``).
     counter_history_s: int = 0

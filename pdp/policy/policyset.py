@@ -126,8 +126,8 @@ def _window(p: CompiledPolicy) -> int:
 
 def _with_counter_history(policies: list[CompiledPolicy]) -> list[CompiledPolicy]:
     """Each cooldown / velocity policy told the longest window of any version of it here
-    (same tenant, name and rule kind: any status, since a draft may be activated and a
-    retired version activated again). Its counter then keeps pushes that long, and the
+    (same tenant, name and rule kind, whatever its status: a draft may be activated; a
+    server's set holds the active and shadow versions, a policy directory may hold more). Its counter then keeps pushes that long, and the
     version with the longer window, once active, sees the pushes made before it. Before,
     pushes were kept only for the window of the version in force, so lengthening a
     window forgot the pushes in between (the store's ``history_seconds`` covers the
