@@ -50,3 +50,22 @@ async def test_an_event_key_is_forgotten_after_the_retention() -> None:
     assert not await store.record_event("t", kind, ["tenant:t"], timeout=1, event_key="k")
     clock.advance(2)
     assert await store.record_event("t", kind, ["tenant:t"], timeout=1, event_key="k")
+
+
+async def test_window_edges_are_exact() -> None:
+    """A velocity push exactly a window old has left the window, and a cooldown is over
+    exactly its interval after the push: a retry hint is neither early nor late (the Redis
+    script compares the same way: ZCOUNT from ``(now - window``, ``now - last < interval``)."""
+    clock = ManualClock(T0)
+    store = MemoryCounterStore(clock)
+    vel = CounterRule("v", CounterKind.VELOCITY, "tenant:t", max_count=1, window_seconds=60)
+    cool = CounterRule("c", CounterKind.COOLDOWN, "agent:a", min_interval_seconds=60)
+    assert (await store.reserve("t", [vel], timeout=1)).allowed
+    assert (await store.reserve("t", [cool], timeout=1)).allowed
+    clock.advance(59.999)
+    for rule in (vel, cool):
+        r = await store.reserve("t", [rule], timeout=1)
+        assert not r.allowed and r.retry_after_seconds == 0.001, r
+    clock.advance(0.001)
+    assert (await store.reserve("t", [vel], timeout=1)).allowed
+    assert (await store.reserve("t", [cool], timeout=1)).allowed
