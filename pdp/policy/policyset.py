@@ -127,11 +127,11 @@ def _window(p: CompiledPolicy) -> int:
 def _with_counter_history(policies: list[CompiledPolicy]) -> list[CompiledPolicy]:
     """Each cooldown / velocity policy told the longest window of any version of it here
     (same tenant, name and rule kind, whatever its status: a draft may be activated; a
-    server's set holds the active and shadow versions, a policy directory may hold more). Its counter then keeps pushes that long, and the
-    version with the longer window, once active, sees the pushes made before it. Before,
-    pushes were kept only for the window of the version in force, so lengthening a
-    window forgot the pushes in between (the store's ``history_seconds`` covers the
-    versions pdp has not seen yet)."""
+    server's set holds the active and shadow versions). Its counter then keeps pushes that
+    long, and the version with the longer window, once active, sees the pushes made
+    before it. Before, pushes were kept only for the window of the version in force, so
+    lengthening a window forgot the pushes in between (the store's ``history_seconds``
+    covers the versions pdp has not seen yet)."""
     longest: dict[tuple[str, str, str], int] = {}
     for p in policies:
         if w := _window(p):
