@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -70,7 +69,9 @@ class _Window:
     """VELOCITY: reserve instants, oldest first: those inside the sliding window and, for a
     version of the policy with a longer one, older ones (``common.keep_ms``/``keep_count``)."""
 
-    times: deque[int] = field(default_factory=deque)
+    # A list, not a deque: the window's edge is found by bisection, and indexing the middle
+    # of a deque is not O(1) (a set may hold HISTORY_MAX_ENTRIES pushes).
+    times: list[int] = field(default_factory=list)
     expires_ms: int = 0
 
 
@@ -284,10 +285,11 @@ class MemoryCounterStore:
             key = keys.velocity_key(prefix, rule.counter, rule.scope_key)
             window = to_ms(rule.window_seconds)
             w = self._get(key, _Window, now)
-            times = w.times if w else deque()
+            times = w.times if w else []
             keep = keep_ms(rule, self._history_ms)
-            while times and times[0] <= now - keep:
-                times.popleft()
+            old = bisect.bisect_right(times, now - keep)
+            if old:
+                del times[:old]
             total = len(times)
             # in the window: after now - window (a push exactly one window old is out)
             n = total - bisect.bisect_right(times, now - window)
@@ -330,6 +332,7 @@ class MemoryCounterStore:
                 w = _Window()
                 self._data[key] = w
             w.times.append(now)
-            while len(w.times) > keep_count(rule):
-                w.times.popleft()
+            extra = len(w.times) - keep_count(rule)
+            if extra > 0:
+                del w.times[:extra]
             w.expires_ms = expires_ms
