@@ -5,13 +5,19 @@ the writer closed it, with no warning."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 from pathlib import Path
 
+import pytest
+
 from pdp.audit import AuditLog, AuditSettings
+from pdp.audit.sinks.file import AuditFileError, Ledger
 from pdp.audit.verify import verify_paths
 from tests.audit.test_log_basic import read_records
+from tests.support.wait import DEADLINE_S
 
 
 async def test_a_removed_audit_file_is_put_back_with_every_record(
@@ -73,3 +79,50 @@ async def test_a_file_removed_while_idle_is_put_back_at_shutdown(
     assert log.file_trouble is not None and "not the file being written" in log.file_trouble
     await log.close()
     assert [r["event"]["i"] for r in read_records(path)] == [0, 1, 2]
+
+
+
+async def _emit_all(log: AuditLog, numbers: range) -> None:
+    """emit_durable each, within the tests' deadline (a writer that can never write again
+    would otherwise hold the test until pytest's own timeout)."""
+    for i in numbers:
+        await asyncio.wait_for(log.emit_durable({"type": "Test", "tenant": "t", "i": i}),
+                               DEADLINE_S)
+
+
+async def test_the_audit_directory_removed_is_made_again_with_every_record(
+        settings: AuditSettings) -> None:
+    """``rm -rf`` of the audit directory while pdp writes: the file could not be put back
+    (no directory to put it in), every later write failed, and closing lost every record,
+    those written before the removal included. Now the directory is made again, the file
+    put back, and the writer's lock taken again (a second writer stays out)."""
+    path = Path(settings.path)
+    log = AuditLog(settings)
+    await log.start()
+    try:
+        await _emit_all(log, range(5))
+        shutil.rmtree(path.parent)
+        await _emit_all(log, range(5, 10))
+        assert log.file_trouble is not None and "made again" in log.file_trouble
+        with pytest.raises(AuditFileError, match="another process"):
+            Ledger(path, 1 << 20).open()
+    finally:
+        await log.close(timeout=DEADLINE_S)
+    assert [r["event"]["i"] for r in read_records(path)] == list(range(10))
+    assert verify_paths([path.parent]).ok
+
+
+async def test_the_audit_directory_moved_away_keeps_its_records_and_a_new_one_continues(
+        settings: AuditSettings) -> None:
+    path = Path(settings.path)
+    moved = path.parent.with_name("audit-old")
+    log = AuditLog(settings)
+    await log.start()
+    try:
+        await _emit_all(log, range(3))
+        os.rename(path.parent, moved)
+        await _emit_all(log, range(3, 6))
+    finally:
+        await log.close(timeout=DEADLINE_S)
+    assert [r["event"]["i"] for r in read_records(moved / path.name)] == [0, 1, 2]
+    assert [r["event"]["i"] for r in read_records(path)] == [3, 4, 5]

@@ -457,13 +457,23 @@ class Ledger:
         (a rename, logrotate without copytruncate), its records are safe where it went:
         a new file is started at the path, continuing the chain. A file put in its place
         is moved aside first, never overwritten. Logged as an error, counted, and shown in
-        the health report; one stat per batch."""
+        the health report; one stat per batch.
+
+        The directory may have gone with it (``rm -rf`` of the audit directory, or the
+        directory renamed): it is made again, else the file could never be put back and
+        every record, those already written included, would be lost at shutdown."""
         assert self._fd is not None
         now = path_identity(self.path)
         if now is not None and now == self._ident:
             return
         old = self._fd
         removed = os.fstat(old).st_nlink == 0
+        dir_made = False
+        if now is None and not self.path.parent.is_dir():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.path.parent.parent)
+            dir_made = True
+            self._relock()
         if now is not None:
             aside = self.path.with_name(f"{self.path.name}.foreign-{time.time_ns()}")
             os.rename(self.path, aside)
@@ -489,6 +499,8 @@ class Ledger:
                     " file continues the chain")
         if aside is not None:
             what += f"; the file found in its place was moved to {aside.name}"
+        if dir_made:
+            what += f"; its directory {self.path.parent} was gone and was made again"
         self.replaced += 1
         self.last_replaced = f"audit file {self.path} was {what}"
         log.error("audit_file_replaced", path=str(self.path), what=what, times=self.replaced)
@@ -497,6 +509,21 @@ class Ledger:
             os.close(old)
         self._open_active()
         fsync_dir(self.path.parent)
+
+    def _relock(self) -> None:
+        """Take the writer's lock again on a new ``<file>.lock`` (the old one went with the
+        directory): else a second writer could start on this ledger and fork its chain."""
+        lock = self.path.with_name(self.path.name + ".lock")
+        lfd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(lfd)
+            log.error("audit_lock_not_retaken", path=str(lock), error=str(exc))
+            return
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._lock_fd = lfd
 
     def room(self) -> int:
         """Bytes the active file takes before it rotates."""
