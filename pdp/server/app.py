@@ -471,6 +471,12 @@ def _audit_service(audit: AuditLog) -> audit_pb2_grpc.AuditServiceServicer:
     return AuditService(audit)
 
 
+#: Drain: the server stops once no call has reached it for this long (see wait_quiet), and
+#: waits at most DRAIN_QUIET_MAX_S (within the grace period) for such a pause.
+DRAIN_QUIET_S = 0.1
+DRAIN_QUIET_MAX_S = 5.0
+
+
 async def stop(running: Running, grace_s: float) -> None:
     """Drain, then close. Calls already being handled get their real answer; calls that
     start from now on are refused with UNAVAILABLE at once; the gRPC server is stopped only
@@ -483,6 +489,13 @@ async def stop(running: Running, grace_s: float) -> None:
     if not await running.edges.wait_idle(grace_s):
         log.warning("drain_timeout", grace_s=grace_s, in_flight=running.edges.in_flight,
                     effect="the calls still in flight are cancelled")
+    else:
+        # calls received but still queued in gRPC: refused one by one, not reset by stop()
+        quiet = await running.edges.wait_quiet(
+            DRAIN_QUIET_S, min(DRAIN_QUIET_MAX_S, max(0.0, until - loop.time())))
+        if not await running.edges.wait_idle(max(0.0, until - loop.time())) or not quiet:
+            log.warning("drain_timeout", grace_s=grace_s, in_flight=running.edges.in_flight,
+                        effect="calls still arriving or in flight are cancelled")
     await running.server.stop(max(0.0, until - loop.time()))
     await running.lag.stop()
     WATCH.stop()

@@ -148,6 +148,7 @@ class EdgeInterceptor(WrappingInterceptor):
         self._drained = asyncio.Event()  # set once draining starts
         self._idle = asyncio.Event()
         self._idle.set()
+        self.arrivals = 0  # counted calls that reached the edge, refused ones included
         super().__init__()
 
     def drain(self) -> None:
@@ -165,6 +166,26 @@ class EdgeInterceptor(WrappingInterceptor):
             return False
         return True
 
+    async def wait_quiet(self, quiet_s: float, timeout: float) -> bool:
+        """True once no counted call has reached the edge for ``quiet_s``; False if
+        ``timeout`` ran out first.
+
+        Why, after ``wait_idle``: calls the server has received but not yet handed to a
+        handler (a backlog while the event loop was busy, e.g. under a flood of steps) are
+        in gRPC's queue, not in flight. Stopping the gRPC server resets every one of them
+        (the caller sees CANCELLED, not "retry elsewhere"), so the server stays up until
+        they have all come through here and been refused UNAVAILABLE, each at once."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout
+        while True:
+            seen = self.arrivals
+            left = until - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(quiet_s, left))
+            if self.arrivals == seen:
+                return True
+
     def _enter(self) -> None:
         self.in_flight += 1
         self._idle.clear()
@@ -181,6 +202,8 @@ class EdgeInterceptor(WrappingInterceptor):
                   "response_serializer": handler.response_serializer}
 
         async def admit(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> None:
+            if counted:
+                self.arrivals += 1
             if counted and self.draining:
                 log.debug("call_refused", method=method, reason="draining")
                 await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)

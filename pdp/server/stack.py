@@ -107,6 +107,7 @@ class ServerStack(WrappingInterceptor):
             turn = False
             try:
                 # the edge: draining, undecodable or over-limit requests
+                edges.arrivals += 1  # (a drain waits for these to stop: wait_quiet)
                 if edges.draining:
                     log.debug("call_refused", method=method, reason="draining")
                     await end(context, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)

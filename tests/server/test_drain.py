@@ -5,7 +5,10 @@ out the grace period."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -13,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdp.client import push_request
+from pdp.server.edges import SHUTTING_DOWN
 from pdp.v1 import audit_pb2 as apb
 from pdp.v1 import audit_pb2_grpc
 from pdp.v1 import common_pb2 as cpb
@@ -100,5 +104,55 @@ def test_sigterm_answers_calls_in_flight_and_refuses_later_ones(tmp_path: Path) 
         asyncio.run(main())
         assert '"stopped"' in server.log()
         assert "drain_timeout" not in server.log()
+    finally:
+        server.stop()
+
+
+def _received_bytes(port: int) -> int:
+    """Bytes waiting in the server's side of its TCP connections on ``port`` (Linux's
+    /proc: gRPC's sockets are dual-stack, so they are listed under tcp6)."""
+    waiting = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01":  # ESTABLISHED
+                waiting += int(fields[4].split(":")[1], 16)
+    return waiting
+
+
+def test_calls_queued_at_sigterm_are_refused_not_reset(tmp_path: Path) -> None:
+    """Calls the server has received but not yet handed to a handler when SIGTERM comes (a
+    backlog: here the process is stopped while they arrive) are refused UNAVAILABLE, "retry
+    on another instance", each at once. Before, stopping the gRPC server reset them all:
+    299 of 300 ended CANCELLED, which callers do not retry elsewhere."""
+    server = PdpServer(tmp_path, args=["--shutdown-grace-s", "600"]).start()
+    assert server.proc is not None
+    try:
+        async def main() -> list[object]:
+            assert server.proc is not None
+            async with grpc.aio.insecure_channel(server.address) as ch:
+                stub = dgrpc.DecisionServiceStub(ch)
+                await stub.CheckPush(push_request("acme", "first", config_yaml="a: 1"),
+                                     timeout=PATIENCE_S)  # the connection is up
+                os.kill(server.proc.pid, signal.SIGSTOP)
+                try:
+                    calls = [asyncio.ensure_future(stub.CheckPush(
+                        push_request("acme", f"agent-{i}", config_yaml="a: 1"),
+                        timeout=PATIENCE_S)) for i in range(300)]
+
+                    async def on_the_server() -> bool:
+                        return _received_bytes(server.port) > 0
+                    await until(on_the_server, "the calls to reach the server's socket")
+                    server.proc.send_signal(signal.SIGTERM)
+                finally:
+                    os.kill(server.proc.pid, signal.SIGCONT)
+                return await asyncio.gather(*calls, return_exceptions=True)
+
+        outcomes = asyncio.run(main())
+        assert server.proc.wait(timeout=PATIENCE_S) == 0
+        ends = Counter("answered" if not isinstance(o, grpc.aio.AioRpcError)
+                       else f"{o.code().name}: {o.details()}" for o in outcomes)
+        assert set(ends) <= {"answered", f"UNAVAILABLE: {SHUTTING_DOWN}"}, ends
     finally:
         server.stop()
