@@ -10,8 +10,13 @@ everything is consumed the file is truncated, so a healthy spool costs nothing o
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("pdp.audit")
 
 
 class Spool:
@@ -19,6 +24,7 @@ class Spool:
         self.path = Path(path)
         self.fsync = fsync
         self._fd: int | None = None
+        self._ident: tuple[int, int] | None = None  # (device, inode) of the open file
         self._size = 0
         self._read_off = 0
         self.pending = 0
@@ -30,7 +36,9 @@ class Spool:
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        st = os.fstat(self._fd)
+        self._ident = (st.st_dev, st.st_ino)
+        self._size = st.st_size
         self._read_off = 0
         self.pending = 0
         if self._size:
@@ -60,6 +68,8 @@ class Spool:
             return
         if self._fd is None:
             self.open()
+        else:
+            self._check_in_place()
         assert self._fd is not None
         data = b"".join(ln if ln.endswith(b"\n") else ln + b"\n" for ln in lines)
         view = memoryview(data)
@@ -79,6 +89,7 @@ class Spool:
         """Up to ``max_lines`` lines from the front, not consumed."""
         if self.pending == 0 or self._fd is None:
             return []
+        self._check_in_place()
         out: list[bytes] = []
         with open(self.path, "rb") as f:
             f.seek(self._read_off)
@@ -101,6 +112,54 @@ class Spool:
             self.reset()
         else:
             self._store_offset(self._read_off)
+
+    def _check_in_place(self) -> None:
+        """The open file must still be the one at the path. Removed (its directory too: a
+        clean-up of the audit directory), lines appended to it would vanish with this
+        process, and a restart would not replay them: a silent loss. Its lines not yet
+        consumed are put back at the path (a file found there is moved aside, never
+        overwritten) and appending goes on there. One stat; appends are rare (an overflow,
+        a sink that is down)."""
+        assert self._fd is not None
+        try:
+            st = os.stat(self.path)
+            now: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now == self._ident:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if now is not None:
+            os.rename(self.path, self.path.with_name(
+                f"{self.path.name}.foreign-{time.time_ns()}"))
+        old = self._fd
+        unconsumed = b""
+        offset = self._read_off
+        while offset < self._size:
+            chunk = os.pread(old, min(1 << 20, self._size - offset), offset)
+            if not chunk:
+                break
+            unconsumed += chunk
+            offset += len(chunk)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(unconsumed)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(old)
+        self._fd = fd
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino)
+        self._size = len(unconsumed)
+        self._read_off = 0
+        self._offset_path.unlink(missing_ok=True)
+        log.error("audit_spool_replaced", path=str(self.path), pending=self.pending,
+                  what="removed or replaced while open; its pending lines were put back")
 
     @property
     def _offset_path(self) -> Path:
