@@ -57,6 +57,8 @@ log = structlog.get_logger("pdp.audit")
 CHECKPOINT = "Audit.Checkpoint"
 #: Written by the writer when, at start-up, it moved a torn final line aside.
 TORN_TAIL = "Audit.TornTail"
+#: The previous writer of the ledger did not close it (killed): written first by the next.
+UNCLEAN_SHUTDOWN = "Audit.UncleanShutdown"
 
 #: Shorter keys are refused: the MAC is only as strong as the key.
 MIN_KEY_BYTES = 16

@@ -40,7 +40,7 @@ from typing import Any
 import structlog
 
 from pdp import turns
-from pdp.audit.anchors import TORN_TAIL, Anchorer, AnchorKey
+from pdp.audit.anchors import TORN_TAIL, UNCLEAN_SHUTDOWN, Anchorer, AnchorKey
 from pdp.audit.chain import EncodedEvent, Entry, Record, encode_event
 from pdp.audit.delivery import Forwarder
 from pdp.audit.events import (
@@ -198,6 +198,17 @@ class AuditLog:
             fw.start()
             self._forwarders.append(fw)
         self._state = "running"
+        if self._ledger.unclean_shutdown:
+            # Said in the chain: a gap in the decisions (async records queued at the kill)
+            # is then explained where it is, not only in a log line that may be gone.
+            may_miss = ("records queued but not yet written when it stopped (async"
+                        " durability) may be missing" if s.durability == "async" else
+                        "no acknowledged record is missing (sync durability)")
+            log.warning("audit_unclean_shutdown", path=s.path, after_seq=head.seq,
+                        effect=may_miss)
+            self.emit({"type": UNCLEAN_SHUTDOWN, "time": format_time(None),
+                       "after_seq": head.seq, "durability": s.durability,
+                       "effect": may_miss})
         if self._ledger.torn_moved_to is not None:
             # In the chain, so verify reports it even once the fragment is gone.
             self.emit({"type": TORN_TAIL, "time": format_time(None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from pdp.audit import AuditLog, AuditSettings
-from pdp.audit.anchors import AnchorKey, read_anchors
+from pdp.audit.anchors import UNCLEAN_SHUTDOWN, AnchorKey, read_anchors
 from pdp.audit.files import ledger_files
 from pdp.audit.verify import verify_paths
 
@@ -127,3 +128,36 @@ async def test_restart_repairs_a_torn_tail(settings: AuditSettings) -> None:
     torn[0].unlink()  # even with the fragment gone, the chain still says it happened
     res = verify_paths([active.parent])
     assert any("moved a torn final line" in w for w in res.warnings), str(res)
+
+
+def _unclean_marks(active: Path) -> list[dict[str, object]]:
+    marks = []
+    for lf in ledger_files(active):
+        for line in lf.path.read_bytes().split(b"\n"):
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)["event"]
+                if event.get("type") == UNCLEAN_SHUTDOWN:
+                    marks.append(event)
+    return marks
+
+
+def test_a_restart_after_a_kill_says_so_in_the_chain(tmp_path: Path) -> None:
+    """After a kill, async records that were queued are gone and the chain showed nothing
+    of it (it verifies: they were never chained). The next start now notices that the last
+    writer never closed the ledger, and its first record says so; a clean stop does not."""
+    active = tmp_path / "audit" / "audit.jsonl"
+    spool = tmp_path / "spool"
+    acked = run_and_kill(active, spool, min_acks=100)
+    settings = AuditSettings(path=str(active), spool_dir=str(spool), instance="test")
+
+    async def start_and_stop() -> None:
+        async with AuditLog(settings) as log:
+            await log.emit_durable({"type": "Test", "tenant": "t", "i": 0})
+
+    asyncio.run(start_and_stop())
+    [mark] = _unclean_marks(active)
+    assert isinstance(mark["after_seq"], int) and mark["after_seq"] >= max(acked)
+    assert mark["durability"] == "async" and "may be missing" in str(mark["effect"])
+    asyncio.run(start_and_stop())  # after a clean stop: nothing more to say
+    assert len(_unclean_marks(active)) == 1
+    assert verify_paths([active.parent]).ok

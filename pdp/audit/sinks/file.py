@@ -76,6 +76,10 @@ class AppendResult:
         return [*self.entries, self.checkpoint] if self.checkpoint else self.entries
 
 
+#: The lock file's content while a writer has the ledger open (see Ledger.unclean_shutdown).
+_RUNNING = b"open\n"
+
+
 class Ledger:
     def __init__(self, path: str | os.PathLike[str], rotate_bytes: int,
                  anchorer: Anchorer | None = None,
@@ -101,6 +105,11 @@ class Ledger:
         self._ident: tuple[int, int] | None = None
         self._fd: int | None = None
         self._lock_fd: int | None = None
+        #: The last run on this ledger did not close it (killed, or the host went down): its
+        #: lock file still says "open". In async durability its last records, queued but
+        #: not written, may be missing: the log says so in the chain (see AuditLog.start).
+        self.unclean_shutdown = False
+        self._marked = False  # this run wrote "open" in the lock file (close clears it)
         self._size = 0
         self._first_seq: int | None = None
         #: The chain ends with a shutdown checkpoint (the last run's, or this one's).
@@ -134,10 +143,19 @@ class Ledger:
             self._open_active()
             if self.anchorer is not None:
                 self._resume_anchoring(anchored, tail)
+            self.unclean_shutdown = os.pread(lfd, len(_RUNNING), 0) == _RUNNING
+            self._mark_running(lfd)
         except BaseException:
             self.close()
             raise
         return self.head
+
+    def _mark_running(self, lfd: int) -> None:
+        """Write "open" in the lock file; ``close`` empties it once the ledger is closed."""
+        os.ftruncate(lfd, 0)
+        os.pwrite(lfd, _RUNNING, 0)
+        os.fsync(lfd)
+        self._marked = True
 
     def _check_not_anchored(self) -> None:
         """Without the key: refuse a ledger that has signed checkpoints (in its last records
@@ -324,6 +342,11 @@ class Ledger:
                 os.close(self._fd)
                 self._fd = None
         if self._lock_fd is not None:
+            if self._marked:  # a clean shutdown: the next run has nothing to report
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._lock_fd, 0)
+                    os.fsync(self._lock_fd)
+                self._marked = False
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
@@ -524,6 +547,8 @@ class Ledger:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
         self._lock_fd = lfd
+        with contextlib.suppress(OSError):
+            self._mark_running(lfd)
 
     def room(self) -> int:
         """Bytes the active file takes before it rotates."""
