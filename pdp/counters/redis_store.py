@@ -364,6 +364,25 @@ class RedisCounterStore:
         except (TimeoutError, RedisError, OSError, ReplyError):
             return False
 
+    async def eviction_policy(self, *, timeout: float = 1.0) -> str | None:
+        """Redis's ``maxmemory-policy`` (from INFO, which managed services that block CONFIG
+        still answer; on a cluster the first node's that evicts, else the first's); None
+        when it cannot be read. Anything but ``noeviction`` lets Redis drop counter keys
+        under memory pressure (the ``volatile-*`` ones too: counter keys have a TTL),
+        which reopens caps and cooldowns without a trace: the epoch marker has no TTL and
+        stays, so no loss is noticed."""
+        try:
+            async with asyncio.timeout(timeout):
+                info = await self.client.info("memory")
+        except (TimeoutError, RedisError, OSError):
+            return None
+        sections = [info] if "maxmemory_policy" in info else [
+            v for v in info.values() if isinstance(v, dict)]
+        policies = [str(v["maxmemory_policy"]) for v in sections if "maxmemory_policy" in v]
+        evicting = [p for p in policies if p != "noeviction"]
+        chosen = evicting or policies
+        return chosen[0] if chosen else None
+
     async def load_scripts(self, *, timeout: float) -> None:
         """Load the scripts now (at start-up) instead of on the first decision."""
         try:

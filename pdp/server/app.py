@@ -32,6 +32,7 @@ from pdp.audit.log import AuditLog
 from pdp.audit.settings import AuditSettings
 from pdp.cel import ProgramCache
 from pdp.counters import CounterSettings, CounterStore, open_counter_store
+from pdp.counters.redis_store import RedisCounterStore
 from pdp.engine.context import ConfigCache
 from pdp.engine.engine import Engine, EngineOptions
 from pdp.engine.shadow import ShadowOptions
@@ -311,6 +312,13 @@ async def start(settings: Settings) -> Running:
     if settings.redis_url and not await counters.ping():
         log.warning("counter_store_unreachable", redis_url=settings.redis_url,
                     effect="counter rules deny COUNTER_STORE_UNAVAILABLE until it is back")
+    elif isinstance(counters, RedisCounterStore):
+        evicts = await counters.eviction_policy()
+        if evicts is not None and evicts != "noeviction":
+            log.error("counter_store_evicts", maxmemory_policy=evicts,
+                      effect="under memory pressure Redis drops counter keys and caps,"
+                      " cooldowns and windows reopen unnoticed; set maxmemory-policy"
+                      " noeviction (a full Redis then denies COUNTER_STORE_UNAVAILABLE)")
     engine = Engine(policies, counters, audit,
                     ConfigCache(settings.config_cache_size, settings.max_config_bytes,
                                 cache_bytes=settings.config_cache_bytes,

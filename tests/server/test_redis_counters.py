@@ -19,6 +19,7 @@ from pdp.v1 import decision_pb2_grpc as dgrpc
 from tests.support.auditlog import wait_for_events
 from tests.support.pdpserver import PdpServer
 from tests.support.procs import RedisServer
+from tests.support.wait import wait_until
 
 POLICY = "tenant: acme\nname: rollout-cap\nrule: {daily_cap: {max_count: 10, scope: rollout}}\n"
 
@@ -252,3 +253,30 @@ def test_a_large_step_on_redis_reserves_every_agent_in_order(tmp_path: Path,
         assert codes(again[:700]) == {"REASON_CODE_COOLDOWN_ACTIVE"}
     finally:
         server.stop()
+
+
+def test_a_redis_that_evicts_is_named_at_start_up(tmp_path: Path) -> None:
+    """With an evicting ``maxmemory-policy`` (``volatile-lru`` is a managed-Redis default)
+    Redis drops counter keys under memory pressure while the epoch marker (no TTL) stays:
+    a used-up daily cap of 3 allowed 3 more pushes after one eviction, with nothing said.
+    pdp cannot undo that, so start-up says it, as an error, naming the setting to change;
+    a ``noeviction`` Redis gets no such line."""
+    evicting = RedisServer(None, "--maxmemory-policy", "volatile-lru").start()
+    plain = RedisServer().start()
+    try:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        [warned] = start_servers(tmp_path / "a", evicting, 1)
+        [quiet] = start_servers(tmp_path / "b", plain, 1)
+        try:
+            wait_until(lambda: "counter_store_evicts" in warned.log(), "the start-up error")
+            line = next(ln for ln in warned.log().splitlines() if "counter_store_evicts" in ln)
+            assert "volatile-lru" in line and "noeviction" in line and '"error"' in line
+            wait_until(lambda: '"started"' in quiet.log(), "the second server's start")
+            assert "counter_store_evicts" not in quiet.log()
+        finally:
+            warned.stop()
+            quiet.stop()
+    finally:
+        evicting.close()
+        plain.close()
