@@ -214,6 +214,10 @@ class RedisCounterStore:
         # when a reservation's caller gives up, on each tenant's Redis clock
         self._late = Lateness()
         self._calls = 0  # script calls made: with ``_id``, each call's id (_call_id)
+        #: Why Redis refuses writes (READONLY replica, OOM, ...), from the last script call
+        #: it answered; None once a call went through. PING still answers while Redis
+        #: refuses every reservation, so readiness asks this too (see ping).
+        self.refusing: str | None = None
 
     @classmethod
     def from_settings(
@@ -349,7 +353,9 @@ class RedisCounterStore:
         return bool(await self._run(RECORD, prefix, args, timeout))
 
     async def ping(self, *, timeout: float = 1.0) -> bool:
-        """True when Redis answers (and the scripts are loaded); never raises."""
+        """True when Redis answers (and the scripts are loaded); never raises. While the
+        last reservation was refused (``refusing``), a write is tried too: a read-only
+        replica or a Redis out of memory answers PING yet denies every counter rule."""
         try:
             async with asyncio.timeout(timeout):
                 if self._fast is not None:
@@ -360,9 +366,33 @@ class RedisCounterStore:
                     await self.client.ping()
                 if not self._loaded:
                     await self._load()
+                if self.refusing is not None:
+                    await self._probe_write()
             return True
         except (TimeoutError, RedisError, OSError, ReplyError):
             return False
+
+    async def _probe_write(self) -> None:
+        """A write that expires at once (its own key, never a counter's): raises while Redis
+        still refuses writes, clears ``refusing`` once it takes them again."""
+        key = f"pdp:{{pdp-ready}}:{self._id}"
+        try:
+            if self._fast is not None:
+                reply = await self._fast.call(pack(b"SET", key.encode(), b"1", b"PX", b"1000"))
+                if isinstance(reply, ReplyError):
+                    raise reply
+            else:
+                await self.client.set(key, "1", px=1000)
+        except (RedisError, ReplyError) as e:
+            self._note_refusal(e)
+            raise
+        self.refusing = None
+
+    def _note_refusal(self, e: Exception) -> None:
+        """Remember a reply that says Redis will not write now (see ``refusing``)."""
+        text = _reply_text(e)
+        if text.startswith(_REFUSALS):
+            self.refusing = text[:200]
 
     async def eviction_policy(self, *, timeout: float = 1.0) -> str | None:
         """Redis's ``maxmemory-policy`` (from INFO, which managed services that block CONFIG
@@ -696,7 +726,9 @@ class RedisCounterStore:
             sent = InFlight()
             try:
                 async with asyncio.timeout(timeout):
-                    return await self._fast_evalsha(fast, script, data, sent)
+                    reply = await self._fast_evalsha(fast, script, data, sent)
+                self.refusing = None
+                return reply
             except TimeoutError as e:
                 arrived, reply = await self._late_reply(sent)
                 if arrived and not isinstance(reply, ReplyError):
@@ -705,6 +737,7 @@ class RedisCounterStore:
                     f"counter store: Redis did not answer within {timeout * 1000:.0f} ms"
                 ) from e
             except ReplyError as e:
+                self._note_refusal(e)
                 raise CounterStoreUnavailable(
                     f"counter store: Redis unavailable: ResponseError: {_reply_text(e)}"
                 ) from e
@@ -713,12 +746,15 @@ class RedisCounterStore:
         try:
             async with asyncio.timeout(timeout):
                 async with self._slots:
-                    return await self._evalsha(script, key, args)
+                    reply = await self._evalsha(script, key, args)
+            self.refusing = None
+            return reply
         except TimeoutError as e:
             raise CounterStoreUnavailable(
                 f"counter store: Redis did not answer within {timeout * 1000:.0f} ms"
             ) from e
         except RedisError as e:
+            self._note_refusal(e)
             raise CounterStoreUnavailable(
                 f"counter store: Redis unavailable: {type(e).__name__}: {_reply_text(e)}"
             ) from e
@@ -727,6 +763,9 @@ class RedisCounterStore:
 
 
 _PING = pack(b"PING")
+#: Error replies of a Redis that answers but will not write (a replica, out of memory,
+#: persistence failing, too few replicas, a replica cut off from its master).
+_REFUSALS = ("READONLY", "OOM", "MISCONF", "NOREPLICAS", "MASTERDOWN")
 #: How long a timed-out call listens for its reply (see RedisCounterStore._late_reply).
 LATE_GRACE_S = 0.003
 _TIME = pack(b"TIME")

@@ -239,7 +239,10 @@ def readiness(settings: Settings, running: Running) -> ReadyFn:
                     up = await running.counters.ping()
             except TimeoutError:
                 up = False
-            out.append(("counter_store", up, "reachable" if up else "unreachable"))
+            refusing = (running.counters.refusing
+                        if isinstance(running.counters, RedisCounterStore) else None)
+            out.append(("counter_store", up, "reachable" if up else
+                        f"refusing writes: {refusing}" if refusing else "unreachable"))
         return out
     return checks
 

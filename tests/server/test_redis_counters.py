@@ -18,7 +18,7 @@ from pdp.v1 import decision_pb2 as dpb
 from pdp.v1 import decision_pb2_grpc as dgrpc
 from tests.support.auditlog import wait_for_events
 from tests.support.pdpserver import PdpServer
-from tests.support.procs import RedisServer
+from tests.support.procs import RedisServer, redis_exe
 from tests.support.wait import wait_until
 
 POLICY = "tenant: acme\nname: rollout-cap\nrule: {daily_cap: {max_count: 10, scope: rollout}}\n"
@@ -280,3 +280,29 @@ def test_a_redis_that_evicts_is_named_at_start_up(tmp_path: Path) -> None:
     finally:
         evicting.close()
         plain.close()
+
+
+def test_readiness_fails_while_redis_refuses_writes_and_recovers(
+        tmp_path: Path, redis: RedisServer) -> None:
+    """A Redis out of memory (or a read-only replica) answers PING, so /readyz said ready
+    while every counter rule denied COUNTER_STORE_UNAVAILABLE. It now names the refusal,
+    and turns ready again once a write goes through (no decision needed for that: a
+    server taken out of rotation gets none)."""
+    [server] = start_servers(tmp_path, redis, 1)
+    cli = [redis_exe("redis-cli"), "-p", str(redis.port)]
+    try:
+        with grpc.insecure_channel(server.address) as ch:
+            ask = _asker(dgrpc.DecisionServiceStub(ch))
+            assert ask().outcome == cpb.OUTCOME_ALLOW
+            subprocess.run([*cli, "CONFIG", "SET", "maxmemory", "1"], check=True,
+                           capture_output=True, timeout=30)
+            d = ask()
+            assert d.reasons[0].code == cpb.REASON_CODE_COUNTER_STORE_UNAVAILABLE
+            code, body = server.readyz()
+            assert code == 503 and "fail counter_store: refusing writes: OOM" in body, body
+            subprocess.run([*cli, "CONFIG", "SET", "maxmemory", "0"], check=True,
+                           capture_output=True, timeout=30)
+            _poll(lambda: server.readyz()[0] == 200, "ready again")
+            assert ask().outcome == cpb.OUTCOME_ALLOW
+    finally:
+        server.stop()
