@@ -49,6 +49,7 @@ from pdp.notify.channels import (
     PagerDutyChannel,
     WebhookChannel,
     parse_channels,
+    tenant_env_prefix,
 )
 from pdp.notify.notifier import (
     BACKLOG,
@@ -98,6 +99,7 @@ __all__ = [
     "channel_key",
     "open_state",
     "parse_channels",
+    "tenant_env_prefix",
     "sign",
     "verify",
 ]

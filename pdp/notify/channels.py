@@ -11,8 +11,11 @@ A policy's ``notify:`` is a list of one-key mappings, the key naming the channel
 
 Every secret (webhook ``secret``, PagerDuty ``routing_key``, Opsgenie ``api_key``, the
 Google Chat ``url``, which embeds its key) may be given literally or, better, as
-``<field>_env: VARIABLE`` read from the environment when the policy is parsed; never one
-of pdp's own ``PDP_*`` variables (:data:`OWN_ENV_PREFIX`).
+``<field>_env: VARIABLE`` read from the environment when the policy is parsed. A policy
+reads only its own tenant's variables, named ``NOTIFY_<tenant>__<NAME>``
+(:func:`tenant_env_prefix`): the channel sends the value to the URL the policy names, so a
+policy that could read any variable could send out pdp's credentials (``PDP_*``), the
+host's (cloud keys) or another tenant's channel secrets.
 """
 
 from __future__ import annotations
@@ -36,6 +39,19 @@ _EMAIL = re.compile(r"\A[^@\s<>,;]+@[^@\s<>,;]+\Z")  # \Z: no final newline
 #: reading these would hand the operator's credentials (every tenant's store) to whoever
 #: gets one policy of one tenant activated.
 OWN_ENV_PREFIX = "PDP_"
+#: Every variable a policy may read starts with this, then its tenant (tenant_env_prefix).
+TENANT_ENV_PREFIX = "NOTIFY_"
+
+
+def tenant_env_prefix(tenant: str) -> str:
+    """``NOTIFY_<tenant>__``: the start of every variable a policy of ``tenant`` may read.
+
+    Tenant names hold letters, digits, ``_`` and ``-``; variable names (in a shell) cannot
+    hold ``-``. So ``_`` is written ``_5F`` and ``-`` ``_2D`` (``acme`` stays ``acme``,
+    ``acme-eu`` is ``acme_2Deu``): an ``_`` in the encoded name is always followed by two hex
+    digits, never by the ``__`` that ends it, so one tenant's prefix is never the start of
+    another's (``NOTIFY_acme__`` does not match ``NOTIFY_acme_2Deu__KEY``)."""
+    return (TENANT_ENV_PREFIX + tenant.replace("_", "_5F").replace("-", "_2D") + "__")
 
 
 class ChannelConfigError(ValueError):
@@ -108,7 +124,8 @@ def render_key(template: str, tenant: str, policy: str) -> str:
 class _Fields:
     """One channel's mapping being read; tracks unknown keys and builds messages."""
 
-    def __init__(self, path: str, data: object, env: Mapping[str, str]) -> None:
+    def __init__(self, path: str, data: object, env: Mapping[str, str],
+                 tenant: str | None = None) -> None:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
@@ -119,6 +136,7 @@ class _Fields:
         self.path = path
         self.data: Mapping[str, Any] = data
         self.env = env
+        self.tenant = tenant
         self.used: set[str] = set()
 
     def err(self, key: str, msg: str) -> ChannelConfigError:
@@ -141,6 +159,10 @@ class _Fields:
                 raise self.err(env_key, f"{var} is one of pdp's own variables (its settings and"
                                         " credentials); a policy may not read it: name a"
                                         " variable set for this channel")
+            if self.tenant is not None and not var.startswith(
+                    prefix := tenant_env_prefix(self.tenant)):
+                raise self.err(env_key, f"a policy of tenant {self.tenant} reads only variables"
+                                        f" named {prefix}<NAME> (its tenant's), not {var}")
             value = self.env.get(var)
             if not value:
                 raise self.err(env_key, f"environment variable {var} is not set or empty")
@@ -249,12 +271,15 @@ def _parse_one(kind: str, f: _Fields) -> Channel:
 
 
 def parse_channels(
-    data: object, *, path: str = "notify", env: Mapping[str, str] | None = None
+    data: object, *, path: str = "notify", env: Mapping[str, str] | None = None,
+    tenant: str | None = None
 ) -> list[Channel]:
     """Parse a policy's ``notify:`` value (None or a list) into channels.
 
     Raises :class:`ChannelConfigError` naming the offending entry and field. ``env``
-    defaults to ``os.environ`` (for ``*_env`` secrets).
+    defaults to ``os.environ`` (for ``*_env`` secrets). ``tenant``: the policy's; its
+    ``*_env`` may name only that tenant's variables (None: any but pdp's own, for tests of
+    the channels themselves).
     """
     if data is None:
         return []
@@ -275,5 +300,5 @@ def parse_channels(
             hint = f" (did you mean {alt}?)" if alt else ""
             raise ChannelConfigError(
                 f"{here}: unknown channel {kind!r}{hint}; known: {', '.join(CHANNEL_KINDS)}")
-        out.append(_parse_one(kind, _Fields(f"{here}.{kind}", body, environ)))
+        out.append(_parse_one(kind, _Fields(f"{here}.{kind}", body, environ, tenant)))
     return out

@@ -131,7 +131,7 @@ def parse_document(doc: Located, source: str, *,
         raise fail(("status",), f"unknown status {status_raw!r}") from None
     rule = _parse_rule(top.mapping("rule"), doc, source)
     try:
-        channels = tuple(parse_channels(data.get("notify"), path="notify"))
+        channels = tuple(parse_channels(data.get("notify"), path="notify", tenant=tenant))
     except ChannelConfigError as exc:
         raise fail(("notify",), str(exc)) from None
     top.seen.add("notify")

@@ -81,3 +81,26 @@ def test_email_to_single_string_and_path() -> None:
     assert parse_channels([{"email": {"to": "a@b.c"}}]) == [EmailChannel(to=("a@b.c",))]
     with pytest.raises(ChannelConfigError, match=r"^policies\[2\]\.notify\[0\]\.email"):
         parse_channels([{"email": {}}], path="policies[2].notify")
+
+
+def test_a_tenants_policy_reads_only_its_tenants_variables() -> None:
+    from pdp.notify import tenant_env_prefix
+
+    assert tenant_env_prefix("acme") == "NOTIFY_acme__"
+    assert tenant_env_prefix("acme-eu") == "NOTIFY_acme_2Deu__"
+    assert tenant_env_prefix("acme_eu") == "NOTIFY_acme_5Feu__"
+    env = {"NOTIFY_acme__K": "mine", "NOTIFY_acme_2Deu__K": "theirs", "HOME": "/root"}
+    hook = [{"webhook": {"url": "https://x", "secret_env": "NOTIFY_acme__K"}}]
+    [chan] = parse_channels(hook, env=env, tenant="acme")
+    assert isinstance(chan, WebhookChannel) and chan.secret == "mine"
+    for var in ("NOTIFY_acme_2Deu__K", "HOME", "NOTIFY_acme_K", "notify_acme__K"):
+        with pytest.raises(ChannelConfigError) as e:
+            parse_channels([{"webhook": {"url": "https://x", "secret_env": var}}], env=env,
+                           tenant="acme")
+        assert "reads only variables named NOTIFY_acme__<NAME>" in str(e.value), var
+    # no tenant's prefix is the start of another's: '_' is always escaped, '__' ends it
+    names = ["a", "a_", "a-", "a_5F", "a__b", "a-b", "a_b", "A", "ab"]
+    for t in names:
+        for u in names:
+            if t != u:
+                assert not tenant_env_prefix(u).startswith(tenant_env_prefix(t)), (t, u)

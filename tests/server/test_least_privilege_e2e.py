@@ -36,7 +36,8 @@ GRANTS: dict[str, dict[str, list[str]]] = {
 
 #: The server's environment: one of pdp's own variables (a client token may stay exported
 #: for `pdp serve`, README) and a channel's secret.
-ENV = {"PDP_TOKEN": "operator-token-not-for-policies", "PD_ROUTING_KEY": "acme-pd-key"}
+ENV = {"PDP_TOKEN": "operator-token-not-for-policies", "NOTIFY_acme__PD_KEY": "acme-pd-key",
+       "NOTIFY_acme_2Deu__PD_KEY": "acme-eu-pd-key", "AWS_SECRET_ACCESS_KEY": "host-secret"}
 
 
 def draft(tenant: str, name: str) -> str:
@@ -227,8 +228,21 @@ def test_a_policy_cannot_send_pdp_s_own_variables_to_its_channel(world: World,
     assert "routing_key_env" in checked.problems[0].message
 
 
+@pytest.mark.parametrize("env_var", ["AWS_SECRET_ACCESS_KEY", "NOTIFY_acme_2Deu__PD_KEY",
+                                     "NOTIFY_other__PD_KEY", "PD_KEY"])
+def test_a_policy_reads_only_its_own_tenants_variables(world: World, env_var: str) -> None:
+    """The host's credentials and another tenant's channel secret (``acme-eu``'s, whose
+    name starts like acme's) are as out of reach as pdp's own: a policy of acme reads only
+    ``NOTIFY_acme__*``."""
+    with pytest.raises(grpc.RpcError) as err:
+        world.admin.PutDraft(apb.PutDraftRequest(yaml=notifying(env_var)), timeout=30,
+                             metadata=world.md("author"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reads only variables named NOTIFY_acme__<NAME>" in (err.value.details() or "")
+
+
 def test_a_channel_still_reads_its_own_variable(world: World) -> None:
-    put = world.admin.PutDraft(apb.PutDraftRequest(yaml=notifying("PD_ROUTING_KEY")),
+    put = world.admin.PutDraft(apb.PutDraftRequest(yaml=notifying("NOTIFY_acme__PD_KEY")),
                                timeout=30, metadata=world.md("author"))
     assert put.policy.meta.version == 1
 
