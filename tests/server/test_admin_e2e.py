@@ -59,10 +59,12 @@ def start(tmp_path: Path, people: People, *extra: str, name: str = "s",
     work = tmp_path / name
     work.mkdir(exist_ok=True)
     (tmp_path / "no-policies").mkdir(exist_ok=True)
-    # No policies at first: tenant acme is decided by the built-ins until it has one.
+    # No policies at first: tenant acme is decided by the built-ins until it has one. A
+    # roomy deadline: these tests are about the lifecycle, and on a busy machine a decision
+    # past 50 ms is a DEADLINE_EXCEEDED deny where they expect the policies' answer.
     return PdpServer(work, policy_dir=tmp_path / "no-policies",
                      args=["--auth-tokens-file", str(people.file), "--unknown-tenants",
-                           unknown_tenants, *extra]).start()
+                           unknown_tenants, "--deadline-ms", "10000", *extra]).start()
 
 
 @pytest.fixture

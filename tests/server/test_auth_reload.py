@@ -108,7 +108,7 @@ def test_sighup_to_the_workers_parent_reloads_every_worker(tmp_path: Path) -> No
             # both workers serving (start() returns once one answers): a worker still
             # starting ignores SIGHUP (its default would end it) and reads the file anyway
             wait_until(lambda: srv.log().count('"event": "started"') >= 2,
-                       "both workers started")
+                       "both workers started", timeout=120)  # each imports pdp anew
             _write(path, ("kept", tokens["kept"][1]))
             _hup(srv)
             wait_until(lambda: srv.log().count("auth_reloaded") >= 2, "both workers reloaded")
