@@ -99,7 +99,7 @@ __all__ = [
     "channel_key",
     "open_state",
     "parse_channels",
-    "tenant_env_prefix",
     "sign",
+    "tenant_env_prefix",
     "verify",
 ]
