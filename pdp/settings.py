@@ -80,6 +80,9 @@ class Settings:
     redis_cluster: bool = _s(False, "the Redis URL points at a Redis Cluster")
     redis_timeout_ms: int = _s(20, "per-call Redis timeout (capped by the decision deadline)")
     redis_pool_size: int = _s(32, "Redis connection pool size")
+    redis_allow_eviction: bool = _s(False, "start although Redis may evict counter keys"
+                                    " (maxmemory set and maxmemory-policy not noeviction):"
+                                    " caps and cooldowns can then reopen unnoticed")
     counter_state_lost: str = _s("deny", "when Redis comes back without pdp's counter state:"
                                  " deny (until `pdp counters ack`) or wait (the longest window)")
     counter_history_s: int = _s(7 * 86400, "cooldown and velocity counters keep their pushes at"

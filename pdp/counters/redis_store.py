@@ -395,12 +395,13 @@ class RedisCounterStore:
             self.refusing = text[:200]
 
     async def eviction_policy(self, *, timeout: float = 1.0) -> str | None:
-        """Redis's ``maxmemory-policy`` (from INFO, which managed services that block CONFIG
-        still answer; on a cluster the first node's that evicts, else the first's); None
-        when it cannot be read. Anything but ``noeviction`` lets Redis drop counter keys
-        under memory pressure (the ``volatile-*`` ones too: counter keys have a TTL),
+        """Redis's ``maxmemory-policy`` when it may evict keys (a ``maxmemory`` is set and
+        the policy is not ``noeviction``), ``"noeviction"`` when it may not, None when it
+        cannot be read (from INFO, which managed services that block CONFIG still answer;
+        on a cluster, the first node that may evict decides). Eviction drops counter keys
+        under memory pressure (the ``volatile-*`` policies too: counter keys have a TTL),
         which reopens caps and cooldowns without a trace: the epoch marker has no TTL and
-        stays, so no loss is noticed."""
+        stays, so no loss is noticed. Without a ``maxmemory`` Redis never evicts."""
         try:
             async with asyncio.timeout(timeout):
                 info = await self.client.info("memory")
@@ -409,9 +410,12 @@ class RedisCounterStore:
         sections = [info] if "maxmemory_policy" in info else [
             v for v in info.values() if isinstance(v, dict)]
         policies = [str(v["maxmemory_policy"]) for v in sections if "maxmemory_policy" in v]
-        evicting = [p for p in policies if p != "noeviction"]
-        chosen = evicting or policies
-        return chosen[0] if chosen else None
+        evicting = [str(v["maxmemory_policy"]) for v in sections
+                    if v.get("maxmemory_policy", "noeviction") != "noeviction"
+                    and int(v.get("maxmemory", 0) or 0) > 0]
+        if evicting:
+            return evicting[0]
+        return "noeviction" if policies else None
 
     async def load_scripts(self, *, timeout: float) -> None:
         """Load the scripts now (at start-up) instead of on the first decision."""

@@ -290,6 +290,20 @@ async def start(settings: Settings) -> Running:
         policy_spans=settings.telemetry_policy_spans,
         sample_ratio=settings.telemetry_sample_ratio), registry)
     counters = open_counters(settings, telemetry, audit.emit)
+    if isinstance(counters, RedisCounterStore):
+        evicts = await counters.eviction_policy()
+        if evicts is not None and evicts != "noeviction":
+            why = (f"Redis may evict counter keys (maxmemory is set, maxmemory-policy"
+                   f" {evicts}): under memory pressure caps, cooldowns and windows would"
+                   " reopen unnoticed; set maxmemory-policy noeviction (a full Redis then"
+                   " denies COUNTER_STORE_UNAVAILABLE), or accept the risk with"
+                   " --redis-allow-eviction true")
+            if not settings.redis_allow_eviction:
+                await counters.close()
+                await store.close()
+                await audit.close()
+                raise StartupError(f"counter store: {why}")
+            log.error("counter_store_evicts", maxmemory_policy=evicts, effect=why)
     try:
         notifier = Notifier(NotifySettings(
             smtp_host=settings.notify_smtp_host, smtp_port=settings.notify_smtp_port,
@@ -315,13 +329,6 @@ async def start(settings: Settings) -> Running:
     if settings.redis_url and not await counters.ping():
         log.warning("counter_store_unreachable", redis_url=settings.redis_url,
                     effect="counter rules deny COUNTER_STORE_UNAVAILABLE until it is back")
-    elif isinstance(counters, RedisCounterStore):
-        evicts = await counters.eviction_policy()
-        if evicts is not None and evicts != "noeviction":
-            log.error("counter_store_evicts", maxmemory_policy=evicts,
-                      effect="under memory pressure Redis drops counter keys and caps,"
-                      " cooldowns and windows reopen unnoticed; set maxmemory-policy"
-                      " noeviction (a full Redis then denies COUNTER_STORE_UNAVAILABLE)")
     engine = Engine(policies, counters, audit,
                     ConfigCache(settings.config_cache_size, settings.max_config_bytes,
                                 cache_bytes=settings.config_cache_bytes,

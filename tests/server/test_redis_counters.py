@@ -19,7 +19,6 @@ from pdp.v1 import decision_pb2_grpc as dgrpc
 from tests.support.auditlog import wait_for_events
 from tests.support.pdpserver import PdpServer
 from tests.support.procs import RedisServer, redis_exe
-from tests.support.wait import wait_until
 
 POLICY = "tenant: acme\nname: rollout-cap\nrule: {daily_cap: {max_count: 10, scope: rollout}}\n"
 
@@ -255,31 +254,48 @@ def test_a_large_step_on_redis_reserves_every_agent_in_order(tmp_path: Path,
         server.stop()
 
 
-def test_a_redis_that_evicts_is_named_at_start_up(tmp_path: Path) -> None:
-    """With an evicting ``maxmemory-policy`` (``volatile-lru`` is a managed-Redis default)
-    Redis drops counter keys under memory pressure while the epoch marker (no TTL) stays:
-    a used-up daily cap of 3 allowed 3 more pushes after one eviction, with nothing said.
-    pdp cannot undo that, so start-up says it, as an error, naming the setting to change;
-    a ``noeviction`` Redis gets no such line."""
-    evicting = RedisServer(None, "--maxmemory-policy", "volatile-lru").start()
-    plain = RedisServer().start()
+def test_a_redis_that_may_evict_counter_keys_stops_the_start(tmp_path: Path) -> None:
+    """With a ``maxmemory`` and an evicting ``maxmemory-policy`` (``volatile-lru`` is a
+    managed-Redis default) Redis drops counter keys under memory pressure while the epoch
+    marker (no TTL) stays: a used-up daily cap of 3 allowed 3 more pushes after one
+    eviction, with nothing said. pdp cannot notice that, so it does not start on such a
+    Redis unless told to accept it (``--redis-allow-eviction``: it starts, and says so as an
+    error); a ``noeviction`` Redis, or one without ``maxmemory`` (it never evicts), starts
+    quietly."""
+    evicting = RedisServer(None, "--maxmemory", "64mb", "--maxmemory-policy",
+                           "volatile-lru").start()
+    unbounded = RedisServer(None, "--maxmemory-policy", "volatile-lru").start()
     try:
+        (tmp_path / "policies").mkdir()
+        (tmp_path / "policies" / "cap.yaml").write_text(POLICY)
+        work = tmp_path / "refused"
+        work.mkdir()
+        server = PdpServer(work, policy_dir=tmp_path / "policies",
+                           args=["--redis-url", evicting.url])
+        server.start(wait=False)
+        try:
+            assert server.proc is not None
+            assert server.proc.wait(timeout=60) == 2
+        finally:
+            server.stop()
+        said = server.log()
+        assert "cannot start: counter store: Redis may evict counter keys" in said, said[-2000:]
+        assert "volatile-lru" in said and "noeviction" in said and "--redis-allow-eviction" in said
+
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
-        [warned] = start_servers(tmp_path / "a", evicting, 1)
-        [quiet] = start_servers(tmp_path / "b", plain, 1)
+        [warned] = start_servers(tmp_path / "a", evicting, 1, "--redis-allow-eviction", "true")
+        [quiet] = start_servers(tmp_path / "b", unbounded, 1)
         try:
-            wait_until(lambda: "counter_store_evicts" in warned.log(), "the start-up error")
             line = next(ln for ln in warned.log().splitlines() if "counter_store_evicts" in ln)
-            assert "volatile-lru" in line and "noeviction" in line and '"error"' in line
-            wait_until(lambda: '"started"' in quiet.log(), "the second server's start")
+            assert "volatile-lru" in line and '"error"' in line
             assert "counter_store_evicts" not in quiet.log()
         finally:
             warned.stop()
             quiet.stop()
     finally:
         evicting.close()
-        plain.close()
+        unbounded.close()
 
 
 def test_readiness_fails_while_redis_refuses_writes_and_recovers(
