@@ -51,6 +51,7 @@ import structlog
 
 from pdp.audit.chain import ChainHead, canonical, loads
 from pdp.audit.events import format_time
+from pdp.audit.modes import AUDIT_FILE_MODE
 
 log = structlog.get_logger("pdp.audit")
 
@@ -219,7 +220,7 @@ class AnchorFile:
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, AUDIT_FILE_MODE)
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import structlog
 
+from pdp.audit.modes import AUDIT_FILE_MODE
+
 log = structlog.get_logger("pdp.audit")
 
 
@@ -35,7 +37,7 @@ class Spool:
         """Open (creating it) and count what a previous run left behind."""
         self.close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, AUDIT_FILE_MODE)
         st = os.fstat(self._fd)
         self._ident = (st.st_dev, st.st_ino)
         self._size = st.st_size
@@ -141,7 +143,7 @@ class Spool:
                 break
             unconsumed += chunk
             offset += len(chunk)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, AUDIT_FILE_MODE)
         try:
             view = memoryview(unconsumed)
             while view:

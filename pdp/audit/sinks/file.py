@@ -51,6 +51,7 @@ from pdp.audit.files import (
     repair_tail_to,
     rotated_path,
 )
+from pdp.audit.modes import AUDIT_FILE_MODE
 
 #: Records the start-up check reads back at least, looking for the last checkpoint.
 TAIL_MIN = 10_000
@@ -124,7 +125,7 @@ class Ledger:
         """Lock, repair a torn tail, find where the chain stands, open for appending."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = self.path.with_name(self.path.name + ".lock")
-        lfd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        lfd = os.open(lock, os.O_RDWR | os.O_CREAT, AUDIT_FILE_MODE)
         try:
             fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -305,7 +306,7 @@ class Ledger:
     def _open_active(self) -> None:
         created = not self.path.exists()
         # read-write: a file removed while open can still be read back (_check_in_place)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, AUDIT_FILE_MODE)
         st = os.fstat(self._fd)
         self._ident = (st.st_dev, st.st_ino)
         self._size = st.st_size
@@ -504,7 +505,7 @@ class Ledger:
             aside = None
         if removed:
             tmp = self.path.with_name(self.path.name + ".restoring")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, AUDIT_FILE_MODE)
             try:
                 offset = 0
                 while chunk := os.pread(old, 1 << 20, offset):
@@ -537,7 +538,7 @@ class Ledger:
         """Take the writer's lock again on a new ``<file>.lock`` (the old one went with the
         directory): else a second writer could start on this ledger and fork its chain."""
         lock = self.path.with_name(self.path.name + ".lock")
-        lfd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        lfd = os.open(lock, os.O_RDWR | os.O_CREAT, AUDIT_FILE_MODE)
         try:
             fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

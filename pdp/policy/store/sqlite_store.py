@@ -99,6 +99,11 @@ class SqlitePolicyStore(PolicyStore):
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
+            # Owner-only when pdp creates it (SQLite gives its -wal/-shm files the same
+            # mode): it holds every tenant's policies, literal notify secrets included.
+            if self.path != ":memory:" and not self.path.startswith("file:"):
+                with contextlib.suppress(OSError):  # (connect says what is wrong)
+                    os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_S, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
