@@ -3,7 +3,6 @@ built-in), tenants created by an admin, shadow drafts, hot reload, restart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -336,15 +335,6 @@ def test_restart_on_the_same_sqlite_file_keeps_the_lifecycle(tmp_path: Path,
             cpb.POLICY_STATUS_ACTIVE, "alice", "bob")
     finally:
         again.stop()
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_hot_reload_across_two_servers_sharing_redis(tmp_path: Path, people: People,

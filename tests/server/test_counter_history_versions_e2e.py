@@ -5,7 +5,6 @@ longest window of its versions), so activating the draft sees them. With
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
 
@@ -27,15 +26,6 @@ COOL = "tenant: acme\nname: cool\nrule: {{cooldown: {{minutes: {minutes}, scope:
 @pytest.fixture
 def people(tmp_path: Path) -> People:
     return People(tmp_path)
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_a_draft_with_a_longer_cooldown_keeps_the_live_pushes(

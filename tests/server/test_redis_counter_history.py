@@ -4,7 +4,6 @@ cooldown sees the push (tests/counters/test_versions.py), and it still expires."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from tests.support.pdpserver import PdpServer
 from tests.support.procs import RedisServer
 
 POLICY = "tenant: acme\nname: cool\nrule: {cooldown: {minutes: 1, scope: agent}}\n"
-
-
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.mark.parametrize("history", [None, "7200", "0"])

@@ -23,15 +23,6 @@ from tests.support.procs import RedisServer, redis_exe
 POLICY = "tenant: acme\nname: rollout-cap\nrule: {daily_cap: {max_count: 10, scope: rollout}}\n"
 
 
-@pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def start_servers(tmp_path: Path, redis: RedisServer, n: int,
                   *extra: str) -> list[PdpServer]:
     policies = tmp_path / "policies"

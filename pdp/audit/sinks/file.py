@@ -124,12 +124,9 @@ class Ledger:
     def open(self) -> ChainHead:
         """Lock, repair a torn tail, find where the chain stands, open for appending."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = self.path.with_name(self.path.name + ".lock")
-        lfd = os.open(lock, os.O_RDWR | os.O_CREAT, AUDIT_FILE_MODE)
         try:
-            fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lfd = _take_lock(self.path)
         except OSError as e:
-            os.close(lfd)
             raise AuditFileError(f"{self.path}: another process is writing this audit log") from e
         self._lock_fd = lfd
         try:
@@ -537,13 +534,11 @@ class Ledger:
     def _relock(self) -> None:
         """Take the writer's lock again on a new ``<file>.lock`` (the old one went with the
         directory): else a second writer could start on this ledger and fork its chain."""
-        lock = self.path.with_name(self.path.name + ".lock")
-        lfd = os.open(lock, os.O_RDWR | os.O_CREAT, AUDIT_FILE_MODE)
         try:
-            fcntl.flock(lfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lfd = _take_lock(self.path)
         except OSError as exc:
-            os.close(lfd)
-            log.error("audit_lock_not_retaken", path=str(lock), error=str(exc))
+            log.error("audit_lock_not_retaken", path=str(_lock_path(self.path)),
+                      error=str(exc))
             return
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -605,3 +600,19 @@ class Ledger:
                                                   self.head.hash))
         self._open_active()
         fsync_dir(self.path.parent)
+
+
+def _lock_path(ledger: Path) -> Path:
+    return ledger.with_name(ledger.name + ".lock")
+
+
+def _take_lock(ledger: Path) -> int:
+    """The writer's exclusive lock on ``<ledger>.lock``, without waiting: its descriptor
+    (held while this process writes the ledger); OSError when another process holds it."""
+    fd = os.open(_lock_path(ledger), os.O_RDWR | os.O_CREAT, AUDIT_FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
